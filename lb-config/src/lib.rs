@@ -1,0 +1,903 @@
+//! lbmesh configuration: what users write, and the checked form the daemon runs.
+//!
+//! # Layout and flow
+//!
+//! ```text
+//! TOML text ──toml/serde (deny_unknown_fields)──> ConfigFile { node: NodeConfig, service: [ServiceSpec] }
+//!           ──ConfigFile::validate()──────────────> Config { node: Node, services: [Service] }
+//! ```
+//!
+//! The serde types ([`ConfigFile`], [`NodeConfig`], [`ServiceSpec`]) mirror the
+//! file one to one and accept nothing they do not know. `validate()` turns them
+//! into checked types ([`Config`], [`Node`], [`Service`]) whose fields are in
+//! range and whose defaults are filled in; code past this crate never sees an
+//! unchecked value. Every error names the field (`service[1].ports[0].published`)
+//! and the reason.
+//!
+//! [`ServiceSpec`] is also the body of the registry's service API and the
+//! `[[service]]` table of `lbctl apply -f`, so later additions (replicas, image,
+//! update and restart policy, constraints) are new optional fields here and new
+//! checked fields on [`Service`].
+#![forbid(unsafe_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Default admin API address of a standalone node: loopback, because the admin
+/// API will carry mutations once the registry lands.
+pub const DEFAULT_API_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9900);
+/// Published ports bind on every interface unless the node or service says
+/// otherwise: that is what "published" means in the mesh.
+pub const DEFAULT_INGRESS_ADDR: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+/// How long SIGTERM waits for open connections before exiting anyway.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// A backend that does not accept within this time is treated as down.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Generous on purpose: Swarm's fixed 900 s IPVS timeout killed idle database
+/// and websocket connections (moby#31208); here it is a per-service setting.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a departing backend keeps serving its open connections.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Per-service cap on concurrent client connections (each uses two sockets).
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
+/// Connect attempts on other backends after a refused or timed-out connect.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// How long a backend that refused a connection is skipped by this proxy.
+pub const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(10);
+/// Largest endpoint weight; keeps the smooth weighted period small.
+pub const MAX_WEIGHT: u32 = 1000;
+/// Largest number of static endpoints per service.
+pub const MAX_ENDPOINTS: usize = 4096;
+
+/// A field that failed validation: its path inside the document and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct FieldError {
+    /// Dotted path of the field, e.g. `ports[0].published`.
+    pub field: String,
+    /// What is wrong with it, in words a user can act on.
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The same error, one level deeper in the document.
+    fn within(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}.{}", self.field),
+            reason: self.reason,
+        }
+    }
+}
+
+/// Why a configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown or mistyped field; the message
+    /// from the parser names the line and the key.
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {error}")]
+    Invalid { path: PathBuf, error: FieldError },
+}
+
+/// The whole file: `[node]` settings and `[[service]]` tables.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSpec>,
+}
+
+/// `[node]`: settings of this lbd process.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name shown in logs and metrics; defaults to the host name.
+    pub name: Option<String>,
+    /// Admin HTTP address (`/metrics`, `/live`, `/ready`).
+    pub api_addr: Option<String>,
+    /// Address the published ports bind on.
+    pub ingress_addr: Option<String>,
+    /// How long SIGTERM lets open connections finish.
+    #[serde(default, with = "humantime_serde")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// One `[[service]]` table.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// Addresses the published ports bind on; defaults to the node's
+    /// `ingress_addr`.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub health: HealthSpec,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub drain_timeout: Option<Duration>,
+    /// Wide integer type so that a negative or huge value is reported by
+    /// `validate()` with its field name rather than as a type error.
+    pub max_connections: Option<i64>,
+    pub retries: Option<i64>,
+}
+
+/// One published port: `{ published = 8080, target = 80, protocol = "tcp" }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub published: i64,
+    /// Port on the backends; defaults to `published`.
+    pub target: Option<i64>,
+    pub protocol: Option<String>,
+}
+
+/// A static backend: `{ address = "10.0.0.5:80", weight = 3 }`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// `ip:port`, or a bare `ip` that takes each port's `target`.
+    pub address: String,
+    pub weight: Option<i64>,
+}
+
+/// `[service.health]`: active check settings and passive ejection.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    #[serde(rename = "type")]
+    pub kind: Option<HealthCheckKind>,
+    pub path: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    pub rise: Option<i64>,
+    pub fall: Option<i64>,
+    /// How long a backend that refused or timed out a connect is skipped.
+    #[serde(default, with = "humantime_serde")]
+    pub eject_time: Option<Duration>,
+}
+
+/// How a service picks a backend for each new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    Random,
+    Weighted,
+    LeastConn,
+    Maglev,
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::Random => "random",
+            Algorithm::Weighted => "weighted",
+            Algorithm::LeastConn => "least-conn",
+            Algorithm::Maglev => "maglev",
+        })
+    }
+}
+
+/// Whether the proxy prefixes each backend connection with a PROXY protocol
+/// header carrying the client's address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    None,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    None,
+    #[default]
+    Tcp,
+    Http,
+}
+
+/// Only TCP is forwarded today; the type exists so UDP can be added without
+/// changing the shape of [`PortMapping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: Node,
+    pub services: Vec<Service>,
+}
+
+/// Checked `[node]` settings with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub api_addr: SocketAddr,
+    pub ingress_addr: IpAddr,
+    pub shutdown_grace: Duration,
+}
+
+/// A checked service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// Empty means "the node's ingress address".
+    pub listen: Vec<IpAddr>,
+    pub ports: Vec<PortMapping>,
+    pub algorithm: Algorithm,
+    pub endpoints: Vec<Endpoint>,
+    pub health: HealthCheck,
+    pub proxy_protocol: ProxyProtocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_connections: u32,
+    pub retries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortMapping {
+    pub published: u16,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    /// `None` means "each port mapping's target port".
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Request path of an HTTP check.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures that take a backend down.
+    pub fall: u32,
+    pub eject_time: Duration,
+}
+
+impl ConfigFile {
+    /// Reads, parses and validates a file; errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        file.validate().map_err(|error| ConfigError::Invalid {
+            path: path.to_owned(),
+            error,
+        })
+    }
+
+    /// Parses TOML text; the error is the parser's message, which names the
+    /// line and key.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+    }
+
+    pub fn validate(&self) -> Result<Config, FieldError> {
+        let node = self.node.validate().map_err(|e| e.within("node"))?;
+        let mut services = Vec::with_capacity(self.services.len());
+        let mut names = HashSet::new();
+        // (ip, port) → index of the service that binds it.
+        let mut bound: HashMap<(IpAddr, u16), usize> = HashMap::new();
+        for (index, spec) in self.services.iter().enumerate() {
+            let here = format!("service[{index}]");
+            let service = spec.validate().map_err(|e| e.within(&here))?;
+            if !names.insert(service.name.clone()) {
+                return Err(FieldError::new(
+                    format!("{here}.name"),
+                    format!("a service named {:?} is already defined", service.name),
+                ));
+            }
+            for addr in service.listen_addrs(node.ingress_addr) {
+                let clash = bound
+                    .iter()
+                    .find(|((ip, port), _)| *port == addr.port() && ips_overlap(*ip, addr.ip()));
+                if let Some((_, &other)) = clash {
+                    return Err(FieldError::new(
+                        format!("{here}.ports"),
+                        format!(
+                            "listen address {addr} is already used by service {:?}",
+                            self.services[other].name
+                        ),
+                    ));
+                }
+                bound.insert((addr.ip(), addr.port()), index);
+            }
+            services.push(service);
+        }
+        Ok(Config { node, services })
+    }
+}
+
+/// Two bind addresses on one port clash when they are equal or one of them is
+/// the wildcard of the same family.
+fn ips_overlap(a: IpAddr, b: IpAddr) -> bool {
+    a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<Node, FieldError> {
+        let name = match &self.name {
+            Some(name) => {
+                check_dns_label(name).map_err(|reason| FieldError::new("name", reason))?;
+                name.clone()
+            }
+            None => default_node_name(),
+        };
+        let api_addr = match &self.api_addr {
+            Some(text) => parse_socket_addr(text).map_err(|r| FieldError::new("api_addr", r))?,
+            None => DEFAULT_API_ADDR,
+        };
+        let ingress_addr = match &self.ingress_addr {
+            Some(text) => parse_ip(text).map_err(|r| FieldError::new("ingress_addr", r))?,
+            None => DEFAULT_INGRESS_ADDR,
+        };
+        let shutdown_grace = self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        check_duration(shutdown_grace, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("shutdown_grace", r))?;
+        Ok(Node {
+            name,
+            api_addr,
+            ingress_addr,
+            shutdown_grace,
+        })
+    }
+}
+
+/// The host name if it is a usable label, else `lbd`.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| check_dns_label(s).is_ok())
+        .unwrap_or_else(|| "lbd".to_owned())
+}
+
+impl ServiceSpec {
+    /// Checks every field; the error's field path is relative to the service.
+    pub fn validate(&self) -> Result<Service, FieldError> {
+        check_dns_label(&self.name).map_err(|r| FieldError::new("name", r))?;
+
+        let mut listen = Vec::with_capacity(self.listen.len());
+        for (i, text) in self.listen.iter().enumerate() {
+            let ip = parse_ip(text).map_err(|r| FieldError::new(format!("listen[{i}]"), r))?;
+            if listen.contains(&ip) {
+                return Err(FieldError::new(
+                    format!("listen[{i}]"),
+                    format!("{ip} is listed twice"),
+                ));
+            }
+            listen.push(ip);
+        }
+
+        if self.ports.is_empty() {
+            return Err(FieldError::new(
+                "ports",
+                "at least one port is required, e.g. { published = 8080, target = 80 }",
+            ));
+        }
+        let mut ports: Vec<PortMapping> = Vec::with_capacity(self.ports.len());
+        for (i, port) in self.ports.iter().enumerate() {
+            let mapping = port
+                .validate()
+                .map_err(|e| e.within(&format!("ports[{i}]")))?;
+            if ports.iter().any(|p| p.published == mapping.published) {
+                return Err(FieldError::new(
+                    format!("ports[{i}].published"),
+                    format!("port {} is published twice", mapping.published),
+                ));
+            }
+            ports.push(mapping);
+        }
+
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(FieldError::new(
+                "endpoints",
+                format!(
+                    "{} endpoints; at most {MAX_ENDPOINTS} are allowed",
+                    self.endpoints.len()
+                ),
+            ));
+        }
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(self.endpoints.len());
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let here = format!("endpoints[{i}]");
+            let endpoint = ep.validate().map_err(|e| e.within(&here))?;
+            if endpoint.port.is_some() && ports.len() > 1 {
+                return Err(FieldError::new(
+                    format!("{here}.address"),
+                    "an endpoint may name a port only when the service publishes one port; \
+                     give a bare IP and each port's target is used",
+                ));
+            }
+            if endpoints
+                .iter()
+                .any(|e| e.ip == endpoint.ip && e.port == endpoint.port)
+            {
+                return Err(FieldError::new(
+                    format!("{here}.address"),
+                    format!("{} is listed twice", ep.address),
+                ));
+            }
+            endpoints.push(endpoint);
+        }
+
+        let health = self.health.validate().map_err(|e| e.within("health"))?;
+
+        let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        check_duration(
+            connect_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        )
+        .map_err(|r| FieldError::new("connect_timeout", r))?;
+        let idle_timeout = self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        check_duration(
+            idle_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(7 * 86_400),
+        )
+        .map_err(|r| FieldError::new("idle_timeout", r))?;
+        let drain_timeout = self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        check_duration(drain_timeout, Duration::ZERO, Duration::from_secs(86_400))
+            .map_err(|r| FieldError::new("drain_timeout", r))?;
+        let max_connections =
+            check_int(self.max_connections, DEFAULT_MAX_CONNECTIONS, 1, 1_000_000)
+                .map_err(|r| FieldError::new("max_connections", r))?;
+        let retries = check_int(self.retries, DEFAULT_RETRIES, 0, 16)
+            .map_err(|r| FieldError::new("retries", r))?;
+
+        Ok(Service {
+            name: self.name.clone(),
+            listen,
+            ports,
+            algorithm: self.algorithm,
+            endpoints,
+            health,
+            proxy_protocol: self.proxy_protocol,
+            connect_timeout,
+            idle_timeout,
+            drain_timeout,
+            max_connections,
+            retries,
+        })
+    }
+}
+
+impl PortSpec {
+    fn validate(&self) -> Result<PortMapping, FieldError> {
+        let published = check_port(self.published).map_err(|r| FieldError::new("published", r))?;
+        let target = match self.target {
+            Some(t) => check_port(t).map_err(|r| FieldError::new("target", r))?,
+            None => published,
+        };
+        let protocol = match self.protocol.as_deref() {
+            None | Some("tcp") => Protocol::Tcp,
+            Some("udp") => {
+                return Err(FieldError::new(
+                    "protocol",
+                    "udp is not supported yet; only tcp is forwarded",
+                ))
+            }
+            Some(other) => {
+                return Err(FieldError::new(
+                    "protocol",
+                    format!("unknown protocol {other:?}; expected \"tcp\""),
+                ))
+            }
+        };
+        Ok(PortMapping {
+            published,
+            target,
+            protocol,
+        })
+    }
+}
+
+impl EndpointSpec {
+    fn validate(&self) -> Result<Endpoint, FieldError> {
+        let (ip, port) = if let Ok(addr) = self.address.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(FieldError::new(
+                    "address",
+                    "port 0 is not a valid backend port",
+                ));
+            }
+            (addr.ip(), Some(addr.port()))
+        } else if let Ok(ip) = self.address.parse::<IpAddr>() {
+            (ip, None)
+        } else {
+            return Err(FieldError::new(
+                "address",
+                format!(
+                    "{:?} is not an IP address or ip:port (host names are not resolved)",
+                    self.address
+                ),
+            ));
+        };
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(FieldError::new(
+                "address",
+                format!("{ip} cannot be a backend address"),
+            ));
+        }
+        let weight =
+            check_int(self.weight, 1, 1, MAX_WEIGHT).map_err(|r| FieldError::new("weight", r))?;
+        Ok(Endpoint { ip, port, weight })
+    }
+}
+
+impl HealthSpec {
+    fn validate(&self) -> Result<HealthCheck, FieldError> {
+        let kind = self.kind.unwrap_or_default();
+        let path = match (&self.path, kind) {
+            (Some(path), _)
+                if !path.starts_with('/')
+                    || path.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                return Err(FieldError::new(
+                    "path",
+                    format!(
+                        "{path:?} must start with '/' and contain no spaces or control characters"
+                    ),
+                ))
+            }
+            (Some(path), HealthCheckKind::Http) => path.clone(),
+            (Some(_), _) => {
+                return Err(FieldError::new(
+                    "path",
+                    "a path is only used by type = \"http\"",
+                ))
+            }
+            (None, _) => "/".to_owned(),
+        };
+        let interval = self.interval.unwrap_or(Duration::from_secs(5));
+        check_duration(
+            interval,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        )
+        .map_err(|r| FieldError::new("interval", r))?;
+        let timeout = self.timeout.unwrap_or(Duration::from_secs(2)).min(interval);
+        if let Some(t) = self.timeout {
+            check_duration(t, Duration::from_millis(1), interval).map_err(|r| {
+                FieldError::new("timeout", format!("{r} (it may not exceed interval)"))
+            })?;
+        }
+        let rise = check_int(self.rise, 2, 1, 100).map_err(|r| FieldError::new("rise", r))?;
+        let fall = check_int(self.fall, 3, 1, 100).map_err(|r| FieldError::new("fall", r))?;
+        let eject_time = self.eject_time.unwrap_or(DEFAULT_EJECT_TIME);
+        check_duration(
+            eject_time,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        )
+        .map_err(|r| FieldError::new("eject_time", r))?;
+        Ok(HealthCheck {
+            kind,
+            path,
+            interval,
+            timeout,
+            rise,
+            fall,
+            eject_time,
+        })
+    }
+}
+
+impl Service {
+    /// The socket addresses this service's published ports bind on.
+    pub fn listen_addrs(&self, ingress_addr: IpAddr) -> Vec<SocketAddr> {
+        let ips: &[IpAddr] = if self.listen.is_empty() {
+            std::slice::from_ref(&ingress_addr)
+        } else {
+            &self.listen
+        };
+        ips.iter()
+            .flat_map(|ip| {
+                self.ports
+                    .iter()
+                    .map(move |p| SocketAddr::new(*ip, p.published))
+            })
+            .collect()
+    }
+
+    /// The backend addresses and weights behind one port mapping.
+    pub fn backends_for(&self, port: &PortMapping) -> Vec<(SocketAddr, u32)> {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                (
+                    SocketAddr::new(e.ip, e.port.unwrap_or(port.target)),
+                    e.weight,
+                )
+            })
+            .collect()
+    }
+}
+
+/// Service and node names: a lowercase DNS label (RFC 1123), as Docker
+/// requires for service names.
+pub fn check_dns_label(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("{name:?} must be 1 to 63 characters long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; use lowercase letters, digits and '-'"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("{name:?} may not start or end with '-'"));
+    }
+    Ok(())
+}
+
+fn check_port(value: i64) -> Result<u16, String> {
+    match u16::try_from(value) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("port {value} is out of range 1..=65535")),
+    }
+}
+
+fn check_int(value: Option<i64>, default: u32, min: u32, max: u32) -> Result<u32, String> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match u32::try_from(value) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("{value} is out of range {min}..={max}")),
+    }
+}
+
+fn check_duration(value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{} is out of range {}..={}",
+            humantime::format_duration(value),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(())
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an ip:port address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(text: &str) -> FieldError {
+        let file = ConfigFile::parse(text).expect("parses");
+        file.validate().expect_err("must be rejected")
+    }
+
+    const ONE: &str = r#"
+        [[service]]
+        name = "web"
+        ports = [{ published = 8080, target = 80 }]
+        endpoints = [{ address = "127.0.0.1:9000", weight = 3 }, { address = "127.0.0.2:9000" }]
+    "#;
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let cfg = ConfigFile::parse(ONE).unwrap().validate().unwrap();
+        let web = &cfg.services[0];
+        assert_eq!(web.algorithm, Algorithm::RoundRobin);
+        assert_eq!(web.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(web.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(web.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(web.health.kind, HealthCheckKind::Tcp);
+        assert_eq!(cfg.node.api_addr, DEFAULT_API_ADDR);
+        assert_eq!(
+            web.backends_for(&web.ports[0]),
+            vec![
+                ("127.0.0.1:9000".parse().unwrap(), 3),
+                ("127.0.0.2:9000".parse().unwrap(), 1)
+            ]
+        );
+        assert_eq!(
+            web.listen_addrs(DEFAULT_INGRESS_ADDR),
+            vec!["0.0.0.0:8080".parse::<SocketAddr>().unwrap()]
+        );
+    }
+
+    #[test]
+    fn bare_endpoint_ip_takes_each_target_port() {
+        let cfg = ConfigFile::parse(
+            r#"
+            [[service]]
+            name = "web"
+            ports = [{ published = 80, target = 8080 }, { published = 443, target = 8443 }]
+            endpoints = [{ address = "10.0.0.1" }]
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let web = &cfg.services[0];
+        assert_eq!(
+            web.backends_for(&web.ports[1])[0].0,
+            "10.0.0.1:8443".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_field_names_the_key() {
+        let err = ConfigFile::parse("[[service]]\nname = \"web\"\nbogus = 1\n").unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn unknown_algorithm_lists_choices() {
+        let err = ConfigFile::parse("[[service]]\nname = \"web\"\nalgorithm = \"fastest\"\n")
+            .unwrap_err();
+        assert!(
+            err.contains("fastest") && err.contains("least-conn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let cases = [
+            (
+                "[[service]]\nname = \"Web\"\nports = [{ published = 80 }]",
+                "service[0].name",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 0 }]",
+                "service[0].ports[0].published",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80, target = 70000 }]",
+                "service[0].ports[0].target",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80, protocol = \"udp\" }]",
+                "service[0].ports[0].protocol",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"10.0.0.1\", weight = 0 }]",
+                "service[0].endpoints[0].weight",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"example.com:80\" }]",
+                "service[0].endpoints[0].address",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nmax_connections = -1",
+                "service[0].max_connections",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\n[service.health]\ninterval = \"1s\"\ntimeout = \"2s\"",
+                "service[0].health.timeout",
+            ),
+            ("[node]\napi_addr = \"nope\"", "node.api_addr"),
+            (
+                "[[service]]\nname = \"a\"\nports = [{ published = 80 }]\n[[service]]\nname = \"a\"\nports = [{ published = 81 }]",
+                "service[1].name",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = invalid(text);
+            assert_eq!(err.field, field, "{text}: {err}");
+            assert!(!err.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn udp_is_refused_as_not_supported_yet() {
+        let err = invalid(
+            "[[service]]\nname = \"web\"\nports = [{ published = 53, protocol = \"udp\" }]",
+        );
+        assert!(err.reason.contains("not supported yet"), "{err}");
+    }
+
+    #[test]
+    fn two_services_on_one_listen_address_clash() {
+        let err = invalid(
+            r#"
+            [[service]]
+            name = "a"
+            listen = ["127.0.0.1"]
+            ports = [{ published = 8080 }]
+            [[service]]
+            name = "b"
+            ports = [{ published = 8080 }]
+            "#,
+        );
+        assert_eq!(err.field, "service[1].ports");
+        assert!(err.reason.contains("\"a\""), "{err}");
+        // Different addresses on the same port are fine.
+        let ok = ConfigFile::parse(
+            r#"
+            [[service]]
+            name = "a"
+            listen = ["127.0.0.1"]
+            ports = [{ published = 8080 }]
+            [[service]]
+            name = "b"
+            listen = ["127.0.0.2"]
+            ports = [{ published = 8080 }]
+            "#,
+        )
+        .unwrap();
+        assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(check_dns_label("web-1").is_ok());
+        for bad in ["", "-web", "web-", "we_b", "Web", &"a".repeat(64)] {
+            assert!(check_dns_label(bad).is_err(), "{bad:?}");
+        }
+    }
+}

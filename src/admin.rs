@@ -1,0 +1,122 @@
+//! The admin HTTP server (hyper, HTTP/1.1), on the node's `api_addr`.
+//!
+//! # Routes
+//!
+//! | method | path | answer |
+//! |---|---|---|
+//! | GET | `/metrics` | Prometheus text format (see `metrics` for the list) |
+//! | GET | `/live` | `200 ok` while the process runs |
+//! | GET | `/ready` | `200 ready` once listeners are bound; `503 not ready` before and while shutting down |
+//!
+//! Any other path is `404`; another method on a known path is `405`. The
+//! routes are read-only and open; the registry's authenticated `/v1` routes
+//! join them later.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+use crate::metrics::Metrics;
+use crate::routing::RoutingTable;
+
+/// What the admin routes read.
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub table: Arc<ArcSwap<RoutingTable>>,
+    /// Set once the proxy serves; cleared when shutdown begins.
+    pub ready: AtomicBool,
+}
+
+/// Serves admin requests on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    warn!(%error, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+            });
+            if let Err(error) = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                debug!(%peer, %error, "admin connection ended");
+            }
+        });
+    }
+}
+
+fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = request.uri().path();
+    if !matches!(path, "/metrics" | "/live" | "/ready") {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match path {
+        "/metrics" => {
+            refresh_backend_up(state);
+            let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            response
+        }
+        "/live" => text(StatusCode::OK, "ok\n"),
+        _ if state.ready.load(Ordering::Relaxed) => text(StatusCode::OK, "ready\n"),
+        _ => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+    }
+}
+
+/// Ejections expire by the clock, not by an event, so `backend_up` is brought
+/// up to date when it is scraped.
+fn refresh_backend_up(state: &AdminState) {
+    for (_, backend) in state.table.load().backends() {
+        backend.metrics.up.set(i64::from(!backend.is_ejected()));
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

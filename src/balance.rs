@@ -1,0 +1,676 @@
+//! Backend selection: pickers over one immutable backend set.
+//!
+//! # Layout
+//!
+//! - [`Backend`] is one upstream address with the state that must outlive a
+//!   routing snapshot: its count of connections in flight (for least-conn),
+//!   its passive-ejection deadline and its metric handles. The routing table
+//!   carries a backend's `Arc` over from one snapshot to the next, so a reload
+//!   keeps counts and ejections.
+//! - [`BackendSet`] is the immutable list of backends of one route with their
+//!   weights and a [`Picker`] whose tables were computed when the set was built
+//!   (the smooth weighted period, the Maglev lookup table).
+//!
+//! # Invariants of the hot path
+//!
+//! A pick takes `&self`, never locks and never allocates. Round-robin and
+//! weighted keep their cursors in *lanes*: each accept loop owns one lane, so
+//! two cores accepting on two listeners never bounce a cursor's cache line,
+//! while all connections of one accept loop see an exact round-robin (as each
+//! nginx worker keeps its own). An ejected backend is skipped by checking one
+//! atomic; the set is not rebuilt. If every backend is ejected the pick fails
+//! open and returns the backend the algorithm chose: trying a possibly
+//! recovered backend beats refusing the client outright.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use lb_config::Algorithm;
+
+use crate::metrics::BackendMetrics;
+
+/// Size of the Maglev lookup table: a prime well above 100 × the backends we
+/// expect, which keeps each backend's share within 1% of its weight.
+pub const MAGLEV_TABLE_SIZE: usize = 65_537;
+
+/// Number of independent cursors per round-robin or weighted picker. Accept
+/// loops take lanes in turn; more loops than lanes share cursors, which stays
+/// correct (the cursor is atomic) and only adds contention.
+pub const LANES: usize = 16;
+
+/// The weighted period is precomputed; its length is the sum of the weights
+/// divided by their greatest common divisor, capped so that building it stays
+/// cheap on reload.
+pub const MAX_WEIGHTED_PERIOD: u64 = 1 << 20;
+
+/// Milliseconds on a process-wide monotonic clock, never 0 (0 means "not
+/// ejected" in [`Backend`]).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1
+}
+
+/// One upstream address and its long-lived state.
+pub struct Backend {
+    pub addr: SocketAddr,
+    /// Connections picked for this backend and not yet closed; least-conn
+    /// compares these.
+    active: AtomicU32,
+    /// `now_ms()` deadline until which the backend is skipped; 0 when it is
+    /// not ejected.
+    ejected_until_ms: AtomicU64,
+    pub metrics: BackendMetrics,
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("addr", &self.addr)
+            .field("active", &self.active())
+            .field("ejected", &self.is_ejected())
+            .finish()
+    }
+}
+
+impl Backend {
+    pub fn new(addr: SocketAddr, metrics: BackendMetrics) -> Self {
+        Self {
+            addr,
+            active: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+            metrics,
+        }
+    }
+
+    /// Whether the backend may be picked. The common case (never ejected) is
+    /// one relaxed load; only an ejected backend reads the clock, and the first
+    /// pick after the deadline clears the ejection.
+    #[inline]
+    pub fn is_available(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if now_ms() < until {
+            return false;
+        }
+        let _ =
+            self.ejected_until_ms
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        true
+    }
+
+    pub fn is_ejected(&self) -> bool {
+        let until = self.ejected_until_ms.load(Ordering::Relaxed);
+        until != 0 && now_ms() < until
+    }
+
+    /// Skip this backend for `duration` (passive health check).
+    pub fn eject(&self, duration: Duration) {
+        let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX / 2);
+        self.ejected_until_ms
+            .store(now_ms().saturating_add(millis.max(1)), Ordering::Relaxed);
+        self.metrics.ejections.inc();
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    /// Counts one connection as in flight until the guard drops.
+    pub fn track_connection(self: &Arc<Self>) -> ActiveConnection {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.active.inc();
+        ActiveConnection {
+            backend: Arc::clone(self),
+        }
+    }
+}
+
+/// A connection counted against its backend; dropping it un-counts it.
+pub struct ActiveConnection {
+    backend: Arc<Backend>,
+}
+
+impl ActiveConnection {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.backend.active.fetch_sub(1, Ordering::Relaxed);
+        self.backend.metrics.active.dec();
+    }
+}
+
+/// What a pick may depend on besides the set itself.
+#[derive(Debug, Clone, Copy)]
+pub struct PickContext {
+    /// The client's address: Maglev's key.
+    pub client: IpAddr,
+    /// The caller's cursor lane (see the module doc).
+    pub lane: usize,
+}
+
+/// A cursor on its own cache line, so lanes never share one.
+#[derive(Default)]
+#[repr(align(128))]
+struct PaddedCursor(AtomicUsize);
+
+fn lanes() -> Box<[PaddedCursor]> {
+    (0..LANES).map(|_| PaddedCursor::default()).collect()
+}
+
+/// The algorithm-specific part of a [`BackendSet`], computed once per set.
+enum Picker {
+    RoundRobin {
+        cursors: Box<[PaddedCursor]>,
+    },
+    Random,
+    Weighted {
+        /// Backend indices in nginx's smooth weighted order for one period.
+        period: Box<[u32]>,
+        cursors: Box<[PaddedCursor]>,
+    },
+    LeastConn,
+    Maglev {
+        table: Box<[u32]>,
+    },
+}
+
+/// The backends of one route and the picker over them.
+pub struct BackendSet {
+    backends: Box<[Arc<Backend>]>,
+    weights: Box<[u32]>,
+    picker: Picker,
+}
+
+impl std::fmt::Debug for BackendSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendSet")
+            .field("backends", &self.backends)
+            .field("weights", &self.weights)
+            .finish()
+    }
+}
+
+impl BackendSet {
+    /// Builds a set and its picker tables. Weights of 0 are treated as 1.
+    pub fn new(algorithm: Algorithm, members: Vec<(Arc<Backend>, u32)>) -> Self {
+        let (backends, weights): (Vec<_>, Vec<_>) =
+            members.into_iter().map(|(b, w)| (b, w.max(1))).unzip();
+        let picker = match algorithm {
+            Algorithm::RoundRobin => Picker::RoundRobin { cursors: lanes() },
+            Algorithm::Random => Picker::Random,
+            Algorithm::Weighted => Picker::Weighted {
+                period: smooth_weighted_period(&weights).into_boxed_slice(),
+                cursors: lanes(),
+            },
+            Algorithm::LeastConn => Picker::LeastConn,
+            Algorithm::Maglev => {
+                let keys: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+                Picker::Maglev {
+                    table: maglev_table(&keys, &weights, MAGLEV_TABLE_SIZE).into_boxed_slice(),
+                }
+            }
+        };
+        Self {
+            backends: backends.into_boxed_slice(),
+            weights: weights.into_boxed_slice(),
+            picker,
+        }
+    }
+
+    pub fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
+    }
+
+    pub fn len(&self) -> usize {
+        self.backends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.backends.is_empty()
+    }
+
+    /// Chooses a backend for a new connection; `None` only when the set is
+    /// empty. Skips ejected backends; fails open when all are ejected.
+    #[inline]
+    pub fn pick(&self, ctx: PickContext) -> Option<&Arc<Backend>> {
+        let n = self.backends.len();
+        if n == 0 {
+            return None;
+        }
+        let index = match &self.picker {
+            Picker::RoundRobin { cursors } => {
+                let start = cursors[ctx.lane % LANES].0.fetch_add(1, Ordering::Relaxed) % n;
+                self.first_available_from(start)
+            }
+            Picker::Random => self.first_available_from(fastrand::usize(..n)),
+            Picker::Weighted { period, cursors } => {
+                let at = cursors[ctx.lane % LANES].0.fetch_add(1, Ordering::Relaxed) % period.len();
+                self.weighted_from(period, at)
+            }
+            Picker::LeastConn => self.power_of_two_choices(),
+            Picker::Maglev { table } => self.maglev(table, ctx.client),
+        };
+        Some(&self.backends[index])
+    }
+
+    /// `start` if available, else the next available index after it, else
+    /// `start` (fail open).
+    #[inline]
+    fn first_available_from(&self, start: usize) -> usize {
+        let n = self.backends.len();
+        if self.backends[start].is_available() {
+            return start;
+        }
+        (1..n)
+            .map(|step| (start + step) % n)
+            .find(|&i| self.backends[i].is_available())
+            .unwrap_or(start)
+    }
+
+    /// The period entry at `at`; when that backend is ejected, the next entries
+    /// of the period (which keep the weights' proportions among the rest),
+    /// bounded, then any available backend.
+    #[inline]
+    fn weighted_from(&self, period: &[u32], at: usize) -> usize {
+        let chosen = period[at] as usize;
+        if self.backends[chosen].is_available() {
+            return chosen;
+        }
+        let probes = period.len().min(4 * self.backends.len());
+        (1..probes)
+            .map(|step| period[(at + step) % period.len()] as usize)
+            .find(|&i| self.backends[i].is_available())
+            .unwrap_or_else(|| self.first_available_from(chosen))
+    }
+
+    /// Two random distinct backends; the one with fewer connections per unit
+    /// of weight wins (Mitzenmacher's power of two choices).
+    #[inline]
+    fn power_of_two_choices(&self) -> usize {
+        let n = self.backends.len();
+        if n == 1 {
+            return 0;
+        }
+        let a = fastrand::usize(..n);
+        let mut b = fastrand::usize(..n - 1);
+        if b >= a {
+            b += 1;
+        }
+        let (ba, bb) = (&self.backends[a], &self.backends[b]);
+        let (avail_a, avail_b) = (ba.is_available(), bb.is_available());
+        match (avail_a, avail_b) {
+            (true, false) => a,
+            (false, true) => b,
+            (false, false) => self.first_available_from(a),
+            (true, true) => {
+                // load_a / w_a <= load_b / w_b, without division.
+                let load_a = u64::from(ba.active()) * u64::from(self.weights[b]);
+                let load_b = u64::from(bb.active()) * u64::from(self.weights[a]);
+                if load_a <= load_b {
+                    a
+                } else {
+                    b
+                }
+            }
+        }
+    }
+
+    /// The table entry for the client's address; when that backend is
+    /// ejected, a few rehashed entries (which spread the ejected backend's
+    /// clients over the others in proportion), then any available backend.
+    #[inline]
+    fn maglev(&self, table: &[u32], client: IpAddr) -> usize {
+        let key = ip_key(client);
+        let chosen = table[fast_range(mix64(key), table.len())] as usize;
+        if self.backends[chosen].is_available() {
+            return chosen;
+        }
+        (1..=8u64)
+            .map(|seed| {
+                table[fast_range(
+                    mix64(key ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+                    table.len(),
+                )] as usize
+            })
+            .find(|&i| self.backends[i].is_available())
+            .unwrap_or_else(|| self.first_available_from(chosen))
+    }
+
+    /// The Maglev table, for tests of its balance.
+    pub fn maglev_lookup_table(&self) -> Option<&[u32]> {
+        match &self.picker {
+            Picker::Maglev { table } => Some(table),
+            _ => None,
+        }
+    }
+}
+
+/// One period of nginx's smooth weighted round-robin: each step adds every
+/// weight to its backend's current value, picks the largest current value
+/// (first one on ties) and subtracts the total weight from it. The weights are
+/// first divided by their gcd; a period longer than [`MAX_WEIGHTED_PERIOD`]
+/// has its weights scaled down proportionally (never below 1).
+pub fn smooth_weighted_period(weights: &[u32]) -> Vec<u32> {
+    if weights.is_empty() {
+        return Vec::new();
+    }
+    let divisor = weights.iter().copied().fold(0, gcd).max(1);
+    let mut reduced: Vec<u64> = weights
+        .iter()
+        .map(|w| u64::from(w / divisor).max(1))
+        .collect();
+    let total: u64 = reduced.iter().sum();
+    if total > MAX_WEIGHTED_PERIOD {
+        for w in &mut reduced {
+            *w = (*w * MAX_WEIGHTED_PERIOD / total).max(1);
+        }
+    }
+    let total: i64 = reduced.iter().map(|&w| w as i64).sum();
+    let mut current = vec![0i64; reduced.len()];
+    let mut period = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for (i, &w) in reduced.iter().enumerate() {
+            current[i] += w as i64;
+            if current[i] > current[best] {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        period.push(best as u32);
+    }
+    period
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
+
+/// Builds a Maglev lookup table (Eisenbud et al., NSDI 2016) of prime size
+/// `size`. Each backend walks its own permutation of the slots, derived from
+/// its address so every node builds the same table; backends take turns
+/// claiming their next free slot, a backend of weight w taking w turns per
+/// round. With equal weights each backend ends with ⌊M/n⌋ or ⌈M/n⌉ slots, and
+/// removing one backend moves little more than that backend's own slots.
+pub fn maglev_table(keys: &[SocketAddr], weights: &[u32], size: usize) -> Vec<u32> {
+    const EMPTY: u32 = u32::MAX;
+    let mut table = vec![EMPTY; size];
+    if keys.is_empty() {
+        return table;
+    }
+    let divisor = weights.iter().copied().fold(0, gcd).max(1);
+    let turns: Vec<u32> = weights.iter().map(|w| (w / divisor).max(1)).collect();
+    let modulus = size as u64;
+    let walks: Vec<(u64, u64)> = keys
+        .iter()
+        .map(|addr| {
+            let offset = hash_addr(addr, 0x6d61_676c_6576_0001) % modulus;
+            let skip = hash_addr(addr, 0x6d61_676c_6576_0002) % (modulus - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; keys.len()];
+    let mut filled = 0;
+    'fill: loop {
+        for (i, &(offset, skip)) in walks.iter().enumerate() {
+            for _ in 0..turns[i] {
+                let mut slot = ((offset + next[i] * skip) % modulus) as usize;
+                while table[slot] != EMPTY {
+                    next[i] += 1;
+                    slot = ((offset + next[i] * skip) % modulus) as usize;
+                }
+                table[slot] = i as u32;
+                next[i] += 1;
+                filled += 1;
+                if filled == size {
+                    break 'fill;
+                }
+            }
+        }
+    }
+    table
+}
+
+/// A stable hash of a socket address (FNV-1a over its bytes, then a
+/// finalizer): the same on every node and every build.
+fn hash_addr(addr: &SocketAddr, seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    match addr.ip() {
+        IpAddr::V4(ip) => eat(&ip.octets()),
+        IpAddr::V6(ip) => eat(&ip.octets()),
+    }
+    eat(&addr.port().to_be_bytes());
+    mix64(h)
+}
+
+/// Folds an IP address into 64 bits.
+#[inline]
+fn ip_key(ip: IpAddr) -> u64 {
+    match ip {
+        IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            (bits as u64) ^ ((bits >> 64) as u64).rotate_left(17)
+        }
+    }
+}
+
+/// The splitmix64 finalizer: a cheap, well-mixed 64-bit hash.
+#[inline]
+fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Maps a uniform 64-bit hash onto `0..n` without a division (Lemire).
+#[inline]
+fn fast_range(hash: u64, n: usize) -> usize {
+    ((u128::from(hash) * n as u128) >> 64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::net::Ipv4Addr;
+
+    fn backend(i: usize) -> Arc<Backend> {
+        let addr = SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(10, 0, (i >> 8) as u8, i as u8)),
+            80,
+        );
+        Arc::new(Backend::new(addr, BackendMetrics::detached()))
+    }
+
+    fn set(algorithm: Algorithm, weights: &[u32]) -> BackendSet {
+        BackendSet::new(
+            algorithm,
+            weights
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| (backend(i), w))
+                .collect(),
+        )
+    }
+
+    fn ctx(lane: usize) -> PickContext {
+        PickContext {
+            client: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            lane,
+        }
+    }
+
+    fn index_of(set: &BackendSet, b: &Arc<Backend>) -> usize {
+        set.backends()
+            .iter()
+            .position(|x| Arc::ptr_eq(x, b))
+            .unwrap()
+    }
+
+    #[test]
+    fn nginx_smooth_order_for_5_1_1() {
+        // The sequence nginx documents for weights {a:5, b:1, c:1}.
+        assert_eq!(
+            smooth_weighted_period(&[5, 1, 1]),
+            vec![0, 0, 1, 0, 2, 0, 0]
+        );
+        assert_eq!(smooth_weighted_period(&[3, 1, 1]), vec![0, 1, 0, 2, 0]);
+        // Reduced by the gcd: 30:10:10 has the same 5-long period.
+        assert_eq!(smooth_weighted_period(&[30, 10, 10]).len(), 5);
+    }
+
+    #[test]
+    fn round_robin_lanes_are_independent_and_exact() {
+        let s = set(Algorithm::RoundRobin, &[1, 1, 1]);
+        let lane0: Vec<usize> = (0..6)
+            .map(|_| index_of(&s, s.pick(ctx(0)).unwrap()))
+            .collect();
+        let lane1: Vec<usize> = (0..3)
+            .map(|_| index_of(&s, s.pick(ctx(1)).unwrap()))
+            .collect();
+        assert_eq!(lane0, vec![0, 1, 2, 0, 1, 2]);
+        assert_eq!(lane1, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn ejected_backend_is_skipped_then_returns() {
+        let s = set(Algorithm::RoundRobin, &[1, 1, 1]);
+        s.backends()[1].eject(Duration::from_millis(50));
+        let picks: Vec<usize> = (0..6)
+            .map(|_| index_of(&s, s.pick(ctx(0)).unwrap()))
+            .collect();
+        assert!(!picks.contains(&1), "{picks:?}");
+        std::thread::sleep(Duration::from_millis(60));
+        let picks: Vec<usize> = (0..6)
+            .map(|_| index_of(&s, s.pick(ctx(0)).unwrap()))
+            .collect();
+        assert!(picks.contains(&1), "{picks:?}");
+        assert!(!s.backends()[1].is_ejected());
+    }
+
+    #[test]
+    fn all_ejected_fails_open() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::Weighted,
+            Algorithm::LeastConn,
+            Algorithm::Maglev,
+        ] {
+            let s = set(algorithm, &[1, 2]);
+            for b in s.backends() {
+                b.eject(Duration::from_secs(60));
+            }
+            assert!(s.pick(ctx(0)).is_some(), "{algorithm}");
+        }
+        assert!(set(Algorithm::RoundRobin, &[]).pick(ctx(0)).is_none());
+    }
+
+    #[test]
+    fn every_algorithm_skips_an_ejected_backend() {
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::Weighted,
+            Algorithm::LeastConn,
+            Algorithm::Maglev,
+        ] {
+            let s = set(algorithm, &[1, 1, 1, 1]);
+            s.backends()[2].eject(Duration::from_secs(60));
+            for i in 0..400u32 {
+                let c = PickContext {
+                    client: IpAddr::V4(Ipv4Addr::from(i.wrapping_mul(2_654_435_761))),
+                    lane: 0,
+                };
+                assert_ne!(index_of(&s, s.pick(c).unwrap()), 2, "{algorithm}");
+            }
+        }
+    }
+
+    #[test]
+    fn least_conn_avoids_the_loaded_backend() {
+        let s = set(Algorithm::LeastConn, &[1, 1, 1]);
+        let held: Vec<_> = (0..10)
+            .map(|_| s.backends()[0].track_connection())
+            .collect();
+        for _ in 0..300 {
+            assert_ne!(index_of(&s, s.pick(ctx(0)).unwrap()), 0);
+        }
+        drop(held);
+        assert_eq!(s.backends()[0].active(), 0);
+    }
+
+    #[test]
+    fn maglev_equal_weights_fill_evenly() {
+        let s = set(Algorithm::Maglev, &[1; 10]);
+        let table = s.maglev_lookup_table().unwrap();
+        let mut counts = [0usize; 10];
+        for &i in table {
+            counts[i as usize] += 1;
+        }
+        let (lo, hi) = (MAGLEV_TABLE_SIZE / 10, MAGLEV_TABLE_SIZE.div_ceil(10));
+        assert!(counts.iter().all(|&c| c == lo || c == hi), "{counts:?}");
+    }
+
+    #[test]
+    fn maglev_removal_keeps_most_clients() {
+        let full = set(Algorithm::Maglev, &[1; 10]);
+        let fewer = BackendSet::new(
+            Algorithm::Maglev,
+            full.backends()
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 4)
+                .map(|(_, b)| (Arc::clone(b), 1))
+                .collect(),
+        );
+        let mut kept = 0;
+        let mut eligible = 0;
+        let mut per_backend = HashMap::new();
+        for i in 0..10_000u32 {
+            let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 7919));
+            let c = PickContext { client, lane: 0 };
+            let before = full.pick(c).unwrap().addr;
+            assert_eq!(full.pick(c).unwrap().addr, before, "stable per client");
+            *per_backend.entry(before).or_insert(0) += 1;
+            if before == full.backends()[4].addr {
+                continue;
+            }
+            eligible += 1;
+            if fewer.pick(c).unwrap().addr == before {
+                kept += 1;
+            }
+        }
+        assert!(kept * 100 >= eligible * 90, "kept {kept} of {eligible}");
+        assert_eq!(per_backend.len(), 10);
+    }
+
+    #[test]
+    fn maglev_weights_shape_the_table() {
+        let s = set(Algorithm::Maglev, &[3, 1]);
+        let table = s.maglev_lookup_table().unwrap();
+        let heavy = table.iter().filter(|&&i| i == 0).count();
+        let share = heavy as f64 / table.len() as f64;
+        assert!((share - 0.75).abs() < 0.01, "{share}");
+    }
+}

@@ -1,0 +1,31 @@
+//! lbmesh: a Layer-4 load balancer and routing mesh for container clusters.
+//!
+//! # Layout and data flow
+//!
+//! ```text
+//! config file ─> lb_config::Config ─> routing::RoutingTable ──ArcSwap──> proxy accept loops
+//!                  (daemon: start, SIGHUP reload, SIGTERM stop)            │ pick (balance)
+//!                                                                          ▼
+//!                              admin (/metrics /live /ready) <─ metrics <─ connections ─> backends
+//! ```
+//!
+//! - [`daemon`] owns the lifecycle: it builds a [`routing::RoutingTable`] from
+//!   the checked config, binds listeners, swaps the table on reload and drives
+//!   graceful shutdown.
+//! - [`routing`] turns services into immutable routes keyed by listen address
+//!   and carries long-lived backend and service state across snapshots.
+//! - [`balance`] holds the backend set and the lock-free pickers.
+//! - [`proxy`] accepts, connects with retry and passive ejection, writes the
+//!   PROXY header and forwards bytes.
+//! - [`metrics`] and [`admin`] expose what happens.
+//!
+//! The hot path only `load()`s the table; everything that changes builds a new
+//! table off to the side and stores it once.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod balance;
+pub mod daemon;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;

@@ -1,0 +1,276 @@
+//! The routing table: one immutable snapshot of every route, swapped whole.
+//!
+//! # Flow
+//!
+//! ```text
+//! checked services ──RoutingTable::build(previous)──> new table ──ArcSwap::store──> proxies load()
+//!                                                       └─ commit(previous): resize limits, drop stale metrics
+//! ```
+//!
+//! A [`Route`] is what a listener needs for a new connection: the service's
+//! long-lived state (connection limit, metrics), the per-connection settings
+//! and the [`BackendSet`]. Routes are keyed by the listen address they serve,
+//! so a listener finds its route with one map lookup and a reload that moves a
+//! port to another service needs no listener change.
+//!
+//! # Invariants
+//!
+//! - Backends and service states are carried over from the previous table by
+//!   identity (`(service, address)` and service name), so in-flight counts,
+//!   ejections and connection permits survive a reload.
+//! - `build` has no side effects beyond creating metric handles; the caller
+//!   stores the table first and then calls [`RoutingTable::commit`], so a
+//!   reload that fails after `build` changes nothing.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_config::{ProxyProtocol, Service};
+use tokio::sync::Semaphore;
+
+use crate::balance::{Backend, BackendSet};
+use crate::metrics::{Metrics, ServiceMetrics};
+
+/// State of a service that outlives snapshots.
+pub struct ServiceState {
+    pub name: Arc<str>,
+    /// One permit per open client connection; listeners take a permit before
+    /// `accept`, so the cap holds without ever accepting and dropping.
+    pub limit: Arc<Semaphore>,
+    /// The number of permits `limit` was sized for.
+    max_connections: AtomicU32,
+    pub metrics: ServiceMetrics,
+}
+
+impl ServiceState {
+    fn new(name: &str, max_connections: u32, metrics: &Metrics) -> Self {
+        Self {
+            name: Arc::from(name),
+            limit: Arc::new(Semaphore::new(max_connections as usize)),
+            max_connections: AtomicU32::new(max_connections),
+            metrics: metrics.service(name),
+        }
+    }
+
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections.load(Ordering::Relaxed)
+    }
+
+    /// Grows or shrinks the connection limit. Shrinking waits for permits to
+    /// come back and retires them, so open connections are never cut.
+    fn resize(&self, wanted: u32) {
+        let current = self.max_connections.swap(wanted, Ordering::Relaxed);
+        if wanted > current {
+            self.limit.add_permits((wanted - current) as usize);
+        } else if wanted < current {
+            let limit = Arc::clone(&self.limit);
+            let surplus = current - wanted;
+            tokio::spawn(async move {
+                if let Ok(permits) = limit.acquire_many_owned(surplus).await {
+                    permits.forget();
+                }
+            });
+        }
+    }
+}
+
+/// Per-connection settings of a route, copied from the service.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub proxy_protocol: ProxyProtocol,
+    /// Further connect attempts after the first one fails.
+    pub retries: u32,
+    /// How long a backend that failed a connect is skipped.
+    pub eject_time: Duration,
+}
+
+/// Everything a listener needs to serve one new connection.
+pub struct Route {
+    pub service: Arc<ServiceState>,
+    pub settings: RouteSettings,
+    pub backends: BackendSet,
+}
+
+type BackendKey = (Arc<str>, SocketAddr);
+
+/// One immutable snapshot of all routes.
+#[derive(Default)]
+pub struct RoutingTable {
+    routes: HashMap<SocketAddr, Arc<Route>>,
+    services: HashMap<Arc<str>, Arc<ServiceState>>,
+    backends: HashMap<BackendKey, Arc<Backend>>,
+}
+
+impl RoutingTable {
+    /// Builds the routes of `services`, reusing `previous`'s long-lived state.
+    /// Published ports bind on each service's `listen` addresses, or on
+    /// `ingress_addr` when it names none.
+    pub fn build(
+        services: &[Service],
+        ingress_addr: IpAddr,
+        previous: &RoutingTable,
+        metrics: &Metrics,
+    ) -> Self {
+        let mut table = RoutingTable::default();
+        for service in services {
+            let state = previous
+                .services
+                .get(service.name.as_str())
+                .cloned()
+                .unwrap_or_else(|| {
+                    Arc::new(ServiceState::new(
+                        &service.name,
+                        service.max_connections,
+                        metrics,
+                    ))
+                });
+            table
+                .services
+                .insert(Arc::clone(&state.name), Arc::clone(&state));
+            let settings = RouteSettings {
+                connect_timeout: service.connect_timeout,
+                idle_timeout: service.idle_timeout,
+                proxy_protocol: service.proxy_protocol,
+                retries: service.retries,
+                eject_time: service.health.eject_time,
+            };
+            let ips: Vec<IpAddr> = if service.listen.is_empty() {
+                vec![ingress_addr]
+            } else {
+                service.listen.clone()
+            };
+            for port in &service.ports {
+                let members: Vec<(Arc<Backend>, u32)> = service
+                    .backends_for(port)
+                    .into_iter()
+                    .map(|(addr, weight)| {
+                        let key: BackendKey = (Arc::clone(&state.name), addr);
+                        let backend = table
+                            .backends
+                            .get(&key)
+                            .or_else(|| previous.backends.get(&key))
+                            .cloned()
+                            .unwrap_or_else(|| {
+                                Arc::new(Backend::new(
+                                    addr,
+                                    metrics.backend(&service.name, &addr.to_string()),
+                                ))
+                            });
+                        table.backends.insert(key, Arc::clone(&backend));
+                        (backend, weight)
+                    })
+                    .collect();
+                // Each listen address of a port gets its own route so that
+                // each keeps its own cursors; they share backend state.
+                for ip in &ips {
+                    let route = Route {
+                        service: Arc::clone(&state),
+                        settings: settings.clone(),
+                        backends: BackendSet::new(service.algorithm, members.clone()),
+                    };
+                    table
+                        .routes
+                        .insert(SocketAddr::new(*ip, port.published), Arc::new(route));
+                }
+            }
+        }
+        table
+    }
+
+    /// After the table is stored: applies new connection limits and drops the
+    /// metrics of services and backends that are gone.
+    pub fn commit(&self, previous: &RoutingTable, services: &[Service], metrics: &Metrics) {
+        for service in services {
+            if let Some(state) = self.services.get(service.name.as_str()) {
+                state.resize(service.max_connections);
+            }
+        }
+        for (name, _) in previous.services.iter() {
+            if !self.services.contains_key(name) {
+                metrics.remove_service(name);
+            }
+        }
+        for (key, _) in previous.backends.iter() {
+            if !self.backends.contains_key(key) {
+                metrics.remove_backend(&key.0, &key.1.to_string());
+            }
+        }
+    }
+
+    pub fn route(&self, listen_addr: &SocketAddr) -> Option<&Arc<Route>> {
+        self.routes.get(listen_addr)
+    }
+
+    /// Every address a listener must be bound on, with its service's name.
+    pub fn listen_addrs(&self) -> impl Iterator<Item = (SocketAddr, &str)> + '_ {
+        self.routes
+            .iter()
+            .map(|(addr, route)| (*addr, &*route.service.name))
+    }
+
+    /// Every backend with its service's name.
+    pub fn backends(&self) -> impl Iterator<Item = (&str, &Arc<Backend>)> + '_ {
+        self.backends.iter().map(|(key, b)| (&*key.0, b))
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Arc<ServiceState>> {
+        self.services.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_config::ConfigFile;
+
+    fn services(text: &str) -> Vec<Service> {
+        ConfigFile::parse(text)
+            .unwrap()
+            .validate()
+            .unwrap()
+            .services
+    }
+
+    #[test]
+    fn rebuild_keeps_backend_state_and_routes_by_listen_addr() {
+        let metrics = Metrics::new();
+        let ingress: IpAddr = "127.0.0.1".parse().unwrap();
+        let v1 = services(
+            r#"
+            [[service]]
+            name = "web"
+            ports = [{ published = 8080 }]
+            endpoints = [{ address = "10.0.0.1:80" }, { address = "10.0.0.2:80" }]
+            "#,
+        );
+        let first = RoutingTable::build(&v1, ingress, &RoutingTable::default(), &metrics);
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let route = first.route(&listen).unwrap();
+        assert_eq!(route.backends.len(), 2);
+        route.backends.backends()[0].eject(Duration::from_secs(60));
+
+        let v2 = services(
+            r#"
+            [[service]]
+            name = "web"
+            ports = [{ published = 8080 }]
+            max_connections = 5
+            endpoints = [{ address = "10.0.0.1:80" }, { address = "10.0.0.3:80" }]
+            "#,
+        );
+        let second = RoutingTable::build(&v2, ingress, &first, &metrics);
+        let route2 = second.route(&listen).unwrap();
+        assert!(Arc::ptr_eq(
+            &route.backends.backends()[0],
+            &route2.backends.backends()[0]
+        ));
+        assert!(route2.backends.backends()[0].is_ejected());
+        assert!(Arc::ptr_eq(&route.service, &route2.service));
+        assert_eq!(second.backends().count(), 2);
+    }
+}
