@@ -1,0 +1,218 @@
+//! Backend selection through real sockets: round-robin, smooth weighted,
+//! Maglev and least-conn, plus Maglev's table properties on the picker.
+mod common;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use common::*;
+use lb_config::Algorithm;
+use lbmesh::balance::{Backend, BackendSet, PickContext, MAGLEV_TABLE_SIZE};
+use lbmesh::metrics::BackendMetrics;
+use tokio::net::TcpStream;
+
+async fn backends(n: usize, behavior: Behavior) -> Vec<TestBackend> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(TestBackend::start(&format!("b{i}"), behavior).await);
+    }
+    out
+}
+
+fn weighted(backends: &[TestBackend], weights: &[u32]) -> Vec<(SocketAddr, u32)> {
+    backends
+        .iter()
+        .zip(weights)
+        .map(|(b, &w)| (b.addr, w))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_robin_300_connections_give_exactly_100_each() {
+    let bs = backends(3, Behavior::Identify).await;
+    let port = free_port();
+    let lbd = TestLbd::start(&service("web", port, &weighted(&bs, &[1, 1, 1]), "")).await;
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..300 {
+        *counts.entry(who_answers(addr).await).or_default() += 1;
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&c| c == 100), "{counts:?}");
+    for b in &bs {
+        assert_eq!(b.accepted(), 100, "{}", b.name);
+    }
+    let metrics = lbd.metrics().await;
+    for b in &bs {
+        let sent = metric(
+            &metrics,
+            "lbmesh_connections_total",
+            &[("service", "web"), ("backend", &b.addr.to_string())],
+        );
+        assert_eq!(sent, Some(100.0), "{}", b.name);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_3_1_1_follows_nginx_smooth_order() {
+    let bs = backends(3, Behavior::Identify).await;
+    let port = free_port();
+    let _lbd = TestLbd::start(&service(
+        "web",
+        port,
+        &weighted(&bs, &[3, 1, 1]),
+        "algorithm = \"weighted\"",
+    ))
+    .await;
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let mut sequence = Vec::new();
+    for _ in 0..50 {
+        sequence.push(who_answers(addr).await);
+    }
+    // nginx's smooth weighted round-robin for {a:3, b:1, c:1}: a b a c a.
+    let period = ["b0", "b1", "b0", "b2", "b0"];
+    let expected: Vec<&str> = period.iter().cycle().take(50).copied().collect();
+    assert_eq!(sequence, expected);
+    assert_eq!(bs[0].accepted(), 30);
+    assert_eq!(bs[1].accepted(), 10);
+    assert_eq!(bs[2].accepted(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maglev_keeps_each_client_ip_on_one_backend() {
+    let bs = backends(5, Behavior::Identify).await;
+    let port = free_port();
+    let _lbd = TestLbd::start(&service(
+        "web",
+        port,
+        &weighted(&bs, &[1; 5]),
+        "algorithm = \"maglev\"",
+    ))
+    .await;
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let mut chosen = HashMap::new();
+    for round in 0..5 {
+        for host in 1..=40u8 {
+            let source = IpAddr::V4(Ipv4Addr::new(127, 0, 1, host));
+            let name = who_answers_from(source, addr).await;
+            let first = chosen.entry(host).or_insert_with(|| name.clone());
+            assert_eq!(*first, name, "client {source} moved in round {round}");
+        }
+    }
+    let distinct: std::collections::HashSet<_> = chosen.values().collect();
+    assert!(distinct.len() >= 3, "40 clients should spread: {chosen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_conn_sends_new_connections_away_from_the_busy_backend() {
+    // b0 holds its connections open; b1 and b2 close theirs at once.
+    let busy = TestBackend::start("busy", Behavior::IdentifyAndHold).await;
+    let quick1 = TestBackend::start("quick1", Behavior::Identify).await;
+    let quick2 = TestBackend::start("quick2", Behavior::Identify).await;
+    let port = free_port();
+    let lbd = TestLbd::start(&service(
+        "web",
+        port,
+        &[(busy.addr, 1), (quick1.addr, 1), (quick2.addr, 1)],
+        "algorithm = \"least-conn\"",
+    ))
+    .await;
+    let addr = SocketAddr::new(LOCALHOST, port);
+
+    // Open connections until the busy backend holds two of them; the others
+    // land on the quick backends and end at once.
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..200 {
+        if held.len() == 2 {
+            break;
+        }
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        if read_line(&mut stream).await == "busy" {
+            held.push(stream);
+        }
+    }
+    assert_eq!(held.len(), 2, "the busy backend never got two connections");
+    let busy_label = busy.addr.to_string();
+    eventually("the busy backend holds connections", || {
+        let lbd = &lbd;
+        let label = busy_label.clone();
+        async move {
+            let text = lbd.metrics().await;
+            metric(
+                &text,
+                "lbmesh_backend_active_connections",
+                &[("backend", &label)],
+            )
+            .unwrap_or(0.0)
+                >= 2.0
+        }
+    })
+    .await;
+    let before = busy.accepted();
+    for _ in 0..60 {
+        let name = who_answers(addr).await;
+        assert_ne!(name, "busy", "a new connection went to the busy backend");
+    }
+    assert_eq!(busy.accepted(), before);
+    drop(held);
+}
+
+fn detached_set(algorithm: Algorithm, n: usize) -> BackendSet {
+    BackendSet::new(
+        algorithm,
+        (0..n)
+            .map(|i| {
+                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 0, i as u8 + 1)), 80);
+                (Arc::new(Backend::new(addr, BackendMetrics::detached())), 1)
+            })
+            .collect(),
+    )
+}
+
+#[test]
+fn maglev_table_gives_each_of_10_backends_floor_or_ceil_of_m_over_10() {
+    let set = detached_set(Algorithm::Maglev, 10);
+    let table = set.maglev_lookup_table().expect("maglev table");
+    assert_eq!(table.len(), MAGLEV_TABLE_SIZE);
+    let mut counts = [0usize; 10];
+    for &slot in table {
+        counts[slot as usize] += 1;
+    }
+    let (lo, hi) = (MAGLEV_TABLE_SIZE / 10, MAGLEV_TABLE_SIZE.div_ceil(10));
+    assert!(counts.iter().all(|&c| c == lo || c == hi), "{counts:?}");
+}
+
+#[test]
+fn maglev_removing_one_of_10_keeps_90_percent_of_the_other_clients() {
+    let full = detached_set(Algorithm::Maglev, 10);
+    let removed = full.backends()[3].addr;
+    let fewer = BackendSet::new(
+        Algorithm::Maglev,
+        full.backends()
+            .iter()
+            .filter(|b| b.addr != removed)
+            .map(|b| (Arc::clone(b), 1))
+            .collect(),
+    );
+    let (mut eligible, mut kept) = (0, 0);
+    for i in 0..10_000u32 {
+        let ctx = PickContext {
+            client: IpAddr::V4(Ipv4Addr::from(
+                0xc0a8_0000u32.wrapping_add(i.wrapping_mul(40_503)),
+            )),
+            lane: 0,
+        };
+        let before = full.pick(ctx).expect("pick").addr;
+        assert_eq!(full.pick(ctx).expect("pick").addr, before);
+        if before == removed {
+            continue;
+        }
+        eligible += 1;
+        if fewer.pick(ctx).expect("pick").addr == before {
+            kept += 1;
+        }
+    }
+    assert!(eligible > 8_000, "{eligible}");
+    assert!(kept * 100 >= eligible * 90, "kept {kept} of {eligible}");
+}

@@ -1,0 +1,103 @@
+//! Passive health: a refusing backend is ejected at once, the client's
+//! connection is retried elsewhere, and the backend returns after its
+//! ejection time.
+mod common;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_backend_is_ejected_and_no_client_notices() {
+    let live1 = TestBackend::start("live1", Behavior::Identify).await;
+    let live2 = TestBackend::start("live2", Behavior::Identify).await;
+    // An address that refuses: bound once for a port number, then closed.
+    let dead = TestBackend::start("dead", Behavior::Identify).await;
+    let dead_addr = dead.addr;
+    dead.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let port = free_port();
+    let lbd = TestLbd::start(&service(
+        "web",
+        port,
+        &[(live1.addr, 1), (dead_addr, 1), (live2.addr, 1)],
+        "[service.health]\neject_time = \"1s\"",
+    ))
+    .await;
+    let addr = SocketAddr::new(LOCALHOST, port);
+
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..200 {
+        let name = who_answers(addr).await;
+        assert!(
+            name == "live1" || name == "live2",
+            "unexpected answer {name:?}"
+        );
+        *counts.entry(name).or_default() += 1;
+    }
+    assert_eq!(counts.values().sum::<usize>(), 200);
+
+    let dead_label = dead_addr.to_string();
+    let text = lbd.metrics().await;
+    let labels = [("service", "web"), ("backend", dead_label.as_str())];
+    assert_eq!(metric(&text, "lbmesh_backend_up", &labels), Some(0.0));
+    let ejections = metric(&text, "lbmesh_backend_ejections_total", &labels).unwrap_or(0.0);
+    assert!(ejections >= 1.0, "ejections {ejections}");
+    let refused = metric(
+        &text,
+        "lbmesh_connect_errors_total",
+        &[("backend", dead_label.as_str()), ("reason", "refused")],
+    )
+    .unwrap_or(0.0);
+    assert!(refused >= 1.0, "refused {refused}");
+
+    // The backend comes back; once its ejection time has passed it gets
+    // traffic again.
+    let revived = TestBackend::start_on("revived", dead_addr, Behavior::Identify).await;
+    let mut seen_revived = false;
+    for _ in 0..30 {
+        if who_answers(addr).await == "revived" {
+            seen_revived = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(seen_revived, "the revived backend never got traffic");
+    let text = lbd.metrics().await;
+    assert_eq!(metric(&text, "lbmesh_backend_up", &labels), Some(1.0));
+    assert!(revived.accepted() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_backend_down_the_client_is_closed_and_counted() {
+    let dead = TestBackend::start("dead", Behavior::Identify).await;
+    let dead_addr = dead.addr;
+    dead.stop();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let port = free_port();
+    let lbd = TestLbd::start(&service("down", port, &[(dead_addr, 1)], "retries = 1")).await;
+    let answer = who_answers(SocketAddr::new(LOCALHOST, port)).await;
+    assert_eq!(answer, "", "the client sees a plain close");
+    let text = lbd.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_connections_failed_total",
+            &[("service", "down"), ("reason", "all_attempts_failed")]
+        ),
+        Some(1.0)
+    );
+    let dead_label = dead_addr.to_string();
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_connect_errors_total",
+            &[("backend", dead_label.as_str()), ("reason", "refused")]
+        ),
+        Some(2.0),
+        "one try plus one retry"
+    );
+}

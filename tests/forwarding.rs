@@ -1,0 +1,278 @@
+//! Bytes through the proxy: bulk integrity, half-close, PROXY protocol,
+//! idle timeout and the connection cap.
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const MIB: usize = 1024 * 1024;
+
+/// Deterministic, non-repeating-looking bytes (xorshift), so a dropped or
+/// reordered chunk changes the digest.
+fn pattern(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_each_way_arrive_byte_exact() {
+    let echo = TestBackend::start("echo", Behavior::Echo).await;
+    let port = free_port();
+    let lbd = TestLbd::start(&service("bulk", port, &[(echo.addr, 1)], "")).await;
+    let stream = TcpStream::connect(SocketAddr::new(LOCALHOST, port))
+        .await
+        .expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let payload = pattern(64 * MIB, 0x1234_5678_9abc_def1);
+    let sent_digest = Sha256::digest(&payload);
+
+    let send = tokio::spawn(async move {
+        for chunk in payload.chunks(256 * 1024) {
+            writer.write_all(chunk).await.expect("send");
+        }
+        writer.shutdown().await.expect("half-close");
+    });
+    let receive = tokio::spawn(async move {
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut total = 0usize;
+        loop {
+            let n = reader.read(&mut buf).await.expect("receive");
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            total += n;
+        }
+        (total, hasher.finalize())
+    });
+    tokio::time::timeout(Duration::from_secs(120), send)
+        .await
+        .expect("sent in time")
+        .expect("sender");
+    let (total, received_digest) = tokio::time::timeout(Duration::from_secs(120), receive)
+        .await
+        .expect("received in time")
+        .expect("receiver");
+    assert_eq!(total, 64 * MIB);
+    assert_eq!(received_digest, sent_digest);
+
+    let label = echo.addr.to_string();
+    let metrics = lbd.metrics().await;
+    let labels = [("service", "bulk"), ("backend", label.as_str())];
+    assert_eq!(
+        metric(&metrics, "lbmesh_bytes_in_total", &labels),
+        Some((64 * MIB) as f64)
+    );
+    assert_eq!(
+        metric(&metrics, "lbmesh_bytes_out_total", &labels),
+        Some((64 * MIB) as f64)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_lets_the_backend_reply_after_client_eof() {
+    let counter = TestBackend::start("count", Behavior::CountThenReply).await;
+    let port = free_port();
+    let _lbd = TestLbd::start(&service("half", port, &[(counter.addr, 1)], "")).await;
+    let mut stream = TcpStream::connect(SocketAddr::new(LOCALHOST, port))
+        .await
+        .expect("connect");
+    let request = pattern(300_000, 7);
+    stream.write_all(&request).await.expect("send");
+    stream
+        .shutdown()
+        .await
+        .expect("client write side shut down");
+    let mut reply = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut reply))
+        .await
+        .expect("reply in time")
+        .expect("read reply");
+    assert_eq!(reply, "got 300000 bytes");
+}
+
+/// A backend that parses one PROXY header (v1 or v2) and returns the source
+/// address it carries.
+async fn parse_proxy_header(listener: TcpListener) -> SocketAddr {
+    let (mut stream, _) = listener.accept().await.expect("accept");
+    let mut first = [0u8; 16];
+    stream.read_exact(&mut first[..5]).await.expect("read");
+    if &first[..5] == b"PROXY" {
+        let mut line = b"PROXY".to_vec();
+        let mut byte = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            stream.read_exact(&mut byte).await.expect("read line");
+            line.push(byte[0]);
+        }
+        let text = String::from_utf8(line).expect("ascii");
+        let fields: Vec<&str> = text.trim_end().split(' ').collect();
+        assert_eq!(fields.len(), 6, "{text:?}");
+        assert_eq!(fields[1], "TCP4");
+        format!("{}:{}", fields[2], fields[4])
+            .parse()
+            .expect("source")
+    } else {
+        stream.read_exact(&mut first[5..]).await.expect("read v2");
+        assert_eq!(&first[..12], &lbmesh::proxy::proxy_protocol::V2_SIGNATURE);
+        assert_eq!(first[12], 0x21, "version 2, PROXY command");
+        assert_eq!(first[13], 0x11, "TCP over IPv4");
+        let len = u16::from_be_bytes([first[14], first[15]]) as usize;
+        assert_eq!(len, 12);
+        let mut block = [0u8; 12];
+        stream.read_exact(&mut block).await.expect("address block");
+        let ip = std::net::Ipv4Addr::new(block[0], block[1], block[2], block[3]);
+        let port = u16::from_be_bytes([block[8], block[9]]);
+        SocketAddr::new(ip.into(), port)
+    }
+}
+
+async fn proxy_protocol_carries_client_address(version: &str) {
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let parsed = tokio::spawn(parse_proxy_header(listener));
+    let port = free_port();
+    let _lbd = TestLbd::start(&service(
+        "pp",
+        port,
+        &[(backend, 1)],
+        &format!("proxy_protocol = \"{version}\""),
+    ))
+    .await;
+    let stream = TcpStream::connect(SocketAddr::new(LOCALHOST, port))
+        .await
+        .expect("connect");
+    let client = stream.local_addr().expect("client addr");
+    let source = tokio::time::timeout(WAIT, parsed)
+        .await
+        .expect("header in time")
+        .expect("parser");
+    assert_eq!(source, client);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v1_carries_client_address() {
+    proxy_protocol_carries_client_address("v1").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_carries_client_address() {
+    proxy_protocol_carries_client_address("v2").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_timeout_closes_only_idle_connections() {
+    let echo = TestBackend::start("echo", Behavior::Echo).await;
+    let port = free_port();
+    let _lbd = TestLbd::start(&service(
+        "idle",
+        port,
+        &[(echo.addr, 1)],
+        "idle_timeout = \"400ms\"",
+    ))
+    .await;
+    let addr = SocketAddr::new(LOCALHOST, port);
+
+    // A connection that talks every 100 ms outlives the timeout several times.
+    let mut busy = TcpStream::connect(addr).await.expect("connect");
+    for i in 0..15u8 {
+        busy.write_all(&[i]).await.expect("write");
+        let mut echo_byte = [0u8; 1];
+        tokio::time::timeout(WAIT, busy.read_exact(&mut echo_byte))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        assert_eq!(echo_byte[0], i);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A silent one is closed by the proxy.
+    let mut idle = TcpStream::connect(addr).await.expect("connect");
+    let started = tokio::time::Instant::now();
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .expect("closed within the wait")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "an idle connection must see EOF");
+    assert!(
+        started.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cap_is_never_exceeded() {
+    let holder = TestBackend::start("holder", Behavior::IdentifyAndHold).await;
+    let port = free_port();
+    let lbd = TestLbd::start(&service(
+        "capped",
+        port,
+        &[(holder.addr, 1)],
+        "max_connections = 3",
+    ))
+    .await;
+    let addr = SocketAddr::new(LOCALHOST, port);
+
+    // Ten clients connect at once; the kernel completes their handshakes
+    // (the backlog), but lbd serves only three at a time.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    let mut served = Vec::new();
+    let mut waiting = Vec::new();
+    for mut client in clients {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(Duration::from_millis(300), client.read(&mut byte)).await {
+            Ok(Ok(1)) => served.push(client),
+            _ => waiting.push(client),
+        }
+    }
+    assert_eq!(served.len(), 3, "exactly the cap is served");
+    let text = lbd.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_service_active_connections",
+            &[("service", "capped")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(holder.accepted(), 3);
+
+    // Closing one served client lets exactly one waiting client through.
+    drop(served.pop());
+    let mut progressed = 0;
+    for client in &mut waiting {
+        let mut byte = [0u8; 1];
+        if let Ok(Ok(1)) =
+            tokio::time::timeout(Duration::from_millis(500), client.read(&mut byte)).await
+        {
+            progressed += 1;
+        }
+    }
+    assert_eq!(progressed, 1);
+    let text = lbd.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_service_active_connections",
+            &[("service", "capped")]
+        ),
+        Some(3.0)
+    );
+}
