@@ -107,7 +107,7 @@ async fn maglev_keeps_each_client_ip_on_one_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_sends_new_connections_away_from_the_busy_backend() {
     // b0 holds its connections open; b1 and b2 close theirs at once.
-    let busy = TestBackend::start("busy", Behavior::IdentifyAndHold).await;
+    let busy = TestBackend::start("busy", Behavior::IdentifyThenEcho).await;
     let quick1 = TestBackend::start("quick1", Behavior::Identify).await;
     let quick2 = TestBackend::start("quick2", Behavior::Identify).await;
     let port = free_port();

@@ -216,7 +216,7 @@ async fn idle_timeout_closes_only_idle_connections() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_is_never_exceeded() {
-    let holder = TestBackend::start("holder", Behavior::IdentifyAndHold).await;
+    let holder = TestBackend::start("holder", Behavior::IdentifyThenEcho).await;
     let port = free_port();
     let lbd = TestLbd::start(&service(
         "capped",

@@ -29,9 +29,9 @@ pub fn free_port() -> u16 {
 pub enum Behavior {
     /// Writes its name and a newline, then closes.
     Identify,
-    /// Writes its name and a newline, then holds the connection until the
-    /// client closes it.
-    IdentifyAndHold,
+    /// Writes its name and a newline, then echoes every byte until the client
+    /// closes.
+    IdentifyThenEcho,
     /// Echoes every byte; on EOF from the client, closes its write side.
     Echo,
     /// Reads until EOF, then answers `got N bytes` and closes.
@@ -101,20 +101,11 @@ async fn handle(mut stream: TcpStream, behavior: Behavior, label: String) {
         Behavior::Identify => {
             let _ = stream.write_all(label.as_bytes()).await;
         }
-        Behavior::IdentifyAndHold => {
+        Behavior::IdentifyThenEcho => {
             let _ = stream.write_all(label.as_bytes()).await;
-            let mut sink = [0u8; 1024];
-            while let Ok(n) = stream.read(&mut sink).await {
-                if n == 0 {
-                    break;
-                }
-            }
+            echo(&mut stream).await;
         }
-        Behavior::Echo => {
-            let (mut r, mut w) = stream.split();
-            let _ = tokio::io::copy(&mut r, &mut w).await;
-            let _ = w.shutdown().await;
-        }
+        Behavior::Echo => echo(&mut stream).await,
         Behavior::CountThenReply => {
             let mut total = 0usize;
             let mut buf = vec![0u8; 64 * 1024];
@@ -129,6 +120,12 @@ async fn handle(mut stream: TcpStream, behavior: Behavior, label: String) {
                 .await;
         }
     }
+}
+
+async fn echo(stream: &mut TcpStream) {
+    let (mut r, mut w) = stream.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+    let _ = w.shutdown().await;
 }
 
 /// Connects and reads the first line (a test backend's name).

@@ -1,0 +1,345 @@
+//! The `lbd` binary as users run it: signals, reloads, shutdown, admin routes
+//! and config errors.
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// An lbd child process with its config and log in a temp dir.
+struct LbdProcess {
+    child: Child,
+    api: SocketAddr,
+    config: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl LbdProcess {
+    async fn start(services: &str, grace: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let api = SocketAddr::new(LOCALHOST, free_port());
+        let config = dir.path().join("lbd.toml");
+        write_config(&config, api, grace, services);
+        let log = dir.path().join("lbd.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn lbd");
+        let process = Self {
+            child,
+            api,
+            config,
+            log,
+            _dir: dir,
+        };
+        let api = process.api;
+        eventually("lbd is ready", || async move {
+            match TcpStream::connect(api).await {
+                Ok(_) => http_get(api, "/ready").await.0 == 200,
+                Err(_) => false,
+            }
+        })
+        .await;
+        process
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(self.api, "/metrics").await.1
+    }
+
+    async fn wait_for_reloads(&self, result: &str, count: f64) {
+        let api = self.api;
+        eventually(
+            &format!("{count} reload(s) with result {result}"),
+            || async move {
+                let text = http_get(api, "/metrics").await.1;
+                metric(&text, "lbmesh_config_reloads_total", &[("result", result)]) == Some(count)
+            },
+        )
+        .await;
+    }
+
+    /// Waits for the process to exit; returns its exit code and how long it took.
+    fn wait_exit(&mut self, limit: Duration) -> (Option<i32>, Duration) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return (status.code(), started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "lbd did not exit within {limit:?}; log:\n{}",
+            self.log_text()
+        );
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for LbdProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(path: &Path, api: SocketAddr, grace: &str, services: &str) {
+    let text = format!(
+        "[node]\nname = \"proc\"\napi_addr = \"{api}\"\nshutdown_grace = \"{grace}\"\n\n{services}"
+    );
+    std::fs::write(path, text).expect("write config");
+}
+
+async fn echo_round_trip(stream: &mut TcpStream, data: &[u8]) {
+    stream.write_all(data).await.expect("write");
+    let mut back = vec![0u8; data.len()];
+    tokio::time::timeout(WAIT, stream.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .expect("echo");
+    assert_eq!(back, data);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reload_adds_a_backend_without_touching_open_connections() {
+    let b0 = TestBackend::start("b0", Behavior::IdentifyThenEcho).await;
+    let b1 = TestBackend::start("b1", Behavior::IdentifyThenEcho).await;
+    let b2 = TestBackend::start("b2", Behavior::IdentifyThenEcho).await;
+    let port = free_port();
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let two = service("web", port, &[(b0.addr, 1), (b1.addr, 1)], "");
+    let lbd = LbdProcess::start(&two, "5s").await;
+
+    let mut open = TcpStream::connect(addr).await.expect("connect");
+    let first = read_line(&mut open).await;
+    assert!(first == "b0" || first == "b1", "{first}");
+
+    let three = service("web", port, &[(b0.addr, 1), (b1.addr, 1), (b2.addr, 1)], "");
+    write_config(&lbd.config, lbd.api, "5s", &three);
+    lbd.signal("HUP");
+    lbd.wait_for_reloads("ok", 1.0).await;
+
+    echo_round_trip(&mut open, b"still here after the reload").await;
+    let before = [b0.accepted(), b1.accepted()];
+    for _ in 0..30 {
+        who_answers(addr).await;
+    }
+    // The new snapshot starts a fresh round-robin over three backends.
+    assert_eq!(b2.accepted(), 10);
+    assert_eq!(b0.accepted() - before[0], 10);
+    assert_eq!(b1.accepted() - before[1], 10);
+
+    // A broken file is rejected and the running config keeps serving.
+    std::fs::write(&lbd.config, "[[service]]\nname = \"web\"\nbogus = true\n").expect("write");
+    lbd.signal("HUP");
+    lbd.wait_for_reloads("error", 1.0).await;
+    for _ in 0..3 {
+        let name = who_answers(addr).await;
+        assert!(["b0", "b1", "b2"].contains(&name.as_str()), "{name}");
+    }
+    echo_round_trip(&mut open, b"and after the rejected one").await;
+    assert!(
+        lbd.log_text().contains("bogus"),
+        "the log names the bad field"
+    );
+
+    // A removed service's listener is closed on reload.
+    let other_port = free_port();
+    let only_other = service("other", other_port, &[(b0.addr, 1)], "");
+    write_config(&lbd.config, lbd.api, "5s", &only_other);
+    lbd.signal("HUP");
+    lbd.wait_for_reloads("ok", 2.0).await;
+    eventually("the old port refuses", || async move {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert_eq!(
+        who_answers(SocketAddr::new(LOCALHOST, other_port)).await,
+        "b0"
+    );
+    echo_round_trip(&mut open, b"open connections outlive their listener").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_the_transfer_refuses_new_connections_and_exits_0() {
+    let echo = TestBackend::start("echo", Behavior::Echo).await;
+    let port = free_port();
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let mut lbd = LbdProcess::start(&service("web", port, &[(echo.addr, 1)], ""), "10s").await;
+
+    let mut in_flight = TcpStream::connect(addr).await.expect("connect");
+    echo_round_trip(&mut in_flight, b"before").await;
+    lbd.signal("TERM");
+
+    eventually("new connections are refused", || async move {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    let api = lbd.api;
+    assert_eq!(
+        http_get(api, "/ready").await.0,
+        503,
+        "not ready while draining"
+    );
+
+    // The open connection still moves a whole transfer, then closes.
+    let chunk = vec![0xa5u8; 1024 * 1024];
+    for _ in 0..4 {
+        echo_round_trip(&mut in_flight, &chunk).await;
+    }
+    assert!(
+        lbd.child.try_wait().expect("try_wait").is_none(),
+        "lbd waits for the connection"
+    );
+    drop(in_flight);
+    let (code, took) = lbd.wait_exit(Duration::from_secs(8));
+    assert_eq!(code, Some(0), "log:\n{}", lbd.log_text());
+    assert!(took < Duration::from_secs(5), "exit took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_deadline_closes_connections_that_do_not_finish() {
+    let echo = TestBackend::start("echo", Behavior::Echo).await;
+    let port = free_port();
+    let addr = SocketAddr::new(LOCALHOST, port);
+    let mut lbd = LbdProcess::start(&service("web", port, &[(echo.addr, 1)], ""), "500ms").await;
+    let mut stuck = TcpStream::connect(addr).await.expect("connect");
+    echo_round_trip(&mut stuck, b"x").await;
+    lbd.signal("TERM");
+    let (code, took) = lbd.wait_exit(Duration::from_secs(8));
+    assert_eq!(code, Some(0));
+    assert!(took < Duration::from_secs(4), "exit took {took:?}");
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(WAIT, stuck.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(n, Ok(0) | Err(_)),
+        "the stuck connection is closed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_routes_answer() {
+    let port = free_port();
+    let echo = TestBackend::start("echo", Behavior::Echo).await;
+    let lbd = LbdProcess::start(&service("web", port, &[(echo.addr, 1)], ""), "1s").await;
+    assert_eq!(http_get(lbd.api, "/live").await, (200, "ok\n".to_owned()));
+    assert_eq!(
+        http_get(lbd.api, "/ready").await,
+        (200, "ready\n".to_owned())
+    );
+    assert_eq!(http_get(lbd.api, "/nope").await.0, 404);
+    let text = lbd.metrics().await;
+    assert!(
+        text.contains("# TYPE lbmesh_connect_duration_seconds histogram"),
+        "{text}"
+    );
+    assert_eq!(
+        metric(&text, "lbmesh_backend_up", &[("service", "web")]),
+        Some(1.0)
+    );
+}
+
+/// Runs `lbd --config` on `text`; returns (exit code, stderr).
+fn run_with_config(text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, text).expect("write");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
+        .arg("--config")
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lbd");
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                std::io::Read::read_to_string(&mut pipe, &mut stderr).expect("stderr");
+            }
+            return (status.code(), stderr);
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("lbd kept running with a bad config:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn config_errors_exit_non_zero_and_name_the_field() {
+    let api = format!("[node]\napi_addr = \"127.0.0.1:{}\"\n", free_port());
+    let cases = [
+        ("[[service]]\nname = \"web\"\nports = [{ published = 8080 }]\ncolour = \"blue\"\n", "colour"),
+        ("[[service]]\nname = \"web\"\nports = [{ published = 0 }]\n", "service[0].ports[0].published"),
+        ("[[service]]\nname = \"web\"\nports = [{ published = 70000 }]\n", "service[0].ports[0].published"),
+        (
+            "[[service]]\nname = \"a\"\nlisten = [\"127.0.0.1\"]\nports = [{ published = 8080 }]\n\
+             [[service]]\nname = \"b\"\nlisten = [\"127.0.0.1\"]\nports = [{ published = 8080 }]\n",
+            "service[1].ports",
+        ),
+        ("[[service]]\nname = \"Web\"\nports = [{ published = 8080 }]\n", "service[0].name"),
+        (
+            "[[service]]\nname = \"web\"\nports = [{ published = 8080 }]\nendpoints = [{ address = \"127.0.0.1:9\", weight = 0 }]\n",
+            "service[0].endpoints[0].weight",
+        ),
+    ];
+    for (services, field) in cases {
+        let (code, stderr) = run_with_config(&format!("{api}{services}"));
+        assert_ne!(code, Some(0), "{services}");
+        assert!(code.is_some(), "lbd must exit, not be killed");
+        assert!(
+            stderr.contains(field),
+            "stderr does not name {field:?}:\n{stderr}"
+        );
+    }
+    let (code, stderr) = run_with_config("[node\n");
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("bad.toml"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_is_a_clear_start_error() {
+    let taken = std::net::TcpListener::bind((LOCALHOST, 0)).expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let api = format!("[node]\napi_addr = \"127.0.0.1:{}\"\n", free_port());
+    let (code, stderr) = run_with_config(&format!(
+        "{api}{}",
+        service(
+            "web",
+            port,
+            &[("127.0.0.1:9".parse().expect("addr"), 1)],
+            ""
+        )
+    ));
+    assert_ne!(code, Some(0));
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")) && stderr.contains("\"web\""),
+        "{stderr}"
+    );
+}
