@@ -40,6 +40,10 @@ pub const MAGLEV_TABLE_SIZE: usize = 65_537;
 /// correct (the cursor is atomic) and only adds contention.
 pub const LANES: usize = 16;
 
+/// Most backends a Maglev table spreads over (its slots hold u16 indices);
+/// backends past this many get no slots.
+pub const MAX_MAGLEV_BACKENDS: usize = u16::MAX as usize;
+
 /// The weighted period is precomputed; its length is the sum of the weights
 /// divided by their greatest common divisor, capped so that building it stays
 /// cheap on reload.
@@ -178,8 +182,10 @@ enum Picker {
         cursors: Box<[PaddedCursor]>,
     },
     LeastConn,
+    /// Backend index per slot; u16 halves the table (128 KiB) so more of it
+    /// stays in cache. A Maglev set uses at most 65,535 backends.
     Maglev {
-        table: Box<[u32]>,
+        table: Box<[u16]>,
     },
 }
 
@@ -328,7 +334,7 @@ impl BackendSet {
     /// ejected, a few rehashed entries (which spread the ejected backend's
     /// clients over the others in proportion), then any available backend.
     #[inline]
-    fn maglev(&self, table: &[u32], client: IpAddr) -> usize {
+    fn maglev(&self, table: &[u16], client: IpAddr) -> usize {
         let key = ip_key(client);
         let chosen = table[fast_range(mix64(key), table.len())] as usize;
         if self.backends[chosen].is_available() {
@@ -346,7 +352,7 @@ impl BackendSet {
     }
 
     /// The Maglev table, for tests of its balance.
-    pub fn maglev_lookup_table(&self) -> Option<&[u32]> {
+    pub fn maglev_lookup_table(&self) -> Option<&[u16]> {
         match &self.picker {
             Picker::Maglev { table } => Some(table),
             _ => None,
@@ -405,8 +411,10 @@ fn gcd(a: u32, b: u32) -> u32 {
 /// claiming their next free slot, a backend of weight w taking w turns per
 /// round. With equal weights each backend ends with ⌊M/n⌋ or ⌈M/n⌉ slots, and
 /// removing one backend moves little more than that backend's own slots.
-pub fn maglev_table(keys: &[SocketAddr], weights: &[u32], size: usize) -> Vec<u32> {
-    const EMPTY: u32 = u32::MAX;
+pub fn maglev_table(keys: &[SocketAddr], weights: &[u32], size: usize) -> Vec<u16> {
+    const EMPTY: u16 = u16::MAX;
+    // Slot values are u16 and u16::MAX marks an empty slot.
+    let keys = &keys[..keys.len().min(MAX_MAGLEV_BACKENDS)];
     let mut table = vec![EMPTY; size];
     if keys.is_empty() {
         return table;
@@ -432,7 +440,7 @@ pub fn maglev_table(keys: &[SocketAddr], weights: &[u32], size: usize) -> Vec<u3
                     next[i] += 1;
                     slot = ((offset + next[i] * skip) % modulus) as usize;
                 }
-                table[slot] = i as u32;
+                table[slot] = i as u16;
                 next[i] += 1;
                 filled += 1;
                 if filled == size {

@@ -101,3 +101,64 @@ async fn with_every_backend_down_the_client_is_closed_and_counted() {
         "one try plus one retry"
     );
 }
+
+/// A loopback listener that never accepts, with its accept queue filled, so
+/// further connects get no answer at all (the kernel drops their SYNs).
+fn blackhole() -> (socket2::Socket, SocketAddr, Vec<std::net::TcpStream>) {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    socket
+        .bind(&SocketAddr::new(LOCALHOST, 0).into())
+        .expect("bind");
+    socket.listen(0).expect("listen");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    let mut fillers = Vec::new();
+    for _ in 0..16 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(stream) => fillers.push(stream),
+            Err(_) => return (socket, addr, fillers),
+        }
+    }
+    panic!("the accept queue of {addr} never filled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_timeout_ejects_a_silent_backend_and_retries() {
+    let (_socket, silent, _fillers) = blackhole();
+    let live = TestBackend::start("live", Behavior::Identify).await;
+    let port = free_port();
+    let lbd = TestLbd::start(&service(
+        "web",
+        port,
+        &[(silent, 1), (live.addr, 1)],
+        "connect_timeout = \"150ms\"",
+    ))
+    .await;
+    let addr = SocketAddr::new(LOCALHOST, port);
+    for _ in 0..4 {
+        assert_eq!(who_answers(addr).await, "live");
+    }
+    let silent_label = silent.to_string();
+    let text = lbd.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_connect_errors_total",
+            &[("backend", silent_label.as_str()), ("reason", "timeout")]
+        ),
+        Some(1.0),
+        "one timed-out connect, then the backend is ejected"
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_backend_up",
+            &[("backend", silent_label.as_str())]
+        ),
+        Some(0.0)
+    );
+}
