@@ -24,6 +24,8 @@
 
 pub mod forward;
 pub mod proxy_protocol;
+#[cfg(target_os = "linux")]
+mod splice;
 
 use std::io;
 use std::net::SocketAddr;
