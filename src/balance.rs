@@ -14,10 +14,10 @@
 //! # Invariants of the hot path
 //!
 //! A pick takes `&self`, never locks and never allocates. Round-robin and
-//! weighted keep their cursors in *lanes*: each accept loop owns one lane, so
-//! two cores accepting on two listeners never bounce a cursor's cache line,
-//! while all connections of one accept loop see an exact round-robin (as each
-//! nginx worker keeps its own). An ejected backend is skipped by checking one
+//! weighted keep their cursors in *lanes*: each accept loop has its own lane
+//! and its connections pick from it, so connections arriving on different
+//! listeners never share a cursor's cache line, while all connections of one
+//! listener see an exact round-robin (as each nginx worker keeps its own). An ejected backend is skipped by checking one
 //! atomic; the set is not rebuilt. If every backend is ejected the pick fails
 //! open and returns the backend the algorithm chose: trying a possibly
 //! recovered backend beats refusing the client outright.
@@ -254,10 +254,13 @@ impl BackendSet {
         }
         let index = match &self.picker {
             Picker::RoundRobin { cursors } => {
-                let start = cursors[ctx.lane % LANES].0.fetch_add(1, Ordering::Relaxed) % n;
-                self.first_available_from(start)
+                let cursor = &cursors[ctx.lane % LANES].0;
+                // On a skip the cursor moves on, so an ejected backend's turns
+                // are spread over the others instead of all going to its
+                // neighbour.
+                self.redraw(|| cursor.fetch_add(1, Ordering::Relaxed) % n)
             }
-            Picker::Random => self.first_available_from(fastrand::usize(..n)),
+            Picker::Random => self.redraw(|| fastrand::usize(..n)),
             Picker::Weighted { period, cursors } => {
                 let at = cursors[ctx.lane % LANES].0.fetch_add(1, Ordering::Relaxed) % period.len();
                 self.weighted_from(period, at)
@@ -266,6 +269,21 @@ impl BackendSet {
             Picker::Maglev { table } => self.maglev(table, ctx.client),
         };
         Some(&self.backends[index])
+    }
+
+    /// Draws up to n candidates from `draw` and returns the first available
+    /// one; then the next available after the first draw; then (fail open)
+    /// the first draw.
+    #[inline]
+    fn redraw(&self, mut draw: impl FnMut() -> usize) -> usize {
+        let first = draw();
+        if self.backends[first].is_available() {
+            return first;
+        }
+        (1..self.backends.len())
+            .map(|_| draw())
+            .find(|&i| self.backends[i].is_available())
+            .unwrap_or_else(|| self.first_available_from(first))
     }
 
     /// `start` if available, else the next available index after it, else

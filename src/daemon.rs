@@ -8,7 +8,9 @@
 //!          ─> spawn accept loops and the admin server ─> ready
 //! reload:  load file ─> build table (reusing backend state) ─> bind new addresses
 //!          ─> store the table (one ArcSwap store) ─> stop loops of removed addresses
-//!          (any failure before the store: the running config keeps serving)
+//!          (any failure before the store: the running config keeps serving;
+//!          moving a port between 0.0.0.0 and a specific IP of the same family
+//!          in one reload fails this way, as the old socket still holds it)
 //! stop:    not ready ─> stop accept loops (listeners close, new connects are refused)
 //!          ─> wait for open connections up to the grace deadline ─> stop admin
 //! ```
@@ -28,7 +30,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use lb_config::{Config, ConfigError, ConfigFile};
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
@@ -48,7 +50,7 @@ pub enum DaemonError {
         service: String,
         source: io::Error,
     },
-    #[error("cannot listen on {addr} for the admin API: {source}")]
+    #[error("node.api_addr: cannot listen on {addr} for the admin API: {source}")]
     AdminBind { addr: SocketAddr, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
@@ -68,6 +70,26 @@ pub struct Daemon {
     connections: TaskTracker,
     admin: Arc<AdminState>,
     api_addr: SocketAddr,
+    /// Installed before the daemon reports ready, so a signal that arrives
+    /// right after is handled rather than killing the process.
+    signals: Signals,
+}
+
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, DaemonError> {
+        let install = |kind| signal(kind).map_err(DaemonError::Signals);
+        Ok(Self {
+            hangup: install(SignalKind::hangup())?,
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+        })
+    }
 }
 
 impl Daemon {
@@ -83,10 +105,12 @@ impl Daemon {
         );
         let bound = bind_new(&table, &HashMap::new())?;
         let admin_listener = proxy::bind_listener(config.node.api_addr, ListenOptions::default())
+            .and_then(TcpListener::from_std)
             .map_err(|source| DaemonError::AdminBind {
-            addr: config.node.api_addr,
-            source,
-        })?;
+                addr: config.node.api_addr,
+                source,
+            })?;
+        let signals = Signals::install()?;
         let api_addr = admin_listener
             .local_addr()
             .map_err(|source| DaemonError::AdminBind {
@@ -111,6 +135,7 @@ impl Daemon {
             connections: TaskTracker::new(),
             admin: Arc::clone(&admin),
             api_addr,
+            signals,
         };
         daemon.spawn_accept_loops(bound);
         let stop_admin = daemon.stop_admin.clone();
@@ -157,7 +182,13 @@ impl Daemon {
             &previous,
             &self.metrics,
         );
-        let bound = bind_new(&table, &self.listeners)?;
+        let bound = match bind_new(&table, &self.listeners) {
+            Ok(bound) => bound,
+            Err(error) => {
+                table.abandon(&previous, &self.metrics);
+                return Err(error);
+            }
+        };
         let table = Arc::new(table);
         self.table.store(Arc::clone(&table));
         table.commit(&previous, &config.services, &self.metrics);
@@ -181,7 +212,7 @@ impl Daemon {
         Ok(())
     }
 
-    fn spawn_accept_loops(&mut self, bound: Vec<(SocketAddr, TcpListener)>) {
+    fn spawn_accept_loops(&mut self, bound: Vec<(SocketAddr, std::net::TcpListener)>) {
         let ctx = ProxyContext {
             table: Arc::clone(&self.table),
             connections: self.connections.clone(),
@@ -197,19 +228,16 @@ impl Daemon {
     /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down
     /// gracefully within the node's `shutdown_grace`.
     pub async fn run(mut self) -> Result<(), DaemonError> {
-        let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-        let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
-        let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
         loop {
             tokio::select! {
-                _ = hangup.recv() => {
+                _ = self.signals.hangup.recv() => {
                     info!(path = %self.config_path.display(), "SIGHUP: reloading");
                     if let Err(error) = self.reload() {
                         error!(%error, "reload rejected; the running configuration keeps serving");
                     }
                 }
-                _ = terminate.recv() => { info!("SIGTERM: shutting down"); break; }
-                _ = interrupt.recv() => { info!("SIGINT: shutting down"); break; }
+                _ = self.signals.terminate.recv() => { info!("SIGTERM: shutting down"); break; }
+                _ = self.signals.interrupt.recv() => { info!("SIGINT: shutting down"); break; }
             }
         }
         let grace = self.config.node.shutdown_grace;
@@ -246,7 +274,7 @@ impl Daemon {
 fn bind_new(
     table: &RoutingTable,
     existing: &HashMap<SocketAddr, CancellationToken>,
-) -> Result<Vec<(SocketAddr, TcpListener)>, DaemonError> {
+) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, DaemonError> {
     let mut bound = Vec::new();
     for (addr, service) in table.listen_addrs() {
         if existing.contains_key(&addr) {

@@ -21,7 +21,7 @@
 //!
 //! The hot path only `load()`s the table; everything that changes builds a new
 //! table off to the side and stores it once.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod admin;
 pub mod balance;

@@ -13,7 +13,7 @@
 //! | `lbmesh_service_active_connections` | gauge | service | client connections open now (bounded by `max_connections`) |
 //! | `lbmesh_bytes_in_total` | counter | service, backend | bytes from clients to the backend |
 //! | `lbmesh_bytes_out_total` | counter | service, backend | bytes from the backend to clients |
-//! | `lbmesh_connect_errors_total` | counter | service, backend, reason | failed connects: `refused`, `timeout`, `other` |
+//! | `lbmesh_connect_errors_total` | counter | service, backend, reason | failed connects: `refused`, `timeout`, `local` (this node ran short of descriptors or ports; no ejection), `other` |
 //! | `lbmesh_connect_duration_seconds` | histogram | service, backend | time to establish a backend connection |
 //! | `lbmesh_backend_up` | gauge | service, backend | 1 when the backend is eligible, 0 while ejected |
 //! | `lbmesh_backend_ejections_total` | counter | service, backend | passive ejections after failed connects |
@@ -37,6 +37,8 @@ const CONNECT_BUCKETS: &[f64] = &[
 pub enum ConnectFailure {
     Refused,
     Timeout,
+    /// This node ran short (descriptors, ephemeral ports): not the backend's fault.
+    Local,
     Other,
 }
 
@@ -71,6 +73,7 @@ pub struct BackendMetrics {
     pub bytes_out: IntCounter,
     pub refused: IntCounter,
     pub timed_out: IntCounter,
+    pub local_errors: IntCounter,
     pub other_errors: IntCounter,
     pub connect_duration: Histogram,
     pub up: IntGauge,
@@ -89,6 +92,7 @@ impl BackendMetrics {
             bytes_out: counter(),
             refused: counter(),
             timed_out: counter(),
+            local_errors: counter(),
             other_errors: counter(),
             connect_duration: Histogram::with_opts(HistogramOpts::new("detached", "detached"))
                 .expect("static metric name"),
@@ -101,6 +105,7 @@ impl BackendMetrics {
         match why {
             ConnectFailure::Refused => self.refused.inc(),
             ConnectFailure::Timeout => self.timed_out.inc(),
+            ConnectFailure::Local => self.local_errors.inc(),
             ConnectFailure::Other => self.other_errors.inc(),
         }
     }
@@ -256,6 +261,7 @@ impl Metrics {
             bytes_out: self.bytes_out.with_label_values(&labels),
             refused: error("refused"),
             timed_out: error("timeout"),
+            local_errors: error("local"),
             other_errors: error("other"),
             connect_duration: self.connect_duration.with_label_values(&labels),
             up,
@@ -278,7 +284,7 @@ impl Metrics {
             let _ = family.remove_label_values(&labels);
         }
         let _ = self.connect_duration.remove_label_values(&labels);
-        for reason in ["refused", "timeout", "other"] {
+        for reason in ["refused", "timeout", "local", "other"] {
             let _ = self
                 .connect_errors
                 .remove_label_values(&[service, backend, reason]);

@@ -29,19 +29,90 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::{ProxyProtocol, Service};
-use tokio::sync::Semaphore;
+use tokio::sync::Notify;
 
 use crate::balance::{Backend, BackendSet};
 use crate::metrics::{Metrics, ServiceMetrics};
 
+/// A service's cap on open client connections. Unlike a semaphore it can be
+/// resized at any time: lowering it lets open connections finish and admits
+/// new ones only once `open` is below the new maximum.
+pub struct ConnectionLimit {
+    open: AtomicU32,
+    max: AtomicU32,
+    /// Woken when a connection closes or the maximum grows.
+    freed: Notify,
+}
+
+/// One admitted connection; dropping it frees its place.
+pub struct ConnectionPermit {
+    limit: Arc<ConnectionLimit>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.limit.open.fetch_sub(1, Ordering::AcqRel);
+        self.limit.freed.notify_one();
+    }
+}
+
+impl ConnectionLimit {
+    pub fn new(max: u32) -> Self {
+        Self {
+            open: AtomicU32::new(0),
+            max: AtomicU32::new(max),
+            freed: Notify::new(),
+        }
+    }
+
+    /// A place if one is free now.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnectionPermit> {
+        let max = self.max.load(Ordering::Acquire);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()
+            .map(|_| ConnectionPermit {
+                limit: Arc::clone(self),
+            })
+    }
+
+    /// Waits for a free place.
+    pub async fn acquire(self: &Arc<Self>) -> ConnectionPermit {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            // Register before checking, so a release in between is not missed.
+            freed.as_mut().enable();
+            if let Some(permit) = self.try_acquire() {
+                return permit;
+            }
+            freed.await;
+        }
+    }
+
+    pub fn open(&self) -> u32 {
+        self.open.load(Ordering::Acquire)
+    }
+
+    pub fn max(&self) -> u32 {
+        self.max.load(Ordering::Acquire)
+    }
+
+    fn set_max(&self, max: u32) {
+        if self.max.swap(max, Ordering::AcqRel) < max {
+            self.freed.notify_waiters();
+        }
+    }
+}
+
 /// State of a service that outlives snapshots.
 pub struct ServiceState {
     pub name: Arc<str>,
-    /// One permit per open client connection; listeners take a permit before
-    /// `accept`, so the cap holds without ever accepting and dropping.
-    pub limit: Arc<Semaphore>,
-    /// The number of permits `limit` was sized for.
-    max_connections: AtomicU32,
+    /// Listeners take a place here before `accept`, so the cap holds without
+    /// ever accepting a connection only to drop it.
+    pub limit: Arc<ConnectionLimit>,
     pub metrics: ServiceMetrics,
 }
 
@@ -49,30 +120,8 @@ impl ServiceState {
     fn new(name: &str, max_connections: u32, metrics: &Metrics) -> Self {
         Self {
             name: Arc::from(name),
-            limit: Arc::new(Semaphore::new(max_connections as usize)),
-            max_connections: AtomicU32::new(max_connections),
+            limit: Arc::new(ConnectionLimit::new(max_connections)),
             metrics: metrics.service(name),
-        }
-    }
-
-    pub fn max_connections(&self) -> u32 {
-        self.max_connections.load(Ordering::Relaxed)
-    }
-
-    /// Grows or shrinks the connection limit. Shrinking waits for permits to
-    /// come back and retires them, so open connections are never cut.
-    fn resize(&self, wanted: u32) {
-        let current = self.max_connections.swap(wanted, Ordering::Relaxed);
-        if wanted > current {
-            self.limit.add_permits((wanted - current) as usize);
-        } else if wanted < current {
-            let limit = Arc::clone(&self.limit);
-            let surplus = current - wanted;
-            tokio::spawn(async move {
-                if let Ok(permits) = limit.acquire_many_owned(surplus).await {
-                    permits.forget();
-                }
-            });
         }
     }
 }
@@ -93,7 +142,8 @@ pub struct RouteSettings {
 pub struct Route {
     pub service: Arc<ServiceState>,
     pub settings: RouteSettings,
-    pub backends: BackendSet,
+    /// Shared by the routes of one port on several listen addresses.
+    pub backends: Arc<BackendSet>,
 }
 
 type BackendKey = (Arc<str>, SocketAddr);
@@ -165,18 +215,25 @@ impl RoutingTable {
                         (backend, weight)
                     })
                     .collect();
-                // Each listen address of a port gets its own route so that
-                // each keeps its own cursors; they share backend state.
+                let backends = Arc::new(BackendSet::new(service.algorithm, members));
                 for ip in &ips {
                     let route = Route {
                         service: Arc::clone(&state),
                         settings: settings.clone(),
-                        backends: BackendSet::new(service.algorithm, members.clone()),
+                        backends: Arc::clone(&backends),
                     };
                     table
                         .routes
                         .insert(SocketAddr::new(*ip, port.published), Arc::new(route));
                 }
+            }
+        }
+        // A removed service whose connections are still open keeps its state
+        // (without routes), so re-adding it before they close keeps counting
+        // them against its cap.
+        for (name, state) in &previous.services {
+            if !table.services.contains_key(name) && state.limit.open() > 0 {
+                table.services.insert(Arc::clone(name), Arc::clone(state));
             }
         }
         table
@@ -187,7 +244,7 @@ impl RoutingTable {
     pub fn commit(&self, previous: &RoutingTable, services: &[Service], metrics: &Metrics) {
         for service in services {
             if let Some(state) = self.services.get(service.name.as_str()) {
-                state.resize(service.max_connections);
+                state.limit.set_max(service.max_connections);
             }
         }
         for (name, _) in previous.services.iter() {
@@ -197,6 +254,22 @@ impl RoutingTable {
         }
         for (key, _) in previous.backends.iter() {
             if !self.backends.contains_key(key) {
+                metrics.remove_backend(&key.0, &key.1.to_string());
+            }
+        }
+    }
+
+    /// When a table was built but will not be stored (the reload failed):
+    /// drops the metric series it created for services and backends that the
+    /// running table does not have.
+    pub fn abandon(&self, running: &RoutingTable, metrics: &Metrics) {
+        for name in self.services.keys() {
+            if !running.services.contains_key(name) {
+                metrics.remove_service(name);
+            }
+        }
+        for key in self.backends.keys() {
+            if !running.backends.contains_key(key) {
                 metrics.remove_backend(&key.0, &key.1.to_string());
             }
         }

@@ -1,25 +1,32 @@
 //! Moving bytes both ways between a client and a backend.
 //!
 //! Each direction is a pump: wait until the source is readable, read into a
-//! buffer, write it all to the destination. A pump borrows a buffer from a
-//! per-thread pool only while data flows and gives it back when the source
-//! runs dry, so an idle proxied connection holds no buffer at all. When a read
-//! fills the whole buffer the flow is bulk, and on Linux the pump switches to
-//! splice(2) through a pooled pipe (`splice`), which moves the bytes without
-//! copying them through user space. On EOF a pump shuts down the destination's write side and
-//! ends, while the other pump keeps going (TCP half-close). An error in either
-//! direction ends the connection. Both pumps run in the connection's own task
-//! next to an idle timer that fires when neither direction has moved a byte
-//! for `idle_timeout`.
+//! buffer, write it all to the destination. A read shorter than the buffer
+//! means the socket was drained, so the pump clears its readiness at once and
+//! waits for the next event instead of paying for a `read` that returns
+//! `EAGAIN`; a short write clears writability the same way. A pump borrows a
+//! buffer from a per-thread pool only while data flows and gives it back when
+//! the source runs dry, so an idle proxied connection holds no buffer. When a
+//! read fills the whole buffer the flow is bulk, and on Linux the pump
+//! switches to splice(2) through a pooled pipe (`splice`), which moves the
+//! bytes without copying them through user space.
+//!
+//! On EOF a pump shuts down the destination's write side and ends, while the
+//! other pump keeps going (TCP half-close). An error in either direction ends
+//! the connection. Both pumps run in the connection's task next to an idle
+//! timer. Progress bumps a counter (no clock read on the data path); the timer
+//! checks it every quarter of `idle_timeout` and closes the connection after
+//! four quiet checks in a row, i.e. between 1 and 1.25 × `idle_timeout` after
+//! the last byte moved.
 
-use std::io;
+use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
-use tokio::net::TcpStream;
-use tokio::time::Instant;
+
+use super::fd::Connection;
 
 /// Per-direction buffer: large enough that a bulk transfer on loopback moves
 /// in few syscalls, small enough that 10,000 busy connections stay under
@@ -28,6 +35,10 @@ pub const BUFFER_SIZE: usize = 32 * 1024;
 
 /// Buffers kept per thread for reuse; bounds what an idle period retains.
 const POOLED_BUFFERS_PER_THREAD: usize = 64;
+
+/// Quiet checks in a row, each a quarter of the idle timeout apart, that
+/// make a connection idle.
+const IDLE_CHECKS: u32 = 4;
 
 thread_local! {
     static BUFFER_POOL: std::cell::RefCell<Vec<Box<[u8]>>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -40,10 +51,6 @@ impl PooledBuffer {
     fn take() -> Self {
         let reused = BUFFER_POOL.with(|pool| pool.borrow_mut().pop());
         Self(reused.unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice()))
-    }
-
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.0
     }
 }
 
@@ -72,102 +79,131 @@ pub enum Outcome {
 /// Forwards until both directions are done, an error occurs, or the
 /// connection is idle for `idle_timeout`.
 pub async fn forward(
-    client: &TcpStream,
-    backend: &TcpStream,
+    client: &Connection,
+    backend: &Connection,
     idle_timeout: Duration,
     bytes_in: &IntCounter,
     bytes_out: &IntCounter,
 ) -> io::Result<Outcome> {
-    let start = Instant::now();
-    // Milliseconds since `start` of the last byte moved in either direction.
-    let last_activity = AtomicU64::new(0);
+    let progress = AtomicU64::new(0);
     let both = async {
         tokio::try_join!(
-            pump(client, backend, bytes_in, start, &last_activity),
-            pump(backend, client, bytes_out, start, &last_activity),
+            pump(client, backend, bytes_in, &progress),
+            pump(backend, client, bytes_out, &progress),
         )
     };
     tokio::select! {
         result = both => result.map(|_| Outcome::Finished),
-        () = idle(start, &last_activity, idle_timeout) => Ok(Outcome::IdleTimeout),
+        () = idle(&progress, idle_timeout) => Ok(Outcome::IdleTimeout),
     }
 }
 
 async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &Connection,
+    dst: &Connection,
     counter: &IntCounter,
-    start: Instant,
-    last_activity: &AtomicU64,
+    progress: &AtomicU64,
 ) -> io::Result<()> {
-    // Held only while data is flowing; returned to the pool whenever the
-    // source runs dry, so an idle connection holds no buffer.
     let mut buffer: Option<PooledBuffer> = None;
     loop {
-        let buf = match buffer.as_mut() {
-            Some(buf) => buf,
-            None => {
-                src.readable().await?;
-                buffer.insert(PooledBuffer::take())
-            }
-        };
-        let n = match src.try_read(buf.as_mut()) {
-            Ok(0) => {
+        let mut ready = src.readable().await?;
+        let buf = &mut buffer.get_or_insert_with(PooledBuffer::take).0;
+        let read = ready.try_io(|stream| {
+            let mut stream = stream.get_ref();
+            stream.read(buf)
+        });
+        let n = match read {
+            Ok(Ok(0)) => {
                 half_close(dst);
                 return Ok(());
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {
                 buffer = None;
                 continue;
             }
-            Err(e) => return Err(e),
         };
-        last_activity.store(elapsed_ms(start), Ordering::Relaxed);
-        write_all(dst, &buf.as_mut()[..n]).await?;
+        let drained = n < buf.len();
+        if drained {
+            ready.clear_ready();
+        }
+        drop(ready);
+        progress.fetch_add(1, Ordering::Relaxed);
+        write_all(dst, &buf[..n], progress).await?;
         counter.inc_by(n as u64);
+        if drained {
+            buffer = None;
+            continue;
+        }
         #[cfg(target_os = "linux")]
-        if n == BUFFER_SIZE && super::splice::enabled() {
+        if super::splice::enabled() {
             // A full buffer means a bulk flow: move it kernel-side from now on.
-            drop(buffer.take());
+            buffer = None;
             if let Some(pipe) = super::splice::Pipe::take() {
-                return super::splice::pump(src, dst, pipe, counter, start, last_activity).await;
+                return super::splice::pump(src, dst, pipe, counter, progress).await;
             }
         }
     }
 }
 
-/// Writes all of `data` to `dst`, waiting for writability as needed.
-pub async fn write_all(dst: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+/// Writes all of `data` to `dst`, waiting for writability as needed. Each
+/// write that makes progress counts, so a slow but moving receiver is not
+/// mistaken for an idle one.
+async fn write_all(dst: &Connection, mut data: &[u8], progress: &AtomicU64) -> io::Result<()> {
     while !data.is_empty() {
-        dst.writable().await?;
-        match dst.try_write(data) {
-            Ok(n) => data = &data[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
+        let mut ready = dst.writable().await?;
+        let written = ready.try_io(|stream| {
+            let mut stream = stream.get_ref();
+            stream.write(data)
+        });
+        match written {
+            Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(Ok(n)) => {
+                if n < data.len() {
+                    // The send buffer is full: wait for the next event.
+                    ready.clear_ready();
+                }
+                data = &data[n..];
+                progress.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => {}
         }
     }
     Ok(())
 }
 
+/// Writes a whole small message (a PROXY header) before forwarding starts.
+pub async fn write_header(dst: &Connection, data: &[u8]) -> io::Result<()> {
+    write_all(dst, data, &AtomicU64::new(0)).await
+}
+
 /// Passes an EOF on: no more writes to `dst`, reads from it continue. A peer
 /// that has already gone away makes this fail, which changes nothing.
-pub(super) fn half_close(dst: &TcpStream) {
-    let _ = socket2::SockRef::from(dst).shutdown(Shutdown::Write);
+pub(super) fn half_close(dst: &Connection) {
+    let _ = dst.get_ref().shutdown(Shutdown::Write);
 }
 
-pub(super) fn elapsed_ms(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Resolves once no byte has moved for `timeout`.
-async fn idle(start: Instant, last_activity: &AtomicU64, timeout: Duration) {
+/// Resolves once `progress` has not moved for `IDLE_CHECKS` checks in a row,
+/// a quarter of `timeout` apart.
+async fn idle(progress: &AtomicU64, timeout: Duration) {
+    let step = (timeout / IDLE_CHECKS).max(Duration::from_millis(1));
+    let mut last = progress.load(Ordering::Relaxed);
+    let mut quiet = 0;
     loop {
-        let last = Duration::from_millis(last_activity.load(Ordering::Relaxed));
-        let deadline = start + last + timeout;
-        if Instant::now() >= deadline {
-            return;
+        tokio::time::sleep(step).await;
+        let now = progress.load(Ordering::Relaxed);
+        if now == last {
+            quiet += 1;
+            if quiet >= IDLE_CHECKS {
+                return;
+            }
+        } else {
+            last = now;
+            quiet = 0;
         }
-        tokio::time::sleep_until(deadline).await;
     }
 }

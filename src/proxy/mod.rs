@@ -3,7 +3,7 @@
 //! # Flow of one connection
 //!
 //! ```text
-//! accept loop: permit from the service's limit ─> accept ─> spawn
+//! accept loop: listener readable ─> place from the service's limit ─> accept ─> spawn
 //! connection:  load table ─> route for this listen address
 //!              ─> pick ─> connect (timeout) ──refused/timeout──> eject backend, pick again (≤ retries)
 //!              ─> PROXY header (v1/v2, optional) ─> forward both ways (half-close, idle timeout) ─> close
@@ -11,8 +11,9 @@
 //!
 //! # Invariants
 //!
-//! - An accept loop takes a connection permit *before* `accept`, so a service
-//!   never holds more than `max_connections` client connections. Over the cap,
+//! - An accept loop takes a place from the service's limit *before* `accept`
+//!   (and only once a connection is pending), so a service never holds more
+//!   than `max_connections` client connections. Over the cap,
 //!   connections wait in the kernel's listen backlog until one closes; when the
 //!   backlog is full the kernel drops further SYNs and clients retry.
 //! - An accept error (out of file descriptors, a connection reset before
@@ -22,6 +23,7 @@
 //! - The hot path loads the routing table once per connection and keeps the
 //!   route's `Arc`: a reload never changes a connection in flight.
 
+mod fd;
 pub mod forward;
 pub mod proxy_protocol;
 #[cfg(target_os = "linux")]
@@ -34,16 +36,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use socket2::{Domain, SockRef, Socket, TcpKeepalive, Type};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::OwnedSemaphorePermit;
+use socket2::{Domain, Socket, TcpKeepalive, Type};
+
+use self::fd::Connection;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{debug, error, warn};
 
 use crate::balance::{ActiveConnection, PickContext};
 use crate::metrics::{ClientFailure, ConnectFailure};
-use crate::routing::{Route, RoutingTable};
+use crate::routing::{ConnectionPermit, Route, RoutingTable};
 
 /// Listen backlog: room for a burst of connections while the cap is reached
 /// or the accept loop is busy; the kernel clamps it to `somaxconn`.
@@ -76,9 +78,12 @@ impl Default for ListenOptions {
     }
 }
 
-/// Binds a listening TCP socket with `SO_REUSEADDR` (a restarted lbd rebinds
-/// at once despite connections in TIME_WAIT).
-pub fn bind_listener(addr: SocketAddr, options: ListenOptions) -> io::Result<TcpListener> {
+/// Binds a non-blocking listening TCP socket with `SO_REUSEADDR` (a
+/// restarted lbd rebinds at once despite connections in TIME_WAIT).
+pub fn bind_listener(
+    addr: SocketAddr,
+    options: ListenOptions,
+) -> io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     if options.reuse_port {
@@ -87,10 +92,14 @@ pub fn bind_listener(addr: SocketAddr, options: ListenOptions) -> io::Result<Tcp
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    // Accepted connections inherit these from the listener on Linux, which
+    // saves four setsockopt calls per client connection.
+    socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_keepalive(&keepalive())?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     socket.listen(options.backlog)?;
-    TcpListener::from_std(socket.into())
+    Ok(socket.into())
 }
 
 /// Hands each accept loop its own cursor lane (see `balance`).
@@ -107,47 +116,77 @@ pub struct ProxyContext {
 /// Accepts connections on `listener` for the route at `listen_addr` until
 /// `stop` fires, then drops the listener. Connections already accepted keep
 /// running in `ctx.connections`.
+///
+/// The loop waits until a connection is pending, then takes a place from the
+/// service's limit, then accepts. Waiting for readiness first means that a
+/// service with several listeners never parks places in idle accept loops.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     listen_addr: SocketAddr,
     ctx: ProxyContext,
     stop: CancellationToken,
 ) {
     let lane = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
+    let listener = match fd::register_listener(listener) {
+        Ok(listener) => listener,
+        Err(error) => {
+            error!(%listen_addr, %error, "cannot register listener");
+            return;
+        }
+    };
     let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
+        let mut ready = tokio::select! {
+            ready = listener.readable() => match ready {
+                Ok(ready) => ready,
+                Err(error) => {
+                    warn!(%listen_addr, %error, "listener failed; retrying");
+                    tokio::time::sleep(ACCEPT_BACKOFF_MAX).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => return,
+        };
         let Some(limit) = ctx
             .table
             .load()
             .route(&listen_addr)
-            .map(|r| Arc::clone(&r.service.limit))
+            .map(|route| Arc::clone(&route.service.limit))
         else {
             // The reload that removed this route stops this loop right after.
             stop.cancelled().await;
             return;
         };
         let permit = tokio::select! {
-            permit = limit.acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return, // the semaphore is never closed
-            },
+            permit = limit.acquire() => permit,
             () = stop.cancelled() => return,
         };
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = stop.cancelled() => return,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
+        match ready.try_io(|listener| listener.get_ref().accept()) {
+            Ok(Ok((stream, peer))) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let table = ctx.table.load();
-                let Some(route) = table.route(&listen_addr).cloned() else {
+                let stream = match stream
+                    .set_nonblocking(true)
+                    .and_then(|()| fd::register_connection(stream))
+                {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        warn!(%listen_addr, %peer, %error, "cannot register accepted connection");
+                        continue;
+                    }
+                };
+                let Some(route) = ctx.table.load().route(&listen_addr).cloned() else {
                     continue;
                 };
-                ctx.connections
-                    .spawn(serve_connection(stream, peer, route, lane, permit));
+                ctx.connections.spawn(serve_connection(
+                    stream,
+                    peer,
+                    listen_addr,
+                    route,
+                    lane,
+                    permit,
+                ));
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 warn!(%listen_addr, %error, ?backoff, "accept failed; backing off");
                 drop(permit);
                 tokio::select! {
@@ -156,22 +195,25 @@ pub async fn accept_loop(
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
+            // Nothing was pending after all (another waker, or the client
+            // gave up); readiness is cleared and the place given back.
+            Err(_would_block) => {}
         }
     }
 }
 
 /// Serves one client connection to its end.
 async fn serve_connection(
-    client: TcpStream,
+    client: Connection,
     peer: SocketAddr,
+    listen_addr: SocketAddr,
     route: Arc<Route>,
     lane: usize,
-    _permit: OwnedSemaphorePermit,
+    _permit: ConnectionPermit,
 ) {
     let service = &route.service;
     service.metrics.active.inc();
     let _active = scopeguard(|| service.metrics.active.dec());
-    configure_socket(&client);
 
     let Some((backend_stream, connection)) = connect_backend(&route, peer, lane).await else {
         return;
@@ -182,9 +224,9 @@ async fn serve_connection(
     if let Some(header) = proxy_protocol::header(
         route.settings.proxy_protocol,
         peer,
-        client.local_addr().unwrap_or(peer),
+        client.get_ref().local_addr().unwrap_or(listen_addr),
     ) {
-        if let Err(error) = forward::write_all(&backend_stream, header.as_bytes()).await {
+        if let Err(error) = forward::write_header(&backend_stream, header.as_bytes()).await {
             debug!(service = %service.name, backend = %backend.addr, %error, "PROXY header not sent");
             return;
         }
@@ -215,7 +257,7 @@ async fn connect_backend(
     route: &Route,
     peer: SocketAddr,
     lane: usize,
-) -> Option<(TcpStream, ActiveConnection)> {
+) -> Option<(Connection, ActiveConnection)> {
     let ctx = PickContext {
         client: peer.ip(),
         lane,
@@ -237,14 +279,17 @@ async fn connect_backend(
                     .metrics
                     .connect_duration
                     .observe(started.elapsed().as_secs_f64());
-                configure_socket(&stream);
                 return Some((stream, connection));
             }
             Err(failure) => failure,
         };
         backend.metrics.connect_failed(failure);
-        backend.eject(route.settings.eject_time);
-        debug!(service = %route.service.name, backend = %backend.addr, ?failure, attempt, "connect failed; backend ejected");
+        // A local shortage (descriptors, ephemeral ports) says nothing about
+        // the backend, so it is not ejected for it.
+        if failure != ConnectFailure::Local {
+            backend.eject(route.settings.eject_time);
+        }
+        debug!(service = %route.service.name, backend = %backend.addr, ?failure, attempt, "connect failed");
     }
     route
         .service
@@ -253,30 +298,50 @@ async fn connect_backend(
     None
 }
 
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectFailure> {
-    let socket = match addr {
-        SocketAddr::V4(_) => TcpSocket::new_v4(),
-        SocketAddr::V6(_) => TcpSocket::new_v6(),
+/// Connects a non-blocking socket (TCP_NODELAY and keepalive set before
+/// the handshake) and waits for the handshake up to `timeout`.
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Connection, ConnectFailure> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking(), None)
+        .map_err(|_| ConnectFailure::Local)?;
+    // Failing to set these only costs the optimisations.
+    let _ = socket.set_tcp_nodelay(true);
+    let _ = socket.set_tcp_keepalive(&keepalive());
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INPROGRESS.raw_os_error()) => {}
+        Err(e) => return Err(classify(&e)),
     }
-    .map_err(|_| ConnectFailure::Other)?;
-    match tokio::time::timeout(timeout, socket.connect(addr)).await {
-        Ok(Ok(stream)) => Ok(stream),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => Err(ConnectFailure::Refused),
-        Ok(Err(e)) if e.kind() == io::ErrorKind::TimedOut => Err(ConnectFailure::Timeout),
-        Ok(Err(_)) => Err(ConnectFailure::Other),
+    let stream = fd::register_connection(socket.into()).map_err(|_| ConnectFailure::Local)?;
+    let handshake = async {
+        let mut ready = stream.writable().await?;
+        ready.retain_ready();
+        match stream.get_ref().take_error()? {
+            Some(error) => Err(error),
+            None => stream.get_ref().peer_addr().map(|_| ()),
+        }
+    };
+    match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(())) => Ok(stream),
+        Ok(Err(e)) => Err(classify(&e)),
         Err(_) => Err(ConnectFailure::Timeout),
     }
 }
 
-/// TCP_NODELAY (a proxy must not add Nagle delay to small writes) and
-/// keepalive (dead peers are noticed even on idle connections). Failures only
-/// cost those optimisations, so they are ignored.
-fn configure_socket(stream: &TcpStream) {
-    let _ = stream.set_nodelay(true);
-    let keepalive = TcpKeepalive::new()
+fn classify(error: &io::Error) -> ConnectFailure {
+    match error.kind() {
+        io::ErrorKind::ConnectionRefused => ConnectFailure::Refused,
+        io::ErrorKind::TimedOut => ConnectFailure::Timeout,
+        io::ErrorKind::AddrNotAvailable | io::ErrorKind::AddrInUse => ConnectFailure::Local,
+        _ => ConnectFailure::Other,
+    }
+}
+
+/// Keepalive probes on both sides of a proxied connection: dead peers are
+/// noticed even on idle connections.
+fn keepalive() -> TcpKeepalive {
+    TcpKeepalive::new()
         .with_time(KEEPALIVE_IDLE)
-        .with_interval(KEEPALIVE_INTERVAL);
-    let _ = SockRef::from(stream).set_tcp_keepalive(&keepalive);
+        .with_interval(KEEPALIVE_INTERVAL)
 }
 
 /// Runs `f` when dropped, whatever path leaves the scope.
@@ -290,4 +355,24 @@ fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::SockRef;
+
+    #[test]
+    fn accepted_connections_inherit_nodelay_and_keepalive() {
+        let listener =
+            bind_listener("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let sock = SockRef::from(&accepted);
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+    }
 }

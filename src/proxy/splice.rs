@@ -13,13 +13,10 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
+use super::fd::Connection;
+use super::forward::half_close;
 use prometheus::IntCounter;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
-use tokio::io::Interest;
-use tokio::net::TcpStream;
-use tokio::time::Instant;
-
-use super::forward::{elapsed_ms, half_close};
 
 /// Bytes moved per splice call; the kernel's default pipe capacity.
 const PIPE_CHUNK: usize = 64 * 1024;
@@ -66,56 +63,56 @@ impl Pipe {
 }
 
 /// Forwards `src` to `dst` through `pipe` until EOF (then half-closes `dst`)
-/// or an error.
+/// or an error. Short transfers clear readiness as in `forward`.
 pub async fn pump(
-    src: &TcpStream,
-    dst: &TcpStream,
+    src: &Connection,
+    dst: &Connection,
     pipe: Pipe,
     counter: &IntCounter,
-    start: Instant,
-    last_activity: &AtomicU64,
+    progress: &AtomicU64,
 ) -> io::Result<()> {
+    let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
-        src.readable().await?;
-        let n = match src.try_io(Interest::READABLE, || {
-            splice(
-                src,
-                None,
-                &pipe.write,
-                None,
-                PIPE_CHUNK,
-                SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-            )
-            .map_err(io::Error::from)
-        }) {
-            Ok(0) => {
+        let mut ready = src.readable().await?;
+        let moved = ready.try_io(|stream| {
+            splice(stream.get_ref(), None, &pipe.write, None, PIPE_CHUNK, flags)
+                .map_err(io::Error::from)
+        });
+        let n = match moved {
+            Ok(Ok(0)) => {
                 half_close(dst);
                 pipe.recycle();
                 return Ok(());
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
         };
-        last_activity.store(elapsed_ms(start), Ordering::Relaxed);
+        if n < PIPE_CHUNK {
+            ready.clear_ready();
+        }
+        drop(ready);
+        progress.fetch_add(1, Ordering::Relaxed);
         let mut pending = n;
         while pending > 0 {
-            dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(
-                    &pipe.read,
-                    None,
-                    dst,
-                    None,
-                    pending,
-                    SpliceFlags::MOVE | SpliceFlags::NONBLOCK,
-                )
-                .map_err(io::Error::from)
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => pending -= m,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            let mut ready = dst.writable().await?;
+            let moved = ready.try_io(|stream| {
+                splice(&pipe.read, None, stream.get_ref(), None, pending, flags)
+                    .map_err(io::Error::from)
+            });
+            match moved {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(m)) => {
+                    if m < pending {
+                        ready.clear_ready();
+                    }
+                    pending -= m;
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
             }
         }
         counter.inc_by(n as u64);
