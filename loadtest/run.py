@@ -355,9 +355,17 @@ def main():
     parser.add_argument("--bulk", default="1G", help="iperf3 bytes per transfer")
     parser.add_argument("--idle", type=int, default=10000, help="idle connections held")
     parser.add_argument("--lbd", help="lbd binary (default: build target/release/lbd)")
+    parser.add_argument(
+        "--scenarios", default="keepalive,close,bulk,idle",
+        help="comma-separated subset of keepalive,close,bulk,idle (cpu comes with keepalive)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.duration, args.bulk, args.idle = 1, 3, "64M", 500
+    scenarios = set(args.scenarios.split(","))
+    unknown = scenarios - {"keepalive", "close", "bulk", "idle"}
+    if unknown:
+        raise SystemExit(f"loadtest: unknown scenario(s): {', '.join(sorted(unknown))}")
 
     missing = [t for t in ("wrk", "nginx", "haproxy", "iperf3") if not shutil.which(t)]
     if missing or not Path(STREAM_MODULE).exists():
@@ -415,31 +423,35 @@ def main():
             for target in order:
                 port = HTTP[target]
                 name = target if target != "direct" else "backend"
-                cpu_before = procs.cpu_seconds(name)
-                r = run_wrk(port, args.duration, args.connections, close=False)
-                cpu = procs.cpu_seconds(name) - cpu_before
-                log(f"round {round_no + 1} {target:8} keepalive {r['rps']:10.0f} req/s p99 {r['p99_us']}us errors {r['errors']}")
-                record(target, "ka_rps", r["rps"])
-                record(target, "ka_p50", r["p50_us"] / 1000)
-                record(target, "ka_p99", r["p99_us"] / 1000)
-                record(target, "ka_p999", r["p999_us"] / 1000)
-                record(target, "ka_errors", r["errors"])
-                record(target, "cpu_per_100k", cpu / r["requests"] * 100_000)
-                c = run_wrk(port, args.duration, args.connections, close=True)
-                log(f"round {round_no + 1} {target:8} close     {c['rps']:10.0f} conn/s p99 {c['p99_us']}us errors {c['errors']}")
-                record(target, "cc_rps", c["rps"])
-                record(target, "cc_p99", c["p99_us"] / 1000)
-                record(target, "cc_errors", c["errors"])
-                up = run_iperf(BULK[target], args.bulk, reverse=False)
-                down = run_iperf(BULK[target], args.bulk, reverse=True)
-                log(f"round {round_no + 1} {target:8} bulk      up {up:.2f} down {down:.2f} Gbit/s")
-                record(target, "bulk_up", up)
-                record(target, "bulk_down", down)
-                if target == "lbd" and (r["errors"] or c["errors"]):
-                    lbd_failures.append(f"round {round_no + 1}: keepalive errors {r['errors']}, close errors {c['errors']}")
+                errors = {}
+                if "keepalive" in scenarios:
+                    cpu_before = procs.cpu_seconds(name)
+                    r = run_wrk(port, args.duration, args.connections, close=False)
+                    cpu = procs.cpu_seconds(name) - cpu_before
+                    log(f"round {round_no + 1} {target:8} keepalive {r['rps']:10.0f} req/s p99 {r['p99_us']}us errors {r['errors']}")
+                    record(target, "ka_rps", r["rps"])
+                    record(target, "ka_p50", r["p50_us"] / 1000)
+                    record(target, "ka_p99", r["p99_us"] / 1000)
+                    record(target, "ka_p999", r["p999_us"] / 1000)
+                    record(target, "cpu_per_100k", cpu / r["requests"] * 100_000)
+                    errors["keepalive"] = r["errors"]
+                if "close" in scenarios:
+                    c = run_wrk(port, args.duration, args.connections, close=True)
+                    log(f"round {round_no + 1} {target:8} close     {c['rps']:10.0f} conn/s p99 {c['p99_us']}us errors {c['errors']}")
+                    record(target, "cc_rps", c["rps"])
+                    record(target, "cc_p99", c["p99_us"] / 1000)
+                    errors["close"] = c["errors"]
+                if "bulk" in scenarios:
+                    up = run_iperf(BULK[target], args.bulk, reverse=False)
+                    down = run_iperf(BULK[target], args.bulk, reverse=True)
+                    log(f"round {round_no + 1} {target:8} bulk      up {up:.2f} down {down:.2f} Gbit/s")
+                    record(target, "bulk_up", up)
+                    record(target, "bulk_down", down)
+                if target == "lbd" and any(errors.values()):
+                    lbd_failures.append(f"round {round_no + 1}: errors {errors}")
                 procs.check_alive()
 
-        for target in PROXIES:
+        for target in PROXIES if "idle" in scenarios else []:
             m = idle_memory(procs, target, args.idle)
             log(f"idle {target:8} {m['rss_per_conn_kib']:.2f} KiB/conn user, {m['kernel_per_conn_kib']:.2f} KiB/conn kernel")
             record(target, "idle_rss", m["rss_per_conn_kib"])

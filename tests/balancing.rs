@@ -31,9 +31,8 @@ fn weighted(backends: &[TestBackend], weights: &[u32]) -> Vec<(SocketAddr, u32)>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn round_robin_300_connections_give_exactly_100_each() {
     let bs = backends(3, Behavior::Identify).await;
-    let port = free_port();
-    let lbd = TestLbd::start(&service("web", port, &weighted(&bs, &[1, 1, 1]), "")).await;
-    let addr = SocketAddr::new(LOCALHOST, port);
+    let addr = listen_addr();
+    let lbd = TestLbd::start(&service("web", addr, &weighted(&bs, &[1, 1, 1]), "")).await;
     let mut counts: HashMap<String, usize> = HashMap::new();
     for _ in 0..300 {
         *counts.entry(who_answers(addr).await).or_default() += 1;
@@ -57,15 +56,14 @@ async fn round_robin_300_connections_give_exactly_100_each() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn weighted_3_1_1_follows_nginx_smooth_order() {
     let bs = backends(3, Behavior::Identify).await;
-    let port = free_port();
+    let addr = listen_addr();
     let _lbd = TestLbd::start(&service(
         "web",
-        port,
+        addr,
         &weighted(&bs, &[3, 1, 1]),
         "algorithm = \"weighted\"",
     ))
     .await;
-    let addr = SocketAddr::new(LOCALHOST, port);
     let mut sequence = Vec::new();
     for _ in 0..50 {
         sequence.push(who_answers(addr).await);
@@ -82,15 +80,14 @@ async fn weighted_3_1_1_follows_nginx_smooth_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maglev_keeps_each_client_ip_on_one_backend() {
     let bs = backends(5, Behavior::Identify).await;
-    let port = free_port();
+    let addr = listen_addr();
     let _lbd = TestLbd::start(&service(
         "web",
-        port,
+        addr,
         &weighted(&bs, &[1; 5]),
         "algorithm = \"maglev\"",
     ))
     .await;
-    let addr = SocketAddr::new(LOCALHOST, port);
     let mut chosen = HashMap::new();
     for round in 0..5 {
         for host in 1..=40u8 {
@@ -106,55 +103,46 @@ async fn maglev_keeps_each_client_ip_on_one_backend() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn least_conn_sends_new_connections_away_from_the_busy_backend() {
-    // b0 holds its connections open; b1 and b2 close theirs at once.
+    // The busy backend echoes and holds its connections; the quick ones
+    // close theirs at once.
     let busy = TestBackend::start("busy", Behavior::IdentifyThenEcho).await;
     let quick1 = TestBackend::start("quick1", Behavior::Identify).await;
     let quick2 = TestBackend::start("quick2", Behavior::Identify).await;
-    let port = free_port();
-    let lbd = TestLbd::start(&service(
-        "web",
-        port,
-        &[(busy.addr, 1), (quick1.addr, 1), (quick2.addr, 1)],
-        "algorithm = \"least-conn\"",
-    ))
-    .await;
-    let addr = SocketAddr::new(LOCALHOST, port);
+    let addr = listen_addr();
+    let least_conn = "algorithm = \"least-conn\"";
 
-    // Open connections until the busy backend holds two of them; the others
-    // land on the quick backends and end at once.
-    let mut held: Vec<TcpStream> = Vec::new();
-    for _ in 0..200 {
-        if held.len() == 2 {
-            break;
-        }
+    // First the busy backend alone: it takes three long connections.
+    let mut lbd = TestLbd::start(&service("web", addr, &[(busy.addr, 1)], least_conn)).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
-        if read_line(&mut stream).await == "busy" {
-            held.push(stream);
-        }
+        assert_eq!(read_line(&mut stream).await, "busy");
+        held.push(stream);
     }
-    assert_eq!(held.len(), 2, "the busy backend never got two connections");
-    let busy_label = busy.addr.to_string();
-    eventually("the busy backend holds connections", || {
-        let lbd = &lbd;
-        let label = busy_label.clone();
-        async move {
-            let text = lbd.metrics().await;
-            metric(
-                &text,
-                "lbmesh_backend_active_connections",
-                &[("backend", &label)],
-            )
-            .unwrap_or(0.0)
-                >= 2.0
-        }
-    })
-    .await;
+    // Then the quick ones join; the reload keeps the busy backend's count.
+    lbd.reload(&service(
+        "web",
+        addr,
+        &[(busy.addr, 1), (quick1.addr, 1), (quick2.addr, 1)],
+        least_conn,
+    ));
     let before = busy.accepted();
     for _ in 0..60 {
         let name = who_answers(addr).await;
         assert_ne!(name, "busy", "a new connection went to the busy backend");
     }
     assert_eq!(busy.accepted(), before);
+    assert!(quick1.accepted() > 0 && quick2.accepted() > 0);
+    let label = busy.addr.to_string();
+    let text = lbd.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_backend_active_connections",
+            &[("backend", label.as_str())]
+        ),
+        Some(3.0)
+    );
     drop(held);
 }
 

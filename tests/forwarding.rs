@@ -29,11 +29,9 @@ fn pattern(len: usize, mut seed: u64) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_mib_each_way_arrive_byte_exact() {
     let echo = TestBackend::start("echo", Behavior::Echo).await;
-    let port = free_port();
-    let lbd = TestLbd::start(&service("bulk", port, &[(echo.addr, 1)], "")).await;
-    let stream = TcpStream::connect(SocketAddr::new(LOCALHOST, port))
-        .await
-        .expect("connect");
+    let addr = listen_addr();
+    let lbd = TestLbd::start(&service("bulk", addr, &[(echo.addr, 1)], "")).await;
+    let stream = TcpStream::connect(addr).await.expect("connect");
     let (mut reader, mut writer) = stream.into_split();
     let payload = pattern(64 * MIB, 0x1234_5678_9abc_def1);
     let sent_digest = Sha256::digest(&payload);
@@ -85,11 +83,9 @@ async fn sixty_four_mib_each_way_arrive_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_close_lets_the_backend_reply_after_client_eof() {
     let counter = TestBackend::start("count", Behavior::CountThenReply).await;
-    let port = free_port();
-    let _lbd = TestLbd::start(&service("half", port, &[(counter.addr, 1)], "")).await;
-    let mut stream = TcpStream::connect(SocketAddr::new(LOCALHOST, port))
-        .await
-        .expect("connect");
+    let addr = listen_addr();
+    let _lbd = TestLbd::start(&service("half", addr, &[(counter.addr, 1)], "")).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
     let request = pattern(300_000, 7);
     stream.write_all(&request).await.expect("send");
     stream
@@ -104,9 +100,50 @@ async fn half_close_lets_the_backend_reply_after_client_eof() {
     assert_eq!(reply, "got 300000 bytes");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_lets_the_client_send_after_backend_eof() {
+    // The backend greets, shuts down its write side at once, then reads what
+    // the client still sends and reports the count out of band.
+    let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
+    let backend = listener.local_addr().expect("addr");
+    let counted = tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.expect("accept");
+        stream.write_all(b"bye").await.expect("greet");
+        stream.shutdown().await.expect("backend half-close");
+        let mut total = 0usize;
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = stream.read(&mut buf).await.expect("read");
+            if n == 0 {
+                return total;
+            }
+            total += n;
+        }
+    });
+    let addr = listen_addr();
+    let _lbd = TestLbd::start(&service("reverse", addr, &[(backend, 1)], "")).await;
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let mut greeting = Vec::new();
+    tokio::time::timeout(WAIT, stream.read_to_end(&mut greeting))
+        .await
+        .expect("EOF in time")
+        .expect("read");
+    assert_eq!(greeting, b"bye");
+    stream
+        .write_all(&pattern(200_000, 3))
+        .await
+        .expect("send after EOF");
+    stream.shutdown().await.expect("client half-close");
+    let total = tokio::time::timeout(WAIT, counted)
+        .await
+        .expect("count in time")
+        .expect("backend");
+    assert_eq!(total, 200_000);
+}
+
 /// A backend that parses one PROXY header (v1 or v2) and returns the source
-/// address it carries.
-async fn parse_proxy_header(listener: TcpListener) -> SocketAddr {
+/// and destination addresses it carries.
+async fn parse_proxy_header(listener: TcpListener) -> (SocketAddr, SocketAddr) {
     let (mut stream, _) = listener.accept().await.expect("accept");
     let mut first = [0u8; 16];
     stream.read_exact(&mut first[..5]).await.expect("read");
@@ -121,9 +158,13 @@ async fn parse_proxy_header(listener: TcpListener) -> SocketAddr {
         let fields: Vec<&str> = text.trim_end().split(' ').collect();
         assert_eq!(fields.len(), 6, "{text:?}");
         assert_eq!(fields[1], "TCP4");
-        format!("{}:{}", fields[2], fields[4])
+        let source = format!("{}:{}", fields[2], fields[4])
             .parse()
-            .expect("source")
+            .expect("source");
+        let destination = format!("{}:{}", fields[3], fields[5])
+            .parse()
+            .expect("destination");
+        (source, destination)
     } else {
         stream.read_exact(&mut first[5..]).await.expect("read v2");
         assert_eq!(&first[..12], &lbmesh::proxy::proxy_protocol::V2_SIGNATURE);
@@ -133,9 +174,14 @@ async fn parse_proxy_header(listener: TcpListener) -> SocketAddr {
         assert_eq!(len, 12);
         let mut block = [0u8; 12];
         stream.read_exact(&mut block).await.expect("address block");
-        let ip = std::net::Ipv4Addr::new(block[0], block[1], block[2], block[3]);
-        let port = u16::from_be_bytes([block[8], block[9]]);
-        SocketAddr::new(ip.into(), port)
+        let source_ip = std::net::Ipv4Addr::new(block[0], block[1], block[2], block[3]);
+        let destination_ip = std::net::Ipv4Addr::new(block[4], block[5], block[6], block[7]);
+        let source_port = u16::from_be_bytes([block[8], block[9]]);
+        let destination_port = u16::from_be_bytes([block[10], block[11]]);
+        (
+            SocketAddr::new(source_ip.into(), source_port),
+            SocketAddr::new(destination_ip.into(), destination_port),
+        )
     }
 }
 
@@ -143,23 +189,22 @@ async fn proxy_protocol_carries_client_address(version: &str) {
     let listener = TcpListener::bind((LOCALHOST, 0)).await.expect("bind");
     let backend = listener.local_addr().expect("addr");
     let parsed = tokio::spawn(parse_proxy_header(listener));
-    let port = free_port();
+    let addr = listen_addr();
     let _lbd = TestLbd::start(&service(
         "pp",
-        port,
+        addr,
         &[(backend, 1)],
         &format!("proxy_protocol = \"{version}\""),
     ))
     .await;
-    let stream = TcpStream::connect(SocketAddr::new(LOCALHOST, port))
-        .await
-        .expect("connect");
+    let stream = TcpStream::connect(addr).await.expect("connect");
     let client = stream.local_addr().expect("client addr");
-    let source = tokio::time::timeout(WAIT, parsed)
+    let (source, destination) = tokio::time::timeout(WAIT, parsed)
         .await
         .expect("header in time")
         .expect("parser");
     assert_eq!(source, client);
+    assert_eq!(destination, addr, "the address the client connected to");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,15 +220,14 @@ async fn proxy_protocol_v2_carries_client_address() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_only_idle_connections() {
     let echo = TestBackend::start("echo", Behavior::Echo).await;
-    let port = free_port();
+    let addr = listen_addr();
     let _lbd = TestLbd::start(&service(
         "idle",
-        port,
+        addr,
         &[(echo.addr, 1)],
         "idle_timeout = \"400ms\"",
     ))
     .await;
-    let addr = SocketAddr::new(LOCALHOST, port);
 
     // A connection that talks every 100 ms outlives the timeout several times.
     let mut busy = TcpStream::connect(addr).await.expect("connect");
@@ -217,15 +261,14 @@ async fn idle_timeout_closes_only_idle_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_cap_is_never_exceeded() {
     let holder = TestBackend::start("holder", Behavior::IdentifyThenEcho).await;
-    let port = free_port();
+    let addr = listen_addr();
     let lbd = TestLbd::start(&service(
         "capped",
-        port,
+        addr,
         &[(holder.addr, 1)],
         "max_connections = 3",
     ))
     .await;
-    let addr = SocketAddr::new(LOCALHOST, port);
 
     // Ten clients connect at once; the kernel completes their handshakes
     // (the backlog), but lbd serves only three at a time.

@@ -324,8 +324,20 @@ impl ConfigFile {
 
     /// Parses TOML text; the error is the parser's message, which names the
     /// line and key.
+    /// A type error names the field's full path
+    /// (`service[0].ports[0].published: invalid type ...`).
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_owned())
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let message = error.into_inner().to_string();
+            let message = message.trim_end();
+            if path.is_empty() || path == "." {
+                message.to_owned()
+            } else {
+                format!("{path}: {message}")
+            }
+        })
     }
 
     pub fn validate(&self) -> Result<Config, FieldError> {
@@ -348,8 +360,13 @@ impl ConfigFile {
                     .iter()
                     .find(|((ip, port), _)| *port == addr.port() && ips_overlap(*ip, addr.ip()));
                 if let Some((_, &other)) = clash {
+                    let field = if spec.listen.is_empty() {
+                        "ports"
+                    } else {
+                        "listen"
+                    };
                     return Err(FieldError::new(
-                        format!("{here}.ports"),
+                        format!("{here}.{field}"),
                         format!(
                             "listen address {addr} is already used by service {:?}",
                             self.services[other].name
@@ -416,10 +433,10 @@ impl ServiceSpec {
         let mut listen = Vec::with_capacity(self.listen.len());
         for (i, text) in self.listen.iter().enumerate() {
             let ip = parse_ip(text).map_err(|r| FieldError::new(format!("listen[{i}]"), r))?;
-            if listen.contains(&ip) {
+            if let Some(other) = listen.iter().find(|other| ips_overlap(**other, ip)) {
                 return Err(FieldError::new(
                     format!("listen[{i}]"),
-                    format!("{ip} is listed twice"),
+                    format!("{ip} overlaps {other}, which is already listed"),
                 ));
             }
             listen.push(ip);
@@ -465,13 +482,19 @@ impl ServiceSpec {
                      give a bare IP and each port's target is used",
                 ));
             }
-            if endpoints
-                .iter()
-                .any(|e| e.ip == endpoint.ip && e.port == endpoint.port)
-            {
+            // Compare resolved addresses: "10.0.0.1" and "10.0.0.1:80" are
+            // the same backend when the target port is 80.
+            let resolve = |e: &Endpoint, port: &PortMapping| {
+                SocketAddr::new(e.ip, e.port.unwrap_or(port.target))
+            };
+            if let Some(port) = ports.iter().find(|port| {
+                endpoints
+                    .iter()
+                    .any(|e| resolve(e, port) == resolve(&endpoint, port))
+            }) {
                 return Err(FieldError::new(
                     format!("{here}.address"),
-                    format!("{} is listed twice", ep.address),
+                    format!("{} is listed twice", resolve(&endpoint, port)),
                 ));
             }
             endpoints.push(endpoint);
@@ -793,6 +816,30 @@ mod tests {
     fn unknown_field_names_the_key() {
         let err = ConfigFile::parse("[[service]]\nname = \"web\"\nbogus = 1\n").unwrap_err();
         assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        let err =
+            ConfigFile::parse("[[service]]\nname = \"web\"\nports = [{ published = \"80\" }]\n")
+                .unwrap_err();
+        assert!(err.starts_with("service[0].ports[0].published:"), "{err}");
+    }
+
+    #[test]
+    fn the_same_backend_twice_is_refused() {
+        let err = invalid(
+            "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"10.0.0.1\" }, { address = \"10.0.0.1:80\" }]",
+        );
+        assert_eq!(err.field, "service[0].endpoints[1].address");
+    }
+
+    #[test]
+    fn overlapping_listen_addresses_of_one_service_are_refused() {
+        let err = invalid(
+            "[[service]]\nname = \"web\"\nlisten = [\"0.0.0.0\", \"127.0.0.1\"]\nports = [{ published = 80 }]",
+        );
+        assert_eq!(err.field, "service[0].listen[1]");
     }
 
     #[test]

@@ -18,10 +18,21 @@ pub const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// Upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A port that was free a moment ago (bound on port 0, then released).
-pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind((LOCALHOST, 0)).expect("bind port 0");
-    listener.local_addr().expect("local addr").port()
+/// An address for lbd to listen on: a random 127.0.0.X (X ≥ 2) and a port
+/// that was free there a moment ago. Outgoing test connections use
+/// 127.0.0.1 as their source, so their ephemeral ports can never take this
+/// address in the gap before lbd binds it.
+pub fn listen_addr() -> SocketAddr {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, fastrand::u8(2..=254)));
+    let listener = std::net::TcpListener::bind((ip, 0)).expect("bind port 0");
+    listener.local_addr().expect("local addr")
+}
+
+/// An address on which nothing listens (connects are refused), in the same
+/// private range as `listen_addr`, so a later `TestBackend::start_on` can
+/// bind it again.
+pub fn refusing_addr() -> SocketAddr {
+    listen_addr()
 }
 
 /// What a test backend does with each connection.
@@ -192,6 +203,12 @@ impl TestLbd {
     pub async fn metrics(&self) -> String {
         http_get(self.daemon.api_addr(), "/metrics").await.1
     }
+
+    /// Rewrites the config file with `services` and reloads it.
+    pub fn reload(&mut self, services: &str) {
+        std::fs::write(&self.config_path, config_text(services)).expect("write config");
+        self.daemon.reload().expect("reload");
+    }
 }
 
 /// A whole config file: admin API on an ephemeral port plus `services`.
@@ -199,14 +216,21 @@ pub fn config_text(services: &str) -> String {
     format!("[node]\nname = \"test\"\napi_addr = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n{services}")
 }
 
-/// A `[[service]]` table listening on 127.0.0.1:`port`.
-pub fn service(name: &str, port: u16, backends: &[(SocketAddr, u32)], extra: &str) -> String {
+/// A `[[service]]` table listening on `listen`.
+pub fn service(
+    name: &str,
+    listen: SocketAddr,
+    backends: &[(SocketAddr, u32)],
+    extra: &str,
+) -> String {
     let endpoints: Vec<String> = backends
         .iter()
         .map(|(addr, weight)| format!("{{ address = \"{addr}\", weight = {weight} }}"))
         .collect();
     format!(
-        "[[service]]\nname = \"{name}\"\nlisten = [\"127.0.0.1\"]\nports = [{{ published = {port} }}]\nendpoints = [{}]\n{extra}\n",
+        "[[service]]\nname = \"{name}\"\nlisten = [\"{}\"]\nports = [{{ published = {} }}]\nendpoints = [{}]\n{extra}\n",
+        listen.ip(),
+        listen.port(),
         endpoints.join(", ")
     )
 }
