@@ -6,7 +6,8 @@ Scenarios (each target, interleaved, `--rounds` times):
   keepalive   wrk, 64 keep-alive connections, small responses: req/s, p50/p99/p99.9
   close       wrk with `Connection: close`: new connections per second, p99
   bulk        iperf3 through each proxy, upload and download: Gbit/s
-  cpu         CPU-seconds each proxy used per 100k keep-alive requests
+  cpu         CPU-seconds each proxy used per 100k keep-alive requests and
+              per GiB of bulk transfer
   idle        N idle proxied connections (after one small exchange each):
               user-space RSS delta per connection and kernel socket memory
 Prints Markdown tables of medians with (min–max) spreads, and the ratios
@@ -289,6 +290,13 @@ def run_iperf(port, size, reverse):
     return end["sum_received"]["bits_per_second"] / 1e9
 
 
+def parse_size(text):
+    """iperf3's -n syntax: a number with an optional K, M or G suffix."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30}
+    suffix = text[-1].upper()
+    return int(float(text[:-1]) * units[suffix]) if suffix in units else int(text)
+
+
 def sockstat_pages():
     m = re.search(r"^TCP:.* mem (\d+)", Path("/proc/net/sockstat").read_text(), re.M)
     return int(m.group(1)) if m else 0
@@ -442,8 +450,12 @@ def main():
                     record(target, "cc_p99", c["p99_us"] / 1000)
                     errors["close"] = c["errors"]
                 if "bulk" in scenarios:
+                    cpu_name = target if target != "direct" else "iperf3"
+                    cpu_before = procs.cpu_seconds(cpu_name)
                     up = run_iperf(BULK[target], args.bulk, reverse=False)
                     down = run_iperf(BULK[target], args.bulk, reverse=True)
+                    gib = 2 * parse_size(args.bulk) / 2**30
+                    record(target, "bulk_cpu_per_gib", (procs.cpu_seconds(cpu_name) - cpu_before) / gib)
                     log(f"round {round_no + 1} {target:8} bulk      up {up:.2f} down {down:.2f} Gbit/s")
                     record(target, "bulk_up", up)
                     record(target, "bulk_down", down)
@@ -473,8 +485,8 @@ def print_tables(results, args):
     print(f"\n### lbmesh load test, {time.strftime('%Y-%m-%d')}, {cpu} cores, "
           f"{args.rounds} round(s), wrk -t{THREADS} -c{args.connections} -d{args.duration}s, "
           f"bulk {args.bulk}, {args.idle} idle connections\n")
-    print("| target | keep-alive req/s | p50 ms | p99 ms | p99.9 ms | Connection: close conn/s | close p99 ms | bulk up Gbit/s | bulk down Gbit/s | CPU-s / 100k req | idle KiB/conn (user) | idle KiB/conn (kernel) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| target | keep-alive req/s | p50 ms | p99 ms | p99.9 ms | Connection: close conn/s | close p99 ms | bulk up Gbit/s | bulk down Gbit/s | CPU-s / 100k req | bulk CPU-s / GiB | idle KiB/conn (user) | idle KiB/conn (kernel) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for t in TARGETS:
         r = results[t]
         print("| " + " | ".join([
@@ -488,11 +500,12 @@ def print_tables(results, args):
             median_spread(r.get("bulk_up", []), "{:.2f}"),
             median_spread(r.get("bulk_down", []), "{:.2f}"),
             median_spread(r.get("cpu_per_100k", []), "{:.2f}") if t != "direct" else "(backend) " + median_spread(r.get("cpu_per_100k", []), "{:.2f}"),
+            median_spread(r.get("bulk_cpu_per_gib", []), "{:.2f}") if t != "direct" else "(iperf3) " + median_spread(r.get("bulk_cpu_per_gib", []), "{:.2f}"),
             median_spread(r.get("idle_rss", []), "{:.2f}"),
             median_spread(r.get("idle_kernel", []), "{:.2f}"),
         ]) + " |")
-    print("\n| ratio (medians) | keep-alive req/s | p99 | Connection: close conn/s | bulk up | bulk down | CPU / 100k req | idle user KiB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| ratio (medians) | keep-alive req/s | p99 | Connection: close conn/s | bulk up | bulk down | CPU / 100k req | bulk CPU / GiB | idle user KiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for a, b in (("lbd", "direct"), ("lbd", "haproxy"), ("lbd", "nginx")):
         print(f"| {a}/{b} | " + " | ".join([
             ratio(results, "ka_rps", a, b),
@@ -501,6 +514,7 @@ def print_tables(results, args):
             ratio(results, "bulk_up", a, b),
             ratio(results, "bulk_down", a, b),
             ratio(results, "cpu_per_100k", a, b) if b != "direct" else "n/a",
+            ratio(results, "bulk_cpu_per_gib", a, b) if b != "direct" else "n/a",
             ratio(results, "idle_rss", a, b) if b != "direct" else "n/a",
         ]) + " |")
 
