@@ -98,7 +98,7 @@ pub enum ConfigError {
 }
 
 /// The whole file: `[node]` settings and `[[service]]` tables.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     #[serde(default)]
@@ -108,7 +108,7 @@ pub struct ConfigFile {
 }
 
 /// `[node]`: settings of this lbd process.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Node name shown in logs and metrics; defaults to the host name.
@@ -123,7 +123,7 @@ pub struct NodeConfig {
 }
 
 /// One `[[service]]` table.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     pub name: String,
@@ -154,7 +154,7 @@ pub struct ServiceSpec {
 }
 
 /// One published port: `{ published = 8080, target = 80, protocol = "tcp" }`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     pub published: i64,
@@ -164,7 +164,7 @@ pub struct PortSpec {
 }
 
 /// A static backend: `{ address = "10.0.0.5:80", weight = 3 }`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointSpec {
     /// `ip:port`, or a bare `ip` that takes each port's `target`.
@@ -173,7 +173,7 @@ pub struct EndpointSpec {
 }
 
 /// `[service.health]`: active check settings and passive ejection.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
     #[serde(rename = "type")]

@@ -1,0 +1,522 @@
+//! The registry: what the Raft log replicates, and the commands that change it.
+//!
+//! [`RegistryState`] is a plain value: nodes, services and the VIP range.
+//! [`RegistryState::apply`] is the only way it changes. It is deterministic
+//! (every node applies the same commands in the same order and reaches the
+//! same state) and it validates every command: a command that would break an
+//! invariant is answered with [`Outcome::Rejected`] naming the field and the
+//! reason, and changes nothing. It never panics on a command's content.
+//!
+//! Invariants:
+//! - service names are unique lowercase DNS labels and every stored spec
+//!   passes `ServiceSpec::validate`;
+//! - a published port belongs to at most one service (every node binds every
+//!   published port: the mesh);
+//! - each service holds one VIP from the range, and no two services share one;
+//! - node ids and node names are unique.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use lb_config::{check_dns_label, ServiceSpec};
+use serde::{Deserialize, Serialize};
+
+pub type NodeId = u64;
+
+/// Default VIP range: inside 127.0.0.0/8, so binding a VIP needs no
+/// privileges or interface configuration on Linux.
+pub const DEFAULT_VIP_RANGE: VipRange = VipRange {
+    base: Ipv4Addr::new(127, 77, 0, 0),
+    prefix_len: 16,
+};
+
+/// A range of IPv4 addresses services' virtual IPs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipRange {
+    pub base: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl VipRange {
+    /// Parses `a.b.c.d/len`; the base must be the first address of the range.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (ip, len) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a CIDR range like 127.77.0.0/16"))?;
+        let base: Ipv4Addr = ip
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| (8..=30).contains(l))
+            .ok_or_else(|| format!("prefix length {len:?} must be between 8 and 30"))?;
+        let mask = u32::MAX << (32 - prefix_len);
+        if u32::from(base) & !mask != 0 {
+            return Err(format!("{base} is not the first address of a /{prefix_len}"));
+        }
+        Ok(Self { base, prefix_len })
+    }
+
+    /// Usable addresses: the range without its first and last address.
+    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let base = u32::from(self.base);
+        let size = 1u32 << (32 - self.prefix_len);
+        (1..size - 1).map(move |offset| Ipv4Addr::from(base + offset))
+    }
+}
+
+impl fmt::Display for VipRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix_len)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Manager,
+    Worker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+/// A member of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub id: NodeId,
+    pub name: String,
+    /// Where its Raft RPC server listens.
+    pub raft_addr: SocketAddr,
+    /// Where its admin API listens.
+    pub api_addr: SocketAddr,
+    /// Where it binds published ports; backends on it are reached here too.
+    pub ingress_addr: IpAddr,
+    pub role: Role,
+    pub availability: Availability,
+    pub status: NodeStatus,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A service as the registry holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    /// The spec as submitted; it passed `validate()` when it was stored.
+    pub spec: ServiceSpec,
+    /// Starts at 1 and grows by one with every accepted spec change.
+    pub version: u64,
+    pub vip: Ipv4Addr,
+    /// The spec before the last update, for `service rollback`.
+    pub previous: Option<ServiceSpec>,
+}
+
+/// A change to the registry. New kinds of change (tasks) are new variants.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Adds a node, or updates the addresses of one that rejoins.
+    RegisterNode { node: NodeRecord },
+    UpdateNode {
+        id: NodeId,
+        availability: Option<Availability>,
+        role: Option<Role>,
+        #[serde(default)]
+        labels_add: BTreeMap<String, String>,
+        #[serde(default)]
+        labels_remove: Vec<String>,
+    },
+    SetNodeStatus { id: NodeId, status: NodeStatus },
+    RemoveNode { id: NodeId },
+    CreateService { spec: ServiceSpec },
+    UpdateService { spec: ServiceSpec },
+    RollbackService { name: String },
+    RemoveService { name: String },
+}
+
+/// Why a command was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// The command's content is invalid.
+    Invalid,
+    /// It names a node or service that does not exist.
+    NotFound,
+    /// It clashes with existing state (duplicate name, port in use).
+    Conflict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    pub kind: RejectKind,
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// The answer to one applied command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Outcome {
+    Node { node: NodeRecord },
+    Service { service: ServiceRecord },
+    Removed,
+    /// Membership changes and blank entries carry no application answer.
+    Nothing,
+    Rejected { rejection: Rejection },
+}
+
+fn reject(kind: RejectKind, field: impl Into<String>, reason: impl Into<String>) -> Outcome {
+    Outcome::Rejected {
+        rejection: Rejection {
+            kind,
+            field: field.into(),
+            reason: reason.into(),
+        },
+    }
+}
+
+/// The replicated registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegistryState {
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    pub services: BTreeMap<String, ServiceRecord>,
+    pub vip_range: VipRange,
+}
+
+impl Default for RegistryState {
+    fn default() -> Self {
+        Self {
+            nodes: BTreeMap::new(),
+            services: BTreeMap::new(),
+            vip_range: DEFAULT_VIP_RANGE,
+        }
+    }
+}
+
+impl RegistryState {
+    /// Applies one command; a rejected command changes nothing.
+    pub fn apply(&mut self, command: &Command) -> Outcome {
+        match command {
+            Command::RegisterNode { node } => self.register_node(node),
+            Command::UpdateNode {
+                id,
+                availability,
+                role,
+                labels_add,
+                labels_remove,
+            } => self.update_node(*id, *availability, *role, labels_add, labels_remove),
+            Command::SetNodeStatus { id, status } => match self.nodes.get_mut(id) {
+                Some(node) => {
+                    node.status = *status;
+                    Outcome::Node { node: node.clone() }
+                }
+                None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
+            },
+            Command::RemoveNode { id } => match self.nodes.remove(id) {
+                Some(_) => Outcome::Removed,
+                None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
+            },
+            Command::CreateService { spec } => self.create_service(spec),
+            Command::UpdateService { spec } => self.update_service(spec),
+            Command::RollbackService { name } => self.rollback_service(name),
+            Command::RemoveService { name } => match self.services.remove(name) {
+                Some(_) => Outcome::Removed,
+                None => reject(
+                    RejectKind::NotFound,
+                    "name",
+                    format!("no service named {name:?}"),
+                ),
+            },
+        }
+    }
+
+    /// Finds a node by name or by id written in decimal.
+    pub fn find_node(&self, name_or_id: &str) -> Option<&NodeRecord> {
+        self.nodes
+            .values()
+            .find(|n| n.name == name_or_id)
+            .or_else(|| name_or_id.parse().ok().and_then(|id| self.nodes.get(&id)))
+    }
+
+    fn register_node(&mut self, node: &NodeRecord) -> Outcome {
+        if let Err(reason) = check_dns_label(&node.name) {
+            return reject(RejectKind::Invalid, "name", reason);
+        }
+        if let Some(other) = self
+            .nodes
+            .values()
+            .find(|n| n.name == node.name && n.id != node.id)
+        {
+            return reject(
+                RejectKind::Conflict,
+                "name",
+                format!("node id {} is already named {:?}", other.id, node.name),
+            );
+        }
+        for (key, value) in &node.labels {
+            if let Err(reason) = check_label(key, value) {
+                return reject(RejectKind::Invalid, format!("labels.{key}"), reason);
+            }
+        }
+        // A rejoining node keeps what operators set on it.
+        let mut record = node.clone();
+        if let Some(existing) = self.nodes.get(&node.id) {
+            record.availability = existing.availability;
+            record.labels = existing.labels.clone();
+            record.role = existing.role;
+        }
+        self.nodes.insert(record.id, record.clone());
+        Outcome::Node { node: record }
+    }
+
+    fn update_node(
+        &mut self,
+        id: NodeId,
+        availability: Option<Availability>,
+        role: Option<Role>,
+        labels_add: &BTreeMap<String, String>,
+        labels_remove: &[String],
+    ) -> Outcome {
+        for (key, value) in labels_add {
+            if let Err(reason) = check_label(key, value) {
+                return reject(RejectKind::Invalid, format!("labels_add.{key}"), reason);
+            }
+        }
+        let Some(node) = self.nodes.get_mut(&id) else {
+            return reject(RejectKind::NotFound, "id", format!("no node with id {id}"));
+        };
+        if let Some(availability) = availability {
+            node.availability = availability;
+        }
+        if let Some(role) = role {
+            node.role = role;
+        }
+        for key in labels_remove {
+            node.labels.remove(key);
+        }
+        for (key, value) in labels_add {
+            node.labels.insert(key.clone(), value.clone());
+        }
+        Outcome::Node { node: node.clone() }
+    }
+
+    fn create_service(&mut self, spec: &ServiceSpec) -> Outcome {
+        if let Err(error) = spec.validate() {
+            return reject(RejectKind::Invalid, error.field, error.reason);
+        }
+        if self.services.contains_key(&spec.name) {
+            return reject(
+                RejectKind::Conflict,
+                "name",
+                format!("a service named {:?} already exists", spec.name),
+            );
+        }
+        if let Some(outcome) = self.port_clash(spec) {
+            return outcome;
+        }
+        let Some(vip) = self.free_vip() else {
+            return reject(
+                RejectKind::Conflict,
+                "vip",
+                format!("the VIP range {} is exhausted", self.vip_range),
+            );
+        };
+        let record = ServiceRecord {
+            spec: spec.clone(),
+            version: 1,
+            vip,
+            previous: None,
+        };
+        self.services.insert(spec.name.clone(), record.clone());
+        Outcome::Service { service: record }
+    }
+
+    fn update_service(&mut self, spec: &ServiceSpec) -> Outcome {
+        if let Err(error) = spec.validate() {
+            return reject(RejectKind::Invalid, error.field, error.reason);
+        }
+        if !self.services.contains_key(&spec.name) {
+            return reject(
+                RejectKind::NotFound,
+                "name",
+                format!("no service named {:?}", spec.name),
+            );
+        }
+        if let Some(outcome) = self.port_clash(spec) {
+            return outcome;
+        }
+        let Some(record) = self.services.get_mut(&spec.name) else {
+            return reject(RejectKind::NotFound, "name", "vanished");
+        };
+        let previous = std::mem::replace(&mut record.spec, spec.clone());
+        record.previous = Some(previous);
+        record.version += 1;
+        Outcome::Service {
+            service: record.clone(),
+        }
+    }
+
+    fn rollback_service(&mut self, name: &str) -> Outcome {
+        let Some(record) = self.services.get(name) else {
+            return reject(
+                RejectKind::NotFound,
+                "name",
+                format!("no service named {name:?}"),
+            );
+        };
+        let Some(previous) = record.previous.clone() else {
+            return reject(
+                RejectKind::Conflict,
+                "name",
+                format!("service {name:?} has no previous spec to roll back to"),
+            );
+        };
+        self.update_service(&previous)
+    }
+
+    /// A published port already owned by another service.
+    fn port_clash(&self, spec: &ServiceSpec) -> Option<Outcome> {
+        for (i, port) in spec.ports.iter().enumerate() {
+            for (name, other) in &self.services {
+                if *name == spec.name {
+                    continue;
+                }
+                if other.spec.ports.iter().any(|p| p.published == port.published) {
+                    return Some(reject(
+                        RejectKind::Conflict,
+                        format!("ports[{i}].published"),
+                        format!("port {} is already published by service {name:?}", port.published),
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    fn free_vip(&self) -> Option<Ipv4Addr> {
+        let taken: BTreeSet<Ipv4Addr> = self.services.values().map(|s| s.vip).collect();
+        self.vip_range.hosts().find(|ip| !taken.contains(ip))
+    }
+}
+
+/// Label keys: 1–63 of `[a-z0-9._-]`; values up to 253 printable characters.
+fn check_label(key: &str, value: &str) -> Result<(), String> {
+    if key.is_empty()
+        || key.len() > 63
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(format!(
+            "label key {key:?} must be 1 to 63 of lowercase letters, digits, '.', '_', '-'"
+        ));
+    }
+    if value.len() > 253 || value.chars().any(|c| c.is_control()) {
+        return Err(format!("label value {value:?} must be up to 253 printable characters"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lb_config::{EndpointSpec, PortSpec};
+
+    fn spec(name: &str, port: i64) -> ServiceSpec {
+        ServiceSpec {
+            name: name.to_owned(),
+            ports: vec![PortSpec {
+                published: port,
+                target: Some(80),
+                protocol: None,
+            }],
+            endpoints: vec![EndpointSpec {
+                address: "10.0.0.1".to_owned(),
+                weight: None,
+            }],
+            ..ServiceSpec::default()
+        }
+    }
+
+    fn rejected(outcome: Outcome) -> Rejection {
+        match outcome {
+            Outcome::Rejected { rejection } => rejection,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn services_get_distinct_vips_and_versions() {
+        let mut state = RegistryState::default();
+        let a = state.apply(&Command::CreateService { spec: spec("a", 80) });
+        let b = state.apply(&Command::CreateService { spec: spec("b", 81) });
+        let (Outcome::Service { service: a }, Outcome::Service { service: b }) = (a, b) else {
+            panic!("both created");
+        };
+        assert_eq!(a.vip, Ipv4Addr::new(127, 77, 0, 1));
+        assert_eq!(b.vip, Ipv4Addr::new(127, 77, 0, 2));
+        let updated = state.apply(&Command::UpdateService { spec: spec("a", 82) });
+        let Outcome::Service { service } = updated else {
+            panic!("updated")
+        };
+        assert_eq!(service.version, 2);
+        assert_eq!(service.vip, a.vip, "an update keeps the VIP");
+        let rolled = state.apply(&Command::RollbackService { name: "a".into() });
+        let Outcome::Service { service } = rolled else {
+            panic!("rolled back")
+        };
+        assert_eq!(service.spec.ports[0].published, 80);
+        assert_eq!(service.version, 3);
+    }
+
+    #[test]
+    fn rejections_name_the_field_and_change_nothing() {
+        let mut state = RegistryState::default();
+        state.apply(&Command::CreateService { spec: spec("web", 80) });
+        let before = state.clone();
+        let cases = [
+            (Command::CreateService { spec: spec("web", 81) }, RejectKind::Conflict, "name"),
+            (Command::CreateService { spec: spec("api", 80) }, RejectKind::Conflict, "ports[0].published"),
+            (Command::CreateService { spec: spec("Bad", 81) }, RejectKind::Invalid, "name"),
+            (Command::CreateService { spec: spec("api", 0) }, RejectKind::Invalid, "ports[0].published"),
+            (Command::UpdateService { spec: spec("nope", 90) }, RejectKind::NotFound, "name"),
+            (Command::RemoveService { name: "nope".into() }, RejectKind::NotFound, "name"),
+            (Command::RollbackService { name: "web".into() }, RejectKind::Conflict, "name"),
+            (Command::RemoveNode { id: 9 }, RejectKind::NotFound, "id"),
+        ];
+        for (command, kind, field) in cases {
+            let rejection = rejected(state.apply(&command));
+            assert_eq!((rejection.kind, rejection.field.as_str()), (kind, field), "{command:?}");
+            assert_eq!(state, before, "{command:?} changed the state");
+        }
+    }
+
+    #[test]
+    fn vip_range_parsing() {
+        assert_eq!(VipRange::parse("127.77.0.0/16"), Ok(DEFAULT_VIP_RANGE));
+        assert!(VipRange::parse("127.77.0.1/16").is_err());
+        assert!(VipRange::parse("127.77.0.0/31").is_err());
+        assert!(VipRange::parse("nope").is_err());
+        let small = VipRange::parse("10.0.0.0/30").unwrap();
+        assert_eq!(small.hosts().count(), 2);
+    }
+}

@@ -1,0 +1,486 @@
+//! The registry's storage: openraft's log store and state machine on redb.
+//!
+//! # Layout
+//!
+//! One redb file per node, shared by both halves (a redb file can be opened
+//! once per process):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `raft_log` | index (u64) | JSON of the entry |
+//! | `raft_meta` | `vote`, `committed`, `last_purged` | JSON |
+//! | `state_machine` | `state`, `applied`, `membership`, `snapshot` | JSON |
+//!
+//! # Invariants
+//!
+//! - Every write transaction commits with `Durability::Immediate` (fsync)
+//!   before the call returns; `append` tells openraft the entries are flushed
+//!   only after that commit.
+//! - redb is blocking, so every call runs in `spawn_blocking`, off the async
+//!   worker threads.
+//! - `apply` writes the new registry state, the last applied log id and the
+//!   membership in one transaction, so a crash never leaves them apart.
+//! - The state machine keeps the current state in memory too and publishes
+//!   each applied state on a watch channel, which is how readers on this node
+//!   learn of changes.
+
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{
+    AnyError, BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
+    SnapshotMeta, StorageIOError, StoredMembership, Vote,
+};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::state::{Outcome, RegistryState};
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
+
+type Membership = StoredMembership<NodeId, BasicNode>;
+type Result<T> = std::result::Result<T, StorageError>;
+
+fn io_error<E: std::error::Error + 'static>(error: E) -> StorageError {
+    StorageIOError::write(AnyError::new(&error)).into()
+}
+
+/// Runs blocking redb work off the async workers.
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(work).await.map_err(io_error)?
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(io_error)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(io_error)
+}
+
+fn read_key<T: DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    key: &str,
+) -> Result<Option<T>> {
+    let read = db.begin_read().map_err(io_error)?;
+    let table = read.open_table(table).map_err(io_error)?;
+    match table.get(key).map_err(io_error)? {
+        Some(value) => Ok(Some(decode(value.value())?)),
+        None => Ok(None),
+    }
+}
+
+fn write_keys(
+    db: &Database,
+    table: TableDefinition<&str, &[u8]>,
+    entries: &[(&str, Vec<u8>)],
+) -> Result<()> {
+    let mut write = db.begin_write().map_err(io_error)?;
+    write
+        .set_durability(Durability::Immediate)
+        .map_err(io_error)?;
+    {
+        let mut table = write.open_table(table).map_err(io_error)?;
+        for (key, value) in entries {
+            table.insert(*key, value.as_slice()).map_err(io_error)?;
+        }
+    }
+    write.commit().map_err(io_error)
+}
+
+/// What the state machine publishes after each applied batch.
+#[derive(Debug, Clone, Default)]
+pub struct Applied {
+    pub state: Arc<RegistryState>,
+    /// Index of the last applied log entry (0 before any).
+    pub index: u64,
+}
+
+/// Opens (or creates) the store at `path` and returns its two halves.
+pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
+    let path = path.to_owned();
+    let db = blocking(move || {
+        let db = Database::create(&path).map_err(io_error)?;
+        let write = db.begin_write().map_err(io_error)?;
+        {
+            write.open_table(LOG).map_err(io_error)?;
+            write.open_table(META).map_err(io_error)?;
+            write.open_table(STATE).map_err(io_error)?;
+        }
+        write.commit().map_err(io_error)?;
+        Ok(Arc::new(db))
+    })
+    .await?;
+    let loaded = {
+        let db = Arc::clone(&db);
+        blocking(move || {
+            let state: RegistryState = read_key(&db, STATE, "state")?.unwrap_or_default();
+            let applied: Option<LogId> = read_key(&db, STATE, "applied")?.flatten();
+            let membership: Membership = read_key(&db, STATE, "membership")?.unwrap_or_default();
+            Ok((state, applied, membership))
+        })
+        .await?
+    };
+    let (state, applied, membership) = loaded;
+    let published = Applied {
+        state: Arc::new(state),
+        index: applied.map_or(0, |id| id.index),
+    };
+    let (publisher, _) = watch::channel(published.clone());
+    Ok((
+        LogStore { db: Arc::clone(&db) },
+        StateMachine {
+            db,
+            current: published,
+            applied,
+            membership,
+            publisher: Arc::new(publisher),
+        },
+    ))
+}
+
+/// The Raft log, vote and commit point.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<Database>,
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>> {
+        let db = Arc::clone(&self.db);
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
+        blocking(move || {
+            let read = db.begin_read().map_err(io_error)?;
+            let table = read.open_table(LOG).map_err(io_error)?;
+            let mut entries = Vec::new();
+            for row in table.range(bounds).map_err(io_error)? {
+                let (_, value) = row.map_err(io_error)?;
+                entries.push(decode(value.value())?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let purged: Option<LogId> = read_key(&db, META, "last_purged")?;
+            let read = db.begin_read().map_err(io_error)?;
+            let table = read.open_table(LOG).map_err(io_error)?;
+            let last = match table.last().map_err(io_error)? {
+                Some((_, value)) => Some(decode::<Entry>(value.value())?.log_id),
+                None => None,
+            };
+            Ok(LogState {
+                last_purged_log_id: purged,
+                last_log_id: std::cmp::max(last, purged),
+            })
+        })
+        .await
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<()> {
+        let db = Arc::clone(&self.db);
+        let bytes = encode(vote)?;
+        blocking(move || write_keys(&db, META, &[("vote", bytes)])).await
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || read_key(&db, META, "vote")).await
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<()> {
+        let db = Arc::clone(&self.db);
+        let bytes = encode(&committed)?;
+        blocking(move || write_keys(&db, META, &[("committed", bytes)])).await
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || Ok(read_key::<Option<LogId>>(&db, META, "committed")?.flatten())).await
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<()>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let rows = entries
+            .into_iter()
+            .map(|entry| Ok((entry.log_id.index, encode(&entry)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let db = Arc::clone(&self.db);
+        let written = blocking(move || {
+            let mut write = db.begin_write().map_err(io_error)?;
+            write
+                .set_durability(Durability::Immediate)
+                .map_err(io_error)?;
+            {
+                let mut table = write.open_table(LOG).map_err(io_error)?;
+                for (index, bytes) in &rows {
+                    table.insert(*index, bytes.as_slice()).map_err(io_error)?;
+                }
+            }
+            write.commit().map_err(io_error)
+        })
+        .await;
+        // Only now, with the commit (and its fsync) done, are the entries
+        // durable; on error openraft stops this node rather than lose them.
+        match &written {
+            Ok(()) => callback.log_io_completed(Ok(())),
+            Err(error) => callback.log_io_completed(Err(std::io::Error::other(error.to_string()))),
+        }
+        written
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<()> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let mut write = db.begin_write().map_err(io_error)?;
+            write
+                .set_durability(Durability::Immediate)
+                .map_err(io_error)?;
+            {
+                let mut table = write.open_table(LOG).map_err(io_error)?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .map_err(io_error)?;
+            }
+            write.commit().map_err(io_error)
+        })
+        .await
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<()> {
+        let db = Arc::clone(&self.db);
+        let purged = encode(&log_id)?;
+        blocking(move || {
+            let mut write = db.begin_write().map_err(io_error)?;
+            write
+                .set_durability(Durability::Immediate)
+                .map_err(io_error)?;
+            {
+                let mut meta = write.open_table(META).map_err(io_error)?;
+                meta.insert("last_purged", purged.as_slice())
+                    .map_err(io_error)?;
+                let mut table = write.open_table(LOG).map_err(io_error)?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .map_err(io_error)?;
+            }
+            write.commit().map_err(io_error)
+        })
+        .await
+    }
+}
+
+/// A stored snapshot: its meta and the registry state as JSON.
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The registry state machine.
+pub struct StateMachine {
+    db: Arc<Database>,
+    current: Applied,
+    applied: Option<LogId>,
+    membership: Membership,
+    publisher: Arc<watch::Sender<Applied>>,
+}
+
+impl StateMachine {
+    /// A receiver that sees every applied state from now on.
+    pub fn subscribe(&self) -> watch::Receiver<Applied> {
+        self.publisher.subscribe()
+    }
+
+    fn publish(&mut self, state: RegistryState) {
+        self.current = Applied {
+            state: Arc::new(state),
+            index: self.applied.map_or(0, |id| id.index),
+        };
+        self.publisher.send_replace(self.current.clone());
+    }
+}
+
+/// Builds a snapshot of the state as it was when the builder was made.
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    state: Arc<RegistryState>,
+    applied: Option<LogId>,
+    membership: Membership,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let data = encode(&*self.state)?;
+        let snapshot_id = match self.applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+            None => "empty".to_owned(),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: self.applied,
+            last_membership: self.membership.clone(),
+            snapshot_id,
+        };
+        let stored = encode(&StoredSnapshot {
+            meta: meta.clone(),
+            data: data.clone(),
+        })?;
+        let db = Arc::clone(&self.db);
+        blocking(move || write_keys(&db, STATE, &[("snapshot", stored)])).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership)> {
+        Ok((self.applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Outcome>>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut state = (*self.current.state).clone();
+        let mut applied = self.applied;
+        let mut membership = self.membership.clone();
+        let mut outcomes = Vec::new();
+        // One answer per entry, in order, blank and membership entries too.
+        for entry in entries {
+            applied = Some(entry.log_id);
+            let outcome = match entry.payload {
+                EntryPayload::Blank => Outcome::Nothing,
+                EntryPayload::Normal(command) => state.apply(&command),
+                EntryPayload::Membership(m) => {
+                    membership = StoredMembership::new(Some(entry.log_id), m);
+                    Outcome::Nothing
+                }
+            };
+            outcomes.push(outcome);
+        }
+        let rows = [
+            ("state", encode(&state)?),
+            ("applied", encode(&applied)?),
+            ("membership", encode(&membership)?),
+        ];
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let rows: Vec<(&str, Vec<u8>)> = rows.into_iter().collect();
+            write_keys(&db, STATE, &rows)
+        })
+        .await?;
+        self.applied = applied;
+        self.membership = membership;
+        self.publish(state);
+        Ok(outcomes)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder {
+            db: Arc::clone(&self.db),
+            state: Arc::clone(&self.current.state),
+            applied: self.applied,
+            membership: self.membership.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<()> {
+        let data = snapshot.into_inner();
+        let state: RegistryState = decode(&data)?;
+        let rows = [
+            ("state", data.clone()),
+            ("applied", encode(&meta.last_log_id)?),
+            ("membership", encode(&meta.last_membership)?),
+            (
+                "snapshot",
+                encode(&StoredSnapshot {
+                    meta: meta.clone(),
+                    data,
+                })?,
+            ),
+        ];
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let rows: Vec<(&str, Vec<u8>)> = rows.into_iter().collect();
+            write_keys(&db, STATE, &rows)
+        })
+        .await?;
+        self.applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        self.publish(state);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
+        let db = Arc::clone(&self.db);
+        let stored: Option<StoredSnapshot> =
+            blocking(move || read_key(&db, STATE, "snapshot")).await?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::testing::{StoreBuilder, Suite};
+
+    struct Builder;
+
+    impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for Builder {
+        async fn build(&self) -> Result<(tempfile::TempDir, LogStore, StateMachine)> {
+            let dir = tempfile::tempdir().map_err(io_error)?;
+            let (log, sm) = open(&dir.path().join("registry.redb")).await?;
+            Ok((dir, log, sm))
+        }
+    }
+
+    /// openraft's own storage conformance suite.
+    #[test]
+    fn passes_openraft_storage_suite() -> Result<()> {
+        Suite::test_all(Builder)
+    }
+}
