@@ -24,6 +24,8 @@
 //! same [`state::RegistryState`].
 #![forbid(unsafe_code)]
 
+pub mod network;
+pub mod registry;
 pub mod state;
 pub mod store;
 pub mod types;

@@ -54,7 +54,9 @@ impl VipRange {
             .ok_or_else(|| format!("prefix length {len:?} must be between 8 and 30"))?;
         let mask = u32::MAX << (32 - prefix_len);
         if u32::from(base) & !mask != 0 {
-            return Err(format!("{base} is not the first address of a /{prefix_len}"));
+            return Err(format!(
+                "{base} is not the first address of a /{prefix_len}"
+            ));
         }
         Ok(Self { base, prefix_len })
     }
@@ -129,7 +131,9 @@ pub struct ServiceRecord {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
     /// Adds a node, or updates the addresses of one that rejoins.
-    RegisterNode { node: NodeRecord },
+    RegisterNode {
+        node: NodeRecord,
+    },
     UpdateNode {
         id: NodeId,
         availability: Option<Availability>,
@@ -139,12 +143,25 @@ pub enum Command {
         #[serde(default)]
         labels_remove: Vec<String>,
     },
-    SetNodeStatus { id: NodeId, status: NodeStatus },
-    RemoveNode { id: NodeId },
-    CreateService { spec: ServiceSpec },
-    UpdateService { spec: ServiceSpec },
-    RollbackService { name: String },
-    RemoveService { name: String },
+    SetNodeStatus {
+        id: NodeId,
+        status: NodeStatus,
+    },
+    RemoveNode {
+        id: NodeId,
+    },
+    CreateService {
+        spec: ServiceSpec,
+    },
+    UpdateService {
+        spec: ServiceSpec,
+    },
+    RollbackService {
+        name: String,
+    },
+    RemoveService {
+        name: String,
+    },
 }
 
 /// Why a command was refused.
@@ -176,12 +193,18 @@ impl fmt::Display for Rejection {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Outcome {
-    Node { node: NodeRecord },
-    Service { service: ServiceRecord },
+    Node {
+        node: Box<NodeRecord>,
+    },
+    Service {
+        service: Box<ServiceRecord>,
+    },
     Removed,
     /// Membership changes and blank entries carry no application answer.
     Nothing,
-    Rejected { rejection: Rejection },
+    Rejected {
+        rejection: Rejection,
+    },
 }
 
 fn reject(kind: RejectKind, field: impl Into<String>, reason: impl Into<String>) -> Outcome {
@@ -227,7 +250,9 @@ impl RegistryState {
             Command::SetNodeStatus { id, status } => match self.nodes.get_mut(id) {
                 Some(node) => {
                     node.status = *status;
-                    Outcome::Node { node: node.clone() }
+                    Outcome::Node {
+                        node: Box::new(node.clone()),
+                    }
                 }
                 None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
             },
@@ -285,7 +310,9 @@ impl RegistryState {
             record.role = existing.role;
         }
         self.nodes.insert(record.id, record.clone());
-        Outcome::Node { node: record }
+        Outcome::Node {
+            node: Box::new(record),
+        }
     }
 
     fn update_node(
@@ -316,7 +343,9 @@ impl RegistryState {
         for (key, value) in labels_add {
             node.labels.insert(key.clone(), value.clone());
         }
-        Outcome::Node { node: node.clone() }
+        Outcome::Node {
+            node: Box::new(node.clone()),
+        }
     }
 
     fn create_service(&mut self, spec: &ServiceSpec) -> Outcome {
@@ -347,7 +376,9 @@ impl RegistryState {
             previous: None,
         };
         self.services.insert(spec.name.clone(), record.clone());
-        Outcome::Service { service: record }
+        Outcome::Service {
+            service: Box::new(record),
+        }
     }
 
     fn update_service(&mut self, spec: &ServiceSpec) -> Outcome {
@@ -371,7 +402,7 @@ impl RegistryState {
         record.previous = Some(previous);
         record.version += 1;
         Outcome::Service {
-            service: record.clone(),
+            service: Box::new(record.clone()),
         }
     }
 
@@ -400,11 +431,19 @@ impl RegistryState {
                 if *name == spec.name {
                     continue;
                 }
-                if other.spec.ports.iter().any(|p| p.published == port.published) {
+                if other
+                    .spec
+                    .ports
+                    .iter()
+                    .any(|p| p.published == port.published)
+                {
                     return Some(reject(
                         RejectKind::Conflict,
                         format!("ports[{i}].published"),
-                        format!("port {} is already published by service {name:?}", port.published),
+                        format!(
+                            "port {} is already published by service {name:?}",
+                            port.published
+                        ),
                     ));
                 }
             }
@@ -431,7 +470,9 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
         ));
     }
     if value.len() > 253 || value.chars().any(|c| c.is_control()) {
-        return Err(format!("label value {value:?} must be up to 253 printable characters"));
+        return Err(format!(
+            "label value {value:?} must be up to 253 printable characters"
+        ));
     }
     Ok(())
 }
@@ -467,14 +508,20 @@ mod tests {
     #[test]
     fn services_get_distinct_vips_and_versions() {
         let mut state = RegistryState::default();
-        let a = state.apply(&Command::CreateService { spec: spec("a", 80) });
-        let b = state.apply(&Command::CreateService { spec: spec("b", 81) });
+        let a = state.apply(&Command::CreateService {
+            spec: spec("a", 80),
+        });
+        let b = state.apply(&Command::CreateService {
+            spec: spec("b", 81),
+        });
         let (Outcome::Service { service: a }, Outcome::Service { service: b }) = (a, b) else {
             panic!("both created");
         };
         assert_eq!(a.vip, Ipv4Addr::new(127, 77, 0, 1));
         assert_eq!(b.vip, Ipv4Addr::new(127, 77, 0, 2));
-        let updated = state.apply(&Command::UpdateService { spec: spec("a", 82) });
+        let updated = state.apply(&Command::UpdateService {
+            spec: spec("a", 82),
+        });
         let Outcome::Service { service } = updated else {
             panic!("updated")
         };
@@ -491,21 +538,67 @@ mod tests {
     #[test]
     fn rejections_name_the_field_and_change_nothing() {
         let mut state = RegistryState::default();
-        state.apply(&Command::CreateService { spec: spec("web", 80) });
+        state.apply(&Command::CreateService {
+            spec: spec("web", 80),
+        });
         let before = state.clone();
         let cases = [
-            (Command::CreateService { spec: spec("web", 81) }, RejectKind::Conflict, "name"),
-            (Command::CreateService { spec: spec("api", 80) }, RejectKind::Conflict, "ports[0].published"),
-            (Command::CreateService { spec: spec("Bad", 81) }, RejectKind::Invalid, "name"),
-            (Command::CreateService { spec: spec("api", 0) }, RejectKind::Invalid, "ports[0].published"),
-            (Command::UpdateService { spec: spec("nope", 90) }, RejectKind::NotFound, "name"),
-            (Command::RemoveService { name: "nope".into() }, RejectKind::NotFound, "name"),
-            (Command::RollbackService { name: "web".into() }, RejectKind::Conflict, "name"),
+            (
+                Command::CreateService {
+                    spec: spec("web", 81),
+                },
+                RejectKind::Conflict,
+                "name",
+            ),
+            (
+                Command::CreateService {
+                    spec: spec("api", 80),
+                },
+                RejectKind::Conflict,
+                "ports[0].published",
+            ),
+            (
+                Command::CreateService {
+                    spec: spec("Bad", 81),
+                },
+                RejectKind::Invalid,
+                "name",
+            ),
+            (
+                Command::CreateService {
+                    spec: spec("api", 0),
+                },
+                RejectKind::Invalid,
+                "ports[0].published",
+            ),
+            (
+                Command::UpdateService {
+                    spec: spec("nope", 90),
+                },
+                RejectKind::NotFound,
+                "name",
+            ),
+            (
+                Command::RemoveService {
+                    name: "nope".into(),
+                },
+                RejectKind::NotFound,
+                "name",
+            ),
+            (
+                Command::RollbackService { name: "web".into() },
+                RejectKind::Conflict,
+                "name",
+            ),
             (Command::RemoveNode { id: 9 }, RejectKind::NotFound, "id"),
         ];
         for (command, kind, field) in cases {
             let rejection = rejected(state.apply(&command));
-            assert_eq!((rejection.kind, rejection.field.as_str()), (kind, field), "{command:?}");
+            assert_eq!(
+                (rejection.kind, rejection.field.as_str()),
+                (kind, field),
+                "{command:?}"
+            );
             assert_eq!(state, before, "{command:?} changed the state");
         }
     }

@@ -24,6 +24,10 @@
 //!   each applied state on a watch channel, which is how readers on this node
 //!   learn of changes.
 
+// openraft's storage traits fix the error type, a large enum; boxing it here
+// would only move the cost.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -55,7 +59,9 @@ fn io_error<E: std::error::Error + 'static>(error: E) -> StorageError {
 }
 
 /// Runs blocking redb work off the async workers.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     tokio::task::spawn_blocking(work).await.map_err(io_error)?
 }
 
@@ -138,7 +144,9 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
     };
     let (publisher, _) = watch::channel(published.clone());
     Ok((
-        LogStore { db: Arc::clone(&db) },
+        LogStore {
+            db: Arc::clone(&db),
+        },
         StateMachine {
             db,
             current: published,
@@ -153,6 +161,14 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
+}
+
+impl LogStore {
+    /// A handle that tells when every user of the database has let go of it
+    /// (a redb file can be reopened in this process only after that).
+    pub fn database_handle(&self) -> std::sync::Weak<Database> {
+        Arc::downgrade(&self.db)
+    }
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -341,7 +357,10 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
         let data = encode(&*self.state)?;
         let snapshot_id = match self.applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id.term, id.leader_id.node_id, id.index),
+            Some(id) => format!(
+                "{}-{}-{}",
+                id.leader_id.term, id.leader_id.node_id, id.index
+            ),
             None => "empty".to_owned(),
         };
         let meta = SnapshotMeta {

@@ -32,7 +32,9 @@ fn run_child(path: &str) {
     runtime.block_on(async {
         let (mut log, _sm) = store::open(std::path::Path::new(path)).await.expect("open");
         for index in 1..=100_000u64 {
-            log.blocking_append(vec![entry(index)]).await.expect("append");
+            log.blocking_append(vec![entry(index)])
+                .await
+                .expect("append");
             println!("acked {index}");
         }
     });
@@ -84,13 +86,21 @@ fn acknowledged_entries_survive_sigkill() {
         let (mut log, _sm) = store::open(&path).await.expect("reopen after SIGKILL");
         let state = log.get_log_state().await.expect("log state");
         let last = state.last_log_id.expect("a non-empty log").index;
-        assert!(last >= acked, "acknowledged {acked} but the log ends at {last}");
+        assert!(
+            last >= acked,
+            "acknowledged {acked} but the log ends at {last}"
+        );
         let entries = log.try_get_log_entries(1..=last).await.expect("read log");
         let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
         let expected: Vec<u64> = (1..=last).collect();
         assert_eq!(indexes, expected, "the log has holes");
         for e in &entries {
-            assert_eq!(*e, entry(e.log_id.index), "entry {} changed", e.log_id.index);
+            assert_eq!(
+                *e,
+                entry(e.log_id.index),
+                "entry {} changed",
+                e.log_id.index
+            );
         }
     });
 }

@@ -1,0 +1,399 @@
+//! The registry handle the rest of lbmesh uses: start a node, form or grow
+//! the cluster, propose changes from any node, read locally or
+//! linearizably, and watch applied changes.
+//!
+//! # Flow of a write
+//!
+//! ```text
+//! propose(cmd) on any node ─> raft.client_write
+//!     leader:   committed, applied ─> Outcome
+//!     follower: ForwardToLeader ─> Request::Propose over the authenticated
+//!               transport ─> leader's client_write ─> Outcome
+//!     no leader yet (election): wait and retry, bounded by PROPOSE_DEADLINE
+//! ```
+//!
+//! A read is either local (this node's last applied state: may lag the
+//! leader by a heartbeat) or linearizable (the leader confirms it still leads
+//! and names its commit index; this node waits until it has applied that
+//! index, then reads locally).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Mutex, Notify};
+use tokio::task::JoinHandle;
+use tracing::{debug, info};
+
+use crate::network::{self, CallError, Network, Peer, RemoteFailure, Request, Response, Secret};
+use crate::state::{Command, Outcome};
+use crate::store::{self, Applied};
+use crate::types::{NodeId, Raft};
+
+/// How long a proposal may wait for a leader before it fails.
+pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Raft timing. The defaults suit a loaded 2-core machine: heartbeats every
+/// 200 ms, and a follower that hears none for 1–2 s starts an election, so a
+/// new leader is in place about 2–3 s after the old one dies, while a busy
+/// machine's scheduling hiccups (tens to hundreds of ms) do not trigger
+/// needless elections.
+#[derive(Debug, Clone)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub election_min: Duration,
+    pub election_max: Duration,
+    /// Build a snapshot (and allow purging the log behind it) after this
+    /// many entries.
+    pub snapshot_every: u64,
+    /// Log entries kept behind the last snapshot for slow followers.
+    pub keep_after_snapshot: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(200),
+            election_min: Duration::from_millis(1000),
+            election_max: Duration::from_millis(2000),
+            snapshot_every: 500,
+            keep_after_snapshot: 100,
+        }
+    }
+}
+
+impl Timing {
+    fn config(&self) -> Result<Arc<Config>, RegistryError> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = Config {
+            cluster_name: "lbmesh".to_owned(),
+            heartbeat_interval: millis(self.heartbeat),
+            election_timeout_min: millis(self.election_min),
+            election_timeout_max: millis(self.election_max),
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map(Arc::new)
+            .map_err(|e| RegistryError::Config(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("raft configuration: {0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(String),
+    #[error("raft: {0}")]
+    Raft(String),
+    #[error("no leader answered within {0:?}")]
+    NoLeader(Duration),
+    #[error("{0}")]
+    Remote(#[from] RemoteFailure),
+    #[error("forwarding to the leader failed: {0}")]
+    Forward(#[from] CallError),
+}
+
+/// What a node needs to start its registry.
+pub struct NodeOptions {
+    pub id: NodeId,
+    /// Bound listener for Raft RPCs.
+    pub raft_listener: TcpListener,
+    /// Address other nodes dial for Raft RPCs.
+    pub raft_addr: String,
+    /// The redb file of this node.
+    pub data_file: PathBuf,
+    pub secret: Secret,
+    pub timing: Timing,
+}
+
+/// A running registry node.
+pub struct RegistryNode {
+    pub id: NodeId,
+    raft: Raft,
+    raft_addr: String,
+    secret: Secret,
+    applied: watch::Receiver<Applied>,
+    /// The connection to the last known leader, for forwarding.
+    leader: Mutex<Option<Peer>>,
+    stop: Arc<Notify>,
+    server: JoinHandle<()>,
+    /// Released once Raft and every task using the store have stopped.
+    database: std::sync::Weak<redb::Database>,
+}
+
+impl RegistryNode {
+    /// Opens the store, starts Raft and serves RPCs. A node with state on
+    /// disk rejoins its cluster as it was; a new one waits to be bootstrapped
+    /// or added.
+    pub async fn start(options: NodeOptions) -> Result<Self, RegistryError> {
+        let (log, state_machine) = store::open(&options.data_file)
+            .await
+            .map_err(|e| RegistryError::Storage(e.to_string()))?;
+        let applied = state_machine.subscribe();
+        let database = log.database_handle();
+        let network = Network {
+            self_id: options.id,
+            secret: options.secret.clone(),
+        };
+        let raft = Raft::new(
+            options.id,
+            options.timing.config()?,
+            network,
+            log,
+            state_machine,
+        )
+        .await
+        .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        let stop = Arc::new(Notify::new());
+        let server = {
+            let stop = Arc::clone(&stop);
+            tokio::spawn(network::serve(
+                options.raft_listener,
+                options.id,
+                raft.clone(),
+                options.secret.clone(),
+                async move { stop.notified().await },
+            ))
+        };
+        Ok(Self {
+            id: options.id,
+            raft,
+            raft_addr: options.raft_addr,
+            secret: options.secret,
+            applied,
+            leader: Mutex::new(None),
+            stop,
+            server,
+            database,
+        })
+    }
+
+    /// Makes this pristine node a one-node cluster; a node that already
+    /// belongs to a cluster is left as it is.
+    pub async fn bootstrap(&self) -> Result<(), RegistryError> {
+        if self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| RegistryError::Raft(e.to_string()))?
+        {
+            return Ok(());
+        }
+        let members = BTreeMap::from([(self.id, BasicNode::new(&self.raft_addr))]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        info!(node = self.id, "bootstrapped a new cluster");
+        Ok(())
+    }
+
+    /// On the leader: adds a node as a learner (it receives the log) and,
+    /// with `voter`, promotes it to voter once it has caught up.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        raft_addr: &str,
+        voter: bool,
+    ) -> Result<(), RegistryError> {
+        self.raft
+            .add_learner(id, BasicNode::new(raft_addr), true)
+            .await
+            .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        if voter {
+            self.raft
+                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        }
+        info!(node = id, voter, "member added");
+        Ok(())
+    }
+
+    /// Starts adding a node as a learner without waiting for it to catch up.
+    pub async fn add_learner_nonblocking(
+        &self,
+        id: NodeId,
+        raft_addr: &str,
+    ) -> Result<(), RegistryError> {
+        self.raft
+            .add_learner(id, BasicNode::new(raft_addr), false)
+            .await
+            .map(|_| ())
+            .map_err(|e| RegistryError::Raft(e.to_string()))
+    }
+
+    /// Commits `command` through the leader (forwarding from a follower) and
+    /// returns the state machine's answer, which may be a rejection.
+    pub async fn propose(&self, command: Command) -> Result<Outcome, RegistryError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
+        loop {
+            match self.raft.client_write(command.clone()).await {
+                Ok(response) => return Ok(response.data),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    if let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) {
+                        match self.forward(leader, &node.addr, &command).await {
+                            Ok(outcome) => return Ok(outcome),
+                            Err(error) => debug!(%error, leader, "forwarding failed; retrying"),
+                        }
+                    }
+                }
+                Err(error) => return Err(RegistryError::Raft(error.to_string())),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RegistryError::NoLeader(PROPOSE_DEADLINE));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn forward(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        command: &Command,
+    ) -> Result<Outcome, RegistryError> {
+        let response = self
+            .call_leader(leader, addr, &Request::Propose(command.clone()))
+            .await?;
+        match response {
+            Response::Propose(result) => Ok(result?),
+            other => Err(RegistryError::Raft(format!(
+                "unexpected response {other:?}"
+            ))),
+        }
+    }
+
+    async fn call_leader(
+        &self,
+        leader: NodeId,
+        addr: &str,
+        request: &Request,
+    ) -> Result<Response, RegistryError> {
+        let mut cached = self.leader.lock().await;
+        if cached.as_ref().map(|p| p.target) != Some(leader) {
+            *cached = Some(Peer::new(
+                self.id,
+                leader,
+                addr.to_owned(),
+                self.secret.clone(),
+            ));
+        }
+        let Some(peer) = cached.as_mut() else {
+            return Err(RegistryError::NoLeader(Duration::ZERO));
+        };
+        Ok(peer.call(request, network::CALL_TIMEOUT).await?)
+    }
+
+    /// This node's last applied state.
+    pub fn local(&self) -> Applied {
+        self.applied.borrow().clone()
+    }
+
+    /// A receiver woken on every applied change.
+    pub fn watch(&self) -> watch::Receiver<Applied> {
+        self.applied.clone()
+    }
+
+    /// A state that includes every write acknowledged before the call.
+    pub async fn linearizable(&self) -> Result<Applied, RegistryError> {
+        let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
+        let index = loop {
+            match read_index_locally(&self.raft, self.id).await {
+                Ok(index) => break index,
+                Err(RemoteFailure::NotLeader {
+                    leader: Some((leader, addr)),
+                    ..
+                }) => match self.call_leader(leader, &addr, &Request::ReadIndex).await {
+                    Ok(Response::ReadIndex(Ok(index))) => break index,
+                    Ok(other) => debug!(?other, "read index not served; retrying"),
+                    Err(error) => debug!(%error, "read index failed; retrying"),
+                },
+                Err(error) => debug!(%error, "no leader for a read; retrying"),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(RegistryError::NoLeader(PROPOSE_DEADLINE));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let mut applied = self.applied.clone();
+        let caught_up =
+            tokio::time::timeout_at(deadline, applied.wait_for(|a| a.index >= index)).await;
+        match caught_up {
+            Ok(Ok(state)) => Ok(state.clone()),
+            _ => Err(RegistryError::NoLeader(PROPOSE_DEADLINE)),
+        }
+    }
+
+    /// Raft's own view: term, leader, indexes, membership.
+    pub fn metrics(&self) -> openraft::RaftMetrics<NodeId, BasicNode> {
+        self.raft.metrics().borrow().clone()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Stops serving RPCs and stops Raft, then waits (up to 5 s) until the
+    /// store is closed, so the same file can be opened again.
+    pub async fn shutdown(self) {
+        self.stop.notify_one();
+        self.server.abort();
+        let _ = (&mut { self.server }).await;
+        if let Err(error) = self.raft.shutdown().await {
+            debug!(%error, "raft shutdown");
+        }
+        drop(self.raft);
+        drop(self.leader);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.database.strong_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Serves a write on this node if it leads.
+pub(crate) async fn write_locally(
+    raft: &Raft,
+    node_id: NodeId,
+    command: Command,
+) -> Result<Outcome, RemoteFailure> {
+    match raft.client_write(command).await {
+        Ok(response) => Ok(response.data),
+        Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+            Err(RemoteFailure::NotLeader {
+                node: node_id,
+                leader: forward.leader_id.zip(forward.leader_node.map(|n| n.addr)),
+            })
+        }
+        Err(error) => Err(RemoteFailure::Unavailable(error.to_string())),
+    }
+}
+
+/// The commit index a linearizable read must wait for, if this node leads.
+pub(crate) async fn read_index_locally(raft: &Raft, node_id: NodeId) -> Result<u64, RemoteFailure> {
+    match tokio::time::timeout(network::CALL_TIMEOUT, raft.ensure_linearizable()).await {
+        Ok(Ok(log_id)) => Ok(log_id.map_or(0, |id| id.index)),
+        Ok(Err(error)) => match error.forward_to_leader() {
+            Some(forward) => Err(RemoteFailure::NotLeader {
+                node: node_id,
+                leader: forward
+                    .leader_id
+                    .zip(forward.leader_node.as_ref().map(|n| n.addr.clone())),
+            }),
+            None => Err(RemoteFailure::Unavailable(error.to_string())),
+        },
+        Err(_) => Err(RemoteFailure::Unavailable(
+            "leadership check timed out".to_owned(),
+        )),
+    }
+}

@@ -1,0 +1,271 @@
+//! A three-node registry on loopback: bootstrap, join, forwarded writes,
+//! linearizable reads, a wrong secret refused, leader failover without
+//! losing acknowledged writes, restart from disk, and catch-up by snapshot.
+
+use std::time::{Duration, Instant};
+
+use lb_config::{EndpointSpec, PortSpec, ServiceSpec};
+use raft_state::network::Secret;
+use raft_state::registry::{NodeOptions, RegistryNode, Timing};
+use raft_state::state::{Command, NodeId, Outcome};
+use tokio::net::TcpListener;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn secret() -> Secret {
+    Secret::new(b"correct horse battery staple")
+}
+
+fn spec(name: &str, port: i64) -> ServiceSpec {
+    ServiceSpec {
+        name: name.to_owned(),
+        ports: vec![PortSpec {
+            published: port,
+            target: Some(80),
+            protocol: None,
+        }],
+        endpoints: vec![EndpointSpec {
+            address: "10.0.0.1".to_owned(),
+            weight: None,
+        }],
+        ..ServiceSpec::default()
+    }
+}
+
+struct Harness {
+    dir: tempfile::TempDir,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    /// Starts node `id` on 127.0.0.1 (reusing `port` when restarting).
+    async fn start(
+        &self,
+        id: NodeId,
+        port: u16,
+        secret: Secret,
+        timing: Timing,
+    ) -> (RegistryNode, u16) {
+        let listener = TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind raft");
+        let port = listener.local_addr().expect("addr").port();
+        let node = RegistryNode::start(NodeOptions {
+            id,
+            raft_listener: listener,
+            raft_addr: format!("127.0.0.1:{port}"),
+            data_file: self.dir.path().join(format!("node-{id}.redb")),
+            secret,
+            timing,
+        })
+        .await
+        .expect("node starts");
+        (node, port)
+    }
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < WAIT {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn created(outcome: Outcome) {
+    assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_replicate_forward_and_survive_the_leader() {
+    let harness = Harness::new();
+    let timing = Timing::default();
+    let (n1, _p1) = harness.start(1, 0, secret(), timing.clone()).await;
+    let (n2, p2) = harness.start(2, 0, secret(), timing.clone()).await;
+    let (n3, p3) = harness.start(3, 0, secret(), timing.clone()).await;
+    n1.bootstrap().await.expect("bootstrap");
+    eventually("node 1 leads", || n1.is_leader()).await;
+    n1.add_member(2, &format!("127.0.0.1:{p2}"), true)
+        .await
+        .expect("add 2");
+    n1.add_member(3, &format!("127.0.0.1:{p3}"), true)
+        .await
+        .expect("add 3");
+    let voters = n1
+        .metrics()
+        .membership_config
+        .membership()
+        .voter_ids()
+        .count();
+    assert_eq!(voters, 3);
+
+    // A write on a follower is forwarded to the leader and reaches everyone.
+    created(
+        n3.propose(Command::CreateService {
+            spec: spec("web", 8080),
+        })
+        .await
+        .expect("propose"),
+    );
+    for node in [&n1, &n2, &n3] {
+        eventually("web on every node", || {
+            node.local().state.services.contains_key("web")
+        })
+        .await;
+    }
+    // A rejected command is answered, not applied.
+    let duplicate = n2
+        .propose(Command::CreateService {
+            spec: spec("web", 8081),
+        })
+        .await
+        .expect("propose");
+    assert!(
+        matches!(duplicate, Outcome::Rejected { .. }),
+        "{duplicate:?}"
+    );
+    // A linearizable read on a follower sees an acknowledged write at once.
+    created(
+        n1.propose(Command::CreateService {
+            spec: spec("api", 9090),
+        })
+        .await
+        .expect("propose"),
+    );
+    let read = n2.linearizable().await.expect("linearizable read");
+    assert!(read.state.services.contains_key("api"));
+
+    // A node with the wrong secret never receives the log.
+    let (intruder, p4) = harness
+        .start(4, 0, Secret::new(b"wrong"), timing.clone())
+        .await;
+    n1.add_learner_nonblocking(4, &format!("127.0.0.1:{p4}"))
+        .await
+        .expect("learner request");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        intruder.local().index,
+        0,
+        "a node without the secret got entries"
+    );
+    assert!(intruder.local().state.services.is_empty());
+    intruder.shutdown().await;
+
+    // Kill the leader; the others elect a new one that takes writes.
+    n1.shutdown().await;
+    let killed = Instant::now();
+    let mut acknowledged = vec!["web".to_owned(), "api".to_owned()];
+    let first_after = loop {
+        let name = format!("after-{}", acknowledged.len());
+        match n2
+            .propose(Command::CreateService {
+                spec: spec(&name, 10_000 + acknowledged.len() as i64),
+            })
+            .await
+        {
+            Ok(Outcome::Service { .. }) => {
+                acknowledged.push(name);
+                break killed.elapsed();
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(_) if killed.elapsed() < WAIT => continue,
+            Err(error) => panic!("no new leader: {error}"),
+        }
+    };
+    assert!(
+        first_after < Duration::from_secs(5),
+        "first write after the kill took {first_after:?}"
+    );
+    for i in 0..20 {
+        let name = format!("burst-{i}");
+        created(
+            n3.propose(Command::CreateService {
+                spec: spec(&name, 20_000 + i),
+            })
+            .await
+            .expect("propose"),
+        );
+        acknowledged.push(name);
+    }
+    let read = n3.linearizable().await.expect("read");
+    for name in &acknowledged {
+        assert!(read.state.services.contains_key(name), "{name} lost");
+    }
+    assert_eq!(
+        read.state.services.len(),
+        acknowledged.len(),
+        "no service twice, none extra"
+    );
+    n2.shutdown().await;
+    n3.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_from_disk_and_snapshot_catch_up() {
+    let harness = Harness::new();
+    let timing = Timing {
+        snapshot_every: 200,
+        keep_after_snapshot: 10,
+        ..Timing::default()
+    };
+    let (n1, p1) = harness.start(1, 0, secret(), timing.clone()).await;
+    n1.bootstrap().await.expect("bootstrap");
+    eventually("node 1 leads", || n1.is_leader()).await;
+    for i in 0..1_100i64 {
+        let name = format!("svc-{i}");
+        let command = if i % 2 == 0 {
+            Command::CreateService {
+                spec: spec(&name, 1_000 + i),
+            }
+        } else {
+            Command::RemoveService {
+                name: format!("svc-{}", i - 1),
+            }
+        };
+        n1.propose(command).await.expect("propose");
+    }
+    eventually("a snapshot and a purged log", || {
+        let m = n1.metrics();
+        m.snapshot.is_some() && m.purged.is_some()
+    })
+    .await;
+
+    // A node joining now cannot replay the purged log: it needs the snapshot.
+    let (n2, p2) = harness.start(2, 0, secret(), timing.clone()).await;
+    n1.add_member(2, &format!("127.0.0.1:{p2}"), false)
+        .await
+        .expect("add learner");
+    let expected = n1.local();
+    eventually("node 2 caught up", || n2.local().index >= expected.index).await;
+    assert_eq!(n2.local().state, expected.state);
+    assert!(n2.metrics().snapshot.is_some(), "caught up by snapshot");
+
+    // Both stop; both restart from their files and serve the same state.
+    n1.shutdown().await;
+    n2.shutdown().await;
+    let (n1, _) = harness.start(1, p1, secret(), timing.clone()).await;
+    let (n2, _) = harness.start(2, p2, secret(), timing.clone()).await;
+    eventually("node 1 leads again", || n1.is_leader()).await;
+    assert_eq!(n1.local().state, expected.state);
+    created(
+        n1.propose(Command::CreateService {
+            spec: spec("after-restart", 5),
+        })
+        .await
+        .expect("propose"),
+    );
+    eventually("node 2 follows after restart", || {
+        n2.local().state.services.contains_key("after-restart")
+    })
+    .await;
+    n1.shutdown().await;
+    n2.shutdown().await;
+}
