@@ -8,9 +8,9 @@
 //! | GET | `/live` | `200 ok` while the process runs |
 //! | GET | `/ready` | `200 ready` once listeners are bound; `503 not ready` before and while shutting down |
 //!
-//! Any other path is `404`; another method on a known path is `405`. The
-//! routes are read-only and open; the registry's authenticated `/v1` routes
-//! join them later.
+//! In cluster mode the registry's authenticated `/v1` routes are served too
+//! (listed in [`crate::api`]). Any other path is `404`; another method on a
+//! known path is `405`. `/metrics`, `/live` and `/ready` are open.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -38,6 +38,8 @@ pub struct AdminState {
     pub table: Arc<ArcSwap<RoutingTable>>,
     /// Set once the proxy serves; cleared when shutdown begins.
     pub ready: AtomicBool,
+    /// The registry, in cluster mode.
+    pub registry: Option<Arc<raft_state::registry::RegistryNode>>,
 }
 
 /// Serves admin requests on `listener` until `shutdown` resolves.
@@ -63,7 +65,7 @@ pub async fn run(
         tokio::spawn(async move {
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(respond(&state, &request)) }
+                async move { Ok::<_, Infallible>(respond(&state, request).await) }
             });
             if let Err(error) = http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -75,8 +77,13 @@ pub async fn run(
     }
 }
 
-fn respond(state: &AdminState, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = request.uri().path();
+    if path.starts_with("/v1/") {
+        if let Some(registry) = &state.registry {
+            return crate::api::handle(registry, request).await;
+        }
+    }
     if !matches!(path, "/metrics" | "/live" | "/ready") {
         return text(StatusCode::NOT_FOUND, "not found\n");
     }

@@ -1,23 +1,33 @@
-//! The standalone daemon: services from a config file, reloaded on SIGHUP.
+//! The daemon: where services come from, the listeners that serve them, and
+//! the process lifecycle.
+//!
+//! # Modes
+//!
+//! - **standalone** (`lbd --config FILE`): services come from the file;
+//!   SIGHUP re-reads it.
+//! - **cluster** (`lbd --advertise-addr A [--join B --token T]`): services come
+//!   from the replicated registry; every applied change is routed at once.
+//!   Each service's published ports bind on this node's ingress address (the
+//!   mesh) and its VIP on each target port (SO_REUSEPORT, so nodes sharing a
+//!   machine share it).
 //!
 //! # Flow
 //!
 //! ```text
-//! start:   load file ─> build RoutingTable ─> bind every listener and the admin API
+//! start:   services ─> build RoutingTable ─> bind every listener and the admin API
 //!          (any failure: nothing is left running, the error names what failed)
 //!          ─> spawn accept loops and the admin server ─> ready
-//! reload:  load file ─> build table (reusing backend state) ─> bind new addresses
+//! change:  services ─> build table (reusing backend state) ─> bind new addresses
 //!          ─> store the table (one ArcSwap store) ─> stop loops of removed addresses
-//!          (any failure before the store: the running config keeps serving;
+//!          (any failure before the store: the running table keeps serving;
 //!          moving a port between 0.0.0.0 and a specific IP of the same family
-//!          in one reload fails this way, as the old socket still holds it)
-//! stop:    not ready ─> stop accept loops (listeners close, new connects are refused)
+//!          in one change fails this way, as the old socket still holds it)
+//! stop:    not ready ─> stop accepting (listeners close, new connects are refused)
 //!          ─> wait for open connections up to the grace deadline ─> stop admin
+//!          ─> stop the registry
 //! ```
 //!
-//! SIGTERM and SIGINT share the stop path; SIGHUP reloads. The registry issue
-//! replaces the file as the source of services; the flow from a set of checked
-//! services to listeners stays the same.
+//! SIGTERM and SIGINT share the stop path.
 
 use std::collections::HashMap;
 use std::io;
@@ -28,38 +38,55 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use lb_config::{Config, ConfigError, ConfigFile};
+use lb_config::{ConfigError, ConfigFile, Node, Service};
+use raft_state::registry::RegistryNode;
+use raft_state::store::Applied;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::cluster::{self, ClusterError, NodeSettings, Started};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ListenOptions, ProxyContext};
-use crate::routing::RoutingTable;
+use crate::routing::{RoutedService, RoutingTable};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("cannot listen on {addr} for service {service:?}: {source}")]
     Bind {
         addr: SocketAddr,
         service: String,
         source: io::Error,
     },
-    #[error("node.api_addr: cannot listen on {addr} for the admin API: {source}")]
+    #[error("api_addr: cannot listen on {addr} for the admin API: {source}")]
     AdminBind { addr: SocketAddr, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
 }
 
-/// A running standalone daemon.
+/// Where the services come from.
+enum Source {
+    File {
+        path: PathBuf,
+    },
+    Registry {
+        node: Arc<RegistryNode>,
+        changes: watch::Receiver<Applied>,
+    },
+}
+
+/// A running daemon.
 pub struct Daemon {
-    config_path: PathBuf,
-    config: Config,
+    source: Source,
+    node: Node,
     metrics: Arc<Metrics>,
     table: Arc<ArcSwap<RoutingTable>>,
     /// One stop token per bound listen address.
@@ -92,29 +119,123 @@ impl Signals {
     }
 }
 
+/// Options of cluster mode.
+pub struct ClusterOptions {
+    pub settings: NodeSettings,
+    /// `(host, token)` of a node to join; `None` bootstraps or restarts.
+    pub join: Option<(String, String)>,
+    pub shutdown_grace: Duration,
+}
+
+/// The services of a registry state, ready to route. In cluster mode a
+/// service's `listen` field is ignored: every node binds its own ingress
+/// address.
+fn registry_services(applied: &Applied) -> Vec<RoutedService> {
+    applied
+        .state
+        .services
+        .values()
+        .filter_map(|record| match record.spec.validate() {
+            Ok(mut service) => {
+                service.listen.clear();
+                Some(RoutedService {
+                    service,
+                    vip: Some(record.vip.into()),
+                })
+            }
+            Err(error) => {
+                // The registry validates every spec it stores; a spec that
+                // fails here comes from a newer lbd with other rules.
+                warn!(service = %record.spec.name, %error, "registry service skipped");
+                None
+            }
+        })
+        .collect()
+}
+
+fn file_services(services: &[Service]) -> Vec<RoutedService> {
+    services.iter().cloned().map(RoutedService::from).collect()
+}
+
 impl Daemon {
-    /// Loads the file, binds everything and starts serving.
+    /// Standalone mode: loads the file, binds everything and starts serving.
     pub async fn start(config_path: &Path) -> Result<Self, DaemonError> {
         let config = ConfigFile::load(config_path)?;
+        let services = file_services(&config.services);
+        Self::serve(
+            Source::File {
+                path: config_path.to_owned(),
+            },
+            config.node,
+            &services,
+            None,
+        )
+        .await
+    }
+
+    /// Cluster mode: starts (bootstraps, joins or rejoins) the registry and
+    /// serves its services. Returns the daemon and, for a new cluster, its
+    /// join and control tokens.
+    pub async fn start_cluster(
+        options: ClusterOptions,
+    ) -> Result<(Self, Option<raft_state::state::ClusterInfo>), DaemonError> {
+        let settings = options.settings;
+        let join = options
+            .join
+            .as_ref()
+            .map(|(host, token)| (host.as_str(), token.as_str()));
+        let (registry, started) = cluster::start(&settings, join).await?;
+        let registry = Arc::new(registry);
+        let changes = registry.watch();
+        let services = registry_services(&changes.borrow());
+        let node = Node {
+            name: settings.name.clone(),
+            api_addr: settings.api_addr,
+            ingress_addr: settings.ingress_addr,
+            shutdown_grace: options.shutdown_grace,
+        };
+        let daemon = Self::serve(
+            Source::Registry {
+                node: Arc::clone(&registry),
+                changes,
+            },
+            node,
+            &services,
+            Some(registry),
+        )
+        .await?;
+        let tokens = match started {
+            Started::Bootstrapped(info) => Some(info),
+            Started::Joined | Started::Restarted => None,
+        };
+        Ok((daemon, tokens))
+    }
+
+    async fn serve(
+        source: Source,
+        node: Node,
+        services: &[RoutedService],
+        registry: Option<Arc<RegistryNode>>,
+    ) -> Result<Self, DaemonError> {
         let metrics = Arc::new(Metrics::new());
         let table = RoutingTable::build(
-            &config.services,
-            config.node.ingress_addr,
+            services,
+            node.ingress_addr,
             &RoutingTable::default(),
             &metrics,
         );
         let bound = bind_new(&table, &HashMap::new())?;
-        let admin_listener = proxy::bind_listener(config.node.api_addr, ListenOptions::default())
+        let admin_listener = proxy::bind_listener(node.api_addr, ListenOptions::default())
             .and_then(TcpListener::from_std)
             .map_err(|source| DaemonError::AdminBind {
-                addr: config.node.api_addr,
+                addr: node.api_addr,
                 source,
             })?;
         let signals = Signals::install()?;
         let api_addr = admin_listener
             .local_addr()
             .map_err(|source| DaemonError::AdminBind {
-                addr: config.node.api_addr,
+                addr: node.api_addr,
                 source,
             })?;
 
@@ -123,10 +244,11 @@ impl Daemon {
             metrics: Arc::clone(&metrics),
             table: Arc::clone(&table),
             ready: false.into(),
+            registry,
         });
         let mut daemon = Daemon {
-            config_path: config_path.to_owned(),
-            config,
+            source,
+            node,
             metrics,
             table,
             listeners: HashMap::new(),
@@ -144,8 +266,8 @@ impl Daemon {
         }));
         daemon.admin.ready.store(true, Ordering::Relaxed);
         info!(
-            node = %daemon.config.node.name,
-            services = daemon.config.services.len(),
+            node = %daemon.node.name,
+            services = services.len(),
             listeners = daemon.listeners.len(),
             api = %daemon.api_addr,
             "lbd serving"
@@ -162,26 +284,29 @@ impl Daemon {
         self.table.load()
     }
 
-    /// Re-reads the file and applies it. On error the running configuration
-    /// keeps serving unchanged.
+    /// Standalone mode: re-reads the file and applies it. On error the
+    /// running configuration keeps serving unchanged.
     pub fn reload(&mut self) -> Result<(), DaemonError> {
-        let result = self.try_reload();
+        let Source::File { path } = &self.source else {
+            info!("cluster mode: services come from the registry; nothing to reload");
+            return Ok(());
+        };
+        let result = ConfigFile::load(path)
+            .map_err(DaemonError::from)
+            .and_then(|config| {
+                if config.node != self.node {
+                    warn!("[node] settings changed; they take effect when lbd restarts");
+                }
+                self.apply(&file_services(&config.services))
+            });
         self.metrics.reload_finished(result.is_ok());
         result
     }
 
-    fn try_reload(&mut self) -> Result<(), DaemonError> {
-        let config = ConfigFile::load(&self.config_path)?;
-        if config.node != self.config.node {
-            warn!("[node] settings changed; they take effect when lbd restarts");
-        }
+    /// Routes `services`: the new table replaces the old in one store.
+    fn apply(&mut self, services: &[RoutedService]) -> Result<(), DaemonError> {
         let previous = self.table.load_full();
-        let table = RoutingTable::build(
-            &config.services,
-            self.config.node.ingress_addr,
-            &previous,
-            &self.metrics,
-        );
+        let table = RoutingTable::build(services, self.node.ingress_addr, &previous, &self.metrics);
         let bound = match bind_new(&table, &self.listeners) {
             Ok(bound) => bound,
             Err(error) => {
@@ -191,7 +316,7 @@ impl Daemon {
         };
         let table = Arc::new(table);
         self.table.store(Arc::clone(&table));
-        table.commit(&previous, &config.services, &self.metrics);
+        table.commit(&previous, services, &self.metrics);
 
         let wanted: Vec<SocketAddr> = table.listen_addrs().map(|(addr, _)| addr).collect();
         self.listeners.retain(|addr, stop| {
@@ -204,11 +329,10 @@ impl Daemon {
         });
         self.spawn_accept_loops(bound);
         info!(
-            services = config.services.len(),
+            services = services.len(),
             listeners = self.listeners.len(),
-            "configuration reloaded"
+            "routing table updated"
         );
-        self.config = config;
         Ok(())
     }
 
@@ -225,28 +349,47 @@ impl Daemon {
         }
     }
 
-    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP, then shuts down
-    /// gracefully within the node's `shutdown_grace`.
+    /// Waits for the next registry change (never resolves in standalone mode).
+    async fn registry_changed(source: &mut Source) -> Option<Vec<RoutedService>> {
+        match source {
+            Source::Registry { changes, .. } => {
+                if changes.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+                Some(registry_services(&changes.borrow_and_update()))
+            }
+            Source::File { .. } => std::future::pending().await,
+        }
+    }
+
+    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and routing every
+    /// registry change, then shuts down gracefully within `shutdown_grace`.
     pub async fn run(mut self) -> Result<(), DaemonError> {
         loop {
             tokio::select! {
                 _ = self.signals.hangup.recv() => {
-                    info!(path = %self.config_path.display(), "SIGHUP: reloading");
+                    info!("SIGHUP: reloading");
                     if let Err(error) = self.reload() {
                         error!(%error, "reload rejected; the running configuration keeps serving");
+                    }
+                }
+                Some(services) = Self::registry_changed(&mut self.source) => {
+                    if let Err(error) = self.apply(&services) {
+                        error!(%error, "registry change not routed; the running table keeps serving");
                     }
                 }
                 _ = self.signals.terminate.recv() => { info!("SIGTERM: shutting down"); break; }
                 _ = self.signals.interrupt.recv() => { info!("SIGINT: shutting down"); break; }
             }
         }
-        let grace = self.config.node.shutdown_grace;
+        let grace = self.node.shutdown_grace;
         self.shutdown(grace).await;
         Ok(())
     }
 
     /// Stops accepting, waits up to `grace` for open connections, then stops
-    /// the admin API. Returns whether every connection finished in time.
+    /// the admin API and the registry. Returns whether every connection
+    /// finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.admin.ready.store(false, Ordering::Relaxed);
         self.stop_accepting.cancel();
@@ -265,6 +408,12 @@ impl Daemon {
             );
         }
         self.stop_admin.cancel();
+        if let Source::Registry { node, .. } = self.source {
+            drop(self.admin);
+            if let Ok(node) = Arc::try_unwrap(node) {
+                node.shutdown().await;
+            }
+        }
         drained
     }
 }
@@ -280,12 +429,14 @@ fn bind_new(
         if existing.contains_key(&addr) {
             continue;
         }
-        let listener = proxy::bind_listener(addr, ListenOptions::default()).map_err(|source| {
-            DaemonError::Bind {
-                addr,
-                service: service.to_owned(),
-                source,
-            }
+        let options = ListenOptions {
+            reuse_port: table.is_shared(&addr),
+            ..ListenOptions::default()
+        };
+        let listener = proxy::bind_listener(addr, options).map_err(|source| DaemonError::Bind {
+            addr,
+            service: service.to_owned(),
+            source,
         })?;
         bound.push((addr, listener));
     }

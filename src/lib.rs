@@ -24,7 +24,10 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod api;
 pub mod balance;
+pub mod cluster;
+pub mod ctl;
 pub mod daemon;
 pub mod metrics;
 pub mod proxy;

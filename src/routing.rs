@@ -148,12 +148,29 @@ pub struct Route {
 
 type BackendKey = (Arc<str>, SocketAddr);
 
+/// A service to route, with the virtual IP the registry gave it (none in
+/// standalone mode). The VIP answers on each port's target port.
+#[derive(Debug, Clone)]
+pub struct RoutedService {
+    pub service: Service,
+    pub vip: Option<IpAddr>,
+}
+
+impl From<Service> for RoutedService {
+    fn from(service: Service) -> Self {
+        Self { service, vip: None }
+    }
+}
+
 /// One immutable snapshot of all routes.
 #[derive(Default)]
 pub struct RoutingTable {
     routes: HashMap<SocketAddr, Arc<Route>>,
     services: HashMap<Arc<str>, Arc<ServiceState>>,
     backends: HashMap<BackendKey, Arc<Backend>>,
+    /// Listen addresses that several sockets (and nodes on one machine)
+    /// share with SO_REUSEPORT: the VIPs.
+    shared: std::collections::HashSet<SocketAddr>,
 }
 
 impl RoutingTable {
@@ -161,13 +178,13 @@ impl RoutingTable {
     /// Published ports bind on each service's `listen` addresses, or on
     /// `ingress_addr` when it names none.
     pub fn build(
-        services: &[Service],
+        services: &[RoutedService],
         ingress_addr: IpAddr,
         previous: &RoutingTable,
         metrics: &Metrics,
     ) -> Self {
         let mut table = RoutingTable::default();
-        for service in services {
+        for RoutedService { service, vip } in services {
             let state = previous
                 .services
                 .get(service.name.as_str())
@@ -216,15 +233,21 @@ impl RoutingTable {
                     })
                     .collect();
                 let backends = Arc::new(BackendSet::new(service.algorithm, members));
-                for ip in &ips {
+                let vip_addr = vip.map(|vip| SocketAddr::new(vip, port.target));
+                let addrs = ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port.published))
+                    .chain(vip_addr);
+                for addr in addrs {
                     let route = Route {
                         service: Arc::clone(&state),
                         settings: settings.clone(),
                         backends: Arc::clone(&backends),
                     };
-                    table
-                        .routes
-                        .insert(SocketAddr::new(*ip, port.published), Arc::new(route));
+                    table.routes.insert(addr, Arc::new(route));
+                }
+                if let Some(addr) = vip_addr {
+                    table.shared.insert(addr);
                 }
             }
         }
@@ -241,8 +264,8 @@ impl RoutingTable {
 
     /// After the table is stored: applies new connection limits and drops the
     /// metrics of services and backends that are gone.
-    pub fn commit(&self, previous: &RoutingTable, services: &[Service], metrics: &Metrics) {
-        for service in services {
+    pub fn commit(&self, previous: &RoutingTable, services: &[RoutedService], metrics: &Metrics) {
+        for RoutedService { service, .. } in services {
             if let Some(state) = self.services.get(service.name.as_str()) {
                 state.limit.set_max(service.max_connections);
             }
@@ -275,6 +298,11 @@ impl RoutingTable {
         }
     }
 
+    /// Whether `addr` is bound with SO_REUSEPORT (a VIP).
+    pub fn is_shared(&self, addr: &SocketAddr) -> bool {
+        self.shared.contains(addr)
+    }
+
     pub fn route(&self, listen_addr: &SocketAddr) -> Option<&Arc<Route>> {
         self.routes.get(listen_addr)
     }
@@ -301,12 +329,13 @@ mod tests {
     use super::*;
     use lb_config::ConfigFile;
 
-    fn services(text: &str) -> Vec<Service> {
-        ConfigFile::parse(text)
-            .unwrap()
-            .validate()
-            .unwrap()
+    fn services(text: &str) -> Vec<RoutedService> {
+        let config = ConfigFile::parse(text).unwrap().validate().unwrap();
+        config
             .services
+            .into_iter()
+            .map(RoutedService::from)
+            .collect()
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub const DEFAULT_RETRIES: u32 = 2;
 pub const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(10);
 /// Largest endpoint weight; keeps the smooth weighted period small.
 pub const MAX_WEIGHT: u32 = 1000;
+/// Largest replica count of a service.
+pub const MAX_REPLICAS: u32 = 1000;
 /// Largest number of static endpoints per service.
 pub const MAX_ENDPOINTS: usize = 4096;
 
@@ -112,13 +114,17 @@ pub struct ConfigFile {
 #[serde(deny_unknown_fields)]
 pub struct NodeConfig {
     /// Node name shown in logs and metrics; defaults to the host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Admin HTTP address (`/metrics`, `/live`, `/ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub api_addr: Option<String>,
     /// Address the published ports bind on.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ingress_addr: Option<String>,
     /// How long SIGTERM lets open connections finish.
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<Duration>,
 }
 
@@ -142,15 +148,23 @@ pub struct ServiceSpec {
     #[serde(default)]
     pub proxy_protocol: ProxyProtocol,
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub connect_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<Duration>,
     /// Wide integer type so that a negative or huge value is reported by
     /// `validate()` with its field name rather than as a type error.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<i64>,
+    /// Desired task count (used by the scheduler; 0..=1000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
 }
 
 /// One published port: `{ published = 8080, target = 80, protocol = "tcp" }`.
@@ -159,7 +173,9 @@ pub struct ServiceSpec {
 pub struct PortSpec {
     pub published: i64,
     /// Port on the backends; defaults to `published`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
 }
 
@@ -169,6 +185,7 @@ pub struct PortSpec {
 pub struct EndpointSpec {
     /// `ip:port`, or a bare `ip` that takes each port's `target`.
     pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub weight: Option<i64>,
 }
 
@@ -177,16 +194,23 @@ pub struct EndpointSpec {
 #[serde(deny_unknown_fields)]
 pub struct HealthSpec {
     #[serde(rename = "type")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub kind: Option<HealthCheckKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub rise: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fall: Option<i64>,
     /// How long a backend that refused or timed out a connect is skipped.
     #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub eject_time: Option<Duration>,
 }
 
@@ -274,6 +298,7 @@ pub struct Service {
     pub drain_timeout: Duration,
     pub max_connections: u32,
     pub retries: u32,
+    pub replicas: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -524,6 +549,8 @@ impl ServiceSpec {
                 .map_err(|r| FieldError::new("max_connections", r))?;
         let retries = check_int(self.retries, DEFAULT_RETRIES, 0, 16)
             .map_err(|r| FieldError::new("retries", r))?;
+        let replicas = check_int(self.replicas, 1, 0, MAX_REPLICAS)
+            .map_err(|r| FieldError::new("replicas", r))?;
 
         Ok(Service {
             name: self.name.clone(),
@@ -538,6 +565,7 @@ impl ServiceSpec {
             drain_timeout,
             max_connections,
             retries,
+            replicas,
         })
     }
 }

@@ -219,6 +219,37 @@ impl RegistryNode {
         Ok(())
     }
 
+    /// Makes learners voters (they must have caught up).
+    pub async fn promote(&self, ids: &[NodeId]) -> Result<(), RegistryError> {
+        self.raft
+            .change_membership(
+                ChangeMembers::AddVoterIds(ids.iter().copied().collect()),
+                false,
+            )
+            .await
+            .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        info!(?ids, "promoted to voter");
+        Ok(())
+    }
+
+    /// Removes a node from Raft: a voter is demoted and dropped, a learner
+    /// dropped.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), RegistryError> {
+        let membership = self.metrics().membership_config.membership().clone();
+        if membership.voter_ids().any(|v| v == id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        } else if membership.learner_ids().any(|l| l == id) {
+            self.raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        }
+        Ok(())
+    }
+
     /// Starts adding a node as a learner without waiting for it to catch up.
     pub async fn add_learner_nonblocking(
         &self,

@@ -126,10 +126,26 @@ pub struct ServiceRecord {
     pub previous: Option<ServiceSpec>,
 }
 
+/// Cluster-wide settings, written once when the cluster is bootstrapped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub id: String,
+    /// Join tokens. Every node holds the registry, so every node is trusted
+    /// with them (as every Swarm manager is).
+    pub manager_token: String,
+    pub worker_token: String,
+    /// Bearer token of the admin API's `/v1` routes.
+    pub control_token: String,
+}
+
 /// A change to the registry. New kinds of change (tasks) are new variants.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
+    /// Written by the bootstrapping node; refused once set.
+    InitCluster {
+        cluster: ClusterInfo,
+    },
     /// Adds a node, or updates the addresses of one that rejoins.
     RegisterNode {
         node: NodeRecord,
@@ -220,6 +236,7 @@ fn reject(kind: RejectKind, field: impl Into<String>, reason: impl Into<String>)
 /// The replicated registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegistryState {
+    pub cluster: Option<ClusterInfo>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub services: BTreeMap<String, ServiceRecord>,
     pub vip_range: VipRange,
@@ -228,6 +245,7 @@ pub struct RegistryState {
 impl Default for RegistryState {
     fn default() -> Self {
         Self {
+            cluster: None,
             nodes: BTreeMap::new(),
             services: BTreeMap::new(),
             vip_range: DEFAULT_VIP_RANGE,
@@ -239,6 +257,17 @@ impl RegistryState {
     /// Applies one command; a rejected command changes nothing.
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
+            Command::InitCluster { cluster } => {
+                if self.cluster.is_some() {
+                    return reject(
+                        RejectKind::Conflict,
+                        "cluster",
+                        "the cluster is already initialised",
+                    );
+                }
+                self.cluster = Some(cluster.clone());
+                Outcome::Nothing
+            }
             Command::RegisterNode { node } => self.register_node(node),
             Command::UpdateNode {
                 id,

@@ -1,22 +1,68 @@
 //! `lbd`, the lbmesh daemon: parses arguments, sets up logging and the
 //! runtime, and hands over to [`lbmesh::daemon`].
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-/// lbmesh daemon: a Layer-4 load balancer for the services in a config file.
+/// lbmesh daemon: a Layer-4 load balancer and routing mesh.
+///
+/// Standalone: `lbd --config FILE` serves the services in the file.
+/// Cluster: `lbd --advertise-addr IP` bootstraps a new cluster (or rejoins
+/// from its data dir); add `--join HOST --token TOKEN` to join one.
 #[derive(Debug, Parser)]
 #[command(name = "lbd", version, about)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "advertise_addr"])))]
 struct Args {
-    /// Config file with [node] settings and [[service]] tables; SIGHUP re-reads it.
+    /// Standalone mode: config file with [node] settings and [[service]]
+    /// tables; SIGHUP re-reads it.
     #[arg(short, long, value_name = "FILE", env = "LBD_CONFIG")]
-    config: PathBuf,
+    config: Option<PathBuf>,
 
     /// Check the config file, print what it defines and exit.
-    #[arg(long)]
+    #[arg(long, requires = "config")]
     check: bool,
+
+    /// Cluster mode: the address other nodes reach this one on. The admin
+    /// API (:9900), Raft (:9901) and published ports bind here by default.
+    #[arg(long, value_name = "IP", conflicts_with = "config")]
+    advertise_addr: Option<IpAddr>,
+
+    /// Join the cluster that the node at HOST[:PORT] (its admin API,
+    /// default port 9900) belongs to.
+    #[arg(long, value_name = "HOST", requires_all = ["token", "advertise_addr"])]
+    join: Option<String>,
+
+    /// Join token (`lbctl cluster join-token manager|worker`).
+    #[arg(long, value_name = "TOKEN", env = "LBD_JOIN_TOKEN", requires = "join")]
+    token: Option<String>,
+
+    /// Where the node keeps its identity and registry
+    /// [default: lbmesh-data/<advertise-addr>].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Admin API address [default: <advertise-addr>:9900].
+    #[arg(long, value_name = "ADDR")]
+    api_addr: Option<SocketAddr>,
+
+    /// Raft RPC address [default: <advertise-addr>:9901].
+    #[arg(long, value_name = "ADDR")]
+    raft_addr: Option<SocketAddr>,
+
+    /// Where published ports bind [default: the advertise address].
+    #[arg(long, value_name = "IP")]
+    ingress_addr: Option<IpAddr>,
+
+    /// Node name [default: node-<advertise address>].
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+
+    /// How long SIGTERM lets open connections finish.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    shutdown_grace: std::time::Duration,
 
     /// Runtime worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -32,8 +78,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    if args.check {
-        return match lb_config::ConfigFile::load(&args.config) {
+    if let (true, Some(path)) = (args.check, &args.config) {
+        return match lb_config::ConfigFile::load(path) {
             Ok(config) => {
                 for service in &config.services {
                     println!(
@@ -44,7 +90,7 @@ fn main() -> ExitCode {
                         service.endpoints.len()
                     );
                 }
-                println!("{}: ok", args.config.display());
+                println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
             Err(error) => {
@@ -68,7 +114,17 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let daemon = lbmesh::daemon::Daemon::start(&args.config).await?;
+        let daemon = match (&args.config, cluster_options(&args)) {
+            (Some(config), _) => lbmesh::daemon::Daemon::start(config).await?,
+            (None, Some(options)) => {
+                let (daemon, tokens) = lbmesh::daemon::Daemon::start_cluster(options).await?;
+                if let Some(tokens) = tokens {
+                    print_tokens(daemon.api_addr(), &tokens);
+                }
+                daemon
+            }
+            (None, None) => unreachable!("clap requires --config or --advertise-addr"),
+        };
         daemon.run().await
     });
     // Connections still open after the grace period are dropped here.
@@ -80,6 +136,61 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Cluster settings from the flags and their defaults.
+fn cluster_options(args: &Args) -> Option<lbmesh::daemon::ClusterOptions> {
+    let advertise = args.advertise_addr?;
+    let dashed = advertise.to_string().replace(['.', ':'], "-");
+    let settings = lbmesh::cluster::NodeSettings {
+        name: args
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("node-{dashed}")),
+        advertise_addr: advertise,
+        api_addr: args.api_addr.unwrap_or(SocketAddr::new(advertise, 9900)),
+        raft_addr: args.raft_addr.unwrap_or(SocketAddr::new(advertise, 9901)),
+        ingress_addr: args.ingress_addr.unwrap_or(advertise),
+        data_dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("lbmesh-data").join(advertise.to_string())),
+    };
+    let join = args.join.clone().map(|host| {
+        let host = if host.contains(':') {
+            host
+        } else {
+            format!("{host}:9900")
+        };
+        (host, args.token.clone().unwrap_or_default())
+    });
+    Some(lbmesh::daemon::ClusterOptions {
+        settings,
+        join,
+        shutdown_grace: args.shutdown_grace,
+    })
+}
+
+/// What a new cluster's operator needs, on stdout.
+fn print_tokens(api: SocketAddr, tokens: &raft_state::state::ClusterInfo) {
+    println!(
+        "Cluster {} bootstrapped; this node is its first manager.",
+        tokens.id
+    );
+    println!();
+    println!(
+        "Add a manager:  lbd --advertise-addr <IP> --join {api} --token {}",
+        tokens.manager_token
+    );
+    println!(
+        "Add a worker:   lbd --advertise-addr <IP> --join {api} --token {}",
+        tokens.worker_token
+    );
+    println!();
+    println!(
+        "lbctl control token (--token or LBCTL_TOKEN): {}",
+        tokens.control_token
+    );
 }
 
 /// Each proxied connection holds two descriptors; the usual soft limit of

@@ -1,0 +1,421 @@
+//! Cluster membership: a node's identity on disk, join tokens, bootstrap,
+//! join and restart.
+//!
+//! # Flow
+//!
+//! ```text
+//! first start, no --join:  new identity ─> registry bootstrap (one voter) ─> InitCluster(tokens)
+//!                          ─> RegisterNode(self) ─> print the join tokens
+//! first start, --join:     token ─> cluster secret + role ─> start registry (empty) ─> POST /v1/cluster/join
+//!                          to any node (forwarded to the leader, which adds us as learner and, for a
+//!                          manager, promotes managers to keep the voter count odd) ─> save identity
+//! restart:                 identity from the data dir ─> registry rejoins from its file ─> RegisterNode(self)
+//! ```
+//!
+//! The identity file (`node.json` in the data dir) holds the node id and the
+//! cluster secret; it is written only once the node belongs to a cluster.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use raft_state::network::Secret;
+use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing};
+use raft_state::state::{
+    Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, Role,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tracing::info;
+
+/// Prefix of join tokens; the version lets the format change later.
+const JOIN_TOKEN_PREFIX: &str = "LBMTKN-1-";
+/// Prefix of the admin API's bearer token.
+const CONTROL_TOKEN_PREFIX: &str = "LBMCTL-";
+/// Most voters kept: 5 tolerate two failures; more only slow commits.
+const MAX_VOTERS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: corrupt identity file: {reason}")]
+    Identity { path: PathBuf, reason: String },
+    #[error("--token: {0}")]
+    Token(String),
+    #[error("cannot listen on {addr} for Raft: {source}")]
+    RaftBind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("registry: {0}")]
+    Registry(#[from] RegistryError),
+    #[error("joining through {host}: {reason}")]
+    Join { host: String, reason: String },
+}
+
+/// What this node is, as saved in its data dir.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: NodeId,
+    /// Hex of the cluster secret.
+    pub secret: String,
+}
+
+impl Identity {
+    fn path(data_dir: &Path) -> PathBuf {
+        data_dir.join("node.json")
+    }
+
+    pub fn load(data_dir: &Path) -> Result<Option<Self>, ClusterError> {
+        let path = Self::path(data_dir);
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| ClusterError::Identity {
+                    path,
+                    reason: e.to_string(),
+                }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(ClusterError::DataDir { path, source }),
+        }
+    }
+
+    fn save(&self, data_dir: &Path) -> Result<(), ClusterError> {
+        let path = Self::path(data_dir);
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        let temporary = data_dir.join("node.json.tmp");
+        std::fs::write(&temporary, text)
+            .and_then(|()| std::fs::rename(&temporary, &path))
+            .map_err(|source| ClusterError::DataDir { path, source })
+    }
+
+    fn secret(&self) -> Result<Secret, ClusterError> {
+        let bytes = decode_hex(&self.secret).ok_or_else(|| ClusterError::Identity {
+            path: PathBuf::from("node.json"),
+            reason: "the secret is not hex".to_owned(),
+        })?;
+        Ok(Secret::new(&bytes))
+    }
+}
+
+/// Addresses and settings of this node.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    pub name: String,
+    pub advertise_addr: IpAddr,
+    pub api_addr: SocketAddr,
+    pub raft_addr: SocketAddr,
+    pub ingress_addr: IpAddr,
+    pub data_dir: PathBuf,
+}
+
+/// A parsed join token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub secret: Vec<u8>,
+    pub role_key: String,
+}
+
+impl JoinToken {
+    /// `LBMTKN-1-<cluster secret, 64 hex>-<role key, 32 hex>`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let rest = text
+            .strip_prefix(JOIN_TOKEN_PREFIX)
+            .ok_or_else(|| format!("a join token starts with {JOIN_TOKEN_PREFIX}"))?;
+        let (secret, role_key) = rest
+            .split_once('-')
+            .ok_or("a join token has a secret and a role part")?;
+        let secret = decode_hex(secret)
+            .filter(|s| s.len() == 32)
+            .ok_or("the token's secret part is not 64 hex digits")?;
+        if decode_hex(role_key).map(|k| k.len()) != Some(16) {
+            return Err("the token's role part is not 32 hex digits".to_owned());
+        }
+        Ok(Self {
+            secret,
+            role_key: role_key.to_owned(),
+        })
+    }
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness: fall back to a time-seeded generator so the
+        // node still starts; the log says so.
+        tracing::warn!("no OS randomness; secrets are weaker than they should be");
+        let mut rng = fastrand::Rng::new();
+        rng.fill(&mut bytes);
+    }
+    bytes
+}
+
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// A fresh cluster: its secret and tokens.
+fn new_cluster() -> (Vec<u8>, ClusterInfo) {
+    let secret = random_bytes(32);
+    let secret_hex = encode_hex(&secret);
+    let token =
+        |role_key: Vec<u8>| format!("{JOIN_TOKEN_PREFIX}{secret_hex}-{}", encode_hex(&role_key));
+    let info = ClusterInfo {
+        id: encode_hex(&random_bytes(8)),
+        manager_token: token(random_bytes(16)),
+        worker_token: token(random_bytes(16)),
+        control_token: format!("{CONTROL_TOKEN_PREFIX}{}", encode_hex(&random_bytes(16))),
+    };
+    (secret, info)
+}
+
+fn random_node_id() -> NodeId {
+    let bytes = random_bytes(8);
+    let mut id = [0u8; 8];
+    id.copy_from_slice(&bytes);
+    // Ids are shown to users; keep them positive in every language's eyes.
+    u64::from_be_bytes(id) >> 1 | 1
+}
+
+fn record(settings: &NodeSettings, id: NodeId, role: Role) -> NodeRecord {
+    NodeRecord {
+        id,
+        name: settings.name.clone(),
+        raft_addr: settings.raft_addr,
+        api_addr: settings.api_addr,
+        ingress_addr: settings.ingress_addr,
+        role,
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        labels: Default::default(),
+    }
+}
+
+async fn start_registry(
+    settings: &NodeSettings,
+    id: NodeId,
+    secret: Secret,
+) -> Result<RegistryNode, ClusterError> {
+    let listener = TcpListener::bind(settings.raft_addr)
+        .await
+        .map_err(|source| ClusterError::RaftBind {
+            addr: settings.raft_addr,
+            source,
+        })?;
+    Ok(RegistryNode::start(NodeOptions {
+        id,
+        raft_listener: listener,
+        raft_addr: settings.raft_addr.to_string(),
+        data_file: settings.data_dir.join("registry.redb"),
+        secret,
+        timing: Timing::default(),
+    })
+    .await?)
+}
+
+/// How this start went, for the caller to report.
+pub enum Started {
+    /// A new cluster; its tokens are to be printed.
+    Bootstrapped(ClusterInfo),
+    Joined,
+    Restarted,
+}
+
+/// Starts this node's registry: restart, bootstrap or join.
+pub async fn start(
+    settings: &NodeSettings,
+    join: Option<(&str, &str)>,
+) -> Result<(RegistryNode, Started), ClusterError> {
+    std::fs::create_dir_all(&settings.data_dir).map_err(|source| ClusterError::DataDir {
+        path: settings.data_dir.clone(),
+        source,
+    })?;
+    if let Some(identity) = Identity::load(&settings.data_dir)? {
+        let node = start_registry(settings, identity.id, identity.secret()?).await?;
+        register_self(&node, settings, None).await?;
+        info!(id = identity.id, "rejoined the cluster from the data dir");
+        return Ok((node, Started::Restarted));
+    }
+    match join {
+        None => {
+            let (secret, info) = new_cluster();
+            let id = random_node_id();
+            let node = start_registry(settings, id, Secret::new(&secret)).await?;
+            node.bootstrap().await?;
+            node.propose(Command::InitCluster {
+                cluster: info.clone(),
+            })
+            .await?;
+            register_self(&node, settings, Some(Role::Manager)).await?;
+            Identity {
+                id,
+                secret: encode_hex(&secret),
+            }
+            .save(&settings.data_dir)?;
+            Ok((node, Started::Bootstrapped(info)))
+        }
+        Some((host, token)) => {
+            let parsed = JoinToken::parse(token).map_err(ClusterError::Token)?;
+            let id = random_node_id();
+            let node = start_registry(settings, id, Secret::new(&parsed.secret)).await?;
+            let request = JoinRequest {
+                token: token.to_owned(),
+                node: record(settings, id, Role::Worker),
+            };
+            crate::api::client::join(host, &request)
+                .await
+                .map_err(|reason| ClusterError::Join {
+                    host: host.to_owned(),
+                    reason,
+                })?;
+            Identity {
+                id,
+                secret: encode_hex(&parsed.secret),
+            }
+            .save(&settings.data_dir)?;
+            Ok((node, Started::Joined))
+        }
+    }
+}
+
+/// Records this node's current addresses in the registry (keeping what
+/// operators set on it).
+async fn register_self(
+    node: &RegistryNode,
+    settings: &NodeSettings,
+    role: Option<Role>,
+) -> Result<(), ClusterError> {
+    let role = role
+        .or_else(|| node.local().state.nodes.get(&node.id).map(|n| n.role))
+        .unwrap_or(Role::Worker);
+    let outcome = node
+        .propose(Command::RegisterNode {
+            node: record(settings, node.id, role),
+        })
+        .await?;
+    if let Outcome::Rejected { rejection } = outcome {
+        return Err(ClusterError::Registry(RegistryError::Raft(
+            rejection.to_string(),
+        )));
+    }
+    Ok(())
+}
+
+/// The body of `POST /v1/cluster/join`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinRequest {
+    pub token: String,
+    pub node: NodeRecord,
+}
+
+/// Why a join was refused, for the API's answer.
+#[derive(Debug)]
+pub enum JoinRefusal {
+    BadToken(String),
+    Invalid { field: String, reason: String },
+    Failed(String),
+}
+
+/// On the leader: checks the token, adds the node to Raft (a learner; a
+/// manager is then promoted so voters stay odd, at most five) and registers
+/// it.
+pub async fn admit(node: &RegistryNode, request: JoinRequest) -> Result<NodeRecord, JoinRefusal> {
+    let state = node.local().state;
+    let Some(cluster) = &state.cluster else {
+        return Err(JoinRefusal::Failed(
+            "the cluster is not initialised".to_owned(),
+        ));
+    };
+    let role = if request.token == cluster.manager_token {
+        Role::Manager
+    } else if request.token == cluster.worker_token {
+        Role::Worker
+    } else {
+        return Err(JoinRefusal::BadToken(
+            "the join token is not valid for this cluster".to_owned(),
+        ));
+    };
+    let mut record = request.node;
+    record.role = role;
+    record.availability = Availability::Active;
+    record.status = NodeStatus::Ready;
+    if state.nodes.contains_key(&record.id) {
+        return Err(JoinRefusal::Invalid {
+            field: "node.id".to_owned(),
+            reason: format!("node id {} is already a member", record.id),
+        });
+    }
+    if let Some(other) = state.nodes.values().find(|n| n.name == record.name) {
+        return Err(JoinRefusal::Invalid {
+            field: "node.name".to_owned(),
+            reason: format!("node {} is already named {:?}", other.id, record.name),
+        });
+    }
+    node.add_member(record.id, &record.raft_addr.to_string(), false)
+        .await
+        .map_err(|e| JoinRefusal::Failed(e.to_string()))?;
+    match node
+        .propose(Command::RegisterNode {
+            node: record.clone(),
+        })
+        .await
+    {
+        Ok(Outcome::Node { node }) => record = *node,
+        Ok(Outcome::Rejected { rejection }) => {
+            return Err(JoinRefusal::Invalid {
+                field: format!("node.{}", rejection.field),
+                reason: rejection.reason,
+            })
+        }
+        Ok(_) => {}
+        Err(e) => return Err(JoinRefusal::Failed(e.to_string())),
+    }
+    if role == Role::Manager {
+        balance_voters(node)
+            .await
+            .map_err(|e| JoinRefusal::Failed(e.to_string()))?;
+    }
+    Ok(record)
+}
+
+/// Promotes manager learners so the number of voters is the largest odd
+/// number not above the managers' count (and at most five).
+async fn balance_voters(node: &RegistryNode) -> Result<(), RegistryError> {
+    let state = node.local().state;
+    let metrics = node.metrics();
+    let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    let managers: Vec<NodeId> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == Role::Manager)
+        .map(|n| n.id)
+        .collect();
+    let mut target = managers.len().min(MAX_VOTERS);
+    if target % 2 == 0 {
+        target -= 1;
+    }
+    let promote: Vec<NodeId> = managers
+        .iter()
+        .filter(|id| !voters.contains(id))
+        .take(target.saturating_sub(voters.len()))
+        .copied()
+        .collect();
+    if promote.len() + voters.len() == target && !promote.is_empty() {
+        node.promote(&promote).await?;
+    }
+    Ok(())
+}
