@@ -131,12 +131,30 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
             )
         }
     };
-    if method != Method::GET && !registry.is_leader() {
-        return forward_to_leader(registry, &method, &path, &query, &headers, body).await;
-    }
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-    route(registry, &method, &segments, &query, &body).await
+    if method == Method::GET {
+        return route(registry, &method, &segments, &query, &body).await;
+    }
+    // Writes run on the leader. During an election there is none, or the one
+    // this node knows is gone: retry until a leader answers or the deadline
+    // passes.
+    let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+    loop {
+        if registry.is_leader() {
+            return route(registry, &method, &segments, &query, &body).await;
+        }
+        match forward_to_leader(registry, &method, &path, &query, &headers, &body).await {
+            Ok(response) => return response,
+            Err(reason) if tokio::time::Instant::now() >= deadline => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "leader", reason)
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+        }
+    }
 }
+
+/// How long a write waits for a reachable leader.
+const WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn route(
     registry: &Arc<RegistryNode>,
@@ -462,25 +480,22 @@ async fn scale(registry: &Arc<RegistryNode>, name: &str, body: &Bytes) -> ApiRes
     propose(registry, Command::UpdateService { spec }, false).await
 }
 
+/// Passes a write to the leader's API; `Err` when no leader answered.
 async fn forward_to_leader(
     registry: &Arc<RegistryNode>,
     method: &Method,
     path: &str,
     query: &str,
     headers: &hyper::HeaderMap,
-    body: Bytes,
-) -> ApiResponse {
+    body: &Bytes,
+) -> Result<ApiResponse, String> {
     let leader = registry.metrics().current_leader;
     let state = registry.local().state;
     let Some(api_addr) = leader
         .and_then(|id| state.nodes.get(&id))
         .map(|n| n.api_addr)
     else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "registry",
-            "no leader is known yet; retry",
-        );
+        return Err("no leader is known yet".to_owned());
     };
     let target = if query.is_empty() {
         path.to_owned()
@@ -491,26 +506,20 @@ async fn forward_to_leader(
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match client::request(
+    let (status, body) = client::request(
         &api_addr.to_string(),
         method.as_str(),
         &target,
         token,
-        Some(&body),
+        Some(body),
     )
-    .await
-    {
-        Ok((status, body)) => {
-            let mut response = Response::new(Full::new(Bytes::from(body)));
-            *response.status_mut() =
-                StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            response
-        }
-        Err(reason) => error(StatusCode::SERVICE_UNAVAILABLE, "leader", reason),
-    }
+    .await?;
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use raft_state::network::Secret;
 use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing};
 use raft_state::state::{
-    Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, Role,
+    Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, Role, VipRange,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -110,6 +110,8 @@ pub struct NodeSettings {
     pub raft_addr: SocketAddr,
     pub ingress_addr: IpAddr,
     pub data_dir: PathBuf,
+    /// Where VIPs come from; used only when this node bootstraps a cluster.
+    pub vip_range: VipRange,
 }
 
 /// A parsed join token.
@@ -257,6 +259,7 @@ pub async fn start(
             node.bootstrap().await?;
             node.propose(Command::InitCluster {
                 cluster: info.clone(),
+                vip_range: settings.vip_range,
             })
             .await?;
             register_self(&node, settings, Some(Role::Manager)).await?;

@@ -418,8 +418,11 @@ impl Daemon {
     }
 }
 
-/// Binds every address of `table` that has no listener yet. All or nothing:
-/// on the first failure the sockets bound so far are closed again.
+/// Binds every address of `table` that has no listener yet. All or nothing
+/// for published ports: on the first failure the sockets bound so far are
+/// closed again. A VIP that cannot be bound (a port below 1024 without the
+/// privilege, say) is logged and skipped: it must not keep the published
+/// ports from being served.
 fn bind_new(
     table: &RoutingTable,
     existing: &HashMap<SocketAddr, CancellationToken>,
@@ -433,12 +436,19 @@ fn bind_new(
             reuse_port: table.is_shared(&addr),
             ..ListenOptions::default()
         };
-        let listener = proxy::bind_listener(addr, options).map_err(|source| DaemonError::Bind {
-            addr,
-            service: service.to_owned(),
-            source,
-        })?;
-        bound.push((addr, listener));
+        match proxy::bind_listener(addr, options) {
+            Ok(listener) => bound.push((addr, listener)),
+            Err(error) if options.reuse_port => {
+                warn!(%addr, service, %error, "cannot bind the service's VIP; skipped");
+            }
+            Err(source) => {
+                return Err(DaemonError::Bind {
+                    addr,
+                    service: service.to_owned(),
+                    source,
+                })
+            }
+        }
     }
     Ok(bound)
 }

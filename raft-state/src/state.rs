@@ -145,6 +145,7 @@ pub enum Command {
     /// Written by the bootstrapping node; refused once set.
     InitCluster {
         cluster: ClusterInfo,
+        vip_range: VipRange,
     },
     /// Adds a node, or updates the addresses of one that rejoins.
     RegisterNode {
@@ -257,7 +258,7 @@ impl RegistryState {
     /// Applies one command; a rejected command changes nothing.
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
-            Command::InitCluster { cluster } => {
+            Command::InitCluster { cluster, vip_range } => {
                 if self.cluster.is_some() {
                     return reject(
                         RejectKind::Conflict,
@@ -266,6 +267,7 @@ impl RegistryState {
                     );
                 }
                 self.cluster = Some(cluster.clone());
+                self.vip_range = *vip_range;
                 Outcome::Nothing
             }
             Command::RegisterNode { node } => self.register_node(node),

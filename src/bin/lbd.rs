@@ -56,6 +56,10 @@ struct Args {
     #[arg(long, value_name = "IP")]
     ingress_addr: Option<IpAddr>,
 
+    /// VIP range of a new cluster (ignored when joining or restarting).
+    #[arg(long, value_name = "CIDR", default_value = "127.77.0.0/16", value_parser = raft_state::state::VipRange::parse)]
+    vip_range: raft_state::state::VipRange,
+
     /// Node name [default: node-<advertise address>].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -155,6 +159,7 @@ fn cluster_options(args: &Args) -> Option<lbmesh::daemon::ClusterOptions> {
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("lbmesh-data").join(advertise.to_string())),
+        vip_range: args.vip_range,
     };
     let join = args.join.clone().map(|host| {
         let host = if host.contains(':') {

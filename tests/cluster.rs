@@ -1,0 +1,440 @@
+//! Three `lbd` processes on 127.A.B.1/2/3 forming one cluster, driven with
+//! `lbctl` and the API: bootstrap and join, a refused token, a service created
+//! through a follower and served on every node and on its VIP, bad input
+//! refused without changing anything, the leader killed with SIGKILL while
+//! writes continue, and a restart of every node from its data dir.
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Gives each cluster of this test binary its own 127.A.0.0/16 block, so
+/// tests running side by side never share node addresses or VIPs.
+fn address_block() -> u8 {
+    static NEXT: AtomicU8 = AtomicU8::new(0);
+    let offset = (std::process::id() % 40) as u8 * 3;
+    100 + offset + NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+struct Cluster {
+    block: u8,
+    dir: tempfile::TempDir,
+    nodes: Vec<Option<Child>>,
+    control_token: String,
+    manager_token: String,
+}
+
+impl Cluster {
+    fn ip(&self, n: usize) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.block, 0, n as u8 + 1))
+    }
+
+    fn api(&self, n: usize) -> String {
+        format!("{}:9900", self.ip(n))
+    }
+
+    fn data_dir(&self, n: usize) -> PathBuf {
+        self.dir.path().join(format!("node{n}"))
+    }
+
+    fn vip_range(&self) -> String {
+        format!("127.{}.250.0/24", self.block)
+    }
+
+    fn spawn(&self, n: usize, join: Option<(&str, &str)>) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_lbd"));
+        command
+            .arg("--advertise-addr")
+            .arg(self.ip(n).to_string())
+            .arg("--data-dir")
+            .arg(self.data_dir(n))
+            .arg("--vip-range")
+            .arg(self.vip_range())
+            .arg("--shutdown-grace")
+            .arg("1s")
+            .stdout(Stdio::piped())
+            .stderr(
+                std::fs::File::create(self.dir.path().join(format!("node{n}.log")))
+                    .expect("log file"),
+            );
+        if let Some((host, token)) = join {
+            command.arg("--join").arg(host).arg("--token").arg(token);
+        }
+        command.spawn().expect("spawn lbd")
+    }
+
+    /// Bootstraps node 0 and joins nodes 1 and 2 as managers.
+    fn form() -> Self {
+        let mut cluster = Cluster {
+            block: address_block(),
+            dir: tempfile::tempdir().expect("temp dir"),
+            nodes: Vec::new(),
+            control_token: String::new(),
+            manager_token: String::new(),
+        };
+        let mut first = cluster.spawn(0, None);
+        let stdout = first.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let started = Instant::now();
+        while cluster.control_token.is_empty() && started.elapsed() < WAIT {
+            let Some(Ok(line)) = lines.next() else { break };
+            if line.starts_with("Add a manager:") {
+                cluster.manager_token = line.split_whitespace().last().unwrap_or("").to_owned();
+            }
+            if line.starts_with("lbctl control token") {
+                cluster.control_token = line.split_whitespace().last().unwrap_or("").to_owned();
+            }
+        }
+        assert!(
+            !cluster.control_token.is_empty(),
+            "no tokens printed; log:\n{}",
+            cluster.log(0)
+        );
+        cluster.nodes.push(Some(first));
+        for n in 1..3 {
+            let host = cluster.api(0);
+            let token = cluster.manager_token.clone();
+            let child = cluster.spawn(n, Some((&host, &token)));
+            cluster.nodes.push(Some(child));
+            cluster.wait_for_nodes(n + 1);
+        }
+        cluster
+    }
+
+    fn log(&self, n: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("node{n}.log"))).unwrap_or_default()
+    }
+
+    fn lbctl(&self, n: usize, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+            .arg("--host")
+            .arg(self.api(n))
+            .env("LBCTL_TOKEN", &self.control_token)
+            .args(args)
+            .output()
+            .expect("run lbctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn json(&self, n: usize, args: &[&str]) -> Option<Value> {
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        let (code, out, _) = self.lbctl(n, &all);
+        (code == 0)
+            .then(|| serde_json::from_str(&out).ok())
+            .flatten()
+    }
+
+    fn wait_for_nodes(&self, count: usize) {
+        let started = Instant::now();
+        while started.elapsed() < WAIT {
+            if let Some(nodes) = self.json(0, &["node", "ls"]) {
+                let ready = nodes
+                    .as_array()
+                    .map(|all| all.iter().filter(|n| n["status"] == "ready").count())
+                    .unwrap_or(0);
+                if ready == count {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the cluster never had {count} ready nodes; log of node 0:\n{}",
+            self.log(0)
+        );
+    }
+
+    fn kill(&mut self, n: usize) {
+        if let Some(mut child) = self.nodes[n].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn stop(&mut self, n: usize) {
+        if let Some(mut child) = self.nodes[n].take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let started = Instant::now();
+            while started.elapsed() < WAIT {
+                if child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn restart(&mut self, n: usize) {
+        let child = self.spawn(n, None);
+        self.nodes[n] = Some(child);
+    }
+
+    fn leader_index(&self) -> Option<usize> {
+        let info = (0..3)
+            .filter(|n| self.nodes[*n].is_some())
+            .find_map(|n| self.json(n, &["cluster", "info"]))?;
+        let leader = info["leader"].as_u64()?;
+        let nodes = (0..3)
+            .filter(|n| self.nodes[*n].is_some())
+            .find_map(|n| self.json(n, &["node", "ls"]))?;
+        let leader_ip = nodes
+            .as_array()?
+            .iter()
+            .find(|node| node["id"].as_u64() == Some(leader))?["ingress_addr"]
+            .as_str()?
+            .to_owned();
+        (0..3).find(|n| self.ip(*n).to_string() == leader_ip)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in 0..self.nodes.len() {
+            self.kill(n);
+        }
+    }
+}
+
+fn free_port_on_all(cluster: &Cluster) -> u16 {
+    for _ in 0..100 {
+        let port = fastrand::u16(20_000..40_000);
+        let free = (0..3).all(|n| std::net::TcpListener::bind((cluster.ip(n), port)).is_ok());
+        if free {
+            return port;
+        }
+    }
+    panic!("no common free port");
+}
+
+fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while started.elapsed() < WAIT {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn answer(addr: SocketAddr) -> Option<String> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut out = String::new();
+    stream.read_to_string(&mut out).ok()?;
+    Some(out.trim_end().to_owned())
+}
+
+fn service_names(value: &Value) -> Vec<String> {
+    let mut names: Vec<String> = value
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|s| s["spec"]["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+fn raw_request(addr: &str, request: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect api");
+    stream.set_read_timeout(Some(WAIT)).expect("timeout");
+    let _ = stream.write_all(request);
+    let mut out = String::new();
+    let _ = stream.read_to_string(&mut out);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_node_cluster_serves_the_mesh() {
+    let b0 = TestBackend::start("b0", Behavior::Identify).await;
+    let b1 = TestBackend::start("b1", Behavior::Identify).await;
+    let (b0_addr, b1_addr) = (b0.addr.to_string(), b1.addr.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut cluster = Cluster::form();
+
+        // node ls on any node: three ready managers, one leader.
+        for n in 0..3 {
+            let nodes = cluster.json(n, &["node", "ls"]).expect("node ls json");
+            let all = nodes.as_array().expect("array");
+            assert_eq!(all.len(), 3);
+            assert!(all.iter().all(|n| n["role"] == "manager" && n["status"] == "ready"));
+            assert_eq!(all.iter().filter(|n| n["raft"] == "leader").count(), 1);
+        }
+        let (code, table, _) = cluster.lbctl(1, &["node", "ls"]);
+        assert_eq!(code, 0);
+        assert!(table.starts_with("ID "), "{table}");
+
+        // A wrong token is refused and that node does not join.
+        let bad = cluster.dir.path().join("intruder");
+        let out = Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .args(["--advertise-addr", &format!("127.{}.0.9", cluster.block)])
+            .arg("--data-dir")
+            .arg(&bad)
+            .args(["--join", &cluster.api(0), "--token"])
+            .arg(wrong_token(&cluster.manager_token))
+            .output()
+            .expect("run intruder");
+        assert!(!out.status.success(), "a wrong token joined");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("token"));
+        assert_eq!(cluster.json(0, &["node", "ls"]).expect("ls").as_array().map(Vec::len), Some(3));
+
+        // A service created through a follower is served by every node, in
+        // round-robin over its endpoints, and on its VIP.
+        let leader = cluster.leader_index().expect("a leader");
+        let follower = (leader + 1) % 3;
+        let port = free_port_on_all(&cluster);
+        let (code, _, err) = cluster.lbctl(
+            follower,
+            &["service", "create", "web", "-p", &format!("{port}:80"), "--endpoint", &b0_addr, "--endpoint", &b1_addr],
+        );
+        assert_eq!(code, 0, "{err}");
+        for n in 0..3 {
+            let addr = SocketAddr::new(cluster.ip(n), port);
+            wait_until("the published port answers", || answer(addr).is_some());
+            let mut seen = Vec::new();
+            for _ in 0..4 {
+                seen.push(answer(addr).expect("answer"));
+            }
+            seen.sort();
+            assert_eq!(seen, ["b0", "b0", "b1", "b1"], "node {n}");
+        }
+        let service = cluster.json(2, &["service", "inspect", "web"]).expect("inspect");
+        let vip: IpAddr = service["vip"].as_str().expect("vip").parse().expect("ip");
+        assert!(cluster.vip_range().starts_with(&format!("127.{}.250.", cluster.block)));
+        wait_until("the VIP answers", || answer(SocketAddr::new(vip, 80)).is_some());
+
+        // Bad input: refused with a named field, and nothing changes.
+        let before = cluster.json(0, &["service", "ls"]).expect("ls");
+        let cases: [(&[&str], &str); 4] = [
+            (&["service", "create", "Web", "-p", "1:80"], "name"),
+            (&["service", "create", "web", "-p", "2:80"], "name"),
+            (&["service", "create", "other", "-p", &format!("{port}:80")], "ports[0].published"),
+            (&["service", "create", "other", "-p", "3:80", "--endpoint", "10.0.0.1,weight=0"], "endpoints[0].weight"),
+        ];
+        for (args, field) in cases {
+            let (code, _, err) = cluster.lbctl(0, args);
+            assert_ne!(code, 0, "{args:?} succeeded");
+            assert!(err.contains(field), "{args:?}: {err}");
+        }
+        let (code, _, err) = cluster.lbctl(0, &["service", "scale", "web=5000"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("replicas"), "{err}");
+        let api = cluster.api(0);
+        let token = cluster.control_token.clone();
+        let malformed = raw_request(
+            &api,
+            format!("POST /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{{nop}}").as_bytes(),
+        );
+        assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
+        let huge = "x".repeat(2 * 1024 * 1024);
+        let oversized = raw_request(
+            &api,
+            format!("POST /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{huge}", huge.len()).as_bytes(),
+        );
+        assert!(oversized.starts_with("HTTP/1.1 413"), "{}", &oversized[..oversized.len().min(200)]);
+        let (code, _, err) = cluster.lbctl(0, &["--token", "wrong", "service", "ls"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("authorization"), "{err}");
+        assert_eq!(cluster.json(0, &["service", "ls"]).expect("ls"), before, "bad input changed the registry");
+
+        // Kill -9 the leader while a client keeps creating services through
+        // another node: writes resume within 5 s and none is lost or doubled.
+        let leader = cluster.leader_index().expect("a leader");
+        let writer = (leader + 1) % 3;
+        let mut acknowledged = vec!["web".to_owned()];
+        let mut first_after_kill = None;
+        let mut killed_at = None;
+        for i in 0..40 {
+            if i == 10 {
+                cluster.kill(leader);
+                killed_at = Some(Instant::now());
+            }
+            let name = format!("svc-{i}");
+            let (code, _, _) = cluster.lbctl(writer, &["service", "create", &name, "-p", &(port + 1 + i as u16).to_string()]);
+            if code == 0 {
+                acknowledged.push(name);
+                if let (Some(killed), None) = (killed_at, first_after_kill) {
+                    first_after_kill = Some(killed.elapsed());
+                }
+            }
+        }
+        let recovered = first_after_kill.expect("no write succeeded after the kill");
+        assert!(recovered < Duration::from_secs(5), "first write after the kill took {recovered:?}");
+        cluster.restart(leader);
+        acknowledged.sort();
+        for n in 0..3 {
+            wait_until("every node has every acknowledged service", || {
+                cluster
+                    .json(n, &["service", "ls"])
+                    .map(|ls| {
+                        let names = service_names(&ls);
+                        acknowledged.iter().all(|a| names.contains(a))
+                    })
+                    .unwrap_or(false)
+            });
+            let names = service_names(&cluster.json(n, &["service", "ls"]).expect("ls"));
+            let mut unique = names.clone();
+            unique.dedup();
+            assert_eq!(names, unique, "a service twice on node {n}");
+        }
+
+        // Stop every node and start them again from their data dirs.
+        for n in 0..3 {
+            cluster.stop(n);
+        }
+        for n in 0..3 {
+            cluster.restart(n);
+        }
+        wait_until("the cluster is back", || cluster.leader_index().is_some());
+        for n in 0..3 {
+            let addr = SocketAddr::new(cluster.ip(n), port);
+            wait_until("web is served again", || answer(addr).is_some());
+        }
+        let names = service_names(&cluster.json(1, &["service", "ls"]).expect("ls"));
+        assert!(acknowledged.iter().all(|a| names.contains(a)), "state lost in the restart");
+    })
+    .await
+    .expect("cluster test");
+    drop((b0, b1));
+}
+
+#[test]
+fn lbctl_errors_exit_non_zero() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["--host", "127.0.0.1:1", "service", "ls"])
+        .output()
+        .expect("run lbctl");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("Error: "));
+    let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        .args(["service", "scale", "web"])
+        .output()
+        .expect("run lbctl");
+    assert!(
+        !out.status.success(),
+        "a malformed scale target was accepted"
+    );
+    let _ = Path::new("");
+}
