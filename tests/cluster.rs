@@ -436,5 +436,12 @@ fn lbctl_errors_exit_non_zero() {
         !out.status.success(),
         "a malformed scale target was accepted"
     );
-    let _ = Path::new("");
+}
+
+/// The token with its last digit changed: right format, wrong secret.
+fn wrong_token(token: &str) -> String {
+    let mut wrong = token.to_owned();
+    let last = wrong.pop().unwrap_or('0');
+    wrong.push(if last == '0' { '1' } else { '0' });
+    wrong
 }
