@@ -81,7 +81,13 @@ async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Ful
     let path = request.uri().path();
     if path.starts_with("/v1/") {
         if let Some(registry) = &state.registry {
-            return crate::api::handle(registry, request).await;
+            let route = crate::api::route_template(path);
+            let method = request.method().to_string();
+            let response = crate::api::handle(registry, request).await;
+            state
+                .metrics
+                .api_request(&route, &method, response.status().as_u16());
+            return response;
         }
     }
     if !matches!(path, "/metrics" | "/live" | "/ready") {
@@ -111,8 +117,32 @@ async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Ful
 }
 
 /// Ejections expire by the clock, not by an event, so `backend_up` is brought
-/// up to date when it is scraped.
+/// up to date when it is scraped; so is Raft's view in cluster mode.
 fn refresh_backend_up(state: &AdminState) {
+    if let Some(registry) = &state.registry {
+        let m = registry.metrics();
+        let membership = m.membership_config.membership();
+        state.metrics.set_raft("term", m.current_term);
+        state
+            .metrics
+            .set_raft("leader_id", m.current_leader.unwrap_or(0));
+        state.metrics.set_raft(
+            "is_leader",
+            u64::from(m.current_leader == Some(registry.id)),
+        );
+        state
+            .metrics
+            .set_raft("commit_index", m.last_log_index.unwrap_or(0));
+        state
+            .metrics
+            .set_raft("applied_index", registry.local().index);
+        state
+            .metrics
+            .set_raft("voters", membership.voter_ids().count() as u64);
+        state
+            .metrics
+            .set_raft("learners", membership.learner_ids().count() as u64);
+    }
     for (_, backend) in state.table.load().backends() {
         backend.metrics.up.set(i64::from(!backend.is_ejected()));
     }

@@ -522,6 +522,30 @@ async fn forward_to_leader(
     Ok(response)
 }
 
+/// A path with its names replaced by placeholders, for metric labels that
+/// stay few: `/v1/services/web/scale` → `/v1/services/{name}/scale`.
+pub fn route_template(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let template: Vec<&str> = match segments.as_slice() {
+        ["cluster", "join-token", _] => vec!["cluster", "join-token", "{role}"],
+        [noun @ ("nodes" | "services"), _, rest @ ..] => {
+            let mut t = vec![*noun, "{name}"];
+            t.extend(rest.iter().take(1).map(|r| match *r {
+                "scale" | "rollback" => *r,
+                _ => "{other}",
+            }));
+            t
+        }
+        [first, ..]
+            if segments.len() <= 2 && matches!(*first, "cluster" | "nodes" | "services") =>
+        {
+            segments.clone()
+        }
+        _ => vec!["{unknown}"],
+    };
+    format!("/v1/{}", template.join("/"))
+}
+
 fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
@@ -628,5 +652,30 @@ pub mod client {
         } else {
             Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_templates_hide_names() {
+        assert_eq!(route_template("/v1/services"), "/v1/services");
+        assert_eq!(route_template("/v1/services/web"), "/v1/services/{name}");
+        assert_eq!(
+            route_template("/v1/services/web/scale"),
+            "/v1/services/{name}/scale"
+        );
+        assert_eq!(
+            route_template("/v1/services/web/evil"),
+            "/v1/services/{name}/{other}"
+        );
+        assert_eq!(
+            route_template("/v1/cluster/join-token/manager"),
+            "/v1/cluster/join-token/{role}"
+        );
+        assert_eq!(route_template("/v1/cluster/join"), "/v1/cluster/join");
+        assert_eq!(route_template("/v1/whatever/x"), "/v1/{unknown}");
     }
 }

@@ -19,6 +19,8 @@
 //! | `lbmesh_backend_ejections_total` | counter | service, backend | passive ejections after failed connects |
 //! | `lbmesh_connections_failed_total` | counter | service, reason | client connections closed without a backend: `no_backend`, `all_attempts_failed` |
 //! | `lbmesh_config_reloads_total` | counter | result | reloads: `ok` or `error` |
+//! | `lbmesh_raft` | gauge | field | cluster mode: `term`, `leader_id`, `is_leader`, `commit_index`, `applied_index`, `voters`, `learners` |
+//! | `lbmesh_api_requests_total` | counter | route, method, status | cluster mode: admin API requests (route as a template, e.g. `/v1/services/{name}`) |
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -62,6 +64,8 @@ pub struct Metrics {
     ejections: IntCounterVec,
     failed: IntCounterVec,
     reloads: IntCounterVec,
+    raft: IntGaugeVec,
+    api_requests: IntCounterVec,
 }
 
 /// Handles for one (service, backend) pair.
@@ -214,6 +218,23 @@ impl Metrics {
                 &["service", "reason"],
             )
             .expect("valid metric"),
+            raft: IntGaugeVec::new(
+                Opts::new(
+                    "lbmesh_raft",
+                    "Raft state of this node's registry, by field: term, leader_id, \
+                     is_leader, commit_index, applied_index, voters, learners.",
+                ),
+                &["field"],
+            )
+            .expect("valid metric"),
+            api_requests: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_api_requests_total",
+                    "Admin API requests by route template, method and status.",
+                ),
+                &["route", "method", "status"],
+            )
+            .expect("valid metric"),
             reloads: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_config_reloads_total",
@@ -224,7 +245,9 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+            Box::new(metrics.raft.clone()),
+            Box::new(metrics.api_requests.clone()),
             Box::new(metrics.connections.clone()),
             Box::new(metrics.backend_active.clone()),
             Box::new(metrics.service_active.clone()),
@@ -311,6 +334,19 @@ impl Metrics {
     pub fn reload_finished(&self, ok: bool) {
         self.reloads
             .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Records Raft's view, read when `/metrics` is scraped.
+    pub fn set_raft(&self, field: &str, value: u64) {
+        self.raft
+            .with_label_values(&[field])
+            .set(i64::try_from(value).unwrap_or(i64::MAX));
+    }
+
+    pub fn api_request(&self, route: &str, method: &str, status: u16) {
+        self.api_requests
+            .with_label_values(&[route, method, &status.to_string()])
             .inc();
     }
 

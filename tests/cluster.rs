@@ -256,6 +256,18 @@ fn service_names(value: &Value) -> Vec<String> {
     names
 }
 
+fn http_get_blocking(addr: &str, path: &str) -> (u16, String) {
+    let response = raw_request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    );
+    let status = response
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
 fn raw_request(addr: &str, request: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect api");
@@ -285,6 +297,22 @@ async fn three_node_cluster_serves_the_mesh() {
         let (code, table, _) = cluster.lbctl(1, &["node", "ls"]);
         assert_eq!(code, 0);
         assert!(table.starts_with("ID "), "{table}");
+        let (_, metrics) = http_get_blocking(&cluster.api(1), "/metrics");
+        assert!(metrics.contains("lbmesh_raft{field=\"voters\"} 3"), "{metrics}");
+        assert!(metrics.contains("lbmesh_api_requests_total{method=\"GET\",route=\"/v1/nodes\",status=\"200\"}"), "{metrics}");
+
+        // Node labels and availability; a ready node is not removed without --force.
+        let (code, _, err) = cluster.lbctl(0, &["node", "update", "node-x", "--availability", "drain"]);
+        assert_ne!(code, 0);
+        assert!(err.contains("node"), "{err}");
+        let name = format!("node-127-{}-0-2", cluster.block);
+        let (code, _, err) = cluster.lbctl(2, &["node", "update", &name, "--label-add", "zone=a", "--availability", "pause"]);
+        assert_eq!(code, 0, "{err}");
+        let node = cluster.json(0, &["node", "inspect", &name]).expect("inspect");
+        assert_eq!((node["labels"]["zone"].as_str(), node["availability"].as_str()), (Some("a"), Some("pause")));
+        let (code, _, err) = cluster.lbctl(0, &["node", "rm", &name]);
+        assert_ne!(code, 0);
+        assert!(err.contains("not down"), "{err}");
 
         // A wrong token is refused and that node does not join.
         let bad = cluster.dir.path().join("intruder");
@@ -357,6 +385,14 @@ async fn three_node_cluster_serves_the_mesh() {
         let (code, _, err) = cluster.lbctl(0, &["--token", "wrong", "service", "ls"]);
         assert_ne!(code, 0);
         assert!(err.contains("authorization"), "{err}");
+        let no_token = raw_request(&api, b"GET /v1/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        assert!(no_token.starts_with("HTTP/1.1 401"), "{no_token}");
+        let unknown_field = br#"{"name":"other","ports":[{"published":3}],"colour":"red"}"#;
+        let unknown = raw_request(
+            &api,
+            &[format!("POST /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", unknown_field.len()).as_bytes(), unknown_field].concat(),
+        );
+        assert!(unknown.starts_with("HTTP/1.1 400") && unknown.contains("colour"), "{unknown}");
         assert_eq!(cluster.json(0, &["service", "ls"]).expect("ls"), before, "bad input changed the registry");
 
         // Kill -9 the leader while a client keeps creating services through
