@@ -450,6 +450,49 @@ async fn three_node_cluster_serves_the_mesh() {
         }
         let names = service_names(&cluster.json(1, &["service", "ls"]).expect("ls"));
         assert!(acknowledged.iter().all(|a| names.contains(a)), "state lost in the restart");
+
+        // apply -f creates and updates to match the file; --prune removes the rest.
+        let file = cluster.dir.path().join("services.toml");
+        std::fs::write(
+            &file,
+            format!(
+                "[[service]]\nname = \"web\"\nports = [{{ published = {port}, target = 80 }}]\n\
+                 endpoints = [{{ address = \"{b0_addr}\" }}]\n\n\
+                 [[service]]\nname = \"fresh\"\nports = [{{ published = {} }}]\n",
+                port + 100
+            ),
+        )
+        .expect("write services file");
+        let file_arg = file.to_string_lossy().into_owned();
+        let (code, out, err) = cluster.lbctl(1, &["apply", "-f", &file_arg, "--prune"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(out.contains("web: updated") && out.contains("fresh: created"), "{out}");
+        let names = service_names(&cluster.json(2, &["service", "ls"]).expect("ls"));
+        assert_eq!(names, ["fresh", "web"]);
+        let addr = SocketAddr::new(cluster.ip(2), port);
+        wait_until("web follows the file's single endpoint", || {
+            (0..4).all(|_| answer(addr).as_deref() == Some("b0"))
+        });
+        std::fs::write(&file, "[[service]]\nname = \"Bad\"\nports = [{ published = 1 }]\n").expect("write");
+        let (code, _, err) = cluster.lbctl(1, &["apply", "-f", &file_arg]);
+        assert_ne!(code, 0);
+        assert!(err.contains("service[0].name"), "{err}");
+        assert_eq!(service_names(&cluster.json(2, &["service", "ls"]).expect("ls")), ["fresh", "web"]);
+
+        // A voter removed with --force leaves the Raft membership too.
+        let leader = cluster.leader_index().expect("a leader");
+        let removed = (leader + 1) % 3;
+        let asker = (leader + 2) % 3;
+        let removed_name = format!("node-127-{}-0-{}", cluster.block, removed + 1);
+        let (code, _, err) = cluster.lbctl(asker, &["node", "rm", "--force", &removed_name]);
+        assert_eq!(code, 0, "{err}");
+        wait_until("two nodes and two voters", || {
+            let nodes = cluster.json(asker, &["node", "ls"]).and_then(|v| v.as_array().map(Vec::len));
+            let voters = cluster
+                .json(asker, &["cluster", "info"])
+                .and_then(|v| v["voters"].as_array().map(Vec::len));
+            nodes == Some(2) && voters == Some(2)
+        });
     })
     .await
     .expect("cluster test");
