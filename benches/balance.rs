@@ -89,20 +89,31 @@ fn bench(c: &mut Criterion) {
 /// i is pinned to core i when the machine has enough cores, so the scheduler
 /// cannot start both on one core and skew the comparison.
 fn timed_run(set: &Arc<BackendSet>, threads: usize, picks: u64) -> Duration {
+    let set = Arc::clone(set);
+    run_pinned(threads, move |lane| pick_loop(&set, lane, picks))
+}
+
+/// Runs `work(i)` on `threads` threads started together, thread i pinned to
+/// core i where there is one; returns the slowest thread's own time.
+fn run_pinned<F>(threads: usize, work: F) -> Duration
+where
+    F: Fn(usize) + Send + Sync + 'static,
+{
+    let work = Arc::new(work);
     let barrier = Arc::new(Barrier::new(threads));
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let workers: Vec<_> = (0..threads)
-        .map(|lane| {
-            let set = Arc::clone(set);
+        .map(|i| {
+            let work = Arc::clone(&work);
             let barrier = Arc::clone(&barrier);
-            let core = cores.get(lane).copied();
+            let core = cores.get(i).copied();
             std::thread::spawn(move || {
                 if let Some(core) = core {
                     core_affinity::set_for_current(core);
                 }
                 barrier.wait();
                 let start = Instant::now();
-                pick_loop(&set, lane, picks);
+                work(i);
                 start.elapsed()
             })
         })
@@ -144,35 +155,16 @@ fn shared_nothing_scaling() -> f64 {
     const ROUNDS: usize = 9;
     const STEPS: u64 = 50_000_000;
     let run = |threads: usize| {
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        let barrier = Arc::new(Barrier::new(threads));
-        let workers: Vec<_> = (0..threads)
-            .map(|i| {
-                let barrier = Arc::clone(&barrier);
-                let core = cores.get(i).copied();
-                std::thread::spawn(move || {
-                    if let Some(core) = core {
-                        core_affinity::set_for_current(core);
-                    }
-                    barrier.wait();
-                    let start = Instant::now();
-                    let mut x = black_box(0x9e37_79b9_7f4a_7c15u64 + i as u64);
-                    for _ in 0..STEPS {
-                        x ^= x << 13;
-                        x ^= x >> 7;
-                        x ^= x << 17;
-                    }
-                    black_box(x);
-                    start.elapsed()
-                })
-            })
-            .collect::<Vec<_>>();
-        workers
-            .into_iter()
-            .map(|w| w.join().expect("bench thread"))
-            .max()
-            .unwrap_or_default()
-            .as_secs_f64()
+        run_pinned(threads, |i| {
+            let mut x = black_box(0x9e37_79b9_7f4a_7c15u64 + i as u64);
+            for _ in 0..STEPS {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            black_box(x);
+        })
+        .as_secs_f64()
     };
     let mut ratios: Vec<f64> = (0..ROUNDS).map(|_| 2.0 * run(1) / run(2)).collect();
     ratios.sort_by(f64::total_cmp);

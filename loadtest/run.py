@@ -42,7 +42,8 @@ HERE = Path(__file__).resolve().parent
 
 TARGETS = ["direct", "lbd", "haproxy", "nginx"]
 PROXIES = ["lbd", "haproxy", "nginx"]
-# One port per (scenario, target); all on 127.0.0.1.
+# One port per (scenario, target); all on 127.0.0.1. fixed-port-ok: the
+# harness checks each is free before it starts and fails if one is taken.
 HTTP = {"direct": 18080, "lbd": 18081, "haproxy": 18082, "nginx": 18083}
 BULK = {"direct": 15201, "lbd": 15202, "haproxy": 15203, "nginx": 15204}
 IDLE = {"direct": 17000, "lbd": 17001, "haproxy": 17002, "nginx": 17003}

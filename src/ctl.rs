@@ -30,6 +30,7 @@ pub struct Cli {
         long,
         global = true,
         env = "LBCTL_HOST",
+        // fixed-port-ok: the documented default admin API address.
         default_value = "http://127.0.0.1:9900"
     )]
     pub host: String,

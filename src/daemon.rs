@@ -280,10 +280,6 @@ impl Daemon {
         self.api_addr
     }
 
-    pub fn table(&self) -> arc_swap::Guard<Arc<RoutingTable>> {
-        self.table.load()
-    }
-
     /// Standalone mode: re-reads the file and applies it. On error the
     /// running configuration keeps serving unchanged.
     pub fn reload(&mut self) -> Result<(), DaemonError> {
@@ -408,11 +404,8 @@ impl Daemon {
             );
         }
         self.stop_admin.cancel();
-        if let Source::Registry { node, .. } = self.source {
-            drop(self.admin);
-            if let Ok(node) = Arc::try_unwrap(node) {
-                node.shutdown().await;
-            }
+        if let Source::Registry { node, .. } = &self.source {
+            node.shutdown().await;
         }
         drained
     }

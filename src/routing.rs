@@ -96,10 +96,6 @@ impl ConnectionLimit {
         self.open.load(Ordering::Acquire)
     }
 
-    pub fn max(&self) -> u32 {
-        self.max.load(Ordering::Acquire)
-    }
-
     fn set_max(&self, max: u32) {
         if self.max.swap(max, Ordering::AcqRel) < max {
             self.freed.notify_waiters();
@@ -318,10 +314,6 @@ impl RoutingTable {
     pub fn backends(&self) -> impl Iterator<Item = (&str, &Arc<Backend>)> + '_ {
         self.backends.iter().map(|(key, b)| (&*key.0, b))
     }
-
-    pub fn service(&self, name: &str) -> Option<&Arc<ServiceState>> {
-        self.services.get(name)
-    }
 }
 
 #[cfg(test)]
@@ -351,6 +343,7 @@ mod tests {
             "#,
         );
         let first = RoutingTable::build(&v1, ingress, &RoutingTable::default(), &metrics);
+        // fixed-port-ok: only a map key; nothing is bound in this test.
         let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
         let route = first.route(&listen).unwrap();
         assert_eq!(route.backends.len(), 2);

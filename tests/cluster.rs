@@ -37,6 +37,8 @@ impl Cluster {
     }
 
     fn api(&self, n: usize) -> String {
+        // fixed-port-ok: the cluster runs on its own 127.A.0.0/16 block and
+        // exercises lbd's default ports there (API :9900, Raft :9901).
         format!("{}:9900", self.ip(n))
     }
 
@@ -351,6 +353,8 @@ async fn three_node_cluster_serves_the_mesh() {
         let service = cluster.json(2, &["service", "inspect", "web"]).expect("inspect");
         let vip: IpAddr = service["vip"].as_str().expect("vip").parse().expect("ip");
         assert!(cluster.vip_range().starts_with(&format!("127.{}.250.", cluster.block)));
+        // fixed-port-ok: the VIP listens on the service's target port, on an
+        // address of this test's own VIP range.
         wait_until("the VIP answers", || answer(SocketAddr::new(vip, 80)).is_some());
 
         // Bad input: refused with a named field, and nothing changes.
@@ -502,6 +506,7 @@ async fn three_node_cluster_serves_the_mesh() {
 #[test]
 fn lbctl_errors_exit_non_zero() {
     let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        // fixed-port-ok: port 1 on loopback, where nothing listens.
         .args(["--host", "127.0.0.1:1", "service", "ls"])
         .output()
         .expect("run lbctl");

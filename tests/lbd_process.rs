@@ -292,6 +292,7 @@ fn run_with_config(text: &str) -> (Option<i32>, String) {
 
 #[test]
 fn config_errors_exit_non_zero_and_name_the_field() {
+    // fixed-port-ok: every file below is refused before lbd binds anything.
     let api = format!("[node]\napi_addr = \"{}\"\n", listen_addr());
     let cases = [
         ("[[service]]\nname = \"web\"\nports = [{ published = 8080 }]\ncolour = \"blue\"\n", "colour"),
@@ -332,6 +333,7 @@ async fn a_port_in_use_is_a_clear_start_error() {
         service(
             "web",
             addr,
+            // fixed-port-ok: an endpoint never dialled (lbd fails to bind first).
             &[("127.0.0.1:9".parse().expect("addr"), 1)],
             ""
         )

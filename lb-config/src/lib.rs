@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 
 /// Default admin API address of a standalone node: loopback, because the admin
 /// API will carry mutations once the registry lands.
+// fixed-port-ok: the documented default.
 pub const DEFAULT_API_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9900);
 /// Published ports bind on every interface unless the node or service says
 /// otherwise: that is what "published" means in the mesh.
@@ -790,6 +791,7 @@ mod tests {
         file.validate().expect_err("must be rejected")
     }
 
+    // fixed-port-ok: parsed only; nothing is bound in these tests.
     const ONE: &str = r#"
         [[service]]
         name = "web"

@@ -5,6 +5,7 @@
 import http from "k6/http";
 import { check } from "k6";
 
+// fixed-port-ok: lbd's port in loadtest/run.py
 const target = __ENV.TARGET || "http://127.0.0.1:18081/index.html";
 
 export const options = {

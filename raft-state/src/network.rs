@@ -73,10 +73,8 @@ impl Secret {
     }
 
     fn mac(&self, parts: &[&[u8]]) -> Hmac<Sha256> {
-        // HMAC takes keys of any length.
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).unwrap_or_else(|_| {
-            <Hmac<Sha256> as Mac>::new_from_slice(&[0u8; 32]).expect("a 32-byte key")
-        });
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .expect("HMAC accepts keys of any length");
         mac.update(b"lbmesh-raft-v1");
         for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());
@@ -437,23 +435,51 @@ fn unexpected<E: std::error::Error>(response: Response) -> RPCError<NodeId, Basi
     RPCError::Network(NetworkError::new(&std::io::Error::other(message)))
 }
 
+impl Peer {
+    /// One Raft RPC: `unpack` takes this RPC's answer out of the response,
+    /// or hands back any other response as unexpected.
+    async fn rpc<T, E>(
+        &mut self,
+        request: Request,
+        option: RPCOption,
+        unpack: Unpack<T, E>,
+    ) -> Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error,
+        RaftError<NodeId, E>: std::error::Error,
+    {
+        match self.call(&request, option.hard_ttl()).await {
+            Ok(response) => match unpack(response) {
+                Ok(Ok(answer)) => Ok(answer),
+                Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
+                Err(other) => Err(unexpected(*other)),
+            },
+            Err(error) => Err(self.rpc_error(error)),
+        }
+    }
+}
+
+/// What a peer answered to one Raft RPC.
+type Answer<T, E> = Result<T, RaftError<NodeId, E>>;
+
+/// Takes one RPC's answer out of a response, or hands the response back.
+type Unpack<T, E> = fn(Response) -> Result<Answer<T, E>, Box<Response>>;
+
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self
-            .call(&Request::AppendEntries(rpc), option.hard_ttl())
-            .await
-        {
-            Ok(Response::AppendEntries(Ok(response))) => Ok(response),
-            Ok(Response::AppendEntries(Err(e))) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(other) => Err(unexpected(other)),
-            Err(error) => Err(self.rpc_error(error)),
-        }
+        self.rpc(
+            Request::AppendEntries(rpc),
+            option,
+            |response| match response {
+                Response::AppendEntries(answer) => Ok(answer),
+                other => Err(Box::new(other)),
+            },
+        )
+        .await
     }
 
     async fn install_snapshot(
@@ -464,17 +490,15 @@ impl RaftNetwork<TypeConfig> for Peer {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        match self
-            .call(&Request::InstallSnapshot(rpc), option.hard_ttl())
-            .await
-        {
-            Ok(Response::InstallSnapshot(Ok(response))) => Ok(response),
-            Ok(Response::InstallSnapshot(Err(e))) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(other) => Err(unexpected(other)),
-            Err(error) => Err(self.rpc_error(error)),
-        }
+        self.rpc(
+            Request::InstallSnapshot(rpc),
+            option,
+            |response| match response {
+                Response::InstallSnapshot(answer) => Ok(answer),
+                other => Err(Box::new(other)),
+            },
+        )
+        .await
     }
 
     async fn vote(
@@ -482,14 +506,11 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        match self.call(&Request::Vote(rpc), option.hard_ttl()).await {
-            Ok(Response::Vote(Ok(response))) => Ok(response),
-            Ok(Response::Vote(Err(e))) => {
-                Err(RPCError::RemoteError(RemoteError::new(self.target, e)))
-            }
-            Ok(other) => Err(unexpected(other)),
-            Err(error) => Err(self.rpc_error(error)),
-        }
+        self.rpc(Request::Vote(rpc), option, |response| match response {
+            Response::Vote(answer) => Ok(answer),
+            other => Err(Box::new(other)),
+        })
+        .await
     }
 }
 

@@ -376,15 +376,12 @@ impl RegistryNode {
 
     /// Stops serving RPCs and stops Raft, then waits (up to 5 s) until the
     /// store is closed, so the same file can be opened again.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.stop.notify_one();
         self.server.abort();
-        let _ = (&mut { self.server }).await;
         if let Err(error) = self.raft.shutdown().await {
             debug!(%error, "raft shutdown");
         }
-        drop(self.raft);
-        drop(self.leader);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while self.database.strong_count() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

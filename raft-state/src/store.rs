@@ -39,7 +39,9 @@ use openraft::{
     AnyError, BasicNode, EntryPayload, OptionalSend, RaftLogReader, RaftSnapshotBuilder,
     SnapshotMeta, StorageIOError, StoredMembership, Vote,
 };
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -91,16 +93,23 @@ fn write_keys(
     table: TableDefinition<&str, &[u8]>,
     entries: &[(&str, Vec<u8>)],
 ) -> Result<()> {
-    let mut write = db.begin_write().map_err(io_error)?;
-    write
-        .set_durability(Durability::Immediate)
-        .map_err(io_error)?;
-    {
+    commit(db, |write| {
         let mut table = write.open_table(table).map_err(io_error)?;
         for (key, value) in entries {
             table.insert(*key, value.as_slice()).map_err(io_error)?;
         }
-    }
+        Ok(())
+    })
+}
+
+/// Runs `work` in one write transaction and commits it durably (fsync)
+/// before returning.
+fn commit(db: &Database, work: impl FnOnce(&WriteTransaction) -> Result<()>) -> Result<()> {
+    let mut write = db.begin_write().map_err(io_error)?;
+    write
+        .set_durability(Durability::Immediate)
+        .map_err(io_error)?;
+    work(&write)?;
     write.commit().map_err(io_error)
 }
 
@@ -117,13 +126,14 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
     let path = path.to_owned();
     let db = blocking(move || {
         let db = Database::create(&path).map_err(io_error)?;
-        let write = db.begin_write().map_err(io_error)?;
-        {
+        // Create every table now: a read transaction cannot open a table
+        // that was never created.
+        commit(&db, |write| {
             write.open_table(LOG).map_err(io_error)?;
             write.open_table(META).map_err(io_error)?;
             write.open_table(STATE).map_err(io_error)?;
-        }
-        write.commit().map_err(io_error)?;
+            Ok(())
+        })?;
         Ok(Arc::new(db))
     })
     .await?;
@@ -251,17 +261,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .collect::<Result<Vec<_>>>()?;
         let db = Arc::clone(&self.db);
         let written = blocking(move || {
-            let mut write = db.begin_write().map_err(io_error)?;
-            write
-                .set_durability(Durability::Immediate)
-                .map_err(io_error)?;
-            {
+            commit(&db, |write| {
                 let mut table = write.open_table(LOG).map_err(io_error)?;
                 for (index, bytes) in &rows {
                     table.insert(*index, bytes.as_slice()).map_err(io_error)?;
                 }
-            }
-            write.commit().map_err(io_error)
+                Ok(())
+            })
         })
         .await;
         // Only now, with the commit (and its fsync) done, are the entries
@@ -276,17 +282,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<()> {
         let db = Arc::clone(&self.db);
         blocking(move || {
-            let mut write = db.begin_write().map_err(io_error)?;
-            write
-                .set_durability(Durability::Immediate)
-                .map_err(io_error)?;
-            {
+            commit(&db, |write| {
                 let mut table = write.open_table(LOG).map_err(io_error)?;
                 table
                     .retain_in(log_id.index.., |_, _| false)
-                    .map_err(io_error)?;
-            }
-            write.commit().map_err(io_error)
+                    .map_err(io_error)
+            })
         })
         .await
     }
@@ -295,20 +296,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = Arc::clone(&self.db);
         let purged = encode(&log_id)?;
         blocking(move || {
-            let mut write = db.begin_write().map_err(io_error)?;
-            write
-                .set_durability(Durability::Immediate)
-                .map_err(io_error)?;
-            {
+            commit(&db, |write| {
                 let mut meta = write.open_table(META).map_err(io_error)?;
                 meta.insert("last_purged", purged.as_slice())
                     .map_err(io_error)?;
                 let mut table = write.open_table(LOG).map_err(io_error)?;
                 table
                     .retain_in(..=log_id.index, |_, _| false)
-                    .map_err(io_error)?;
-            }
-            write.commit().map_err(io_error)
+                    .map_err(io_error)
+            })
         })
         .await
     }

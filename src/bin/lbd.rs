@@ -152,6 +152,7 @@ fn cluster_options(args: &Args) -> Option<lbmesh::daemon::ClusterOptions> {
             .clone()
             .unwrap_or_else(|| format!("node-{dashed}")),
         advertise_addr: advertise,
+        // fixed-port-ok: the documented defaults (design.md: API :9900, Raft :9901).
         api_addr: args.api_addr.unwrap_or(SocketAddr::new(advertise, 9900)),
         raft_addr: args.raft_addr.unwrap_or(SocketAddr::new(advertise, 9901)),
         ingress_addr: args.ingress_addr.unwrap_or(advertise),
@@ -165,7 +166,7 @@ fn cluster_options(args: &Args) -> Option<lbmesh::daemon::ClusterOptions> {
         let host = if host.contains(':') {
             host
         } else {
-            format!("{host}:9900")
+            format!("{host}:9900") // fixed-port-ok: default API port of the node joined
         };
         (host, args.token.clone().unwrap_or_default())
     });

@@ -147,18 +147,14 @@ pub async fn accept_loop(
             },
             () = stop.cancelled() => return,
         };
-        let Some(limit) = ctx
-            .table
-            .load()
-            .route(&listen_addr)
-            .map(|route| Arc::clone(&route.service.limit))
-        else {
+        // One table load per connection: the route taken here serves it.
+        let Some(route) = ctx.table.load().route(&listen_addr).cloned() else {
             // The reload that removed this route stops this loop right after.
             stop.cancelled().await;
             return;
         };
         let permit = tokio::select! {
-            permit = limit.acquire() => permit,
+            permit = route.service.limit.acquire() => permit,
             () = stop.cancelled() => return,
         };
         match ready.try_io(|listener| listener.get_ref().accept()) {
@@ -173,9 +169,6 @@ pub async fn accept_loop(
                         warn!(%listen_addr, %peer, %error, "cannot register accepted connection");
                         continue;
                     }
-                };
-                let Some(route) = ctx.table.load().route(&listen_addr).cloned() else {
-                    continue;
                 };
                 ctx.connections.spawn(serve_connection(
                     stream,
