@@ -11,8 +11,10 @@
 //! | GET | `/v1/nodes/{name or id}` | | one node |
 //! | POST | `/v1/nodes/{name or id}` | `{"availability", "labels_add", "labels_remove"}` | the updated node |
 //! | DELETE | `/v1/nodes/{name or id}` | | removes a down node (`?force=true` for one that is not down) |
-//! | GET | `/v1/services` | | every service |
-//! | GET | `/v1/services/{name}` | | one service |
+//! | GET | `/v1/nodes/{name or id}/tasks` | | the tasks assigned to the node |
+//! | GET | `/v1/services` | | every service, with running/desired task counts |
+//! | GET | `/v1/services/{name}` | | one service, with its update status |
+//! | GET | `/v1/services/{name}/tasks` | | its tasks, live and recent history (`service ps`) |
 //! | POST | `/v1/services` | a `[[service]]` spec as JSON | `201` and the service |
 //! | PUT | `/v1/services/{name}` | the whole new spec | the service, version + 1 |
 //! | POST | `/v1/services/{name}/scale` | `{"replicas": N}` | the service |
@@ -74,6 +76,7 @@ fn outcome_response(outcome: Outcome, created: bool) -> ApiResponse {
             &service,
         ),
         Outcome::Node { node } => json_response(StatusCode::OK, &node),
+        Outcome::Task { task } => json_response(StatusCode::OK, &task),
         Outcome::Removed | Outcome::Nothing => json_response(StatusCode::OK, &json!({})),
         Outcome::Rejected { rejection } => {
             let status = match rejection.kind {
@@ -169,6 +172,10 @@ async fn route(
         (&Method::POST, ["cluster", "join"]) => join(registry, body).await,
         (&Method::GET, ["nodes"]) => nodes(registry, None).await,
         (&Method::GET, ["nodes", name]) => nodes(registry, Some(name)).await,
+        (&Method::GET, ["nodes", name, "tasks"]) => tasks(registry, TaskFilter::Node(name)).await,
+        (&Method::GET, ["services", name, "tasks"]) => {
+            tasks(registry, TaskFilter::Service(name)).await
+        }
         (&Method::POST, ["nodes", name]) => update_node(registry, name, body).await,
         (&Method::DELETE, ["nodes", name]) => remove_node(registry, name, query).await,
         (&Method::GET, ["services"]) => services(registry, None).await,
@@ -436,18 +443,57 @@ async fn remove_node(registry: &Arc<RegistryNode>, name: &str, query: &str) -> A
     }
 }
 
+/// A service as `GET /v1/services` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ServiceView {
+    #[serde(flatten)]
+    pub record: raft_state::state::ServiceRecord,
+    /// Tasks that serve traffic now.
+    pub running: usize,
+    /// Tasks wanted: the replicas, or the live tasks of a global service.
+    pub desired: usize,
+}
+
+fn service_view(
+    state: &raft_state::state::RegistryState,
+    record: &raft_state::state::ServiceRecord,
+) -> ServiceView {
+    let tasks: Vec<_> = state.tasks_of(&record.spec.name).collect();
+    let running = tasks.iter().filter(|t| t.serves()).count();
+    let desired = match record.spec.validate() {
+        Ok(service) => match &service.tasks {
+            Some(spec) if spec.mode == lb_config::ServiceMode::Global => {
+                tasks.iter().filter(|t| t.is_live()).count()
+            }
+            Some(_) => service.replicas as usize,
+            None => 0,
+        },
+        Err(_) => 0,
+    };
+    ServiceView {
+        record: record.clone(),
+        running,
+        desired,
+    }
+}
+
 async fn services(registry: &Arc<RegistryNode>, name: Option<&str>) -> ApiResponse {
     let applied = match read(registry).await {
         Ok(applied) => applied,
         Err(response) => return *response,
     };
+    let state = &applied.state;
     match name {
         None => {
-            let all: Vec<_> = applied.state.services.values().collect();
+            let all: Vec<ServiceView> = state
+                .services
+                .values()
+                .map(|record| service_view(state, record))
+                .collect();
             json_response(StatusCode::OK, &all)
         }
-        Some(name) => match applied.state.services.get(name) {
-            Some(service) => json_response(StatusCode::OK, service),
+        Some(name) => match state.services.get(name) {
+            Some(service) => json_response(StatusCode::OK, &service_view(state, service)),
             None => error(
                 StatusCode::NOT_FOUND,
                 "name",
@@ -455,6 +501,78 @@ async fn services(registry: &Arc<RegistryNode>, name: Option<&str>) -> ApiRespon
             ),
         },
     }
+}
+
+/// A task as `GET .../tasks` shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskView {
+    #[serde(flatten)]
+    pub task: raft_state::task::TaskRecord,
+    /// The name of its node, if it has one.
+    pub node_name: Option<String>,
+}
+
+enum TaskFilter<'a> {
+    Service(&'a str),
+    Node(&'a str),
+}
+
+async fn tasks(registry: &Arc<RegistryNode>, filter: TaskFilter<'_>) -> ApiResponse {
+    let applied = match read(registry).await {
+        Ok(applied) => applied,
+        Err(response) => return *response,
+    };
+    let state = &applied.state;
+    let selected: Vec<&raft_state::task::TaskRecord> = match filter {
+        TaskFilter::Service(name) => {
+            if !state.services.contains_key(name) {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    "name",
+                    format!("no service named {name:?}"),
+                );
+            }
+            state.tasks_of(name).collect()
+        }
+        TaskFilter::Node(name) => {
+            let Some(node) = state.find_node(name) else {
+                return error(StatusCode::NOT_FOUND, "node", format!("no node {name:?}"));
+            };
+            state
+                .tasks
+                .values()
+                .filter(|t| t.node == Some(node.id))
+                .collect()
+        }
+    };
+    let mut views: Vec<TaskView> = selected
+        .into_iter()
+        .map(|task| TaskView {
+            task: task.clone(),
+            node_name: task
+                .node
+                .and_then(|id| state.nodes.get(&id))
+                .map(|n| n.name.clone()),
+        })
+        .collect();
+    // Like `docker service ps`: by slot, live before dead, newest first.
+    views.sort_by(|a, b| {
+        (
+            &a.task.service,
+            a.task.slot,
+            a.node_name.as_deref(),
+            !a.task.is_live(),
+            std::cmp::Reverse(a.task.created_at),
+        )
+            .cmp(&(
+                &b.task.service,
+                b.task.slot,
+                b.node_name.as_deref(),
+                !b.task.is_live(),
+                std::cmp::Reverse(b.task.created_at),
+            ))
+    });
+    json_response(StatusCode::OK, &views)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -531,7 +649,7 @@ pub fn route_template(path: &str) -> String {
         [noun @ ("nodes" | "services"), _, rest @ ..] => {
             let mut t = vec![*noun, "{name}"];
             t.extend(rest.iter().take(1).map(|r| match *r {
-                "scale" | "rollback" => *r,
+                "scale" | "rollback" | "tasks" => *r,
                 _ => "{other}",
             }));
             t

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lb_config::{ConfigFile, EndpointSpec, PortSpec, ServiceSpec};
@@ -128,8 +129,16 @@ pub enum ServiceCommand {
     /// List services.
     #[command(alias = "list")]
     Ls,
-    /// Show one service.
+    /// Show one service, with its update status.
     Inspect { name: String },
+    /// List a service's tasks: node, desired and current state, health,
+    /// endpoint, error.
+    Ps {
+        name: String,
+        /// Only tasks that are wanted (desired state running).
+        #[arg(long)]
+        live: bool,
+    },
     /// Set replica counts: `lbctl service scale web=5 api=2`.
     Scale {
         #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = parse_scale)]
@@ -146,6 +155,12 @@ pub enum ServiceCommand {
         /// Remove a static endpoint (by address), repeatable.
         #[arg(long = "endpoint-rm", value_name = "ADDR")]
         endpoint_rm: Vec<String>,
+        /// Remove an environment variable (by key), repeatable.
+        #[arg(long = "env-rm", value_name = "KEY")]
+        env_rm: Vec<String>,
+        /// Remove a placement constraint, repeatable.
+        #[arg(long = "constraint-rm", value_name = "EXPR")]
+        constraint_rm: Vec<String>,
     },
     /// Return a service to its previous spec.
     Rollback { name: String },
@@ -174,6 +189,52 @@ pub struct SpecArgs {
     pub proxy_protocol: Option<String>,
     #[arg(long = "max-connections")]
     pub max_connections: Option<i64>,
+    /// Docker image the tasks run.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Shell command of each task; without --image it runs as a local
+    /// process with HOST and PORT set.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Set an environment variable `KEY=VALUE`, repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    #[arg(long, value_parser = ["replicated", "global"])]
+    pub mode: Option<String>,
+    /// Placement constraint (`node.labels.zone==a`), repeatable.
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraint: Vec<String>,
+    #[arg(long = "replicas-max-per-node", value_name = "N")]
+    pub replicas_max_per_node: Option<i64>,
+    #[arg(long = "restart-condition", value_parser = ["any", "on-failure", "none"])]
+    pub restart_condition: Option<String>,
+    #[arg(long = "restart-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub restart_delay: Option<Duration>,
+    #[arg(long = "restart-max-attempts", value_name = "N")]
+    pub restart_max_attempts: Option<i64>,
+    /// Tasks replaced at a time (0: all).
+    #[arg(long = "update-parallelism", value_name = "N")]
+    pub update_parallelism: Option<i64>,
+    #[arg(long = "update-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub update_delay: Option<Duration>,
+    #[arg(long = "update-order", value_parser = ["stop-first", "start-first"])]
+    pub update_order: Option<String>,
+    #[arg(long = "update-failure-action", value_parser = ["pause", "rollback", "continue"])]
+    pub update_failure_action: Option<String>,
+    #[arg(long = "update-monitor", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub update_monitor: Option<Duration>,
+    /// SIGTERM to SIGKILL when a task stops.
+    #[arg(long = "stop-grace-period", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub stop_grace_period: Option<Duration>,
+    /// How long a departing task keeps its open connections.
+    #[arg(long = "drain-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    #[arg(long = "health-type", value_parser = ["tcp", "http", "none"])]
+    pub health_type: Option<String>,
+    #[arg(long = "health-path", value_name = "PATH")]
+    pub health_path: Option<String>,
+    #[arg(long = "health-interval", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub health_interval: Option<Duration>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -267,18 +328,85 @@ impl SpecArgs {
             }
         }
         if let Some(algorithm) = &self.algorithm {
-            spec.algorithm = serde_json::from_value(json!(algorithm)).unwrap_or_default();
+            spec.algorithm = choice(algorithm);
         }
         if let Some(replicas) = self.replicas {
             spec.replicas = Some(replicas);
         }
         if let Some(version) = &self.proxy_protocol {
-            spec.proxy_protocol = serde_json::from_value(json!(version)).unwrap_or_default();
+            spec.proxy_protocol = choice(version);
         }
         if let Some(max) = self.max_connections {
             spec.max_connections = Some(max);
         }
+        if let Some(image) = &self.image {
+            spec.image = Some(image.clone());
+        }
+        if let Some(command) = &self.command {
+            spec.command = Some(command.clone());
+        }
+        for pair in &self.env {
+            let key = pair.split_once('=').map_or(pair.as_str(), |(k, _)| k);
+            spec.env
+                .retain(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) != key);
+            spec.env.push(pair.clone());
+        }
+        if let Some(mode) = &self.mode {
+            spec.mode = choice(mode);
+        }
+        for constraint in &self.constraint {
+            if !spec.constraints.contains(constraint) {
+                spec.constraints.push(constraint.clone());
+            }
+        }
+        if let Some(max) = self.replicas_max_per_node {
+            spec.max_replicas_per_node = Some(max);
+        }
+        if let Some(condition) = &self.restart_condition {
+            spec.restart.condition = Some(choice(condition));
+        }
+        if let Some(delay) = self.restart_delay {
+            spec.restart.delay = Some(delay);
+        }
+        if let Some(max) = self.restart_max_attempts {
+            spec.restart.max_attempts = Some(max);
+        }
+        if let Some(parallelism) = self.update_parallelism {
+            spec.update.parallelism = Some(parallelism);
+        }
+        if let Some(delay) = self.update_delay {
+            spec.update.delay = Some(delay);
+        }
+        if let Some(order) = &self.update_order {
+            spec.update.order = Some(choice(order));
+        }
+        if let Some(action) = &self.update_failure_action {
+            spec.update.failure_action = Some(choice(action));
+        }
+        if let Some(monitor) = self.update_monitor {
+            spec.update.monitor = Some(monitor);
+        }
+        if let Some(grace) = self.stop_grace_period {
+            spec.stop_grace_period = Some(grace);
+        }
+        if let Some(drain) = self.drain_timeout {
+            spec.drain_timeout = Some(drain);
+        }
+        if let Some(kind) = &self.health_type {
+            spec.health.kind = Some(choice(kind));
+        }
+        if let Some(path) = &self.health_path {
+            spec.health.path = Some(path.clone());
+        }
+        if let Some(interval) = self.health_interval {
+            spec.health.interval = Some(interval);
+        }
     }
+}
+
+/// A value clap already restricted to the enum's spellings.
+fn choice<T: serde::de::DeserializeOwned + Default>(text: &str) -> T {
+    serde_json::from_value(json!(text)).unwrap_or_default()
 }
 
 /// A failed command: what to print on stderr.
@@ -475,10 +603,22 @@ async fn service(
                                 .join(",")
                         })
                         .unwrap_or_default();
+                    let replicas = if spec["image"].is_null() && spec["command"].is_null() {
+                        "-".to_owned()
+                    } else {
+                        format!("{}/{}", s["running"], s["desired"])
+                    };
+                    let mode = if spec["mode"] == "global" {
+                        "global"
+                    } else {
+                        "replicated"
+                    };
                     vec![
                         text(&spec["name"]),
+                        mode.to_owned(),
+                        replicas,
+                        spec["image"].as_str().unwrap_or("-").to_owned(),
                         text(&s["vip"]),
-                        spec["replicas"].as_i64().unwrap_or(1).to_string(),
                         spec["endpoints"].as_array().map_or(0, Vec::len).to_string(),
                         spec["algorithm"]
                             .as_str()
@@ -491,8 +631,10 @@ async fn service(
                 table(
                     &[
                         "NAME",
-                        "VIP",
+                        "MODE",
                         "REPLICAS",
+                        "IMAGE",
+                        "VIP",
                         "ENDPOINTS",
                         "ALGORITHM",
                         "VERSION",
@@ -506,6 +648,21 @@ async fn service(
             &api.call("GET", &format!("/v1/services/{name}"), None)
                 .await?,
         )),
+        ServiceCommand::Ps { name, live } => {
+            let mut tasks = api
+                .call("GET", &format!("/v1/services/{name}/tasks"), None)
+                .await?;
+            if *live {
+                if let Some(list) = tasks.as_array_mut() {
+                    list.retain(|t| t["desired"] == "running");
+                }
+            }
+            Ok(if json_out {
+                pretty(&tasks)
+            } else {
+                task_table(&tasks)
+            })
+        }
         ServiceCommand::Scale { targets } => {
             // Check every target exists before changing any.
             for (name, _) in targets {
@@ -529,6 +686,8 @@ async fn service(
             spec,
             publish_rm,
             endpoint_rm,
+            env_rm,
+            constraint_rm,
         } => {
             let current = api
                 .call("GET", &format!("/v1/services/{name}"), None)
@@ -537,6 +696,11 @@ async fn service(
                 .map_err(|e| CtlError(format!("spec: {e}")))?;
             body.ports.retain(|p| !publish_rm.contains(&p.published));
             body.endpoints.retain(|e| !endpoint_rm.contains(&e.address));
+            body.env.retain(|e| {
+                let key = e.split_once('=').map_or(e.as_str(), |(k, _)| k);
+                !env_rm.iter().any(|rm| rm == key)
+            });
+            body.constraints.retain(|c| !constraint_rm.contains(c));
             spec.apply_to(&mut body, false);
             let updated = api
                 .call("PUT", &format!("/v1/services/{name}"), Some(&json!(body)))
@@ -614,6 +778,56 @@ async fn apply(api: &Api<'_>, file: &PathBuf, prune: bool) -> Result<String, Ctl
         }
     }
     Ok(out)
+}
+
+/// `service ps`: one row per task, like `docker service ps`.
+fn task_table(tasks: &Value) -> String {
+    let now = crate::scheduler::now_millis();
+    let rows = rows(tasks, |t| {
+        let name = if t["slot"] == 0 {
+            format!("{}.{}", text(&t["service"]), text(&t["node_name"]))
+        } else {
+            format!("{}.{}", text(&t["service"]), t["slot"])
+        };
+        let since = t["updated_at"].as_u64().unwrap_or(now);
+        let age = Duration::from_secs(now.saturating_sub(since) / 1000);
+        vec![
+            text(&t["id"]),
+            name,
+            t["node_name"].as_str().unwrap_or("-").to_owned(),
+            text(&t["desired"]),
+            format!(
+                "{} {} ago",
+                text(&t["state"]),
+                humantime::format_duration(age)
+            ),
+            text(&t["health"]),
+            endpoint(&t["endpoint"]),
+            text(&t["message"]),
+        ]
+    });
+    table(
+        &[
+            "ID", "NAME", "NODE", "DESIRED", "CURRENT", "HEALTH", "ENDPOINT", "MESSAGE",
+        ],
+        &rows,
+    )
+}
+
+/// A task endpoint as `ip:port[,ip:port]`.
+fn endpoint(value: &Value) -> String {
+    let ip = text(&value["ip"]);
+    value["ports"]
+        .as_array()
+        .map(|ports| {
+            ports
+                .iter()
+                .map(|pair| format!("{ip}:{}", pair[1]))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "-".to_owned())
 }
 
 fn text(value: &Value) -> String {

@@ -49,10 +49,12 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
 use crate::metrics::Metrics;
 use crate::proxy::{self, ListenOptions, ProxyContext};
 use crate::routing::{RoutedService, RoutingTable};
+use crate::scheduler::{self, SchedulerSettings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -100,6 +102,8 @@ pub struct Daemon {
     /// Installed before the daemon reports ready, so a signal that arrives
     /// right after is handled rather than killing the process.
     signals: Signals,
+    /// Stops the scheduler and the agent (cluster mode).
+    stop_control: CancellationToken,
 }
 
 struct Signals {
@@ -125,6 +129,10 @@ pub struct ClusterOptions {
     /// `(host, token)` of a node to join; `None` bootstraps or restarts.
     pub join: Option<(String, String)>,
     pub shutdown_grace: Duration,
+    /// How often this node's agent tells the leader it is alive.
+    pub heartbeat_interval: Duration,
+    /// How long the leader waits for a heartbeat before marking a node down.
+    pub heartbeat_grace: Duration,
 }
 
 /// The services of a registry state, ready to route. In cluster mode a
@@ -138,9 +146,16 @@ fn registry_services(applied: &Applied) -> Vec<RoutedService> {
         .filter_map(|record| match record.spec.validate() {
             Ok(mut service) => {
                 service.listen.clear();
+                let tasks = applied
+                    .state
+                    .tasks_of(&record.spec.name)
+                    .filter(|task| task.serves())
+                    .filter_map(|task| task.endpoint.clone())
+                    .collect();
                 Some(RoutedService {
                     service,
                     vip: Some(record.vip.into()),
+                    tasks,
                 })
             }
             Err(error) => {
@@ -201,9 +216,27 @@ impl Daemon {
             },
             node,
             &services,
-            Some(registry),
+            Some(Arc::clone(&registry)),
         )
         .await?;
+        tokio::spawn(scheduler::run(
+            Arc::clone(&registry),
+            SchedulerSettings {
+                heartbeat_grace: options.heartbeat_grace,
+            },
+            daemon.stop_control.clone(),
+        ));
+        tokio::spawn(agent::run(
+            Arc::clone(&registry),
+            AgentSettings {
+                node_id: registry.id,
+                node_name: settings.name.clone(),
+                advertise_addr: settings.advertise_addr,
+                heartbeat_interval: options.heartbeat_interval,
+                state_dir: settings.data_dir.join("tasks"),
+            },
+            daemon.stop_control.clone(),
+        ));
         let tokens = match started {
             Started::Bootstrapped(info) => Some(info),
             Started::Joined | Started::Restarted => None,
@@ -258,6 +291,7 @@ impl Daemon {
             admin: Arc::clone(&admin),
             api_addr,
             signals,
+            stop_control: CancellationToken::new(),
         };
         daemon.spawn_accept_loops(bound);
         let stop_admin = daemon.stop_admin.clone();
@@ -388,6 +422,8 @@ impl Daemon {
     /// finished in time.
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.admin.ready.store(false, Ordering::Relaxed);
+        // Tasks keep running; the next start adopts them.
+        self.stop_control.cancel();
         self.stop_accepting.cancel();
         self.connections.close();
         let open = self.connections.len();

@@ -24,6 +24,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod agent;
 pub mod api;
 pub mod balance;
 pub mod cluster;
@@ -32,3 +33,4 @@ pub mod daemon;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;
+pub mod scheduler;

@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::{ProxyProtocol, Service};
+use raft_state::task::TaskEndpoint;
 use tokio::sync::Notify;
 
 use crate::balance::{Backend, BackendSet};
@@ -145,16 +146,24 @@ pub struct Route {
 type BackendKey = (Arc<str>, SocketAddr);
 
 /// A service to route, with the virtual IP the registry gave it (none in
-/// standalone mode). The VIP answers on each port's target port.
+/// standalone mode) and the endpoints of its serving tasks. The VIP answers
+/// on each port's target port.
 #[derive(Debug, Clone)]
 pub struct RoutedService {
     pub service: Service,
     pub vip: Option<IpAddr>,
+    /// Running, healthy tasks anywhere in the cluster; each serves every
+    /// target port on its own host port.
+    pub tasks: Vec<TaskEndpoint>,
 }
 
 impl From<Service> for RoutedService {
     fn from(service: Service) -> Self {
-        Self { service, vip: None }
+        Self {
+            service,
+            vip: None,
+            tasks: Vec::new(),
+        }
     }
 }
 
@@ -180,7 +189,12 @@ impl RoutingTable {
         metrics: &Metrics,
     ) -> Self {
         let mut table = RoutingTable::default();
-        for RoutedService { service, vip } in services {
+        for RoutedService {
+            service,
+            vip,
+            tasks,
+        } in services
+        {
             let state = previous
                 .services
                 .get(service.name.as_str())
@@ -208,9 +222,14 @@ impl RoutingTable {
                 service.listen.clone()
             };
             for port in &service.ports {
+                let task_backends = tasks
+                    .iter()
+                    .filter_map(|task| task.addr_for(port.target))
+                    .map(|addr| (addr, 1));
                 let members: Vec<(Arc<Backend>, u32)> = service
                     .backends_for(port)
                     .into_iter()
+                    .chain(task_backends)
                     .map(|(addr, weight)| {
                         let key: BackendKey = (Arc::clone(&state.name), addr);
                         let backend = table

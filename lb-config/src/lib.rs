@@ -50,6 +50,13 @@ pub const DEFAULT_MAX_CONNECTIONS: u32 = 10_000;
 pub const DEFAULT_RETRIES: u32 = 2;
 /// How long a backend that refused a connection is skipped by this proxy.
 pub const DEFAULT_EJECT_TIME: Duration = Duration::from_secs(10);
+/// Wait before a failed task is replaced (docker's default).
+pub const DEFAULT_RESTART_DELAY: Duration = Duration::from_secs(5);
+/// How long a new task is watched for failure during an update (docker's
+/// default).
+pub const DEFAULT_UPDATE_MONITOR: Duration = Duration::from_secs(5);
+/// SIGTERM to SIGKILL (docker's default).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Largest endpoint weight; keeps the smooth weighted period small.
 pub const MAX_WEIGHT: u32 = 1000;
 /// Largest replica count of a service.
@@ -163,9 +170,113 @@ pub struct ServiceSpec {
     pub max_connections: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<i64>,
-    /// Desired task count (used by the scheduler; 0..=1000).
+    /// Desired task count of a replicated service (0..=1000, default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i64>,
+    /// Docker image the tasks run. A service with an image or a command has
+    /// tasks placed by the scheduler; one with neither routes to its static
+    /// `endpoints` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Shell command of each task (`/bin/sh -c`): replaces the image's
+    /// command, or without an image runs as a local process with `HOST` and
+    /// `PORT` in its environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `KEY=VALUE` environment of each task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub mode: ServiceMode,
+    /// Placement constraints: `node.name==x`, `node.labels.k!=v`, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// At most this many tasks of the service on one node (0: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<i64>,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    #[serde(default)]
+    pub update: UpdateSpec,
+    /// Time between SIGTERM and SIGKILL when a task stops.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<Duration>,
+}
+
+/// Replicated: `replicas` tasks spread over the nodes. Global: one task on
+/// every eligible node, including nodes that join later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    #[default]
+    Replicated,
+    Global,
+}
+
+/// `[service.restart]`: what happens when a task ends or turns unhealthy.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<RestartCondition>,
+    /// Wait between a task's end and its replacement.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// Replacements of one slot before giving up (0: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    #[default]
+    Any,
+    OnFailure,
+    None,
+}
+
+/// `[service.update]`: how a spec change replaces running tasks.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// Tasks replaced at a time (0: all at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i64>,
+    /// Pause between batches.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<UpdateOrder>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_action: Option<FailureAction>,
+    /// A new task that fails within this time after it started counts as a
+    /// failed update.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The old task stops before its replacement starts (docker's default).
+    #[default]
+    StopFirst,
+    /// The replacement runs and is healthy before the old task leaves.
+    StartFirst,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Rollback,
+    Continue,
 }
 
 /// One published port: `{ published = 8080, target = 80, protocol = "tcp" }`.
@@ -300,6 +411,131 @@ pub struct Service {
     pub max_connections: u32,
     pub retries: u32,
     pub replicas: u32,
+    /// What the scheduler runs for this service; `None` for a service of
+    /// static endpoints only.
+    pub tasks: Option<TaskSpec>,
+}
+
+/// The checked task template and scheduling policy of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub image: Option<String>,
+    pub command: Option<String>,
+    pub env: Vec<String>,
+    pub mode: ServiceMode,
+    pub constraints: Vec<Constraint>,
+    /// 0: no limit.
+    pub max_per_node: u32,
+    pub restart: RestartPolicy,
+    pub update: UpdatePolicy,
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    pub delay: Duration,
+    /// 0: no limit.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdatePolicy {
+    /// 0: every task at once.
+    pub parallelism: u32,
+    pub delay: Duration,
+    pub order: UpdateOrder,
+    pub failure_action: FailureAction,
+    pub monitor: Duration,
+}
+
+/// One placement constraint: `node.<attribute> (==|!=) value`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    pub attribute: NodeAttribute,
+    pub equal: bool,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeAttribute {
+    Name,
+    Id,
+    Role,
+    Label(String),
+}
+
+/// What a constraint is matched against.
+pub struct NodeFacts<'a> {
+    pub name: &'a str,
+    pub id: u64,
+    pub role: &'a str,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+}
+
+impl Constraint {
+    /// Parses `node.name==x`, `node.id!=7`, `node.role==manager`,
+    /// `node.labels.zone==a`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (key, equal, value) = if let Some((k, v)) = text.split_once("==") {
+            (k, true, v)
+        } else if let Some((k, v)) = text.split_once("!=") {
+            (k, false, v)
+        } else {
+            return Err(format!(
+                "{text:?} is not KEY==VALUE or KEY!=VALUE (e.g. node.labels.zone==a)"
+            ));
+        };
+        let key = key.trim();
+        let value = value.trim();
+        let attribute = match key {
+            "node.name" | "node.hostname" => NodeAttribute::Name,
+            "node.id" => NodeAttribute::Id,
+            "node.role" => NodeAttribute::Role,
+            _ => match key.strip_prefix("node.labels.") {
+                Some(label) if !label.is_empty() => NodeAttribute::Label(label.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "unknown constraint key {key:?}; use node.name, node.id, node.role or node.labels.KEY"
+                    ))
+                }
+            },
+        };
+        if value.is_empty() {
+            return Err(format!("{text:?} has no value to compare with"));
+        }
+        if attribute == NodeAttribute::Role && !matches!(value, "manager" | "worker") {
+            return Err(format!("node.role is manager or worker, not {value:?}"));
+        }
+        Ok(Self {
+            attribute,
+            equal,
+            value: value.to_owned(),
+        })
+    }
+
+    pub fn matches(&self, node: &NodeFacts<'_>) -> bool {
+        let actual = match &self.attribute {
+            NodeAttribute::Name => Some(node.name.to_owned()),
+            NodeAttribute::Id => Some(node.id.to_string()),
+            NodeAttribute::Role => Some(node.role.to_owned()),
+            NodeAttribute::Label(key) => node.labels.get(key).cloned(),
+        };
+        (actual.as_deref() == Some(self.value.as_str())) == self.equal
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = match &self.attribute {
+            NodeAttribute::Name => "node.name".to_owned(),
+            NodeAttribute::Id => "node.id".to_owned(),
+            NodeAttribute::Role => "node.role".to_owned(),
+            NodeAttribute::Label(label) => format!("node.labels.{label}"),
+        };
+        let op = if self.equal { "==" } else { "!=" };
+        write!(f, "{key}{op}{}", self.value)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -552,6 +788,7 @@ impl ServiceSpec {
             .map_err(|r| FieldError::new("retries", r))?;
         let replicas = check_int(self.replicas, 1, 0, MAX_REPLICAS)
             .map_err(|r| FieldError::new("replicas", r))?;
+        let tasks = self.validate_tasks()?;
 
         Ok(Service {
             name: self.name.clone(),
@@ -567,7 +804,126 @@ impl ServiceSpec {
             max_connections,
             retries,
             replicas,
+            tasks,
         })
+    }
+
+    /// The task template and policies; `None` when the service runs no
+    /// tasks (no image, no command).
+    fn validate_tasks(&self) -> Result<Option<TaskSpec>, FieldError> {
+        if let Some(image) = &self.image {
+            if image.is_empty()
+                || image.len() > 255
+                || image.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(FieldError::new(
+                    "image",
+                    format!("{image:?} must be 1 to 255 characters without spaces"),
+                ));
+            }
+        }
+        if let Some(command) = &self.command {
+            if command.trim().is_empty() || command.len() > 4096 {
+                return Err(FieldError::new(
+                    "command",
+                    "must be a non-empty shell command of up to 4096 bytes",
+                ));
+            }
+        }
+        let runs_tasks = self.image.is_some() || self.command.is_some();
+        if !runs_tasks {
+            let needs_tasks = [
+                ("replicas", self.replicas.is_some_and(|r| r != 0)),
+                ("mode", self.mode == ServiceMode::Global),
+                ("env", !self.env.is_empty()),
+                ("constraints", !self.constraints.is_empty()),
+            ];
+            if let Some((field, _)) = needs_tasks.iter().find(|(_, set)| *set) {
+                return Err(FieldError::new(
+                    *field,
+                    "only a service with an image or a command runs tasks; give --image or --command",
+                ));
+            }
+            return Ok(None);
+        }
+        if self.mode == ServiceMode::Global && self.replicas.is_some() {
+            return Err(FieldError::new(
+                "replicas",
+                "a global service runs one task per node; replicas apply to replicated mode",
+            ));
+        }
+        for (i, pair) in self.env.iter().enumerate() {
+            let key = pair.split_once('=').map(|(k, _)| k).unwrap_or("");
+            let valid_key = key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_key || pair.contains('\0') {
+                return Err(FieldError::new(
+                    format!("env[{i}]"),
+                    format!("{pair:?} is not KEY=VALUE with KEY of letters, digits and '_'"),
+                ));
+            }
+        }
+        let mut constraints = Vec::with_capacity(self.constraints.len());
+        for (i, text) in self.constraints.iter().enumerate() {
+            constraints.push(
+                Constraint::parse(text)
+                    .map_err(|r| FieldError::new(format!("constraints[{i}]"), r))?,
+            );
+        }
+        let max_per_node = check_int(self.max_replicas_per_node, 0, 0, MAX_REPLICAS)
+            .map_err(|r| FieldError::new("max_replicas_per_node", r))?;
+        let restart = RestartPolicy {
+            condition: self.restart.condition.unwrap_or_default(),
+            delay: self.restart.delay.unwrap_or(DEFAULT_RESTART_DELAY),
+            max_attempts: check_int(self.restart.max_attempts, 0, 0, 1_000_000)
+                .map_err(|r| FieldError::new("restart.max_attempts", r))?,
+        };
+        check_duration(restart.delay, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("restart.delay", r))?;
+        let update = UpdatePolicy {
+            parallelism: check_int(self.update.parallelism, 1, 0, MAX_REPLICAS)
+                .map_err(|r| FieldError::new("update.parallelism", r))?,
+            delay: self.update.delay.unwrap_or(Duration::ZERO),
+            order: self.update.order.unwrap_or_default(),
+            failure_action: self.update.failure_action.unwrap_or_default(),
+            monitor: self.update.monitor.unwrap_or(DEFAULT_UPDATE_MONITOR),
+        };
+        check_duration(update.delay, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("update.delay", r))?;
+        check_duration(update.monitor, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("update.monitor", r))?;
+        let stop_grace = self.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE);
+        check_duration(stop_grace, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("stop_grace_period", r))?;
+        Ok(Some(TaskSpec {
+            image: self.image.clone(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            mode: self.mode,
+            constraints,
+            max_per_node,
+            restart,
+            update,
+            stop_grace,
+        }))
+    }
+
+    /// Whether two specs run the same tasks: a change to anything else
+    /// (replicas, balancing, policies) does not replace running tasks.
+    pub fn same_task_template(&self, other: &ServiceSpec) -> bool {
+        let targets = |spec: &ServiceSpec| -> Vec<i64> {
+            spec.ports
+                .iter()
+                .map(|p| p.target.unwrap_or(p.published))
+                .collect()
+        };
+        self.image == other.image
+            && self.command == other.command
+            && self.env == other.env
+            && targets(self) == targets(other)
     }
 }
 
@@ -968,6 +1324,95 @@ mod tests {
         )
         .unwrap();
         assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn constraints_parse_and_match() {
+        let labels = std::collections::BTreeMap::from([("zone".to_owned(), "a".to_owned())]);
+        let node = NodeFacts {
+            name: "n1",
+            id: 7,
+            role: "worker",
+            labels: &labels,
+        };
+        for (text, expected) in [
+            ("node.name==n1", true),
+            ("node.name!=n1", false),
+            ("node.labels.zone==a", true),
+            ("node.labels.zone!=b", true),
+            ("node.labels.rack==r1", false),
+            ("node.labels.rack!=r1", true),
+            ("node.role==manager", false),
+            ("node.id==7", true),
+        ] {
+            let constraint = Constraint::parse(text).unwrap();
+            assert_eq!(constraint.matches(&node), expected, "{text}");
+            assert_eq!(constraint.to_string(), text);
+        }
+        for bad in [
+            "node.name",
+            "node.colour==red",
+            "node.role==boss",
+            "node.labels.==x",
+            "node.name==",
+        ] {
+            assert!(Constraint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn task_fields_are_checked() {
+        let base = "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\n";
+        let cases = [
+            ("replicas = 3", "service[0].replicas"),
+            ("image = \"a b\"", "service[0].image"),
+            ("image = \"x\"\nenv = [\"1A=b\"]", "service[0].env[0]"),
+            (
+                "image = \"x\"\nconstraints = [\"node.x==y\"]",
+                "service[0].constraints[0]",
+            ),
+            (
+                "image = \"x\"\nmode = \"global\"\nreplicas = 2",
+                "service[0].replicas",
+            ),
+            ("command = \"  \"", "service[0].command"),
+            (
+                "image = \"x\"\n[service.update]\nparallelism = -1",
+                "service[0].update.parallelism",
+            ),
+        ];
+        for (extra, field) in cases {
+            let err = invalid(&format!("{base}{extra}"));
+            assert_eq!(err.field, field, "{extra}: {err}");
+        }
+        let ok = ConfigFile::parse(&format!(
+            "{base}image = \"img:v1\"\nreplicas = 3\nenv = [\"A=b\"]\n[service.update]\norder = \"start-first\"\nfailure_action = \"rollback\""
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let tasks = ok.services[0].tasks.clone().expect("a task service");
+        assert_eq!(tasks.update.order, UpdateOrder::StartFirst);
+        assert_eq!(tasks.update.failure_action, FailureAction::Rollback);
+        assert_eq!(tasks.restart.delay, DEFAULT_RESTART_DELAY);
+    }
+
+    #[test]
+    fn only_the_task_template_replaces_tasks() {
+        let mut a = ServiceSpec {
+            name: "web".into(),
+            image: Some("x:1".into()),
+            ..ServiceSpec::default()
+        };
+        let mut b = a.clone();
+        b.replicas = Some(9);
+        b.algorithm = Algorithm::Maglev;
+        assert!(a.same_task_template(&b));
+        b.image = Some("x:2".into());
+        assert!(!a.same_task_template(&b));
+        a.env.push("A=1".into());
+        b.image = a.image.clone();
+        assert!(!a.same_task_template(&b));
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //!
 //! - [`state`]: the registry value and the commands that change it; pure,
 //!   deterministic, validating.
+//! - [`task`]: tasks, the scheduler's rounds and the agents' reports.
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: the redb-backed log store and state machine (openraft's
 //!   storage-v2 traits), snapshots included.
@@ -28,4 +29,5 @@ pub mod network;
 pub mod registry;
 pub mod state;
 pub mod store;
+pub mod task;
 pub mod types;

@@ -19,8 +19,9 @@
 //! closed. Requests carry the target node id through the handshake, so a
 //! connection that reaches the wrong node (stale address) is refused.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -115,6 +116,9 @@ pub enum Request {
     Propose(Command),
     /// "What index must I have applied to serve a linearizable read?"
     ReadIndex,
+    /// "I am alive", sent to the leader every heartbeat interval. The sender
+    /// is the node the handshake authenticated; it is not in the log.
+    Heartbeat,
 }
 
 /// Why a forwarded proposal or read failed on the remote node.
@@ -139,6 +143,7 @@ pub enum Response {
     ),
     Propose(Result<Outcome, RemoteFailure>),
     ReadIndex(Result<u64, RemoteFailure>),
+    Heartbeat,
     /// The request frame was malformed; the server closes the connection.
     Malformed(String),
 }
@@ -177,6 +182,24 @@ async fn receive<T: DeserializeOwned>(stream: &mut FramedStream) -> std::io::Res
     }
 }
 
+/// When each node was last heard from, kept in memory by whoever receives
+/// heartbeats (the leader). Never held across an await.
+#[derive(Clone, Default)]
+pub struct Liveness(Arc<Mutex<HashMap<NodeId, tokio::time::Instant>>>);
+
+impl Liveness {
+    pub fn heard(&self, node: NodeId) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(node, tokio::time::Instant::now());
+        }
+    }
+
+    /// Every node heard from, with the time of its last heartbeat.
+    pub fn snapshot(&self) -> HashMap<NodeId, tokio::time::Instant> {
+        self.0.lock().map(|map| map.clone()).unwrap_or_default()
+    }
+}
+
 /// Serves Raft RPCs for `raft` on `listener` until `shutdown` resolves; then
 /// closes every open connection too.
 pub async fn serve(
@@ -184,6 +207,7 @@ pub async fn serve(
     node_id: NodeId,
     raft: Raft,
     secret: Secret,
+    liveness: Liveness,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -205,8 +229,9 @@ pub async fn serve(
         };
         let raft = raft.clone();
         let secret = secret.clone();
+        let liveness = liveness.clone();
         connections.spawn(async move {
-            if let Err(error) = serve_connection(stream, node_id, raft, secret).await {
+            if let Err(error) = serve_connection(stream, node_id, raft, secret, liveness).await {
                 debug!(%peer, %error, "raft connection closed");
             }
         });
@@ -218,6 +243,7 @@ async fn serve_connection(
     node_id: NodeId,
     raft: Raft,
     secret: Secret,
+    liveness: Liveness,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut stream = Framed::new(stream, codec());
@@ -273,13 +299,14 @@ async fn serve_connection(
             ));
         }
         let proof = secret.proof(&[b"server", &client_nonce, &server_nonce, &to_bytes]);
-        send(&mut stream, &Handshake::Welcome { proof }).await
+        send(&mut stream, &Handshake::Welcome { proof }).await?;
+        Ok(from)
     })
     .await;
-    match authenticated {
+    let peer_id = match authenticated {
         Ok(result) => result?,
         Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-    }
+    };
 
     loop {
         let request: Request = match receive(&mut stream).await {
@@ -301,6 +328,10 @@ async fn serve_connection(
             }
             Request::ReadIndex => {
                 Response::ReadIndex(crate::registry::read_index_locally(&raft, node_id).await)
+            }
+            Request::Heartbeat => {
+                liveness.heard(peer_id);
+                Response::Heartbeat
             }
         };
         send(&mut stream, &response).await?;

@@ -29,7 +29,9 @@ use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info};
 
-use crate::network::{self, CallError, Network, Peer, RemoteFailure, Request, Response, Secret};
+use crate::network::{
+    self, CallError, Liveness, Network, Peer, RemoteFailure, Request, Response, Secret,
+};
 use crate::state::{Command, Outcome};
 use crate::store::{self, Applied};
 use crate::types::{NodeId, Raft};
@@ -124,6 +126,11 @@ pub struct RegistryNode {
     applied: watch::Receiver<Applied>,
     /// The connection to the last known leader, for forwarding.
     leader: Mutex<Option<Peer>>,
+    /// A separate connection to the leader for heartbeats, so they never
+    /// queue behind a slow forwarded write.
+    heartbeat_peer: Mutex<Option<Peer>>,
+    /// Heartbeats received (meaningful on the leader).
+    liveness: Liveness,
     stop: Arc<Notify>,
     server: JoinHandle<()>,
     /// Released once Raft and every task using the store have stopped.
@@ -154,6 +161,7 @@ impl RegistryNode {
         .await
         .map_err(|e| RegistryError::Raft(e.to_string()))?;
         let stop = Arc::new(Notify::new());
+        let liveness = Liveness::default();
         let server = {
             let stop = Arc::clone(&stop);
             tokio::spawn(network::serve(
@@ -161,6 +169,7 @@ impl RegistryNode {
                 options.id,
                 raft.clone(),
                 options.secret.clone(),
+                liveness.clone(),
                 async move { stop.notified().await },
             ))
         };
@@ -171,6 +180,8 @@ impl RegistryNode {
             secret: options.secret,
             applied,
             leader: Mutex::new(None),
+            heartbeat_peer: Mutex::new(None),
+            liveness,
             stop,
             server,
             database,
@@ -304,20 +315,75 @@ impl RegistryNode {
         }
     }
 
+    /// Tells the leader this node is alive (not through the log). On the
+    /// leader itself it is recorded directly.
+    pub async fn heartbeat(&self) -> Result<(), RegistryError> {
+        if self.is_leader() {
+            self.liveness.heard(self.id);
+            return Ok(());
+        }
+        let metrics = self.metrics();
+        let leader = metrics
+            .current_leader
+            .ok_or(RegistryError::NoLeader(Duration::ZERO))?;
+        let addr = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|node| node.addr.clone())
+            .ok_or(RegistryError::NoLeader(Duration::ZERO))?;
+        let response = Self::call_cached(
+            &self.heartbeat_peer,
+            self.id,
+            &self.secret,
+            leader,
+            &addr,
+            &Request::Heartbeat,
+        )
+        .await?;
+        match response {
+            Response::Heartbeat => Ok(()),
+            other => Err(RegistryError::Raft(format!(
+                "unexpected heartbeat answer {other:?}"
+            ))),
+        }
+    }
+
+    /// When each node last sent a heartbeat to this node (only the leader
+    /// receives them).
+    pub fn last_heard(&self) -> std::collections::HashMap<NodeId, tokio::time::Instant> {
+        self.liveness.snapshot()
+    }
+
+    /// Proposes on this node only if it leads: never forwards. The
+    /// scheduler uses it, so a deposed leader's round cannot land through
+    /// the new leader.
+    pub async fn propose_as_leader(&self, command: Command) -> Result<Outcome, RegistryError> {
+        write_locally(&self.raft, self.id, command)
+            .await
+            .map_err(RegistryError::Remote)
+    }
+
     async fn call_leader(
         &self,
         leader: NodeId,
         addr: &str,
         request: &Request,
     ) -> Result<Response, RegistryError> {
-        let mut cached = self.leader.lock().await;
+        Self::call_cached(&self.leader, self.id, &self.secret, leader, addr, request).await
+    }
+
+    async fn call_cached(
+        cache: &Mutex<Option<Peer>>,
+        self_id: NodeId,
+        secret: &Secret,
+        leader: NodeId,
+        addr: &str,
+        request: &Request,
+    ) -> Result<Response, RegistryError> {
+        let mut cached = cache.lock().await;
         if cached.as_ref().map(|p| p.target) != Some(leader) {
-            *cached = Some(Peer::new(
-                self.id,
-                leader,
-                addr.to_owned(),
-                self.secret.clone(),
-            ));
+            *cached = Some(Peer::new(self_id, leader, addr.to_owned(), secret.clone()));
         }
         let Some(peer) = cached.as_mut() else {
             return Err(RegistryError::NoLeader(Duration::ZERO));

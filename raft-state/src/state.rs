@@ -22,6 +22,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use lb_config::{check_dns_label, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::task::{
+    DesiredState, Millis, TaskOp, TaskRecord, TaskReport, TaskState, UpdateState, UpdateStatus,
+};
+
 pub type NodeId = u64;
 
 /// Default VIP range: inside 127.0.0.0/8, so binding a VIP needs no
@@ -124,6 +128,17 @@ pub struct ServiceRecord {
     pub vip: Ipv4Addr,
     /// The spec before the last update, for `service rollback`.
     pub previous: Option<ServiceSpec>,
+    /// Version of the task template (image, command, env, target ports):
+    /// tasks of an older one are replaced by a rolling update. It changes
+    /// only when the template does, so scaling replaces nothing.
+    #[serde(default)]
+    pub task_version: u64,
+    /// The task version that goes with `previous`.
+    #[serde(default)]
+    pub previous_task_version: u64,
+    /// The last rolling update, if any.
+    #[serde(default)]
+    pub update: Option<UpdateStatus>,
 }
 
 /// Cluster-wide settings, written once when the cluster is bootstrapped.
@@ -179,6 +194,15 @@ pub enum Command {
     RemoveService {
         name: String,
     },
+    /// One round of the scheduler, applied all or nothing.
+    Schedule {
+        ops: Vec<TaskOp>,
+        at: Millis,
+    },
+    /// An agent's observation of one of its tasks.
+    ReportTask {
+        report: TaskReport,
+    },
 }
 
 /// Why a command was refused.
@@ -216,6 +240,9 @@ pub enum Outcome {
     Service {
         service: Box<ServiceRecord>,
     },
+    Task {
+        task: Box<TaskRecord>,
+    },
     Removed,
     /// Membership changes and blank entries carry no application answer.
     Nothing,
@@ -224,7 +251,11 @@ pub enum Outcome {
     },
 }
 
-fn reject(kind: RejectKind, field: impl Into<String>, reason: impl Into<String>) -> Outcome {
+pub(crate) fn reject(
+    kind: RejectKind,
+    field: impl Into<String>,
+    reason: impl Into<String>,
+) -> Outcome {
     Outcome::Rejected {
         rejection: Rejection {
             kind,
@@ -241,6 +272,9 @@ pub struct RegistryState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub services: BTreeMap<String, ServiceRecord>,
     pub vip_range: VipRange,
+    /// Every task by id, live ones and a short history of dead ones.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, TaskRecord>,
 }
 
 impl Default for RegistryState {
@@ -250,6 +284,7 @@ impl Default for RegistryState {
             nodes: BTreeMap::new(),
             services: BTreeMap::new(),
             vip_range: DEFAULT_VIP_RANGE,
+            tasks: BTreeMap::new(),
         }
     }
 }
@@ -288,14 +323,33 @@ impl RegistryState {
                 None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
             },
             Command::RemoveNode { id } => match self.nodes.remove(id) {
-                Some(_) => Outcome::Removed,
+                Some(_) => {
+                    // Its tasks' fate is unknown; the scheduler replaces them.
+                    for task in self.tasks.values_mut().filter(|t| t.node == Some(*id)) {
+                        task.desired = DesiredState::Shutdown;
+                        if !task.state.is_terminal() {
+                            task.state = TaskState::Orphaned;
+                            task.message = "its node was removed".to_owned();
+                        }
+                    }
+                    Outcome::Removed
+                }
                 None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
             },
             Command::CreateService { spec } => self.create_service(spec),
             Command::UpdateService { spec } => self.update_service(spec),
             Command::RollbackService { name } => self.rollback_service(name),
+            Command::Schedule { ops, at } => self.schedule(ops, *at),
+            Command::ReportTask { report } => self.report(report),
             Command::RemoveService { name } => match self.services.remove(name) {
-                Some(_) => Outcome::Removed,
+                Some(_) => {
+                    // Out of every routing table now; agents drain and stop.
+                    for task in self.tasks.values_mut().filter(|t| t.service == *name) {
+                        task.desired = DesiredState::Shutdown;
+                        task.message = "service removed".to_owned();
+                    }
+                    Outcome::Removed
+                }
                 None => reject(
                     RejectKind::NotFound,
                     "name",
@@ -405,6 +459,9 @@ impl RegistryState {
             version: 1,
             vip,
             previous: None,
+            task_version: 1,
+            previous_task_version: 0,
+            update: None,
         };
         self.services.insert(spec.name.clone(), record.clone());
         Outcome::Service {
@@ -413,6 +470,12 @@ impl RegistryState {
     }
 
     fn update_service(&mut self, spec: &ServiceSpec) -> Outcome {
+        self.change_service(spec, false)
+    }
+
+    /// Replaces a service's spec. A new task template starts a rolling
+    /// update (or, for a rollback, a rollback) that the scheduler carries out.
+    fn change_service(&mut self, spec: &ServiceSpec, rollback: bool) -> Outcome {
         if let Err(error) = spec.validate() {
             return reject(RejectKind::Invalid, error.field, error.reason);
         }
@@ -430,8 +493,33 @@ impl RegistryState {
             return reject(RejectKind::NotFound, "name", "vanished");
         };
         let previous = std::mem::replace(&mut record.spec, spec.clone());
+        let template_changed = !previous.same_task_template(spec);
         record.previous = Some(previous);
         record.version += 1;
+        let previous_task_version = record.task_version;
+        if template_changed {
+            record.task_version = if rollback && record.previous_task_version != 0 {
+                record.previous_task_version
+            } else {
+                record.version
+            };
+            record.update = Some(UpdateStatus {
+                state: if rollback {
+                    UpdateState::RollbackStarted
+                } else {
+                    UpdateState::Updating
+                },
+                task_version: record.task_version,
+                started_at: None,
+                completed_at: None,
+                message: if rollback {
+                    "rolling back to the previous spec".to_owned()
+                } else {
+                    "update in progress".to_owned()
+                },
+            });
+        }
+        record.previous_task_version = previous_task_version;
         Outcome::Service {
             service: Box::new(record.clone()),
         }
@@ -452,7 +540,7 @@ impl RegistryState {
                 format!("service {name:?} has no previous spec to roll back to"),
             );
         };
-        self.update_service(&previous)
+        self.change_service(&previous, true)
     }
 
     /// A published port already owned by another service.

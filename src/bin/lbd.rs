@@ -68,13 +68,41 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     shutdown_grace: std::time::Duration,
 
+    /// How often this node tells the leader it is alive (cluster mode).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_heartbeat)]
+    heartbeat_interval: std::time::Duration,
+
+    /// How long the leader waits for a node's heartbeat before marking it
+    /// down and rescheduling its tasks.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_heartbeat)]
+    heartbeat_grace: std::time::Duration,
+
     /// Runtime worker threads (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
 }
 
+/// A heartbeat setting: 100 ms to 10 minutes.
+fn parse_heartbeat(text: &str) -> Result<std::time::Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if !(std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(600))
+        .contains(&value)
+    {
+        return Err(format!("{text} is out of range 100ms..=10m"));
+    }
+    Ok(value)
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.heartbeat_grace <= args.heartbeat_interval {
+        eprintln!(
+            "lbd: --heartbeat-grace ({}) must be longer than --heartbeat-interval ({})",
+            humantime::format_duration(args.heartbeat_grace),
+            humantime::format_duration(args.heartbeat_interval)
+        );
+        return ExitCode::from(2);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("LBD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -174,6 +202,8 @@ fn cluster_options(args: &Args) -> Option<lbmesh::daemon::ClusterOptions> {
         settings,
         join,
         shutdown_grace: args.shutdown_grace,
+        heartbeat_interval: args.heartbeat_interval,
+        heartbeat_grace: args.heartbeat_grace,
     })
 }
 

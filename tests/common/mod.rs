@@ -3,6 +3,10 @@
 //! Every wait is bounded in time.
 #![allow(dead_code)] // each test binary uses a different subset
 
+pub mod cluster;
+pub mod images;
+pub mod mesh;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

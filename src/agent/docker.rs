@@ -1,0 +1,422 @@
+//! The Docker runtime: tasks as containers, through the engine's API
+//! (bollard), with the API version negotiated so a 20.10 engine (API 1.41)
+//! works.
+//!
+//! # Flow
+//!
+//! ```text
+//! start: create (labels cluster/node/service/task, env, cmd, target ports published on the
+//!        advertise address with ephemeral host ports, no restart policy) ─> start
+//!        ─> inspect: host ports, the image's own HEALTHCHECK state
+//!        missing image: one bounded pull, else ImageNotFound
+//! stop:  stop (SIGTERM, grace, SIGKILL) ─> remove; "no such container" is success
+//! list:  containers with this cluster's and this node's labels, running or not
+//! events: the engine's event stream (die, health_status) for those labels ─> RuntimeEvent,
+//!        reconnected with backoff if it breaks
+//! ```
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig, PortBinding,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
+    ListContainersOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::future::BoxFuture;
+use futures_util::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::runtime::{
+    OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind, RuntimeTask, TaskLaunch,
+    LABEL_CLUSTER, LABEL_NODE, LABEL_SERVICE, LABEL_TASK,
+};
+
+/// Longest wait for a pull of a missing image (there may be no registry).
+const PULL_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest wait for the engine to report a started container's host ports.
+const PORTS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Containers through the local Docker engine.
+pub struct DockerRuntime {
+    docker: Docker,
+    cluster_id: String,
+    node_name: String,
+    /// Stops the event follower when the runtime is dropped.
+    stop_events: CancellationToken,
+}
+
+impl Drop for DockerRuntime {
+    fn drop(&mut self) {
+        self.stop_events.cancel();
+    }
+}
+
+fn unavailable(error: DockerError) -> RuntimeError {
+    RuntimeError::Unavailable(error.to_string())
+}
+
+fn failed(what: &str, error: DockerError) -> RuntimeError {
+    RuntimeError::Failed(format!("{what}: {error}"))
+}
+
+fn is_not_found(error: &DockerError) -> bool {
+    matches!(
+        error,
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl DockerRuntime {
+    /// Connects to the engine (`DOCKER_HOST` or the local socket),
+    /// negotiates the API version and starts following its events.
+    pub async fn connect(
+        cluster_id: String,
+        node_name: String,
+        events: UnboundedSender<RuntimeEvent>,
+    ) -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults().map_err(unavailable)?;
+        let docker = docker.negotiate_version().await.map_err(unavailable)?;
+        docker.ping().await.map_err(unavailable)?;
+        let stop_events = CancellationToken::new();
+        tokio::spawn(follow_events(
+            docker.clone(),
+            labels_filter(&cluster_id, &node_name),
+            events,
+            stop_events.clone(),
+        ));
+        Ok(Self {
+            docker,
+            cluster_id,
+            node_name,
+            stop_events,
+        })
+    }
+
+    async fn create(&self, name: &str, body: ContainerCreateBody) -> Result<String, DockerError> {
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map(|created| created.id)
+    }
+
+    /// Pulls `image`, bounded in time; `Err` with the reason.
+    async fn pull(&self, image: &str) -> Result<(), String> {
+        let (name, tag) = match image.rsplit_once(':') {
+            Some((name, tag)) if !tag.contains('/') => (name, tag),
+            _ => (image, "latest"),
+        };
+        let options = CreateImageOptionsBuilder::default()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let pull = async {
+            let mut stream = self.docker.create_image(Some(options), None, None);
+            while let Some(step) = stream.next().await {
+                step.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        };
+        tokio::time::timeout(PULL_TIMEOUT, pull)
+            .await
+            .unwrap_or_else(|_| Err(format!("pull did not finish within {PULL_TIMEOUT:?}")))
+    }
+
+    async fn inspect(&self, id: &str) -> Result<ContainerInspectResponse, DockerError> {
+        self.docker.inspect_container(id, None).await
+    }
+
+    async fn start_task(&self, launch: TaskLaunch) -> Result<RuntimeTask, RuntimeError> {
+        let image = launch
+            .image
+            .clone()
+            .ok_or_else(|| RuntimeError::Failed("a docker task needs an image".to_owned()))?;
+        let labels = HashMap::from([
+            (LABEL_CLUSTER.to_owned(), launch.cluster_id.clone()),
+            (LABEL_NODE.to_owned(), launch.node_name.clone()),
+            (LABEL_SERVICE.to_owned(), launch.service.clone()),
+            (LABEL_TASK.to_owned(), launch.task_id.clone()),
+        ]);
+        let exposed: Vec<String> = launch
+            .target_ports
+            .iter()
+            .map(|p| format!("{p}/tcp"))
+            .collect();
+        let bindings: HashMap<String, Option<Vec<PortBinding>>> = exposed
+            .iter()
+            .map(|port| {
+                (
+                    port.clone(),
+                    Some(vec![PortBinding {
+                        host_ip: Some(launch.host_ip.to_string()),
+                        // Empty: the engine picks a free ephemeral port.
+                        host_port: Some(String::new()),
+                    }]),
+                )
+            })
+            .collect();
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            cmd: launch
+                .command
+                .as_ref()
+                .map(|c| vec!["/bin/sh".to_owned(), "-c".to_owned(), c.clone()]),
+            env: Some(launch.env.clone()),
+            labels: Some(labels),
+            exposed_ports: Some(exposed),
+            host_config: Some(HostConfig {
+                port_bindings: Some(bindings),
+                ..HostConfig::default()
+            }),
+            ..ContainerCreateBody::default()
+        };
+        let name = format!("{}.{}.{}", launch.service, launch.slot, launch.task_id);
+        let id = match self.create(&name, body.clone()).await {
+            Ok(id) => id,
+            Err(error) if is_not_found(&error) => {
+                debug!(%image, "image missing locally; pulling");
+                if let Err(reason) = self.pull(&image).await {
+                    debug!(%image, %reason, "pull failed");
+                    return Err(RuntimeError::ImageNotFound(image));
+                }
+                self.create(&name, body)
+                    .await
+                    .map_err(|e| failed("create", e))?
+            }
+            Err(error) => return Err(failed("create", error)),
+        };
+        if let Err(error) = self.docker.start_container(&id, None).await {
+            let _ = self.remove(&id).await;
+            return Err(failed("start", error));
+        }
+        let deadline = tokio::time::Instant::now() + PORTS_TIMEOUT;
+        loop {
+            let inspected = self.inspect(&id).await.map_err(|e| failed("inspect", e))?;
+            let task = from_inspect(&id, &launch, &inspected);
+            let complete = task.ports.len() == launch.target_ports.len();
+            if complete || !task.running || tokio::time::Instant::now() >= deadline {
+                if !complete && task.running {
+                    let _ = self.remove(&id).await;
+                    return Err(RuntimeError::Failed(
+                        "the engine reported no host port for the task".to_owned(),
+                    ));
+                }
+                return Ok(task);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<(), DockerError> {
+        let options = RemoveContainerOptionsBuilder::default().force(true).build();
+        match self.docker.remove_container(id, Some(options)).await {
+            Err(error) if !is_not_found(&error) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
+    async fn stop_task(&self, id: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let seconds = i32::try_from(grace.as_secs()).unwrap_or(i32::MAX);
+        let options = StopContainerOptionsBuilder::default().t(seconds).build();
+        match self.docker.stop_container(id, Some(options)).await {
+            Err(error) if is_not_found(&error) => return Ok(()),
+            // Already stopped (304) or any other answer: remove anyway.
+            _ => {}
+        }
+        self.remove(id).await.map_err(|e| failed("remove", e))
+    }
+
+    async fn list_tasks(&self) -> Result<Vec<RuntimeTask>, RuntimeError> {
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&labels_filter(&self.cluster_id, &self.node_name))
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(unavailable)?;
+        let mut tasks = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let Some(id) = summary.id else { continue };
+            let labels = summary.labels.unwrap_or_default();
+            let ports = summary
+                .ports
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|p| p.public_port.map(|public| (p.private_port, public)))
+                .collect();
+            let running = summary.state.is_some_and(|s| s.to_string() == "running");
+            let own_health = match summary.health.and_then(|h| h.status) {
+                Some(status) => own_health(&status.to_string()),
+                None => None,
+            };
+            tasks.push(RuntimeTask {
+                runtime_id: id,
+                task_id: labels.get(LABEL_TASK).cloned().unwrap_or_default(),
+                service: labels.get(LABEL_SERVICE).cloned().unwrap_or_default(),
+                ports,
+                running,
+                own_health,
+            });
+        }
+        Ok(tasks)
+    }
+}
+
+fn labels_filter(cluster_id: &str, node_name: &str) -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_owned(),
+        vec![
+            format!("{LABEL_CLUSTER}={cluster_id}"),
+            format!("{LABEL_NODE}={node_name}"),
+        ],
+    )])
+}
+
+fn own_health(status: &str) -> Option<OwnHealth> {
+    match status {
+        "starting" => Some(OwnHealth::Starting),
+        "healthy" => Some(OwnHealth::Healthy),
+        "unhealthy" => Some(OwnHealth::Unhealthy),
+        _ => None,
+    }
+}
+
+fn from_inspect(
+    id: &str,
+    launch: &TaskLaunch,
+    inspected: &ContainerInspectResponse,
+) -> RuntimeTask {
+    let state = inspected.state.as_ref();
+    let running = state.and_then(|s| s.running).unwrap_or(false);
+    let own_health = state
+        .and_then(|s| s.health.as_ref())
+        .and_then(|h| h.status)
+        .and_then(|status| match status {
+            HealthStatusEnum::STARTING => Some(OwnHealth::Starting),
+            HealthStatusEnum::HEALTHY => Some(OwnHealth::Healthy),
+            HealthStatusEnum::UNHEALTHY => Some(OwnHealth::Unhealthy),
+            _ => None,
+        });
+    let published = inspected
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref());
+    let ports = launch
+        .target_ports
+        .iter()
+        .filter_map(|target| {
+            let bindings = published?.get(&format!("{target}/tcp"))?.as_ref()?;
+            let host = bindings
+                .iter()
+                .find_map(|b| b.host_port.as_ref()?.parse::<u16>().ok())?;
+            Some((*target, host))
+        })
+        .collect();
+    RuntimeTask {
+        runtime_id: id.to_owned(),
+        task_id: launch.task_id.clone(),
+        service: launch.service.clone(),
+        ports,
+        running,
+        own_health,
+    }
+}
+
+/// Follows the engine's events for this node's containers until `stop`.
+async fn follow_events(
+    docker: Docker,
+    filter: HashMap<String, Vec<String>>,
+    events: UnboundedSender<RuntimeEvent>,
+    stop: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut filters = filter.clone();
+        filters.insert("type".to_owned(), vec!["container".to_owned()]);
+        filters.insert(
+            "event".to_owned(),
+            vec!["die".to_owned(), "health_status".to_owned()],
+        );
+        let options = EventsOptionsBuilder::default().filters(&filters).build();
+        let mut stream = docker.events(Some(options));
+        loop {
+            let next = tokio::select! {
+                () = stop.cancelled() => return,
+                next = stream.next() => next,
+            };
+            let message = match next {
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    warn!(%error, "docker event stream broke; reconnecting");
+                    break;
+                }
+                None => break,
+            };
+            backoff = Duration::from_millis(200);
+            let action = message.action.unwrap_or_default();
+            let Some(actor) = message.actor else { continue };
+            let runtime_id = actor.id.unwrap_or_default();
+            let attributes = actor.attributes.unwrap_or_default();
+            let task_id = attributes.get(LABEL_TASK).cloned().unwrap_or_default();
+            let event = if action == "die" {
+                RuntimeEvent::Exited {
+                    runtime_id,
+                    task_id,
+                    exit_code: attributes.get("exitCode").and_then(|c| c.parse().ok()),
+                }
+            } else if let Some(status) = action.strip_prefix("health_status: ") {
+                match own_health(status.trim()) {
+                    Some(health) => RuntimeEvent::OwnHealth {
+                        runtime_id,
+                        task_id,
+                        health,
+                    },
+                    None => continue,
+                }
+            } else {
+                continue;
+            };
+            if events.send(event).is_err() {
+                return;
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> RuntimeKind {
+        RuntimeKind::Docker
+    }
+
+    fn start(&self, launch: TaskLaunch) -> BoxFuture<'_, Result<RuntimeTask, RuntimeError>> {
+        Box::pin(self.start_task(launch))
+    }
+
+    fn stop<'a>(
+        &'a self,
+        runtime_id: &'a str,
+        grace: Duration,
+    ) -> BoxFuture<'a, Result<(), RuntimeError>> {
+        Box::pin(self.stop_task(runtime_id, grace))
+    }
+
+    fn list(&self) -> BoxFuture<'_, Result<Vec<RuntimeTask>, RuntimeError>> {
+        Box::pin(self.list_tasks())
+    }
+}

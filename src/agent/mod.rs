@@ -1,0 +1,764 @@
+//! The agent: runs the tasks the scheduler assigned to this node and reports
+//! what it observes. One per node.
+//!
+//! # Flow
+//!
+//! ```text
+//! start:    wait for a caught-up registry (linearizable read) ─> list each runtime's
+//!           labelled tasks ─> adopt those still wanted (no restart), remove the rest
+//! loop:     registry change | runtime event | start/stop finished | health change | tick
+//!           ─> reconcile():
+//!              assigned here, desired running, not here ─> report starting, start (spawned)
+//!                 ─> report running (endpoint, runtime id), start health checks
+//!              desired shutdown, here ─> (already out of every routing table) wait the
+//!                 service's drain timeout ─> stop (SIGTERM, grace, SIGKILL) ─> report shutdown
+//!              here but no longer assigned here ─> stop at once
+//!           exit noticed (event, or the periodic list) ─> report failed / completed
+//!           health turns unhealthy ─> report failed, stop (the scheduler replaces it)
+//! always:   heartbeat to the leader every `heartbeat_interval` (not through the log)
+//! ```
+//!
+//! Reports go through one ordered queue with retries, so a task's
+//! `starting` never lands after its `running`; only changes are reported,
+//! never every probe. Runtimes are picked per service: an image runs on
+//! docker, a command alone as a local process.
+
+pub mod docker;
+pub mod health;
+pub mod process;
+pub mod runtime;
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lb_config::{HealthCheckKind, Service};
+use raft_state::registry::RegistryNode;
+use raft_state::state::{Command, NodeId, Outcome, RegistryState};
+use raft_state::task::{DesiredState, TaskEndpoint, TaskHealth, TaskRecord, TaskReport, TaskState};
+use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use self::health::HealthChange;
+use self::runtime::{
+    OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind, RuntimeTask, TaskLaunch,
+};
+use crate::scheduler::now_millis;
+
+/// How often the agent reconciles without a change, and re-lists its
+/// runtimes to catch an exit whose event was lost.
+const TICK: Duration = Duration::from_secs(2);
+/// Least time between two attempts to reach the Docker engine.
+const DOCKER_RETRY: Duration = Duration::from_secs(5);
+
+/// Settings of this node's agent.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub node_id: NodeId,
+    pub node_name: String,
+    /// Published task ports bind here; it is the tasks' endpoint address.
+    pub advertise_addr: IpAddr,
+    pub heartbeat_interval: Duration,
+    /// Where the process runtime keeps its logs and task records.
+    pub state_dir: PathBuf,
+}
+
+/// Messages to the agent's loop.
+enum Event {
+    Started {
+        task_id: String,
+        result: Result<RuntimeTask, RuntimeError>,
+    },
+    Stopped {
+        task_id: String,
+    },
+}
+
+/// A task this agent runs.
+struct Local {
+    kind: RuntimeKind,
+    runtime_id: String,
+    endpoint: TaskEndpoint,
+    /// The service's own check (None when it has none).
+    checked: TaskHealth,
+    /// The image's own HEALTHCHECK, if it has one.
+    own: Option<OwnHealth>,
+    checker: Option<JoinHandle<()>>,
+    stopping: bool,
+}
+
+impl Local {
+    fn health(&self) -> TaskHealth {
+        let own = match self.own {
+            None => None,
+            Some(OwnHealth::Starting) => Some(TaskHealth::Starting),
+            Some(OwnHealth::Healthy) => Some(TaskHealth::Healthy),
+            Some(OwnHealth::Unhealthy) => Some(TaskHealth::Unhealthy),
+        };
+        match (self.checked, own) {
+            (TaskHealth::Unhealthy, _) | (_, Some(TaskHealth::Unhealthy)) => TaskHealth::Unhealthy,
+            (TaskHealth::Starting, _) | (_, Some(TaskHealth::Starting)) => TaskHealth::Starting,
+            (TaskHealth::None, None) => TaskHealth::None,
+            _ => TaskHealth::Healthy,
+        }
+    }
+}
+
+impl Drop for Local {
+    fn drop(&mut self) {
+        if let Some(checker) = self.checker.take() {
+            checker.abort();
+        }
+    }
+}
+
+struct Agent {
+    registry: Arc<RegistryNode>,
+    settings: AgentSettings,
+    cluster_id: String,
+    process: Arc<dyn Runtime>,
+    docker: Option<Arc<dyn Runtime>>,
+    docker_error: String,
+    docker_tried: Option<tokio::time::Instant>,
+    runtime_events: UnboundedSender<RuntimeEvent>,
+    local: HashMap<String, Local>,
+    starting: HashSet<String>,
+    /// Exits seen while a start was still in flight.
+    early_exits: HashMap<String, Option<i64>>,
+    /// What was last reported per task, so only changes are sent.
+    reported: HashMap<String, (TaskState, TaskHealth)>,
+    events: UnboundedSender<Event>,
+    health: UnboundedSender<HealthChange>,
+    reports: UnboundedSender<TaskReport>,
+    stop: CancellationToken,
+}
+
+/// Runs the agent until `stop` is cancelled. Tasks keep running when lbd
+/// stops (as containers do when dockerd's client goes); the next start adopts
+/// them.
+pub async fn run(registry: Arc<RegistryNode>, settings: AgentSettings, stop: CancellationToken) {
+    tokio::spawn(heartbeats(
+        Arc::clone(&registry),
+        settings.heartbeat_interval,
+        stop.clone(),
+    ));
+    // Adoption decisions need the registry as the leader has it, not a copy
+    // that lagged while this node was down.
+    let state = loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            read = registry.linearizable() => match read {
+                Ok(applied) => break applied.state,
+                Err(error) => {
+                    debug!(%error, "agent waits for the registry");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    };
+    let cluster_id = state
+        .cluster
+        .as_ref()
+        .map(|c| c.id.clone())
+        .unwrap_or_default();
+    let (runtime_events, mut runtime_rx) = mpsc::unbounded_channel();
+    let process: Arc<dyn Runtime> = match process::ProcessRuntime::new(
+        settings.state_dir.clone(),
+        cluster_id.clone(),
+        settings.node_name.clone(),
+        runtime_events.clone(),
+    ) {
+        Ok(runtime) => Arc::new(runtime),
+        Err(error) => {
+            warn!(%error, "process runtime unavailable; the agent does not run");
+            return;
+        }
+    };
+    let (events, mut events_rx) = mpsc::unbounded_channel();
+    let (health, mut health_rx) = mpsc::unbounded_channel();
+    let (reports, reports_rx) = mpsc::unbounded_channel();
+    tokio::spawn(reporter(Arc::clone(&registry), reports_rx, stop.clone()));
+    let mut agent = Agent {
+        registry: Arc::clone(&registry),
+        settings,
+        cluster_id,
+        process,
+        docker: None,
+        docker_error: String::new(),
+        docker_tried: None,
+        runtime_events,
+        local: HashMap::new(),
+        starting: HashSet::new(),
+        early_exits: HashMap::new(),
+        reported: HashMap::new(),
+        events,
+        health,
+        reports,
+        stop: stop.clone(),
+    };
+    agent.connect_docker().await;
+    agent.adopt(&state).await;
+    let mut changes = registry.watch();
+    let mut tick = tokio::time::interval(TICK);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = changes.changed() => {}
+            Some(event) = runtime_rx.recv() => agent.on_runtime_event(event),
+            Some(event) = events_rx.recv() => agent.on_event(event),
+            Some(change) = health_rx.recv() => agent.on_health(change),
+            _ = tick.tick() => agent.check_runtimes().await,
+        }
+        let state = registry.local().state;
+        agent.reconcile(&state).await;
+    }
+}
+
+async fn heartbeats(registry: Arc<RegistryNode>, interval: Duration, stop: CancellationToken) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {
+                if let Err(error) = registry.heartbeat().await {
+                    debug!(%error, "heartbeat not delivered");
+                }
+            }
+        }
+    }
+}
+
+/// Sends reports in order; retries while no leader answers. A report the
+/// registry rejects (stale, task gone) is dropped.
+async fn reporter(
+    registry: Arc<RegistryNode>,
+    mut queue: UnboundedReceiver<TaskReport>,
+    stop: CancellationToken,
+) {
+    while let Some(report) = queue.recv().await {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let command = Command::ReportTask {
+                report: report.clone(),
+            };
+            match registry.propose(command).await {
+                Ok(Outcome::Rejected { rejection }) => {
+                    debug!(task = %report.id, %rejection, "report refused");
+                    break;
+                }
+                Ok(_) => break,
+                Err(error) => {
+                    debug!(task = %report.id, %error, "report not delivered; retrying");
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+fn service_of(state: &RegistryState, name: &str) -> Option<Service> {
+    state
+        .services
+        .get(name)
+        .and_then(|record| record.spec.validate().ok())
+}
+
+fn runtime_kind(service: &Service) -> RuntimeKind {
+    match service.tasks.as_ref().and_then(|t| t.image.as_ref()) {
+        Some(_) => RuntimeKind::Docker,
+        None => RuntimeKind::Process,
+    }
+}
+
+impl Agent {
+    async fn connect_docker(&mut self) {
+        if self.docker.is_some()
+            || self
+                .docker_tried
+                .is_some_and(|at| at.elapsed() < DOCKER_RETRY)
+        {
+            return;
+        }
+        self.docker_tried = Some(tokio::time::Instant::now());
+        match docker::DockerRuntime::connect(
+            self.cluster_id.clone(),
+            self.settings.node_name.clone(),
+            self.runtime_events.clone(),
+        )
+        .await
+        {
+            Ok(runtime) => {
+                info!("docker runtime connected");
+                self.docker = Some(Arc::new(runtime));
+            }
+            Err(error) => {
+                debug!(%error, "docker runtime unavailable");
+                self.docker_error = error.to_string();
+            }
+        }
+    }
+
+    fn runtime(&self, kind: RuntimeKind) -> Result<Arc<dyn Runtime>, String> {
+        match kind {
+            RuntimeKind::Process => Ok(Arc::clone(&self.process)),
+            RuntimeKind::Docker => self
+                .docker
+                .clone()
+                .ok_or_else(|| format!("docker runtime unavailable: {}", self.docker_error)),
+        }
+    }
+
+    fn mine<'a>(&self, state: &'a RegistryState) -> HashMap<&'a str, &'a TaskRecord> {
+        state
+            .tasks
+            .values()
+            .filter(|t| t.node == Some(self.settings.node_id))
+            .map(|t| (t.id.as_str(), t))
+            .collect()
+    }
+
+    /// Queues a report if it says something new.
+    fn report(&mut self, task: &TaskRecord, state: TaskState, message: impl Into<String>) {
+        let local = self.local.get(&task.id);
+        let health = match (state, local) {
+            (TaskState::Running, Some(local)) => local.health(),
+            (TaskState::Failed, Some(local)) if local.health() == TaskHealth::Unhealthy => {
+                TaskHealth::Unhealthy
+            }
+            _ => TaskHealth::Starting,
+        };
+        if self.reported.get(&task.id) == Some(&(state, health))
+            || (task.state == state && task.health == health && !state.is_terminal())
+        {
+            return;
+        }
+        self.reported.insert(task.id.clone(), (state, health));
+        let report = TaskReport {
+            id: task.id.clone(),
+            node: self.settings.node_id,
+            state,
+            health,
+            endpoint: local.map(|l| l.endpoint.clone()),
+            runtime_id: local
+                .map(|l| l.runtime_id.clone())
+                .or_else(|| task.runtime_id.clone()),
+            message: message.into(),
+            at: now_millis(),
+        };
+        let _ = self.reports.send(report);
+    }
+
+    /// At start: adopt the runtimes' tasks that are still wanted here,
+    /// remove everything else. Healthy tasks are not restarted.
+    async fn adopt(&mut self, state: &RegistryState) {
+        let mine = self.mine(state);
+        let mut found = Vec::new();
+        for kind in [RuntimeKind::Docker, RuntimeKind::Process] {
+            let Ok(runtime) = self.runtime(kind) else {
+                continue;
+            };
+            match runtime.list().await {
+                Ok(tasks) => found.extend(tasks.into_iter().map(|t| (kind, t))),
+                Err(error) => warn!(%error, ?kind, "cannot list the runtime's tasks"),
+            }
+        }
+        for (kind, found) in found {
+            let wanted = mine.get(found.task_id.as_str()).filter(|t| t.is_live());
+            match (wanted, found.running) {
+                (Some(task), true) => {
+                    info!(task = %task.id, runtime_id = %found.runtime_id, "adopted");
+                    self.track(state, task, kind, found);
+                }
+                (wanted, _) => {
+                    info!(task = %found.task_id, runtime_id = %found.runtime_id, "removing a task that is no longer wanted here");
+                    if let Ok(runtime) = self.runtime(kind) {
+                        if let Err(error) = runtime
+                            .stop(&found.runtime_id, Duration::from_secs(10))
+                            .await
+                        {
+                            warn!(%error, runtime_id = %found.runtime_id, "cannot remove");
+                        }
+                    }
+                    if let Some(task) = wanted {
+                        self.report(task, TaskState::Failed, "exited while lbd was down");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts tracking a running task: health checks, routing endpoint.
+    fn track(
+        &mut self,
+        state: &RegistryState,
+        task: &TaskRecord,
+        kind: RuntimeKind,
+        found: RuntimeTask,
+    ) {
+        let service = service_of(state, &task.service);
+        let endpoint = TaskEndpoint {
+            ip: self.settings.advertise_addr,
+            ports: found.ports.clone(),
+        };
+        let check = service.as_ref().map(|s| s.health.clone());
+        let first_target = service
+            .as_ref()
+            .and_then(|s| s.ports.first())
+            .map(|p| p.target);
+        // An adopted task that served keeps serving while its checks restart.
+        let known = if task.state == TaskState::Running && task.health == TaskHealth::Healthy {
+            TaskHealth::Healthy
+        } else {
+            TaskHealth::Starting
+        };
+        let (checked, checker) = match (check, first_target.and_then(|t| endpoint.addr_for(t))) {
+            (Some(check), Some(addr)) if check.kind != HealthCheckKind::None => (
+                known,
+                Some(health::spawn(
+                    task.id.clone(),
+                    addr,
+                    check,
+                    self.health.clone(),
+                )),
+            ),
+            _ => (TaskHealth::None, None),
+        };
+        self.local.insert(
+            task.id.clone(),
+            Local {
+                kind,
+                runtime_id: found.runtime_id,
+                endpoint,
+                checked,
+                own: found.own_health,
+                checker,
+                stopping: false,
+            },
+        );
+        self.report(task, TaskState::Running, "");
+    }
+
+    async fn reconcile(&mut self, state: &RegistryState) {
+        let mine = self.mine(state);
+        // Tasks that left this node (removed, or reassigned): stop at once.
+        let gone: Vec<String> = self
+            .local
+            .iter()
+            .filter(|(id, local)| !local.stopping && !mine.contains_key(id.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.begin_stop(&id, Duration::ZERO, Duration::from_secs(10));
+        }
+        for task in mine.values() {
+            let here = self.local.get(&task.id);
+            match task.desired {
+                DesiredState::Running => {
+                    if here.is_some() || self.starting.contains(&task.id) {
+                        continue;
+                    }
+                    match task.state {
+                        TaskState::Assigned => self.begin_start(state, task).await,
+                        TaskState::Starting | TaskState::Running => {
+                            self.report(
+                                task,
+                                TaskState::Failed,
+                                "not running on its node (lost while lbd was down)",
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+                DesiredState::Shutdown => match here {
+                    Some(local) if !local.stopping => {
+                        let service = service_of(state, &task.service);
+                        let drain = if task.state == TaskState::Running {
+                            service.as_ref().map_or(Duration::ZERO, |s| s.drain_timeout)
+                        } else {
+                            Duration::ZERO
+                        };
+                        let grace = service
+                            .as_ref()
+                            .and_then(|s| s.tasks.as_ref())
+                            .map_or(lb_config::DEFAULT_STOP_GRACE, |t| t.stop_grace);
+                        let id = task.id.clone();
+                        self.begin_stop(&id, drain, grace);
+                    }
+                    Some(_) => {}
+                    None if !self.starting.contains(&task.id) && !task.state.is_terminal() => {
+                        self.report(task, TaskState::Shutdown, task.message.clone());
+                    }
+                    None => {}
+                },
+            }
+        }
+        // Forget what was reported of tasks that are gone.
+        self.reported.retain(|id, _| mine.contains_key(id.as_str()));
+    }
+
+    async fn begin_start(&mut self, state: &RegistryState, task: &TaskRecord) {
+        let Some(service) = service_of(state, &task.service) else {
+            return;
+        };
+        let Some(spec) = service.tasks.clone() else {
+            return;
+        };
+        let kind = runtime_kind(&service);
+        if kind == RuntimeKind::Docker {
+            self.connect_docker().await;
+        }
+        let runtime = match self.runtime(kind) {
+            Ok(runtime) => runtime,
+            Err(reason) => {
+                self.report(task, TaskState::Failed, reason);
+                return;
+            }
+        };
+        let launch = TaskLaunch {
+            cluster_id: self.cluster_id.clone(),
+            node_name: self.settings.node_name.clone(),
+            service: task.service.clone(),
+            task_id: task.id.clone(),
+            slot: task.slot,
+            image: spec.image.clone(),
+            command: spec.command.clone(),
+            env: spec.env.clone(),
+            host_ip: self.settings.advertise_addr,
+            target_ports: service.ports.iter().map(|p| p.target).collect(),
+            stop_grace: spec.stop_grace,
+        };
+        self.report(task, TaskState::Starting, "");
+        self.starting.insert(task.id.clone());
+        let events = self.events.clone();
+        let task_id = task.id.clone();
+        info!(task = %task_id, service = %task.service, ?kind, "starting");
+        tokio::spawn(async move {
+            let result = runtime.start(launch).await;
+            let _ = events.send(Event::Started { task_id, result });
+        });
+    }
+
+    /// Drains (waits `drain`), then stops the task with `grace`.
+    fn begin_stop(&mut self, task_id: &str, drain: Duration, grace: Duration) {
+        let Some(local) = self.local.get_mut(task_id) else {
+            return;
+        };
+        local.stopping = true;
+        if let Some(checker) = local.checker.take() {
+            checker.abort();
+        }
+        let (kind, runtime_id) = (local.kind, local.runtime_id.clone());
+        let Ok(runtime) = self.runtime(kind) else {
+            return;
+        };
+        let events = self.events.clone();
+        let task_id = task_id.to_owned();
+        let stop = self.stop.clone();
+        info!(task = %task_id, ?drain, "draining, then stopping");
+        tokio::spawn(async move {
+            tokio::select! {
+                // lbd stopping: leave the task to the next start's adoption.
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(drain) => {}
+            }
+            if let Err(error) = runtime.stop(&runtime_id, grace).await {
+                warn!(%error, task = %task_id, "stop failed");
+            }
+            let _ = events.send(Event::Stopped { task_id });
+        });
+    }
+
+    fn task(&self, id: &str) -> Option<TaskRecord> {
+        self.registry.local().state.tasks.get(id).cloned()
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Started { task_id, result } => {
+                self.starting.remove(&task_id);
+                let Some(task) = self.task(&task_id) else {
+                    // Removed while starting: clean up what started.
+                    if let Ok(found) = result {
+                        self.stop_untracked(&found.runtime_id, &task_id);
+                    }
+                    return;
+                };
+                match result {
+                    Ok(found) => {
+                        let state = self.registry.local().state;
+                        let kind = self
+                            .local
+                            .get(&task_id)
+                            .map(|l| l.kind)
+                            .or_else(|| service_of(&state, &task.service).map(|s| runtime_kind(&s)))
+                            .unwrap_or(RuntimeKind::Process);
+                        info!(task = %task_id, runtime_id = %found.runtime_id, "running");
+                        self.track(&state, &task, kind, found);
+                        if let Some(code) = self.early_exits.remove(&task_id) {
+                            self.exited(&task_id, code);
+                        }
+                    }
+                    Err(error) => {
+                        warn!(task = %task_id, %error, "start failed");
+                        self.report(&task, TaskState::Failed, error.to_string());
+                    }
+                }
+            }
+            Event::Stopped { task_id } => {
+                self.local.remove(&task_id);
+                if let Some(task) = self.task(&task_id) {
+                    if !task.state.is_terminal() {
+                        let message = if task.message.is_empty() {
+                            "stopped".to_owned()
+                        } else {
+                            task.message.clone()
+                        };
+                        self.report(&task, TaskState::Shutdown, message);
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop_untracked(&self, runtime_id: &str, task_id: &str) {
+        let runtimes: Vec<Arc<dyn Runtime>> =
+            [Some(Arc::clone(&self.process)), self.docker.clone()]
+                .into_iter()
+                .flatten()
+                .collect();
+        let runtime_id = runtime_id.to_owned();
+        let task_id = task_id.to_owned();
+        tokio::spawn(async move {
+            for runtime in runtimes {
+                if runtime
+                    .stop(&runtime_id, Duration::from_secs(10))
+                    .await
+                    .is_ok()
+                {
+                    debug!(task = %task_id, "removed a task that was dropped while starting");
+                    return;
+                }
+            }
+        });
+    }
+
+    fn on_runtime_event(&mut self, event: RuntimeEvent) {
+        match event {
+            RuntimeEvent::Exited {
+                task_id, exit_code, ..
+            } => {
+                if self.starting.contains(&task_id) {
+                    self.early_exits.insert(task_id, exit_code);
+                } else {
+                    self.exited(&task_id, exit_code);
+                }
+            }
+            RuntimeEvent::OwnHealth {
+                task_id, health, ..
+            } => {
+                if let Some(local) = self.local.get_mut(&task_id) {
+                    local.own = Some(health);
+                    self.health_changed(&task_id, "the image's HEALTHCHECK failed");
+                }
+            }
+        }
+    }
+
+    /// A task ended without being asked to.
+    fn exited(&mut self, task_id: &str, exit_code: Option<i64>) {
+        let Some(local) = self.local.get(task_id) else {
+            return;
+        };
+        if local.stopping {
+            return;
+        }
+        let (kind, runtime_id) = (local.kind, local.runtime_id.clone());
+        let Some(task) = self.task(task_id) else {
+            self.local.remove(task_id);
+            return;
+        };
+        let (state, message) = match exit_code {
+            Some(0) => (TaskState::Shutdown, "completed (exit code 0)".to_owned()),
+            Some(code) => (TaskState::Failed, format!("exited with code {code}")),
+            None => (TaskState::Failed, "exited".to_owned()),
+        };
+        warn!(task = %task_id, %message, "task ended");
+        // Report while the local entry still holds the endpoint, then clean
+        // up what is left of it (a dead container).
+        self.report(&task, state, message);
+        self.local.remove(task_id);
+        if let Ok(runtime) = self.runtime(kind) {
+            tokio::spawn(async move {
+                let _ = runtime.stop(&runtime_id, Duration::ZERO).await;
+            });
+        }
+    }
+
+    fn on_health(&mut self, change: HealthChange) {
+        if let Some(local) = self.local.get_mut(&change.task_id) {
+            local.checked = change.health;
+            self.health_changed(&change.task_id, &change.reason);
+        }
+    }
+
+    /// Reports a health change; an unhealthy task is failed and stopped so
+    /// the scheduler replaces it.
+    fn health_changed(&mut self, task_id: &str, reason: &str) {
+        let Some(local) = self.local.get(task_id) else {
+            return;
+        };
+        if local.stopping {
+            return;
+        }
+        let Some(task) = self.task(task_id) else {
+            return;
+        };
+        if local.health() == TaskHealth::Unhealthy {
+            warn!(task = %task_id, %reason, "unhealthy: replacing");
+            self.report(&task, TaskState::Failed, format!("unhealthy: {reason}"));
+            self.begin_stop(task_id, Duration::ZERO, Duration::from_secs(10));
+        } else {
+            self.report(&task, TaskState::Running, "");
+        }
+    }
+
+    /// Lists the runtimes: a tracked task they no longer run has exited.
+    async fn check_runtimes(&mut self) {
+        for kind in [RuntimeKind::Docker, RuntimeKind::Process] {
+            if !self.local.values().any(|l| l.kind == kind && !l.stopping) {
+                continue;
+            }
+            let Ok(runtime) = self.runtime(kind) else {
+                continue;
+            };
+            let Ok(listed) = runtime.list().await else {
+                continue;
+            };
+            let running: HashSet<&str> = listed
+                .iter()
+                .filter(|t| t.running)
+                .map(|t| t.runtime_id.as_str())
+                .collect();
+            let lost: Vec<String> = self
+                .local
+                .iter()
+                .filter(|(_, l)| {
+                    l.kind == kind && !l.stopping && !running.contains(l.runtime_id.as_str())
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in lost {
+                self.exited(&id, None);
+            }
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! The process runtime end to end: three `lbd` processes on 127.A.0.1/.2/.3
+//! run a small HTTP server (busybox httpd) as each task's `--command`; the
+//! same create, scale and kill checks as the Docker test, and global mode
+//! with a node that joins later.
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster::*;
+use common::mesh::*;
+
+const FAST: &[&str] = &["--heartbeat-interval", "300ms", "--heartbeat-grace", "3s"];
+
+/// Serves a page naming the task on $HOST:$PORT.
+const SERVER: &str = "d=$(mktemp -d) && echo \"$LBMESH_TASK_ID\" > $d/index.html && exec busybox httpd -f -p $HOST:$PORT -h $d";
+
+fn mesh_addrs(cluster: &Cluster, port: u16) -> Vec<SocketAddr> {
+    (0..3)
+        .map(|n| SocketAddr::new(cluster.ip(n), port))
+        .collect()
+}
+
+fn wait_serving(cluster: &Cluster, service: &str, count: usize) -> Vec<serde_json::Value> {
+    wait_for(
+        &format!("{count} serving tasks of {service}"),
+        Duration::from_secs(30),
+        || {
+            let all = tasks(cluster, 0, service);
+            (serving(&all).len() == count && live(&all).len() == count).then(|| serving(&all))
+        },
+        || cluster.lbctl(0, &["service", "ps", service]).1,
+    )
+}
+
+#[test]
+fn process_tasks_create_scale_and_heal() {
+    let cluster = Cluster::form_with(FAST);
+    let port = free_port_on_all(&cluster);
+    let publish = format!("{port}:80");
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "web",
+            "--command",
+            SERVER,
+            "--replicas",
+            "3",
+            "-p",
+            &publish,
+            "--drain-timeout",
+            "500ms",
+            "--restart-delay",
+            "300ms",
+            "--stop-grace-period",
+            "2s",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let running = wait_serving(&cluster, "web", 3);
+    let nodes: BTreeSet<&str> = running
+        .iter()
+        .filter_map(|t| t["node_name"].as_str())
+        .collect();
+    assert_eq!(nodes.len(), 3, "one per node");
+    let ids: BTreeSet<String> = running
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect();
+    let mut seen = BTreeSet::new();
+    for i in 0..60 {
+        seen.insert(get(mesh_addrs(&cluster, port)[i % 3]).expect("GET through the mesh"));
+    }
+    assert_eq!(seen, ids, "every task answers through the mesh");
+
+    assert_eq!(cluster.lbctl(0, &["service", "scale", "web=5"]).0, 0);
+    wait_serving(&cluster, "web", 5);
+    assert_eq!(cluster.lbctl(0, &["service", "scale", "web=2"]).0, 0);
+    let two = wait_serving(&cluster, "web", 2);
+
+    // kill -9 of one task's process group under a steady client.
+    let client = ClientLoop::start(mesh_addrs(&cluster, port));
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = two[0]["runtime_id"]
+        .as_str()
+        .and_then(|id| id.strip_prefix("pid:"))
+        .expect("a pid")
+        .to_owned();
+    let killed = Command::new("kill")
+        .args(["-KILL", &format!("-{pid}")])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let victim = two[0]["id"].as_str().unwrap_or_default().to_owned();
+    wait_for(
+        "the killed task replaced",
+        Duration::from_secs(20),
+        || {
+            let now = serving(&tasks(&cluster, 0, "web"));
+            (now.len() == 2 && now.iter().all(|t| t["id"] != victim.as_str())).then_some(())
+        },
+        || cluster.lbctl(0, &["service", "ps", "web"]).1,
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    assert_no_failures("kill -9 of a task", &client.finish());
+}
+
+#[test]
+fn global_service_runs_on_every_node_including_new_ones() {
+    let mut cluster = Cluster::form_with(FAST);
+    let port = free_port_on_all(&cluster);
+    let publish = format!("{port}:80");
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "agent",
+            "--mode",
+            "global",
+            "--command",
+            SERVER,
+            "-p",
+            &publish,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let three = wait_serving(&cluster, "agent", 3);
+    let nodes: BTreeSet<&str> = three
+        .iter()
+        .filter_map(|t| t["node_name"].as_str())
+        .collect();
+    assert_eq!(nodes.len(), 3);
+    // Scaling a global service is refused by name.
+    let (code, _, err) = cluster.lbctl(0, &["service", "scale", "agent=5"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("replicas"), "{err}");
+
+    let host = cluster.api(0);
+    let token = cluster
+        .json(0, &["cluster", "join-token", "worker"])
+        .and_then(|t| t["token"].as_str().map(str::to_owned))
+        .expect("worker token");
+    let fourth = cluster.spawn(3, Some((&host, &token)));
+    cluster.nodes.push(Some(fourth));
+    cluster.wait_for_nodes(4);
+    let four = wait_serving(&cluster, "agent", 4);
+    let fourth_name = format!("node-{}", cluster.ip(3).to_string().replace('.', "-"));
+    assert!(
+        four.iter().any(|t| t["node_name"] == fourth_name.as_str()),
+        "{four:?}"
+    );
+}
