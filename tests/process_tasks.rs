@@ -90,8 +90,9 @@ fn process_tasks_create_scale_and_heal() {
         .and_then(|id| id.strip_prefix("pid:"))
         .expect("a pid")
         .to_owned();
+    // `--` so kill(1) reads "-PID" as a process group, never as an option.
     let killed = Command::new("kill")
-        .args(["-KILL", &format!("-{pid}")])
+        .args(["-s", "KILL", "--", &format!("-{pid}")])
         .status()
         .expect("kill");
     assert!(killed.success());
