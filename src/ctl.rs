@@ -61,7 +61,7 @@ pub enum Noun {
     Node(NodeCommand),
     /// Services.
     #[command(subcommand)]
-    Service(ServiceCommand),
+    Service(Box<ServiceCommand>),
     /// Create or update the services of a `[[service]]` file to match it.
     Apply {
         /// The file (the `lbd --config` `[[service]]` format).

@@ -495,17 +495,13 @@ impl ServicePlan<'_> {
                 continue;
             }
             let Some(node_id) = task.node else {
-                match place(self.state, self.spec, &self.load) {
-                    Ok(node) => {
-                        self.load.add(node);
-                        self.ops.push(TaskOp::Assign {
-                            id: task.id.clone(),
-                            node,
-                        });
-                    }
-                    // Still no node: it waits, with the reason it was
-                    // created with.
-                    Err(_) => {}
+                // Still no node: it waits, with the reason it was created with.
+                if let Ok(node) = place(self.state, self.spec, &self.load) {
+                    self.load.add(node);
+                    self.ops.push(TaskOp::Assign {
+                        id: task.id.clone(),
+                        node,
+                    });
                 }
                 live.push(task);
                 continue;
@@ -916,7 +912,7 @@ mod tests {
 
         fn report(&mut self, id: &str, node: NodeId, state: TaskState, message: &str) {
             let outcome = self.state.apply(&Command::ReportTask {
-                report: TaskReport {
+                report: Box::new(TaskReport {
                     id: id.to_owned(),
                     node,
                     state,
@@ -928,7 +924,7 @@ mod tests {
                     runtime_id: Some(format!("c-{id}")),
                     message: message.to_owned(),
                     at: self.now,
-                },
+                }),
             });
             assert!(
                 !matches!(outcome, raft_state::state::Outcome::Rejected { .. }),

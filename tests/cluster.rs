@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use common::cluster::*;
 use common::*;
-use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_node_cluster_serves_the_mesh() {

@@ -113,7 +113,7 @@ pub enum Request {
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
     /// A write proposed on a follower, forwarded to the leader.
-    Propose(Command),
+    Propose(Box<Command>),
     /// "What index must I have applied to serve a linearizable read?"
     ReadIndex,
     /// "I am alive", sent to the leader every heartbeat interval. The sender
@@ -324,7 +324,7 @@ async fn serve_connection(
                 Response::InstallSnapshot(raft.install_snapshot(rpc).await)
             }
             Request::Propose(command) => {
-                Response::Propose(crate::registry::write_locally(&raft, node_id, command).await)
+                Response::Propose(crate::registry::write_locally(&raft, node_id, *command).await)
             }
             Request::ReadIndex => {
                 Response::ReadIndex(crate::registry::read_index_locally(&raft, node_id).await)

@@ -305,7 +305,7 @@ impl RegistryNode {
         command: &Command,
     ) -> Result<Outcome, RegistryError> {
         let response = self
-            .call_leader(leader, addr, &Request::Propose(command.clone()))
+            .call_leader(leader, addr, &Request::Propose(Box::new(command.clone())))
             .await?;
         match response {
             Response::Propose(result) => Ok(result?),

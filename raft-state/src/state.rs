@@ -201,7 +201,7 @@ pub enum Command {
     },
     /// An agent's observation of one of its tasks.
     ReportTask {
-        report: TaskReport,
+        report: Box<TaskReport>,
     },
 }
 

@@ -257,7 +257,7 @@ impl DockerRuntime {
                 .collect();
             let running = summary.state.is_some_and(|s| s.to_string() == "running");
             let own_health = match summary.health.and_then(|h| h.status) {
-                Some(status) => own_health(&status.to_string()),
+                Some(status) => own_health(status.as_ref()),
                 None => None,
             };
             tasks.push(RuntimeTask {

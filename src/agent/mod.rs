@@ -244,7 +244,7 @@ async fn reporter(
         let mut backoff = Duration::from_millis(100);
         loop {
             let command = Command::ReportTask {
-                report: report.clone(),
+                report: Box::new(report.clone()),
             };
             match registry.propose(command).await {
                 Ok(Outcome::Rejected { rejection }) => {
