@@ -19,6 +19,20 @@
 //!   PROXY header and forwards bytes.
 //! - [`metrics`] and [`admin`] expose what happens.
 //!
+//! In cluster mode the services come from the registry instead of a file
+//! ([`cluster`], [`api`], [`ctl`]), and two control loops run on every node:
+//!
+//! ```text
+//! registry ──> scheduler (acts on the leader only): services → tasks on nodes, node liveness,
+//!                  restarts, rolling updates ──> Schedule entries
+//!          ──> agent (every node): its tasks → runtime (docker | process), health checks
+//!                  ──> ReportTask entries; heartbeats to the leader (not through the log)
+//!          ──> routing: running, healthy tasks of every node become backends
+//! ```
+//!
+//! - [`scheduler`] plans each round as a pure function of the registry.
+//! - [`agent`] runs and reports this node's tasks through its runtimes.
+//!
 //! The hot path only `load()`s the table; everything that changes builds a new
 //! table off to the side and stores it once.
 #![deny(unsafe_code)]

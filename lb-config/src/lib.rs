@@ -15,9 +15,10 @@
 //! and the reason.
 //!
 //! [`ServiceSpec`] is also the body of the registry's service API and the
-//! `[[service]]` table of `lbctl apply -f`, so later additions (replicas, image,
-//! update and restart policy, constraints) are new optional fields here and new
-//! checked fields on [`Service`].
+//! `[[service]]` table of `lbctl apply -f`. A spec with an `image` or a
+//! `command` runs tasks: its checked form carries a [`TaskSpec`] (mode,
+//! constraints, restart and update policy) that the scheduler and agents use;
+//! one without routes to its static `endpoints` only.
 #![forbid(unsafe_code)]
 
 use std::collections::{HashMap, HashSet};
