@@ -93,10 +93,19 @@ class Cluster:
         sys.exit(f"timed out after {limit}s waiting for {what}")
 
     def stop(self):
+        alive = [n for n, proc in enumerate(self.procs) if proc and proc.poll() is None]
+        info = next((i for i in (self.json(n, "cluster", "info") for n in alive) if i), {}) if self.token else {}
+        cluster_id = info.get("id")
         for proc in self.procs:
             if proc and proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
+        if cluster_id and shutil.which("docker"):
+            # The killed node's containers outlive it: remove this cluster's.
+            ids = subprocess.run(["docker", "ps", "-aq", "--filter", f"label=io.lbmesh.cluster={cluster_id}"],
+                                 capture_output=True, text=True).stdout.split()
+            if ids:
+                subprocess.run(["docker", "rm", "-f", *ids], capture_output=True)
 
 
 def free_port(cluster):
