@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::runtime::{
-    OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind, RuntimeTask, TaskLaunch,
-    LABEL_CLUSTER, LABEL_NODE, LABEL_SERVICE, LABEL_TASK,
+    OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeTask, TaskLaunch, LABEL_CLUSTER,
+    LABEL_NODE, LABEL_SERVICE, LABEL_TASK,
 };
 
 /// Longest wait for a pull of a missing image (there may be no registry).
@@ -400,10 +400,6 @@ async fn follow_events(
 }
 
 impl Runtime for DockerRuntime {
-    fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Docker
-    }
-
     fn start(&self, launch: TaskLaunch) -> BoxFuture<'_, Result<RuntimeTask, RuntimeError>> {
         Box::pin(self.start_task(launch))
     }

@@ -166,18 +166,15 @@ pub async fn run(registry: Arc<RegistryNode>, settings: AgentSettings, stop: Can
         .map(|c| c.id.clone())
         .unwrap_or_default();
     let (runtime_events, mut runtime_rx) = mpsc::unbounded_channel();
-    let process: Arc<dyn Runtime> = match process::ProcessRuntime::new(
-        settings.state_dir.clone(),
-        cluster_id.clone(),
-        settings.node_name.clone(),
-        runtime_events.clone(),
-    ) {
-        Ok(runtime) => Arc::new(runtime),
-        Err(error) => {
-            warn!(%error, "process runtime unavailable; the agent does not run");
-            return;
-        }
-    };
+    // The state dir is this node's own, so its records are this cluster's.
+    let process: Arc<dyn Runtime> =
+        match process::ProcessRuntime::new(settings.state_dir.clone(), runtime_events.clone()) {
+            Ok(runtime) => Arc::new(runtime),
+            Err(error) => {
+                warn!(%error, "process runtime unavailable; the agent does not run");
+                return;
+            }
+        };
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (health, mut health_rx) = mpsc::unbounded_channel();
     let (reports, reports_rx) = mpsc::unbounded_channel();

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
-use super::runtime::{Runtime, RuntimeError, RuntimeEvent, RuntimeKind, RuntimeTask, TaskLaunch};
+use super::runtime::{Runtime, RuntimeError, RuntimeEvent, RuntimeTask, TaskLaunch};
 
 /// A command that ends this soon after it started failed to start.
 const STARTUP_CHECK: Duration = Duration::from_millis(150);
@@ -79,8 +79,6 @@ impl ProcessRuntime {
     /// Creates the state dir and cleans up what an earlier lbd left there.
     pub fn new(
         state_dir: PathBuf,
-        _cluster_id: String,
-        _node_name: String,
         events: UnboundedSender<RuntimeEvent>,
     ) -> Result<Self, RuntimeError> {
         std::fs::create_dir_all(&state_dir)
@@ -271,10 +269,6 @@ fn log_tail(path: &Path) -> String {
 }
 
 impl Runtime for ProcessRuntime {
-    fn kind(&self) -> RuntimeKind {
-        RuntimeKind::Process
-    }
-
     fn start(&self, launch: TaskLaunch) -> BoxFuture<'_, Result<RuntimeTask, RuntimeError>> {
         Box::pin(self.start_task(launch))
     }

@@ -9,7 +9,8 @@
 //! # Contract
 //!
 //! - Everything a runtime starts carries the cluster id, node name, service
-//!   name and task id (docker labels; the process runtime's state files), so
+//!   name and task id (docker labels; the process runtime keeps task records
+//!   in the node's own data dir), so
 //!   [`Runtime::list`] finds exactly what this node started for this cluster
 //!   and nothing else. Two lbd processes sharing one engine never see each
 //!   other's containers.
@@ -118,8 +119,6 @@ pub enum RuntimeError {
 /// A task runtime. Methods return boxed futures so the agent can hold
 /// runtimes of different kinds as `Arc<dyn Runtime>`.
 pub trait Runtime: Send + Sync {
-    fn kind(&self) -> RuntimeKind;
-
     /// Starts a task and returns it with its host ports.
     fn start(&self, launch: TaskLaunch) -> BoxFuture<'_, Result<RuntimeTask, RuntimeError>>;
 
