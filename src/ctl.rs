@@ -189,6 +189,11 @@ pub struct SpecArgs {
     pub proxy_protocol: Option<String>,
     #[arg(long = "max-connections")]
     pub max_connections: Option<i64>,
+    /// Resend a request to another task when one closes the connection
+    /// before answering (a killed task's in-flight requests); a request may
+    /// then reach two tasks, so keep it off for non-idempotent protocols.
+    #[arg(long = "retry-on-empty", value_name = "BOOL")]
+    pub retry_on_empty: Option<bool>,
     /// Docker image the tasks run.
     #[arg(long)]
     pub image: Option<String>,
@@ -338,6 +343,9 @@ impl SpecArgs {
         }
         if let Some(max) = self.max_connections {
             spec.max_connections = Some(max);
+        }
+        if let Some(retry) = self.retry_on_empty {
+            spec.retry_on_empty = Some(retry);
         }
         if let Some(image) = &self.image {
             spec.image = Some(image.clone());

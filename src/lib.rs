@@ -16,7 +16,8 @@
 //!   and carries long-lived backend and service state across snapshots.
 //! - [`balance`] holds the backend set and the lock-free pickers.
 //! - [`proxy`] accepts, connects with retry and passive ejection, writes the
-//!   PROXY header and forwards bytes.
+//!   PROXY header, resends a request a backend closed unanswered (when the
+//!   service asks for it) and forwards bytes.
 //! - [`metrics`] and [`admin`] expose what happens.
 //!
 //! In cluster mode the services come from the registry instead of a file

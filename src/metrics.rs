@@ -17,6 +17,7 @@
 //! | `lbmesh_connect_duration_seconds` | histogram | service, backend | time to establish a backend connection |
 //! | `lbmesh_backend_up` | gauge | service, backend | 1 when the backend is eligible, 0 while ejected |
 //! | `lbmesh_backend_ejections_total` | counter | service, backend | passive ejections after failed connects |
+//! | `lbmesh_unanswered_total` | counter | service, backend | connections the backend closed before answering, whose client bytes were resent to another backend (`retry_on_empty`) |
 //! | `lbmesh_connections_failed_total` | counter | service, reason | client connections closed without a backend: `no_backend`, `all_attempts_failed` |
 //! | `lbmesh_config_reloads_total` | counter | result | reloads: `ok` or `error` |
 //! | `lbmesh_raft` | gauge | field | cluster mode: `term`, `leader_id`, `is_leader`, `commit_index`, `applied_index`, `voters`, `learners` |
@@ -62,6 +63,7 @@ pub struct Metrics {
     connect_duration: HistogramVec,
     backend_up: IntGaugeVec,
     ejections: IntCounterVec,
+    unanswered: IntCounterVec,
     failed: IntCounterVec,
     reloads: IntCounterVec,
     raft: IntGaugeVec,
@@ -82,6 +84,7 @@ pub struct BackendMetrics {
     pub connect_duration: Histogram,
     pub up: IntGauge,
     pub ejections: IntCounter,
+    pub unanswered: IntCounter,
 }
 
 impl BackendMetrics {
@@ -102,6 +105,7 @@ impl BackendMetrics {
                 .expect("static metric name"),
             up: gauge(),
             ejections: counter(),
+            unanswered: counter(),
         }
     }
 
@@ -210,6 +214,14 @@ impl Metrics {
                 sb,
             )
             .expect("valid metric"),
+            unanswered: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_unanswered_total",
+                    "Connections the backend closed before answering; the client's bytes went to another backend.",
+                ),
+                sb,
+            )
+            .expect("valid metric"),
             failed: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_connections_failed_total",
@@ -245,7 +257,7 @@ impl Metrics {
             .expect("valid metric"),
             registry,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(metrics.raft.clone()),
             Box::new(metrics.api_requests.clone()),
             Box::new(metrics.connections.clone()),
@@ -257,6 +269,7 @@ impl Metrics {
             Box::new(metrics.connect_duration.clone()),
             Box::new(metrics.backend_up.clone()),
             Box::new(metrics.ejections.clone()),
+            Box::new(metrics.unanswered.clone()),
             Box::new(metrics.failed.clone()),
             Box::new(metrics.reloads.clone()),
         ];
@@ -289,6 +302,7 @@ impl Metrics {
             connect_duration: self.connect_duration.with_label_values(&labels),
             up,
             ejections: self.ejections.with_label_values(&labels),
+            unanswered: self.unanswered.with_label_values(&labels),
         }
     }
 
@@ -300,6 +314,7 @@ impl Metrics {
             &self.bytes_in,
             &self.bytes_out,
             &self.ejections,
+            &self.unanswered,
         ] {
             let _ = family.remove_label_values(&labels);
         }

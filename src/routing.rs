@@ -133,6 +133,9 @@ pub struct RouteSettings {
     pub retries: u32,
     /// How long a backend that failed a connect is skipped.
     pub eject_time: Duration,
+    /// Replay the client's first bytes to another backend when one closes
+    /// without answering.
+    pub retry_on_empty: bool,
 }
 
 /// Everything a listener needs to serve one new connection.
@@ -215,6 +218,7 @@ impl RoutingTable {
                 proxy_protocol: service.proxy_protocol,
                 retries: service.retries,
                 eject_time: service.health.eject_time,
+                retry_on_empty: service.retry_on_empty,
             };
             let ips: Vec<IpAddr> = if service.listen.is_empty() {
                 vec![ingress_addr]

@@ -54,6 +54,10 @@ fn process_tasks_create_scale_and_heal() {
             &publish,
             "--drain-timeout",
             "500ms",
+            // A request in flight when a task is killed is resent to
+            // another task instead of failing.
+            "--retry-on-empty",
+            "true",
             "--restart-delay",
             "300ms",
             "--stop-grace-period",

@@ -136,6 +136,10 @@ fn docker_tasks_scale_heal_drain_update_and_survive_restarts() {
             &publish,
             "--drain-timeout",
             "1s",
+            // A request in flight when a task is killed is resent to
+            // another task instead of failing.
+            "--retry-on-empty",
+            "true",
             "--restart-delay",
             "500ms",
             "--stop-grace-period",

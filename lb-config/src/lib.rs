@@ -171,6 +171,10 @@ pub struct ServiceSpec {
     pub max_connections: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<i64>,
+    /// Resend what a client sent to another backend when the first one
+    /// closes the connection before answering a byte (default off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_on_empty: Option<bool>,
     /// Desired task count of a replicated service (0..=1000, default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i64>,
@@ -411,6 +415,8 @@ pub struct Service {
     pub drain_timeout: Duration,
     pub max_connections: u32,
     pub retries: u32,
+    /// See [`ServiceSpec::retry_on_empty`].
+    pub retry_on_empty: bool,
     pub replicas: u32,
     /// What the scheduler runs for this service; `None` for a service of
     /// static endpoints only.
@@ -804,6 +810,7 @@ impl ServiceSpec {
             drain_timeout,
             max_connections,
             retries,
+            retry_on_empty: self.retry_on_empty.unwrap_or(false),
             replicas,
             tasks,
         })

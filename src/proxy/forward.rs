@@ -11,6 +11,12 @@
 //! switches to splice(2) through a pooled pipe (`splice`), which moves the
 //! bytes without copying them through user space.
 //!
+//! A service with `retry_on_empty` first runs [`first_reply`]: it forwards
+//! the client's bytes while keeping a copy (one buffer at most) until the
+//! backend answers. A backend that closes or resets before its first byte
+//! leaves the copy to be resent to another backend; an answer, a client EOF
+//! or a full buffer hands the connection over to the pumps.
+//!
 //! On EOF a pump shuts down the destination's write side and ends, while the
 //! other pump keeps going (TCP half-close). An error in either direction ends
 //! the connection. Both pumps run in the connection's task next to an idle
@@ -74,6 +80,129 @@ pub enum Outcome {
     Finished,
     /// No byte moved for the idle timeout.
     IdleTimeout,
+}
+
+/// How the first exchange of a connection with replay ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstReply {
+    /// The backend's first bytes are with the client, or a replay is no
+    /// longer possible (the client sent EOF or a whole buffer): forward the
+    /// rest with [`forward`].
+    Forward,
+    /// The backend closed or reset the connection before answering, after
+    /// the client sent the bytes kept in [`SentBytes`].
+    Unanswered,
+    /// No byte moved for the idle timeout.
+    IdleTimeout,
+}
+
+/// What a client sent before the first answer, kept for a replay.
+pub struct SentBytes {
+    buffer: PooledBuffer,
+    len: usize,
+}
+
+impl SentBytes {
+    pub fn new() -> Self {
+        Self {
+            buffer: PooledBuffer::take(),
+            len: 0,
+        }
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buffer.0[..self.len]
+    }
+}
+
+impl Default for SentBytes {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Forwards client bytes to `backend`, keeping them in `sent`, until the
+/// backend answers or closes (see the module doc).
+pub async fn first_reply(
+    client: &Connection,
+    backend: &Connection,
+    sent: &mut SentBytes,
+    idle_timeout: Duration,
+    bytes_in: &IntCounter,
+    bytes_out: &IntCounter,
+) -> io::Result<FirstReply> {
+    let progress = AtomicU64::new(0);
+    let exchange = async {
+        loop {
+            tokio::select! {
+                biased;
+                ready = backend.readable() => {
+                    let mut ready = ready?;
+                    let mut reply = PooledBuffer::take();
+                    let read = ready.try_io(|stream| {
+                        let mut stream = stream.get_ref();
+                        stream.read(&mut reply.0)
+                    });
+                    match read {
+                        Ok(Ok(n)) if n > 0 => {
+                            progress.fetch_add(1, Ordering::Relaxed);
+                            write_all(client, &reply.0[..n], &progress).await?;
+                            bytes_out.inc_by(n as u64);
+                            return Ok(FirstReply::Forward);
+                        }
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        // Closed or reset before a byte of answer: gone,
+                        // unless the client said nothing or has finished
+                        // (then the close is the backend's answer).
+                        Ok(_) if sent.len > 0 && !client_finished(client) => {
+                            return Ok(FirstReply::Unanswered);
+                        }
+                        Ok(Ok(_)) => return Ok(FirstReply::Forward),
+                        Ok(Err(e)) => return Err(e),
+                        Err(_would_block) => {}
+                    }
+                }
+                ready = client.readable() => {
+                    let mut ready = ready?;
+                    let start = sent.len;
+                    let read = ready.try_io(|stream| {
+                        let mut stream = stream.get_ref();
+                        stream.read(&mut sent.buffer.0[start..])
+                    });
+                    match read {
+                        // The client is done: the pumps pass the EOF on.
+                        Ok(Ok(0)) => return Ok(FirstReply::Forward),
+                        Ok(Ok(n)) => {
+                            sent.len += n;
+                            progress.fetch_add(1, Ordering::Relaxed);
+                            if write_all(backend, &sent.buffer.0[start..sent.len], &progress)
+                                .await
+                                .is_err()
+                            {
+                                return Ok(FirstReply::Unanswered);
+                            }
+                            bytes_in.inc_by(n as u64);
+                            if sent.len == sent.buffer.0.len() {
+                                return Ok(FirstReply::Forward);
+                            }
+                        }
+                        Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Ok(Err(e)) => return Err(e),
+                        Err(_would_block) => {}
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        result = exchange => result,
+        () = idle(&progress, idle_timeout) => Ok(FirstReply::IdleTimeout),
+    }
+}
+
+/// Whether the client has sent its EOF; peeks, so nothing is consumed.
+fn client_finished(client: &Connection) -> bool {
+    matches!(client.get_ref().peek(&mut [0u8; 1]), Ok(0))
 }
 
 /// Forwards until both directions are done, an error occurs, or the
@@ -176,8 +305,9 @@ async fn write_all(dst: &Connection, mut data: &[u8], progress: &AtomicU64) -> i
     Ok(())
 }
 
-/// Writes a whole small message (a PROXY header) before forwarding starts.
-pub async fn write_header(dst: &Connection, data: &[u8]) -> io::Result<()> {
+/// Writes a whole small message (a PROXY header, a replay) before
+/// forwarding starts.
+pub async fn write_prelude(dst: &Connection, data: &[u8]) -> io::Result<()> {
     write_all(dst, data, &AtomicU64::new(0)).await
 }
 

@@ -6,8 +6,13 @@
 //! accept loop: listener readable ─> place from the service's limit ─> accept ─> spawn
 //! connection:  load table ─> route for this listen address
 //!              ─> pick ─> connect (timeout) ──refused/timeout──> eject backend, pick again (≤ retries)
-//!              ─> PROXY header (v1/v2, optional) ─> forward both ways (half-close, idle timeout) ─> close
+//!              ─> PROXY header (v1/v2, optional)
+//!              ─> [retry_on_empty] first reply ──closed unanswered──> eject, resend to the next (≤ retries)
+//!              ─> forward both ways (half-close, idle timeout) ─> close
 //! ```
+//!
+//! `retries` bounds the further backends one client connection may try,
+//! whether a connect failed or a backend closed without answering.
 //!
 //! # Invariants
 //!
@@ -207,27 +212,62 @@ async fn serve_connection(
     let service = &route.service;
     service.metrics.active.inc();
     let _active = scopeguard(|| service.metrics.active.dec());
+    let local_addr = client.get_ref().local_addr().unwrap_or(listen_addr);
+    let mut attempts_left = 1 + route.settings.retries;
 
-    let Some((backend_stream, connection)) = connect_backend(&route, peer, lane).await else {
+    let Some(mut upstream) =
+        open_upstream(&route, peer, local_addr, lane, &mut attempts_left, &[]).await
+    else {
         return;
     };
-    let backend = connection.backend();
-    backend.metrics.connections.inc();
-
-    if let Some(header) = proxy_protocol::header(
-        route.settings.proxy_protocol,
-        peer,
-        client.get_ref().local_addr().unwrap_or(listen_addr),
-    ) {
-        if let Err(error) = forward::write_header(&backend_stream, header.as_bytes()).await {
-            debug!(service = %service.name, backend = %backend.addr, %error, "PROXY header not sent");
-            return;
+    if route.settings.retry_on_empty {
+        let mut sent = forward::SentBytes::new();
+        loop {
+            let backend = upstream.connection.backend();
+            let reply = forward::first_reply(
+                &client,
+                &upstream.stream,
+                &mut sent,
+                route.settings.idle_timeout,
+                &backend.metrics.bytes_in,
+                &backend.metrics.bytes_out,
+            )
+            .await;
+            match reply {
+                Ok(forward::FirstReply::Forward) => break,
+                Ok(forward::FirstReply::IdleTimeout) => return,
+                Ok(forward::FirstReply::Unanswered) => {
+                    // Not ejected: a request that makes backends hang up
+                    // must not take them all out. A dead backend refuses
+                    // the next connect and is ejected for that.
+                    backend.metrics.unanswered.inc();
+                    debug!(service = %service.name, %peer, backend = %backend.addr, sent = sent.as_slice().len(), "closed before answering; resending elsewhere");
+                    let Some(next) = open_upstream(
+                        &route,
+                        peer,
+                        local_addr,
+                        lane,
+                        &mut attempts_left,
+                        sent.as_slice(),
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    upstream = next;
+                }
+                Err(error) => {
+                    debug!(service = %service.name, %peer, backend = %backend.addr, %error, "connection ended by error");
+                    return;
+                }
+            }
         }
     }
 
+    let backend = upstream.connection.backend();
     match forward::forward(
         &client,
-        &backend_stream,
+        &upstream.stream,
         route.settings.idle_timeout,
         &backend.metrics.bytes_in,
         &backend.metrics.bytes_out,
@@ -243,20 +283,67 @@ async fn serve_connection(
     }
 }
 
+/// A backend connection ready to forward on.
+struct Upstream {
+    stream: Connection,
+    connection: ActiveConnection,
+}
+
+/// Connects to a backend (see [`connect_backend`]), sends the PROXY header
+/// if the service wants one, then `replay`: what the client sent to a
+/// backend that closed without answering. When the replay cannot be sent
+/// the next backend is tried. `None` means the client is closed.
+async fn open_upstream(
+    route: &Route,
+    peer: SocketAddr,
+    local_addr: SocketAddr,
+    lane: usize,
+    attempts_left: &mut u32,
+    replay: &[u8],
+) -> Option<Upstream> {
+    loop {
+        let (stream, connection) = connect_backend(route, peer, lane, attempts_left).await?;
+        let backend = connection.backend();
+        backend.metrics.connections.inc();
+        if let Some(header) =
+            proxy_protocol::header(route.settings.proxy_protocol, peer, local_addr)
+        {
+            if let Err(error) = forward::write_prelude(&stream, header.as_bytes()).await {
+                debug!(service = %route.service.name, backend = %backend.addr, %error, "PROXY header not sent");
+                return None;
+            }
+        }
+        if replay.is_empty() {
+            return Some(Upstream { stream, connection });
+        }
+        match forward::write_prelude(&stream, replay).await {
+            Ok(()) => {
+                backend.metrics.bytes_in.inc_by(replay.len() as u64);
+                return Some(Upstream { stream, connection });
+            }
+            Err(error) => {
+                backend.metrics.unanswered.inc();
+                debug!(service = %route.service.name, backend = %backend.addr, %error, "replay not sent");
+            }
+        }
+    }
+}
+
 /// Picks a backend and connects to it; a refused or timed-out connect ejects
-/// that backend and tries another, up to `retries` more times. `None` means
+/// that backend and tries another while `attempts_left` lasts. `None` means
 /// the client gets closed without a backend (counted by reason).
 async fn connect_backend(
     route: &Route,
     peer: SocketAddr,
     lane: usize,
+    attempts_left: &mut u32,
 ) -> Option<(Connection, ActiveConnection)> {
     let ctx = PickContext {
         client: peer.ip(),
         lane,
     };
-    let attempts = 1 + route.settings.retries as usize;
-    for attempt in 0..attempts {
+    while *attempts_left > 0 {
+        *attempts_left -= 1;
         let Some(backend) = route.backends.pick(ctx) else {
             route
                 .service
@@ -282,7 +369,7 @@ async fn connect_backend(
         if failure != ConnectFailure::Local {
             backend.eject(route.settings.eject_time);
         }
-        debug!(service = %route.service.name, backend = %backend.addr, ?failure, attempt, "connect failed");
+        debug!(service = %route.service.name, backend = %backend.addr, ?failure, attempts_left = *attempts_left, "connect failed");
     }
     route
         .service

@@ -51,6 +51,11 @@ pub enum Behavior {
     Echo,
     /// Reads until EOF, then answers `got N bytes` and closes.
     CountThenReply,
+    /// Reads a line and answers `NAME: LINE`, then closes.
+    AnswerLine,
+    /// Reads what the client sent, then closes without a word (a task killed
+    /// while serving a request).
+    HangUpAfterRead,
 }
 
 /// A backend server run by the test.
@@ -121,6 +126,15 @@ async fn handle(mut stream: TcpStream, behavior: Behavior, label: String) {
             echo(&mut stream).await;
         }
         Behavior::Echo => echo(&mut stream).await,
+        Behavior::AnswerLine => {
+            let request = read_line(&mut stream).await;
+            let answer = format!("{}: {request}\n", label.trim_end());
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+        Behavior::HangUpAfterRead => {
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+        }
         Behavior::CountThenReply => {
             let mut total = 0usize;
             let mut buf = vec![0u8; 64 * 1024];
