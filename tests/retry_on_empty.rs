@@ -103,7 +103,10 @@ async fn replays_stop_at_the_retry_budget() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_finished_sending_is_not_replayed() {
-    let hangup = TestBackend::start("hangup", Behavior::HangUpAfterRead).await;
+    // The sink closes only after the client's EOF has reached it, so the
+    // close always comes after the client finished; a backend that closed
+    // on the first read could race the client's shutdown.
+    let hangup = TestBackend::start("sink", Behavior::HangUpAtEof).await;
     let addr = listen_addr();
     let _lbd = TestLbd::start(&service(
         "web",

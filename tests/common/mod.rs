@@ -56,6 +56,9 @@ pub enum Behavior {
     /// Reads what the client sent, then closes without a word (a task killed
     /// while serving a request).
     HangUpAfterRead,
+    /// Reads until the client's EOF, then closes without a word (a sink for
+    /// one-way messages).
+    HangUpAtEof,
 }
 
 /// A backend server run by the test.
@@ -134,6 +137,14 @@ async fn handle(mut stream: TcpStream, behavior: Behavior, label: String) {
         Behavior::HangUpAfterRead => {
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf).await;
+        }
+        Behavior::HangUpAtEof => {
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
         }
         Behavior::CountThenReply => {
             let mut total = 0usize;
