@@ -38,11 +38,14 @@ class Cluster:
     def ip(self, n):
         return f"127.{self.block}.0.{n + 1}"
 
+    # fixed-port-ok: each cluster has its own random 127.B.0.0/16 block, so
+    # lbd's default ports (API :9900, Raft :9901) are free there.
+
     def spawn(self, n, join=None):
         args = [self.lbd, "--advertise-addr", self.ip(n), "--data-dir", f"{self.dir}/node{n}",
                 "--vip-range", f"127.{self.block}.250.0/24", "--shutdown-grace", "1s"] + HEARTBEAT
         if join:
-            args += ["--join", f"{self.ip(0)}:9900", "--token", join]
+            args += ["--join", f"{self.ip(0)}:9900", "--token", join]  # fixed-port-ok
         log = open(f"{self.dir}/node{n}.log", "a")
         self.procs[n] = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=log, text=True)
         return self.procs[n]
@@ -66,7 +69,7 @@ class Cluster:
 
     def lbctl(self, n, *args):
         env = dict(os.environ, LBCTL_TOKEN=self.token)
-        return subprocess.run([self.lbctl_bin, "--host", f"{self.ip(n)}:9900", *args],
+        return subprocess.run([self.lbctl_bin, "--host", f"{self.ip(n)}:9900", *args],  # fixed-port-ok
                               capture_output=True, text=True, env=env, timeout=60)
 
     def json(self, n, *args):
