@@ -18,6 +18,11 @@ Needs: wrk, nginx with the stream module, haproxy, iperf3, python3 (Debian:
 
   python3 loadtest/run.py                 # full run (release lbd is built first)
   python3 loadtest/run.py --quick --lbd target/debug/lbd   # CI smoke, < 2 min
+  python3 loadtest/run.py --lbd NEW --baseline-lbd OLD     # a change, before/after
+
+With --baseline-lbd a fifth target, "lbd-base", runs a second lbd binary in
+the same rounds, so a change is judged against its baseline under the same
+noise (the ratio row lbd/lbd-base).
 
 With --quick the harness judges nothing about speed; it exits non-zero if
 any request or transfer through lbd failed. Every wait is bounded.
@@ -42,12 +47,14 @@ HERE = Path(__file__).resolve().parent
 
 TARGETS = ["direct", "lbd", "haproxy", "nginx"]
 PROXIES = ["lbd", "haproxy", "nginx"]
+# The optional second lbd (--baseline-lbd).
+BASELINE = "lbd-base"
 # One port per (scenario, target); all on 127.0.0.1. fixed-port-ok: the
 # harness checks each is free before it starts and fails if one is taken.
-HTTP = {"direct": 18080, "lbd": 18081, "haproxy": 18082, "nginx": 18083}
-BULK = {"direct": 15201, "lbd": 15202, "haproxy": 15203, "nginx": 15204}
-IDLE = {"direct": 17000, "lbd": 17001, "haproxy": 17002, "nginx": 17003}
-LBD_API = 19900
+HTTP = {"direct": 18080, "lbd": 18081, "haproxy": 18082, "nginx": 18083, BASELINE: 18084}
+BULK = {"direct": 15201, "lbd": 15202, "haproxy": 15203, "nginx": 15204, BASELINE: 15205}
+IDLE = {"direct": 17000, "lbd": 17001, "haproxy": 17002, "nginx": 17003, BASELINE: 17004}
+LBD_API = {"lbd": 19900, BASELINE: 19901}
 THREADS = 2  # each proxy gets the same number of threads / workers
 # Descriptors each process may open: the hard limit, which an unprivileged
 # sandbox may not raise (20,000 on the project's CI machines). A proxied
@@ -222,22 +229,23 @@ defaults
     timeout server 1h
 {''.join(frontends)}
 """)
-    services = []
-    for label, scenario in (("http", HTTP), ("bulk", BULK), ("idle", IDLE)):
-        services.append(f"""
+    for lbd in LBD_API:
+        services = []
+        for label, scenario in (("http", HTTP), ("bulk", BULK), ("idle", IDLE)):
+            services.append(f"""
 [[service]]
 name = "{label}"
 listen = ["127.0.0.1"]
-ports = [{{ published = {scenario['lbd']} }}]
+ports = [{{ published = {scenario[lbd]} }}]
 endpoints = [{{ address = "127.0.0.1:{scenario['direct']}" }}]
 connect_timeout = "3s"
 idle_timeout = "1h"
 max_connections = 200000
 """)
-    (work / "lbd.toml").write_text(f"""
+        (work / f"{lbd}.toml").write_text(f"""
 [node]
 name = "loadtest"
-api_addr = "127.0.0.1:{LBD_API}"
+api_addr = "127.0.0.1:{LBD_API[lbd]}"
 shutdown_grace = "2s"
 {''.join(services)}
 """)
@@ -364,6 +372,7 @@ def main():
     parser.add_argument("--bulk", default="1G", help="iperf3 bytes per transfer")
     parser.add_argument("--idle", type=int, default=10000, help="idle connections held")
     parser.add_argument("--lbd", help="lbd binary (default: build target/release/lbd)")
+    parser.add_argument("--baseline-lbd", help="a second lbd binary measured in the same rounds as lbd-base")
     parser.add_argument(
         "--scenarios", default="keepalive,close,bulk,idle",
         help="comma-separated subset of keepalive,close,bulk,idle (cpu comes with keepalive)",
@@ -382,7 +391,12 @@ def main():
             f"loadtest: missing {', '.join(missing) or STREAM_MODULE}; install with "
             "apt-get install -y wrk nginx-light libnginx-mod-stream haproxy iperf3"
         )
-    for port in [*HTTP.values(), *BULK.values(), *IDLE.values(), LBD_API]:
+    if args.baseline_lbd:
+        if not os.access(args.baseline_lbd, os.X_OK):
+            raise SystemExit(f"loadtest: --baseline-lbd {args.baseline_lbd} is not an executable file")
+        TARGETS.append(BASELINE)
+        PROXIES.append(BASELINE)
+    for port in [*HTTP.values(), *BULK.values(), *IDLE.values(), *LBD_API.values()]:
         if not port_free(port):
             raise SystemExit(f"loadtest: port 127.0.0.1:{port} is in use")
 
@@ -418,17 +432,21 @@ def main():
         procs.start("iperf3", ["iperf3", "-s", "-p", str(BULK["direct"])])
         procs.start("idle-backend", [sys.executable, str(HERE / "idle.py"), "serve", str(IDLE["direct"])])
         procs.start("lbd", [lbd, "--config", str(work / "lbd.toml"), "--threads", str(THREADS)])
+        if args.baseline_lbd:
+            procs.start(BASELINE, [args.baseline_lbd, "--config", str(work / f"{BASELINE}.toml"),
+                                   "--threads", str(THREADS)])
         procs.start("haproxy", ["haproxy", "-db", "-f", str(work / "haproxy.cfg")])
         procs.start("nginx", ["nginx", "-p", str(work), "-c", str(work / "nginx-stream.conf")])
         for scenario in (HTTP, BULK, IDLE):
-            for port in scenario.values():
-                wait_port(port)
+            for target in TARGETS:
+                wait_port(scenario[target])
         procs.check_alive()
         log(f"loadtest: all up in {work}")
 
         for round_no in range(args.rounds):
             # Rotate the order each round so no target always runs first.
-            order = TARGETS[round_no % 4:] + TARGETS[: round_no % 4]
+            shift = round_no % len(TARGETS)
+            order = TARGETS[shift:] + TARGETS[:shift]
             for target in order:
                 port = HTTP[target]
                 name = target if target != "direct" else "backend"
@@ -460,8 +478,8 @@ def main():
                     log(f"round {round_no + 1} {target:8} bulk      up {up:.2f} down {down:.2f} Gbit/s")
                     record(target, "bulk_up", up)
                     record(target, "bulk_down", down)
-                if target == "lbd" and any(errors.values()):
-                    lbd_failures.append(f"round {round_no + 1}: errors {errors}")
+                if target in LBD_API and any(errors.values()):
+                    lbd_failures.append(f"round {round_no + 1} {target}: errors {errors}")
                 procs.check_alive()
 
         for target in PROXIES if "idle" in scenarios else []:
@@ -507,7 +525,10 @@ def print_tables(results, args):
         ]) + " |")
     print("\n| ratio (medians) | keep-alive req/s | p99 | Connection: close conn/s | bulk up | bulk down | CPU / 100k req | bulk CPU / GiB | idle user KiB |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for a, b in (("lbd", "direct"), ("lbd", "haproxy"), ("lbd", "nginx")):
+    pairs = [("lbd", "direct"), ("lbd", "haproxy"), ("lbd", "nginx")]
+    if BASELINE in TARGETS:
+        pairs.append(("lbd", BASELINE))
+    for a, b in pairs:
         print(f"| {a}/{b} | " + " | ".join([
             ratio(results, "ka_rps", a, b),
             ratio(results, "ka_p99", a, b),
