@@ -14,13 +14,14 @@
 //! # Invariants of the hot path
 //!
 //! A pick takes `&self`, never locks and never allocates. Round-robin and
-//! weighted keep their cursors in *lanes*: each accept loop has its own lane
-//! and its connections pick from it, so connections arriving on different
-//! listeners never share a cursor's cache line, while all connections of one
-//! listener see an exact round-robin (as each nginx worker keeps its own). An ejected backend is skipped by checking one
-//! atomic; the set is not rebuilt. If every backend is ejected the pick fails
-//! open and returns the backend the algorithm chose: trying a possibly
-//! recovered backend beats refusing the client outright.
+//! weighted keep their cursors in *lanes*: each listen address has its own
+//! lane, shared by its accept loops on every proxy thread, so connections
+//! arriving on different addresses never share a cursor's cache line, while
+//! all connections of one address see an exact round-robin. An ejected
+//! backend is skipped by checking one atomic; the set is not rebuilt. If
+//! every backend is ejected the pick fails open and returns the backend the
+//! algorithm chose: trying a possibly recovered backend beats refusing the
+//! client outright.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -35,8 +36,8 @@ use crate::metrics::BackendMetrics;
 /// expect, which keeps each backend's share within 1% of its weight.
 pub const MAGLEV_TABLE_SIZE: usize = 65_537;
 
-/// Number of independent cursors per round-robin or weighted picker. Accept
-/// loops take lanes in turn; more loops than lanes share cursors, which stays
+/// Number of independent cursors per round-robin or weighted picker. Listen
+/// addresses take lanes in turn; more addresses than lanes share cursors, which stays
 /// correct (the cursor is atomic) and only adds contention.
 pub const LANES: usize = 16;
 

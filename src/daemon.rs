@@ -14,9 +14,11 @@
 //! # Flow
 //!
 //! ```text
-//! start:   services ─> build RoutingTable ─> bind every listener and the admin API
+//! start:   services ─> build RoutingTable ─> bind every listen address (one
+//!          descriptor per proxy thread) and the admin API
 //!          (any failure: nothing is left running, the error names what failed)
-//!          ─> spawn accept loops and the admin server ─> ready
+//!          ─> one accept loop per proxy thread and address, the admin server
+//!          on the control runtime ─> ready
 //! change:  services ─> build table (reusing backend state) ─> bind new addresses
 //!          ─> store the table (one ArcSwap store) ─> stop loops of removed addresses
 //!          (any failure before the store: the running table keeps serving;
@@ -24,8 +26,12 @@
 //!          in one change fails this way, as the old socket still holds it)
 //! stop:    not ready ─> stop accepting (listeners close, new connects are refused)
 //!          ─> wait for open connections up to the grace deadline ─> stop admin
-//!          ─> stop the registry
+//!          ─> stop the registry ─> stop the proxy threads (what is still open closes)
 //! ```
+//!
+//! Connections live on the proxy threads ([`ProxyWorkers`]); everything
+//! else (admin API, registry, scheduler, agent) runs on the runtime that
+//! called [`Daemon::start`].
 //!
 //! SIGTERM and SIGINT share the stop path.
 
@@ -52,6 +58,7 @@ use crate::admin::{self, AdminState};
 use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
 use crate::metrics::Metrics;
+use crate::proxy::workers::ProxyWorkers;
 use crate::proxy::{self, ListenOptions, ProxyContext};
 use crate::routing::{RoutedService, RoutingTable};
 use crate::scheduler::{self, SchedulerSettings};
@@ -72,6 +79,8 @@ pub enum DaemonError {
     AdminBind { addr: SocketAddr, source: io::Error },
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),
+    #[error("cannot start the proxy threads: {0}")]
+    Workers(io::Error),
 }
 
 /// Where the services come from.
@@ -104,6 +113,9 @@ pub struct Daemon {
     signals: Signals,
     /// Stops the scheduler and the agent (cluster mode).
     stop_control: CancellationToken,
+    /// The threads that accept and serve connections; dropped last, which
+    /// closes whatever connection outlived the shutdown grace.
+    workers: ProxyWorkers,
 }
 
 struct Signals {
@@ -133,6 +145,8 @@ pub struct ClusterOptions {
     pub heartbeat_interval: Duration,
     /// How long the leader waits for a heartbeat before marking a node down.
     pub heartbeat_grace: Duration,
+    /// Proxy worker threads (see [`ProxyWorkers`]).
+    pub proxy_threads: usize,
 }
 
 /// The services of a registry state, ready to route. In cluster mode a
@@ -173,8 +187,9 @@ fn file_services(services: &[Service]) -> Vec<RoutedService> {
 }
 
 impl Daemon {
-    /// Standalone mode: loads the file, binds everything and starts serving.
-    pub async fn start(config_path: &Path) -> Result<Self, DaemonError> {
+    /// Standalone mode: loads the file, binds everything and starts serving
+    /// on `proxy_threads` worker threads.
+    pub async fn start(config_path: &Path, proxy_threads: usize) -> Result<Self, DaemonError> {
         let config = ConfigFile::load(config_path)?;
         let services = file_services(&config.services);
         Self::serve(
@@ -184,6 +199,7 @@ impl Daemon {
             config.node,
             &services,
             None,
+            proxy_threads,
         )
         .await
     }
@@ -217,6 +233,7 @@ impl Daemon {
             node,
             &services,
             Some(Arc::clone(&registry)),
+            options.proxy_threads,
         )
         .await?;
         tokio::spawn(scheduler::run(
@@ -249,7 +266,9 @@ impl Daemon {
         node: Node,
         services: &[RoutedService],
         registry: Option<Arc<RegistryNode>>,
+        proxy_threads: usize,
     ) -> Result<Self, DaemonError> {
+        let workers = ProxyWorkers::start(proxy_threads).map_err(DaemonError::Workers)?;
         let metrics = Arc::new(Metrics::new());
         let table = RoutingTable::build(
             services,
@@ -257,7 +276,7 @@ impl Daemon {
             &RoutingTable::default(),
             &metrics,
         );
-        let bound = bind_new(&table, &HashMap::new())?;
+        let bound = bind_new(&table, &HashMap::new(), workers.count())?;
         let admin_listener = proxy::bind_listener(node.api_addr, ListenOptions::default())
             .and_then(TcpListener::from_std)
             .map_err(|source| DaemonError::AdminBind {
@@ -292,6 +311,7 @@ impl Daemon {
             api_addr,
             signals,
             stop_control: CancellationToken::new(),
+            workers,
         };
         daemon.spawn_accept_loops(bound);
         let stop_admin = daemon.stop_admin.clone();
@@ -337,7 +357,7 @@ impl Daemon {
     fn apply(&mut self, services: &[RoutedService]) -> Result<(), DaemonError> {
         let previous = self.table.load_full();
         let table = RoutingTable::build(services, self.node.ingress_addr, &previous, &self.metrics);
-        let bound = match bind_new(&table, &self.listeners) {
+        let bound = match bind_new(&table, &self.listeners, self.workers.count()) {
             Ok(bound) => bound,
             Err(error) => {
                 table.abandon(&previous, &self.metrics);
@@ -366,16 +386,23 @@ impl Daemon {
         Ok(())
     }
 
-    fn spawn_accept_loops(&mut self, bound: Vec<(SocketAddr, std::net::TcpListener)>) {
+    /// Starts one accept loop per worker on each newly bound address.
+    fn spawn_accept_loops(&mut self, bound: Vec<(SocketAddr, Vec<std::net::TcpListener>)>) {
         let ctx = ProxyContext {
             table: Arc::clone(&self.table),
             connections: self.connections.clone(),
         };
-        for (addr, listener) in bound {
+        for (addr, listeners) in bound {
             let stop = self.stop_accepting.child_token();
             self.listeners.insert(addr, stop.clone());
             info!(%addr, "listening");
-            tokio::spawn(proxy::accept_loop(listener, addr, ctx.clone(), stop));
+            let lane = proxy::next_lane();
+            for (worker, listener) in listeners.into_iter().enumerate() {
+                self.workers.spawn_on(
+                    worker,
+                    proxy::accept_loop(listener, addr, lane, ctx.clone(), stop.clone()),
+                );
+            }
         }
     }
 
@@ -447,27 +474,40 @@ impl Daemon {
     }
 }
 
-/// Binds every address of `table` that has no listener yet. All or nothing
-/// for published ports: on the first failure the sockets bound so far are
-/// closed again. A VIP that cannot be bound (a port below 1024 without the
-/// privilege, say) is logged and skipped: it must not keep the published
-/// ports from being served.
+/// Binds every address of `table` that has no listener yet and returns
+/// `copies` descriptors of each socket, one per proxy worker. All or
+/// nothing for published ports: on the first failure the sockets bound so
+/// far are closed again. A VIP that cannot be bound (a port below 1024
+/// without the privilege, say) is logged and skipped: it must not keep the
+/// published ports from being served.
 fn bind_new(
     table: &RoutingTable,
     existing: &HashMap<SocketAddr, CancellationToken>,
-) -> Result<Vec<(SocketAddr, std::net::TcpListener)>, DaemonError> {
+    copies: usize,
+) -> Result<Vec<(SocketAddr, Vec<std::net::TcpListener>)>, DaemonError> {
     let mut bound = Vec::new();
     for (addr, service) in table.listen_addrs() {
         if existing.contains_key(&addr) {
             continue;
         }
+        let vip = table.is_shared(&addr);
         let options = ListenOptions {
-            reuse_port: table.is_shared(&addr),
+            reuse_port: vip,
             ..ListenOptions::default()
         };
-        match proxy::bind_listener(addr, options) {
-            Ok(listener) => bound.push((addr, listener)),
-            Err(error) if options.reuse_port => {
+        // One socket, one descriptor per worker: every worker's event loop
+        // hears of a pending connection and the first free one takes it.
+        let listeners = proxy::bind_listener(addr, options).and_then(|listener| {
+            let mut listeners = Vec::with_capacity(copies.max(1));
+            for _ in 1..copies.max(1) {
+                listeners.push(listener.try_clone()?);
+            }
+            listeners.push(listener);
+            Ok(listeners)
+        });
+        match listeners {
+            Ok(listeners) => bound.push((addr, listeners)),
+            Err(error) if vip => {
                 warn!(%addr, service, %error, "cannot bind the service's VIP; skipped");
             }
             Err(source) => {

@@ -17,7 +17,8 @@
 //! - [`balance`] holds the backend set and the lock-free pickers.
 //! - [`proxy`] accepts, connects with retry and passive ejection, writes the
 //!   PROXY header, resends a request a backend closed unanswered (when the
-//!   service asks for it) and forwards bytes.
+//!   service asks for it) and forwards bytes, on one thread per core
+//!   ([`proxy::workers`]); the control plane has a runtime of its own.
 //! - [`metrics`] and [`admin`] expose what happens.
 //!
 //! In cluster mode the services come from the registry instead of a file

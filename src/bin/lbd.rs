@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Threads of the runtime that runs the control plane.
+const CONTROL_THREADS: usize = 2;
+
 /// lbmesh daemon: a Layer-4 load balancer and routing mesh.
 ///
 /// Standalone: `lbd --config FILE` serves the services in the file.
@@ -77,7 +80,8 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_heartbeat)]
     heartbeat_grace: std::time::Duration,
 
-    /// Runtime worker threads (default: one per core).
+    /// Proxy threads, each accepting and serving connections on its own
+    /// event loop (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
 }
@@ -133,12 +137,17 @@ fn main() -> ExitCode {
     }
 
     raise_fd_limit();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(threads) = args.threads {
-        builder.worker_threads(usize::from(threads));
-    }
-    let runtime = match builder.build() {
+    let proxy_threads = args.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, usize::from),
+        usize::from,
+    );
+    // The control plane (admin API, registry, scheduler, agent) is light:
+    // two threads serve it; the connections run on the proxy threads.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(CONTROL_THREADS)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("lbd: cannot start the runtime: {error}");
@@ -146,8 +155,8 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let daemon = match (&args.config, cluster_options(&args)) {
-            (Some(config), _) => lbmesh::daemon::Daemon::start(config).await?,
+        let daemon = match (&args.config, cluster_options(&args, proxy_threads)) {
+            (Some(config), _) => lbmesh::daemon::Daemon::start(config, proxy_threads).await?,
             (None, Some(options)) => {
                 let (daemon, tokens) = lbmesh::daemon::Daemon::start_cluster(options).await?;
                 if let Some(tokens) = tokens {
@@ -171,7 +180,7 @@ fn main() -> ExitCode {
 }
 
 /// Cluster settings from the flags and their defaults.
-fn cluster_options(args: &Args) -> Option<lbmesh::daemon::ClusterOptions> {
+fn cluster_options(args: &Args, proxy_threads: usize) -> Option<lbmesh::daemon::ClusterOptions> {
     let advertise = args.advertise_addr?;
     let dashed = advertise.to_string().replace(['.', ':'], "-");
     let settings = lbmesh::cluster::NodeSettings {
@@ -204,6 +213,7 @@ fn cluster_options(args: &Args) -> Option<lbmesh::daemon::ClusterOptions> {
         shutdown_grace: args.shutdown_grace,
         heartbeat_interval: args.heartbeat_interval,
         heartbeat_grace: args.heartbeat_grace,
+        proxy_threads,
     })
 }
 

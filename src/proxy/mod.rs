@@ -7,12 +7,16 @@
 //! connection:  load table ─> route for this listen address
 //!              ─> pick ─> connect (timeout) ──refused/timeout──> eject backend, pick again (≤ retries)
 //!              ─> PROXY header (v1/v2, optional)
-//!              ─> [retry_on_empty] first reply ──closed unanswered──> eject, resend to the next (≤ retries)
+//!              ─> [retry_on_empty] first reply ──closed unanswered──> resend to the next, no ejection (≤ retries)
 //!              ─> forward both ways (half-close, idle timeout) ─> close
 //! ```
 //!
 //! `retries` bounds the further backends one client connection may try,
 //! whether a connect failed or a backend closed without answering.
+//!
+//! Every listening socket is shared by the proxy threads ([`workers`]), each
+//! running one accept loop for it on its own event loop; a connection is
+//! served to its end on the thread that accepted it.
 //!
 //! # Invariants
 //!
@@ -33,6 +37,7 @@ pub mod forward;
 pub mod proxy_protocol;
 #[cfg(target_os = "linux")]
 mod splice;
+pub mod workers;
 
 use std::io;
 use std::net::SocketAddr;
@@ -41,6 +46,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use lb_config::ProxyProtocol;
 use socket2::{Domain, Socket, TcpKeepalive, Type};
 
 use self::fd::Connection;
@@ -107,8 +113,14 @@ pub fn bind_listener(
     Ok(socket.into())
 }
 
-/// Hands each accept loop its own cursor lane (see `balance`).
 static NEXT_LANE: AtomicUsize = AtomicUsize::new(0);
+
+/// A cursor lane (see `balance`) for one listen address, shared by its
+/// accept loops on every proxy thread so that its connections see one exact
+/// round-robin.
+pub fn next_lane() -> usize {
+    NEXT_LANE.fetch_add(1, Ordering::Relaxed)
+}
 
 /// What an accept loop shares with the rest of the daemon.
 #[derive(Clone)]
@@ -118,20 +130,22 @@ pub struct ProxyContext {
     pub connections: TaskTracker,
 }
 
-/// Accepts connections on `listener` for the route at `listen_addr` until
-/// `stop` fires, then drops the listener. Connections already accepted keep
-/// running in `ctx.connections`.
+/// Accepts connections on `listener` for the route at `listen_addr`, picking
+/// on cursor `lane`, until `stop` fires, then drops the listener.
+/// Connections already accepted keep running in `ctx.connections`.
 ///
 /// The loop waits until a connection is pending, then takes a place from the
 /// service's limit, then accepts. Waiting for readiness first means that a
 /// service with several listeners never parks places in idle accept loops.
+/// After each accept the loop yields, so that on a proxy thread a burst of
+/// new clients does not starve the connections already being served.
 pub async fn accept_loop(
     listener: std::net::TcpListener,
     listen_addr: SocketAddr,
+    lane: usize,
     ctx: ProxyContext,
     stop: CancellationToken,
 ) {
-    let lane = NEXT_LANE.fetch_add(1, Ordering::Relaxed);
     let listener = match fd::register_listener(listener) {
         Ok(listener) => listener,
         Err(error) => {
@@ -183,6 +197,9 @@ pub async fn accept_loop(
                     lane,
                     permit,
                 ));
+                // Let the connection just accepted start, and the event
+                // loop run, before the next accept.
+                tokio::task::yield_now().await;
             }
             Ok(Err(error)) => {
                 warn!(%listen_addr, %error, ?backoff, "accept failed; backing off");
@@ -212,7 +229,14 @@ async fn serve_connection(
     let service = &route.service;
     service.metrics.active.inc();
     let _active = scopeguard(|| service.metrics.active.dec());
-    let local_addr = client.get_ref().local_addr().unwrap_or(listen_addr);
+    // The address the client reached (the real IP behind a wildcard
+    // listener) matters only to a PROXY header, and asking costs a syscall.
+    let local_addr = match route.settings.proxy_protocol {
+        ProxyProtocol::None => listen_addr,
+        ProxyProtocol::V1 | ProxyProtocol::V2 => {
+            client.get_ref().local_addr().unwrap_or(listen_addr)
+        }
+    };
     let mut attempts_left = 1 + route.settings.retries;
 
     let Some(mut upstream) =
@@ -393,11 +417,14 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Connection, Conn
     }
     let stream = fd::register_connection(socket.into()).map_err(|_| ConnectFailure::Local)?;
     let handshake = async {
+        // A connecting socket turns writable when the handshake is done or
+        // has failed, and a failure leaves its error behind (tokio's own
+        // connect checks the same way).
         let mut ready = stream.writable().await?;
         ready.retain_ready();
         match stream.get_ref().take_error()? {
             Some(error) => Err(error),
-            None => stream.get_ref().peer_addr().map(|_| ()),
+            None => Ok(()),
         }
     };
     match tokio::time::timeout(timeout, handshake).await {

@@ -221,7 +221,8 @@ impl TestLbd {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("lbd.toml");
         std::fs::write(&config_path, config_text(services)).expect("write config");
-        let daemon = Daemon::start(&config_path).await.expect("lbd starts");
+        // Two proxy threads: connections spread over threads as in production.
+        let daemon = Daemon::start(&config_path, 2).await.expect("lbd starts");
         Self {
             daemon,
             config_path,
