@@ -176,13 +176,10 @@ pub async fn accept_loop(
             permit = route.service.limit.acquire() => permit,
             () = stop.cancelled() => return,
         };
-        match ready.try_io(|listener| listener.get_ref().accept()) {
+        match ready.try_io(|listener| accept_nonblocking(listener.get_ref())) {
             Ok(Ok((stream, peer))) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let stream = match stream
-                    .set_nonblocking(true)
-                    .and_then(|()| fd::register_connection(stream))
-                {
+                let stream = match fd::register_connection(stream) {
                     Ok(stream) => stream,
                     Err(error) => {
                         warn!(%listen_addr, %peer, %error, "cannot register accepted connection");
@@ -215,6 +212,29 @@ pub async fn accept_loop(
             Err(_would_block) => {}
         }
     }
+}
+
+/// Accepts a pending connection as a non-blocking socket: on Linux in one
+/// `accept4(SOCK_NONBLOCK)` instead of `accept` and an `ioctl`.
+#[cfg(target_os = "linux")]
+fn accept_nonblocking(
+    listener: &std::net::TcpListener,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    use rustix::net::{acceptfrom_with, SocketFlags};
+    let (socket, peer) = acceptfrom_with(listener, SocketFlags::NONBLOCK | SocketFlags::CLOEXEC)?;
+    let peer = peer
+        .and_then(|peer| SocketAddr::try_from(peer).ok())
+        .ok_or_else(|| io::Error::other("accepted a connection without an IP peer address"))?;
+    Ok((socket.into(), peer))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn accept_nonblocking(
+    listener: &std::net::TcpListener,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    let (stream, peer) = listener.accept()?;
+    stream.set_nonblocking(true)?;
+    Ok((stream, peer))
 }
 
 /// Serves one client connection to its end.
@@ -481,5 +501,17 @@ mod tests {
         assert!(sock.tcp_nodelay().unwrap());
         assert!(sock.keepalive().unwrap());
         assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
+    }
+
+    #[test]
+    fn accepted_connections_are_non_blocking_and_know_their_peer() {
+        let listener =
+            bind_listener("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, peer) = accept_nonblocking(&listener).expect("accept");
+        assert_eq!(peer, client.local_addr().unwrap());
+        assert!(SockRef::from(&accepted).nonblocking().unwrap());
     }
 }
