@@ -3,13 +3,14 @@
 //! Each worker is an OS thread driving its own single-threaded tokio
 //! runtime. Every listen address is one socket with one descriptor per
 //! worker (`dup`), each registered with that worker's event loop: a pending
-//! connection wakes the workers and the first one free accepts it, so a
-//! busy worker does not hold up new clients while another idles (as
-//! SO_REUSEPORT's fixed hash would). A connection accepted by a worker is
-//! served on that thread to its end. Nothing on the data path crosses
-//! threads: no work stealing, no wake-up of another thread, and each
-//! thread's buffer pool serves only its own connections. The control plane
-//! (admin API, registry, scheduler, agent) runs on the main runtime.
+//! connection wakes every worker and the first one free accepts it (the
+//! others find nothing and go back to sleep), so a busy worker does not
+//! hold up new clients while another idles, as SO_REUSEPORT's fixed hash
+//! would. A connection accepted by a worker is served on that thread to its
+//! end: nothing on its data path crosses threads (no work stealing, no
+//! wake-up of another thread), and each thread's buffer pool serves only its
+//! own connections. The control plane (admin API, registry, scheduler,
+//! agent) runs on the main runtime.
 //!
 //! ```text
 //! daemon ── bind addr, dup × N ──> worker i: accept loop ─> connections
@@ -53,6 +54,7 @@ impl ProxyWorkers {
         Ok(workers)
     }
 
+    /// How many workers run.
     pub fn count(&self) -> usize {
         self.handles.len()
     }
