@@ -51,10 +51,10 @@ PROXIES = ["lbd", "haproxy", "nginx"]
 BASELINE = "lbd-base"
 # One port per (scenario, target); all on 127.0.0.1. fixed-port-ok: the
 # harness checks each is free before it starts and fails if one is taken.
-HTTP = {"direct": 18080, "lbd": 18081, "haproxy": 18082, "nginx": 18083, BASELINE: 18084}
-BULK = {"direct": 15201, "lbd": 15202, "haproxy": 15203, "nginx": 15204, BASELINE: 15205}
-IDLE = {"direct": 17000, "lbd": 17001, "haproxy": 17002, "nginx": 17003, BASELINE: 17004}
-LBD_API = {"lbd": 19900, BASELINE: 19901}
+HTTP = {"direct": 18080, "lbd": 18081, "haproxy": 18082, "nginx": 18083, BASELINE: 18084}  # fixed-port-ok
+BULK = {"direct": 15201, "lbd": 15202, "haproxy": 15203, "nginx": 15204, BASELINE: 15205}  # fixed-port-ok
+IDLE = {"direct": 17000, "lbd": 17001, "haproxy": 17002, "nginx": 17003, BASELINE: 17004}  # fixed-port-ok
+LBD_API = {"lbd": 19900, BASELINE: 19901}  # fixed-port-ok
 THREADS = 2  # each proxy gets the same number of threads / workers
 # Descriptors each process may open: the hard limit, which an unprivileged
 # sandbox may not raise (20,000 on the project's CI machines). A proxied

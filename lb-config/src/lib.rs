@@ -1176,13 +1176,13 @@ mod tests {
         assert_eq!(
             web.backends_for(&web.ports[0]),
             vec![
-                ("127.0.0.1:9000".parse().unwrap(), 3),
-                ("127.0.0.2:9000".parse().unwrap(), 1)
+                ("127.0.0.1:9000".parse().unwrap(), 3), // fixed-port-ok
+                ("127.0.0.2:9000".parse().unwrap(), 1)  // fixed-port-ok
             ]
         );
         assert_eq!(
             web.listen_addrs(DEFAULT_INGRESS_ADDR),
-            vec!["0.0.0.0:8080".parse::<SocketAddr>().unwrap()]
+            vec!["0.0.0.0:8080".parse::<SocketAddr>().unwrap()] // fixed-port-ok
         );
     }
 

@@ -1,12 +1,12 @@
 // k6 version of the keep-alive scenario, for users who have k6:
-//   k6 run -e TARGET=http://127.0.0.1:18081/index.html loadtest/k6/keepalive.js
+//   k6 run -e TARGET=http://127.0.0.1:18081/index.html loadtest/k6/keepalive.js  (fixed-port-ok)
 // 64 virtual users, each reusing its connection, for 30 s; fails the run if
 // any request fails or p99 latency exceeds 50 ms.
 import http from "k6/http";
 import { check } from "k6";
 
-// fixed-port-ok: lbd's port in loadtest/run.py
-const target = __ENV.TARGET || "http://127.0.0.1:18081/index.html";
+// lbd's port in loadtest/run.py
+const target = __ENV.TARGET || "http://127.0.0.1:18081/index.html"; // fixed-port-ok
 
 export const options = {
   vus: 64,
