@@ -37,8 +37,8 @@ use crate::metrics::BackendMetrics;
 pub const MAGLEV_TABLE_SIZE: usize = 65_537;
 
 /// Number of independent cursors per round-robin or weighted picker. Listen
-/// addresses take lanes in turn; more addresses than lanes share cursors, which stays
-/// correct (the cursor is atomic) and only adds contention.
+/// addresses take lanes in turn; more addresses than lanes share cursors,
+/// which stays correct (the cursor is atomic) and only adds contention.
 pub const LANES: usize = 16;
 
 /// Most backends a Maglev table spreads over (its slots hold u16 indices);

@@ -475,7 +475,7 @@ impl Daemon {
 }
 
 /// Binds every address of `table` that has no listener yet and returns
-/// `copies` descriptors of each socket, one per proxy worker. All or
+/// `copies` (at least one) descriptors of each socket, one per proxy worker. All or
 /// nothing for published ports: on the first failure the sockets bound so
 /// far are closed again. A VIP that cannot be bound (a port below 1024
 /// without the privilege, say) is logged and skipped: it must not keep the
@@ -498,10 +498,9 @@ fn bind_new(
         // One socket, one descriptor per worker: every worker's event loop
         // hears of a pending connection and the first free one takes it.
         let listeners = proxy::bind_listener(addr, options).and_then(|listener| {
-            let mut listeners = Vec::with_capacity(copies.max(1));
-            for _ in 1..copies.max(1) {
-                listeners.push(listener.try_clone()?);
-            }
+            let mut listeners = (1..copies)
+                .map(|_| listener.try_clone())
+                .collect::<io::Result<Vec<_>>>()?;
             listeners.push(listener);
             Ok(listeners)
         });

@@ -46,7 +46,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use lb_config::ProxyProtocol;
 use socket2::{Domain, Socket, TcpKeepalive, Type};
 
 use self::fd::Connection;
@@ -249,18 +248,13 @@ async fn serve_connection(
     let service = &route.service;
     service.metrics.active.inc();
     let _active = scopeguard(|| service.metrics.active.dec());
-    // The address the client reached (the real IP behind a wildcard
-    // listener) matters only to a PROXY header, and asking costs a syscall.
-    let local_addr = match route.settings.proxy_protocol {
-        ProxyProtocol::None => listen_addr,
-        ProxyProtocol::V1 | ProxyProtocol::V2 => {
-            client.get_ref().local_addr().unwrap_or(listen_addr)
-        }
-    };
+    // The address the client reached: the real IP behind a wildcard
+    // listener, asked for only by a PROXY header.
+    let local_addr = || client.get_ref().local_addr().unwrap_or(listen_addr);
     let mut attempts_left = 1 + route.settings.retries;
 
     let Some(mut upstream) =
-        open_upstream(&route, peer, local_addr, lane, &mut attempts_left, &[]).await
+        open_upstream(&route, peer, &local_addr, lane, &mut attempts_left, &[]).await
     else {
         return;
     };
@@ -289,7 +283,7 @@ async fn serve_connection(
                     let Some(next) = open_upstream(
                         &route,
                         peer,
-                        local_addr,
+                        &local_addr,
                         lane,
                         &mut attempts_left,
                         sent.as_slice(),
@@ -340,7 +334,7 @@ struct Upstream {
 async fn open_upstream(
     route: &Route,
     peer: SocketAddr,
-    local_addr: SocketAddr,
+    local_addr: &impl Fn() -> SocketAddr,
     lane: usize,
     attempts_left: &mut u32,
     replay: &[u8],
@@ -490,21 +484,7 @@ mod tests {
     use socket2::SockRef;
 
     #[test]
-    fn accepted_connections_inherit_nodelay_and_keepalive() {
-        let listener =
-            bind_listener("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).expect("bind");
-        let addr = listener.local_addr().unwrap();
-        let _client = std::net::TcpStream::connect(addr).unwrap();
-        listener.set_nonblocking(false).unwrap();
-        let (accepted, _) = listener.accept().unwrap();
-        let sock = SockRef::from(&accepted);
-        assert!(sock.tcp_nodelay().unwrap());
-        assert!(sock.keepalive().unwrap());
-        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
-    }
-
-    #[test]
-    fn accepted_connections_are_non_blocking_and_know_their_peer() {
+    fn accepted_connections_are_non_blocking_know_their_peer_and_inherit_options() {
         let listener =
             bind_listener("127.0.0.1:0".parse().unwrap(), ListenOptions::default()).expect("bind");
         let addr = listener.local_addr().unwrap();
@@ -512,6 +492,11 @@ mod tests {
         listener.set_nonblocking(false).unwrap();
         let (accepted, peer) = accept_nonblocking(&listener).expect("accept");
         assert_eq!(peer, client.local_addr().unwrap());
-        assert!(SockRef::from(&accepted).nonblocking().unwrap());
+        let sock = SockRef::from(&accepted);
+        assert!(sock.nonblocking().unwrap());
+        // Inherited from the listener: no setsockopt per connection.
+        assert!(sock.tcp_nodelay().unwrap());
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), KEEPALIVE_IDLE);
     }
 }

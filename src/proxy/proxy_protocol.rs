@@ -28,13 +28,19 @@ impl Header {
     }
 }
 
-/// The header for a connection from `client` to `local` (the address the
-/// client connected to), or `None` when the service sends none.
-pub fn header(version: ProxyProtocol, client: SocketAddr, local: SocketAddr) -> Option<Header> {
+/// The header for a connection from `client` to `local()` (the address the
+/// client connected to), or `None` when the service sends none. `local` is
+/// asked only when a header is written: finding the real address behind a
+/// wildcard listener costs a system call.
+pub fn header(
+    version: ProxyProtocol,
+    client: SocketAddr,
+    local: impl FnOnce() -> SocketAddr,
+) -> Option<Header> {
     match version {
         ProxyProtocol::None => None,
-        ProxyProtocol::V1 => Some(v1(client, local)),
-        ProxyProtocol::V2 => Some(v2(client, local)),
+        ProxyProtocol::V1 => Some(v1(client, local())),
+        ProxyProtocol::V2 => Some(v2(client, local())),
     }
 }
 
@@ -122,7 +128,7 @@ mod tests {
         let h = header(
             ProxyProtocol::V1,
             "192.0.2.1:56324".parse().unwrap(),
-            "198.51.100.7:443".parse().unwrap(),
+            || "198.51.100.7:443".parse().unwrap(),
         )
         .unwrap();
         assert_eq!(
@@ -136,18 +142,16 @@ mod tests {
         let a = "[ffff:ffff:ffff:ffff:ffff:ffff:ffff:fffe]:65535"
             .parse()
             .unwrap();
-        let h = header(ProxyProtocol::V1, a, a).unwrap();
+        let h = header(ProxyProtocol::V1, a, || a).unwrap();
         assert!(h.as_bytes().ends_with(b"65535 65535\r\n"));
         assert_eq!(h.as_bytes().len(), 104);
     }
 
     #[test]
     fn v2_tcp4_block() {
-        let h = header(
-            ProxyProtocol::V2,
-            "10.1.2.3:1000".parse().unwrap(),
-            "10.9.8.7:80".parse().unwrap(),
-        )
+        let h = header(ProxyProtocol::V2, "10.1.2.3:1000".parse().unwrap(), || {
+            "10.9.8.7:80".parse().unwrap()
+        })
         .unwrap();
         let b = h.as_bytes();
         assert_eq!(&b[..12], &V2_SIGNATURE);
@@ -160,14 +164,14 @@ mod tests {
         let h = header(
             ProxyProtocol::V1,
             "[::ffff:10.0.0.1]:5".parse().unwrap(),
-            "10.0.0.2:6".parse().unwrap(),
+            || "10.0.0.2:6".parse().unwrap(),
         )
         .unwrap();
         assert_eq!(h.as_bytes(), b"PROXY TCP4 10.0.0.1 10.0.0.2 5 6\r\n");
         assert!(header(
             ProxyProtocol::None,
             "1.1.1.1:1".parse().unwrap(),
-            "1.1.1.1:1".parse().unwrap()
+            || unreachable!("no header, so no local address is needed")
         )
         .is_none());
     }

@@ -139,12 +139,7 @@ async fn handle(mut stream: TcpStream, behavior: Behavior, label: String) {
             let _ = stream.read(&mut buf).await;
         }
         Behavior::HangUpAtEof => {
-            let mut buf = [0u8; 1024];
-            while let Ok(n) = stream.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
+            let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
         }
         Behavior::CountThenReply => {
             let mut total = 0usize;
