@@ -363,6 +363,20 @@ def ratio(results, metric, a, b):
     return f"{statistics.median(va) / statistics.median(vb):.2f}"
 
 
+def paired_ratio(results, metric, a, b, higher_is_better):
+    """Target a over target b round by round: the median and spread of the
+    per-round ratios, and in how many rounds a did better. Both ran in the
+    same minute of each round, so this pairs away much of the VM's drift."""
+    va, vb = results.get(a, {}).get(metric), results.get(b, {}).get(metric)
+    if not va or not vb or len(va) != len(vb):
+        return "n/a"
+    ratios = [x / y for x, y in zip(va, vb) if y]
+    if not ratios:
+        return "n/a"
+    better = sum(1 for r in ratios if (r > 1 if higher_is_better else r < 1))
+    return f"{median_spread(ratios, '{:.2f}')}, {better}/{len(ratios)}"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI smoke: short runs, fail on any lbd error")
@@ -538,6 +552,18 @@ def print_tables(results, args):
             ratio(results, "cpu_per_100k", a, b) if b != "direct" else "n/a",
             ratio(results, "bulk_cpu_per_gib", a, b) if b != "direct" else "n/a",
             ratio(results, "idle_rss", a, b) if b != "direct" else "n/a",
+        ]) + " |")
+    print("\n| ratio per round: median (min–max), rounds lbd did better | keep-alive req/s | p99 | Connection: close conn/s | close p99 | bulk up | bulk down | CPU / 100k req |")
+    print("|---|---|---|---|---|---|---|---|")
+    for a, b in pairs[1:]:
+        print(f"| {a}/{b} | " + " | ".join([
+            paired_ratio(results, "ka_rps", a, b, True),
+            paired_ratio(results, "ka_p99", a, b, False),
+            paired_ratio(results, "cc_rps", a, b, True),
+            paired_ratio(results, "cc_p99", a, b, False),
+            paired_ratio(results, "bulk_up", a, b, True),
+            paired_ratio(results, "bulk_down", a, b, True),
+            paired_ratio(results, "cpu_per_100k", a, b, False),
         ]) + " |")
 
 

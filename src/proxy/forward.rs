@@ -18,7 +18,9 @@
 //! or a full buffer hands the connection over to the pumps.
 //!
 //! On EOF a pump shuts down the destination's write side and ends, while the
-//! other pump keeps going (TCP half-close). An error in either direction ends
+//! other pump keeps going (TCP half-close). The pump that sees the second EOF
+//! skips the `shutdown`: the connection closes right after, and the close
+//! sends the same FIN. An error in either direction ends
 //! the connection. Both pumps run in the connection's task next to an idle
 //! timer. Progress bumps a counter (no clock read on the data path); the timer
 //! checks it every quarter of `idle_timeout` and closes the connection after
@@ -27,7 +29,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
@@ -215,10 +217,11 @@ pub async fn forward(
     bytes_out: &IntCounter,
 ) -> io::Result<Outcome> {
     let progress = AtomicU64::new(0);
+    let one_eof_passed = AtomicBool::new(false);
     let both = async {
         tokio::try_join!(
-            pump(client, backend, bytes_in, &progress),
-            pump(backend, client, bytes_out, &progress),
+            pump(client, backend, bytes_in, &progress, &one_eof_passed),
+            pump(backend, client, bytes_out, &progress, &one_eof_passed),
         )
     };
     tokio::select! {
@@ -232,6 +235,7 @@ async fn pump(
     dst: &Connection,
     counter: &IntCounter,
     progress: &AtomicU64,
+    one_eof_passed: &AtomicBool,
 ) -> io::Result<()> {
     let mut buffer: Option<PooledBuffer> = None;
     loop {
@@ -243,7 +247,7 @@ async fn pump(
         });
         let n = match read {
             Ok(Ok(0)) => {
-                half_close(dst);
+                pass_eof(dst, one_eof_passed);
                 return Ok(());
             }
             Ok(Ok(n)) => n,
@@ -271,7 +275,8 @@ async fn pump(
             // A full buffer means a bulk flow: move it kernel-side from now on.
             buffer = None;
             if let Some(pipe) = super::splice::Pipe::take() {
-                return super::splice::pump(src, dst, pipe, counter, progress).await;
+                return super::splice::pump(src, dst, pipe, counter, progress, one_eof_passed)
+                    .await;
             }
         }
     }
@@ -311,10 +316,16 @@ pub async fn write_prelude(dst: &Connection, data: &[u8]) -> io::Result<()> {
     write_all(dst, data, &AtomicU64::new(0)).await
 }
 
-/// Passes an EOF on: no more writes to `dst`, reads from it continue. A peer
-/// that has already gone away makes this fail, which changes nothing.
-pub(super) fn half_close(dst: &Connection) {
-    let _ = dst.get_ref().shutdown(Shutdown::Write);
+/// Passes a pump's EOF on to `dst`. The first of the two is a half-close:
+/// no more writes to `dst`, reads from it continue (a peer that has already
+/// gone away makes the `shutdown` fail, which changes nothing). The second
+/// needs no system call: both peers have sent their FIN and both receive
+/// queues are drained, so the close that follows sends `dst` its FIN, not a
+/// reset.
+pub(super) fn pass_eof(dst: &Connection, one_eof_passed: &AtomicBool) {
+    if !one_eof_passed.swap(true, Ordering::Relaxed) {
+        let _ = dst.get_ref().shutdown(Shutdown::Write);
+    }
 }
 
 /// Resolves once `progress` has not moved for `IDLE_CHECKS` checks in a row,
@@ -335,5 +346,52 @@ async fn idle(progress: &AtomicU64, timeout: Duration) {
             last = now;
             quiet = 0;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    /// A registered connection and its peer's end, on loopback.
+    fn connected_pair() -> (Connection, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (ours, _) = listener.accept().expect("accept");
+        ours.set_nonblocking(true).expect("non-blocking");
+        (
+            super::super::fd::register_connection(ours).expect("register"),
+            peer,
+        )
+    }
+
+    #[tokio::test]
+    async fn the_first_eof_half_closes_and_the_second_is_left_to_the_close() {
+        let (first, mut first_peer) = connected_pair();
+        let (second, mut second_peer) = connected_pair();
+        let one_eof_passed = AtomicBool::new(false);
+        let mut buf = [0u8; 8];
+
+        pass_eof(&first, &one_eof_passed);
+        assert_eq!(first_peer.read(&mut buf).expect("read"), 0, "FIN sent");
+        // The half-closed connection still carries the other direction.
+        first_peer.write_all(b"more").expect("peer sends");
+        first.readable().await.expect("readable").retain_ready();
+        assert_eq!(first.get_ref().read(&mut buf).expect("read"), 4);
+
+        pass_eof(&second, &one_eof_passed);
+        second_peer.set_nonblocking(true).expect("non-blocking");
+        let pending = second_peer
+            .read(&mut buf)
+            .expect_err("no FIN before the close");
+        assert_eq!(pending.kind(), io::ErrorKind::WouldBlock);
+        drop(second);
+        second_peer.set_nonblocking(false).expect("blocking");
+        assert_eq!(
+            second_peer.read(&mut buf).expect("a FIN, not a reset"),
+            0,
+            "the close sends the FIN"
+        );
     }
 }

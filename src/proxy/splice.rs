@@ -10,11 +10,11 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 use super::fd::Connection;
-use super::forward::half_close;
+use super::forward::pass_eof;
 use prometheus::IntCounter;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 
@@ -62,7 +62,8 @@ impl Pipe {
     }
 }
 
-/// Forwards `src` to `dst` through `pipe` until EOF (then half-closes `dst`)
+/// Forwards `src` to `dst` through `pipe` until EOF (passed on as in
+/// `forward::pass_eof`)
 /// or an error. Short transfers clear readiness as in `forward`.
 pub async fn pump(
     src: &Connection,
@@ -70,6 +71,7 @@ pub async fn pump(
     pipe: Pipe,
     counter: &IntCounter,
     progress: &AtomicU64,
+    one_eof_passed: &AtomicBool,
 ) -> io::Result<()> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
@@ -80,7 +82,7 @@ pub async fn pump(
         });
         let n = match moved {
             Ok(Ok(0)) => {
-                half_close(dst);
+                pass_eof(dst, one_eof_passed);
                 pipe.recycle();
                 return Ok(());
             }
