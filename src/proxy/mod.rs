@@ -432,10 +432,15 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Connection, Conn
     let stream = fd::register_connection(socket.into()).map_err(|_| ConnectFailure::Local)?;
     let handshake = async {
         // A connecting socket turns writable when the handshake is done or
-        // has failed, and a failure leaves its error behind (tokio's own
-        // connect checks the same way).
+        // has failed. A failure (refused, reset, unreachable) also raises
+        // EPOLLERR or EPOLLHUP, which tokio reports as write-closed; only
+        // then is the error fetched (`SO_ERROR`), so a connect that worked
+        // costs no system call for the check.
         let mut ready = stream.writable().await?;
         ready.retain_ready();
+        if !ready.ready().is_write_closed() {
+            return Ok(());
+        }
         match stream.get_ref().take_error()? {
             Some(error) => Err(error),
             None => Ok(()),
