@@ -27,7 +27,7 @@ use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::network::{
     self, CallError, Liveness, Network, Peer, RemoteFailure, Request, Response, Secret,
@@ -133,8 +133,9 @@ pub struct RegistryNode {
     liveness: Liveness,
     stop: Arc<Notify>,
     server: JoinHandle<()>,
-    /// Released once Raft and every task using the store have stopped.
-    database: std::sync::Weak<redb::Database>,
+    /// Fires once Raft and every task using the store have stopped and the
+    /// file is closed.
+    database_closed: store::DatabaseClosed,
 }
 
 impl RegistryNode {
@@ -146,7 +147,7 @@ impl RegistryNode {
             .await
             .map_err(|e| RegistryError::Storage(e.to_string()))?;
         let applied = state_machine.subscribe();
-        let database = log.database_handle();
+        let database_closed = log.database_closed();
         let network = Network {
             self_id: options.id,
             secret: options.secret.clone(),
@@ -184,7 +185,7 @@ impl RegistryNode {
             liveness,
             stop,
             server,
-            database,
+            database_closed,
         })
     }
 
@@ -448,9 +449,12 @@ impl RegistryNode {
         if let Err(error) = self.raft.shutdown().await {
             debug!(%error, "raft shutdown");
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.database.strong_count() > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        let closed = self.database_closed.clone().wait();
+        if tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .is_err()
+        {
+            warn!("registry store still open 5 s after shutdown");
         }
     }
 }

@@ -23,6 +23,9 @@
 //! - The state machine keeps the current state in memory too and publishes
 //!   each applied state on a watch channel, which is how readers on this node
 //!   learn of changes.
+//! - The file is closed when the last handle to it goes ([`OpenDatabase`]);
+//!   [`DatabaseClosed`] fires only after redb has released the file's lock,
+//!   which is what a restart in the same process waits for.
 
 // openraft's storage traits fix the error type, a large enum; boxing it here
 // would only move the cost.
@@ -30,7 +33,7 @@
 
 use std::fmt::Debug;
 use std::io::Cursor;
-use std::ops::{Bound, RangeBounds};
+use std::ops::{Bound, Deref, RangeBounds};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -121,6 +124,35 @@ pub struct Applied {
     pub index: u64,
 }
 
+/// The open redb file, shared by every part of the store.
+pub struct OpenDatabase {
+    // Fields drop in order: the database (closing the file, releasing its
+    // lock, which can take an fsync) before the sender, whose drop is what
+    // `DatabaseClosed` waits for.
+    db: Database,
+    closed: watch::Sender<()>,
+}
+
+impl Deref for OpenDatabase {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// Resolves once the store's file is closed and may be opened again.
+#[derive(Clone)]
+pub struct DatabaseClosed(watch::Receiver<()>);
+
+impl DatabaseClosed {
+    pub async fn wait(mut self) {
+        // Nothing is ever sent: the only way `changed` returns is an error,
+        // when `OpenDatabase` has dropped the sender after the database.
+        while self.0.changed().await.is_ok() {}
+    }
+}
+
 /// Opens (or creates) the store at `path` and returns its two halves.
 pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
     let path = path.to_owned();
@@ -134,7 +166,8 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
             write.open_table(STATE).map_err(io_error)?;
             Ok(())
         })?;
-        Ok(Arc::new(db))
+        let (closed, _) = watch::channel(());
+        Ok(Arc::new(OpenDatabase { db, closed }))
     })
     .await?;
     let loaded = {
@@ -170,14 +203,14 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
 /// The Raft log, vote and commit point.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
 }
 
 impl LogStore {
-    /// A handle that tells when every user of the database has let go of it
-    /// (a redb file can be reopened in this process only after that).
-    pub fn database_handle(&self) -> std::sync::Weak<Database> {
-        Arc::downgrade(&self.db)
+    /// Tells when every user of the database has let go of it and the file
+    /// is closed (a redb file can be reopened in this process only then).
+    pub fn database_closed(&self) -> DatabaseClosed {
+        DatabaseClosed(self.db.closed.subscribe())
     }
 }
 
@@ -319,7 +352,7 @@ struct StoredSnapshot {
 
 /// The registry state machine.
 pub struct StateMachine {
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
     current: Applied,
     applied: Option<LogId>,
     membership: Membership,
@@ -343,7 +376,7 @@ impl StateMachine {
 
 /// Builds a snapshot of the state as it was when the builder was made.
 pub struct SnapshotBuilder {
-    db: Arc<Database>,
+    db: Arc<OpenDatabase>,
     state: Arc<RegistryState>,
     applied: Option<LogId>,
     membership: Membership,
@@ -497,5 +530,30 @@ mod tests {
     #[test]
     fn passes_openraft_storage_suite() -> Result<()> {
         Suite::test_all(Builder)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_file_reopens_as_soon_as_the_close_is_signalled() -> Result<()> {
+        let dir = tempfile::tempdir().map_err(io_error)?;
+        let path = dir.path().join("registry.redb");
+        for round in 0..20 {
+            let (log, sm) = open(&path).await?;
+            let closed = log.database_closed();
+            // The last handle goes on another thread, as when Raft's
+            // storage tasks end after a shutdown.
+            let dropper = std::thread::spawn(move || drop((log, sm)));
+            tokio::time::timeout(std::time::Duration::from_secs(10), closed.wait())
+                .await
+                .unwrap_or_else(|_| panic!("round {round}: close signalled"));
+            let reopened = open(&path).await;
+            assert!(
+                reopened.is_ok(),
+                "round {round}: reopen failed: {:?}",
+                reopened.err()
+            );
+            drop(reopened);
+            dropper.join().expect("dropper thread");
+        }
+        Ok(())
     }
 }

@@ -20,12 +20,12 @@
 //! On EOF a pump shuts down the destination's write side and ends, while the
 //! other pump keeps going (TCP half-close). The pump that sees the second EOF
 //! skips the `shutdown`: the connection closes right after, and the close
-//! sends the same FIN. An error in either direction ends
-//! the connection. Both pumps run in the connection's task next to an idle
-//! timer. Progress bumps a counter (no clock read on the data path); the timer
-//! checks it every quarter of `idle_timeout` and closes the connection after
-//! four quiet checks in a row, i.e. between 1 and 1.25 × `idle_timeout` after
-//! the last byte moved.
+//! sends the same FIN. An error in either direction ends the connection.
+//! Both pumps run in the connection's task next to an idle timer. Progress
+//! bumps a counter (no clock read on the data path); the timer checks it
+//! every quarter of `idle_timeout` and closes the connection after four quiet
+//! checks in a row, i.e. between 1 and 1.25 × `idle_timeout` after the last
+//! byte moved.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -360,10 +360,8 @@ mod tests {
         let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (ours, _) = listener.accept().expect("accept");
         ours.set_nonblocking(true).expect("non-blocking");
-        (
-            super::super::fd::register_connection(ours).expect("register"),
-            peer,
-        )
+        let ours = crate::proxy::fd::register_connection(ours).expect("register");
+        (ours, peer)
     }
 
     #[tokio::test]

@@ -62,9 +62,9 @@ impl Pipe {
     }
 }
 
-/// Forwards `src` to `dst` through `pipe` until EOF (passed on as in
-/// `forward::pass_eof`)
-/// or an error. Short transfers clear readiness as in `forward`.
+/// Forwards `src` to `dst` through `pipe` until EOF (passed on by
+/// `forward::pass_eof`) or an error. Short transfers clear readiness as in
+/// `forward`.
 pub async fn pump(
     src: &Connection,
     dst: &Connection,
