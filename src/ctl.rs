@@ -31,8 +31,7 @@ pub struct Cli {
         long,
         global = true,
         env = "LBCTL_HOST",
-        // fixed-port-ok: the documented default admin API address.
-        default_value = "http://127.0.0.1:9900"
+        default_value = "http://127.0.0.1:9900" // fixed-port-ok: the documented default admin API
     )]
     pub host: String,
     /// Control token printed when the cluster was bootstrapped.

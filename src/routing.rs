@@ -366,8 +366,7 @@ mod tests {
             "#,
         );
         let first = RoutingTable::build(&v1, ingress, &RoutingTable::default(), &metrics);
-        // fixed-port-ok: only a map key; nothing is bound in this test.
-        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(); // fixed-port-ok: a map key, nothing bound
         let route = first.route(&listen).unwrap();
         assert_eq!(route.backends.len(), 2);
         route.backends.backends()[0].eject(Duration::from_secs(60));

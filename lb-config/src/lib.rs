@@ -1160,7 +1160,7 @@ mod tests {
         [[service]]
         name = "web"
         ports = [{ published = 8080, target = 80 }]
-        endpoints = [{ address = "127.0.0.1:9000", weight = 3 }, { address = "127.0.0.2:9000" }]
+        endpoints = [{ address = "127.0.0.1:9000", weight = 3 }, { address = "127.0.0.2:9000" }] # fixed-port-ok
     "#;
 
     #[test]

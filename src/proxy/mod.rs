@@ -438,13 +438,12 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Connection, Conn
         // costs no system call for the check.
         let mut ready = stream.writable().await?;
         ready.retain_ready();
-        if !ready.ready().is_write_closed() {
-            return Ok(());
+        if ready.ready().is_write_closed() {
+            if let Some(error) = stream.get_ref().take_error()? {
+                return Err(error);
+            }
         }
-        match stream.get_ref().take_error()? {
-            Some(error) => Err(error),
-            None => Ok(()),
-        }
+        Ok(())
     };
     match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(())) => Ok(stream),
