@@ -20,19 +20,25 @@
 //! On EOF a pump shuts down the destination's write side and ends, while the
 //! other pump keeps going (TCP half-close). The pump that sees the second EOF
 //! skips the `shutdown`: the connection closes right after, and the close
-//! sends the same FIN. An error in either direction ends the connection.
+//! sends the same FIN. When the poller has already reported the source's FIN
+//! and a read drains the source, the EOF is known without the read that
+//! would return 0: the pump writes the bytes with `MSG_MORE` and passes the
+//! EOF at once, so the FIN leaves in the same segment as the last bytes (a
+//! server's reply followed by its close costs one segment and one ACK, not
+//! two of each). An error in either direction ends the connection.
 //! Both pumps run in the connection's task next to an idle timer. Progress
 //! bumps a counter (no clock read on the data path); the timer checks it
 //! every quarter of `idle_timeout` and closes the connection after four quiet
 //! checks in a row, i.e. between 1 and 1.25 × `idle_timeout` after the last
 //! byte moved.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
+use rustix::net::{send, SendFlags};
 
 use super::fd::Connection;
 
@@ -148,7 +154,7 @@ pub async fn first_reply(
                     match read {
                         Ok(Ok(n)) if n > 0 => {
                             progress.fetch_add(1, Ordering::Relaxed);
-                            write_all(client, &reply.0[..n], &progress).await?;
+                            write_all(client, &reply.0[..n], &progress, Next::Data).await?;
                             bytes_out.inc_by(n as u64);
                             return Ok(FirstReply::Forward);
                         }
@@ -177,8 +183,13 @@ pub async fn first_reply(
                         Ok(Ok(n)) => {
                             sent.len += n;
                             progress.fetch_add(1, Ordering::Relaxed);
-                            if write_all(backend, &sent.buffer.0[start..sent.len], &progress)
-                                .await
+                            if write_all(
+                                backend,
+                                &sent.buffer.0[start..sent.len],
+                                &progress,
+                                Next::Data,
+                            )
+                            .await
                                 .is_err()
                             {
                                 return Ok(FirstReply::Unanswered);
@@ -259,12 +270,25 @@ async fn pump(
             }
         };
         let drained = n < buf.len();
+        // The peer's FIN had arrived before this read and the read drained
+        // everything ahead of it: the next read would return EOF. (A reset
+        // also reports read-closed, but with write-closed too.)
+        let eof_next = drained && {
+            let seen = ready.ready();
+            seen.is_read_closed() && !seen.is_write_closed()
+        };
         if drained {
             ready.clear_ready();
         }
         drop(ready);
         progress.fetch_add(1, Ordering::Relaxed);
-        write_all(dst, &buf[..n], progress).await?;
+        if eof_next {
+            write_all(dst, &buf[..n], progress, Next::Eof).await?;
+            counter.inc_by(n as u64);
+            pass_eof(dst, one_eof_passed);
+            return Ok(());
+        }
+        write_all(dst, &buf[..n], progress, Next::Data).await?;
         counter.inc_by(n as u64);
         if drained {
             buffer = None;
@@ -282,16 +306,34 @@ async fn pump(
     }
 }
 
+/// What a pump does right after a write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Next {
+    /// Waits for more data.
+    Data,
+    /// Passes the source's EOF on. The write is sent with `MSG_MORE`, so the
+    /// kernel holds its last partial segment for the FIN that follows at
+    /// once: data and FIN travel in one segment, and the peer acknowledges
+    /// both with one ACK.
+    Eof,
+}
+
 /// Writes all of `data` to `dst`, waiting for writability as needed. Each
 /// write that makes progress counts, so a slow but moving receiver is not
 /// mistaken for an idle one.
-async fn write_all(dst: &Connection, mut data: &[u8], progress: &AtomicU64) -> io::Result<()> {
+async fn write_all(
+    dst: &Connection,
+    mut data: &[u8],
+    progress: &AtomicU64,
+    next: Next,
+) -> io::Result<()> {
+    let flags = match next {
+        Next::Data => SendFlags::NOSIGNAL,
+        Next::Eof => SendFlags::NOSIGNAL | SendFlags::MORE,
+    };
     while !data.is_empty() {
         let mut ready = dst.writable().await?;
-        let written = ready.try_io(|stream| {
-            let mut stream = stream.get_ref();
-            stream.write(data)
-        });
+        let written = ready.try_io(|stream| Ok(send(stream.get_ref(), data, flags)?));
         match written {
             Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(Ok(n)) => {
@@ -313,7 +355,7 @@ async fn write_all(dst: &Connection, mut data: &[u8], progress: &AtomicU64) -> i
 /// Writes a whole small message (a PROXY header, a replay) before
 /// forwarding starts.
 pub async fn write_prelude(dst: &Connection, data: &[u8]) -> io::Result<()> {
-    write_all(dst, data, &AtomicU64::new(0)).await
+    write_all(dst, data, &AtomicU64::new(0), Next::Data).await
 }
 
 /// Passes a pump's EOF on to `dst`. The first of the two is a half-close:
@@ -352,6 +394,7 @@ async fn idle(progress: &AtomicU64, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::net::{TcpListener, TcpStream};
 
     /// A registered connection and its peer's end, on loopback.
@@ -362,6 +405,64 @@ mod tests {
         ours.set_nonblocking(true).expect("non-blocking");
         let ours = crate::proxy::fd::register_connection(ours).expect("register");
         (ours, peer)
+    }
+
+    /// Segments `socket` has received so far (`tcpi_segs_in` of TCP_INFO).
+    #[allow(unsafe_code)]
+    fn segments_received(socket: &TcpStream) -> u32 {
+        use std::os::fd::AsRawFd;
+        let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        // SAFETY: the descriptor is open for the whole call, and the kernel
+        // writes at most `len` bytes, the size of `info`.
+        let rc = unsafe {
+            libc::getsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+        // SAFETY: zeroed is a valid tcp_info, and the kernel filled in the rest.
+        unsafe { info.assume_init() }.tcpi_segs_in
+    }
+
+    #[tokio::test]
+    async fn bytes_read_together_with_the_eof_leave_in_one_segment_with_the_fin() {
+        let (src, mut src_peer) = connected_pair();
+        let (dst, mut dst_peer) = connected_pair();
+        src_peer.write_all(b"reply").expect("peer sends");
+        src_peer.shutdown(Shutdown::Write).expect("peer sends FIN");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut ready = src.readable().await.expect("readable");
+                if ready.ready().is_read_closed() {
+                    break;
+                }
+                ready.clear_ready();
+            }
+        })
+        .await
+        .expect("the FIN arrives");
+        let before = segments_received(&dst_peer);
+
+        let counter = IntCounter::new("bytes", "bytes").expect("counter");
+        let (progress, one_eof_passed) = (AtomicU64::new(0), AtomicBool::new(false));
+        pump(&src, &dst, &counter, &progress, &one_eof_passed)
+            .await
+            .expect("pump");
+
+        let mut received = Vec::new();
+        dst_peer.read_to_end(&mut received).expect("data, then EOF");
+        assert_eq!(received, b"reply");
+        assert_eq!(counter.get(), 5);
+        assert_eq!(
+            segments_received(&dst_peer) - before,
+            1,
+            "the FIN rides on the data segment"
+        );
     }
 
     #[tokio::test]
