@@ -327,10 +327,7 @@ async fn write_all(
     progress: &AtomicU64,
     next: Next,
 ) -> io::Result<()> {
-    let flags = match next {
-        Next::Data => SendFlags::NOSIGNAL,
-        Next::Eof => SendFlags::NOSIGNAL | SendFlags::MORE,
-    };
+    let flags = send_flags(next);
     while !data.is_empty() {
         let mut ready = dst.writable().await?;
         let written = ready.try_io(|stream| Ok(send(stream.get_ref(), data, flags)?));
@@ -350,6 +347,22 @@ async fn write_all(
         }
     }
     Ok(())
+}
+
+/// Flags for a `send` that `next` follows.
+#[cfg(target_os = "linux")]
+fn send_flags(next: Next) -> SendFlags {
+    match next {
+        Next::Data => SendFlags::NOSIGNAL,
+        Next::Eof => SendFlags::NOSIGNAL | SendFlags::MORE,
+    }
+}
+
+/// `MSG_MORE` is Linux's: elsewhere the FIN follows in a segment of its own
+/// (and SIGPIPE stays ignored, as Rust's runtime sets it up).
+#[cfg(not(target_os = "linux"))]
+fn send_flags(_next: Next) -> SendFlags {
+    SendFlags::empty()
 }
 
 /// Writes a whole small message (a PROXY header, a replay) before
@@ -408,6 +421,7 @@ mod tests {
     }
 
     /// Segments `socket` has received so far (`tcpi_segs_in` of TCP_INFO).
+    #[cfg(target_os = "linux")]
     #[allow(unsafe_code)]
     fn segments_received(socket: &TcpStream) -> u32 {
         use std::os::fd::AsRawFd;
@@ -429,6 +443,7 @@ mod tests {
         unsafe { info.assume_init() }.tcpi_segs_in
     }
 
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn bytes_read_together_with_the_eof_leave_in_one_segment_with_the_fin() {
         let (src, mut src_peer) = connected_pair();
