@@ -21,11 +21,12 @@
 //! other pump keeps going (TCP half-close). The pump that sees the second EOF
 //! skips the `shutdown`: the connection closes right after, and the close
 //! sends the same FIN. When the poller has already reported the source's FIN
-//! and a read drains the source, the EOF is known without the read that
-//! would return 0: the pump writes the bytes with `MSG_MORE` and passes the
-//! EOF at once, so the FIN leaves in the same segment as the last bytes (a
+//! and a read stops short, the pump reads once more before writing: if that
+//! returns 0, it writes the bytes with `MSG_MORE` (Linux) and passes the EOF
+//! at once, so the FIN leaves in the same segment as the last bytes (a
 //! server's reply followed by its close costs one segment and one ACK, not
-//! two of each). An error in either direction ends the connection.
+//! two of each). An error in either direction ends the connection, after
+//! the bytes read before it are passed on.
 //! Both pumps run in the connection's task next to an idle timer. Progress
 //! bumps a counter (no clock read on the data path); the timer checks it
 //! every quarter of `idle_timeout` and closes the connection after four quiet
@@ -269,27 +270,45 @@ async fn pump(
                 continue;
             }
         };
-        let drained = n < buf.len();
-        // The peer's FIN had arrived before this read and the read drained
-        // everything ahead of it: the next read would return EOF. (A reset
-        // also reports read-closed, but with write-closed too.)
-        let eof_next = drained && {
-            let seen = ready.ready();
-            seen.is_read_closed() && !seen.is_write_closed()
+        let (n, next) = if n < buf.len() && ready.ready().is_read_closed() {
+            // The peer's FIN has arrived and the read stopped short: one
+            // more read tells whether these bytes are the last (it returns
+            // 0) before they are written. (A short read is not proof: a
+            // read also stops at an urgent mark, and a reset's error comes
+            // only after the bytes ahead of it.)
+            let more = ready.try_io(|stream| {
+                let mut stream = stream.get_ref();
+                stream.read(&mut buf[n..])
+            });
+            match more {
+                Ok(Ok(0)) => (n, Next::Eof),
+                Ok(Ok(more)) => (n + more, Next::Data),
+                Ok(Err(error)) if error.kind() != io::ErrorKind::Interrupted => {
+                    drop(ready);
+                    progress.fetch_add(1, Ordering::Relaxed);
+                    write_all(dst, &buf[..n], progress, Next::Data).await?;
+                    counter.inc_by(n as u64);
+                    return Err(error);
+                }
+                // Interrupted, or nothing more yet: the loop's next read
+                // finds out.
+                Ok(Err(_)) | Err(_) => (n, Next::Data),
+            }
+        } else {
+            (n, Next::Data)
         };
+        let drained = n < buf.len();
         if drained {
             ready.clear_ready();
         }
         drop(ready);
         progress.fetch_add(1, Ordering::Relaxed);
-        if eof_next {
-            write_all(dst, &buf[..n], progress, Next::Eof).await?;
-            counter.inc_by(n as u64);
+        write_all(dst, &buf[..n], progress, next).await?;
+        counter.inc_by(n as u64);
+        if next == Next::Eof {
             pass_eof(dst, one_eof_passed);
             return Ok(());
         }
-        write_all(dst, &buf[..n], progress, Next::Data).await?;
-        counter.inc_by(n as u64);
         if drained {
             buffer = None;
             continue;
@@ -311,10 +330,11 @@ async fn pump(
 enum Next {
     /// Waits for more data.
     Data,
-    /// Passes the source's EOF on. The write is sent with `MSG_MORE`, so the
-    /// kernel holds its last partial segment for the FIN that follows at
-    /// once: data and FIN travel in one segment, and the peer acknowledges
-    /// both with one ACK.
+    /// Passes the source's EOF on. On Linux the write is sent with
+    /// `MSG_MORE`, so the kernel holds its last partial segment for the FIN
+    /// that follows at once (a `shutdown`, or the close for a second EOF):
+    /// data and FIN travel in one segment, and the peer acknowledges both
+    /// with one ACK.
     Eof,
 }
 
@@ -450,17 +470,7 @@ mod tests {
         let (dst, mut dst_peer) = connected_pair();
         src_peer.write_all(b"reply").expect("peer sends");
         src_peer.shutdown(Shutdown::Write).expect("peer sends FIN");
-        tokio::time::timeout(Duration::from_secs(5), async {
-            loop {
-                let mut ready = src.readable().await.expect("readable");
-                if ready.ready().is_read_closed() {
-                    break;
-                }
-                ready.clear_ready();
-            }
-        })
-        .await
-        .expect("the FIN arrives");
+        wait_read_closed(&src).await;
         let before = segments_received(&dst_peer);
 
         let counter = IntCounter::new("bytes", "bytes").expect("counter");
@@ -478,6 +488,73 @@ mod tests {
             1,
             "the FIN rides on the data segment"
         );
+    }
+
+    /// Waits until `src` has seen its peer's FIN or reset.
+    async fn wait_read_closed(src: &Connection) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                let mut ready = src.readable().await.expect("readable");
+                if ready.ready().is_read_closed() {
+                    break;
+                }
+                ready.clear_ready();
+            }
+        })
+        .await
+        .expect("the FIN or reset arrives");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn on_the_second_eof_the_held_bytes_leave_with_the_close() {
+        let (src, mut src_peer) = connected_pair();
+        let (dst, mut dst_peer) = connected_pair();
+        src_peer.write_all(b"reply").expect("peer sends");
+        src_peer.shutdown(Shutdown::Write).expect("peer sends FIN");
+        wait_read_closed(&src).await;
+        let before = segments_received(&dst_peer);
+
+        let counter = IntCounter::new("bytes", "bytes").expect("counter");
+        let (progress, one_eof_passed) = (AtomicU64::new(0), AtomicBool::new(true));
+        pump(&src, &dst, &counter, &progress, &one_eof_passed)
+            .await
+            .expect("pump");
+        drop(dst);
+
+        let mut received = Vec::new();
+        dst_peer
+            .read_to_end(&mut received)
+            .expect("data, then a FIN rather than a reset");
+        assert_eq!(received, b"reply");
+        assert_eq!(segments_received(&dst_peer) - before, 1);
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_data_passes_the_data_on_and_ends_in_the_error() {
+        let (src, mut src_peer) = connected_pair();
+        let (dst, mut dst_peer) = connected_pair();
+        src_peer.write_all(b"partial").expect("peer sends");
+        socket2::SockRef::from(&src_peer)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger 0");
+        drop(src_peer); // a reset, not a FIN
+        wait_read_closed(&src).await;
+
+        let counter = IntCounter::new("bytes", "bytes").expect("counter");
+        let (progress, one_eof_passed) = (AtomicU64::new(0), AtomicBool::new(false));
+        let error = pump(&src, &dst, &counter, &progress, &one_eof_passed)
+            .await
+            .expect_err("the reset is an error, not an EOF");
+        assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(counter.get(), 7);
+        assert!(!one_eof_passed.load(Ordering::Relaxed), "no FIN passed on");
+        dst_peer.set_nonblocking(true).expect("non-blocking");
+        let mut buf = [0u8; 16];
+        assert_eq!(dst_peer.read(&mut buf).expect("the bytes arrived"), 7);
+        assert_eq!(&buf[..7], b"partial");
+        let pending = dst_peer.read(&mut buf).expect_err("no FIN yet");
+        assert_eq!(pending.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[tokio::test]

@@ -186,21 +186,21 @@ pub async fn accept_loop(
         match ready.try_io(|listener| accept_nonblocking(listener.get_ref())) {
             Ok(Ok((stream, peer))) => {
                 backoff = ACCEPT_BACKOFF_MIN;
-                let stream = match fd::register_connection(stream) {
-                    Ok(stream) => stream,
+                match fd::register_connection(stream) {
+                    Ok(stream) => {
+                        ctx.connections.spawn(serve_connection(
+                            stream,
+                            peer,
+                            listen_addr,
+                            route,
+                            lane,
+                            permit,
+                        ));
+                    }
                     Err(error) => {
                         warn!(%listen_addr, %peer, %error, "cannot register accepted connection");
-                        continue;
                     }
-                };
-                ctx.connections.spawn(serve_connection(
-                    stream,
-                    peer,
-                    listen_addr,
-                    route,
-                    lane,
-                    permit,
-                ));
+                }
                 accepted_in_a_row += 1;
                 if accepted_in_a_row == ACCEPT_BATCH {
                     // Let the connections just accepted start, and the
