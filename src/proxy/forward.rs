@@ -270,6 +270,8 @@ async fn pump(
                 continue;
             }
         };
+        // An error the confirming read below hit after these bytes.
+        let mut error_after = None;
         let (n, next) = if n < buf.len() && ready.ready().is_read_closed() {
             // The peer's FIN has arrived and the read stopped short: one
             // more read tells whether these bytes are the last (it returns
@@ -284,11 +286,8 @@ async fn pump(
                 Ok(Ok(0)) => (n, Next::Eof),
                 Ok(Ok(more)) => (n + more, Next::Data),
                 Ok(Err(error)) if error.kind() != io::ErrorKind::Interrupted => {
-                    drop(ready);
-                    progress.fetch_add(1, Ordering::Relaxed);
-                    write_all(dst, &buf[..n], progress, Next::Data).await?;
-                    counter.inc_by(n as u64);
-                    return Err(error);
+                    error_after = Some(error);
+                    (n, Next::Data)
                 }
                 // Interrupted, or nothing more yet: the loop's next read
                 // finds out.
@@ -305,6 +304,9 @@ async fn pump(
         progress.fetch_add(1, Ordering::Relaxed);
         write_all(dst, &buf[..n], progress, next).await?;
         counter.inc_by(n as u64);
+        if let Some(error) = error_after {
+            return Err(error);
+        }
         if next == Next::Eof {
             pass_eof(dst, one_eof_passed);
             return Ok(());
@@ -463,9 +465,13 @@ mod tests {
         unsafe { info.assume_init() }.tcpi_segs_in
     }
 
+    /// Pumps `reply` and its peer's FIN, both arrived before the pump
+    /// starts, as the first or the second EOF of a connection (for the
+    /// second, the destination is closed right after, as the connection
+    /// does). Returns what the destination's peer read up to the FIN, the
+    /// segments that brought it, and the bytes the pump counted.
     #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn bytes_read_together_with_the_eof_leave_in_one_segment_with_the_fin() {
+    async fn pump_reply_and_fin(second_eof: bool) -> (Vec<u8>, u32, u64) {
         let (src, mut src_peer) = connected_pair();
         let (dst, mut dst_peer) = connected_pair();
         src_peer.write_all(b"reply").expect("peer sends");
@@ -474,20 +480,32 @@ mod tests {
         let before = segments_received(&dst_peer);
 
         let counter = IntCounter::new("bytes", "bytes").expect("counter");
-        let (progress, one_eof_passed) = (AtomicU64::new(0), AtomicBool::new(false));
+        let (progress, one_eof_passed) = (AtomicU64::new(0), AtomicBool::new(second_eof));
         pump(&src, &dst, &counter, &progress, &one_eof_passed)
             .await
             .expect("pump");
+        if second_eof {
+            drop(dst);
+        }
 
         let mut received = Vec::new();
-        dst_peer.read_to_end(&mut received).expect("data, then EOF");
-        assert_eq!(received, b"reply");
-        assert_eq!(counter.get(), 5);
-        assert_eq!(
+        dst_peer
+            .read_to_end(&mut received)
+            .expect("data, then a FIN rather than a reset");
+        (
+            received,
             segments_received(&dst_peer) - before,
-            1,
-            "the FIN rides on the data segment"
-        );
+            counter.get(),
+        )
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn bytes_read_together_with_the_eof_leave_in_one_segment_with_the_fin() {
+        let (received, segments, counted) = pump_reply_and_fin(false).await;
+        assert_eq!(received, b"reply");
+        assert_eq!(counted, 5);
+        assert_eq!(segments, 1, "the FIN rides on the data segment");
     }
 
     /// Waits until `src` has seen its peer's FIN or reset.
@@ -508,26 +526,10 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn on_the_second_eof_the_held_bytes_leave_with_the_close() {
-        let (src, mut src_peer) = connected_pair();
-        let (dst, mut dst_peer) = connected_pair();
-        src_peer.write_all(b"reply").expect("peer sends");
-        src_peer.shutdown(Shutdown::Write).expect("peer sends FIN");
-        wait_read_closed(&src).await;
-        let before = segments_received(&dst_peer);
-
-        let counter = IntCounter::new("bytes", "bytes").expect("counter");
-        let (progress, one_eof_passed) = (AtomicU64::new(0), AtomicBool::new(true));
-        pump(&src, &dst, &counter, &progress, &one_eof_passed)
-            .await
-            .expect("pump");
-        drop(dst);
-
-        let mut received = Vec::new();
-        dst_peer
-            .read_to_end(&mut received)
-            .expect("data, then a FIN rather than a reset");
+        let (received, segments, counted) = pump_reply_and_fin(true).await;
         assert_eq!(received, b"reply");
-        assert_eq!(segments_received(&dst_peer) - before, 1);
+        assert_eq!(counted, 5);
+        assert_eq!(segments, 1, "the close's FIN rides on the data segment");
     }
 
     #[tokio::test]

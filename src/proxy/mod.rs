@@ -70,8 +70,8 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Connections an accept loop takes in a row before it yields to the
-/// connections already being served.
+/// An accept loop yields to the connections already being served after
+/// every this many accepts.
 const ACCEPT_BATCH: u32 = 8;
 
 /// Options for a listening socket.
@@ -140,7 +140,7 @@ pub struct ProxyContext {
 /// The loop waits until a connection is pending, then takes a place from the
 /// service's limit, then accepts. Waiting for readiness first means that a
 /// service with several listeners never parks places in idle accept loops.
-/// After `ACCEPT_BATCH` accepts in a row the loop yields, so that on a proxy
+/// After every `ACCEPT_BATCH`-th accept the loop yields, so that on a proxy
 /// thread a burst of new clients does not starve the connections already
 /// being served. It does not yield after every accept: on tokio's
 /// single-threaded runtime each yield costs an `epoll_wait` that a busy
@@ -160,7 +160,7 @@ pub async fn accept_loop(
         }
     };
     let mut backoff = ACCEPT_BACKOFF_MIN;
-    let mut accepted_in_a_row = 0;
+    let mut accepted: u32 = 0;
     loop {
         let mut ready = tokio::select! {
             ready = listener.readable() => match ready {
@@ -201,11 +201,10 @@ pub async fn accept_loop(
                         warn!(%listen_addr, %peer, %error, "cannot register accepted connection");
                     }
                 }
-                accepted_in_a_row += 1;
-                if accepted_in_a_row == ACCEPT_BATCH {
+                accepted = accepted.wrapping_add(1);
+                if accepted % ACCEPT_BATCH == 0 {
                     // Let the connections just accepted start, and the
                     // event loop run, before the next accept.
-                    accepted_in_a_row = 0;
                     tokio::task::yield_now().await;
                 }
             }
@@ -217,12 +216,10 @@ pub async fn accept_loop(
                     () = stop.cancelled() => return,
                 }
                 backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                accepted_in_a_row = 0;
             }
             // Nothing was pending after all (another waker, or the client
-            // gave up); readiness is cleared and the place given back. The
-            // wait for the next connection lets the others run.
-            Err(_would_block) => accepted_in_a_row = 0,
+            // gave up); readiness is cleared and the place given back.
+            Err(_would_block) => {}
         }
     }
 }
