@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use lb_config::Algorithm;
-use lbmesh::balance::{Backend, BackendSet, PickContext};
-use lbmesh::metrics::BackendMetrics;
+use lbmesh_proxy::balance::{Backend, BackendSet, PickContext};
+use lbmesh_proxy::metrics::BackendMetrics;
 
 const ALGORITHMS: [Algorithm; 5] = [
     Algorithm::RoundRobin,

@@ -4,7 +4,7 @@
 //!
 //! | method | path | answer |
 //! |---|---|---|
-//! | GET | `/metrics` | Prometheus text format (see `metrics` for the list) |
+//! | GET | `/metrics` | Prometheus text format (see `metrics` and `lbmesh_proxy::metrics` for the list) |
 //! | GET | `/live` | `200 ok` while the process runs |
 //! | GET | `/ready` | `200 ready` once listeners are bound; `503 not ready` before and while shutting down |
 //!
@@ -29,12 +29,13 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-use crate::metrics::Metrics;
-use crate::routing::RoutingTable;
+use lbmesh_proxy::routing::RoutingTable;
+
+use crate::metrics::DaemonMetrics;
 
 /// What the admin routes read.
 pub struct AdminState {
-    pub metrics: Arc<Metrics>,
+    pub metrics: Arc<DaemonMetrics>,
     pub table: Arc<ArcSwap<RoutingTable>>,
     /// Set once the proxy serves; cleared when shutdown begins.
     pub ready: AtomicBool,

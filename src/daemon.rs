@@ -14,28 +14,26 @@
 //! # Flow
 //!
 //! ```text
-//! start:   services ─> build RoutingTable ─> bind every listen address (one
-//!          descriptor per proxy thread) and the admin API
+//! start:   services ─> ServiceRoutes (routes) ─> Proxy::apply (binds every listen
+//!          address, one descriptor per proxy thread) ─> bind the admin API
 //!          (any failure: nothing is left running, the error names what failed)
-//!          ─> one accept loop per proxy thread and address, the admin server
-//!          on the control runtime ─> ready
-//! change:  services ─> build table (reusing backend state) ─> bind new addresses
-//!          ─> store the table (one ArcSwap store) ─> stop loops of removed addresses
-//!          (any failure before the store: the running table keeps serving;
-//!          moving a port between 0.0.0.0 and a specific IP of the same family
-//!          in one change fails this way, as the old socket still holds it)
+//!          ─> the admin server on the control runtime ─> ready
+//! change:  services ─> ServiceRoutes ─> Proxy::apply (reusing backend state; on
+//!          a bind failure the running table keeps serving)
 //! stop:    not ready ─> stop accepting (listeners close, new connects are refused)
 //!          ─> wait for open connections up to the grace deadline ─> stop admin
 //!          ─> stop the registry ─> stop the proxy threads (what is still open closes)
 //! ```
 //!
-//! Connections live on the proxy threads ([`ProxyWorkers`]); everything
-//! else (admin API, registry, scheduler, agent) runs on the runtime that
-//! called [`Daemon::start`].
+//! Connections live on the proxy threads (see [`lbmesh_proxy::workers`]);
+//! everything else (admin API, registry, scheduler, agent) runs on the
+//! runtime that called [`Daemon::start`].
 //!
-//! SIGTERM and SIGINT share the stop path.
+//! [`Daemon::run`] takes the process's requests as a reload channel and a
+//! shutdown future: the binary maps SIGHUP onto the first and SIGTERM and
+//! SIGINT onto the second, and tests hold the triggers themselves.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,24 +41,22 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use lb_config::{ConfigError, ConfigFile, Node, Service};
+use lb_config::{ConfigError, ConfigFile, Node};
+use lbmesh_proxy::discovery::ServiceRoutes;
+use lbmesh_proxy::listeners::{bind_listener, ListenOptions};
+use lbmesh_proxy::{ApplyError, Proxy};
 use raft_state::registry::RegistryNode;
 use raft_state::store::Applied;
 use tokio::net::TcpListener;
-use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
-use crate::metrics::Metrics;
-use crate::proxy::workers::ProxyWorkers;
-use crate::proxy::{self, ListenOptions, ProxyContext};
-use crate::routing::{RoutedService, RoutingTable};
+use crate::metrics::DaemonMetrics;
+use crate::routes::{file_routes, registry_routes};
 use crate::scheduler::{self, SchedulerSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,18 +65,14 @@ pub enum DaemonError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error("cannot listen on {addr} for service {service:?}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        service: String,
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] ApplyError),
     #[error("api_addr: cannot listen on {addr} for the admin API: {source}")]
     AdminBind { addr: SocketAddr, source: io::Error },
-    #[error("cannot install signal handlers: {0}")]
-    Signals(io::Error),
     #[error("cannot start the proxy threads: {0}")]
     Workers(io::Error),
+    #[error("cannot register the metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Where the services come from.
@@ -98,41 +90,15 @@ enum Source {
 pub struct Daemon {
     source: Source,
     node: Node,
-    metrics: Arc<Metrics>,
-    table: Arc<ArcSwap<RoutingTable>>,
-    /// One stop token per bound listen address.
-    listeners: HashMap<SocketAddr, CancellationToken>,
-    /// Parent of every listener's token.
-    stop_accepting: CancellationToken,
+    metrics: Arc<DaemonMetrics>,
+    /// The data plane; dropped last, which closes whatever connection
+    /// outlived the shutdown grace.
+    proxy: Proxy,
     stop_admin: CancellationToken,
-    connections: TaskTracker,
     admin: Arc<AdminState>,
     api_addr: SocketAddr,
-    /// Installed before the daemon reports ready, so a signal that arrives
-    /// right after is handled rather than killing the process.
-    signals: Signals,
     /// Stops the scheduler and the agent (cluster mode).
     stop_control: CancellationToken,
-    /// The threads that accept and serve connections; dropped last, which
-    /// closes whatever connection outlived the shutdown grace.
-    workers: ProxyWorkers,
-}
-
-struct Signals {
-    hangup: Signal,
-    terminate: Signal,
-    interrupt: Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Self, DaemonError> {
-        let install = |kind| signal(kind).map_err(DaemonError::Signals);
-        Ok(Self {
-            hangup: install(SignalKind::hangup())?,
-            terminate: install(SignalKind::terminate())?,
-            interrupt: install(SignalKind::interrupt())?,
-        })
-    }
 }
 
 /// Options of cluster mode.
@@ -149,49 +115,12 @@ pub struct ClusterOptions {
     pub proxy_threads: usize,
 }
 
-/// The services of a registry state, ready to route. In cluster mode a
-/// service's `listen` field is ignored: every node binds its own ingress
-/// address.
-fn registry_services(applied: &Applied) -> Vec<RoutedService> {
-    applied
-        .state
-        .services
-        .values()
-        .filter_map(|record| match record.spec.validate() {
-            Ok(mut service) => {
-                service.listen.clear();
-                let tasks = applied
-                    .state
-                    .tasks_of(&record.spec.name)
-                    .filter(|task| task.serves())
-                    .filter_map(|task| task.endpoint.clone())
-                    .collect();
-                Some(RoutedService {
-                    service,
-                    vip: Some(record.vip.into()),
-                    tasks,
-                })
-            }
-            Err(error) => {
-                // The registry validates every spec it stores; a spec that
-                // fails here comes from a newer lbd with other rules.
-                warn!(service = %record.spec.name, %error, "registry service skipped");
-                None
-            }
-        })
-        .collect()
-}
-
-fn file_services(services: &[Service]) -> Vec<RoutedService> {
-    services.iter().cloned().map(RoutedService::from).collect()
-}
-
 impl Daemon {
     /// Standalone mode: loads the file, binds everything and starts serving
     /// on `proxy_threads` worker threads.
     pub async fn start(config_path: &Path, proxy_threads: usize) -> Result<Self, DaemonError> {
         let config = ConfigFile::load(config_path)?;
-        let services = file_services(&config.services);
+        let services = file_routes(&config.services, config.node.ingress_addr);
         Self::serve(
             Source::File {
                 path: config_path.to_owned(),
@@ -218,7 +147,7 @@ impl Daemon {
         let (registry, started) = cluster::start(&settings, join).await?;
         let registry = Arc::new(registry);
         let changes = registry.watch();
-        let services = registry_services(&changes.borrow());
+        let services = registry_routes(&changes.borrow(), settings.ingress_addr);
         let node = Node {
             name: settings.name.clone(),
             api_addr: settings.api_addr,
@@ -264,26 +193,20 @@ impl Daemon {
     async fn serve(
         source: Source,
         node: Node,
-        services: &[RoutedService],
+        services: &[ServiceRoutes],
         registry: Option<Arc<RegistryNode>>,
         proxy_threads: usize,
     ) -> Result<Self, DaemonError> {
-        let workers = ProxyWorkers::start(proxy_threads).map_err(DaemonError::Workers)?;
-        let metrics = Arc::new(Metrics::new());
-        let table = RoutingTable::build(
-            services,
-            node.ingress_addr,
-            &RoutingTable::default(),
-            &metrics,
-        );
-        let bound = bind_new(&table, &HashMap::new(), workers.count())?;
-        let admin_listener = proxy::bind_listener(node.api_addr, ListenOptions::default())
+        let metrics = Arc::new(DaemonMetrics::new()?);
+        let mut proxy = Proxy::start(proxy_threads, Arc::clone(&metrics.proxy))
+            .map_err(DaemonError::Workers)?;
+        proxy.apply(services)?;
+        let admin_listener = bind_listener(node.api_addr, ListenOptions::default())
             .and_then(TcpListener::from_std)
             .map_err(|source| DaemonError::AdminBind {
                 addr: node.api_addr,
                 source,
             })?;
-        let signals = Signals::install()?;
         let api_addr = admin_listener
             .local_addr()
             .map_err(|source| DaemonError::AdminBind {
@@ -291,29 +214,22 @@ impl Daemon {
                 source,
             })?;
 
-        let table = Arc::new(ArcSwap::from_pointee(table));
         let admin = Arc::new(AdminState {
             metrics: Arc::clone(&metrics),
-            table: Arc::clone(&table),
+            table: proxy.table(),
             ready: false.into(),
             registry,
         });
-        let mut daemon = Daemon {
+        let daemon = Daemon {
             source,
             node,
             metrics,
-            table,
-            listeners: HashMap::new(),
-            stop_accepting: CancellationToken::new(),
+            proxy,
             stop_admin: CancellationToken::new(),
-            connections: TaskTracker::new(),
             admin: Arc::clone(&admin),
             api_addr,
-            signals,
             stop_control: CancellationToken::new(),
-            workers,
         };
-        daemon.spawn_accept_loops(bound);
         let stop_admin = daemon.stop_admin.clone();
         tokio::spawn(admin::run(admin_listener, admin, async move {
             stop_admin.cancelled().await
@@ -322,7 +238,7 @@ impl Daemon {
         info!(
             node = %daemon.node.name,
             services = services.len(),
-            listeners = daemon.listeners.len(),
+            listeners = daemon.proxy.listener_count(),
             api = %daemon.api_addr,
             "lbd serving"
         );
@@ -347,96 +263,62 @@ impl Daemon {
                 if config.node != self.node {
                     warn!("[node] settings changed; they take effect when lbd restarts");
                 }
-                self.apply(&file_services(&config.services))
+                self.apply(&file_routes(&config.services, self.node.ingress_addr))
             });
         self.metrics.reload_finished(result.is_ok());
         result
     }
 
     /// Routes `services`: the new table replaces the old in one store.
-    fn apply(&mut self, services: &[RoutedService]) -> Result<(), DaemonError> {
-        let previous = self.table.load_full();
-        let table = RoutingTable::build(services, self.node.ingress_addr, &previous, &self.metrics);
-        let bound = match bind_new(&table, &self.listeners, self.workers.count()) {
-            Ok(bound) => bound,
-            Err(error) => {
-                table.abandon(&previous, &self.metrics);
-                return Err(error);
-            }
-        };
-        let table = Arc::new(table);
-        self.table.store(Arc::clone(&table));
-        table.commit(&previous, services, &self.metrics);
-
-        let wanted: Vec<SocketAddr> = table.listen_addrs().map(|(addr, _)| addr).collect();
-        self.listeners.retain(|addr, stop| {
-            let keep = wanted.contains(addr);
-            if !keep {
-                info!(%addr, "listener closed");
-                stop.cancel();
-            }
-            keep
-        });
-        self.spawn_accept_loops(bound);
+    fn apply(&mut self, services: &[ServiceRoutes]) -> Result<(), DaemonError> {
+        self.proxy.apply(services)?;
         info!(
             services = services.len(),
-            listeners = self.listeners.len(),
+            listeners = self.proxy.listener_count(),
             "routing table updated"
         );
         Ok(())
     }
 
-    /// Starts one accept loop per worker on each newly bound address.
-    fn spawn_accept_loops(&mut self, bound: Vec<(SocketAddr, Vec<std::net::TcpListener>)>) {
-        let ctx = ProxyContext {
-            table: Arc::clone(&self.table),
-            connections: self.connections.clone(),
-        };
-        for (addr, listeners) in bound {
-            let stop = self.stop_accepting.child_token();
-            self.listeners.insert(addr, stop.clone());
-            info!(%addr, "listening");
-            let lane = proxy::next_lane();
-            for (worker, listener) in listeners.into_iter().enumerate() {
-                self.workers.spawn_on(
-                    worker,
-                    proxy::accept_loop(listener, addr, lane, ctx.clone(), stop.clone()),
-                );
-            }
-        }
-    }
-
     /// Waits for the next registry change (never resolves in standalone mode).
-    async fn registry_changed(source: &mut Source) -> Option<Vec<RoutedService>> {
+    async fn registry_changed(
+        source: &mut Source,
+        ingress_addr: std::net::IpAddr,
+    ) -> Option<Vec<ServiceRoutes>> {
         match source {
             Source::Registry { changes, .. } => {
                 if changes.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
-                Some(registry_services(&changes.borrow_and_update()))
+                Some(registry_routes(&changes.borrow_and_update(), ingress_addr))
             }
             Source::File { .. } => std::future::pending().await,
         }
     }
 
-    /// Serves until SIGTERM or SIGINT, reloading on SIGHUP and routing every
-    /// registry change, then shuts down gracefully within `shutdown_grace`.
-    pub async fn run(mut self) -> Result<(), DaemonError> {
+    /// Serves until `shutdown` resolves, reloading the config file on each
+    /// message of `reload_requests` and routing every registry change, then
+    /// shuts down gracefully within `shutdown_grace`.
+    pub async fn run(
+        mut self,
+        mut reload_requests: mpsc::Receiver<()>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
+        tokio::pin!(shutdown);
+        let ingress_addr = self.node.ingress_addr;
         loop {
             tokio::select! {
-                _ = self.signals.hangup.recv() => {
-                    info!("SIGHUP: reloading");
+                Some(()) = reload_requests.recv() => {
                     if let Err(error) = self.reload() {
                         error!(%error, "reload rejected; the running configuration keeps serving");
                     }
                 }
-                Some(services) = Self::registry_changed(&mut self.source) => {
+                Some(services) = Self::registry_changed(&mut self.source, ingress_addr) => {
                     if let Err(error) = self.apply(&services) {
                         error!(%error, "registry change not routed; the running table keeps serving");
                     }
                 }
-                _ = self.signals.terminate.recv() => { info!("SIGTERM: shutting down"); break; }
-                _ = self.signals.interrupt.recv() => { info!("SIGINT: shutting down"); break; }
+                () = &mut shutdown => break,
             }
         }
         let grace = self.node.shutdown_grace;
@@ -451,72 +333,12 @@ impl Daemon {
         self.admin.ready.store(false, Ordering::Relaxed);
         // Tasks keep running; the next start adopts them.
         self.stop_control.cancel();
-        self.stop_accepting.cancel();
-        self.connections.close();
-        let open = self.connections.len();
-        if open > 0 {
-            info!(open, ?grace, "waiting for open connections");
-        }
-        let drained = tokio::time::timeout(grace, self.connections.wait())
-            .await
-            .is_ok();
-        if !drained {
-            warn!(
-                open = self.connections.len(),
-                "shutdown deadline passed; closing the remaining connections"
-            );
-        }
+        self.proxy.stop_accepting();
+        let drained = self.proxy.drain(grace).await;
         self.stop_admin.cancel();
         if let Source::Registry { node, .. } = &self.source {
             node.shutdown().await;
         }
         drained
     }
-}
-
-/// Binds every address of `table` that has no listener yet and returns
-/// `copies` (at least one) descriptors of each socket, one per proxy worker. All or
-/// nothing for published ports: on the first failure the sockets bound so
-/// far are closed again. A VIP that cannot be bound (a port below 1024
-/// without the privilege, say) is logged and skipped: it must not keep the
-/// published ports from being served.
-fn bind_new(
-    table: &RoutingTable,
-    existing: &HashMap<SocketAddr, CancellationToken>,
-    copies: usize,
-) -> Result<Vec<(SocketAddr, Vec<std::net::TcpListener>)>, DaemonError> {
-    let mut bound = Vec::new();
-    for (addr, service) in table.listen_addrs() {
-        if existing.contains_key(&addr) {
-            continue;
-        }
-        let vip = table.is_shared(&addr);
-        let options = ListenOptions {
-            reuse_port: vip,
-            ..ListenOptions::default()
-        };
-        // One socket, one descriptor per worker: every worker's event loop
-        // hears of a pending connection and the first free one takes it.
-        let listeners = proxy::bind_listener(addr, options).and_then(|listener| {
-            let mut listeners = (1..copies)
-                .map(|_| listener.try_clone())
-                .collect::<io::Result<Vec<_>>>()?;
-            listeners.push(listener);
-            Ok(listeners)
-        });
-        match listeners {
-            Ok(listeners) => bound.push((addr, listeners)),
-            Err(error) if vip => {
-                warn!(%addr, service, %error, "cannot bind the service's VIP; skipped");
-            }
-            Err(source) => {
-                return Err(DaemonError::Bind {
-                    addr,
-                    service: service.to_owned(),
-                    source,
-                })
-            }
-        }
-    }
-    Ok(bound)
 }

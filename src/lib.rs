@@ -1,52 +1,39 @@
-//! lbmesh: a Layer-4 load balancer and routing mesh for container clusters.
+//! lbmesh: the daemon `lbd`, which wires the data plane, the registry, the
+//! scheduler and the agent of a Layer-4 routing mesh together.
 //!
 //! # Layout and data flow
 //!
 //! ```text
-//! config file ─> lb_config::Config ─> routing::RoutingTable ──ArcSwap──> proxy accept loops
-//!                  (daemon: start, SIGHUP reload, SIGTERM stop)            │ pick (balance)
-//!                                                                          ▼
-//!                              admin (/metrics /live /ready) <─ metrics <─ connections ─> backends
+//! config file ─┐                                     ┌─> lbmesh_proxy::Proxy::apply ─> listeners, accept loops
+//!              ├─ routes: services → ServiceRoutes ──┤       (pick, connect, forward on the proxy threads)
+//! registry ────┘   (daemon: start, reload, stop)     └─> admin (/metrics /live /ready, /v1 api)
+//!    │
+//!    ├──> scheduler (acts on the leader only): services → tasks on nodes, node liveness,
+//!    │        restarts, rolling updates ──> Schedule entries
+//!    └──> agent (every node): its tasks → runtime (docker | process), health checks
+//!             ──> ReportTask entries; heartbeats to the leader (not through the log)
 //! ```
 //!
-//! - [`daemon`] owns the lifecycle: it builds a [`routing::RoutingTable`] from
-//!   the checked config, binds listeners, swaps the table on reload and drives
-//!   graceful shutdown.
-//! - [`routing`] turns services into immutable routes keyed by listen address
-//!   and carries long-lived backend and service state across snapshots.
-//! - [`balance`] holds the backend set and the lock-free pickers.
-//! - [`proxy`] accepts, connects with retry and passive ejection, writes the
-//!   PROXY header, resends a request a backend closed unanswered (when the
-//!   service asks for it) and forwards bytes, on one thread per core
-//!   ([`proxy::workers`]); the control plane has a runtime of its own.
-//! - [`metrics`] and [`admin`] expose what happens.
-//!
-//! In cluster mode the services come from the registry instead of a file
-//! ([`cluster`], [`api`], [`ctl`]), and two control loops run on every node:
-//!
-//! ```text
-//! registry ──> scheduler (acts on the leader only): services → tasks on nodes, node liveness,
-//!                  restarts, rolling updates ──> Schedule entries
-//!          ──> agent (every node): its tasks → runtime (docker | process), health checks
-//!                  ──> ReportTask entries; heartbeats to the leader (not through the log)
-//!          ──> routing: running, healthy tasks of every node become backends
-//! ```
-//!
-//! - [`scheduler`] plans each round as a pure function of the registry.
-//! - [`agent`] runs and reports this node's tasks through its runtimes.
-//!
-//! The hot path only `load()`s the table; everything that changes builds a new
-//! table off to the side and stores it once.
+//! - [`daemon`] owns the lifecycle: where services come from (a file in
+//!   standalone mode, the registry in cluster mode), the data plane that
+//!   serves them, the admin server, and graceful shutdown.
+//! - [`routes`] turns services (and their serving tasks) into the data
+//!   plane's one input type, [`lbmesh_proxy::discovery::ServiceRoutes`].
+//! - [`metrics`] is the daemon's registry: the data plane's families and
+//!   the control plane's; [`admin`] serves them with `/live` and `/ready`.
+//! - [`cluster`] starts (bootstraps, joins, rejoins) the registry; [`api`]
+//!   serves its `/v1` routes.
+//! - [`scheduler`] plans each round as a pure function of the registry;
+//!   [`agent`] runs and reports this node's tasks through its runtimes.
 #![deny(unsafe_code)]
 
 pub mod admin;
 pub mod agent;
 pub mod api;
-pub mod balance;
 pub mod cluster;
 pub mod ctl;
 pub mod daemon;
+pub mod defaults;
 pub mod metrics;
-pub mod proxy;
-pub mod routing;
+pub mod routes;
 pub mod scheduler;

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use common::*;
 use lb_config::Algorithm;
-use lbmesh::balance::{Backend, BackendSet, PickContext, MAGLEV_TABLE_SIZE};
-use lbmesh::metrics::BackendMetrics;
+use lbmesh_proxy::balance::{Backend, BackendSet, PickContext, MAGLEV_TABLE_SIZE};
+use lbmesh_proxy::metrics::BackendMetrics;
 use tokio::net::TcpStream;
 
 async fn backends(n: usize, behavior: Behavior) -> Vec<TestBackend> {

@@ -167,7 +167,7 @@ async fn parse_proxy_header(listener: TcpListener) -> (SocketAddr, SocketAddr) {
         (source, destination)
     } else {
         stream.read_exact(&mut first[5..]).await.expect("read v2");
-        assert_eq!(&first[..12], &lbmesh::proxy::proxy_protocol::V2_SIGNATURE);
+        assert_eq!(&first[..12], &lbmesh_proxy::proxy_protocol::V2_SIGNATURE);
         assert_eq!(first[12], 0x21, "version 2, PROXY command");
         assert_eq!(first[13], 0x11, "TCP over IPv4");
         let len = u16::from_be_bytes([first[14], first[15]]) as usize;
@@ -318,4 +318,71 @@ async fn connection_cap_is_never_exceeded() {
         ),
         Some(3.0)
     );
+}
+
+/// A connection that ends in a reset counts against the side that reset it:
+/// a backend's reset is `side="backend"`, a client's is `side="client"`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_counts_as_a_forward_error_of_the_side_that_sent_it() {
+    // A backend that answers its first read with a reset.
+    let backend = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let backend_addr = backend.local_addr().expect("addr");
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            let Ok((mut stream, _)) = backend.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 16];
+            let _ = stream.read(&mut buf).await;
+            if &buf[..5] == b"reset" {
+                let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                drop(stream);
+            } else {
+                // Holds the connection until the client resets it.
+                let _ = stream.read(&mut buf).await;
+            }
+        }
+    });
+    let addr = listen_addr();
+    let lbd = TestLbd::start(&service("resets", addr, &[(backend_addr, 1)], "")).await;
+    let errors = |side: &'static str| {
+        let lbd = &lbd;
+        async move {
+            let text = lbd.metrics().await;
+            metric(
+                &text,
+                "lbmesh_forward_errors_total",
+                &[("service", "resets"), ("side", side)],
+            )
+        }
+    };
+
+    let mut by_backend = TcpStream::connect(addr).await.expect("connect");
+    by_backend.write_all(b"reset").await.expect("send");
+    let mut buf = [0u8; 1];
+    let ended = by_backend.read(&mut buf).await;
+    assert!(
+        matches!(ended, Ok(0) | Err(_)),
+        "the backend's reset ends the client's connection: {ended:?}"
+    );
+    eventually("one backend-side error", || async {
+        errors("backend").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(errors("client").await, Some(0.0));
+
+    let by_client = TcpStream::connect(addr).await.expect("connect");
+    let mut by_client = by_client.into_std().expect("std stream");
+    std::io::Write::write_all(&mut by_client, b"hold").expect("send");
+    // Give the proxy time to connect and forward before the reset.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    socket2::SockRef::from(&by_client)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger 0");
+    drop(by_client);
+    eventually("one client-side error", || async {
+        errors("client").await == Some(1.0)
+    })
+    .await;
+    assert_eq!(errors("backend").await, Some(1.0));
 }

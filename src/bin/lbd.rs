@@ -1,14 +1,19 @@
-//! `lbd`, the lbmesh daemon: parses arguments, sets up logging and the
-//! runtime, and hands over to [`lbmesh::daemon`].
+//! `lbd`, the lbmesh daemon: parses arguments, sets up logging, the
+//! runtime and the signals, and hands over to [`lbmesh::daemon`].
+//!
+//! SIGHUP asks the daemon to reload its config file; SIGTERM and SIGINT
+//! share the graceful stop path. The handlers are installed before the
+//! daemon starts, so a signal that arrives right after it is ready is
+//! handled rather than killing the process.
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+use lbmesh::defaults;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::mpsc;
 use tracing_subscriber::EnvFilter;
-
-/// Threads of the runtime that runs the control plane.
-const CONTROL_THREADS: usize = 2;
 
 /// lbmesh daemon: a Layer-4 load balancer and routing mesh.
 ///
@@ -60,7 +65,7 @@ struct Args {
     ingress_addr: Option<IpAddr>,
 
     /// VIP range of a new cluster (ignored when joining or restarting).
-    #[arg(long, value_name = "CIDR", default_value = "127.77.0.0/16", value_parser = raft_state::state::VipRange::parse)]
+    #[arg(long, value_name = "CIDR", default_value = defaults::VIP_RANGE, value_parser = raft_state::state::VipRange::parse)]
     vip_range: raft_state::state::VipRange,
 
     /// Node name [default: node-<advertise address>].
@@ -68,16 +73,16 @@ struct Args {
     name: Option<String>,
 
     /// How long SIGTERM lets open connections finish.
-    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", default_value = defaults::SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     shutdown_grace: std::time::Duration,
 
     /// How often this node tells the leader it is alive (cluster mode).
-    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_heartbeat)]
+    #[arg(long, value_name = "DURATION", default_value = defaults::HEARTBEAT_INTERVAL, value_parser = parse_heartbeat)]
     heartbeat_interval: std::time::Duration,
 
     /// How long the leader waits for a node's heartbeat before marking it
     /// down and rescheduling its tasks.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_heartbeat)]
+    #[arg(long, value_name = "DURATION", default_value = defaults::HEARTBEAT_GRACE, value_parser = parse_heartbeat)]
     heartbeat_grace: std::time::Duration,
 
     /// Proxy threads, each accepting and serving connections on its own
@@ -89,9 +94,7 @@ struct Args {
 /// A heartbeat setting: 100 ms to 10 minutes.
 fn parse_heartbeat(text: &str) -> Result<std::time::Duration, String> {
     let value = humantime::parse_duration(text).map_err(|e| e.to_string())?;
-    if !(std::time::Duration::from_millis(100)..=std::time::Duration::from_secs(600))
-        .contains(&value)
-    {
+    if !defaults::HEARTBEAT_RANGE.contains(&value) {
         return Err(format!("{text} is out of range 100ms..=10m"));
     }
     Ok(value)
@@ -144,7 +147,7 @@ fn main() -> ExitCode {
     // The control plane (admin API, registry, scheduler, agent) is light:
     // two threads serve it; the connections run on the proxy threads.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(CONTROL_THREADS)
+        .worker_threads(defaults::CONTROL_THREADS)
         .enable_all()
         .build()
     {
@@ -155,6 +158,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
+        let signals = Signals::install()?;
         let daemon = match (&args.config, cluster_options(&args, proxy_threads)) {
             (Some(config), _) => lbmesh::daemon::Daemon::start(config, proxy_threads).await?,
             (None, Some(options)) => {
@@ -166,16 +170,61 @@ fn main() -> ExitCode {
             }
             (None, None) => unreachable!("clap requires --config or --advertise-addr"),
         };
-        daemon.run().await
+        let (reload_requests, shutdown) = signals.into_requests();
+        daemon.run(reload_requests, shutdown).await?;
+        Ok::<(), anyhow::Error>(())
     });
     // Connections still open after the grace period are dropped here.
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("lbd: {error}");
+            eprintln!("lbd: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The signals lbd answers.
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        let install =
+            |kind| signal(kind).map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"));
+        Ok(Self {
+            hangup: install(SignalKind::hangup())?,
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+        })
+    }
+
+    /// SIGHUP as reload requests, SIGTERM and SIGINT as the shutdown future.
+    fn into_requests(self) -> (mpsc::Receiver<()>, impl std::future::Future<Output = ()>) {
+        let Signals {
+            mut hangup,
+            mut terminate,
+            mut interrupt,
+        } = self;
+        let (reload, reload_requests) = mpsc::channel(1);
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading");
+                // A reload already pending covers this one too.
+                let _ = reload.try_send(());
+            }
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = terminate.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = interrupt.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+        };
+        (reload_requests, shutdown)
     }
 }
 
@@ -189,21 +238,24 @@ fn cluster_options(args: &Args, proxy_threads: usize) -> Option<lbmesh::daemon::
             .clone()
             .unwrap_or_else(|| format!("node-{dashed}")),
         advertise_addr: advertise,
-        // fixed-port-ok: the documented defaults (design.md: API :9900, Raft :9901).
-        api_addr: args.api_addr.unwrap_or(SocketAddr::new(advertise, 9900)),
-        raft_addr: args.raft_addr.unwrap_or(SocketAddr::new(advertise, 9901)),
+        api_addr: args
+            .api_addr
+            .unwrap_or(SocketAddr::new(advertise, defaults::API_PORT)),
+        raft_addr: args
+            .raft_addr
+            .unwrap_or(SocketAddr::new(advertise, defaults::RAFT_PORT)),
         ingress_addr: args.ingress_addr.unwrap_or(advertise),
         data_dir: args
             .data_dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("lbmesh-data").join(advertise.to_string())),
+            .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR).join(advertise.to_string())),
         vip_range: args.vip_range,
     };
     let join = args.join.clone().map(|host| {
         let host = if host.contains(':') {
             host
         } else {
-            format!("{host}:9900") // fixed-port-ok: default API port of the node joined
+            format!("{host}:{}", defaults::API_PORT)
         };
         (host, args.token.clone().unwrap_or_default())
     });

@@ -13,10 +13,12 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use super::fd::Connection;
-use super::forward::pass_eof;
 use prometheus::IntCounter;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
+
+use crate::eof::pass_eof;
+use crate::error::PumpError;
+use crate::fd::Connection;
 
 /// Bytes moved per splice call; the kernel's default pipe capacity.
 const PIPE_CHUNK: usize = 64 * 1024;
@@ -63,7 +65,7 @@ impl Pipe {
 }
 
 /// Forwards `src` to `dst` through `pipe` until EOF (passed on by
-/// `forward::pass_eof`) or an error. Short transfers clear readiness as in
+/// [`pass_eof`]) or an error. Short transfers clear readiness as in
 /// `forward`.
 pub async fn pump(
     src: &Connection,
@@ -72,10 +74,10 @@ pub async fn pump(
     counter: &IntCounter,
     progress: &AtomicU64,
     one_eof_passed: &AtomicBool,
-) -> io::Result<()> {
+) -> Result<(), PumpError> {
     let flags = SpliceFlags::MOVE | SpliceFlags::NONBLOCK;
     loop {
-        let mut ready = src.readable().await?;
+        let mut ready = src.readable().await.map_err(PumpError::Read)?;
         let moved = ready.try_io(|stream| {
             splice(stream.get_ref(), None, &pipe.write, None, PIPE_CHUNK, flags)
                 .map_err(io::Error::from)
@@ -88,7 +90,7 @@ pub async fn pump(
             }
             Ok(Ok(n)) => n,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(PumpError::Read(e)),
             Err(_would_block) => continue,
         };
         if n < PIPE_CHUNK {
@@ -98,13 +100,13 @@ pub async fn pump(
         progress.fetch_add(1, Ordering::Relaxed);
         let mut pending = n;
         while pending > 0 {
-            let mut ready = dst.writable().await?;
+            let mut ready = dst.writable().await.map_err(PumpError::Write)?;
             let moved = ready.try_io(|stream| {
                 splice(&pipe.read, None, stream.get_ref(), None, pending, flags)
                     .map_err(io::Error::from)
             });
             match moved {
-                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(0)) => return Err(PumpError::Write(io::ErrorKind::WriteZero.into())),
                 Ok(Ok(m)) => {
                     if m < pending {
                         ready.clear_ready();
@@ -113,7 +115,7 @@ pub async fn pump(
                     progress.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(e)) => return Err(PumpError::Write(e)),
                 Err(_would_block) => {}
             }
         }

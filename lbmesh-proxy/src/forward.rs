@@ -34,14 +34,15 @@
 //! byte moved.
 
 use std::io::{self, Read};
-use std::net::Shutdown;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use prometheus::IntCounter;
 use rustix::net::{send, SendFlags};
 
-use super::fd::Connection;
+use crate::eof::pass_eof;
+use crate::error::{ForwardError, PumpError, Side};
+use crate::fd::Connection;
 
 /// Per-direction buffer: large enough that a bulk transfer on loopback moves
 /// in few syscalls, small enough that 10,000 busy connections stay under
@@ -139,14 +140,14 @@ pub async fn first_reply(
     idle_timeout: Duration,
     bytes_in: &IntCounter,
     bytes_out: &IntCounter,
-) -> io::Result<FirstReply> {
+) -> Result<FirstReply, ForwardError> {
     let progress = AtomicU64::new(0);
     let exchange = async {
         loop {
             tokio::select! {
                 biased;
                 ready = backend.readable() => {
-                    let mut ready = ready?;
+                    let mut ready = ready.map_err(|e| ForwardError::new(Side::Backend, e))?;
                     let mut reply = PooledBuffer::take();
                     let read = ready.try_io(|stream| {
                         let mut stream = stream.get_ref();
@@ -155,7 +156,9 @@ pub async fn first_reply(
                     match read {
                         Ok(Ok(n)) if n > 0 => {
                             progress.fetch_add(1, Ordering::Relaxed);
-                            write_all(client, &reply.0[..n], &progress, Next::Data).await?;
+                            write_all(client, &reply.0[..n], &progress, Next::Data)
+                                .await
+                                .map_err(|e| ForwardError::new(Side::Client, e))?;
                             bytes_out.inc_by(n as u64);
                             return Ok(FirstReply::Forward);
                         }
@@ -167,12 +170,12 @@ pub async fn first_reply(
                             return Ok(FirstReply::Unanswered);
                         }
                         Ok(Ok(_)) => return Ok(FirstReply::Forward),
-                        Ok(Err(e)) => return Err(e),
+                        Ok(Err(e)) => return Err(ForwardError::new(Side::Backend, e)),
                         Err(_would_block) => {}
                     }
                 }
                 ready = client.readable() => {
-                    let mut ready = ready?;
+                    let mut ready = ready.map_err(|e| ForwardError::new(Side::Client, e))?;
                     let start = sent.len;
                     let read = ready.try_io(|stream| {
                         let mut stream = stream.get_ref();
@@ -201,7 +204,7 @@ pub async fn first_reply(
                             }
                         }
                         Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                        Ok(Err(e)) => return Err(e),
+                        Ok(Err(e)) => return Err(ForwardError::new(Side::Client, e)),
                         Err(_would_block) => {}
                     }
                 }
@@ -219,21 +222,29 @@ fn client_finished(client: &Connection) -> bool {
     matches!(client.get_ref().peek(&mut [0u8; 1]), Ok(0))
 }
 
-/// Forwards until both directions are done, an error occurs, or the
-/// connection is idle for `idle_timeout`.
+/// Forwards until both directions are done, an error occurs (which says
+/// the side at fault), or the connection is idle for `idle_timeout`.
 pub async fn forward(
     client: &Connection,
     backend: &Connection,
     idle_timeout: Duration,
     bytes_in: &IntCounter,
     bytes_out: &IntCounter,
-) -> io::Result<Outcome> {
+) -> Result<Outcome, ForwardError> {
     let progress = AtomicU64::new(0);
     let one_eof_passed = AtomicBool::new(false);
     let both = async {
         tokio::try_join!(
-            pump(client, backend, bytes_in, &progress, &one_eof_passed),
-            pump(backend, client, bytes_out, &progress, &one_eof_passed),
+            async {
+                pump(client, backend, bytes_in, &progress, &one_eof_passed)
+                    .await
+                    .map_err(|e| ForwardError::from_pump(Side::Client, e))
+            },
+            async {
+                pump(backend, client, bytes_out, &progress, &one_eof_passed)
+                    .await
+                    .map_err(|e| ForwardError::from_pump(Side::Backend, e))
+            },
         )
     };
     tokio::select! {
@@ -248,10 +259,10 @@ async fn pump(
     counter: &IntCounter,
     progress: &AtomicU64,
     one_eof_passed: &AtomicBool,
-) -> io::Result<()> {
+) -> Result<(), PumpError> {
     let mut buffer: Option<PooledBuffer> = None;
     loop {
-        let mut ready = src.readable().await?;
+        let mut ready = src.readable().await.map_err(PumpError::Read)?;
         let buf = &mut buffer.get_or_insert_with(PooledBuffer::take).0;
         let read = ready.try_io(|stream| {
             let mut stream = stream.get_ref();
@@ -264,7 +275,7 @@ async fn pump(
             }
             Ok(Ok(n)) => n,
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(Err(e)) => return Err(e),
+            Ok(Err(e)) => return Err(PumpError::Read(e)),
             Err(_would_block) => {
                 buffer = None;
                 continue;
@@ -302,10 +313,12 @@ async fn pump(
         }
         drop(ready);
         progress.fetch_add(1, Ordering::Relaxed);
-        write_all(dst, &buf[..n], progress, next).await?;
+        write_all(dst, &buf[..n], progress, next)
+            .await
+            .map_err(PumpError::Write)?;
         counter.inc_by(n as u64);
         if let Some(error) = error_after {
-            return Err(error);
+            return Err(PumpError::Read(error));
         }
         if next == Next::Eof {
             pass_eof(dst, one_eof_passed);
@@ -316,11 +329,11 @@ async fn pump(
             continue;
         }
         #[cfg(target_os = "linux")]
-        if super::splice::enabled() {
+        if crate::splice::enabled() {
             // A full buffer means a bulk flow: move it kernel-side from now on.
             buffer = None;
-            if let Some(pipe) = super::splice::Pipe::take() {
-                return super::splice::pump(src, dst, pipe, counter, progress, one_eof_passed)
+            if let Some(pipe) = crate::splice::Pipe::take() {
+                return crate::splice::pump(src, dst, pipe, counter, progress, one_eof_passed)
                     .await;
             }
         }
@@ -393,18 +406,6 @@ pub async fn write_prelude(dst: &Connection, data: &[u8]) -> io::Result<()> {
     write_all(dst, data, &AtomicU64::new(0), Next::Data).await
 }
 
-/// Passes a pump's EOF on to `dst`. The first of the two is a half-close:
-/// no more writes to `dst`, reads from it continue (a peer that has already
-/// gone away makes the `shutdown` fail, which changes nothing). The second
-/// needs no system call: both peers have sent their FIN and both receive
-/// queues are drained, so the close that follows sends `dst` its FIN, not a
-/// reset.
-pub(super) fn pass_eof(dst: &Connection, one_eof_passed: &AtomicBool) {
-    if !one_eof_passed.swap(true, Ordering::Relaxed) {
-        let _ = dst.get_ref().shutdown(Shutdown::Write);
-    }
-}
-
 /// Resolves once `progress` has not moved for `IDLE_CHECKS` checks in a row,
 /// a quarter of `timeout` apart.
 async fn idle(progress: &AtomicU64, timeout: Duration) {
@@ -430,7 +431,7 @@ async fn idle(progress: &AtomicU64, timeout: Duration) {
 mod tests {
     use super::*;
     use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::{Shutdown, TcpListener, TcpStream};
 
     /// A registered connection and its peer's end, on loopback.
     fn connected_pair() -> (Connection, TcpStream) {
@@ -438,7 +439,7 @@ mod tests {
         let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (ours, _) = listener.accept().expect("accept");
         ours.set_nonblocking(true).expect("non-blocking");
-        let ours = crate::proxy::fd::register_connection(ours).expect("register");
+        let ours = crate::fd::register_connection(ours).expect("register");
         (ours, peer)
     }
 
@@ -548,6 +549,9 @@ mod tests {
         let error = pump(&src, &dst, &counter, &progress, &one_eof_passed)
             .await
             .expect_err("the reset is an error, not an EOF");
+        let PumpError::Read(error) = error else {
+            panic!("the reset is the source's (read) error: {error:?}");
+        };
         assert_eq!(error.kind(), io::ErrorKind::ConnectionReset);
         assert_eq!(counter.get(), 7);
         assert!(!one_eof_passed.load(Ordering::Relaxed), "no FIN passed on");

@@ -1,0 +1,222 @@
+//! One client connection, from accept to close.
+//!
+//! ```text
+//! pick ─> connect (timeout) ──refused/timeout──> eject backend, pick again (≤ retries)
+//!      ─> PROXY header (v1/v2, optional)
+//!      ─> [retry_on_empty] first reply ──closed unanswered──> resend to the next, no ejection (≤ retries)
+//!      ─> forward both ways (half-close, idle timeout) ─> close
+//! ```
+//!
+//! `retries` bounds the further backends one client connection may try,
+//! whether a connect failed or a backend closed without answering. A
+//! connection that ends in an error counts it against the side at fault
+//! (`lbmesh_forward_errors_total{side}`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tracing::debug;
+
+use crate::balance::{ActiveConnection, PickContext};
+use crate::connect::connect;
+use crate::error::{ClientFailure, ConnectFailure};
+use crate::fd::Connection;
+use crate::forward;
+use crate::limit::ConnectionPermit;
+use crate::proxy_protocol;
+use crate::routing::Route;
+
+/// Serves one client connection to its end.
+pub async fn serve_connection(
+    client: Connection,
+    peer: SocketAddr,
+    listen_addr: SocketAddr,
+    route: Arc<Route>,
+    lane: usize,
+    _permit: ConnectionPermit,
+) {
+    let service = &route.service;
+    service.metrics.active.inc();
+    let _active = scopeguard(|| service.metrics.active.dec());
+    // The address the client reached: the real IP behind a wildcard
+    // listener, asked for only by a PROXY header.
+    let local_addr = || client.get_ref().local_addr().unwrap_or(listen_addr);
+    let mut attempts_left = 1 + route.settings.retries;
+
+    let Some(mut upstream) =
+        open_upstream(&route, peer, &local_addr, lane, &mut attempts_left, &[]).await
+    else {
+        return;
+    };
+    if route.settings.retry_on_empty {
+        let mut sent = forward::SentBytes::new();
+        loop {
+            let backend = upstream.connection.backend();
+            let reply = forward::first_reply(
+                &client,
+                &upstream.stream,
+                &mut sent,
+                route.settings.idle_timeout,
+                &backend.metrics.bytes_in,
+                &backend.metrics.bytes_out,
+            )
+            .await;
+            match reply {
+                Ok(forward::FirstReply::Forward) => break,
+                Ok(forward::FirstReply::IdleTimeout) => return,
+                Ok(forward::FirstReply::Unanswered) => {
+                    // Not ejected: a request that makes backends hang up
+                    // must not take them all out. A dead backend refuses
+                    // the next connect and is ejected for that.
+                    backend.metrics.unanswered.inc();
+                    debug!(service = %service.name, %peer, backend = %backend.addr, sent = sent.as_slice().len(), "closed before answering; resending elsewhere");
+                    let Some(next) = open_upstream(
+                        &route,
+                        peer,
+                        &local_addr,
+                        lane,
+                        &mut attempts_left,
+                        sent.as_slice(),
+                    )
+                    .await
+                    else {
+                        return;
+                    };
+                    upstream = next;
+                }
+                Err(error) => {
+                    service.metrics.forward_failed(error.side);
+                    debug!(service = %service.name, %peer, backend = %backend.addr, %error, "connection ended by error");
+                    return;
+                }
+            }
+        }
+    }
+
+    let backend = upstream.connection.backend();
+    match forward::forward(
+        &client,
+        &upstream.stream,
+        route.settings.idle_timeout,
+        &backend.metrics.bytes_in,
+        &backend.metrics.bytes_out,
+    )
+    .await
+    {
+        Ok(outcome) => {
+            debug!(service = %service.name, %peer, backend = %backend.addr, ?outcome, "connection closed")
+        }
+        Err(error) => {
+            service.metrics.forward_failed(error.side);
+            debug!(service = %service.name, %peer, backend = %backend.addr, %error, "connection ended by error")
+        }
+    }
+}
+
+/// A backend connection ready to forward on.
+struct Upstream {
+    stream: Connection,
+    connection: ActiveConnection,
+}
+
+/// Connects to a backend (see [`connect_backend`]), sends the PROXY header
+/// if the service wants one, then `replay`: what the client sent to a
+/// backend that closed without answering. When the replay cannot be sent
+/// the next backend is tried. `None` means the client is closed.
+async fn open_upstream(
+    route: &Route,
+    peer: SocketAddr,
+    local_addr: &impl Fn() -> SocketAddr,
+    lane: usize,
+    attempts_left: &mut u32,
+    replay: &[u8],
+) -> Option<Upstream> {
+    loop {
+        let (stream, connection) = connect_backend(route, peer, lane, attempts_left).await?;
+        let backend = connection.backend();
+        backend.metrics.connections.inc();
+        if let Some(header) =
+            proxy_protocol::header(route.settings.proxy_protocol, peer, local_addr)
+        {
+            if let Err(error) = forward::write_prelude(&stream, header.as_bytes()).await {
+                debug!(service = %route.service.name, backend = %backend.addr, %error, "PROXY header not sent");
+                return None;
+            }
+        }
+        if replay.is_empty() {
+            return Some(Upstream { stream, connection });
+        }
+        match forward::write_prelude(&stream, replay).await {
+            Ok(()) => {
+                backend.metrics.bytes_in.inc_by(replay.len() as u64);
+                return Some(Upstream { stream, connection });
+            }
+            Err(error) => {
+                backend.metrics.unanswered.inc();
+                debug!(service = %route.service.name, backend = %backend.addr, %error, "replay not sent");
+            }
+        }
+    }
+}
+
+/// Picks a backend and connects to it; a refused or timed-out connect ejects
+/// that backend and tries another while `attempts_left` lasts. `None` means
+/// the client gets closed without a backend (counted by reason).
+async fn connect_backend(
+    route: &Route,
+    peer: SocketAddr,
+    lane: usize,
+    attempts_left: &mut u32,
+) -> Option<(Connection, ActiveConnection)> {
+    let ctx = PickContext {
+        client: peer.ip(),
+        lane,
+    };
+    while *attempts_left > 0 {
+        *attempts_left -= 1;
+        let Some(backend) = route.backends.pick(ctx) else {
+            route
+                .service
+                .metrics
+                .client_failed(ClientFailure::NoBackend);
+            return None;
+        };
+        let connection = backend.track_connection();
+        let started = std::time::Instant::now();
+        let failure = match connect(backend.addr, route.settings.connect_timeout).await {
+            Ok(stream) => {
+                backend
+                    .metrics
+                    .connect_duration
+                    .observe(started.elapsed().as_secs_f64());
+                return Some((stream, connection));
+            }
+            Err(failure) => failure,
+        };
+        backend.metrics.connect_failed(failure);
+        // A local shortage (descriptors, ephemeral ports) says nothing about
+        // the backend, so it is not ejected for it.
+        if failure != ConnectFailure::Local {
+            backend.eject(route.settings.eject_time);
+        }
+        debug!(service = %route.service.name, backend = %backend.addr, ?failure, attempts_left = *attempts_left, "connect failed");
+    }
+    route
+        .service
+        .metrics
+        .client_failed(ClientFailure::AllAttemptsFailed);
+    None
+}
+
+/// Runs `f` when dropped, whatever path leaves the scope.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}

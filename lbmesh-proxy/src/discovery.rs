@@ -1,0 +1,62 @@
+//! The data plane's input: the services to route, with their endpoints.
+//!
+//! This is the one type where discovery meets balancing. A config file or
+//! the replicated registry is turned into a list of [`ServiceRoutes`] by
+//! the daemon; [`Proxy::apply`](crate::Proxy::apply) takes the whole list
+//! and routes it. Nothing here names a task, a node or a Raft record: an
+//! endpoint is an address and a weight.
+//!
+//! ```text
+//! ServiceRoutes { name, algorithm, max_connections, settings,
+//!                 ports: [PortRoutes { listen: [ip:published..], vip: vip:target, endpoints: [addr, weight] }] }
+//! ```
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lb_config::{Algorithm, ProxyProtocol};
+
+/// One service to route.
+#[derive(Debug, Clone)]
+pub struct ServiceRoutes {
+    pub name: String,
+    pub algorithm: Algorithm,
+    /// Cap on the service's open client connections, over all its ports.
+    pub max_connections: u32,
+    pub settings: RouteSettings,
+    pub ports: Vec<PortRoutes>,
+}
+
+/// The addresses one port of a service answers on, and where it sends them.
+#[derive(Debug, Clone)]
+pub struct PortRoutes {
+    /// Bound by this node alone: the published port on each ingress address.
+    pub listen: Vec<SocketAddr>,
+    /// The service's virtual IP on the port's target port. Several nodes on
+    /// one machine share it (`SO_REUSEPORT`), and a VIP that cannot be bound
+    /// is skipped rather than failing the change.
+    pub vip: Option<SocketAddr>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// A backend address and its weight (1 unless the algorithm is weighted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+/// Per-connection settings of a service's routes.
+#[derive(Debug, Clone)]
+pub struct RouteSettings {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub proxy_protocol: ProxyProtocol,
+    /// Further connect attempts after the first one fails.
+    pub retries: u32,
+    /// How long a backend that failed a connect is skipped.
+    pub eject_time: Duration,
+    /// Replay the client's first bytes to another backend when one closes
+    /// without answering.
+    pub retry_on_empty: bool,
+}

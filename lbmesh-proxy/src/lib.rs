@@ -1,0 +1,59 @@
+//! lbmesh-proxy: lbmesh's data plane, from the services to route to the
+//! bytes moving between clients and backends.
+//!
+//! # Layout and data flow
+//!
+//! ```text
+//! [ServiceRoutes] ──Proxy::apply──> RoutingTable::build (reuses backend state) ──ArcSwap::store
+//!   (discovery)                      └─ listeners: bind new addresses, stop removed ones
+//!
+//! accept loop (one per proxy thread and address) ──> connection: load table ─> route
+//!   ─> pick (balance) ─> connect (retry, eject) ─> PROXY header ─> forward (copy | splice) ─> close
+//! ```
+//!
+//! - [`discovery`]: the one narrow input type, services with their
+//!   endpoints (address and weight). Whoever knows the services (a config
+//!   file, the registry) builds these; this crate knows nothing of either.
+//! - [`routing`]: the immutable routing table keyed by listen address, and
+//!   [`limit`], the resizable per-service connection cap.
+//! - [`balance`]: backend sets and the lock-free pickers (round-robin,
+//!   random, smooth weighted, least-connections, Maglev).
+//! - [`listeners`] binds listening sockets; [`Proxy`] owns the table, the
+//!   listeners, their accept loops and the proxy threads ([`workers`]).
+//! - `accept` and `connection` take a connection from the listen backlog to
+//!   a backend; `connect` opens backend sockets; `forward` (with `splice` on
+//!   Linux and `eof` for half-closes) moves the bytes; `fd` registers
+//!   sockets with the reactor (the crate's one `unsafe`); `tcp` holds the
+//!   socket options of both sides; [`proxy_protocol`] writes PROXY headers.
+//! - [`metrics`] holds the data plane's Prometheus families; [`error`]
+//!   says whose fault a failure was (client, backend, this node).
+//!
+//! # Invariants
+//!
+//! The hot path only `load()`s the table: everything that changes builds a
+//! new table off to the side and stores it once. A pick takes no lock and
+//! allocates nothing; per-connection metrics are resolved handles, never
+//! label look-ups.
+#![deny(unsafe_code)]
+
+mod accept;
+pub mod balance;
+mod connect;
+mod connection;
+pub mod discovery;
+mod eof;
+pub mod error;
+mod fd;
+mod forward;
+pub mod limit;
+pub mod listeners;
+pub mod metrics;
+mod proxy;
+pub mod proxy_protocol;
+pub mod routing;
+#[cfg(target_os = "linux")]
+mod splice;
+mod tcp;
+pub mod workers;
+
+pub use proxy::{ApplyError, Proxy};

@@ -1,0 +1,77 @@
+//! Listening sockets: how lbd binds an address it serves.
+//!
+//! Every socket is non-blocking, `SO_REUSEADDR` (a restarted lbd rebinds at
+//! once despite connections in TIME_WAIT), v6-only for IPv6 addresses, and
+//! carries the options accepted connections inherit (no delay, keepalive).
+//! A VIP is bound with `SO_REUSEPORT` as well, so that several nodes sharing
+//! a machine share it. [`bind_copies`] returns one descriptor per proxy
+//! thread, all for one socket.
+
+use std::io;
+use std::net::SocketAddr;
+
+use socket2::{Domain, Socket, Type};
+
+use crate::tcp::keepalive;
+
+/// Listen backlog: room for a burst of connections while the cap is reached
+/// or the accept loop is busy; the kernel clamps it to `somaxconn`.
+pub const LISTEN_BACKLOG: i32 = 4096;
+
+/// Options for a listening socket.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenOptions {
+    pub backlog: i32,
+    /// Lets several sockets (in one process or several) share the address;
+    /// the kernel spreads connections over them.
+    pub reuse_port: bool,
+}
+
+impl Default for ListenOptions {
+    fn default() -> Self {
+        Self {
+            backlog: LISTEN_BACKLOG,
+            reuse_port: false,
+        }
+    }
+}
+
+/// Binds a non-blocking listening TCP socket with `SO_REUSEADDR` (a
+/// restarted lbd rebinds at once despite connections in TIME_WAIT).
+pub fn bind_listener(
+    addr: SocketAddr,
+    options: ListenOptions,
+) -> io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if options.reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Accepted connections inherit these from the listener on Linux, which
+    // saves four setsockopt calls per client connection.
+    socket.set_tcp_nodelay(true)?;
+    socket.set_tcp_keepalive(&keepalive())?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(options.backlog)?;
+    Ok(socket.into())
+}
+
+/// Binds `addr` and returns `copies` (at least one) descriptors of the one
+/// socket, one per proxy thread: every thread's event loop hears of a
+/// pending connection and the first free one takes it.
+pub fn bind_copies(
+    addr: SocketAddr,
+    options: ListenOptions,
+    copies: usize,
+) -> io::Result<Vec<std::net::TcpListener>> {
+    let listener = bind_listener(addr, options)?;
+    let mut listeners = (1..copies)
+        .map(|_| listener.try_clone())
+        .collect::<io::Result<Vec<_>>>()?;
+    listeners.push(listener);
+    Ok(listeners)
+}

@@ -1,0 +1,323 @@
+//! The data plane's Prometheus metrics, all prefixed `lbmesh_`.
+//!
+//! [`Metrics`] registers its families on the registry it is given (the
+//! daemon's, which adds its own control-plane families and serves
+//! `/metrics`). The routing
+//! table resolves per-backend and per-service handles ([`BackendMetrics`],
+//! [`ServiceMetrics`]) when it builds a snapshot, so the per-connection path
+//! only touches atomics and never looks labels up. Label sets of backends and
+//! services that leave the configuration are removed on the next build.
+//!
+//! | metric | type | labels | meaning |
+//! |---|---|---|---|
+//! | `lbmesh_connections_total` | counter | service, backend | connections forwarded to the backend |
+//! | `lbmesh_backend_active_connections` | gauge | service, backend | connections to the backend open now |
+//! | `lbmesh_service_active_connections` | gauge | service | client connections open now (bounded by `max_connections`) |
+//! | `lbmesh_bytes_in_total` | counter | service, backend | bytes from clients to the backend |
+//! | `lbmesh_bytes_out_total` | counter | service, backend | bytes from the backend to clients |
+//! | `lbmesh_connect_errors_total` | counter | service, backend, reason | failed connects: `refused`, `timeout`, `local` (this node ran short of descriptors or ports; no ejection), `other` |
+//! | `lbmesh_connect_duration_seconds` | histogram | service, backend | time to establish a backend connection |
+//! | `lbmesh_backend_up` | gauge | service, backend | 1 when the backend is eligible, 0 while ejected |
+//! | `lbmesh_backend_ejections_total` | counter | service, backend | passive ejections after failed connects |
+//! | `lbmesh_unanswered_total` | counter | service, backend | connections the backend closed before answering, whose client bytes were resent to another backend (`retry_on_empty`) |
+//! | `lbmesh_connections_failed_total` | counter | service, reason | client connections closed without a backend: `no_backend`, `all_attempts_failed` |
+//! | `lbmesh_forward_errors_total` | counter | service, side | forwarded connections that ended in an error, by the side at fault: `client` or `backend` |
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use crate::error::{ClientFailure, ConnectFailure, Side};
+
+/// Connect durations on loopback are tens of microseconds; across a LAN,
+/// hundreds; anything over a second is a backend in trouble.
+const CONNECT_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0,
+];
+
+/// The data plane's metric families.
+pub struct Metrics {
+    connections: IntCounterVec,
+    backend_active: IntGaugeVec,
+    service_active: IntGaugeVec,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+    connect_errors: IntCounterVec,
+    connect_duration: HistogramVec,
+    backend_up: IntGaugeVec,
+    ejections: IntCounterVec,
+    unanswered: IntCounterVec,
+    failed: IntCounterVec,
+    forward_errors: IntCounterVec,
+}
+
+/// Handles for one (service, backend) pair.
+#[derive(Clone)]
+pub struct BackendMetrics {
+    pub connections: IntCounter,
+    pub active: IntGauge,
+    pub bytes_in: IntCounter,
+    pub bytes_out: IntCounter,
+    pub refused: IntCounter,
+    pub timed_out: IntCounter,
+    pub local_errors: IntCounter,
+    pub other_errors: IntCounter,
+    pub connect_duration: Histogram,
+    pub up: IntGauge,
+    pub ejections: IntCounter,
+    pub unanswered: IntCounter,
+}
+
+impl BackendMetrics {
+    /// Handles registered nowhere, for benchmarks and unit tests.
+    pub fn detached() -> Self {
+        let counter = || IntCounter::new("detached", "detached").expect("static metric name");
+        let gauge = || IntGauge::new("detached", "detached").expect("static metric name");
+        Self {
+            connections: counter(),
+            active: gauge(),
+            bytes_in: counter(),
+            bytes_out: counter(),
+            refused: counter(),
+            timed_out: counter(),
+            local_errors: counter(),
+            other_errors: counter(),
+            connect_duration: Histogram::with_opts(HistogramOpts::new("detached", "detached"))
+                .expect("static metric name"),
+            up: gauge(),
+            ejections: counter(),
+            unanswered: counter(),
+        }
+    }
+
+    pub fn connect_failed(&self, why: ConnectFailure) {
+        match why {
+            ConnectFailure::Refused => self.refused.inc(),
+            ConnectFailure::Timeout => self.timed_out.inc(),
+            ConnectFailure::Local => self.local_errors.inc(),
+            ConnectFailure::Other => self.other_errors.inc(),
+        }
+    }
+}
+
+/// Handles for one service.
+#[derive(Clone)]
+pub struct ServiceMetrics {
+    pub active: IntGauge,
+    pub no_backend: IntCounter,
+    pub all_attempts_failed: IntCounter,
+    pub client_errors: IntCounter,
+    pub backend_errors: IntCounter,
+}
+
+impl ServiceMetrics {
+    pub fn client_failed(&self, why: ClientFailure) {
+        match why {
+            ClientFailure::NoBackend => self.no_backend.inc(),
+            ClientFailure::AllAttemptsFailed => self.all_attempts_failed.inc(),
+        }
+    }
+
+    /// Counts a forwarded connection that ended in an error on `side`.
+    pub fn forward_failed(&self, side: Side) {
+        match side {
+            Side::Client => self.client_errors.inc(),
+            Side::Backend => self.backend_errors.inc(),
+        }
+    }
+}
+
+impl Metrics {
+    /// Creates the families and registers them on `registry`.
+    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let sb = &["service", "backend"];
+        let metrics = Self {
+            connections: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_connections_total",
+                    "Connections forwarded to a backend.",
+                ),
+                sb,
+            )
+            .expect("valid metric"),
+            backend_active: IntGaugeVec::new(
+                Opts::new(
+                    "lbmesh_backend_active_connections",
+                    "Connections to a backend open now.",
+                ),
+                sb,
+            )
+            .expect("valid metric"),
+            service_active: IntGaugeVec::new(
+                Opts::new(
+                    "lbmesh_service_active_connections",
+                    "Client connections of a service open now.",
+                ),
+                &["service"],
+            )
+            .expect("valid metric"),
+            bytes_in: IntCounterVec::new(
+                Opts::new("lbmesh_bytes_in_total", "Bytes from clients to a backend."),
+                sb,
+            )
+            .expect("valid metric"),
+            bytes_out: IntCounterVec::new(
+                Opts::new("lbmesh_bytes_out_total", "Bytes from a backend to clients."),
+                sb,
+            )
+            .expect("valid metric"),
+            connect_errors: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_connect_errors_total",
+                    "Failed backend connects by reason.",
+                ),
+                &["service", "backend", "reason"],
+            )
+            .expect("valid metric"),
+            connect_duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "lbmesh_connect_duration_seconds",
+                    "Time to establish a backend connection.",
+                )
+                .buckets(CONNECT_BUCKETS.to_vec()),
+                sb,
+            )
+            .expect("valid metric"),
+            backend_up: IntGaugeVec::new(
+                Opts::new(
+                    "lbmesh_backend_up",
+                    "1 when the backend is eligible for new connections, 0 while ejected.",
+                ),
+                sb,
+            )
+            .expect("valid metric"),
+            ejections: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_backend_ejections_total",
+                    "Passive ejections after failed connects.",
+                ),
+                sb,
+            )
+            .expect("valid metric"),
+            unanswered: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_unanswered_total",
+                    "Connections the backend closed before answering; the client's bytes went to another backend.",
+                ),
+                sb,
+            )
+            .expect("valid metric"),
+            failed: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_connections_failed_total",
+                    "Client connections closed without reaching a backend.",
+                ),
+                &["service", "reason"],
+            )
+            .expect("valid metric"),
+            forward_errors: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_forward_errors_total",
+                    "Forwarded connections that ended in an error, by the side at fault.",
+                ),
+                &["service", "side"],
+            )
+            .expect("valid metric"),
+        };
+        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+            Box::new(metrics.connections.clone()),
+            Box::new(metrics.backend_active.clone()),
+            Box::new(metrics.service_active.clone()),
+            Box::new(metrics.bytes_in.clone()),
+            Box::new(metrics.bytes_out.clone()),
+            Box::new(metrics.connect_errors.clone()),
+            Box::new(metrics.connect_duration.clone()),
+            Box::new(metrics.backend_up.clone()),
+            Box::new(metrics.ejections.clone()),
+            Box::new(metrics.unanswered.clone()),
+            Box::new(metrics.failed.clone()),
+            Box::new(metrics.forward_errors.clone()),
+        ];
+        for collector in collectors {
+            registry.register(collector)?;
+        }
+        Ok(metrics)
+    }
+
+    pub fn backend(&self, service: &str, backend: &str) -> BackendMetrics {
+        let labels = [service, backend];
+        let error = |reason| {
+            self.connect_errors
+                .with_label_values(&[service, backend, reason])
+        };
+        let up = self.backend_up.with_label_values(&labels);
+        up.set(1);
+        BackendMetrics {
+            connections: self.connections.with_label_values(&labels),
+            active: self.backend_active.with_label_values(&labels),
+            bytes_in: self.bytes_in.with_label_values(&labels),
+            bytes_out: self.bytes_out.with_label_values(&labels),
+            refused: error("refused"),
+            timed_out: error("timeout"),
+            local_errors: error("local"),
+            other_errors: error("other"),
+            connect_duration: self.connect_duration.with_label_values(&labels),
+            up,
+            ejections: self.ejections.with_label_values(&labels),
+            unanswered: self.unanswered.with_label_values(&labels),
+        }
+    }
+
+    /// Drops the label sets of a backend that left the configuration.
+    pub fn remove_backend(&self, service: &str, backend: &str) {
+        let labels = [service, backend];
+        for family in [
+            &self.connections,
+            &self.bytes_in,
+            &self.bytes_out,
+            &self.ejections,
+            &self.unanswered,
+        ] {
+            let _ = family.remove_label_values(&labels);
+        }
+        for family in [&self.backend_active, &self.backend_up] {
+            let _ = family.remove_label_values(&labels);
+        }
+        let _ = self.connect_duration.remove_label_values(&labels);
+        for reason in ["refused", "timeout", "local", "other"] {
+            let _ = self
+                .connect_errors
+                .remove_label_values(&[service, backend, reason]);
+        }
+    }
+
+    pub fn service(&self, service: &str) -> ServiceMetrics {
+        ServiceMetrics {
+            active: self.service_active.with_label_values(&[service]),
+            no_backend: self.failed.with_label_values(&[service, "no_backend"]),
+            all_attempts_failed: self
+                .failed
+                .with_label_values(&[service, "all_attempts_failed"]),
+            client_errors: self
+                .forward_errors
+                .with_label_values(&[service, Side::Client.as_str()]),
+            backend_errors: self
+                .forward_errors
+                .with_label_values(&[service, Side::Backend.as_str()]),
+        }
+    }
+
+    pub fn remove_service(&self, service: &str) {
+        let _ = self.service_active.remove_label_values(&[service]);
+        for reason in ["no_backend", "all_attempts_failed"] {
+            let _ = self.failed.remove_label_values(&[service, reason]);
+        }
+        for side in [Side::Client, Side::Backend] {
+            let _ = self
+                .forward_errors
+                .remove_label_values(&[service, side.as_str()]);
+        }
+    }
+}
