@@ -1,15 +1,13 @@
 //! Backend selection through real sockets: round-robin, smooth weighted,
 //! Maglev and least-conn, plus Maglev's table properties on the picker.
-mod common;
-
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
-use common::*;
 use lb_config::Algorithm;
 use lbmesh_proxy::balance::{Backend, BackendSet, PickContext, MAGLEV_TABLE_SIZE};
 use lbmesh_proxy::metrics::BackendMetrics;
+use test_support::*;
 use tokio::net::TcpStream;
 
 async fn backends(n: usize, behavior: Behavior) -> Vec<TestBackend> {

@@ -3,14 +3,12 @@
 //! through a follower and served on every node and on its VIP, bad input
 //! refused without changing anything, the leader killed with SIGKILL while
 //! writes continue, and a restart of every node from its data dir.
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::cluster::*;
-use common::*;
+use test_support::cluster::*;
+use test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_node_cluster_serves_the_mesh() {

@@ -1,13 +1,11 @@
 //! Passive health: a refusing backend is ejected at once, the client's
 //! connection is retried elsewhere, and the backend returns after its
 //! ejection time.
-mod common;
-
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
+use test_support::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusing_backend_is_ejected_and_no_client_notices() {

@@ -1,12 +1,10 @@
 //! Bytes through the proxy: bulk integrity, half-close, PROXY protocol,
 //! idle timeout and the connection cap.
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::*;
 use sha2::{Digest, Sha256};
+use test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

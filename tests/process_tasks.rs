@@ -2,42 +2,20 @@
 //! run a small HTTP server (busybox httpd) as each task's `--command`; the
 //! same create, scale and kill checks as the Docker test, and global mode
 //! with a node that joins later.
-mod common;
-
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::*;
-use common::mesh::*;
-
-const FAST: &[&str] = &["--heartbeat-interval", "300ms", "--heartbeat-grace", "3s"];
+use test_support::cluster::*;
+use test_support::mesh::*;
+use test_support::{get, wait_for};
 
 /// Serves a page naming the task on $HOST:$PORT.
 const SERVER: &str = "d=$(mktemp -d) && echo \"$LBMESH_TASK_ID\" > $d/index.html && exec busybox httpd -f -p $HOST:$PORT -h $d";
 
-fn mesh_addrs(cluster: &Cluster, port: u16) -> Vec<SocketAddr> {
-    (0..3)
-        .map(|n| SocketAddr::new(cluster.ip(n), port))
-        .collect()
-}
-
-fn wait_serving(cluster: &Cluster, service: &str, count: usize) -> Vec<serde_json::Value> {
-    wait_for(
-        &format!("{count} serving tasks of {service}"),
-        Duration::from_secs(30),
-        || {
-            let all = tasks(cluster, 0, service);
-            (serving(&all).len() == count && live(&all).len() == count).then(|| serving(&all))
-        },
-        || cluster.lbctl(0, &["service", "ps", service]).1,
-    )
-}
-
 #[test]
 fn process_tasks_create_scale_and_heal() {
-    let cluster = Cluster::form_with(FAST);
+    let cluster = Cluster::form_with(FAST_HEARTBEATS);
     let port = free_port_on_all(&cluster);
     let publish = format!("{port}:80");
     let (code, _, err) = cluster.lbctl(
@@ -65,7 +43,7 @@ fn process_tasks_create_scale_and_heal() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let running = wait_serving(&cluster, "web", 3);
+    let running = wait_serving(&cluster, "web", 3, Duration::from_secs(30));
     let nodes: BTreeSet<&str> = running
         .iter()
         .filter_map(|t| t["node_name"].as_str())
@@ -77,17 +55,17 @@ fn process_tasks_create_scale_and_heal() {
         .collect();
     let mut seen = BTreeSet::new();
     for i in 0..60 {
-        seen.insert(get(mesh_addrs(&cluster, port)[i % 3]).expect("GET through the mesh"));
+        seen.insert(get(cluster.mesh_addrs(port)[i % 3]).expect("GET through the mesh"));
     }
     assert_eq!(seen, ids, "every task answers through the mesh");
 
     assert_eq!(cluster.lbctl(0, &["service", "scale", "web=5"]).0, 0);
-    wait_serving(&cluster, "web", 5);
+    wait_serving(&cluster, "web", 5, Duration::from_secs(30));
     assert_eq!(cluster.lbctl(0, &["service", "scale", "web=2"]).0, 0);
-    let two = wait_serving(&cluster, "web", 2);
+    let two = wait_serving(&cluster, "web", 2, Duration::from_secs(30));
 
     // kill -9 of one task's process group under a steady client.
-    let client = ClientLoop::start(mesh_addrs(&cluster, port));
+    let client = ClientLoop::start(cluster.mesh_addrs(port));
     std::thread::sleep(Duration::from_secs(1));
     let pid = two[0]["runtime_id"]
         .as_str()
@@ -116,7 +94,7 @@ fn process_tasks_create_scale_and_heal() {
 
 #[test]
 fn global_service_runs_on_every_node_including_new_ones() {
-    let mut cluster = Cluster::form_with(FAST);
+    let mut cluster = Cluster::form_with(FAST_HEARTBEATS);
     let port = free_port_on_all(&cluster);
     let publish = format!("{port}:80");
     let (code, _, err) = cluster.lbctl(
@@ -134,7 +112,7 @@ fn global_service_runs_on_every_node_including_new_ones() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let three = wait_serving(&cluster, "agent", 3);
+    let three = wait_serving(&cluster, "agent", 3, Duration::from_secs(30));
     let nodes: BTreeSet<&str> = three
         .iter()
         .filter_map(|t| t["node_name"].as_str())
@@ -153,7 +131,7 @@ fn global_service_runs_on_every_node_including_new_ones() {
     let fourth = cluster.spawn(3, Some((&host, &token)));
     cluster.nodes.push(Some(fourth));
     cluster.wait_for_nodes(4);
-    let four = wait_serving(&cluster, "agent", 4);
+    let four = wait_serving(&cluster, "agent", 4, Duration::from_secs(30));
     let fourth_name = format!("node-{}", cluster.ip(3).to_string().replace('.', "-"));
     assert!(
         four.iter().any(|t| t["node_name"] == fourth_name.as_str()),

@@ -3,11 +3,9 @@
 //! resent to another backend, within `retries`; without the setting the
 //! client sees the close, and a client that has finished sending is never
 //! replayed.
-mod common;
-
 use std::net::SocketAddr;
 
-use common::*;
+use test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

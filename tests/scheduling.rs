@@ -6,26 +6,15 @@
 //! With `CI=true` the Docker test fails when no engine answers; elsewhere it
 //! is skipped with a note. The process-runtime and bad-input tests need no
 //! engine.
-mod common;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::cluster::*;
-use common::images::{ensure_test_images, require_docker};
-use common::mesh::*;
-use serde_json::Value;
-
-/// Quick failure detection and short drains keep the test short.
-const FAST: &[&str] = &["--heartbeat-interval", "300ms", "--heartbeat-grace", "3s"];
-
-fn mesh_addrs(cluster: &Cluster, port: u16) -> Vec<SocketAddr> {
-    (0..3)
-        .map(|n| SocketAddr::new(cluster.ip(n), port))
-        .collect()
-}
+use test_support::cluster::*;
+use test_support::images::{ensure_test_images, require_docker};
+use test_support::mesh::*;
+use test_support::{get, wait_for};
 
 fn cluster_id(cluster: &Cluster) -> String {
     cluster
@@ -79,27 +68,12 @@ fn describe(cluster: &Cluster, service: &str) -> String {
     format!("{out}\nnode ls:\n{}", cluster.lbctl(0, &["node", "ls"]).1)
 }
 
-/// Waits until exactly `count` tasks serve and the mesh routes to each.
-fn wait_serving(cluster: &Cluster, service: &str, count: usize, limit: Duration) -> Vec<Value> {
-    wait_for(
-        &format!("{count} serving tasks of {service}"),
-        limit,
-        || {
-            let all = tasks(cluster, 0, service);
-            let live = live(&all);
-            let serving = serving(&all);
-            (serving.len() == count && live.len() == count).then_some(serving)
-        },
-        || describe(cluster, service),
-    )
-}
-
 /// The container names (short ids) that answer through the mesh, asking
 /// every node until each of `expected` answered (bounded).
 fn answering(cluster: &Cluster, port: u16, expected: usize) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     for i in 0..(expected * 30) {
-        let addr = mesh_addrs(cluster, port)[i % 3];
+        let addr = cluster.mesh_addrs(port)[i % 3];
         let body = get(addr).unwrap_or_else(|e| panic!("GET through the mesh: {e}"));
         seen.insert(body);
         if seen.len() >= expected && i >= 6 {
@@ -115,7 +89,7 @@ fn docker_tasks_scale_heal_drain_update_and_survive_restarts() {
         return;
     }
     ensure_test_images().expect("test images");
-    let mut cluster = Cluster::form_with(FAST);
+    let mut cluster = Cluster::form_with(FAST_HEARTBEATS);
     let id = cluster_id(&cluster);
     let _cleanup = ContainerCleanup(id.clone());
     let port = free_port_on_all(&cluster);
@@ -195,7 +169,7 @@ fn docker_tasks_scale_heal_drain_update_and_survive_restarts() {
         .as_str()
         .expect("runtime id")
         .to_owned();
-    let client = ClientLoop::start(mesh_addrs(&cluster, port));
+    let client = ClientLoop::start(cluster.mesh_addrs(port));
     std::thread::sleep(Duration::from_secs(1));
     let killed = Command::new("docker")
         .args(["kill", &victim])
@@ -289,7 +263,7 @@ fn docker_tasks_scale_heal_drain_update_and_survive_restarts() {
         .all(|b| b.starts_with("v1 ")));
 
     // Rolling update v1 -> v2, start-first, under a steady client.
-    let client = ClientLoop::start(mesh_addrs(&cluster, port));
+    let client = ClientLoop::start(cluster.mesh_addrs(port));
     std::thread::sleep(Duration::from_millis(500));
     let (code, _, err) = cluster.lbctl(
         0,
@@ -388,7 +362,7 @@ fn bad_input_shows_in_service_ps_and_changes_nothing() {
     if !require_docker() {
         return;
     }
-    let cluster = Cluster::form_with(FAST);
+    let cluster = Cluster::form_with(FAST_HEARTBEATS);
     let id = cluster_id(&cluster);
     let _cleanup = ContainerCleanup(id);
     let port = free_port_on_all(&cluster);

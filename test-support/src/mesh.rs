@@ -1,8 +1,7 @@
 //! Helpers of the scheduling tests: tasks as `lbctl service ps` shows them,
 //! HTTP through the mesh, and a steady client loop that counts failures.
 //! Every wait and loop is bounded in count and time.
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -10,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::cluster::Cluster;
+use crate::cluster::Cluster;
+use crate::http::get;
+use crate::wait::wait_for;
 
 /// The service's tasks (`service ps --format json`), from node `n`.
 pub fn tasks(cluster: &Cluster, n: usize, service: &str) -> Vec<Value> {
@@ -48,50 +49,22 @@ pub fn per_node(tasks: &[Value]) -> std::collections::BTreeMap<String, usize> {
     counts
 }
 
-/// Polls `check` every 200 ms until it returns `Some`, or panics after
-/// `limit` with `what` and the last state `describe` gives.
-pub fn wait_for<T>(
-    what: &str,
-    limit: Duration,
-    mut check: impl FnMut() -> Option<T>,
-    describe: impl Fn() -> String,
-) -> T {
-    let started = Instant::now();
-    loop {
-        if let Some(value) = check() {
-            return value;
-        }
-        if started.elapsed() > limit {
-            panic!(
-                "timed out after {limit:?} waiting for {what}; state:\n{}",
-                describe()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// One HTTP GET on a new connection; the body, or why it failed.
-pub fn get(addr: SocketAddr) -> Result<String, String> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"GET / HTTP/1.0\r\nHost: mesh\r\nConnection: close\r\n\r\n")
-        .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| format!("{addr}: no HTTP answer: {response:?}"))?;
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(format!("{addr}: {}", head.lines().next().unwrap_or("")));
-    }
-    Ok(body.trim().to_owned())
+/// Waits until exactly `count` tasks of `service` serve (and no more are
+/// wanted), showing `service ps` and `node ls` when the wait runs out.
+pub fn wait_serving(cluster: &Cluster, service: &str, count: usize, limit: Duration) -> Vec<Value> {
+    wait_for(
+        &format!("{count} serving tasks of {service}"),
+        limit,
+        || {
+            let all = tasks(cluster, 0, service);
+            let serving = serving(&all);
+            (serving.len() == count && live(&all).len() == count).then_some(serving)
+        },
+        || {
+            let (_, tasks, _) = cluster.lbctl(0, &["service", "ps", service]);
+            format!("{tasks}\nnode ls:\n{}", cluster.lbctl(0, &["node", "ls"]).1)
+        },
+    )
 }
 
 /// A steady client: one request at a time, round-robin over `addrs`, until

@@ -10,7 +10,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::WAIT;
+use crate::bins;
+use crate::http::exchange;
+use crate::wait::WAIT;
+
+/// Quick failure detection keeps the tests short.
+pub const FAST_HEARTBEATS: &[&str] = &["--heartbeat-interval", "300ms", "--heartbeat-grace", "3s"];
 
 /// Gives each cluster of this test binary its own 127.A.0.0/16 block, so
 /// tests running side by side never share node addresses or VIPs.
@@ -45,12 +50,17 @@ impl Cluster {
         self.dir.path().join(format!("node{n}"))
     }
 
+    /// Port `port` on the first three nodes: the mesh's ingress addresses.
+    pub fn mesh_addrs(&self, port: u16) -> Vec<SocketAddr> {
+        (0..3).map(|n| SocketAddr::new(self.ip(n), port)).collect()
+    }
+
     pub fn vip_range(&self) -> String {
         format!("127.{}.250.0/24", self.block)
     }
 
     pub fn spawn(&self, n: usize, join: Option<(&str, &str)>) -> Child {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_lbd"));
+        let mut command = Command::new(bins::lbd());
         command
             .arg("--advertise-addr")
             .arg(self.ip(n).to_string())
@@ -122,7 +132,7 @@ impl Cluster {
     }
 
     pub fn lbctl(&self, n: usize, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        let out = Command::new(bins::bin("lbctl"))
             .arg("--host")
             .arg(self.api(n))
             .env("LBCTL_TOKEN", &self.control_token)
@@ -233,24 +243,11 @@ pub fn free_port_on_all(cluster: &Cluster) -> u16 {
     panic!("no common free port");
 }
 
-pub fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while started.elapsed() < WAIT {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("timed out waiting for {what}");
-}
-
+/// What a plain TCP server at `addr` sends before it closes.
 pub fn answer(addr: SocketAddr) -> Option<String> {
-    use std::io::Read;
-    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    let mut out = String::new();
-    stream.read_to_string(&mut out).ok()?;
-    Some(out.trim_end().to_owned())
+    exchange(addr, b"", Duration::from_secs(2))
+        .ok()
+        .map(|out| out.trim_end().to_owned())
 }
 
 pub fn service_names(value: &Value) -> Vec<String> {
@@ -264,26 +261,4 @@ pub fn service_names(value: &Value) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
-}
-
-pub fn http_get_blocking(addr: &str, path: &str) -> (u16, String) {
-    let response = raw_request(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
-    );
-    let status = response
-        .get(9..12)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
-}
-
-pub fn raw_request(addr: &str, request: &[u8]) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect api");
-    stream.set_read_timeout(Some(WAIT)).expect("timeout");
-    let _ = stream.write_all(request);
-    let mut out = String::new();
-    let _ = stream.read_to_string(&mut out);
-    out
 }
