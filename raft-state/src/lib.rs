@@ -18,6 +18,7 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: the redb-backed log store and state machine (openraft's
 //!   storage-v2 traits), snapshots included.
+//! - [`random`]: random bytes for secrets and nonces; fails closed.
 //!
 //! Invariants: a log write is on disk before openraft is told it is; a
 //! command the state machine rejects changes nothing and is answered with a
@@ -26,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod network;
+pub mod random;
 pub mod registry;
 pub mod state;
 pub mod store;

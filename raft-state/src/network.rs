@@ -14,9 +14,10 @@
 //! ```
 //!
 //! The secret itself never crosses the wire; fresh nonces on both sides stop
-//! replays. Frames larger than [`MAX_FRAME_BYTES`] are refused by the codec; a
-//! frame that does not decode gets an error response and the connection is
-//! closed. Requests carry the target node id through the handshake, so a
+//! replays, and a node without OS randomness fails the handshake rather than
+//! send a predictable nonce. Frames larger than [`MAX_FRAME_BYTES`] are
+//! refused by the codec; a frame that does not decode gets an error response
+//! and the connection is closed. Requests carry the target node id through the handshake, so a
 //! connection that reaches the wrong node (stale address) is refused.
 
 use std::collections::HashMap;
@@ -43,12 +44,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
+use crate::random;
 use crate::state::{Command, Outcome};
 use crate::types::{NodeId, Raft, TypeConfig};
 
 /// Largest frame either side accepts: well above openraft's 3 MiB snapshot
 /// chunks and batches of a few hundred entries.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// 256 bits: a nonce repeats with negligible odds over a cluster's life.
+const NONCE_BYTES: usize = 32;
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of calls that openraft does not bound itself.
@@ -148,14 +152,15 @@ pub enum Response {
     Malformed(String),
 }
 
-fn nonce() -> Vec<u8> {
-    let mut bytes = vec![0u8; 32];
-    // A failing OS RNG leaves zeros, which only weakens replay protection;
-    // the HMAC still requires the secret.
-    if let Err(error) = getrandom::fill(&mut bytes) {
-        warn!(%error, "no OS randomness for the handshake nonce");
-    }
-    bytes
+/// A fresh handshake nonce. Without OS randomness the handshake fails: a
+/// predictable nonce would let a recorded handshake be replayed.
+fn nonce() -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; NONCE_BYTES];
+    random::fill(&mut bytes).map_err(|error| {
+        warn!(%error, "no handshake nonce; refusing the connection");
+        std::io::Error::other(error)
+    })?;
+    Ok(bytes)
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -248,7 +253,7 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let mut stream = Framed::new(stream, codec());
     let authenticated = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let server_nonce = nonce();
+        let server_nonce = nonce()?;
         send(
             &mut stream,
             &Handshake::Challenge {
@@ -385,7 +390,7 @@ impl Peer {
                 "expected challenge",
             ));
         };
-        let client_nonce = nonce();
+        let client_nonce = nonce()?;
         let from = self.self_id.to_be_bytes();
         let to = self.target.to_be_bytes();
         let proof = self
