@@ -50,8 +50,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
+use crate::command::Command;
+use crate::outcome::Outcome;
 use crate::random;
-use crate::state::{Command, Outcome};
 use crate::types::{NodeId, TypeConfig};
 
 /// Largest frame either side accepts: well above openraft's 3 MiB snapshot

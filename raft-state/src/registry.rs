@@ -37,10 +37,11 @@ use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::command::Command;
 use crate::network::{
     self, Answer, CallError, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
 };
-use crate::state::{Command, Outcome};
+use crate::outcome::Outcome;
 use crate::store::{self, Applied};
 use crate::types::{NodeId, Raft, TypeConfig};
 
