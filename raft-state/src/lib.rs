@@ -12,12 +12,25 @@
 //!                     watch channel ──> every reader on this node (routing, API)
 //! ```
 //!
-//! - [`state`]: the registry value and the commands that change it; pure,
-//!   deterministic, validating.
-//! - [`task`]: tasks, the scheduler's rounds and the agents' reports.
+//! Files, each importing only those above it:
+//!
+//! - [`node`], [`cluster`], [`random`]: node records; cluster settings and the
+//!   VIP range; random bytes for secrets and nonces (fails closed).
+//! - [`task`]: tasks, the scheduler's ops and the agents' reports, as records.
+//! - [`service`]: the service record (its spec, versions, VIP, update).
+//! - [`command`], [`outcome`]: what the log carries, and the answer to each
+//!   applied command (a record or a rejection).
+//! - [`state`]: [`state::RegistryState`] and `apply`, pure, deterministic and
+//!   validating; its child `state/tasks.rs` applies the task commands. It
+//!   re-exports the records, so `raft_state::state::Command` and the like
+//!   still name them.
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: the redb-backed log store and state machine (openraft's
 //!   storage-v2 traits), snapshots included.
+//! - [`network`]: the authenticated transport; its server answers through an
+//!   [`network::RpcHandler`] and knows nothing of the registry.
+//! - [`registry`]: the handle the rest of lbmesh uses (start, join, propose,
+//!   read, watch); it implements the transport's handler.
 //!
 //! Invariants: a log write is on disk before openraft is told it is; a
 //! command the state machine rejects changes nothing and is answered with a
@@ -25,8 +38,14 @@
 //! same [`state::RegistryState`].
 #![forbid(unsafe_code)]
 
+pub mod cluster;
+pub mod command;
 pub mod network;
+pub mod node;
+pub mod outcome;
+pub mod random;
 pub mod registry;
+pub mod service;
 pub mod state;
 pub mod store;
 pub mod task;

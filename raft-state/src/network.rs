@@ -14,21 +14,28 @@
 //! ```
 //!
 //! The secret itself never crosses the wire; fresh nonces on both sides stop
-//! replays. Frames larger than [`MAX_FRAME_BYTES`] are refused by the codec; a
-//! frame that does not decode gets an error response and the connection is
-//! closed. Requests carry the target node id through the handshake, so a
+//! replays, and a node without OS randomness fails the handshake rather than
+//! send a predictable nonce. Frames larger than [`MAX_FRAME_BYTES`] are
+//! refused by the codec; a frame that does not decode gets an error response
+//! and the connection is closed. Requests carry the target node id through the handshake, so a
 //! connection that reaches the wrong node (stale address) is refused.
+//!
+//! # Layering
+//!
+//! The server hands every authenticated request to an [`RpcHandler`], which
+//! the registry implements; this module knows nothing of the node it serves.
+//! The client side is [`Peer`] (one connection, reused) and [`Network`]
+//! (openraft's factory of peers).
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -43,12 +50,16 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
-use crate::state::{Command, Outcome};
-use crate::types::{NodeId, Raft, TypeConfig};
+use crate::command::Command;
+use crate::outcome::Outcome;
+use crate::random;
+use crate::types::{NodeId, TypeConfig};
 
 /// Largest frame either side accepts: well above openraft's 3 MiB snapshot
 /// chunks and batches of a few hundred entries.
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// 256 bits: a nonce repeats with negligible odds over a cluster's life.
+const NONCE_BYTES: usize = 32;
 /// How long a handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Timeout of calls that openraft does not bound itself.
@@ -148,14 +159,15 @@ pub enum Response {
     Malformed(String),
 }
 
-fn nonce() -> Vec<u8> {
-    let mut bytes = vec![0u8; 32];
-    // A failing OS RNG leaves zeros, which only weakens replay protection;
-    // the HMAC still requires the secret.
-    if let Err(error) = getrandom::fill(&mut bytes) {
-        warn!(%error, "no OS randomness for the handshake nonce");
-    }
-    bytes
+/// A fresh handshake nonce. Without OS randomness the handshake fails: a
+/// predictable nonce would let a recorded handshake be replayed.
+fn nonce() -> std::io::Result<Vec<u8>> {
+    let mut bytes = vec![0u8; NONCE_BYTES];
+    random::fill(&mut bytes).map_err(|error| {
+        warn!(%error, "no handshake nonce; refusing the connection");
+        std::io::Error::other(error)
+    })?;
+    Ok(bytes)
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -182,32 +194,46 @@ async fn receive<T: DeserializeOwned>(stream: &mut FramedStream) -> std::io::Res
     }
 }
 
-/// When each node was last heard from, kept in memory by whoever receives
-/// heartbeats (the leader). Never held across an await.
-#[derive(Clone, Default)]
-pub struct Liveness(Arc<Mutex<HashMap<NodeId, tokio::time::Instant>>>);
+/// What the server does with each authenticated request: the node behind
+/// the transport (the registry) implements it, so the transport depends on
+/// nothing of the node but these operations.
+pub trait RpcHandler: Clone + Send + Sync + 'static {
+    fn append_entries(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> impl Future<Output = Answer<AppendEntriesResponse<NodeId>, Infallible>> + Send;
 
-impl Liveness {
-    pub fn heard(&self, node: NodeId) {
-        if let Ok(mut map) = self.0.lock() {
-            map.insert(node, tokio::time::Instant::now());
-        }
-    }
+    fn vote(
+        &self,
+        rpc: VoteRequest<NodeId>,
+    ) -> impl Future<Output = Answer<VoteResponse<NodeId>, Infallible>> + Send;
 
-    /// Every node heard from, with the time of its last heartbeat.
-    pub fn snapshot(&self) -> HashMap<NodeId, tokio::time::Instant> {
-        self.0.lock().map(|map| map.clone()).unwrap_or_default()
-    }
+    fn install_snapshot(
+        &self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    ) -> impl Future<Output = Answer<InstallSnapshotResponse<NodeId>, InstallSnapshotError>> + Send;
+
+    /// A write a follower forwarded: served only if this node leads.
+    fn propose(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<Outcome, RemoteFailure>> + Send;
+
+    /// The commit index a linearizable read must wait for, if this node
+    /// leads.
+    fn read_index(&self) -> impl Future<Output = Result<u64, RemoteFailure>> + Send;
+
+    /// `from` (the node the handshake authenticated) says it is alive.
+    fn heartbeat(&self, from: NodeId);
 }
 
-/// Serves Raft RPCs for `raft` on `listener` until `shutdown` resolves; then
-/// closes every open connection too.
+/// Serves Raft RPCs with `handler` on `listener` until `shutdown` resolves;
+/// then closes every open connection too.
 pub async fn serve(
     listener: TcpListener,
     node_id: NodeId,
-    raft: Raft,
+    handler: impl RpcHandler,
     secret: Secret,
-    liveness: Liveness,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -227,11 +253,10 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
-        let raft = raft.clone();
+        let handler = handler.clone();
         let secret = secret.clone();
-        let liveness = liveness.clone();
         connections.spawn(async move {
-            if let Err(error) = serve_connection(stream, node_id, raft, secret, liveness).await {
+            if let Err(error) = serve_connection(stream, node_id, handler, secret).await {
                 debug!(%peer, %error, "raft connection closed");
             }
         });
@@ -241,14 +266,13 @@ pub async fn serve(
 async fn serve_connection(
     stream: TcpStream,
     node_id: NodeId,
-    raft: Raft,
+    handler: impl RpcHandler,
     secret: Secret,
-    liveness: Liveness,
 ) -> std::io::Result<()> {
     let _ = stream.set_nodelay(true);
     let mut stream = Framed::new(stream, codec());
     let authenticated = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
-        let server_nonce = nonce();
+        let server_nonce = nonce()?;
         send(
             &mut stream,
             &Handshake::Challenge {
@@ -318,19 +342,17 @@ async fn serve_connection(
             Err(error) => return Err(error),
         };
         let response = match request {
-            Request::AppendEntries(rpc) => Response::AppendEntries(raft.append_entries(rpc).await),
-            Request::Vote(rpc) => Response::Vote(raft.vote(rpc).await),
+            Request::AppendEntries(rpc) => {
+                Response::AppendEntries(handler.append_entries(rpc).await)
+            }
+            Request::Vote(rpc) => Response::Vote(handler.vote(rpc).await),
             Request::InstallSnapshot(rpc) => {
-                Response::InstallSnapshot(raft.install_snapshot(rpc).await)
+                Response::InstallSnapshot(handler.install_snapshot(rpc).await)
             }
-            Request::Propose(command) => {
-                Response::Propose(crate::registry::write_locally(&raft, node_id, *command).await)
-            }
-            Request::ReadIndex => {
-                Response::ReadIndex(crate::registry::read_index_locally(&raft, node_id).await)
-            }
+            Request::Propose(command) => Response::Propose(handler.propose(*command).await),
+            Request::ReadIndex => Response::ReadIndex(handler.read_index().await),
             Request::Heartbeat => {
-                liveness.heard(peer_id);
+                handler.heartbeat(peer_id);
                 Response::Heartbeat
             }
         };
@@ -385,7 +407,7 @@ impl Peer {
                 "expected challenge",
             ));
         };
-        let client_nonce = nonce();
+        let client_nonce = nonce()?;
         let from = self.self_id.to_be_bytes();
         let to = self.target.to_be_bytes();
         let proof = self
@@ -490,8 +512,8 @@ impl Peer {
     }
 }
 
-/// What a peer answered to one Raft RPC.
-type Answer<T, E> = Result<T, RaftError<NodeId, E>>;
+/// What a node answers to one Raft RPC.
+pub type Answer<T, E> = Result<T, RaftError<NodeId, E>>;
 
 /// Takes one RPC's answer out of a response, or hands the response back.
 type Unpack<T, E> = fn(Response) -> Result<Answer<T, E>, Box<Response>>;

@@ -16,25 +16,34 @@
 //! leader by a heartbeat) or linearizable (the leader confirms it still leads
 //! and names its commit index; this node waits until it has applied that
 //! index, then reads locally).
+//!
+//! The transport's server calls back into this node through the
+//! [`RpcHandler`] that `Served` implements: Raft's RPCs, forwarded writes
+//! and reads, and heartbeats (recorded in memory, not in the log).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, Infallible, InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use crate::command::Command;
 use crate::network::{
-    self, CallError, Liveness, Network, Peer, RemoteFailure, Request, Response, Secret,
+    self, Answer, CallError, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
 };
-use crate::state::{Command, Outcome};
+use crate::outcome::Outcome;
 use crate::store::{self, Applied};
-use crate::types::{NodeId, Raft};
+use crate::types::{NodeId, Raft, TypeConfig};
 
 /// How long a proposal may wait for a leader before it fails.
 pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
@@ -165,12 +174,16 @@ impl RegistryNode {
         let liveness = Liveness::default();
         let server = {
             let stop = Arc::clone(&stop);
+            let handler = Served {
+                raft: raft.clone(),
+                id: options.id,
+                liveness: liveness.clone(),
+            };
             tokio::spawn(network::serve(
                 options.raft_listener,
                 options.id,
-                raft.clone(),
+                handler,
                 options.secret.clone(),
-                liveness.clone(),
                 async move { stop.notified().await },
             ))
         };
@@ -352,7 +365,7 @@ impl RegistryNode {
 
     /// When each node last sent a heartbeat to this node (only the leader
     /// receives them).
-    pub fn last_heard(&self) -> std::collections::HashMap<NodeId, tokio::time::Instant> {
+    pub fn last_heard(&self) -> HashMap<NodeId, tokio::time::Instant> {
         self.liveness.snapshot()
     }
 
@@ -459,8 +472,68 @@ impl RegistryNode {
     }
 }
 
+/// When each node was last heard from, kept in memory by whoever receives
+/// heartbeats (the leader). Never held across an await.
+#[derive(Clone, Default)]
+struct Liveness(Arc<std::sync::Mutex<HashMap<NodeId, tokio::time::Instant>>>);
+
+impl Liveness {
+    fn heard(&self, node: NodeId) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(node, tokio::time::Instant::now());
+        }
+    }
+
+    /// Every node heard from, with the time of its last heartbeat.
+    fn snapshot(&self) -> HashMap<NodeId, tokio::time::Instant> {
+        self.0.lock().map(|map| map.clone()).unwrap_or_default()
+    }
+}
+
+/// What this node's transport server serves: Raft's own RPCs, the writes
+/// and reads followers forward, and heartbeats.
+#[derive(Clone)]
+struct Served {
+    raft: Raft,
+    /// This node, named in a `NotLeader` answer.
+    id: NodeId,
+    liveness: Liveness,
+}
+
+impl RpcHandler for Served {
+    async fn append_entries(
+        &self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Answer<AppendEntriesResponse<NodeId>, Infallible> {
+        self.raft.append_entries(rpc).await
+    }
+
+    async fn vote(&self, rpc: VoteRequest<NodeId>) -> Answer<VoteResponse<NodeId>, Infallible> {
+        self.raft.vote(rpc).await
+    }
+
+    async fn install_snapshot(
+        &self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+    ) -> Answer<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.raft.install_snapshot(rpc).await
+    }
+
+    async fn propose(&self, command: Command) -> Result<Outcome, RemoteFailure> {
+        write_locally(&self.raft, self.id, command).await
+    }
+
+    async fn read_index(&self) -> Result<u64, RemoteFailure> {
+        read_index_locally(&self.raft, self.id).await
+    }
+
+    fn heartbeat(&self, from: NodeId) {
+        self.liveness.heard(from);
+    }
+}
+
 /// Serves a write on this node if it leads.
-pub(crate) async fn write_locally(
+async fn write_locally(
     raft: &Raft,
     node_id: NodeId,
     command: Command,
@@ -478,7 +551,7 @@ pub(crate) async fn write_locally(
 }
 
 /// The commit index a linearizable read must wait for, if this node leads.
-pub(crate) async fn read_index_locally(raft: &Raft, node_id: NodeId) -> Result<u64, RemoteFailure> {
+async fn read_index_locally(raft: &Raft, node_id: NodeId) -> Result<u64, RemoteFailure> {
     match tokio::time::timeout(network::CALL_TIMEOUT, raft.ensure_linearizable()).await {
         Ok(Ok(log_id)) => Ok(log_id.map_or(0, |id| id.index)),
         Ok(Err(error)) => match error.forward_to_leader() {

@@ -1,11 +1,16 @@
-//! The registry: what the Raft log replicates, and the commands that change it.
+//! The registry: the value the Raft log replicates, and how commands change it.
 //!
-//! [`RegistryState`] is a plain value: nodes, services and the VIP range.
-//! [`RegistryState::apply`] is the only way it changes. It is deterministic
-//! (every node applies the same commands in the same order and reaches the
-//! same state) and it validates every command: a command that would break an
-//! invariant is answered with [`Outcome::Rejected`] naming the field and the
-//! reason, and changes nothing. It never panics on a command's content.
+//! The records, [`Command`] and [`Outcome`] live in files of their own that
+//! never import this one (the crate doc shows the order); this file applies
+//! the node and service commands, and its child `tasks` the task commands.
+//!
+//! [`RegistryState`] is a plain value: nodes, services, tasks and the VIP
+//! range. [`RegistryState::apply`] is the only way it changes. It is
+//! deterministic (every node applies the same commands in the same order and
+//! reaches the same state) and it validates every command: a command that
+//! would break an invariant is answered with [`Outcome::Rejected`] naming the
+//! field and the reason, and changes nothing. It never panics on a command's
+//! content.
 //!
 //! Invariants:
 //! - service names are unique lowercase DNS labels and every stored spec
@@ -15,255 +20,24 @@
 //! - each service holds one VIP from the range, and no two services share one;
 //! - node ids and node names are unique.
 
+mod tasks;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 use lb_config::{check_dns_label, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::task::{
-    DesiredState, Millis, TaskOp, TaskRecord, TaskReport, TaskState, UpdateState, UpdateStatus,
-};
+use crate::outcome::reject;
+use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus};
 
-pub type NodeId = u64;
-
-/// Default VIP range: inside 127.0.0.0/8, so binding a VIP needs no
-/// privileges or interface configuration on Linux.
-pub const DEFAULT_VIP_RANGE: VipRange = VipRange {
-    base: Ipv4Addr::new(127, 77, 0, 0),
-    prefix_len: 16,
-};
-
-/// A range of IPv4 addresses services' virtual IPs come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VipRange {
-    pub base: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl VipRange {
-    /// Parses `a.b.c.d/len`; the base must be the first address of the range.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let (ip, len) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not a CIDR range like 127.77.0.0/16"))?;
-        let base: Ipv4Addr = ip
-            .parse()
-            .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| (8..=30).contains(l))
-            .ok_or_else(|| format!("prefix length {len:?} must be between 8 and 30"))?;
-        let mask = u32::MAX << (32 - prefix_len);
-        if u32::from(base) & !mask != 0 {
-            return Err(format!(
-                "{base} is not the first address of a /{prefix_len}"
-            ));
-        }
-        Ok(Self { base, prefix_len })
-    }
-
-    /// Usable addresses: the range without its first and last address.
-    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let base = u32::from(self.base);
-        let size = 1u32 << (32 - self.prefix_len);
-        (1..size - 1).map(move |offset| Ipv4Addr::from(base + offset))
-    }
-}
-
-impl fmt::Display for VipRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.base, self.prefix_len)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Manager,
-    Worker,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Availability {
-    Active,
-    Pause,
-    Drain,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum NodeStatus {
-    Ready,
-    Down,
-}
-
-/// A member of the cluster.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct NodeRecord {
-    pub id: NodeId,
-    pub name: String,
-    /// Where its Raft RPC server listens.
-    pub raft_addr: SocketAddr,
-    /// Where its admin API listens.
-    pub api_addr: SocketAddr,
-    /// Where it binds published ports; backends on it are reached here too.
-    pub ingress_addr: IpAddr,
-    pub role: Role,
-    pub availability: Availability,
-    pub status: NodeStatus,
-    pub labels: BTreeMap<String, String>,
-}
-
-/// A service as the registry holds it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ServiceRecord {
-    /// The spec as submitted; it passed `validate()` when it was stored.
-    pub spec: ServiceSpec,
-    /// Starts at 1 and grows by one with every accepted spec change.
-    pub version: u64,
-    pub vip: Ipv4Addr,
-    /// The spec before the last update, for `service rollback`.
-    pub previous: Option<ServiceSpec>,
-    /// Version of the task template (image, command, env, target ports):
-    /// tasks of an older one are replaced by a rolling update. It changes
-    /// only when the template does, so scaling replaces nothing.
-    #[serde(default)]
-    pub task_version: u64,
-    /// The task version that goes with `previous`.
-    #[serde(default)]
-    pub previous_task_version: u64,
-    /// The last rolling update, if any.
-    #[serde(default)]
-    pub update: Option<UpdateStatus>,
-}
-
-/// Cluster-wide settings, written once when the cluster is bootstrapped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ClusterInfo {
-    pub id: String,
-    /// Join tokens. Every node holds the registry, so every node is trusted
-    /// with them (as every Swarm manager is).
-    pub manager_token: String,
-    pub worker_token: String,
-    /// Bearer token of the admin API's `/v1` routes.
-    pub control_token: String,
-}
-
-/// A change to the registry. New kinds of change (tasks) are new variants.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum Command {
-    /// Written by the bootstrapping node; refused once set.
-    InitCluster {
-        cluster: ClusterInfo,
-        vip_range: VipRange,
-    },
-    /// Adds a node, or updates the addresses of one that rejoins.
-    RegisterNode {
-        node: NodeRecord,
-    },
-    UpdateNode {
-        id: NodeId,
-        availability: Option<Availability>,
-        role: Option<Role>,
-        #[serde(default)]
-        labels_add: BTreeMap<String, String>,
-        #[serde(default)]
-        labels_remove: Vec<String>,
-    },
-    SetNodeStatus {
-        id: NodeId,
-        status: NodeStatus,
-    },
-    RemoveNode {
-        id: NodeId,
-    },
-    CreateService {
-        spec: ServiceSpec,
-    },
-    UpdateService {
-        spec: ServiceSpec,
-    },
-    RollbackService {
-        name: String,
-    },
-    RemoveService {
-        name: String,
-    },
-    /// One round of the scheduler, applied all or nothing.
-    Schedule {
-        ops: Vec<TaskOp>,
-        at: Millis,
-    },
-    /// An agent's observation of one of its tasks.
-    ReportTask {
-        report: Box<TaskReport>,
-    },
-}
-
-/// Why a command was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RejectKind {
-    /// The command's content is invalid.
-    Invalid,
-    /// It names a node or service that does not exist.
-    NotFound,
-    /// It clashes with existing state (duplicate name, port in use).
-    Conflict,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rejection {
-    pub kind: RejectKind,
-    pub field: String,
-    pub reason: String,
-}
-
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.field, self.reason)
-    }
-}
-
-/// The answer to one applied command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Outcome {
-    Node {
-        node: Box<NodeRecord>,
-    },
-    Service {
-        service: Box<ServiceRecord>,
-    },
-    Task {
-        task: Box<TaskRecord>,
-    },
-    Removed,
-    /// Membership changes and blank entries carry no application answer.
-    Nothing,
-    Rejected {
-        rejection: Rejection,
-    },
-}
-
-pub(crate) fn reject(
-    kind: RejectKind,
-    field: impl Into<String>,
-    reason: impl Into<String>,
-) -> Outcome {
-    Outcome::Rejected {
-        rejection: Rejection {
-            kind,
-            field: field.into(),
-            reason: reason.into(),
-        },
-    }
-}
+// The records have files of their own; these keep the paths callers use
+// (`raft_state::state::Command`, ...).
+pub use crate::cluster::{ClusterInfo, VipRange, DEFAULT_VIP_RANGE};
+pub use crate::command::Command;
+pub use crate::node::{Availability, NodeId, NodeRecord, NodeStatus, Role};
+pub use crate::outcome::{Outcome, RejectKind, Rejection};
+pub use crate::service::ServiceRecord;
 
 /// The replicated registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -365,6 +139,11 @@ impl RegistryState {
             .values()
             .find(|n| n.name == name_or_id)
             .or_else(|| name_or_id.parse().ok().and_then(|id| self.nodes.get(&id)))
+    }
+
+    /// Tasks of one service, by slot then creation time.
+    pub fn tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.tasks.values().filter(move |t| t.service == service)
     }
 
     fn register_node(&mut self, node: &NodeRecord) -> Outcome {
@@ -720,15 +499,5 @@ mod tests {
             );
             assert_eq!(state, before, "{command:?} changed the state");
         }
-    }
-
-    #[test]
-    fn vip_range_parsing() {
-        assert_eq!(VipRange::parse("127.77.0.0/16"), Ok(DEFAULT_VIP_RANGE));
-        assert!(VipRange::parse("127.77.0.1/16").is_err());
-        assert!(VipRange::parse("127.77.0.0/31").is_err());
-        assert!(VipRange::parse("nope").is_err());
-        let small = VipRange::parse("10.0.0.0/30").unwrap();
-        assert_eq!(small.hosts().count(), 2);
     }
 }

@@ -49,7 +49,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::state::{Outcome, RegistryState};
+use crate::outcome::Outcome;
+use crate::state::RegistryState;
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");

@@ -1,9 +1,10 @@
 //! The openraft type configuration of the registry.
 use std::io::Cursor;
 
-use crate::state::{Command, Outcome};
+use crate::command::Command;
+use crate::outcome::Outcome;
 
-pub use crate::state::NodeId;
+pub use crate::node::NodeId;
 
 openraft::declare_raft_types!(
     /// Raft types of the registry: commands in, outcomes out, nodes known by

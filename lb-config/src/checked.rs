@@ -1,0 +1,238 @@
+//! The checked configuration: what `validate` produces and the daemon runs.
+//!
+//! Every field is in range and every default is filled in; code past this
+//! crate never sees an unchecked value. The enums ([`Algorithm`],
+//! [`ProxyProtocol`], [`ServiceMode`], ...) are shared with the file spec:
+//! serde accepts only their listed variants, so a parsed one is already
+//! checked.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::constraints::Constraint;
+
+/// Replicated: `replicas` tasks spread over the nodes. Global: one task on
+/// every eligible node, including nodes that join later.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    #[default]
+    Replicated,
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    #[default]
+    Any,
+    OnFailure,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The old task stops before its replacement starts (docker's default).
+    #[default]
+    StopFirst,
+    /// The replacement runs and is healthy before the old task leaves.
+    StartFirst,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    #[default]
+    Pause,
+    Rollback,
+    Continue,
+}
+
+/// How a service picks a backend for each new connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    Random,
+    Weighted,
+    LeastConn,
+    Maglev,
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::Random => "random",
+            Algorithm::Weighted => "weighted",
+            Algorithm::LeastConn => "least-conn",
+            Algorithm::Maglev => "maglev",
+        })
+    }
+}
+
+/// Whether the proxy prefixes each backend connection with a PROXY protocol
+/// header carrying the client's address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    None,
+    V1,
+    V2,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    None,
+    #[default]
+    Tcp,
+    Http,
+}
+
+/// Only TCP is forwarded today; the type exists so UDP can be added without
+/// changing the shape of [`PortMapping`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub node: Node,
+    pub services: Vec<Service>,
+}
+
+/// Checked `[node]` settings with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub name: String,
+    pub api_addr: SocketAddr,
+    pub ingress_addr: IpAddr,
+    pub shutdown_grace: Duration,
+}
+
+/// A checked service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    pub name: String,
+    /// Empty means "the node's ingress address".
+    pub listen: Vec<IpAddr>,
+    pub ports: Vec<PortMapping>,
+    pub algorithm: Algorithm,
+    pub endpoints: Vec<Endpoint>,
+    pub health: HealthCheck,
+    pub proxy_protocol: ProxyProtocol,
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub drain_timeout: Duration,
+    pub max_connections: u32,
+    pub retries: u32,
+    /// See [`ServiceSpec::retry_on_empty`](crate::spec::ServiceSpec::retry_on_empty).
+    pub retry_on_empty: bool,
+    pub replicas: u32,
+    /// What the scheduler runs for this service; `None` for a service of
+    /// static endpoints only.
+    pub tasks: Option<TaskSpec>,
+}
+
+/// The checked task template and scheduling policy of a service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    pub image: Option<String>,
+    pub command: Option<String>,
+    pub env: Vec<String>,
+    pub mode: ServiceMode,
+    pub constraints: Vec<Constraint>,
+    /// 0: no limit.
+    pub max_per_node: u32,
+    pub restart: RestartPolicy,
+    pub update: UpdatePolicy,
+    pub stop_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestartPolicy {
+    pub condition: RestartCondition,
+    pub delay: Duration,
+    /// 0: no limit.
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpdatePolicy {
+    /// 0: every task at once.
+    pub parallelism: u32,
+    pub delay: Duration,
+    pub order: UpdateOrder,
+    pub failure_action: FailureAction,
+    pub monitor: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortMapping {
+    pub published: u16,
+    pub target: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Endpoint {
+    pub ip: IpAddr,
+    /// `None` means "each port mapping's target port".
+    pub port: Option<u16>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub kind: HealthCheckKind,
+    /// Request path of an HTTP check.
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a backend up.
+    pub rise: u32,
+    /// Consecutive failures that take a backend down.
+    pub fall: u32,
+    pub eject_time: Duration,
+}
+
+impl Service {
+    /// The socket addresses this service's published ports bind on.
+    pub fn listen_addrs(&self, ingress_addr: IpAddr) -> Vec<SocketAddr> {
+        let ips: &[IpAddr] = if self.listen.is_empty() {
+            std::slice::from_ref(&ingress_addr)
+        } else {
+            &self.listen
+        };
+        ips.iter()
+            .flat_map(|ip| {
+                self.ports
+                    .iter()
+                    .map(move |p| SocketAddr::new(*ip, p.published))
+            })
+            .collect()
+    }
+
+    /// The backend addresses and weights behind one port mapping.
+    pub fn backends_for(&self, port: &PortMapping) -> Vec<(SocketAddr, u32)> {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                (
+                    SocketAddr::new(e.ip, e.port.unwrap_or(port.target)),
+                    e.weight,
+                )
+            })
+            .collect()
+    }
+}

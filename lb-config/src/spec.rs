@@ -1,0 +1,287 @@
+//! The file as written: serde structs that mirror the TOML one to one.
+//!
+//! Every table has `deny_unknown_fields`, so a misspelt key is an error
+//! that names it. Numbers are read as `i64` so that `validate` can report a
+//! negative or huge value with its field name instead of a type error;
+//! enums come from [`crate::checked`], checked by serde itself.
+//!
+//! [`ServiceSpec`] is also the body of the registry's service API and the
+//! `[[service]]` table of `lbctl apply -f`.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checked::{
+    Algorithm, FailureAction, HealthCheckKind, ProxyProtocol, RestartCondition, ServiceMode,
+    UpdateOrder,
+};
+
+/// The whole file: `[node]` settings and `[[service]]` tables.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub node: NodeConfig,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceSpec>,
+}
+
+/// `[node]`: settings of this lbd process.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name shown in logs and metrics; defaults to the host name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Admin HTTP address (`/metrics`, `/live`, `/ready`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_addr: Option<String>,
+    /// Address the published ports bind on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_addr: Option<String>,
+    /// How long SIGTERM lets open connections finish.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shutdown_grace: Option<Duration>,
+}
+
+/// One `[[service]]` table.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    pub name: String,
+    /// Addresses the published ports bind on; defaults to the node's
+    /// `ingress_addr`.
+    #[serde(default)]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    #[serde(default)]
+    pub algorithm: Algorithm,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointSpec>,
+    #[serde(default)]
+    pub health: HealthSpec,
+    #[serde(default)]
+    pub proxy_protocol: ProxyProtocol,
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<Duration>,
+    /// Wide integer type so that a negative or huge value is reported by
+    /// `validate()` with its field name rather than as a type error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i64>,
+    /// Resend what a client sent to another backend when the first one
+    /// closes the connection before answering a byte (default off).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_on_empty: Option<bool>,
+    /// Desired task count of a replicated service (0..=1000, default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i64>,
+    /// Docker image the tasks run. A service with an image or a command has
+    /// tasks placed by the scheduler; one with neither routes to its static
+    /// `endpoints` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Shell command of each task (`/bin/sh -c`): replaces the image's
+    /// command, or without an image runs as a local process with `HOST` and
+    /// `PORT` in its environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// `KEY=VALUE` environment of each task.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub mode: ServiceMode,
+    /// Placement constraints: `node.name==x`, `node.labels.k!=v`, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// At most this many tasks of the service on one node (0: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_replicas_per_node: Option<i64>,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    #[serde(default)]
+    pub update: UpdateSpec,
+    /// Time between SIGTERM and SIGKILL when a task stops.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_grace_period: Option<Duration>,
+}
+
+/// `[service.restart]`: what happens when a task ends or turns unhealthy.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartSpec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub condition: Option<RestartCondition>,
+    /// Wait between a task's end and its replacement.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    /// Replacements of one slot before giving up (0: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<i64>,
+}
+
+/// `[service.update]`: how a spec change replaces running tasks.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateSpec {
+    /// Tasks replaced at a time (0: all at once).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<i64>,
+    /// Pause between batches.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delay: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order: Option<UpdateOrder>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure_action: Option<FailureAction>,
+    /// A new task that fails within this time after it started counts as a
+    /// failed update.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub monitor: Option<Duration>,
+}
+
+/// One published port: `{ published = 8080, target = 80, protocol = "tcp" }`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    pub published: i64,
+    /// Port on the backends; defaults to `published`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<String>,
+}
+
+/// A static backend: `{ address = "10.0.0.5:80", weight = 3 }`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointSpec {
+    /// `ip:port`, or a bare `ip` that takes each port's `target`.
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<i64>,
+}
+
+/// `[service.health]`: active check settings and passive ejection.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    #[serde(rename = "type")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<HealthCheckKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rise: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fall: Option<i64>,
+    /// How long a backend that refused or timed out a connect is skipped.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub eject_time: Option<Duration>,
+}
+
+impl ConfigFile {
+    /// Parses TOML text; the error is the parser's message, which names the
+    /// line and key.
+    /// A type error names the field's full path
+    /// (`service[0].ports[0].published: invalid type ...`).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let deserializer = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let path = error.path().to_string();
+            let message = error.into_inner().to_string();
+            let message = message.trim_end();
+            if path.is_empty() || path == "." {
+                message.to_owned()
+            } else {
+                format!("{path}: {message}")
+            }
+        })
+    }
+}
+
+impl ServiceSpec {
+    /// Whether two specs run the same tasks: a change to anything else
+    /// (replicas, balancing, policies) does not replace running tasks.
+    pub fn same_task_template(&self, other: &ServiceSpec) -> bool {
+        let targets = |spec: &ServiceSpec| -> Vec<i64> {
+            spec.ports
+                .iter()
+                .map(|p| p.target.unwrap_or(p.published))
+                .collect()
+        };
+        self.image == other.image
+            && self.command == other.command
+            && self.env == other.env
+            && targets(self) == targets(other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_field_names_the_key() {
+        let err = ConfigFile::parse("[[service]]\nname = \"web\"\nbogus = 1\n").unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        let err =
+            ConfigFile::parse("[[service]]\nname = \"web\"\nports = [{ published = \"80\" }]\n")
+                .unwrap_err();
+        assert!(err.starts_with("service[0].ports[0].published:"), "{err}");
+    }
+
+    #[test]
+    fn unknown_algorithm_lists_choices() {
+        let err = ConfigFile::parse("[[service]]\nname = \"web\"\nalgorithm = \"fastest\"\n")
+            .unwrap_err();
+        assert!(
+            err.contains("fastest") && err.contains("least-conn"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn only_the_task_template_replaces_tasks() {
+        let mut a = ServiceSpec {
+            name: "web".into(),
+            image: Some("x:1".into()),
+            ..ServiceSpec::default()
+        };
+        let mut b = a.clone();
+        b.replicas = Some(9);
+        b.algorithm = Algorithm::Maglev;
+        assert!(a.same_task_template(&b));
+        b.image = Some("x:2".into());
+        assert!(!a.same_task_template(&b));
+        a.env.push("A=1".into());
+        b.image = a.image.clone();
+        assert!(!a.same_task_template(&b));
+    }
+}

@@ -1,0 +1,758 @@
+//! From the file spec to the checked configuration.
+//!
+//! ```text
+//! ConfigFile::load(path) ─read─> text ─ConfigFile::parse─> ConfigFile
+//!     ─ConfigFile::validate─> Config          (or ConfigError naming the file)
+//! ```
+//!
+//! Each spec type validates itself and the error's field path is relative to
+//! it; the caller prefixes its own place (`FieldError::within`), so the
+//! error of `ConfigFile::validate` names the field from the document's root
+//! (`service[1].ports[0].published`). Across services it checks that names
+//! are unique and no two services bind the same address and port.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::checked::{
+    Config, Endpoint, HealthCheck, HealthCheckKind, Node, PortMapping, Protocol, RestartPolicy,
+    Service, ServiceMode, TaskSpec, UpdatePolicy,
+};
+use crate::constraints::Constraint;
+use crate::defaults::{
+    DEFAULT_API_ADDR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EJECT_TIME,
+    DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_INGRESS_ADDR, DEFAULT_MAX_CONNECTIONS, DEFAULT_REPLICAS, DEFAULT_RESTART_DELAY,
+    DEFAULT_RETRIES, DEFAULT_RISE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STOP_GRACE,
+    DEFAULT_UPDATE_MONITOR, DEFAULT_UPDATE_PARALLELISM, MAX_ENDPOINTS, MAX_REPLICAS, MAX_WEIGHT,
+};
+use crate::error::{ConfigError, FieldError};
+use crate::spec::{ConfigFile, EndpointSpec, HealthSpec, NodeConfig, PortSpec, ServiceSpec};
+
+impl ConfigFile {
+    /// Reads, parses and validates a file; errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file = Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        file.validate().map_err(|error| ConfigError::Invalid {
+            path: path.to_owned(),
+            error,
+        })
+    }
+
+    pub fn validate(&self) -> Result<Config, FieldError> {
+        let node = self.node.validate().map_err(|e| e.within("node"))?;
+        let mut services = Vec::with_capacity(self.services.len());
+        let mut names = HashSet::new();
+        // (ip, port) → index of the service that binds it.
+        let mut bound: HashMap<(IpAddr, u16), usize> = HashMap::new();
+        for (index, spec) in self.services.iter().enumerate() {
+            let here = format!("service[{index}]");
+            let service = spec.validate().map_err(|e| e.within(&here))?;
+            if !names.insert(service.name.clone()) {
+                return Err(FieldError::new(
+                    format!("{here}.name"),
+                    format!("a service named {:?} is already defined", service.name),
+                ));
+            }
+            for addr in service.listen_addrs(node.ingress_addr) {
+                let clash = bound
+                    .iter()
+                    .find(|((ip, port), _)| *port == addr.port() && ips_overlap(*ip, addr.ip()));
+                if let Some((_, &other)) = clash {
+                    let field = if spec.listen.is_empty() {
+                        "ports"
+                    } else {
+                        "listen"
+                    };
+                    return Err(FieldError::new(
+                        format!("{here}.{field}"),
+                        format!(
+                            "listen address {addr} is already used by service {:?}",
+                            self.services[other].name
+                        ),
+                    ));
+                }
+                bound.insert((addr.ip(), addr.port()), index);
+            }
+            services.push(service);
+        }
+        Ok(Config { node, services })
+    }
+}
+
+/// Two bind addresses on one port clash when they are equal or one of them is
+/// the wildcard of the same family.
+fn ips_overlap(a: IpAddr, b: IpAddr) -> bool {
+    a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+}
+
+impl NodeConfig {
+    pub fn validate(&self) -> Result<Node, FieldError> {
+        let name = match &self.name {
+            Some(name) => {
+                check_dns_label(name).map_err(|reason| FieldError::new("name", reason))?;
+                name.clone()
+            }
+            None => default_node_name(),
+        };
+        let api_addr = match &self.api_addr {
+            Some(text) => parse_socket_addr(text).map_err(|r| FieldError::new("api_addr", r))?,
+            None => DEFAULT_API_ADDR,
+        };
+        let ingress_addr = match &self.ingress_addr {
+            Some(text) => parse_ip(text).map_err(|r| FieldError::new("ingress_addr", r))?,
+            None => DEFAULT_INGRESS_ADDR,
+        };
+        let shutdown_grace = self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE);
+        check_duration(shutdown_grace, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("shutdown_grace", r))?;
+        Ok(Node {
+            name,
+            api_addr,
+            ingress_addr,
+            shutdown_grace,
+        })
+    }
+}
+
+/// The host name if it is a usable label, else `lbd`.
+fn default_node_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_ascii_lowercase())
+        .filter(|s| check_dns_label(s).is_ok())
+        .unwrap_or_else(|| "lbd".to_owned())
+}
+
+impl ServiceSpec {
+    /// Checks every field; the error's field path is relative to the service.
+    pub fn validate(&self) -> Result<Service, FieldError> {
+        check_dns_label(&self.name).map_err(|r| FieldError::new("name", r))?;
+
+        let mut listen = Vec::with_capacity(self.listen.len());
+        for (i, text) in self.listen.iter().enumerate() {
+            let ip = parse_ip(text).map_err(|r| FieldError::new(format!("listen[{i}]"), r))?;
+            if let Some(other) = listen.iter().find(|other| ips_overlap(**other, ip)) {
+                return Err(FieldError::new(
+                    format!("listen[{i}]"),
+                    format!("{ip} overlaps {other}, which is already listed"),
+                ));
+            }
+            listen.push(ip);
+        }
+
+        if self.ports.is_empty() {
+            return Err(FieldError::new(
+                "ports",
+                "at least one port is required, e.g. { published = 8080, target = 80 }",
+            ));
+        }
+        let mut ports: Vec<PortMapping> = Vec::with_capacity(self.ports.len());
+        for (i, port) in self.ports.iter().enumerate() {
+            let mapping = port
+                .validate()
+                .map_err(|e| e.within(&format!("ports[{i}]")))?;
+            if ports.iter().any(|p| p.published == mapping.published) {
+                return Err(FieldError::new(
+                    format!("ports[{i}].published"),
+                    format!("port {} is published twice", mapping.published),
+                ));
+            }
+            ports.push(mapping);
+        }
+
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(FieldError::new(
+                "endpoints",
+                format!(
+                    "{} endpoints; at most {MAX_ENDPOINTS} are allowed",
+                    self.endpoints.len()
+                ),
+            ));
+        }
+        let mut endpoints: Vec<Endpoint> = Vec::with_capacity(self.endpoints.len());
+        for (i, ep) in self.endpoints.iter().enumerate() {
+            let here = format!("endpoints[{i}]");
+            let endpoint = ep.validate().map_err(|e| e.within(&here))?;
+            if endpoint.port.is_some() && ports.len() > 1 {
+                return Err(FieldError::new(
+                    format!("{here}.address"),
+                    "an endpoint may name a port only when the service publishes one port; \
+                     give a bare IP and each port's target is used",
+                ));
+            }
+            // Compare resolved addresses: "10.0.0.1" and "10.0.0.1:80" are
+            // the same backend when the target port is 80.
+            let resolve = |e: &Endpoint, port: &PortMapping| {
+                SocketAddr::new(e.ip, e.port.unwrap_or(port.target))
+            };
+            if let Some(port) = ports.iter().find(|port| {
+                endpoints
+                    .iter()
+                    .any(|e| resolve(e, port) == resolve(&endpoint, port))
+            }) {
+                return Err(FieldError::new(
+                    format!("{here}.address"),
+                    format!("{} is listed twice", resolve(&endpoint, port)),
+                ));
+            }
+            endpoints.push(endpoint);
+        }
+
+        let health = self.health.validate().map_err(|e| e.within("health"))?;
+
+        let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        check_duration(
+            connect_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+        )
+        .map_err(|r| FieldError::new("connect_timeout", r))?;
+        let idle_timeout = self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT);
+        check_duration(
+            idle_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(7 * 86_400),
+        )
+        .map_err(|r| FieldError::new("idle_timeout", r))?;
+        let drain_timeout = self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
+        check_duration(drain_timeout, Duration::ZERO, Duration::from_secs(86_400))
+            .map_err(|r| FieldError::new("drain_timeout", r))?;
+        let max_connections =
+            check_int(self.max_connections, DEFAULT_MAX_CONNECTIONS, 1, 1_000_000)
+                .map_err(|r| FieldError::new("max_connections", r))?;
+        let retries = check_int(self.retries, DEFAULT_RETRIES, 0, 16)
+            .map_err(|r| FieldError::new("retries", r))?;
+        let replicas = check_int(self.replicas, DEFAULT_REPLICAS, 0, MAX_REPLICAS)
+            .map_err(|r| FieldError::new("replicas", r))?;
+        let tasks = self.validate_tasks()?;
+
+        Ok(Service {
+            name: self.name.clone(),
+            listen,
+            ports,
+            algorithm: self.algorithm,
+            endpoints,
+            health,
+            proxy_protocol: self.proxy_protocol,
+            connect_timeout,
+            idle_timeout,
+            drain_timeout,
+            max_connections,
+            retries,
+            retry_on_empty: self.retry_on_empty.unwrap_or(false),
+            replicas,
+            tasks,
+        })
+    }
+
+    /// The task template and policies; `None` when the service runs no
+    /// tasks (no image, no command).
+    fn validate_tasks(&self) -> Result<Option<TaskSpec>, FieldError> {
+        if let Some(image) = &self.image {
+            if image.is_empty()
+                || image.len() > 255
+                || image.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(FieldError::new(
+                    "image",
+                    format!("{image:?} must be 1 to 255 characters without spaces"),
+                ));
+            }
+        }
+        if let Some(command) = &self.command {
+            if command.trim().is_empty() || command.len() > 4096 {
+                return Err(FieldError::new(
+                    "command",
+                    "must be a non-empty shell command of up to 4096 bytes",
+                ));
+            }
+        }
+        let runs_tasks = self.image.is_some() || self.command.is_some();
+        if !runs_tasks {
+            let needs_tasks = [
+                ("replicas", self.replicas.is_some_and(|r| r != 0)),
+                ("mode", self.mode == ServiceMode::Global),
+                ("env", !self.env.is_empty()),
+                ("constraints", !self.constraints.is_empty()),
+            ];
+            if let Some((field, _)) = needs_tasks.iter().find(|(_, set)| *set) {
+                return Err(FieldError::new(
+                    *field,
+                    "only a service with an image or a command runs tasks; give --image or --command",
+                ));
+            }
+            return Ok(None);
+        }
+        if self.mode == ServiceMode::Global && self.replicas.is_some() {
+            return Err(FieldError::new(
+                "replicas",
+                "a global service runs one task per node; replicas apply to replicated mode",
+            ));
+        }
+        for (i, pair) in self.env.iter().enumerate() {
+            let key = pair.split_once('=').map(|(k, _)| k).unwrap_or("");
+            let valid_key = key
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_key || pair.contains('\0') {
+                return Err(FieldError::new(
+                    format!("env[{i}]"),
+                    format!("{pair:?} is not KEY=VALUE with KEY of letters, digits and '_'"),
+                ));
+            }
+        }
+        let mut constraints = Vec::with_capacity(self.constraints.len());
+        for (i, text) in self.constraints.iter().enumerate() {
+            constraints.push(
+                Constraint::parse(text)
+                    .map_err(|r| FieldError::new(format!("constraints[{i}]"), r))?,
+            );
+        }
+        let max_per_node = check_int(self.max_replicas_per_node, 0, 0, MAX_REPLICAS)
+            .map_err(|r| FieldError::new("max_replicas_per_node", r))?;
+        let restart = RestartPolicy {
+            condition: self.restart.condition.unwrap_or_default(),
+            delay: self.restart.delay.unwrap_or(DEFAULT_RESTART_DELAY),
+            max_attempts: check_int(self.restart.max_attempts, 0, 0, 1_000_000)
+                .map_err(|r| FieldError::new("restart.max_attempts", r))?,
+        };
+        check_duration(restart.delay, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("restart.delay", r))?;
+        let update = UpdatePolicy {
+            parallelism: check_int(
+                self.update.parallelism,
+                DEFAULT_UPDATE_PARALLELISM,
+                0,
+                MAX_REPLICAS,
+            )
+            .map_err(|r| FieldError::new("update.parallelism", r))?,
+            delay: self.update.delay.unwrap_or(Duration::ZERO),
+            order: self.update.order.unwrap_or_default(),
+            failure_action: self.update.failure_action.unwrap_or_default(),
+            monitor: self.update.monitor.unwrap_or(DEFAULT_UPDATE_MONITOR),
+        };
+        check_duration(update.delay, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("update.delay", r))?;
+        check_duration(update.monitor, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("update.monitor", r))?;
+        let stop_grace = self.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE);
+        check_duration(stop_grace, Duration::ZERO, Duration::from_secs(3600))
+            .map_err(|r| FieldError::new("stop_grace_period", r))?;
+        Ok(Some(TaskSpec {
+            image: self.image.clone(),
+            command: self.command.clone(),
+            env: self.env.clone(),
+            mode: self.mode,
+            constraints,
+            max_per_node,
+            restart,
+            update,
+            stop_grace,
+        }))
+    }
+}
+
+impl PortSpec {
+    fn validate(&self) -> Result<PortMapping, FieldError> {
+        let published = check_port(self.published).map_err(|r| FieldError::new("published", r))?;
+        let target = match self.target {
+            Some(t) => check_port(t).map_err(|r| FieldError::new("target", r))?,
+            None => published,
+        };
+        let protocol = match self.protocol.as_deref() {
+            None | Some("tcp") => Protocol::Tcp,
+            Some("udp") => {
+                return Err(FieldError::new(
+                    "protocol",
+                    "udp is not supported yet; only tcp is forwarded",
+                ))
+            }
+            Some(other) => {
+                return Err(FieldError::new(
+                    "protocol",
+                    format!("unknown protocol {other:?}; expected \"tcp\""),
+                ))
+            }
+        };
+        Ok(PortMapping {
+            published,
+            target,
+            protocol,
+        })
+    }
+}
+
+impl EndpointSpec {
+    fn validate(&self) -> Result<Endpoint, FieldError> {
+        let (ip, port) = if let Ok(addr) = self.address.parse::<SocketAddr>() {
+            if addr.port() == 0 {
+                return Err(FieldError::new(
+                    "address",
+                    "port 0 is not a valid backend port",
+                ));
+            }
+            (addr.ip(), Some(addr.port()))
+        } else if let Ok(ip) = self.address.parse::<IpAddr>() {
+            (ip, None)
+        } else {
+            return Err(FieldError::new(
+                "address",
+                format!(
+                    "{:?} is not an IP address or ip:port (host names are not resolved)",
+                    self.address
+                ),
+            ));
+        };
+        if ip.is_unspecified() || ip.is_multicast() {
+            return Err(FieldError::new(
+                "address",
+                format!("{ip} cannot be a backend address"),
+            ));
+        }
+        let weight =
+            check_int(self.weight, 1, 1, MAX_WEIGHT).map_err(|r| FieldError::new("weight", r))?;
+        Ok(Endpoint { ip, port, weight })
+    }
+}
+
+impl HealthSpec {
+    fn validate(&self) -> Result<HealthCheck, FieldError> {
+        let kind = self.kind.unwrap_or_default();
+        let path = match (&self.path, kind) {
+            (Some(path), _)
+                if !path.starts_with('/')
+                    || path.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                return Err(FieldError::new(
+                    "path",
+                    format!(
+                        "{path:?} must start with '/' and contain no spaces or control characters"
+                    ),
+                ))
+            }
+            (Some(path), HealthCheckKind::Http) => path.clone(),
+            (Some(_), _) => {
+                return Err(FieldError::new(
+                    "path",
+                    "a path is only used by type = \"http\"",
+                ))
+            }
+            (None, _) => "/".to_owned(),
+        };
+        let interval = self.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL);
+        check_duration(
+            interval,
+            Duration::from_millis(10),
+            Duration::from_secs(3600),
+        )
+        .map_err(|r| FieldError::new("interval", r))?;
+        let timeout = self.timeout.unwrap_or(DEFAULT_HEALTH_TIMEOUT).min(interval);
+        if let Some(t) = self.timeout {
+            check_duration(t, Duration::from_millis(1), interval).map_err(|r| {
+                FieldError::new("timeout", format!("{r} (it may not exceed interval)"))
+            })?;
+        }
+        let rise =
+            check_int(self.rise, DEFAULT_RISE, 1, 100).map_err(|r| FieldError::new("rise", r))?;
+        let fall =
+            check_int(self.fall, DEFAULT_FALL, 1, 100).map_err(|r| FieldError::new("fall", r))?;
+        let eject_time = self.eject_time.unwrap_or(DEFAULT_EJECT_TIME);
+        check_duration(
+            eject_time,
+            Duration::from_millis(1),
+            Duration::from_secs(3600),
+        )
+        .map_err(|r| FieldError::new("eject_time", r))?;
+        Ok(HealthCheck {
+            kind,
+            path,
+            interval,
+            timeout,
+            rise,
+            fall,
+            eject_time,
+        })
+    }
+}
+
+/// Service and node names: a lowercase DNS label (RFC 1123), as Docker
+/// requires for service names.
+pub fn check_dns_label(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(format!("{name:?} must be 1 to 63 characters long"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(format!(
+            "{name:?} contains {c:?}; use lowercase letters, digits and '-'"
+        ));
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Err(format!("{name:?} may not start or end with '-'"));
+    }
+    Ok(())
+}
+
+fn check_port(value: i64) -> Result<u16, String> {
+    match u16::try_from(value) {
+        Ok(port) if port != 0 => Ok(port),
+        _ => Err(format!("port {value} is out of range 1..=65535")),
+    }
+}
+
+fn check_int(value: Option<i64>, default: u32, min: u32, max: u32) -> Result<u32, String> {
+    let Some(value) = value else {
+        return Ok(default);
+    };
+    match u32::try_from(value) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        _ => Err(format!("{value} is out of range {min}..={max}")),
+    }
+}
+
+fn check_duration(value: Duration, min: Duration, max: Duration) -> Result<(), String> {
+    if value < min || value > max {
+        return Err(format!(
+            "{} is out of range {}..={}",
+            humantime::format_duration(value),
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(())
+}
+
+fn parse_ip(text: &str) -> Result<IpAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))
+}
+
+fn parse_socket_addr(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an ip:port address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checked::{Algorithm, FailureAction, UpdateOrder};
+
+    fn invalid(text: &str) -> FieldError {
+        let file = ConfigFile::parse(text).expect("parses");
+        file.validate().expect_err("must be rejected")
+    }
+
+    // fixed-port-ok: parsed only; nothing is bound in these tests.
+    const ONE: &str = r#"
+        [[service]]
+        name = "web"
+        ports = [{ published = 8080, target = 80 }]
+        endpoints = [{ address = "127.0.0.1:9000", weight = 3 }, { address = "127.0.0.2:9000" }] # fixed-port-ok
+    "#;
+
+    #[test]
+    fn defaults_are_filled_in() {
+        let cfg = ConfigFile::parse(ONE).unwrap().validate().unwrap();
+        let web = &cfg.services[0];
+        assert_eq!(web.algorithm, Algorithm::RoundRobin);
+        assert_eq!(web.connect_timeout, DEFAULT_CONNECT_TIMEOUT);
+        assert_eq!(web.idle_timeout, DEFAULT_IDLE_TIMEOUT);
+        assert_eq!(web.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(web.health.kind, HealthCheckKind::Tcp);
+        assert_eq!(cfg.node.api_addr, DEFAULT_API_ADDR);
+        assert_eq!(
+            web.backends_for(&web.ports[0]),
+            vec![
+                ("127.0.0.1:9000".parse().unwrap(), 3), // fixed-port-ok
+                ("127.0.0.2:9000".parse().unwrap(), 1)  // fixed-port-ok
+            ]
+        );
+        assert_eq!(
+            web.listen_addrs(DEFAULT_INGRESS_ADDR),
+            vec!["0.0.0.0:8080".parse::<SocketAddr>().unwrap()] // fixed-port-ok
+        );
+    }
+
+    #[test]
+    fn bare_endpoint_ip_takes_each_target_port() {
+        let cfg = ConfigFile::parse(
+            r#"
+            [[service]]
+            name = "web"
+            ports = [{ published = 80, target = 8080 }, { published = 443, target = 8443 }]
+            endpoints = [{ address = "10.0.0.1" }]
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let web = &cfg.services[0];
+        assert_eq!(
+            web.backends_for(&web.ports[1])[0].0,
+            "10.0.0.1:8443".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn the_same_backend_twice_is_refused() {
+        let err = invalid(
+            "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"10.0.0.1\" }, { address = \"10.0.0.1:80\" }]",
+        );
+        assert_eq!(err.field, "service[0].endpoints[1].address");
+    }
+
+    #[test]
+    fn overlapping_listen_addresses_of_one_service_are_refused() {
+        let err = invalid(
+            "[[service]]\nname = \"web\"\nlisten = [\"0.0.0.0\", \"127.0.0.1\"]\nports = [{ published = 80 }]",
+        );
+        assert_eq!(err.field, "service[0].listen[1]");
+    }
+
+    #[test]
+    fn field_errors_name_the_field() {
+        let cases = [
+            (
+                "[[service]]\nname = \"Web\"\nports = [{ published = 80 }]",
+                "service[0].name",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 0 }]",
+                "service[0].ports[0].published",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80, target = 70000 }]",
+                "service[0].ports[0].target",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80, protocol = \"udp\" }]",
+                "service[0].ports[0].protocol",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"10.0.0.1\", weight = 0 }]",
+                "service[0].endpoints[0].weight",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"example.com:80\" }]",
+                "service[0].endpoints[0].address",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nmax_connections = -1",
+                "service[0].max_connections",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\n[service.health]\ninterval = \"1s\"\ntimeout = \"2s\"",
+                "service[0].health.timeout",
+            ),
+            ("[node]\napi_addr = \"nope\"", "node.api_addr"),
+            (
+                "[[service]]\nname = \"a\"\nports = [{ published = 80 }]\n[[service]]\nname = \"a\"\nports = [{ published = 81 }]",
+                "service[1].name",
+            ),
+        ];
+        for (text, field) in cases {
+            let err = invalid(text);
+            assert_eq!(err.field, field, "{text}: {err}");
+            assert!(!err.reason.is_empty());
+        }
+    }
+
+    #[test]
+    fn udp_is_refused_as_not_supported_yet() {
+        let err = invalid(
+            "[[service]]\nname = \"web\"\nports = [{ published = 53, protocol = \"udp\" }]",
+        );
+        assert!(err.reason.contains("not supported yet"), "{err}");
+    }
+
+    #[test]
+    fn two_services_on_one_listen_address_clash() {
+        let err = invalid(
+            r#"
+            [[service]]
+            name = "a"
+            listen = ["127.0.0.1"]
+            ports = [{ published = 8080 }]
+            [[service]]
+            name = "b"
+            ports = [{ published = 8080 }]
+            "#,
+        );
+        assert_eq!(err.field, "service[1].ports");
+        assert!(err.reason.contains("\"a\""), "{err}");
+        // Different addresses on the same port are fine.
+        let ok = ConfigFile::parse(
+            r#"
+            [[service]]
+            name = "a"
+            listen = ["127.0.0.1"]
+            ports = [{ published = 8080 }]
+            [[service]]
+            name = "b"
+            listen = ["127.0.0.2"]
+            ports = [{ published = 8080 }]
+            "#,
+        )
+        .unwrap();
+        assert!(ok.validate().is_ok());
+    }
+
+    #[test]
+    fn task_fields_are_checked() {
+        let base = "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\n";
+        let cases = [
+            ("replicas = 3", "service[0].replicas"),
+            ("image = \"a b\"", "service[0].image"),
+            ("image = \"x\"\nenv = [\"1A=b\"]", "service[0].env[0]"),
+            (
+                "image = \"x\"\nconstraints = [\"node.x==y\"]",
+                "service[0].constraints[0]",
+            ),
+            (
+                "image = \"x\"\nmode = \"global\"\nreplicas = 2",
+                "service[0].replicas",
+            ),
+            ("command = \"  \"", "service[0].command"),
+            (
+                "image = \"x\"\n[service.update]\nparallelism = -1",
+                "service[0].update.parallelism",
+            ),
+        ];
+        for (extra, field) in cases {
+            let err = invalid(&format!("{base}{extra}"));
+            assert_eq!(err.field, field, "{extra}: {err}");
+        }
+        let ok = ConfigFile::parse(&format!(
+            "{base}image = \"img:v1\"\nreplicas = 3\nenv = [\"A=b\"]\n[service.update]\norder = \"start-first\"\nfailure_action = \"rollback\""
+        ))
+        .unwrap()
+        .validate()
+        .unwrap();
+        let tasks = ok.services[0].tasks.clone().expect("a task service");
+        assert_eq!(tasks.update.order, UpdateOrder::StartFirst);
+        assert_eq!(tasks.update.failure_action, FailureAction::Rollback);
+        assert_eq!(tasks.restart.delay, DEFAULT_RESTART_DELAY);
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(check_dns_label("web-1").is_ok());
+        for bad in ["", "-web", "web-", "we_b", "Web", &"a".repeat(64)] {
+            assert!(check_dns_label(bad).is_err(), "{bad:?}");
+        }
+    }
+}
