@@ -2,7 +2,8 @@
 """Fails when two source files of one crate import each other, directly or
 through others. A file's module path comes from where it lies under src/;
 every `crate::`, `super::` and `self::` path in it (in `use` lines and in
-code) is an edge to the deepest module file that path names."""
+code), and every path through a child module it declares, is an edge to
+the deepest module file that path names."""
 import pathlib
 import re
 import sys
@@ -44,6 +45,11 @@ def crate_cycles(src: pathlib.Path):
                     paths.append(f"{prefix}::{name}")
                 elif name == "self":
                     paths.append(prefix)
+        # A child module named without a prefix (`use child::X`, `child::f()`)
+        # is an edge too.
+        for child in re.findall(r"\bmod\s+([A-Za-z_][A-Za-z0-9_]*)\s*;", text):
+            if re.search(rf"(?<![:\w]){child}::", text):
+                paths.append(f"self::{child}")
         for path in paths:
             segs = path.split("::")
             # `self` is this file's module and `super` its parent, whether

@@ -19,6 +19,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use raft_state::network::Secret;
+use raft_state::random::{self, RandomError};
 use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing};
 use raft_state::state::{
     Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, Role, VipRange,
@@ -54,6 +55,8 @@ pub enum ClusterError {
     Registry(#[from] RegistryError),
     #[error("joining through {host}: {reason}")]
     Join { host: String, reason: String },
+    #[error("cannot make the cluster's secrets: {0}")]
+    Random(#[from] RandomError),
 }
 
 /// What this node is, as saved in its data dir.
@@ -143,16 +146,12 @@ impl JoinToken {
     }
 }
 
-fn random_bytes(len: usize) -> Vec<u8> {
+/// Random bytes for a secret or an identity: from the OS source, or an
+/// error (never a weaker fallback).
+fn random_bytes(len: usize) -> Result<Vec<u8>, RandomError> {
     let mut bytes = vec![0u8; len];
-    if getrandom::fill(&mut bytes).is_err() {
-        // No OS randomness: fall back to a time-seeded generator so the
-        // node still starts; the log says so.
-        tracing::warn!("no OS randomness; secrets are weaker than they should be");
-        let mut rng = fastrand::Rng::new();
-        rng.fill(&mut bytes);
-    }
-    bytes
+    random::fill(&mut bytes)?;
+    Ok(bytes)
 }
 
 pub fn encode_hex(bytes: &[u8]) -> String {
@@ -170,26 +169,25 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 }
 
 /// A fresh cluster: its secret and tokens.
-fn new_cluster() -> (Vec<u8>, ClusterInfo) {
-    let secret = random_bytes(32);
+fn new_cluster() -> Result<(Vec<u8>, ClusterInfo), RandomError> {
+    let secret = random_bytes(32)?;
     let secret_hex = encode_hex(&secret);
     let token =
         |role_key: Vec<u8>| format!("{JOIN_TOKEN_PREFIX}{secret_hex}-{}", encode_hex(&role_key));
     let info = ClusterInfo {
-        id: encode_hex(&random_bytes(8)),
-        manager_token: token(random_bytes(16)),
-        worker_token: token(random_bytes(16)),
-        control_token: format!("{CONTROL_TOKEN_PREFIX}{}", encode_hex(&random_bytes(16))),
+        id: encode_hex(&random_bytes(8)?),
+        manager_token: token(random_bytes(16)?),
+        worker_token: token(random_bytes(16)?),
+        control_token: format!("{CONTROL_TOKEN_PREFIX}{}", encode_hex(&random_bytes(16)?)),
     };
-    (secret, info)
+    Ok((secret, info))
 }
 
-fn random_node_id() -> NodeId {
-    let bytes = random_bytes(8);
+fn random_node_id() -> Result<NodeId, RandomError> {
     let mut id = [0u8; 8];
-    id.copy_from_slice(&bytes);
+    random::fill(&mut id)?;
     // Ids are shown to users; keep them positive in every language's eyes.
-    u64::from_be_bytes(id) >> 1 | 1
+    Ok(u64::from_be_bytes(id) >> 1 | 1)
 }
 
 fn record(settings: &NodeSettings, id: NodeId, role: Role) -> NodeRecord {
@@ -253,8 +251,8 @@ pub async fn start(
     }
     match join {
         None => {
-            let (secret, info) = new_cluster();
-            let id = random_node_id();
+            let (secret, info) = new_cluster()?;
+            let id = random_node_id()?;
             let node = start_registry(settings, id, Secret::new(&secret)).await?;
             node.bootstrap().await?;
             node.propose(Command::InitCluster {
@@ -272,7 +270,7 @@ pub async fn start(
         }
         Some((host, token)) => {
             let parsed = JoinToken::parse(token).map_err(ClusterError::Token)?;
-            let id = random_node_id();
+            let id = random_node_id()?;
             let node = start_registry(settings, id, Secret::new(&parsed.secret)).await?;
             let request = JoinRequest {
                 token: token.to_owned(),

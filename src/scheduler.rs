@@ -61,13 +61,11 @@ fn millis(d: Duration) -> Millis {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A new random task id: 12 lowercase hex digits.
+/// A new random task id: 12 lowercase hex digits. An id must be unique,
+/// not secret, so a fast generator serves (secrets come from
+/// `raft_state::random`, which fails closed).
 pub fn new_task_id() -> String {
-    let mut bytes = [0u8; 6];
-    if getrandom::fill(&mut bytes).is_err() {
-        fastrand::fill(&mut bytes);
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:012x}", fastrand::u64(..1 << 48))
 }
 
 /// Scheduler settings.
