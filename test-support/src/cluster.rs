@@ -224,11 +224,42 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Kills the process groups of the process tasks the nodes started (a
+    /// killed lbd leaves them running), found through the records the
+    /// process runtime keeps in each node's `tasks` folder.
+    fn kill_process_tasks(&self) {
+        for n in 0..self.nodes.len() {
+            let Ok(entries) = std::fs::read_dir(self.data_dir(n).join("tasks")) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                    .and_then(|record| record["pid"].as_i64())
+                    .filter(|pid| *pid > 1);
+                if let Some(pid) = pid {
+                    let _ = Command::new("kill")
+                        .args(["-KILL", "--", &format!("-{pid}")])
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in 0..self.nodes.len() {
             self.kill(n);
         }
+        self.kill_process_tasks();
     }
 }
 
