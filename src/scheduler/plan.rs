@@ -1,0 +1,354 @@
+//! One scheduling round as a pure function of the registry state and the
+//! time: per service, orphaned, failed and surplus tasks out, missing ones
+//! in, placed by [`placement`](super::placement); rolling updates are
+//! stepped by [`update`](super::update).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use lb_config::{RestartCondition, ServiceMode, TaskSpec};
+use raft_state::state::{Availability, NodeId, NodeStatus, RegistryState, ServiceRecord};
+use raft_state::task::{Millis, NewTask, TaskOp, TaskRecord, TaskState};
+use tracing::warn;
+
+use super::clock::millis;
+use super::placement::{facts, may_stay, place, Load};
+
+/// Dead tasks kept per slot for `service ps`.
+const TASK_HISTORY: usize = 3;
+
+/// A new random task id: 12 lowercase hex digits. An id must be unique,
+/// not secret, so a fast generator serves (secrets come from
+/// `raft_state::random`, which fails closed).
+pub fn new_task_id() -> String {
+    format!("{:012x}", fastrand::u64(..1 << 48))
+}
+
+/// The changes of one round.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub ops: Vec<TaskOp>,
+    /// Services whose update failed with failure action rollback.
+    pub rollbacks: Vec<String>,
+}
+
+/// Which slot a task fills: its slot number (replicated) or its node
+/// (global).
+pub(super) type SlotKey = u64;
+
+pub(super) fn slot_key(mode: ServiceMode, task: &TaskRecord) -> SlotKey {
+    match mode {
+        ServiceMode::Replicated => u64::from(task.slot),
+        ServiceMode::Global => task.node.unwrap_or(0),
+    }
+}
+
+/// What the restart policy says about refilling a slot whose newest dead
+/// task is `last`.
+enum Refill {
+    Now {
+        attempt: u32,
+    },
+    Later,
+    /// The policy gives up on the slot.
+    Never,
+}
+
+fn refill(spec: &TaskSpec, last: Option<&TaskRecord>, now: Millis) -> Refill {
+    let Some(last) = last else {
+        return Refill::Now { attempt: 0 };
+    };
+    let restart = spec.restart;
+    let (restarts, failed) = match last.state {
+        TaskState::Failed => (restart.condition != RestartCondition::None, true),
+        // A task that ended on its own with status 0.
+        TaskState::Shutdown if last.message.starts_with("completed") => {
+            (restart.condition == RestartCondition::Any, true)
+        }
+        // Stopped on purpose, or lost with its node: replace at once.
+        _ => return Refill::Now { attempt: 0 },
+    };
+    if !restarts {
+        return Refill::Never;
+    }
+    let attempt = if failed { last.attempt + 1 } else { 0 };
+    if restart.max_attempts > 0 && attempt > restart.max_attempts {
+        return Refill::Never;
+    }
+    if now < last.updated_at.saturating_add(millis(restart.delay)) {
+        return Refill::Later;
+    }
+    Refill::Now { attempt }
+}
+
+/// Plans one round over the whole registry.
+pub fn plan(
+    state: &RegistryState,
+    now: Millis,
+    last_batch: &mut HashMap<String, Millis>,
+    new_id: &mut impl FnMut() -> String,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut total: HashMap<NodeId, usize> = HashMap::new();
+    for task in state.tasks.values().filter(|t| t.is_live()) {
+        if let Some(node) = task.node {
+            *total.entry(node).or_default() += 1;
+        }
+    }
+    for record in state.services.values() {
+        let spec = match record.spec.validate() {
+            Ok(service) => match service.tasks {
+                Some(spec) => (spec, service.replicas),
+                None => continue,
+            },
+            Err(error) => {
+                warn!(service = %record.spec.name, %error, "service skipped by the scheduler");
+                continue;
+            }
+        };
+        let mut service_plan = ServicePlan {
+            state,
+            record,
+            spec: &spec.0,
+            replicas: spec.1,
+            now,
+            ops: &mut plan.ops,
+            load: Load {
+                total: total.clone(),
+                service: HashMap::new(),
+            },
+        };
+        if let Some(rollback) = service_plan.run(last_batch, new_id) {
+            plan.rollbacks.push(rollback);
+        }
+        total = service_plan.load.total;
+    }
+    // Tasks of removed services: orphan those on lost nodes, drop the dead.
+    for task in state.tasks.values() {
+        if state.services.contains_key(&task.service) {
+            continue;
+        }
+        let node_up = task
+            .node
+            .and_then(|id| state.nodes.get(&id))
+            .is_some_and(|n| n.status == NodeStatus::Ready);
+        if task.state.is_terminal() || task.node.is_none() {
+            plan.ops.push(TaskOp::Remove {
+                id: task.id.clone(),
+            });
+        } else if !node_up {
+            plan.ops.push(TaskOp::Orphan {
+                id: task.id.clone(),
+            });
+        }
+    }
+    plan
+}
+
+pub(super) struct ServicePlan<'a> {
+    pub(super) state: &'a RegistryState,
+    pub(super) record: &'a ServiceRecord,
+    pub(super) spec: &'a TaskSpec,
+    pub(super) replicas: u32,
+    pub(super) now: Millis,
+    pub(super) ops: &'a mut Vec<TaskOp>,
+    pub(super) load: Load,
+}
+
+impl ServicePlan<'_> {
+    pub(super) fn name(&self) -> &str {
+        &self.record.spec.name
+    }
+
+    pub(super) fn shutdown(&mut self, task: &TaskRecord, reason: impl Into<String>) {
+        if let Some(node) = task.node {
+            self.load.remove(node);
+        }
+        self.ops.push(TaskOp::Shutdown {
+            id: task.id.clone(),
+            reason: reason.into(),
+        });
+    }
+
+    pub(super) fn create(
+        &mut self,
+        new_id: &mut impl FnMut() -> String,
+        slot: u32,
+        node: Option<NodeId>,
+        attempt: u32,
+    ) {
+        let (node, message) = match node {
+            Some(node) => (Some(node), String::new()),
+            None => match place(self.state, self.spec, &self.load) {
+                Ok(node) => (Some(node), String::new()),
+                Err(reason) => (None, reason),
+            },
+        };
+        if let Some(node) = node {
+            self.load.add(node);
+        }
+        self.ops.push(TaskOp::Create {
+            task: NewTask {
+                id: new_id(),
+                service: self.name().to_owned(),
+                slot,
+                spec_version: self.record.task_version,
+                node,
+                attempt,
+                message,
+            },
+        });
+    }
+
+    /// Plans this service; returns its name when it must roll back.
+    fn run(
+        &mut self,
+        last_batch: &mut HashMap<String, Millis>,
+        new_id: &mut impl FnMut() -> String,
+    ) -> Option<String> {
+        let mode = self.spec.mode;
+        let (state, record) = (self.state, self.record);
+        let tasks: Vec<&TaskRecord> = state.tasks_of(&record.spec.name).collect();
+        for task in tasks.iter().filter(|t| t.is_live()) {
+            if let Some(node) = task.node {
+                *self.load.service.entry(node).or_default() += 1;
+            }
+        }
+
+        // 1. Retire what cannot stay; place what waits.
+        let mut live: Vec<&TaskRecord> = Vec::new();
+        for task in &tasks {
+            if task.desired == raft_state::task::DesiredState::Running && task.state.is_terminal() {
+                // Failed or ended: retire it; its slot is refilled below.
+                self.ops.push(TaskOp::Shutdown {
+                    id: task.id.clone(),
+                    reason: task.message.clone(),
+                });
+                continue;
+            }
+            if !task.is_live() {
+                continue;
+            }
+            let Some(node_id) = task.node else {
+                // Still no node: it waits, with the reason it was created with.
+                if let Ok(node) = place(self.state, self.spec, &self.load) {
+                    self.load.add(node);
+                    self.ops.push(TaskOp::Assign {
+                        id: task.id.clone(),
+                        node,
+                    });
+                }
+                live.push(task);
+                continue;
+            };
+            match self.state.nodes.get(&node_id) {
+                Some(node) if node.status == NodeStatus::Ready => {
+                    if let Err(reason) = may_stay(node, self.spec) {
+                        self.shutdown(task, reason);
+                        continue;
+                    }
+                }
+                _ => {
+                    self.load.remove(node_id);
+                    self.ops.push(TaskOp::Orphan {
+                        id: task.id.clone(),
+                    });
+                    continue;
+                }
+            }
+            live.push(task);
+        }
+
+        // 2. Which slots exist and which are wanted.
+        let mut slots: BTreeMap<SlotKey, Vec<&TaskRecord>> = BTreeMap::new();
+        for task in &live {
+            slots.entry(slot_key(mode, task)).or_default().push(task);
+        }
+        let wanted: BTreeSet<SlotKey> = match mode {
+            ServiceMode::Replicated => {
+                let mut wanted: BTreeSet<SlotKey> = slots.keys().copied().collect();
+                // Surplus: shut down whole slots, most crowded nodes and
+                // non-running tasks first.
+                while wanted.len() > self.replicas as usize {
+                    let victim = wanted.iter().copied().max_by_key(|key| {
+                        let tasks = slots.get(key).map(Vec::as_slice).unwrap_or_default();
+                        let running = tasks.iter().any(|t| t.state == TaskState::Running);
+                        let crowd = tasks
+                            .iter()
+                            .filter_map(|t| t.node)
+                            .map(|n| self.load.service.get(&n).copied().unwrap_or(0))
+                            .max()
+                            .unwrap_or(usize::MAX);
+                        (!running, crowd, *key)
+                    });
+                    let Some(victim) = victim else { break };
+                    wanted.remove(&victim);
+                    for task in slots.remove(&victim).unwrap_or_default() {
+                        self.shutdown(task, "scaled down");
+                    }
+                }
+                let mut next = 1u64;
+                while wanted.len() < self.replicas as usize {
+                    if !wanted.contains(&next) {
+                        wanted.insert(next);
+                    }
+                    next += 1;
+                }
+                wanted
+            }
+            ServiceMode::Global => {
+                let eligible: BTreeSet<SlotKey> = self
+                    .state
+                    .nodes
+                    .values()
+                    .filter(|n| {
+                        n.status == NodeStatus::Ready
+                            && n.availability == Availability::Active
+                            && self.spec.constraints.iter().all(|c| c.matches(&facts(n)))
+                    })
+                    .map(|n| n.id)
+                    .collect();
+                // A paused node keeps its task but gets no new one.
+                slots.keys().copied().chain(eligible).collect()
+            }
+        };
+
+        // 3. Refill missing slots per the restart policy.
+        for key in &wanted {
+            if slots.contains_key(key) {
+                continue;
+            }
+            let last_dead = tasks
+                .iter()
+                .filter(|t| !t.is_live() && slot_key(mode, t) == *key)
+                .max_by_key(|t| t.updated_at);
+            if let Refill::Now { attempt } = refill(self.spec, last_dead.copied(), self.now) {
+                let (slot, node) = match mode {
+                    ServiceMode::Replicated => (u32::try_from(*key).unwrap_or(u32::MAX), None),
+                    ServiceMode::Global => (0, Some(*key)),
+                };
+                self.create(new_id, slot, node, attempt);
+            }
+        }
+
+        // 4. Rolling update over the slots that exist.
+        let rollback = self.update(&slots, &tasks, last_batch, new_id);
+
+        // 5. History: keep the newest few dead tasks per slot.
+        let mut dead: BTreeMap<SlotKey, Vec<&TaskRecord>> = BTreeMap::new();
+        for task in tasks
+            .iter()
+            .filter(|t| !t.is_live() && t.state.is_terminal())
+        {
+            dead.entry(slot_key(mode, task)).or_default().push(task);
+        }
+        for (_, mut list) in dead {
+            list.sort_by_key(|t| std::cmp::Reverse(t.updated_at));
+            for task in list.into_iter().skip(TASK_HISTORY) {
+                self.ops.push(TaskOp::Remove {
+                    id: task.id.clone(),
+                });
+            }
+        }
+        rollback
+    }
+}

@@ -1,0 +1,416 @@
+//! The plan, tested without a cluster.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use lb_config::{FailureAction, PortSpec, ServiceMode, ServiceSpec};
+use raft_state::state::{
+    Availability, ClusterInfo, NodeId, NodeRecord, NodeStatus, RegistryState, Role,
+};
+use raft_state::task::{DesiredState, TaskHealth, TaskRecord, TaskReport, TaskState, UpdateState};
+
+use super::*;
+
+fn node(id: NodeId, labels: &[(&str, &str)]) -> NodeRecord {
+    let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, id as u8));
+    NodeRecord {
+        id,
+        name: format!("n{id}"),
+        raft_addr: SocketAddr::new(ip, 1),
+        api_addr: SocketAddr::new(ip, 2),
+        ingress_addr: ip,
+        role: Role::Manager,
+        availability: Availability::Active,
+        status: NodeStatus::Ready,
+        labels: labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    }
+}
+
+fn web(replicas: i64) -> ServiceSpec {
+    ServiceSpec {
+        name: "web".to_owned(),
+        ports: vec![PortSpec {
+            published: 8080,
+            target: Some(80),
+            protocol: None,
+        }],
+        image: Some("img:v1".to_owned()),
+        replicas: Some(replicas),
+        ..ServiceSpec::default()
+    }
+}
+
+/// A registry with three ready nodes and `spec`, driven by `plan` the
+/// way the leader drives it.
+struct Sim {
+    state: RegistryState,
+    now: Millis,
+    batches: HashMap<String, Millis>,
+    next_id: u32,
+}
+
+impl Sim {
+    fn new(spec: ServiceSpec) -> Self {
+        let mut state = RegistryState::default();
+        state.apply(&Command::InitCluster {
+            cluster: ClusterInfo {
+                id: "c".into(),
+                manager_token: String::new(),
+                worker_token: String::new(),
+                control_token: String::new(),
+            },
+            vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+        });
+        for id in 1..=3 {
+            state.apply(&Command::RegisterNode {
+                node: node(id, &[]),
+            });
+        }
+        let outcome = state.apply(&Command::CreateService { spec });
+        assert!(
+            matches!(outcome, raft_state::state::Outcome::Service { .. }),
+            "{outcome:?}"
+        );
+        Self {
+            state,
+            now: 1_000_000,
+            batches: HashMap::new(),
+            next_id: 0,
+        }
+    }
+
+    fn round(&mut self) -> Plan {
+        let mut next = self.next_id;
+        let plan = plan(&self.state, self.now, &mut self.batches, &mut || {
+            next += 1;
+            format!("t{next}")
+        });
+        self.next_id = next;
+        let ops = plan.ops.clone();
+        let outcome = self.state.apply(&Command::Schedule { ops, at: self.now });
+        assert!(
+            !matches!(outcome, raft_state::state::Outcome::Rejected { .. }),
+            "{outcome:?}"
+        );
+        for name in &plan.rollbacks {
+            self.state
+                .apply(&Command::RollbackService { name: name.clone() });
+        }
+        plan
+    }
+
+    /// Every agent does what it is told at once: assigned tasks run
+    /// healthy, shut-down tasks stop.
+    fn agents(&mut self) {
+        let tasks: Vec<TaskRecord> = self.state.tasks.values().cloned().collect();
+        for task in tasks {
+            let Some(node) = task.node else { continue };
+            let state = match (task.desired, task.state) {
+                (DesiredState::Running, TaskState::Assigned) => TaskState::Running,
+                (DesiredState::Shutdown, s) if !s.is_terminal() => TaskState::Shutdown,
+                _ => continue,
+            };
+            self.report(&task.id, node, state, &task.message);
+        }
+    }
+
+    fn report(&mut self, id: &str, node: NodeId, state: TaskState, message: &str) {
+        let outcome = self.state.apply(&Command::ReportTask {
+            report: Box::new(TaskReport {
+                id: id.to_owned(),
+                node,
+                state,
+                health: TaskHealth::Healthy,
+                endpoint: Some(raft_state::task::TaskEndpoint {
+                    ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    ports: vec![(80, 30000)],
+                }),
+                runtime_id: Some(format!("c-{id}")),
+                message: message.to_owned(),
+                at: self.now,
+            }),
+        });
+        assert!(
+            !matches!(outcome, raft_state::state::Outcome::Rejected { .. }),
+            "{outcome:?}"
+        );
+    }
+
+    /// Rounds and agents until nothing changes (bounded).
+    fn settle(&mut self) {
+        for _ in 0..50 {
+            self.now += 1_000;
+            let plan = self.round();
+            self.agents();
+            if plan.ops.is_empty() && plan.rollbacks.is_empty() {
+                return;
+            }
+        }
+        panic!("the plan never settled: {:#?}", self.state.tasks);
+    }
+
+    fn live(&self) -> Vec<&TaskRecord> {
+        self.state.tasks.values().filter(|t| t.is_live()).collect()
+    }
+
+    fn per_node(&self) -> BTreeMap<NodeId, usize> {
+        let mut counts = BTreeMap::new();
+        for task in self.live() {
+            *counts.entry(task.node.unwrap_or(0)).or_default() += 1;
+        }
+        counts
+    }
+
+    fn update(&mut self, change: impl FnOnce(&mut ServiceSpec)) {
+        let mut spec = self.state.services["web"].spec.clone();
+        change(&mut spec);
+        let outcome = self.state.apply(&Command::UpdateService { spec });
+        assert!(
+            !matches!(outcome, raft_state::state::Outcome::Rejected { .. }),
+            "{outcome:?}"
+        );
+    }
+}
+
+#[test]
+fn replicas_spread_and_scale_down_takes_from_the_most_crowded() {
+    let mut sim = Sim::new(web(3));
+    sim.settle();
+    assert_eq!(sim.per_node(), BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
+    sim.update(|s| s.replicas = Some(6));
+    sim.settle();
+    assert_eq!(sim.per_node(), BTreeMap::from([(1, 2), (2, 2), (3, 2)]));
+    sim.update(|s| s.replicas = Some(2));
+    sim.settle();
+    let counts = sim.per_node();
+    assert_eq!(counts.values().sum::<usize>(), 2);
+    assert!(counts.values().all(|c| *c == 1), "{counts:?}");
+    // The removed tasks were shut down, not forgotten mid-flight.
+    assert!(sim
+        .state
+        .tasks
+        .values()
+        .any(|t| t.desired == DesiredState::Shutdown && t.message == "scaled down"));
+}
+
+#[test]
+fn a_down_node_loses_its_tasks_to_the_others() {
+    let mut sim = Sim::new(web(3));
+    sim.settle();
+    sim.state.apply(&Command::SetNodeStatus {
+        id: 2,
+        status: NodeStatus::Down,
+    });
+    sim.settle();
+    assert_eq!(sim.live().len(), 3);
+    assert_eq!(sim.per_node().get(&2), None);
+    assert!(sim
+        .state
+        .tasks
+        .values()
+        .any(|t| t.node == Some(2) && t.state == TaskState::Orphaned));
+}
+
+#[test]
+fn drain_moves_tasks_and_pause_keeps_them() {
+    let mut sim = Sim::new(web(3));
+    sim.settle();
+    let availability = |sim: &mut Sim, a| {
+        sim.state.apply(&Command::UpdateNode {
+            id: 2,
+            availability: Some(a),
+            role: None,
+            labels_add: BTreeMap::new(),
+            labels_remove: Vec::new(),
+        });
+    };
+    availability(&mut sim, Availability::Pause);
+    sim.settle();
+    assert_eq!(sim.per_node().get(&2), Some(&1), "pause keeps tasks");
+    availability(&mut sim, Availability::Drain);
+    sim.settle();
+    assert_eq!(sim.per_node().get(&2), None);
+    assert_eq!(sim.live().len(), 3);
+    availability(&mut sim, Availability::Active);
+    sim.update(|s| s.replicas = Some(6));
+    sim.settle();
+    assert_eq!(
+        sim.per_node().get(&2),
+        Some(&2),
+        "active allows placement again"
+    );
+}
+
+#[test]
+fn constraints_and_max_per_node() {
+    let mut spec = web(2);
+    spec.constraints = vec!["node.labels.zone==blue".to_owned()];
+    let mut sim = Sim::new(spec);
+    sim.settle();
+    let pending: Vec<&TaskRecord> = sim
+        .live()
+        .into_iter()
+        .filter(|t| t.state == TaskState::Pending)
+        .collect();
+    assert_eq!(pending.len(), 2);
+    assert!(
+        pending[0].message.contains("node.labels.zone==blue"),
+        "{}",
+        pending[0].message
+    );
+    sim.state.apply(&Command::UpdateNode {
+        id: 3,
+        availability: None,
+        role: None,
+        labels_add: BTreeMap::from([("zone".to_owned(), "blue".to_owned())]),
+        labels_remove: Vec::new(),
+    });
+    sim.settle();
+    assert_eq!(sim.per_node(), BTreeMap::from([(3, 2)]));
+    sim.update(|s| s.max_replicas_per_node = Some(1));
+    sim.settle();
+    // Existing tasks stay; a new one would not fit.
+    sim.update(|s| s.replicas = Some(3));
+    sim.settle();
+    let waiting = sim.live().into_iter().filter(|t| t.node.is_none()).count();
+    assert_eq!(waiting, 1);
+}
+
+#[test]
+fn global_mode_follows_the_nodes() {
+    let mut spec = web(1);
+    spec.replicas = None;
+    spec.mode = ServiceMode::Global;
+    let mut sim = Sim::new(spec);
+    sim.settle();
+    assert_eq!(sim.per_node(), BTreeMap::from([(1, 1), (2, 1), (3, 1)]));
+    sim.state
+        .apply(&Command::RegisterNode { node: node(4, &[]) });
+    sim.settle();
+    assert_eq!(sim.per_node().get(&4), Some(&1));
+}
+
+#[test]
+fn failed_tasks_restart_after_the_delay_and_give_up_after_max_attempts() {
+    let mut spec = web(1);
+    spec.restart.delay = Some(Duration::from_secs(5));
+    spec.restart.max_attempts = Some(2);
+    let mut sim = Sim::new(spec);
+    sim.settle();
+    for attempt in 1..=3u32 {
+        let task = sim.live()[0].clone();
+        sim.report(
+            &task.id,
+            task.node.unwrap(),
+            TaskState::Failed,
+            "exited with code 1",
+        );
+        sim.now += 1_000;
+        sim.round();
+        if attempt <= 2 {
+            assert!(sim.live().is_empty(), "replaced before the delay");
+            sim.now += 5_000;
+            sim.round();
+            sim.agents();
+            assert_eq!(sim.live().len(), 1, "attempt {attempt}");
+            assert_eq!(sim.live()[0].attempt, attempt);
+        }
+    }
+    sim.now += 60_000;
+    sim.round();
+    assert!(sim.live().is_empty(), "gave up after two restarts");
+}
+
+#[test]
+fn start_first_update_keeps_every_slot_serving() {
+    let mut spec = web(3);
+    spec.update.order = Some(lb_config::UpdateOrder::StartFirst);
+    let mut sim = Sim::new(spec);
+    sim.settle();
+    sim.update(|s| s.image = Some("img:v2".to_owned()));
+    let new_version = sim.state.services["web"].task_version;
+    for _ in 0..50 {
+        sim.now += 1_000;
+        sim.round();
+        let serving = sim.state.tasks.values().filter(|t| t.serves()).count();
+        assert!(serving >= 3, "only {serving} serving during the update");
+        sim.agents();
+        if sim.live().iter().all(|t| t.spec_version == new_version) {
+            break;
+        }
+    }
+    sim.settle();
+    assert!(sim.live().iter().all(|t| t.spec_version == new_version));
+    assert_eq!(sim.live().len(), 3);
+    let status = sim.state.services["web"].update.clone().unwrap();
+    assert_eq!(status.state, UpdateState::Completed);
+}
+
+#[test]
+fn a_failing_update_rolls_back_by_itself() {
+    let mut spec = web(2);
+    spec.update.order = Some(lb_config::UpdateOrder::StartFirst);
+    spec.update.failure_action = Some(FailureAction::Rollback);
+    let mut sim = Sim::new(spec);
+    sim.settle();
+    let old_version = sim.state.services["web"].task_version;
+    sim.update(|s| s.image = Some("img:crash".to_owned()));
+    sim.now += 1_000;
+    sim.round();
+    let new_task = sim
+        .live()
+        .into_iter()
+        .find(|t| t.spec_version != old_version)
+        .cloned()
+        .expect("a new task");
+    sim.report(
+        &new_task.id,
+        new_task.node.unwrap(),
+        TaskState::Starting,
+        "",
+    );
+    sim.report(
+        &new_task.id,
+        new_task.node.unwrap(),
+        TaskState::Failed,
+        "exited with code 1",
+    );
+    sim.settle();
+    let record = &sim.state.services["web"];
+    assert_eq!(record.spec.image.as_deref(), Some("img:v1"));
+    assert_eq!(record.task_version, old_version);
+    assert_eq!(
+        record.update.as_ref().unwrap().state,
+        UpdateState::RollbackCompleted
+    );
+    assert!(sim.live().iter().all(|t| t.spec_version == old_version));
+    assert_eq!(sim.live().len(), 2);
+}
+
+#[test]
+fn silent_nodes_go_down_and_return() {
+    let sim = Sim::new(web(1));
+    let start = Instant::now();
+    let grace = Duration::from_secs(5);
+    let heard = HashMap::from([(1, start + Duration::from_secs(9)), (2, start)]);
+    let changes = node_status_changes(
+        &sim.state,
+        &heard,
+        start,
+        start + Duration::from_secs(10),
+        grace,
+    );
+    assert_eq!(changes, vec![(2, NodeStatus::Down), (3, NodeStatus::Down)]);
+    // A fresh leader gives every node a full grace period.
+    let changes = node_status_changes(
+        &sim.state,
+        &HashMap::new(),
+        start,
+        start + Duration::from_secs(4),
+        grace,
+    );
+    assert!(changes.is_empty());
+}
