@@ -22,7 +22,8 @@
 //! - [`metrics`] and [`admin`] expose what happens.
 //!
 //! In cluster mode the services come from the registry instead of a file
-//! ([`cluster`], [`api`], [`ctl`]), and two control loops run on every node:
+//! ([`cluster`], [`api`]; operators drive it with `lbctl`, a crate of its own
+//! over `lbmesh-api`), and two control loops run on every node:
 //!
 //! ```text
 //! registry ──> scheduler (acts on the leader only): services → tasks on nodes, node liveness,
@@ -44,7 +45,6 @@ pub mod agent;
 pub mod api;
 pub mod balance;
 pub mod cluster;
-pub mod ctl;
 pub mod daemon;
 pub mod metrics;
 pub mod proxy;

@@ -3,7 +3,7 @@
 //! bounded.
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
@@ -122,7 +122,7 @@ impl Cluster {
     }
 
     pub fn lbctl(&self, n: usize, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
+        let out = Command::new(lbctl_binary())
             .arg("--host")
             .arg(self.api(n))
             .env("LBCTL_TOKEN", &self.control_token)
@@ -220,6 +220,24 @@ impl Drop for Cluster {
             self.kill(n);
         }
     }
+}
+
+/// The `lbctl` of this build. It is a package of its own, so Cargo sets no
+/// `CARGO_BIN_EXE_lbctl` here; it lies in `target/<profile>/`, the parent of
+/// the `deps/` this test runs from.
+pub fn lbctl_binary() -> PathBuf {
+    let test = std::env::current_exe().expect("the test's own path");
+    let profile_dir = test
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test runs from target/<profile>/deps/");
+    let lbctl = profile_dir.join(format!("lbctl{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        lbctl.is_file(),
+        "{} is missing; build it first: cargo build -p lbctl (cargo test --workspace does)",
+        lbctl.display()
+    );
+    lbctl
 }
 
 pub fn free_port_on_all(cluster: &Cluster) -> u16 {
