@@ -9,8 +9,9 @@
 //! | GET | `/ready` | `200 ready` once listeners are bound; `503 not ready` before and while shutting down |
 //!
 //! In cluster mode the registry's authenticated `/v1` routes are served too
-//! (listed in [`crate::api`]). Any other path is `404`; another method on a
-//! known path is `405`. `/metrics`, `/live` and `/ready` are open.
+//! (by [`crate::api`]; listed in [`lbmesh_api`]). Any other path is `404`;
+//! another method on a known path is `405`. `/metrics`, `/live` and `/ready`
+//! are open.
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -18,6 +18,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use lbmesh_api::{ApiError, Client, JoinRequest};
 use raft_state::network::Secret;
 use raft_state::random::{self, RandomError};
 use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing};
@@ -27,6 +28,8 @@ use raft_state::state::{
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::info;
+
+use crate::api::convert;
 
 /// Prefix of join tokens; the version lets the format change later.
 const JOIN_TOKEN_PREFIX: &str = "LBMTKN-1-";
@@ -53,8 +56,8 @@ pub enum ClusterError {
     },
     #[error("registry: {0}")]
     Registry(#[from] RegistryError),
-    #[error("joining through {host}: {reason}")]
-    Join { host: String, reason: String },
+    #[error("joining through {host}: {source}")]
+    Join { host: String, source: ApiError },
     #[error("cannot make the cluster's secrets: {0}")]
     Random(#[from] RandomError),
 }
@@ -274,14 +277,14 @@ pub async fn start(
             let node = start_registry(settings, id, Secret::new(&parsed.secret)).await?;
             let request = JoinRequest {
                 token: token.to_owned(),
-                node: record(settings, id, Role::Worker),
+                node: convert::member(&record(settings, id, Role::Worker)),
             };
-            crate::api::client::join(host, &request)
-                .await
-                .map_err(|reason| ClusterError::Join {
-                    host: host.to_owned(),
-                    reason,
-                })?;
+            let refused = |source| ClusterError::Join {
+                host: host.to_owned(),
+                source,
+            };
+            let client = Client::new(host, None).map_err(refused)?;
+            client.join(&request).await.map_err(refused)?;
             Identity {
                 id,
                 secret: encode_hex(&parsed.secret),
@@ -315,14 +318,6 @@ async fn register_self(
     Ok(())
 }
 
-/// The body of `POST /v1/cluster/join`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JoinRequest {
-    pub token: String,
-    pub node: NodeRecord,
-}
-
 /// Why a join was refused, for the API's answer.
 #[derive(Debug)]
 pub enum JoinRefusal {
@@ -350,7 +345,7 @@ pub async fn admit(node: &RegistryNode, request: JoinRequest) -> Result<NodeReco
             "the join token is not valid for this cluster".to_owned(),
         ));
     };
-    let mut record = request.node;
+    let mut record = convert::member_record(request.node);
     record.role = role;
     record.availability = Availability::Active;
     record.status = NodeStatus::Ready;

@@ -22,7 +22,8 @@
 //! - [`metrics`] is the daemon's registry: the data plane's families and
 //!   the control plane's; [`admin`] serves them with `/live` and `/ready`.
 //! - [`cluster`] starts (bootstraps, joins, rejoins) the registry; [`api`]
-//!   serves its `/v1` routes.
+//!   serves its `/v1` routes with the types of `lbmesh-api`, which `lbctl`
+//!   (a crate of its own) reads too.
 //! - [`scheduler`] plans each round as a pure function of the registry;
 //!   [`agent`] runs and reports this node's tasks through its runtimes.
 #![deny(unsafe_code)]
@@ -31,7 +32,6 @@ pub mod admin;
 pub mod agent;
 pub mod api;
 pub mod cluster;
-pub mod ctl;
 pub mod daemon;
 pub mod defaults;
 pub mod metrics;

@@ -2,7 +2,8 @@
 //! `lbctl` and the API: bootstrap and join, a refused token, a service created
 //! through a follower and served on every node and on its VIP, bad input
 //! refused without changing anything, the leader killed with SIGKILL while
-//! writes continue, and a restart of every node from its data dir.
+//! writes continue, and a restart of every node from its data dir; names
+//! that need encoding in a path name a service and nothing else.
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -234,22 +235,23 @@ async fn three_node_cluster_serves_the_mesh() {
 }
 
 #[test]
-fn lbctl_errors_exit_non_zero() {
-    let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
-        // fixed-port-ok: port 1 on loopback, where nothing listens.
-        .args(["--host", "127.0.0.1:1", "service", "ls"])
-        .output()
-        .expect("run lbctl");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).starts_with("Error: "));
-    let out = Command::new(env!("CARGO_BIN_EXE_lbctl"))
-        .args(["service", "scale", "web"])
-        .output()
-        .expect("run lbctl");
-    assert!(
-        !out.status.success(),
-        "a malformed scale target was accepted"
-    );
+fn service_names_are_one_path_segment() {
+    let cluster = Cluster::form();
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = cluster.lbctl(0, &["service", "create", "app", "-p", &port]);
+    assert_eq!(code, 0, "{err}");
+    // A space used to make lbctl send a malformed request line (`HTTP 400`
+    // with no reason); an encoded `/` used to reach `app`'s task list.
+    for name in ["a b", "app/tasks"] {
+        let (code, out, err) = cluster.lbctl(1, &["service", "inspect", name]);
+        assert_eq!(
+            (code, out.as_str(), err),
+            (1, "", format!("Error: name: no service named {name:?}\n")),
+            "service inspect {name:?}"
+        );
+    }
+    let (code, _, err) = cluster.lbctl(1, &["service", "inspect", "app"]);
+    assert_eq!(code, 0, "{err}");
 }
 
 /// The token with its last digit changed: right format, wrong secret.

@@ -15,7 +15,7 @@ pub fn bin(name: &str) -> PathBuf {
         .parent()
         .and_then(|deps| deps.parent())
         .expect("the test binary lives in target/<profile>/deps");
-    let path = dir.join(name);
+    let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
     assert!(
         path.exists(),
         "{} is missing; build it first: cargo build -p {name} (cargo test --workspace does)",

@@ -1,0 +1,312 @@
+//! The command line as clap types: global flags, nouns, verbs and their
+//! flags. Nothing here runs; [`crate::cluster`], [`crate::node`],
+//! [`crate::service`] and [`crate::apply`] do. Every flag with a fixed set
+//! of values is a [`ValueEnum`], so a misspelt value is clap's error listing
+//! the valid ones.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use lb_config::{EndpointSpec, PortSpec};
+
+use crate::parse::{parse_endpoint, parse_label, parse_publish, parse_scale};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "lbctl",
+    version,
+    about = "Drive an lbmesh cluster",
+    propagate_version = true
+)]
+pub struct Cli {
+    /// Admin API of any node.
+    #[arg(
+        long,
+        global = true,
+        env = "LBCTL_HOST",
+        default_value = "http://127.0.0.1:9900" // fixed-port-ok: the documented default admin API
+    )]
+    pub host: String,
+    /// Control token printed when the cluster was bootstrapped.
+    #[arg(long, global = true, env = "LBCTL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format.
+    #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+    #[command(subcommand)]
+    pub command: Noun,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Noun {
+    /// Cluster-wide information and join tokens.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Nodes of the cluster.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Services.
+    #[command(subcommand)]
+    Service(Box<ServiceCommand>),
+    /// Create or update the services of a `[[service]]` file to match it.
+    Apply {
+        /// The file (the `lbd --config` `[[service]]` format).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: PathBuf,
+        /// Also remove services the file does not name.
+        #[arg(long)]
+        prune: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, indexes and members.
+    Info,
+    /// Print the token that joins a node as manager or worker.
+    JoinToken {
+        #[arg(value_enum)]
+        role: JoinRole,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum JoinRole {
+    Manager,
+    Worker,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls,
+    /// Show one node.
+    Inspect { node: String },
+    /// Change a node's availability or labels.
+    Update {
+        node: String,
+        #[arg(long, value_enum)]
+        availability: Option<Availability>,
+        /// Add or change a label (`key=value`), repeatable.
+        #[arg(long = "label-add", value_name = "KEY=VALUE", value_parser = parse_label)]
+        label_add: Vec<(String, String)>,
+        /// Remove a label, repeatable.
+        #[arg(long = "label-rm", value_name = "KEY")]
+        label_rm: Vec<String>,
+    },
+    /// Remove a node that is down (`--force` for one that is not).
+    #[command(alias = "remove")]
+    Rm {
+        node: String,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// `node update --availability`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Availability {
+    Active,
+    Pause,
+    Drain,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service.
+    Create {
+        name: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+    },
+    /// List services.
+    #[command(alias = "list")]
+    Ls,
+    /// Show one service, with its update status.
+    Inspect { name: String },
+    /// List a service's tasks: node, desired and current state, health,
+    /// endpoint, error.
+    Ps {
+        name: String,
+        /// Only tasks that are wanted (desired state running).
+        #[arg(long)]
+        live: bool,
+    },
+    /// Set replica counts: `lbctl service scale web=5 api=2`.
+    Scale {
+        #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = parse_scale)]
+        targets: Vec<(String, i64)>,
+    },
+    /// Change a service; flags given replace those settings.
+    Update {
+        name: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+        /// Remove a published port (by published number), repeatable.
+        #[arg(long = "publish-rm", value_name = "PORT")]
+        publish_rm: Vec<i64>,
+        /// Remove a static endpoint (by address), repeatable.
+        #[arg(long = "endpoint-rm", value_name = "ADDR")]
+        endpoint_rm: Vec<String>,
+        /// Remove an environment variable (by key), repeatable.
+        #[arg(long = "env-rm", value_name = "KEY")]
+        env_rm: Vec<String>,
+        /// Remove a placement constraint, repeatable.
+        #[arg(long = "constraint-rm", value_name = "EXPR")]
+        constraint_rm: Vec<String>,
+    },
+    /// Return a service to its previous spec.
+    Rollback { name: String },
+    /// Remove services.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+/// Spec flags shared by `service create` and `service update`.
+#[derive(Debug, Args, Default)]
+pub struct SpecArgs {
+    /// Publish a port: `8080:80`, `8080`, or `published=8080,target=80[,protocol=tcp]`.
+    #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
+    pub publish: Vec<PortSpec>,
+    /// Static backend `ADDR[,weight=N]`, repeatable.
+    #[arg(long = "endpoint", value_name = "ADDR[,weight=N]", value_parser = parse_endpoint)]
+    pub endpoint: Vec<EndpointSpec>,
+    #[arg(long, value_enum)]
+    pub algorithm: Option<Algorithm>,
+    #[arg(long)]
+    pub replicas: Option<i64>,
+    #[arg(long = "proxy-protocol", value_enum)]
+    pub proxy_protocol: Option<ProxyProtocol>,
+    #[arg(long = "max-connections")]
+    pub max_connections: Option<i64>,
+    /// Resend a request to another task when one closes the connection
+    /// before answering (a killed task's in-flight requests); a request may
+    /// then reach two tasks, so keep it off for non-idempotent protocols.
+    #[arg(long = "retry-on-empty", value_name = "BOOL")]
+    pub retry_on_empty: Option<bool>,
+    /// Docker image the tasks run.
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Shell command of each task; without --image it runs as a local
+    /// process with HOST and PORT set.
+    #[arg(long)]
+    pub command: Option<String>,
+    /// Set an environment variable `KEY=VALUE`, repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Placement constraint (`node.labels.zone==a`), repeatable.
+    #[arg(long = "constraint", value_name = "EXPR")]
+    pub constraint: Vec<String>,
+    #[arg(long = "replicas-max-per-node", value_name = "N")]
+    pub replicas_max_per_node: Option<i64>,
+    #[arg(long = "restart-condition", value_enum)]
+    pub restart_condition: Option<RestartCondition>,
+    #[arg(long = "restart-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub restart_delay: Option<Duration>,
+    #[arg(long = "restart-max-attempts", value_name = "N")]
+    pub restart_max_attempts: Option<i64>,
+    /// Tasks replaced at a time (0: all).
+    #[arg(long = "update-parallelism", value_name = "N")]
+    pub update_parallelism: Option<i64>,
+    #[arg(long = "update-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub update_delay: Option<Duration>,
+    #[arg(long = "update-order", value_enum)]
+    pub update_order: Option<UpdateOrder>,
+    #[arg(long = "update-failure-action", value_enum)]
+    pub update_failure_action: Option<FailureAction>,
+    #[arg(long = "update-monitor", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub update_monitor: Option<Duration>,
+    /// SIGTERM to SIGKILL when a task stops.
+    #[arg(long = "stop-grace-period", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub stop_grace_period: Option<Duration>,
+    /// How long a departing task keeps its open connections.
+    #[arg(long = "drain-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub drain_timeout: Option<Duration>,
+    #[arg(long = "health-type", value_enum)]
+    pub health_type: Option<HealthType>,
+    #[arg(long = "health-path", value_name = "PATH")]
+    pub health_path: Option<String>,
+    #[arg(long = "health-interval", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub health_interval: Option<Duration>,
+}
+
+/// `--algorithm`: how a service picks a backend for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Algorithm {
+    RoundRobin,
+    Random,
+    Weighted,
+    LeastConn,
+    Maglev,
+}
+
+/// `--proxy-protocol`: the PROXY header version, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProxyProtocol {
+    None,
+    V1,
+    V2,
+}
+
+/// `--mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Replicated,
+    Global,
+}
+
+/// `--restart-condition`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RestartCondition {
+    Any,
+    OnFailure,
+    None,
+}
+
+/// `--update-order`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum UpdateOrder {
+    StopFirst,
+    StartFirst,
+}
+
+/// `--update-failure-action`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FailureAction {
+    Pause,
+    Rollback,
+    Continue,
+}
+
+/// `--health-type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum HealthType {
+    Tcp,
+    Http,
+    None,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

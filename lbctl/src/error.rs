@@ -1,0 +1,26 @@
+//! What a failed command prints after `Error: `.
+
+use std::path::PathBuf;
+
+use lb_config::FieldError;
+use lbmesh_api::ApiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtlError {
+    /// The API refused (`<field>: <reason>`) or could not be reached.
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A `[[service]]` file that is not TOML of the right shape.
+    #[error("{}: {reason}", path.display())]
+    Parse { path: PathBuf, reason: String },
+    /// A `[[service]]` file whose specs do not validate.
+    #[error("{}: {source}", path.display())]
+    Invalid { path: PathBuf, source: FieldError },
+    #[error("output: {0}")]
+    Json(#[from] serde_json::Error),
+}

@@ -1,0 +1,107 @@
+//! Parsers of the flag syntaxes clap does not know: docker's `--publish`
+//! (short and long), `--endpoint ADDR[,weight=N]`, `--label-add KEY=VALUE`
+//! and `scale SERVICE=REPLICAS`. Each error says what was expected.
+
+use lb_config::{EndpointSpec, PortSpec};
+
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))
+}
+
+pub fn parse_scale(text: &str) -> Result<(String, i64), String> {
+    let (name, replicas) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not SERVICE=REPLICAS"))?;
+    let replicas = replicas
+        .parse()
+        .map_err(|_| format!("{replicas:?} is not a number of replicas"))?;
+    Ok((name.to_owned(), replicas))
+}
+
+fn parse_port(text: &str, what: &str) -> Result<i64, String> {
+    text.parse()
+        .map_err(|_| format!("{what} {text:?} is not a port number"))
+}
+
+/// docker's publish syntax, short and long.
+pub fn parse_publish(text: &str) -> Result<PortSpec, String> {
+    if text.contains('=') {
+        let mut spec = PortSpec::default();
+        let mut published = None;
+        for pair in text.split(',') {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+            match key {
+                "published" => published = Some(parse_port(value, "published")?),
+                "target" => spec.target = Some(parse_port(value, "target")?),
+                "protocol" => spec.protocol = Some(value.to_owned()),
+                other => return Err(format!("unknown publish key {other:?}")),
+            }
+        }
+        spec.published = published.ok_or("published= is required")?;
+        return Ok(spec);
+    }
+    let (published, target) = match text.split_once(':') {
+        Some((p, t)) => (parse_port(p, "published")?, Some(parse_port(t, "target")?)),
+        None => (parse_port(text, "published")?, None),
+    };
+    let (target, protocol) = match text.rsplit_once('/') {
+        Some((_, protocol)) => (target, Some(protocol.to_owned())),
+        None => (target, None),
+    };
+    Ok(PortSpec {
+        published,
+        target,
+        protocol,
+    })
+}
+
+pub fn parse_endpoint(text: &str) -> Result<EndpointSpec, String> {
+    let mut parts = text.split(',');
+    let address = parts.next().unwrap_or_default().to_owned();
+    let mut weight = None;
+    for part in parts {
+        match part.split_once('=') {
+            Some(("weight", value)) => {
+                weight = Some(
+                    value
+                        .parse()
+                        .map_err(|_| format!("weight {value:?} is not a number"))?,
+                )
+            }
+            _ => return Err(format!("{part:?}: only weight=N may follow the address")),
+        }
+    }
+    Ok(EndpointSpec { address, weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_syntaxes() {
+        let short = parse_publish("8080:80").unwrap();
+        assert_eq!((short.published, short.target), (8080, Some(80)));
+        let long = parse_publish("published=8080,target=80,protocol=tcp").unwrap();
+        assert_eq!(
+            (long.published, long.target, long.protocol.as_deref()),
+            (8080, Some(80), Some("tcp"))
+        );
+        assert_eq!(parse_publish("9000").unwrap().target, None);
+        assert!(parse_publish("x:80").is_err());
+        assert!(parse_publish("target=80").is_err());
+    }
+
+    #[test]
+    fn endpoint_and_scale_syntaxes() {
+        let e = parse_endpoint("10.0.0.1:80,weight=3").unwrap();
+        assert_eq!((e.address.as_str(), e.weight), ("10.0.0.1:80", Some(3)));
+        assert!(parse_endpoint("10.0.0.1,colour=red").is_err());
+        assert_eq!(parse_scale("web=5").unwrap(), ("web".to_owned(), 5));
+        assert!(parse_scale("web").is_err());
+    }
+}

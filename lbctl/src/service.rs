@@ -1,0 +1,317 @@
+//! `lbctl service create|ls|inspect|ps|scale|update|rollback|rm`.
+//!
+//! `create` builds a spec from the flags; `update` reads the current spec,
+//! drops what the `--*-rm` flags name, applies the flags given and sends the
+//! whole spec back. `scale` checks every target exists before changing any.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use lb_config::ServiceSpec;
+use lbmesh_api::{Client, DesiredState, ServiceStatus, Task, TaskEndpoint};
+
+use crate::cli::{self, Format, ServiceCommand, SpecArgs};
+use crate::error::CtlError;
+use crate::output::{json, render};
+use crate::table::table;
+
+pub async fn run(
+    client: &Client,
+    command: &ServiceCommand,
+    format: Format,
+) -> Result<String, CtlError> {
+    match command {
+        ServiceCommand::Create { name, spec } => {
+            let mut body = ServiceSpec {
+                name: name.clone(),
+                ..ServiceSpec::default()
+            };
+            apply_flags(spec, &mut body, true);
+            let created = client.create_service(&body).await?;
+            render(format, &created, |_| format!("{name}\n"))
+        }
+        ServiceCommand::Ls => render(format, &client.services().await?, |services| {
+            service_table(services)
+        }),
+        ServiceCommand::Inspect { name } => json(&client.service(name).await?),
+        ServiceCommand::Ps { name, live } => {
+            let mut tasks = client.service_tasks(name).await?;
+            if *live {
+                tasks.retain(|t| t.desired == DesiredState::Running);
+            }
+            render(format, &tasks, |tasks| task_table(tasks))
+        }
+        ServiceCommand::Scale { targets } => {
+            for (name, _) in targets {
+                client.service(name).await?;
+            }
+            let mut out = String::new();
+            for (name, replicas) in targets {
+                client.scale_service(name, *replicas).await?;
+                out.push_str(&format!("{name} scaled to {replicas}\n"));
+            }
+            Ok(out)
+        }
+        ServiceCommand::Update {
+            name,
+            spec,
+            publish_rm,
+            endpoint_rm,
+            env_rm,
+            constraint_rm,
+        } => {
+            let mut body = client.service(name).await?.service.spec;
+            body.ports.retain(|p| !publish_rm.contains(&p.published));
+            body.endpoints.retain(|e| !endpoint_rm.contains(&e.address));
+            body.env
+                .retain(|e| !env_rm.iter().any(|rm| rm == env_key(e)));
+            body.constraints.retain(|c| !constraint_rm.contains(c));
+            apply_flags(spec, &mut body, false);
+            let updated = client.update_service(&body).await?;
+            render(format, &updated, |_| format!("{name}\n"))
+        }
+        ServiceCommand::Rollback { name } => {
+            client.rollback_service(name).await?;
+            Ok(format!("{name}\n"))
+        }
+        ServiceCommand::Rm { names } => {
+            let mut out = String::new();
+            for name in names {
+                client.remove_service(name).await?;
+                out.push_str(&format!("{name}\n"));
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The key of a `KEY=VALUE` environment entry.
+fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(key, _)| key)
+}
+
+/// Writes the flags that were given into `spec`. `replace_lists` (create)
+/// makes the published ports and endpoints exactly the flags'; otherwise
+/// (update) each flag replaces the entry with the same port or address.
+fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
+    if replace_lists {
+        spec.ports = args.publish.clone();
+        spec.endpoints = args.endpoint.clone();
+    } else {
+        for port in &args.publish {
+            spec.ports.retain(|p| p.published != port.published);
+            spec.ports.push(port.clone());
+        }
+        for endpoint in &args.endpoint {
+            spec.endpoints.retain(|e| e.address != endpoint.address);
+            spec.endpoints.push(endpoint.clone());
+        }
+    }
+    if let Some(algorithm) = args.algorithm {
+        spec.algorithm = match algorithm {
+            cli::Algorithm::RoundRobin => lb_config::Algorithm::RoundRobin,
+            cli::Algorithm::Random => lb_config::Algorithm::Random,
+            cli::Algorithm::Weighted => lb_config::Algorithm::Weighted,
+            cli::Algorithm::LeastConn => lb_config::Algorithm::LeastConn,
+            cli::Algorithm::Maglev => lb_config::Algorithm::Maglev,
+        };
+    }
+    if let Some(replicas) = args.replicas {
+        spec.replicas = Some(replicas);
+    }
+    if let Some(version) = args.proxy_protocol {
+        spec.proxy_protocol = match version {
+            cli::ProxyProtocol::None => lb_config::ProxyProtocol::None,
+            cli::ProxyProtocol::V1 => lb_config::ProxyProtocol::V1,
+            cli::ProxyProtocol::V2 => lb_config::ProxyProtocol::V2,
+        };
+    }
+    if let Some(max) = args.max_connections {
+        spec.max_connections = Some(max);
+    }
+    if let Some(retry) = args.retry_on_empty {
+        spec.retry_on_empty = Some(retry);
+    }
+    if let Some(image) = &args.image {
+        spec.image = Some(image.clone());
+    }
+    if let Some(command) = &args.command {
+        spec.command = Some(command.clone());
+    }
+    for pair in &args.env {
+        spec.env.retain(|e| env_key(e) != env_key(pair));
+        spec.env.push(pair.clone());
+    }
+    if let Some(mode) = args.mode {
+        spec.mode = match mode {
+            cli::Mode::Replicated => lb_config::ServiceMode::Replicated,
+            cli::Mode::Global => lb_config::ServiceMode::Global,
+        };
+    }
+    for constraint in &args.constraint {
+        if !spec.constraints.contains(constraint) {
+            spec.constraints.push(constraint.clone());
+        }
+    }
+    if let Some(max) = args.replicas_max_per_node {
+        spec.max_replicas_per_node = Some(max);
+    }
+    if let Some(condition) = args.restart_condition {
+        spec.restart.condition = Some(match condition {
+            cli::RestartCondition::Any => lb_config::RestartCondition::Any,
+            cli::RestartCondition::OnFailure => lb_config::RestartCondition::OnFailure,
+            cli::RestartCondition::None => lb_config::RestartCondition::None,
+        });
+    }
+    if let Some(delay) = args.restart_delay {
+        spec.restart.delay = Some(delay);
+    }
+    if let Some(max) = args.restart_max_attempts {
+        spec.restart.max_attempts = Some(max);
+    }
+    if let Some(parallelism) = args.update_parallelism {
+        spec.update.parallelism = Some(parallelism);
+    }
+    if let Some(delay) = args.update_delay {
+        spec.update.delay = Some(delay);
+    }
+    if let Some(order) = args.update_order {
+        spec.update.order = Some(match order {
+            cli::UpdateOrder::StopFirst => lb_config::UpdateOrder::StopFirst,
+            cli::UpdateOrder::StartFirst => lb_config::UpdateOrder::StartFirst,
+        });
+    }
+    if let Some(action) = args.update_failure_action {
+        spec.update.failure_action = Some(match action {
+            cli::FailureAction::Pause => lb_config::FailureAction::Pause,
+            cli::FailureAction::Rollback => lb_config::FailureAction::Rollback,
+            cli::FailureAction::Continue => lb_config::FailureAction::Continue,
+        });
+    }
+    if let Some(monitor) = args.update_monitor {
+        spec.update.monitor = Some(monitor);
+    }
+    if let Some(grace) = args.stop_grace_period {
+        spec.stop_grace_period = Some(grace);
+    }
+    if let Some(drain) = args.drain_timeout {
+        spec.drain_timeout = Some(drain);
+    }
+    if let Some(kind) = args.health_type {
+        spec.health.kind = Some(match kind {
+            cli::HealthType::Tcp => lb_config::HealthCheckKind::Tcp,
+            cli::HealthType::Http => lb_config::HealthCheckKind::Http,
+            cli::HealthType::None => lb_config::HealthCheckKind::None,
+        });
+    }
+    if let Some(path) = &args.health_path {
+        spec.health.path = Some(path.clone());
+    }
+    if let Some(interval) = args.health_interval {
+        spec.health.interval = Some(interval);
+    }
+}
+
+/// `service ls`: one row per service, like `docker service ls`.
+fn service_table(services: &[ServiceStatus]) -> String {
+    let rows: Vec<Vec<String>> = services
+        .iter()
+        .map(|status| {
+            let service = &status.service;
+            let spec = &service.spec;
+            let ports = spec
+                .ports
+                .iter()
+                .map(|p| {
+                    let target = p.target.unwrap_or(p.published);
+                    format!("*:{}->{target}/tcp", p.published)
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let replicas = if spec.image.is_none() && spec.command.is_none() {
+                "-".to_owned()
+            } else {
+                format!("{}/{}", status.running, status.desired)
+            };
+            let mode = match spec.mode {
+                lb_config::ServiceMode::Replicated => "replicated",
+                lb_config::ServiceMode::Global => "global",
+            };
+            vec![
+                spec.name.clone(),
+                mode.to_owned(),
+                replicas,
+                spec.image.clone().unwrap_or_else(|| "-".to_owned()),
+                service.vip.to_string(),
+                spec.endpoints.len().to_string(),
+                spec.algorithm.to_string(),
+                service.version.to_string(),
+                ports,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "MODE",
+            "REPLICAS",
+            "IMAGE",
+            "VIP",
+            "ENDPOINTS",
+            "ALGORITHM",
+            "VERSION",
+            "PORTS",
+        ],
+        &rows,
+    )
+}
+
+/// `service ps`: one row per task, like `docker service ps`.
+fn task_table(tasks: &[Task]) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|task| {
+            let node = task.node_name.as_deref();
+            let name = if task.slot == 0 {
+                format!("{}.{}", task.service, node.unwrap_or_default())
+            } else {
+                format!("{}.{}", task.service, task.slot)
+            };
+            let age = Duration::from_secs(now.saturating_sub(task.updated_at) / 1000);
+            vec![
+                task.id.clone(),
+                name,
+                node.unwrap_or("-").to_owned(),
+                task.desired.to_string(),
+                format!("{} {} ago", task.state, humantime::format_duration(age)),
+                task.health.to_string(),
+                task.endpoint
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), endpoint),
+                task.message.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "NAME", "NODE", "DESIRED", "CURRENT", "HEALTH", "ENDPOINT", "MESSAGE",
+        ],
+        &rows,
+    )
+}
+
+/// A task endpoint as `ip:port[,ip:port]`, `-` without ports.
+fn endpoint(endpoint: &TaskEndpoint) -> String {
+    let addrs: Vec<String> = endpoint
+        .ports
+        .iter()
+        .map(|(_, host)| format!("{}:{host}", endpoint.ip))
+        .collect();
+    if addrs.is_empty() {
+        "-".to_owned()
+    } else {
+        addrs.join(",")
+    }
+}

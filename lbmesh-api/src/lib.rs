@@ -1,0 +1,59 @@
+//! lbmesh-api: the registry's `/v1` HTTP/JSON API as types, shared by the
+//! daemon's API server and `lbctl`, and one client for it.
+//!
+//! # Layout
+//!
+//! - [`answers`]: what the routes answer (cluster, nodes, services, tasks)
+//!   and their enums; the API's own types, not the registry's records, so a
+//!   change to the registry's storage does not change the wire format.
+//! - [`requests`]: the bodies the routes take (a service body is
+//!   [`lb_config::ServiceSpec`]).
+//! - [`error`]: the error body every route answers with, and the client's
+//!   [`ApiError`].
+//! - [`client`]: [`Client`], one typed method per route, on hyper's HTTP/1.1
+//!   client, one request per connection.
+//!
+//! # Routes
+//!
+//! | method | path | body | answer |
+//! |---|---|---|---|
+//! | GET | `/v1/cluster` | | [`ClusterInfo`]: cluster id, this node, leader, term, indexes, voters, learners |
+//! | GET | `/v1/cluster/join-token/{manager,worker}` | | [`JoinToken`] `{"token": ...}` |
+//! | POST | `/v1/cluster/join` | [`JoinRequest`] `{"token", "node"}` | the admitted [`Member`] (the join token authenticates; no bearer token) |
+//! | GET | `/v1/nodes` | | every [`Node`], with its Raft role |
+//! | GET | `/v1/nodes/{name or id}` | | one [`Node`] |
+//! | POST | `/v1/nodes/{name or id}` | [`NodeUpdate`] `{"availability", "labels_add", "labels_remove"}` | the updated [`Member`] |
+//! | DELETE | `/v1/nodes/{name or id}` | | [`Removed`]; removes a down node (`?force=true` for one that is not down) |
+//! | GET | `/v1/nodes/{name or id}/tasks` | | the [`Task`]s assigned to the node |
+//! | GET | `/v1/services` | | every [`ServiceStatus`], with running/desired task counts |
+//! | GET | `/v1/services/{name}` | | one [`ServiceStatus`], with its update status |
+//! | GET | `/v1/services/{name}/tasks` | | its [`Task`]s, live and recent history (`service ps`) |
+//! | POST | `/v1/services` | a `[[service]]` spec as JSON | `201` and the [`Service`] |
+//! | PUT | `/v1/services/{name}` | the whole new spec | the [`Service`], version + 1 |
+//! | POST | `/v1/services/{name}/scale` | [`Scale`] `{"replicas": N}` | the [`Service`] |
+//! | POST | `/v1/services/{name}/rollback` | | the [`Service`] on its previous spec |
+//! | DELETE | `/v1/services/{name}` | | [`Removed`] `{"removed": name}` |
+//!
+//! Path segments in braces are percent-encoded (`a b` is `a%20b`, `a/b` is
+//! `a%2Fb`); the server splits on `/` and then decodes each segment. Every
+//! route but `join` needs `Authorization: Bearer <control token>`. Bodies
+//! over 1 MiB are refused with 413. Errors are [`ErrorBody`]
+//! `{"error": {"field": ..., "reason": ...}}` with 400 (invalid), 401
+//! (token), 404 (unknown), 409 (conflict), 413, 503 (no leader). Reads are
+//! linearizable. A write that reaches a follower is passed to the leader's
+//! API unchanged. Timestamps are milliseconds since the Unix epoch.
+#![forbid(unsafe_code)]
+
+pub mod answers;
+pub mod client;
+pub mod error;
+pub mod requests;
+
+pub use answers::{
+    Availability, ClusterInfo, DesiredState, JoinToken, Member, Millis, Node, NodeId, NodeStatus,
+    RaftRole, Removed, Role, Service, ServiceStatus, Task, TaskEndpoint, TaskHealth, TaskState,
+    UpdateState, UpdateStatus,
+};
+pub use client::Client;
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use requests::{JoinRequest, NodeUpdate, Scale};

@@ -1,0 +1,231 @@
+//! The registry's `/v1` API server, under the admin server. Routes, bodies,
+//! answers and the error body are lbmesh-api's types; its crate doc lists
+//! every route.
+//!
+//! # Layout and flow
+//!
+//! ```text
+//! request ─> bearer token (every route but join) ─> body (at most 1 MiB)
+//!         ─> path split on '/', then each segment percent-decoded
+//!         ─> GET:   routes::route on this node (linearizable read)
+//!         ─> write: routes::route on the leader; a follower passes the request to the
+//!                   leader unchanged (lbmesh-api's Client), retrying through an election
+//! ```
+//!
+//! - [`routes`]: one handler per route.
+//! - [`convert`]: registry records as lbmesh-api answers, and the request
+//!   types back into records.
+//! - [`respond`]: JSON answers, error bodies, body parsing.
+//!
+//! Decoding after the split keeps a name with an encoded `/` (`app%2Ftasks`)
+//! one segment, so it names a service and never another route.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use lbmesh_api::Client;
+use percent_encoding::percent_decode_str;
+use raft_state::registry::RegistryNode;
+
+pub mod convert;
+mod respond;
+mod routes;
+
+use respond::{error, ApiResponse};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// How long a write waits for a reachable leader.
+const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Pause between tries to reach a leader during an election.
+const LEADER_RETRY: Duration = Duration::from_millis(200);
+
+/// Serves one `/v1` request.
+pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) -> ApiResponse {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().unwrap_or("").to_owned();
+    let presented = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let is_join = method == Method::POST && path == "/v1/cluster/join";
+    if !is_join {
+        let state = registry.local().state;
+        let expected = state.cluster.as_ref().map(|c| c.control_token.as_str());
+        match (expected, presented.as_deref()) {
+            (Some(expected), Some(presented)) if constant_time_eq(expected, presented) => {}
+            (_, None) => {
+                return error(
+                    StatusCode::UNAUTHORIZED,
+                    "authorization",
+                    "missing bearer token (lbctl --token or LBCTL_TOKEN)",
+                )
+            }
+            _ => return error(StatusCode::UNAUTHORIZED, "authorization", "wrong token"),
+        }
+    }
+    let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body",
+                format!("the body is larger than {MAX_BODY_BYTES} bytes or broken"),
+            )
+        }
+    };
+    let Some(segments) = decode_segments(&path) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "path",
+            "a path segment is not UTF-8 once percent-decoded",
+        );
+    };
+    let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
+    if method == Method::GET {
+        return routes::route(registry, &method, &segments, &query, &body).await;
+    }
+    // Writes run on the leader. During an election there is none, or the one
+    // this node knows is gone: retry until a leader answers or the deadline
+    // passes.
+    let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+    loop {
+        if registry.is_leader() {
+            return routes::route(registry, &method, &segments, &query, &body).await;
+        }
+        let forwarded =
+            forward_to_leader(registry, &method, &path, &query, presented.clone(), &body).await;
+        match forwarded {
+            Ok(response) => return response,
+            Err(reason) if tokio::time::Instant::now() >= deadline => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, "leader", reason)
+            }
+            Err(_) => tokio::time::sleep(LEADER_RETRY).await,
+        }
+    }
+}
+
+/// The segments after `/v1/`, each percent-decoded; `None` when one is not
+/// UTF-8 once decoded.
+fn decode_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
+    path.trim_start_matches("/v1/")
+        .split('/')
+        .map(|segment| percent_decode_str(segment).decode_utf8().ok())
+        .collect()
+}
+
+/// Passes a write to the leader's API as it came; `Err` when no leader
+/// answered.
+async fn forward_to_leader(
+    registry: &Arc<RegistryNode>,
+    method: &Method,
+    path: &str,
+    query: &str,
+    token: Option<String>,
+    body: &Bytes,
+) -> Result<ApiResponse, String> {
+    let leader = registry.metrics().current_leader;
+    let state = registry.local().state;
+    let Some(api_addr) = leader
+        .and_then(|id| state.nodes.get(&id))
+        .map(|n| n.api_addr)
+    else {
+        return Err("no leader is known yet".to_owned());
+    };
+    let target = if query.is_empty() {
+        path.to_owned()
+    } else {
+        format!("{path}?{query}")
+    };
+    let client = Client::new(&api_addr.to_string(), token).map_err(|e| e.to_string())?;
+    let (status, body) = client
+        .raw(method.clone(), &target, body.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Ok(response)
+}
+
+/// A path with its names replaced by placeholders, for metric labels that
+/// stay few: `/v1/services/web/scale` → `/v1/services/{name}/scale`.
+pub fn route_template(path: &str) -> String {
+    let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let template: Vec<&str> = match segments.as_slice() {
+        ["cluster", "join-token", _] => vec!["cluster", "join-token", "{role}"],
+        [noun @ ("nodes" | "services"), _, rest @ ..] => {
+            let mut t = vec![*noun, "{name}"];
+            t.extend(rest.iter().take(1).map(|r| match *r {
+                "scale" | "rollback" | "tasks" => *r,
+                _ => "{other}",
+            }));
+            t
+        }
+        [first, ..]
+            if segments.len() <= 2 && matches!(*first, "cluster" | "nodes" | "services") =>
+        {
+            segments.clone()
+        }
+        _ => vec!["{unknown}"],
+    };
+    format!("/v1/{}", template.join("/"))
+}
+
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_templates_hide_names() {
+        assert_eq!(route_template("/v1/services"), "/v1/services");
+        assert_eq!(route_template("/v1/services/web"), "/v1/services/{name}");
+        assert_eq!(
+            route_template("/v1/services/web/scale"),
+            "/v1/services/{name}/scale"
+        );
+        assert_eq!(
+            route_template("/v1/services/web/evil"),
+            "/v1/services/{name}/{other}"
+        );
+        assert_eq!(
+            route_template("/v1/cluster/join-token/manager"),
+            "/v1/cluster/join-token/{role}"
+        );
+        assert_eq!(route_template("/v1/cluster/join"), "/v1/cluster/join");
+        assert_eq!(route_template("/v1/whatever/x"), "/v1/{unknown}");
+    }
+
+    #[test]
+    fn segments_are_decoded_after_the_split() {
+        let decoded = decode_segments("/v1/services/app%2Ftasks").expect("utf-8");
+        assert_eq!(decoded, ["services", "app/tasks"]);
+        let decoded = decode_segments("/v1/services/a%20b/tasks").expect("utf-8");
+        assert_eq!(decoded, ["services", "a b", "tasks"]);
+        assert_eq!(decode_segments("/v1/nodes/%FF"), None);
+    }
+}

@@ -1,0 +1,44 @@
+//! Building `/v1` answers: JSON bodies, error bodies, and reading a request
+//! body into a type with an error that names the field.
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::{Response, StatusCode};
+use lbmesh_api::ErrorBody;
+use serde::Serialize;
+
+pub type ApiResponse = Response<Full<Bytes>>;
+
+pub fn json_response(status: StatusCode, value: &impl Serialize) -> ApiResponse {
+    let body = serde_json::to_vec_pretty(value).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// An [`ErrorBody`] answer.
+pub fn error(status: StatusCode, field: &str, reason: impl Into<String>) -> ApiResponse {
+    json_response(status, &ErrorBody::new(field, reason))
+}
+
+/// Parses a JSON body; the error names the field path.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, Box<ApiResponse>> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." {
+            "body".to_owned()
+        } else {
+            field
+        };
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            &field,
+            e.into_inner().to_string(),
+        ))
+    })
+}
