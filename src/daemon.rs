@@ -169,6 +169,7 @@ impl Daemon {
             Arc::clone(&registry),
             SchedulerSettings {
                 heartbeat_grace: options.heartbeat_grace,
+                silent_held: daemon.metrics.silent_held.clone(),
             },
             daemon.stop_control.clone(),
         ));

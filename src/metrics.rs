@@ -6,6 +6,7 @@
 //! | `lbmesh_config_reloads_total` | counter | result | reloads: `ok` or `error` |
 //! | `lbmesh_raft` | gauge | field | cluster mode: `term`, `leader_id`, `is_leader`, `commit_index`, `applied_index`, `voters`, `learners` |
 //! | `lbmesh_api_requests_total` | counter | route, method, status | cluster mode: admin API requests (route as a template, e.g. `/v1/services/{name}`) |
+//! | `lbmesh_nodes_silent_held` | gauge | reason | cluster mode, on the leader: silent nodes left ready because the leader heard no quorum (`no_quorum`) or more than half went silent at once (`mass_silence`) |
 
 use std::sync::Arc;
 
@@ -20,6 +21,8 @@ pub struct DaemonMetrics {
     reloads: IntCounterVec,
     raft: IntGaugeVec,
     api_requests: IntCounterVec,
+    /// Set by the scheduler each round it leads.
+    pub silent_held: IntGaugeVec,
 }
 
 impl DaemonMetrics {
@@ -48,6 +51,15 @@ impl DaemonMetrics {
             ),
             &["route", "method", "status"],
         )?;
+        let silent_held = IntGaugeVec::new(
+            Opts::new(
+                "lbmesh_nodes_silent_held",
+                "Silent nodes the leader left ready: it heard no quorum (no_quorum) \
+                 or more than half of the ready nodes went silent at once (mass_silence).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(silent_held.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(raft.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
@@ -57,6 +69,7 @@ impl DaemonMetrics {
             reloads,
             raft,
             api_requests,
+            silent_held,
         })
     }
 

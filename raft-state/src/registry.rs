@@ -140,6 +140,9 @@ pub struct RegistryNode {
     heartbeat_peer: Mutex<Option<Peer>>,
     /// Heartbeats received (meaningful on the leader).
     liveness: Liveness,
+    /// The longest election timeout: how recently a quorum must have
+    /// acknowledged a leader for it to judge the others.
+    election_timeout: Duration,
     stop: Arc<Notify>,
     server: JoinHandle<()>,
     /// Fires once Raft and every task using the store have stopped and the
@@ -196,6 +199,7 @@ impl RegistryNode {
             leader: Mutex::new(None),
             heartbeat_peer: Mutex::new(None),
             liveness,
+            election_timeout: options.timing.election_max,
             stop,
             server,
             database_closed,
@@ -452,6 +456,27 @@ impl RegistryNode {
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Whether this node leads and a quorum acknowledged it within the
+    /// longest election timeout. A leader cut off from its peers answers
+    /// false well before it steps down; a sole voter is its own quorum.
+    pub fn leads_with_quorum(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return false;
+        }
+        let sole_voter = metrics.membership_config.membership().voter_ids().count() <= 1;
+        let within = u64::try_from(self.election_timeout.as_millis()).unwrap_or(u64::MAX);
+        sole_voter
+            || metrics
+                .millis_since_quorum_ack
+                .is_some_and(|ms| ms <= within)
+    }
+
+    /// Raft's metrics as they change: who leads, in which term.
+    pub fn raft_metrics(&self) -> watch::Receiver<openraft::RaftMetrics<NodeId, BasicNode>> {
+        self.raft.metrics()
     }
 
     /// Stops serving RPCs and stops Raft, then waits (up to 5 s) until the

@@ -15,7 +15,8 @@
 //!              here but no longer assigned here ─> stop at once
 //!           exit noticed (event, or the periodic list) ─> report failed / completed
 //!           health turns unhealthy ─> report failed, stop (the scheduler replaces it)
-//! always:   heartbeat to the leader every `heartbeat_interval` (not through the log)
+//! always:   heartbeat to the leader every `heartbeat_interval` and at once to a new
+//!           leader (not through the log; each with a deadline of one interval)
 //! ```
 //!
 //! Reports go through one ordered queue with retries, so a task's
@@ -215,17 +216,35 @@ pub async fn run(registry: Arc<RegistryNode>, settings: AgentSettings, stop: Can
     }
 }
 
+/// Tells the leader this node is alive every `interval`, and at once when
+/// the registry names a new leader. Each heartbeat has a deadline of one
+/// interval (the leader's grace is longer, `lbd` checks), so a call to a
+/// dead leader never holds up the next one: it is dropped, and the next
+/// goes to whoever leads then.
 async fn heartbeats(registry: Arc<RegistryNode>, interval: Duration, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut raft = registry.raft_metrics();
+    let mut leader = raft.borrow().current_leader;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
-            _ = ticker.tick() => {
-                if let Err(error) = registry.heartbeat().await {
-                    debug!(%error, "heartbeat not delivered");
+            _ = ticker.tick() => {}
+            changed = raft.changed() => {
+                if changed.is_err() {
+                    return;
                 }
+                let now = raft.borrow_and_update().current_leader;
+                if now == leader || now.is_none() {
+                    continue;
+                }
+                leader = now;
             }
+        }
+        match tokio::time::timeout(interval, registry.heartbeat()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => debug!(%error, "heartbeat not delivered"),
+            Err(_) => debug!(?interval, "heartbeat not answered in time"),
         }
     }
 }

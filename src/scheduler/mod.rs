@@ -50,6 +50,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntGaugeVec;
 use raft_state::registry::RegistryNode;
 use raft_state::state::{Command, NodeStatus};
 use tokio::time::Instant;
@@ -57,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use clock::now_millis;
-pub use liveness::node_status_changes;
+use liveness::{judge, Hold, Observation};
 pub use plan::{new_task_id, plan, Plan};
 use raft_state::task::Millis;
 
@@ -65,10 +66,13 @@ use raft_state::task::Millis;
 /// delays, update delays and node liveness are time based).
 pub const ROUND_INTERVAL: Duration = Duration::from_millis(500);
 /// Scheduler settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct SchedulerSettings {
     /// A node not heard from for this long is marked down.
     pub heartbeat_grace: Duration,
+    /// Silent nodes left ready by a hold, by reason (`no_quorum`,
+    /// `mass_silence`): `lbmesh_nodes_silent_held`.
+    pub silent_held: IntGaugeVec,
 }
 
 /// Runs the scheduler until `stop` is cancelled.
@@ -109,6 +113,46 @@ pub async fn run(
 struct Memory {
     /// When each service's last update batch started.
     last_batch: HashMap<String, Millis>,
+    /// The hold of the last round, so a hold is logged when it starts and
+    /// when it ends, not every round.
+    held: Option<Hold>,
+}
+
+/// Logs a hold when it begins or ends and sets its gauge.
+fn report_hold(
+    settings: &SchedulerSettings,
+    held: Option<Hold>,
+    silent: usize,
+    last: &mut Option<Hold>,
+) {
+    let count = |reason| {
+        let n = match (held, reason) {
+            (Some(Hold::NoQuorum), "no_quorum")
+            | (Some(Hold::MassSilence { .. }), "mass_silence") => silent,
+            _ => 0,
+        };
+        i64::try_from(n).unwrap_or(i64::MAX)
+    };
+    for reason in ["no_quorum", "mass_silence"] {
+        settings
+            .silent_held
+            .with_label_values(&[reason])
+            .set(count(reason));
+    }
+    if held.is_some() != last.is_some() {
+        match held {
+            Some(Hold::NoQuorum) => warn!(
+                silent,
+                "no quorum heard within the election timeout: no node is marked down"
+            ),
+            Some(Hold::MassSilence { silent, ready }) => warn!(
+                silent,
+                ready, "more than half of the ready nodes are silent at once: none is marked down"
+            ),
+            None => info!("hold on marking nodes down lifted"),
+        }
+    }
+    *last = held;
 }
 
 async fn round(
@@ -118,14 +162,20 @@ async fn round(
     memory: &mut Memory,
 ) -> Result<(), String> {
     let state = registry.local().state;
-    let changes = node_status_changes(
+    let last_heard = registry.last_heard();
+    let judgement = judge(
         &state,
-        &registry.last_heard(),
-        leader_since,
-        Instant::now(),
-        settings.heartbeat_grace,
+        &Observation {
+            leader: registry.id,
+            last_heard: &last_heard,
+            leader_since,
+            now: Instant::now(),
+            grace: settings.heartbeat_grace,
+            quorum_heard: registry.leads_with_quorum(),
+        },
     );
-    for (id, status) in changes {
+    report_hold(settings, judgement.held, judgement.silent, &mut memory.held);
+    for (id, status) in judgement.changes {
         let name = state
             .nodes
             .get(&id)

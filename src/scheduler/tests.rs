@@ -9,6 +9,7 @@ use raft_state::state::{
 };
 use raft_state::task::{DesiredState, TaskHealth, TaskRecord, TaskReport, TaskState, UpdateState};
 
+use super::liveness::{judge, Hold, Judgement, Observation};
 use super::*;
 
 fn node(id: NodeId, labels: &[(&str, &str)]) -> NodeRecord {
@@ -390,27 +391,90 @@ fn a_failing_update_rolls_back_by_itself() {
     assert_eq!(sim.live().len(), 2);
 }
 
+/// Node 1 leads; `heard` holds what it heard from the others.
+fn judge_at(
+    sim: &Sim,
+    heard: &HashMap<NodeId, Instant>,
+    start: Instant,
+    after: Duration,
+    quorum_heard: bool,
+) -> Judgement {
+    judge(
+        &sim.state,
+        &Observation {
+            leader: 1,
+            last_heard: heard,
+            leader_since: start,
+            now: start + after,
+            grace: Duration::from_secs(5),
+            quorum_heard,
+        },
+    )
+}
+
 #[test]
-fn silent_nodes_go_down_and_return() {
+fn a_silent_node_goes_down_and_a_fresh_leader_gives_a_full_grace() {
     let sim = Sim::new(web(1));
     let start = Instant::now();
-    let grace = Duration::from_secs(5);
-    let heard = HashMap::from([(1, start + Duration::from_secs(9)), (2, start)]);
-    let changes = node_status_changes(
-        &sim.state,
-        &heard,
-        start,
-        start + Duration::from_secs(10),
-        grace,
-    );
-    assert_eq!(changes, vec![(2, NodeStatus::Down), (3, NodeStatus::Down)]);
+    let heard = HashMap::from([(2, start + Duration::from_secs(9))]);
+    let judgement = judge_at(&sim, &heard, start, Duration::from_secs(10), true);
+    assert_eq!(judgement.changes, vec![(3, NodeStatus::Down)]);
+    assert_eq!(judgement.held, None);
     // A fresh leader gives every node a full grace period.
-    let changes = node_status_changes(
-        &sim.state,
-        &HashMap::new(),
-        start,
-        start + Duration::from_secs(4),
-        grace,
+    let judgement = judge_at(&sim, &HashMap::new(), start, Duration::from_secs(4), true);
+    assert_eq!(judgement, Judgement::default());
+}
+
+#[test]
+fn the_leader_never_marks_itself_down() {
+    let sim = Sim::new(web(1));
+    let start = Instant::now();
+    // The leader's own heartbeats were stuck on the old leader: nothing of
+    // node 1 was heard, but it is the one judging.
+    let heard = HashMap::from([
+        (2, start + Duration::from_secs(9)),
+        (3, start + Duration::from_secs(9)),
+    ]);
+    let judgement = judge_at(&sim, &heard, start, Duration::from_secs(10), true);
+    assert_eq!(judgement, Judgement::default());
+}
+
+#[test]
+fn a_leader_without_a_recent_quorum_marks_no_one_down() {
+    let sim = Sim::new(web(1));
+    let start = Instant::now();
+    let heard = HashMap::from([(2, start + Duration::from_secs(9))]);
+    let judgement = judge_at(&sim, &heard, start, Duration::from_secs(10), false);
+    assert_eq!(judgement.changes, vec![]);
+    assert_eq!(judgement.held, Some(Hold::NoQuorum));
+    assert_eq!(judgement.silent, 1);
+}
+
+#[test]
+fn more_than_half_of_the_ready_nodes_silent_at_once_marks_none_down() {
+    let sim = Sim::new(web(1));
+    let start = Instant::now();
+    let judgement = judge_at(&sim, &HashMap::new(), start, Duration::from_secs(10), true);
+    assert_eq!(judgement.changes, vec![]);
+    assert_eq!(
+        judgement.held,
+        Some(Hold::MassSilence {
+            silent: 2,
+            ready: 3
+        })
     );
-    assert!(changes.is_empty());
+}
+
+#[test]
+fn a_down_node_heard_again_comes_back_even_while_others_are_held() {
+    let mut sim = Sim::new(web(1));
+    sim.state.apply(&Command::SetNodeStatus {
+        id: 2,
+        status: NodeStatus::Down,
+    });
+    let start = Instant::now();
+    let heard = HashMap::from([(2, start + Duration::from_secs(9))]);
+    let judgement = judge_at(&sim, &heard, start, Duration::from_secs(10), false);
+    assert_eq!(judgement.changes, vec![(2, NodeStatus::Ready)]);
+    assert_eq!(judgement.held, Some(Hold::NoQuorum));
 }
