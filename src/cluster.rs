@@ -234,6 +234,8 @@ pub enum Started {
     /// A new cluster; its tokens are to be printed.
     Bootstrapped(ClusterInfo),
     Joined,
+    /// Rejoined from the data dir; the node's record still names its old
+    /// addresses until [`reregister`] has written the current ones.
     Restarted,
 }
 
@@ -248,7 +250,6 @@ pub async fn start(
     })?;
     if let Some(identity) = Identity::load(&settings.data_dir)? {
         let node = start_registry(settings, identity.id, identity.secret()?).await?;
-        register_self(&node, settings, None).await?;
         info!(id = identity.id, "rejoined the cluster from the data dir");
         return Ok((node, Started::Restarted));
     }
@@ -291,6 +292,33 @@ pub async fn start(
             }
             .save(&settings.data_dir)?;
             Ok((node, Started::Joined))
+        }
+    }
+}
+
+/// How often a restarted node retries writing its record.
+const REREGISTER_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A restarted node's record, rewritten with its current addresses until a
+/// write succeeds or `stop` fires. It runs beside the node rather than
+/// before it serves, so a start never waits on a write (a node that still
+/// believes it leads right after a restart can propose an entry the real
+/// leader's snapshot then discards).
+pub async fn reregister(
+    node: std::sync::Arc<RegistryNode>,
+    settings: NodeSettings,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match register_self(&node, &settings, None).await {
+            Ok(()) => return,
+            Err(error) => {
+                tracing::warn!(%error, "cannot record this node's addresses yet; retrying")
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(REREGISTER_RETRY) => {}
         }
     }
 }

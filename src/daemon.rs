@@ -186,7 +186,15 @@ impl Daemon {
         ));
         let tokens = match started {
             Started::Bootstrapped(info) => Some(info),
-            Started::Joined | Started::Restarted => None,
+            Started::Restarted => {
+                tokio::spawn(cluster::reregister(
+                    Arc::clone(&registry),
+                    settings.clone(),
+                    daemon.stop_control.clone(),
+                ));
+                None
+            }
+            Started::Joined => None,
         };
         Ok((daemon, tokens))
     }

@@ -254,6 +254,45 @@ fn service_names_are_one_path_segment() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A node restarted while no quorum exists (here: alone of three managers)
+/// serves its API at once instead of waiting on a write of its own record
+/// that cannot commit (it used to give up after 10 s and exit, and a write
+/// whose answer never came held its start forever); once the others are
+/// back the cluster is whole and takes writes.
+#[test]
+fn a_node_restarted_without_a_quorum_serves_its_api_at_once() {
+    let mut cluster = Cluster::form();
+    for n in 0..3 {
+        cluster.stop(n);
+    }
+    cluster.restart(0);
+    let api = cluster.api(0);
+    wait_for(
+        "node 0's API while it has no quorum",
+        Duration::from_secs(5),
+        || (http_get_blocking(&api, "/live").0 == 200).then_some(()),
+        || cluster.log(0),
+    );
+    assert!(
+        cluster.nodes[0]
+            .as_mut()
+            .is_some_and(|child| child.try_wait().ok().flatten().is_none()),
+        "node 0 keeps running without a quorum; log:\n{}",
+        cluster.log(0)
+    );
+    cluster.restart(1);
+    cluster.restart(2);
+    wait_for(
+        "a leader once the others are back",
+        Duration::from_secs(30),
+        || (cluster.lbctl(0, &["service", "ls"]).0 == 0).then_some(()),
+        || cluster.log(0),
+    );
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = cluster.lbctl(0, &["service", "create", "after", "-p", &port]);
+    assert_eq!(code, 0, "a write through node 0: {err}");
+}
+
 /// The token with its last digit changed: right format, wrong secret.
 fn wrong_token(token: &str) -> String {
     let mut wrong = token.to_owned();

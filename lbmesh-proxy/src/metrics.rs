@@ -141,7 +141,7 @@ impl Metrics {
                 ),
                 sb,
             )
-            .expect("valid metric"),
+            ?,
             backend_active: IntGaugeVec::new(
                 Opts::new(
                     "lbmesh_backend_active_connections",
@@ -149,7 +149,7 @@ impl Metrics {
                 ),
                 sb,
             )
-            .expect("valid metric"),
+            ?,
             service_active: IntGaugeVec::new(
                 Opts::new(
                     "lbmesh_service_active_connections",
@@ -157,17 +157,17 @@ impl Metrics {
                 ),
                 &["service"],
             )
-            .expect("valid metric"),
+            ?,
             bytes_in: IntCounterVec::new(
                 Opts::new("lbmesh_bytes_in_total", "Bytes from clients to a backend."),
                 sb,
             )
-            .expect("valid metric"),
+            ?,
             bytes_out: IntCounterVec::new(
                 Opts::new("lbmesh_bytes_out_total", "Bytes from a backend to clients."),
                 sb,
             )
-            .expect("valid metric"),
+            ?,
             connect_errors: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_connect_errors_total",
@@ -175,7 +175,7 @@ impl Metrics {
                 ),
                 &["service", "backend", "reason"],
             )
-            .expect("valid metric"),
+            ?,
             connect_duration: HistogramVec::new(
                 HistogramOpts::new(
                     "lbmesh_connect_duration_seconds",
@@ -184,7 +184,7 @@ impl Metrics {
                 .buckets(CONNECT_BUCKETS.to_vec()),
                 sb,
             )
-            .expect("valid metric"),
+            ?,
             backend_up: IntGaugeVec::new(
                 Opts::new(
                     "lbmesh_backend_up",
@@ -192,7 +192,7 @@ impl Metrics {
                 ),
                 sb,
             )
-            .expect("valid metric"),
+            ?,
             ejections: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_backend_ejections_total",
@@ -200,7 +200,7 @@ impl Metrics {
                 ),
                 sb,
             )
-            .expect("valid metric"),
+            ?,
             unanswered: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_unanswered_total",
@@ -208,7 +208,7 @@ impl Metrics {
                 ),
                 sb,
             )
-            .expect("valid metric"),
+            ?,
             failed: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_connections_failed_total",
@@ -216,7 +216,7 @@ impl Metrics {
                 ),
                 &["service", "reason"],
             )
-            .expect("valid metric"),
+            ?,
             forward_errors: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_forward_errors_total",
@@ -224,7 +224,7 @@ impl Metrics {
                 ),
                 &["service", "side"],
             )
-            .expect("valid metric"),
+            ?,
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
             Box::new(metrics.connections.clone()),

@@ -10,6 +10,7 @@
 //!     follower: ForwardToLeader ─> Request::Propose over the authenticated
 //!               transport ─> leader's client_write ─> Outcome
 //!     no leader yet (election): wait and retry, bounded by PROPOSE_DEADLINE
+//!     (every wait for a commit is bounded by it too)
 //! ```
 //!
 //! A read is either local (this node's last applied state: may lag the
@@ -107,6 +108,8 @@ pub enum RegistryError {
     Raft(String),
     #[error("no leader answered within {0:?}")]
     NoLeader(Duration),
+    #[error("the write was not confirmed within {0:?}; it may or may not have taken effect")]
+    Unconfirmed(Duration),
     #[error("{0}")]
     Remote(#[from] RemoteFailure),
     #[error("forwarding to the leader failed: {0}")]
@@ -297,7 +300,14 @@ impl RegistryNode {
     pub async fn propose(&self, command: Command) -> Result<Outcome, RegistryError> {
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
-            match self.raft.client_write(command.clone()).await {
+            // Bounded: an entry proposed while this node briefly believed it
+            // led can be discarded (a snapshot from the real leader replaces
+            // the log), and its answer then never comes.
+            let write = tokio::time::timeout_at(deadline, self.raft.client_write(command.clone()));
+            let Ok(written) = write.await else {
+                return Err(RegistryError::Unconfirmed(PROPOSE_DEADLINE));
+            };
+            match written {
                 Ok(response) => return Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     if let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) {
@@ -563,7 +573,13 @@ async fn write_locally(
     node_id: NodeId,
     command: Command,
 ) -> Result<Outcome, RemoteFailure> {
-    match raft.client_write(command).await {
+    let Ok(written) = tokio::time::timeout(PROPOSE_DEADLINE, raft.client_write(command)).await
+    else {
+        return Err(RemoteFailure::Unavailable(format!(
+            "the write was not confirmed within {PROPOSE_DEADLINE:?}"
+        )));
+    };
+    match written {
         Ok(response) => Ok(response.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
             Err(RemoteFailure::NotLeader {
