@@ -83,12 +83,14 @@ async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Ful
     let path = request.uri().path();
     if path.starts_with("/v1/") {
         if let Some(registry) = &state.registry {
+            // Labels from fixed sets only: a path or method a client made
+            // up must not grow /metrics.
             let route = crate::api::route_template(path);
-            let method = request.method().to_string();
+            let method = crate::api::method_label(request.method());
             let response = crate::api::handle(registry, request).await;
             state
                 .metrics
-                .api_request(&route, &method, response.status().as_u16());
+                .api_request(&route, method, response.status().as_u16());
             return response;
         }
     }

@@ -293,6 +293,46 @@ fn a_node_restarted_without_a_quorum_serves_its_api_at_once() {
     assert_eq!(code, 0, "a write through node 0: {err}");
 }
 
+/// Requests with made-up methods and paths, authenticated or not, are
+/// counted under fixed labels: they used to add one series per method
+/// (and per name under /v1/cluster), growing /metrics without bound.
+#[test]
+fn api_metric_labels_come_from_fixed_sets() {
+    let cluster = Cluster::form();
+    let api = cluster.api(0);
+    for i in 0..20 {
+        let request = format!(
+            "XMETHOD{i} /v1/cluster/junk{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        );
+        let response = raw_request(&api, request.as_bytes());
+        assert_eq!(status_of(&response), 401, "{response}");
+    }
+    let (_, metrics) = http_get_blocking(&api, "/metrics");
+    let series: Vec<&str> = metrics
+        .lines()
+        .filter(|line| line.starts_with("lbmesh_api_requests_total{"))
+        .collect();
+    assert!(
+        series
+            .iter()
+            .all(|line| !line.contains("XMETHOD") && !line.contains("junk")),
+        "raw input in labels: {series:#?}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "lbmesh_api_requests_total",
+            &[
+                ("route", "/v1/{unknown}"),
+                ("method", "other"),
+                ("status", "401")
+            ]
+        ),
+        Some(20.0),
+        "{series:#?}"
+    );
+}
+
 /// The token with its last digit changed: right format, wrong secret.
 fn wrong_token(token: &str) -> String {
     let mut wrong = token.to_owned();

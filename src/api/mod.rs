@@ -178,14 +178,28 @@ pub fn route_template(path: &str) -> String {
             }));
             t
         }
-        [first, ..]
-            if segments.len() <= 2 && matches!(*first, "cluster" | "nodes" | "services") =>
-        {
-            segments.clone()
-        }
+        [noun @ ("cluster" | "nodes" | "services")] => vec![*noun],
+        ["cluster", "join"] => vec!["cluster", "join"],
         _ => vec!["{unknown}"],
     };
     format!("/v1/{}", template.join("/"))
+}
+
+/// A request method as a metric label: the methods HTTP defines, and
+/// `other` for anything a client made up, so labels stay a fixed set.
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
 }
 
 fn constant_time_eq(a: &str, b: &str) -> bool {
@@ -218,6 +232,19 @@ mod tests {
         );
         assert_eq!(route_template("/v1/cluster/join"), "/v1/cluster/join");
         assert_eq!(route_template("/v1/whatever/x"), "/v1/{unknown}");
+        assert_eq!(route_template("/v1/cluster"), "/v1/cluster");
+        // Names under /v1/cluster used to become labels as they were.
+        assert_eq!(
+            route_template("/v1/cluster/anything-at-all"),
+            "/v1/{unknown}"
+        );
+    }
+
+    #[test]
+    fn made_up_methods_are_one_label() {
+        assert_eq!(method_label(&Method::DELETE), "DELETE");
+        let made_up = Method::from_bytes(b"XYZZY").expect("a token is a method");
+        assert_eq!(method_label(&made_up), "other");
     }
 
     #[test]
