@@ -166,12 +166,16 @@ impl RegistryState {
                 return reject(RejectKind::Invalid, format!("labels.{key}"), reason);
             }
         }
-        // A rejoining node keeps what operators set on it.
+        // A rejoining node keeps what operators set on it, and its status:
+        // only the leader, once it hears the node's heartbeat, marks a down
+        // node ready (writing ready here made a restarted node go ready,
+        // down, ready).
         let mut record = node.clone();
         if let Some(existing) = self.nodes.get(&node.id) {
             record.availability = existing.availability;
             record.labels = existing.labels.clone();
             record.role = existing.role;
+            record.status = existing.status;
         }
         self.nodes.insert(record.id, record.clone());
         Outcome::Node {
@@ -451,22 +455,39 @@ mod tests {
         assert_eq!(service.version, 3);
     }
 
+    /// Node 7, "node-a", on 127.0.0.2 with the default API and Raft ports.
+    fn node_a() -> NodeRecord {
+        NodeRecord {
+            id: 7,
+            name: "node-a".to_owned(),
+            raft_addr: "127.0.0.2:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            api_addr: "127.0.0.2:9900".parse().unwrap(),  // fixed-port-ok: a record, nothing bound
+            ingress_addr: "127.0.0.2".parse().unwrap(),
+            role: Role::Manager,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_rejoining_node_keeps_its_status_until_the_leader_hears_it() {
+        let mut state = RegistryState::default();
+        state.apply(&Command::RegisterNode { node: node_a() });
+        state.apply(&Command::SetNodeStatus {
+            id: 7,
+            status: NodeStatus::Down,
+        });
+        // The restarted node writes its record (as ready) before any
+        // heartbeat reached the leader.
+        state.apply(&Command::RegisterNode { node: node_a() });
+        assert_eq!(state.nodes[&7].status, NodeStatus::Down);
+    }
+
     #[test]
     fn a_published_port_may_not_be_a_nodes_api_or_raft_port() {
         let mut state = RegistryState::default();
-        state.apply(&Command::RegisterNode {
-            node: NodeRecord {
-                id: 7,
-                name: "node-a".to_owned(),
-                raft_addr: "127.0.0.2:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
-                api_addr: "127.0.0.2:9900".parse().unwrap(), // fixed-port-ok: a record, nothing bound
-                ingress_addr: "127.0.0.2".parse().unwrap(),
-                role: Role::Manager,
-                availability: Availability::Active,
-                status: NodeStatus::Ready,
-                labels: BTreeMap::new(),
-            },
-        });
+        state.apply(&Command::RegisterNode { node: node_a() });
         let before = state.clone();
         for (port, what) in [(9900, "API"), (9901, "Raft")] {
             let rejection = rejected(state.apply(&Command::CreateService {
