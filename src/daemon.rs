@@ -52,7 +52,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminLimits, AdminState};
 use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
 use crate::metrics::DaemonMetrics;
@@ -240,9 +240,12 @@ impl Daemon {
             stop_control: CancellationToken::new(),
         };
         let stop_admin = daemon.stop_admin.clone();
-        tokio::spawn(admin::run(admin_listener, admin, async move {
-            stop_admin.cancelled().await
-        }));
+        tokio::spawn(admin::run(
+            admin_listener,
+            admin,
+            AdminLimits::default(),
+            async move { stop_admin.cancelled().await },
+        ));
         daemon.admin.ready.store(true, Ordering::Relaxed);
         info!(
             node = %daemon.node.name,
