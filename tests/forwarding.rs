@@ -384,3 +384,66 @@ async fn a_reset_counts_as_a_forward_error_of_the_side_that_sent_it() {
     .await;
     assert_eq!(errors("backend").await, Some(1.0));
 }
+
+/// Silent clients from one address can hold only their share of a service
+/// with `max_connections_per_client`: a connection over it is closed at once
+/// and counted, and other addresses are still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_holds_at_most_its_per_client_share() {
+    let holder = TestBackend::start("holder", Behavior::IdentifyThenEcho).await;
+    let addr = listen_addr();
+    let lbd = TestLbd::start(&service(
+        "shared",
+        addr,
+        &[(holder.addr, 1)],
+        "max_connections = 5\nmax_connections_per_client = 2",
+    ))
+    .await;
+    let connect_from = |source: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(format!("{source}:0").parse().expect("source"))
+            .expect("bind source");
+        socket.connect(addr).await.expect("connect")
+    };
+    // Two silent clients from one address are served (the backend names
+    // itself to each)...
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        let mut stream = connect_from("127.0.0.1").await;
+        assert_eq!(read_line(&mut stream).await, "holder");
+        silent.push(stream);
+    }
+    // ...a third from the same address is closed at once...
+    let mut third = connect_from("127.0.0.1").await;
+    let mut byte = [0u8; 1];
+    let ended = tokio::time::timeout(WAIT, third.read(&mut byte)).await;
+    assert!(
+        matches!(ended, Ok(Ok(0) | Err(_))),
+        "over the share: closed, not served: {ended:?}"
+    );
+    // ...while another address is served.
+    let mut other = connect_from("127.0.0.3").await;
+    assert_eq!(read_line(&mut other).await, "holder");
+    eventually("the refusal counted", || async {
+        let text = lbd.metrics().await;
+        metric(
+            &text,
+            "lbmesh_connections_refused_total",
+            &[("service", "shared"), ("reason", "per_client")],
+        ) == Some(1.0)
+    })
+    .await;
+    assert_eq!(holder.accepted(), 3);
+    // A freed place is taken again.
+    drop(silent.pop());
+    eventually("a place freed", || async {
+        let mut again = connect_from("127.0.0.1").await;
+        let mut name = [0u8; 6];
+        matches!(
+            tokio::time::timeout(Duration::from_millis(300), again.read_exact(&mut name)).await,
+            Ok(Ok(_))
+        )
+    })
+    .await;
+}

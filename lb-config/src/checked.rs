@@ -135,6 +135,8 @@ pub struct Service {
     pub idle_timeout: Duration,
     pub drain_timeout: Duration,
     pub max_connections: u32,
+    /// Open connections one client address may hold; 0: no cap.
+    pub max_connections_per_client: u32,
     pub retries: u32,
     /// See [`ServiceSpec::retry_on_empty`](crate::spec::ServiceSpec::retry_on_empty).
     pub retry_on_empty: bool,

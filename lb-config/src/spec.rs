@@ -78,6 +78,13 @@ pub struct ServiceSpec {
     /// `validate()` with its field name rather than as a type error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connections: Option<i64>,
+    /// Opt-in cap on one client address's open connections to the service
+    /// (0 or absent: none), so a few silent clients cannot fill
+    /// `max_connections`. There is deliberately no first-byte timeout for
+    /// the same purpose: in protocols where the server speaks first (SMTP,
+    /// MySQL, SSH) a client that sends nothing yet is normal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_client: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retries: Option<i64>,
     /// Resend what a client sent to another backend when the first one

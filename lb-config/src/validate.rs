@@ -230,6 +230,9 @@ impl ServiceSpec {
         let max_connections =
             check_int(self.max_connections, DEFAULT_MAX_CONNECTIONS, 1, 1_000_000)
                 .map_err(|r| FieldError::new("max_connections", r))?;
+        let max_connections_per_client =
+            check_int(self.max_connections_per_client, 0, 0, max_connections)
+                .map_err(|r| FieldError::new("max_connections_per_client", r))?;
         let retries = check_int(self.retries, DEFAULT_RETRIES, 0, 16)
             .map_err(|r| FieldError::new("retries", r))?;
         let replicas = check_int(self.replicas, DEFAULT_REPLICAS, 0, MAX_REPLICAS)
@@ -248,6 +251,7 @@ impl ServiceSpec {
             idle_timeout,
             drain_timeout,
             max_connections,
+            max_connections_per_client,
             retries,
             retry_on_empty: self.retry_on_empty.unwrap_or(false),
             replicas,
@@ -653,6 +657,10 @@ mod tests {
             (
                 "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nmax_connections = -1",
                 "service[0].max_connections",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nmax_connections = 5\nmax_connections_per_client = 6",
+                "service[0].max_connections_per_client",
             ),
             (
                 "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\n[service.health]\ninterval = \"1s\"\ntimeout = \"2s\"",

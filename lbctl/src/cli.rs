@@ -190,6 +190,10 @@ pub struct SpecArgs {
     pub proxy_protocol: Option<ProxyProtocol>,
     #[arg(long = "max-connections")]
     pub max_connections: Option<i64>,
+    /// Open connections one client address may hold (0: no cap; clients
+    /// behind one NAT share an address).
+    #[arg(long = "max-connections-per-client", value_name = "N")]
+    pub max_connections_per_client: Option<i64>,
     /// Resend a request to another task when one closes the connection
     /// before answering (a killed task's in-flight requests); a request may
     /// then reach two tasks, so keep it off for non-idempotent protocols.

@@ -125,6 +125,9 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
             cli::ProxyProtocol::V2 => lb_config::ProxyProtocol::V2,
         };
     }
+    if let Some(max) = args.max_connections_per_client {
+        spec.max_connections_per_client = Some(max);
+    }
     if let Some(max) = args.max_connections {
         spec.max_connections = Some(max);
     }

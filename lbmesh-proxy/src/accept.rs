@@ -16,6 +16,10 @@
 //!   accept) is logged, backed off and survived; only the stop signal ends a
 //!   loop. Stopping a loop drops its listener, so new connections are
 //!   refused while accepted ones finish.
+//! - A service with `max_connections_per_client` also gives each client
+//!   address a share: a connection over it is closed right after `accept`
+//!   (counted in `lbmesh_connections_refused_total{reason="per_client"}`).
+//!   Only such a service touches the per-client counts.
 //! - The loop loads the routing table once per connection and hands the
 //!   route's `Arc` to it: a reload never changes a connection in flight.
 
@@ -28,7 +32,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 use crate::connection::serve_connection;
 use crate::fd;
@@ -112,6 +116,18 @@ pub async fn accept_loop(
         match ready.try_io(|listener| accept_nonblocking(listener.get_ref())) {
             Ok(Ok((stream, peer))) => {
                 backoff = ACCEPT_BACKOFF_MIN;
+                let client = match route.settings.max_connections_per_client {
+                    0 => None,
+                    max => match route.service.clients.try_take(peer.ip(), max) {
+                        Some(place) => Some(place),
+                        None => {
+                            // Closed at once: this address holds its share.
+                            route.service.metrics.refused_per_client.inc();
+                            debug!(%listen_addr, %peer, max, "over the per-client cap; closed");
+                            continue;
+                        }
+                    },
+                };
                 match fd::register_connection(stream) {
                     Ok(stream) => {
                         ctx.connections.spawn(serve_connection(
@@ -120,7 +136,7 @@ pub async fn accept_loop(
                             listen_addr,
                             route,
                             lane,
-                            permit,
+                            (permit, client),
                         ));
                     }
                     Err(error) => {

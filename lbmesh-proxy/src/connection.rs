@@ -22,18 +22,20 @@ use crate::connect::connect;
 use crate::error::{ClientFailure, ConnectFailure};
 use crate::fd::Connection;
 use crate::forward;
-use crate::limit::ConnectionPermit;
+use crate::limit::{ClientPlace, ConnectionPermit};
 use crate::proxy_protocol;
 use crate::routing::Route;
 
-/// Serves one client connection to its end.
+/// Serves one client connection to its end, holding its places (the
+/// service's permit and, under a per-client cap, the client's share) until
+/// it closes.
 pub async fn serve_connection(
     client: Connection,
     peer: SocketAddr,
     listen_addr: SocketAddr,
     route: Arc<Route>,
     lane: usize,
-    _permit: ConnectionPermit,
+    _places: (ConnectionPermit, Option<ClientPlace>),
 ) {
     let service = &route.service;
     service.metrics.active.inc();

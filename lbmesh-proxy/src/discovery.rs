@@ -59,4 +59,7 @@ pub struct RouteSettings {
     /// Replay the client's first bytes to another backend when one closes
     /// without answering.
     pub retry_on_empty: bool,
+    /// Open connections one client address may hold (0: no cap). Off by
+    /// default: clients behind one NAT share an address.
+    pub max_connections_per_client: u32,
 }

@@ -1,4 +1,5 @@
-//! A service's cap on open client connections.
+//! A service's caps on open client connections: in all, and (opt-in) per
+//! client address.
 //!
 //! Accept loops take a [`ConnectionPermit`] before they `accept`, so a
 //! service never holds more than its cap; the permit is given back when the
@@ -6,9 +7,11 @@
 //! connections are open: lowering it lets them finish and admits new ones
 //! only once `open` is below the new maximum.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use tokio::sync::Notify;
 
 /// A service's cap on open client connections. Unlike a semaphore it can be
@@ -78,5 +81,79 @@ impl ConnectionLimit {
         if self.max.swap(max, Ordering::AcqRel) < max {
             self.freed.notify_waiters();
         }
+    }
+}
+
+/// Open connections per client address of one service, for the opt-in
+/// per-client cap. Only a service that sets the cap touches it (a sharded
+/// map: one short shard lock per accepted and per closed connection);
+/// without it the accept path stays lock-free.
+#[derive(Default)]
+pub struct ClientCounts {
+    open: DashMap<IpAddr, u32>,
+}
+
+/// One client's place in its service; dropping it frees the place.
+pub struct ClientPlace {
+    counts: Arc<ClientCounts>,
+    ip: IpAddr,
+}
+
+impl ClientCounts {
+    /// A place for a connection from `ip` if it holds fewer than `max`.
+    pub fn try_take(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<ClientPlace> {
+        let mut open = self.open.entry(ip).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(ClientPlace {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// How many connections `ip` holds now.
+    pub fn open(&self, ip: IpAddr) -> u32 {
+        self.open.get(&ip).map_or(0, |open| *open)
+    }
+}
+
+impl Drop for ClientPlace {
+    fn drop(&mut self) {
+        // Remove the entry with its last connection, so the map holds only
+        // clients with connections open.
+        self.counts.open.remove_if_mut(&self.ip, |_, open| {
+            *open = open.saturating_sub(1);
+            *open == 0
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_holds_at_most_max_places_and_frees_them_on_drop() {
+        let counts = Arc::new(ClientCounts::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = counts.try_take(ip, 2).expect("first");
+        let second = counts.try_take(ip, 2).expect("second");
+        assert!(counts.try_take(ip, 2).is_none(), "a third is over the cap");
+        assert!(
+            counts.try_take(other, 2).is_some(),
+            "other clients are not affected"
+        );
+        drop(first);
+        assert_eq!(counts.open(ip), 1);
+        let _third = counts
+            .try_take(ip, 2)
+            .expect("a freed place is taken again");
+        drop(second);
+        assert_eq!(counts.open(ip), 1);
+        drop(_third);
+        assert!(counts.open.is_empty(), "no entry outlives its connections");
     }
 }

@@ -21,6 +21,7 @@
 //! | `lbmesh_backend_ejections_total` | counter | service, backend | passive ejections after failed connects |
 //! | `lbmesh_unanswered_total` | counter | service, backend | connections the backend closed before answering, whose client bytes were resent to another backend (`retry_on_empty`) |
 //! | `lbmesh_connections_failed_total` | counter | service, reason | client connections closed without a backend: `no_backend`, `all_attempts_failed` |
+//! | `lbmesh_connections_refused_total` | counter | service, reason | client connections closed at once: `per_client` (the client address was at the service's `max_connections_per_client`) |
 //! | `lbmesh_forward_errors_total` | counter | service, side | forwarded connections that ended in an error, by the side at fault: `client` or `backend` |
 
 use prometheus::{
@@ -50,6 +51,7 @@ pub struct Metrics {
     ejections: IntCounterVec,
     unanswered: IntCounterVec,
     failed: IntCounterVec,
+    refused: IntCounterVec,
     forward_errors: IntCounterVec,
 }
 
@@ -110,6 +112,8 @@ pub struct ServiceMetrics {
     pub all_attempts_failed: IntCounter,
     pub client_errors: IntCounter,
     pub backend_errors: IntCounter,
+    /// Closed at once: the client address was at its per-client cap.
+    pub refused_per_client: IntCounter,
 }
 
 impl ServiceMetrics {
@@ -217,6 +221,13 @@ impl Metrics {
                 &["service", "reason"],
             )
             ?,
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_connections_refused_total",
+                    "Client connections closed at once, by reason: per_client.",
+                ),
+                &["service", "reason"],
+            )?,
             forward_errors: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_forward_errors_total",
@@ -226,7 +237,8 @@ impl Metrics {
             )
             ?,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 12] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+            Box::new(metrics.refused.clone()),
             Box::new(metrics.connections.clone()),
             Box::new(metrics.backend_active.clone()),
             Box::new(metrics.service_active.clone()),
@@ -306,6 +318,7 @@ impl Metrics {
             backend_errors: self
                 .forward_errors
                 .with_label_values(&[service, Side::Backend.as_str()]),
+            refused_per_client: self.refused.with_label_values(&[service, "per_client"]),
         }
     }
 
@@ -314,6 +327,7 @@ impl Metrics {
         for reason in ["no_backend", "all_attempts_failed"] {
             let _ = self.failed.remove_label_values(&[service, reason]);
         }
+        let _ = self.refused.remove_label_values(&[service, "per_client"]);
         for side in [Side::Client, Side::Backend] {
             let _ = self
                 .forward_errors

@@ -28,7 +28,7 @@ use std::sync::Arc;
 
 use crate::balance::{Backend, BackendSet};
 use crate::discovery::{RouteSettings, ServiceRoutes};
-use crate::limit::ConnectionLimit;
+use crate::limit::{ClientCounts, ConnectionLimit};
 use crate::metrics::{Metrics, ServiceMetrics};
 
 /// State of a service that outlives snapshots.
@@ -37,6 +37,9 @@ pub struct ServiceState {
     /// Listeners take a place here before `accept`, so the cap holds without
     /// ever accepting a connection only to drop it.
     pub limit: Arc<ConnectionLimit>,
+    /// Open connections per client address, for the opt-in per-client cap
+    /// (the cap itself is in the route's settings).
+    pub clients: Arc<ClientCounts>,
     pub metrics: ServiceMetrics,
 }
 
@@ -45,6 +48,7 @@ impl ServiceState {
         Self {
             name: Arc::from(name),
             limit: Arc::new(ConnectionLimit::new(max_connections)),
+            clients: Arc::new(ClientCounts::default()),
             metrics: metrics.service(name),
         }
     }
@@ -216,6 +220,7 @@ mod tests {
                 retries: 2,
                 eject_time: Duration::from_secs(10),
                 retry_on_empty: false,
+                max_connections_per_client: 0,
             },
             ports: vec![PortRoutes {
                 listen: vec![listen],
