@@ -323,6 +323,25 @@ pub async fn reregister(
     }
 }
 
+/// This node's record with its current addresses. A rejoining node keeps
+/// its stored role and status: only the leader, once it hears the node's
+/// heartbeat, marks a down node ready (writing ready here made a restarted
+/// node go ready, down, ready). The command carries the status, so every
+/// lbd version applies it alike.
+fn own_record(
+    settings: &NodeSettings,
+    id: NodeId,
+    role: Option<Role>,
+    stored: Option<&NodeRecord>,
+) -> NodeRecord {
+    let role = role.or(stored.map(|n| n.role)).unwrap_or(Role::Worker);
+    let mut own = record(settings, id, role);
+    if let Some(stored) = stored {
+        own.status = stored.status;
+    }
+    own
+}
+
 /// Records this node's current addresses in the registry (keeping what
 /// operators set on it).
 async fn register_self(
@@ -330,14 +349,9 @@ async fn register_self(
     settings: &NodeSettings,
     role: Option<Role>,
 ) -> Result<(), ClusterError> {
-    let role = role
-        .or_else(|| node.local().state.nodes.get(&node.id).map(|n| n.role))
-        .unwrap_or(Role::Worker);
-    let outcome = node
-        .propose(Command::RegisterNode {
-            node: record(settings, node.id, role),
-        })
-        .await?;
+    let stored = node.local().state.nodes.get(&node.id).cloned();
+    let record = own_record(settings, node.id, role, stored.as_ref());
+    let outcome = node.propose(Command::RegisterNode { node: record }).await?;
     if let Outcome::Rejected { rejection } = outcome {
         return Err(ClusterError::Registry(RegistryError::Raft(
             rejection.to_string(),
@@ -442,4 +456,33 @@ async fn balance_voters(node: &RegistryNode) -> Result<(), RegistryError> {
         node.promote(&promote).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejoining_node_keeps_its_stored_status() {
+        let settings = NodeSettings {
+            name: "node-a".to_owned(),
+            advertise_addr: "127.0.0.2".parse().unwrap(),
+            api_addr: "127.0.0.2:9900".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            raft_addr: "127.0.0.2:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            ingress_addr: "127.0.0.2".parse().unwrap(),
+            data_dir: PathBuf::from("unused"),
+            vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+        };
+        let mut stored = record(&settings, 7, Role::Manager);
+        stored.status = NodeStatus::Down;
+        let own = own_record(&settings, 7, None, Some(&stored));
+        assert_eq!(
+            own.status,
+            NodeStatus::Down,
+            "ready only once the leader hears it"
+        );
+        assert_eq!(own.role, Role::Manager);
+        let new = own_record(&settings, 8, Some(Role::Worker), None);
+        assert_eq!(new.status, NodeStatus::Ready);
+    }
 }

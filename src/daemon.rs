@@ -91,14 +91,14 @@ pub struct Daemon {
     source: Source,
     node: Node,
     metrics: Arc<DaemonMetrics>,
-    /// The data plane; dropped last, which closes whatever connection
-    /// outlived the shutdown grace.
-    proxy: Proxy,
     stop_admin: CancellationToken,
     admin: Arc<AdminState>,
     api_addr: SocketAddr,
     /// Stops the scheduler and the agent (cluster mode).
     stop_control: CancellationToken,
+    /// The data plane; the last field, so dropped last, which closes
+    /// whatever connection outlived the shutdown grace.
+    proxy: Proxy,
 }
 
 /// Options of cluster mode.
@@ -207,9 +207,8 @@ impl Daemon {
         proxy_threads: usize,
     ) -> Result<Self, DaemonError> {
         let metrics = Arc::new(DaemonMetrics::new()?);
-        let mut proxy = Proxy::start(proxy_threads, Arc::clone(&metrics.proxy))
-            .map_err(DaemonError::Workers)?;
-        proxy.apply(services)?;
+        // The admin address first: if it cannot be bound, no accept loop
+        // has started yet.
         let admin_listener = bind_listener(node.api_addr, ListenOptions::default())
             .and_then(TcpListener::from_std)
             .map_err(|source| DaemonError::AdminBind {
@@ -222,6 +221,9 @@ impl Daemon {
                 addr: node.api_addr,
                 source,
             })?;
+        let mut proxy = Proxy::start(proxy_threads, Arc::clone(&metrics.proxy))
+            .map_err(DaemonError::Workers)?;
+        proxy.apply(services)?;
 
         let admin = Arc::new(AdminState {
             metrics: Arc::clone(&metrics),
@@ -233,11 +235,11 @@ impl Daemon {
             source,
             node,
             metrics,
-            proxy,
             stop_admin: CancellationToken::new(),
             admin: Arc::clone(&admin),
             api_addr,
             stop_control: CancellationToken::new(),
+            proxy,
         };
         let stop_admin = daemon.stop_admin.clone();
         tokio::spawn(admin::run(

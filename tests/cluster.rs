@@ -333,6 +333,29 @@ fn api_metric_labels_come_from_fixed_sets() {
     );
 }
 
+/// A published port that is a node's API or Raft port is refused with a
+/// 409 naming the node (it used to be accepted, and every node then failed
+/// to bind it), and nothing is created.
+#[test]
+fn a_published_port_on_a_nodes_api_or_raft_port_is_refused() {
+    let cluster = Cluster::form();
+    for (port, what) in [("9900", "API"), ("9901", "Raft")] {
+        // fixed-port-ok: the nodes' own ports
+        let (code, _, err) = cluster.lbctl(0, &["service", "create", "clash", "-p", port]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.starts_with(&format!(
+                "Error: ports[0].published: port {port} is node \""
+            )),
+            "{err}"
+        );
+        assert!(err.contains(&format!("'s {what} port (")), "{err}");
+    }
+    let (code, out, err) = cluster.lbctl(0, &["service", "ls", "--format", "json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("clash"), "nothing was created: {out}");
+}
+
 /// The token with its last digit changed: right format, wrong secret.
 fn wrong_token(token: &str) -> String {
     let mut wrong = token.to_owned();

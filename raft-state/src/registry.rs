@@ -311,9 +311,16 @@ impl RegistryNode {
                 Ok(response) => return Ok(response.data),
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     if let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) {
-                        match self.forward(leader, &node.addr, &command).await {
-                            Ok(outcome) => return Ok(outcome),
-                            Err(error) => debug!(%error, leader, "forwarding failed; retrying"),
+                        let forwarded = tokio::time::timeout_at(
+                            deadline,
+                            self.forward(leader, &node.addr, &command),
+                        );
+                        match forwarded.await {
+                            Ok(Ok(outcome)) => return Ok(outcome),
+                            Ok(Err(error)) => {
+                                debug!(%error, leader, "forwarding failed; retrying")
+                            }
+                            Err(_) => return Err(RegistryError::Unconfirmed(PROPOSE_DEADLINE)),
                         }
                     }
                 }
@@ -345,7 +352,10 @@ impl RegistryNode {
 
     /// Tells the leader this node is alive (not through the log). On the
     /// leader itself it is recorded directly.
-    pub async fn heartbeat(&self) -> Result<(), RegistryError> {
+    /// Tells the leader this node is alive, waiting at most `timeout` for
+    /// its answer (a call that times out drops its connection, so the next
+    /// one starts clean).
+    pub async fn heartbeat(&self, timeout: Duration) -> Result<(), RegistryError> {
         if self.is_leader() {
             self.liveness.heard(self.id);
             return Ok(());
@@ -367,6 +377,7 @@ impl RegistryNode {
             leader,
             &addr,
             &Request::Heartbeat,
+            timeout,
         )
         .await?;
         match response {
@@ -398,7 +409,16 @@ impl RegistryNode {
         addr: &str,
         request: &Request,
     ) -> Result<Response, RegistryError> {
-        Self::call_cached(&self.leader, self.id, &self.secret, leader, addr, request).await
+        Self::call_cached(
+            &self.leader,
+            self.id,
+            &self.secret,
+            leader,
+            addr,
+            request,
+            network::CALL_TIMEOUT,
+        )
+        .await
     }
 
     async fn call_cached(
@@ -408,6 +428,7 @@ impl RegistryNode {
         leader: NodeId,
         addr: &str,
         request: &Request,
+        timeout: Duration,
     ) -> Result<Response, RegistryError> {
         let mut cached = cache.lock().await;
         if cached.as_ref().map(|p| p.target) != Some(leader) {
@@ -416,7 +437,7 @@ impl RegistryNode {
         let Some(peer) = cached.as_mut() else {
             return Err(RegistryError::NoLeader(Duration::ZERO));
         };
-        Ok(peer.call(request, network::CALL_TIMEOUT).await?)
+        Ok(peer.call(request, timeout).await?)
     }
 
     /// This node's last applied state.

@@ -16,7 +16,7 @@
 //! - service names are unique lowercase DNS labels and every stored spec
 //!   passes `ServiceSpec::validate`;
 //! - a published port belongs to at most one service (every node binds every
-//!   published port: the mesh), and is no node's API or Raft port;
+//!   published port: the mesh);
 //! - each service holds one VIP from the range, and no two services share one;
 //! - node ids and node names are unique.
 
@@ -166,16 +166,12 @@ impl RegistryState {
                 return reject(RejectKind::Invalid, format!("labels.{key}"), reason);
             }
         }
-        // A rejoining node keeps what operators set on it, and its status:
-        // only the leader, once it hears the node's heartbeat, marks a down
-        // node ready (writing ready here made a restarted node go ready,
-        // down, ready).
+        // A rejoining node keeps what operators set on it.
         let mut record = node.clone();
         if let Some(existing) = self.nodes.get(&node.id) {
             record.availability = existing.availability;
             record.labels = existing.labels.clone();
             record.role = existing.role;
-            record.status = existing.status;
         }
         self.nodes.insert(record.id, record.clone());
         Outcome::Node {
@@ -326,27 +322,9 @@ impl RegistryState {
         self.change_service(&previous, true)
     }
 
-    /// A published port already owned by another service, or one that a
-    /// node's API or Raft listener holds (every node binds every published
-    /// port, so such a port could never be served, and could keep that node
-    /// from restarting).
+    /// A published port already owned by another service.
     fn port_clash(&self, spec: &ServiceSpec) -> Option<Outcome> {
         for (i, port) in spec.ports.iter().enumerate() {
-            for node in self.nodes.values() {
-                let held = [("API", node.api_addr), ("Raft", node.raft_addr)]
-                    .into_iter()
-                    .find(|(_, addr)| i64::from(addr.port()) == port.published);
-                if let Some((what, addr)) = held {
-                    return Some(reject(
-                        RejectKind::Conflict,
-                        format!("ports[{i}].published"),
-                        format!(
-                            "port {} is node {:?}'s {what} port ({addr})",
-                            port.published, node.name
-                        ),
-                    ));
-                }
-            }
             for (name, other) in &self.services {
                 if *name == spec.name {
                     continue;
@@ -453,54 +431,6 @@ mod tests {
         };
         assert_eq!(service.spec.ports[0].published, 80);
         assert_eq!(service.version, 3);
-    }
-
-    /// Node 7, "node-a", on 127.0.0.2 with the default API and Raft ports.
-    fn node_a() -> NodeRecord {
-        NodeRecord {
-            id: 7,
-            name: "node-a".to_owned(),
-            raft_addr: "127.0.0.2:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
-            api_addr: "127.0.0.2:9900".parse().unwrap(),  // fixed-port-ok: a record, nothing bound
-            ingress_addr: "127.0.0.2".parse().unwrap(),
-            role: Role::Manager,
-            availability: Availability::Active,
-            status: NodeStatus::Ready,
-            labels: BTreeMap::new(),
-        }
-    }
-
-    #[test]
-    fn a_rejoining_node_keeps_its_status_until_the_leader_hears_it() {
-        let mut state = RegistryState::default();
-        state.apply(&Command::RegisterNode { node: node_a() });
-        state.apply(&Command::SetNodeStatus {
-            id: 7,
-            status: NodeStatus::Down,
-        });
-        // The restarted node writes its record (as ready) before any
-        // heartbeat reached the leader.
-        state.apply(&Command::RegisterNode { node: node_a() });
-        assert_eq!(state.nodes[&7].status, NodeStatus::Down);
-    }
-
-    #[test]
-    fn a_published_port_may_not_be_a_nodes_api_or_raft_port() {
-        let mut state = RegistryState::default();
-        state.apply(&Command::RegisterNode { node: node_a() });
-        let before = state.clone();
-        for (port, what) in [(9900, "API"), (9901, "Raft")] {
-            let rejection = rejected(state.apply(&Command::CreateService {
-                spec: spec("x", port),
-            }));
-            assert_eq!(rejection.kind, RejectKind::Conflict);
-            assert_eq!(rejection.field, "ports[0].published");
-            assert_eq!(
-                rejection.reason,
-                format!("port {port} is node \"node-a\"'s {what} port (127.0.0.2:{port})")
-            );
-        }
-        assert_eq!(state, before);
     }
 
     #[test]

@@ -44,13 +44,17 @@ pub async fn route(
         (&Method::GET, ["services"]) => services(registry, None).await,
         (&Method::GET, ["services", name]) => services(registry, Some(name)).await,
         (&Method::POST, ["services"]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) => propose(registry, Command::CreateService { spec }, true).await,
+            Ok(spec) => match node_port_clash(registry, &spec) {
+                Some(clash) => clash,
+                None => propose(registry, Command::CreateService { spec }, true).await,
+            },
             Err(response) => *response,
         },
         (&Method::PUT, ["services", name]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) if spec.name == *name => {
-                propose(registry, Command::UpdateService { spec }, false).await
-            }
+            Ok(spec) if spec.name == *name => match node_port_clash(registry, &spec) {
+                Some(clash) => clash,
+                None => propose(registry, Command::UpdateService { spec }, false).await,
+            },
             Ok(spec) => error(
                 StatusCode::BAD_REQUEST,
                 "name",
@@ -418,4 +422,31 @@ async fn scale(registry: &Arc<RegistryNode>, name: &str, body: &Bytes) -> ApiRes
     let mut spec = service.spec;
     spec.replicas = Some(scale.replicas);
     propose(registry, Command::UpdateService { spec }, false).await
+}
+
+/// A 409 when a published port of `spec` is a node's API or Raft port:
+/// every node binds every published port, so such a service could never be
+/// served there, and could keep that node from restarting. Checked here,
+/// before the write, rather than in the state machine, so that lbd
+/// versions with and without the rule apply the same log alike.
+fn node_port_clash(registry: &RegistryNode, spec: &ServiceSpec) -> Option<ApiResponse> {
+    let state = registry.local().state;
+    for (i, port) in spec.ports.iter().enumerate() {
+        for node in state.nodes.values() {
+            let held = [("API", node.api_addr), ("Raft", node.raft_addr)]
+                .into_iter()
+                .find(|(_, addr)| i64::from(addr.port()) == port.published);
+            if let Some((what, addr)) = held {
+                return Some(error(
+                    StatusCode::CONFLICT,
+                    &format!("ports[{i}].published"),
+                    format!(
+                        "port {} is node {:?}'s {what} port ({addr})",
+                        port.published, node.name
+                    ),
+                ));
+            }
+        }
+    }
+    None
 }

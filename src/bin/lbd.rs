@@ -158,19 +158,27 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let signals = Signals::install()?;
-        let daemon = match (&args.config, cluster_options(&args, proxy_threads)) {
-            (Some(config), _) => lbmesh::daemon::Daemon::start(config, proxy_threads).await?,
-            (None, Some(options)) => {
-                let (daemon, tokens) = lbmesh::daemon::Daemon::start_cluster(options).await?;
-                if let Some(tokens) = tokens {
-                    print_tokens(daemon.api_addr(), &tokens);
+        let (reload_requests, shutdown) = Signals::install()?.into_requests();
+        tokio::pin!(shutdown);
+        let start = async {
+            match (&args.config, cluster_options(&args, proxy_threads)) {
+                (Some(config), _) => lbmesh::daemon::Daemon::start(config, proxy_threads).await,
+                (None, Some(options)) => {
+                    let (daemon, tokens) = lbmesh::daemon::Daemon::start_cluster(options).await?;
+                    if let Some(tokens) = tokens {
+                        print_tokens(daemon.api_addr(), &tokens);
+                    }
+                    Ok(daemon)
                 }
-                daemon
+                (None, None) => unreachable!("clap requires --config or --advertise-addr"),
             }
-            (None, None) => unreachable!("clap requires --config or --advertise-addr"),
         };
-        let (reload_requests, shutdown) = signals.into_requests();
+        // SIGTERM or SIGINT during a slow start (a join waiting on its
+        // host) ends the process rather than waiting for the start.
+        let daemon = tokio::select! {
+            daemon = start => daemon?,
+            () = &mut shutdown => return Ok(()),
+        };
         daemon.run(reload_requests, shutdown).await?;
         Ok::<(), anyhow::Error>(())
     });

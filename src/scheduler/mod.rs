@@ -93,6 +93,8 @@ pub async fn run(
         if !registry.is_leader() {
             if leader_since.take().is_some() {
                 info!("no longer the leader: scheduler idle");
+                // Only a leader holds nodes back; a follower reports none.
+                report_hold(&settings, None, 0, &mut memory.held);
             }
             memory = Memory::default();
             continue;

@@ -1,6 +1,6 @@
 //! The tests' one HTTP/1 client: a request on a new connection, read to
-//! the server's close, every step bounded by `WAIT`. The shapes below are
-//! thin views of [`exchange`].
+//! the server's close, every step (connect, write, read) bounded. The
+//! shapes below are thin views of one exchange.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -8,22 +8,40 @@ use std::time::Duration;
 
 use crate::wait::WAIT;
 
-/// Sends `request` to `addr` on a new connection and returns everything
-/// the server sent until it closed.
-pub fn exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<String, String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
-    stream
+/// Sends `request` to `addr` on a new connection and reads until the
+/// server closes. Returns what arrived, and the first error on the way: a
+/// server that answers and closes before reading the whole request (a 413)
+/// can make the write fail or end the read with a reset, after its answer
+/// arrived.
+fn talk(addr: SocketAddr, request: &[u8], timeout: Duration) -> (String, Option<String>) {
+    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(stream) => stream,
+        Err(e) => return (String::new(), Some(format!("connect {addr}: {e}"))),
+    };
+    let mut failure = None;
+    if let Err(e) = stream
         .set_read_timeout(Some(timeout))
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(request)
-        .map_err(|e| format!("send to {addr}: {e}"))?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .map_err(|e| format!("read from {addr}: {e}"))?;
-    Ok(response)
+        .and(stream.set_write_timeout(Some(timeout)))
+    {
+        return (String::new(), Some(e.to_string()));
+    }
+    if let Err(e) = stream.write_all(request) {
+        failure = Some(format!("send to {addr}: {e}"));
+    }
+    let mut response = Vec::new();
+    if let Err(e) = stream.read_to_end(&mut response) {
+        failure.get_or_insert(format!("read from {addr}: {e}"));
+    }
+    (String::from_utf8_lossy(&response).into_owned(), failure)
+}
+
+/// Sends `request` to `addr` on a new connection and returns everything
+/// the server sent until it closed, or the first error.
+pub fn exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<String, String> {
+    match talk(addr, request, timeout) {
+        (response, None) => Ok(response),
+        (_, Some(error)) => Err(error),
+    }
 }
 
 /// The status code of a raw response (0 if there is none).
@@ -48,9 +66,9 @@ fn parse_addr(addr: &str) -> SocketAddr {
 }
 
 /// Sends raw bytes (a malformed or oversized request) and returns the raw
-/// response, empty when the server closed without one.
+/// response, whatever arrived before an error; empty when nothing did.
 pub fn raw_request(addr: &str, request: &[u8]) -> String {
-    exchange(parse_addr(addr), request, WAIT).unwrap_or_default()
+    talk(parse_addr(addr), request, WAIT).0
 }
 
 /// A GET, blocking: the status and the whole raw response.
