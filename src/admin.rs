@@ -18,12 +18,10 @@
 //! another method on a known path is `405`. `/metrics`, `/live` and `/ready`
 //! are open.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -39,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
+use lbmesh_proxy::limit::ClientCounts;
 use lbmesh_proxy::routing::RoutingTable;
 
 use crate::metrics::DaemonMetrics;
@@ -66,7 +65,7 @@ pub struct AdminLimits {
     pub max_connections: usize,
     /// Admin connections open at once from one client address; past it, a
     /// new one is closed at once.
-    pub max_per_client: usize,
+    pub max_per_client: u32,
 }
 
 impl Default for AdminLimits {
@@ -84,47 +83,6 @@ impl Default for AdminLimits {
     }
 }
 
-/// Open admin connections per client address.
-#[derive(Default)]
-struct PerClient(Mutex<HashMap<IpAddr, usize>>);
-
-/// One client's place, given back on drop.
-struct ClientPlace<'a> {
-    counts: &'a PerClient,
-    ip: IpAddr,
-}
-
-impl PerClient {
-    fn take(&self, ip: IpAddr, max: usize) -> Option<ClientPlace<'_>> {
-        let mut counts = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let count = counts.entry(ip).or_default();
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(ClientPlace { counts: self, ip })
-    }
-}
-
-impl Drop for ClientPlace<'_> {
-    fn drop(&mut self) {
-        let mut counts = self
-            .counts
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(count) = counts.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
-                counts.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Serves admin requests on `listener` until `shutdown` resolves, within
 /// `limits`.
 pub async fn run(
@@ -135,7 +93,7 @@ pub async fn run(
 ) {
     tokio::pin!(shutdown);
     let open = Arc::new(Semaphore::new(limits.max_connections));
-    let per_client = Arc::new(PerClient::default());
+    let per_client = Arc::new(ClientCounts::default());
     loop {
         // A place first: over the cap, connections wait in the backlog
         // instead of being accepted only to be dropped.
@@ -161,7 +119,7 @@ pub async fn run(
         let per_client = Arc::clone(&per_client);
         tokio::spawn(async move {
             let _permit = permit;
-            let Some(_place) = per_client.take(peer.ip(), limits.max_per_client) else {
+            let Some(_place) = per_client.try_take(peer.ip(), limits.max_per_client) else {
                 debug!(%peer, "admin connection refused: too many from this client");
                 return;
             };

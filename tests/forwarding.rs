@@ -1,6 +1,6 @@
 //! Bytes through the proxy: bulk integrity, half-close, PROXY protocol,
 //! idle timeout and the connection cap.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -399,23 +399,18 @@ async fn one_address_holds_at_most_its_per_client_share() {
         "max_connections = 5\nmax_connections_per_client = 2",
     ))
     .await;
-    let connect_from = |source: &'static str| async move {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket
-            .bind(format!("{source}:0").parse().expect("source"))
-            .expect("bind source");
-        socket.connect(addr).await.expect("connect")
-    };
+    let (one, other): (IpAddr, IpAddr) =
+        ("127.0.0.1".parse().unwrap(), "127.0.0.3".parse().unwrap());
     // Two silent clients from one address are served (the backend names
     // itself to each)...
     let mut silent = Vec::new();
     for _ in 0..2 {
-        let mut stream = connect_from("127.0.0.1").await;
+        let mut stream = connect_from(one, addr).await;
         assert_eq!(read_line(&mut stream).await, "holder");
         silent.push(stream);
     }
     // ...a third from the same address is closed at once...
-    let mut third = connect_from("127.0.0.1").await;
+    let mut third = connect_from(one, addr).await;
     let mut byte = [0u8; 1];
     let ended = tokio::time::timeout(WAIT, third.read(&mut byte)).await;
     assert!(
@@ -423,7 +418,7 @@ async fn one_address_holds_at_most_its_per_client_share() {
         "over the share: closed, not served: {ended:?}"
     );
     // ...while another address is served.
-    let mut other = connect_from("127.0.0.3").await;
+    let mut other = connect_from(other, addr).await;
     assert_eq!(read_line(&mut other).await, "holder");
     eventually("the refusal counted", || async {
         let text = lbd.metrics().await;
@@ -438,7 +433,7 @@ async fn one_address_holds_at_most_its_per_client_share() {
     // A freed place is taken again.
     drop(silent.pop());
     eventually("a place freed", || async {
-        let mut again = connect_from("127.0.0.1").await;
+        let mut again = connect_from(one, addr).await;
         let mut name = [0u8; 6];
         matches!(
             tokio::time::timeout(Duration::from_millis(300), again.read_exact(&mut name)).await,

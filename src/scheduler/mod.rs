@@ -127,19 +127,21 @@ fn report_hold(
     silent: usize,
     last: &mut Option<Hold>,
 ) {
-    let count = |reason| {
-        let n = match (held, reason) {
-            (Some(Hold::NoQuorum), "no_quorum")
-            | (Some(Hold::MassSilence { .. }), "mass_silence") => silent,
-            _ => 0,
-        };
-        i64::try_from(n).unwrap_or(i64::MAX)
+    let held_reason = match held {
+        Some(Hold::NoQuorum) => Some("no_quorum"),
+        Some(Hold::MassSilence { .. }) => Some("mass_silence"),
+        None => None,
     };
     for reason in ["no_quorum", "mass_silence"] {
+        let count = if held_reason == Some(reason) {
+            silent
+        } else {
+            0
+        };
         settings
             .silent_held
             .with_label_values(&[reason])
-            .set(count(reason));
+            .set(i64::try_from(count).unwrap_or(i64::MAX));
     }
     if held.is_some() != last.is_some() {
         match held {

@@ -147,15 +147,20 @@ pub async fn who_answers(addr: SocketAddr) -> String {
 
 /// Connects from a chosen source address and reads the first line.
 pub async fn who_answers_from(source: IpAddr, addr: SocketAddr) -> String {
+    let mut stream = connect_from(source, addr).await;
+    read_line(&mut stream).await
+}
+
+/// Connects to `addr` from a chosen source address (any port).
+pub async fn connect_from(source: IpAddr, addr: SocketAddr) -> TcpStream {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
     socket
         .bind(SocketAddr::new(source, 0))
         .expect("bind source");
-    let mut stream = tokio::time::timeout(WAIT, socket.connect(addr))
+    tokio::time::timeout(WAIT, socket.connect(addr))
         .await
         .expect("connect in time")
-        .expect("connect");
-    read_line(&mut stream).await
+        .expect("connect")
 }
 
 /// Reads up to a newline or EOF; the stream stays open.
