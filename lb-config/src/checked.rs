@@ -17,6 +17,7 @@ use crate::constraints::Constraint;
 /// Replicated: `replicas` tasks spread over the nodes. Global: one task on
 /// every eligible node, including nodes that join later.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceMode {
     #[default]
@@ -25,6 +26,7 @@ pub enum ServiceMode {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartCondition {
     #[default]
@@ -34,6 +36,7 @@ pub enum RestartCondition {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateOrder {
     /// The old task stops before its replacement starts (docker's default).
@@ -44,6 +47,7 @@ pub enum UpdateOrder {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum FailureAction {
     #[default]
@@ -54,6 +58,7 @@ pub enum FailureAction {
 
 /// How a service picks a backend for each new connection.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum Algorithm {
     #[default]
@@ -79,6 +84,7 @@ impl fmt::Display for Algorithm {
 /// Whether the proxy prefixes each backend connection with a PROXY protocol
 /// header carrying the client's address.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyProtocol {
     #[default]
@@ -88,6 +94,7 @@ pub enum ProxyProtocol {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     None,

@@ -183,11 +183,11 @@ pub struct SpecArgs {
     #[arg(long = "endpoint", value_name = "ADDR[,weight=N]", value_parser = parse_endpoint)]
     pub endpoint: Vec<EndpointSpec>,
     #[arg(long, value_enum)]
-    pub algorithm: Option<Algorithm>,
+    pub algorithm: Option<lb_config::Algorithm>,
     #[arg(long)]
     pub replicas: Option<i64>,
     #[arg(long = "proxy-protocol", value_enum)]
-    pub proxy_protocol: Option<ProxyProtocol>,
+    pub proxy_protocol: Option<lb_config::ProxyProtocol>,
     #[arg(long = "max-connections")]
     pub max_connections: Option<i64>,
     /// Open connections one client address may hold (0: no cap; clients
@@ -210,14 +210,14 @@ pub struct SpecArgs {
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
     #[arg(long, value_enum)]
-    pub mode: Option<Mode>,
+    pub mode: Option<lb_config::ServiceMode>,
     /// Placement constraint (`node.labels.zone==a`), repeatable.
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraint: Vec<String>,
     #[arg(long = "replicas-max-per-node", value_name = "N")]
     pub replicas_max_per_node: Option<i64>,
     #[arg(long = "restart-condition", value_enum)]
-    pub restart_condition: Option<RestartCondition>,
+    pub restart_condition: Option<lb_config::RestartCondition>,
     #[arg(long = "restart-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub restart_delay: Option<Duration>,
     #[arg(long = "restart-max-attempts", value_name = "N")]
@@ -228,9 +228,9 @@ pub struct SpecArgs {
     #[arg(long = "update-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub update_delay: Option<Duration>,
     #[arg(long = "update-order", value_enum)]
-    pub update_order: Option<UpdateOrder>,
+    pub update_order: Option<lb_config::UpdateOrder>,
     #[arg(long = "update-failure-action", value_enum)]
-    pub update_failure_action: Option<FailureAction>,
+    pub update_failure_action: Option<lb_config::FailureAction>,
     #[arg(long = "update-monitor", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub update_monitor: Option<Duration>,
     /// SIGTERM to SIGKILL when a task stops.
@@ -240,67 +240,11 @@ pub struct SpecArgs {
     #[arg(long = "drain-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
     #[arg(long = "health-type", value_enum)]
-    pub health_type: Option<HealthType>,
+    pub health_type: Option<lb_config::HealthCheckKind>,
     #[arg(long = "health-path", value_name = "PATH")]
     pub health_path: Option<String>,
     #[arg(long = "health-interval", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub health_interval: Option<Duration>,
-}
-
-/// `--algorithm`: how a service picks a backend for a new connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Algorithm {
-    RoundRobin,
-    Random,
-    Weighted,
-    LeastConn,
-    Maglev,
-}
-
-/// `--proxy-protocol`: the PROXY header version, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum ProxyProtocol {
-    None,
-    V1,
-    V2,
-}
-
-/// `--mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    Replicated,
-    Global,
-}
-
-/// `--restart-condition`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum RestartCondition {
-    Any,
-    OnFailure,
-    None,
-}
-
-/// `--update-order`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum UpdateOrder {
-    StopFirst,
-    StartFirst,
-}
-
-/// `--update-failure-action`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FailureAction {
-    Pause,
-    Rollback,
-    Continue,
-}
-
-/// `--health-type`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum HealthType {
-    Tcp,
-    Http,
-    None,
 }
 
 #[cfg(test)]

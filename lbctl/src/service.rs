@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use lb_config::ServiceSpec;
 use lbmesh_api::{Client, DesiredState, ServiceStatus, Task, TaskEndpoint};
 
-use crate::cli::{self, Format, ServiceCommand, SpecArgs};
+use crate::cli::{Format, ServiceCommand, SpecArgs};
 use crate::error::CtlError;
 use crate::output::{json, render};
 use crate::table::table;
@@ -107,23 +107,13 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
         }
     }
     if let Some(algorithm) = args.algorithm {
-        spec.algorithm = match algorithm {
-            cli::Algorithm::RoundRobin => lb_config::Algorithm::RoundRobin,
-            cli::Algorithm::Random => lb_config::Algorithm::Random,
-            cli::Algorithm::Weighted => lb_config::Algorithm::Weighted,
-            cli::Algorithm::LeastConn => lb_config::Algorithm::LeastConn,
-            cli::Algorithm::Maglev => lb_config::Algorithm::Maglev,
-        };
+        spec.algorithm = algorithm;
     }
     if let Some(replicas) = args.replicas {
         spec.replicas = Some(replicas);
     }
     if let Some(version) = args.proxy_protocol {
-        spec.proxy_protocol = match version {
-            cli::ProxyProtocol::None => lb_config::ProxyProtocol::None,
-            cli::ProxyProtocol::V1 => lb_config::ProxyProtocol::V1,
-            cli::ProxyProtocol::V2 => lb_config::ProxyProtocol::V2,
-        };
+        spec.proxy_protocol = version;
     }
     if let Some(max) = args.max_connections_per_client {
         spec.max_connections_per_client = Some(max);
@@ -145,10 +135,7 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
         spec.env.push(pair.clone());
     }
     if let Some(mode) = args.mode {
-        spec.mode = match mode {
-            cli::Mode::Replicated => lb_config::ServiceMode::Replicated,
-            cli::Mode::Global => lb_config::ServiceMode::Global,
-        };
+        spec.mode = mode;
     }
     for constraint in &args.constraint {
         if !spec.constraints.contains(constraint) {
@@ -159,11 +146,7 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
         spec.max_replicas_per_node = Some(max);
     }
     if let Some(condition) = args.restart_condition {
-        spec.restart.condition = Some(match condition {
-            cli::RestartCondition::Any => lb_config::RestartCondition::Any,
-            cli::RestartCondition::OnFailure => lb_config::RestartCondition::OnFailure,
-            cli::RestartCondition::None => lb_config::RestartCondition::None,
-        });
+        spec.restart.condition = Some(condition);
     }
     if let Some(delay) = args.restart_delay {
         spec.restart.delay = Some(delay);
@@ -178,17 +161,10 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
         spec.update.delay = Some(delay);
     }
     if let Some(order) = args.update_order {
-        spec.update.order = Some(match order {
-            cli::UpdateOrder::StopFirst => lb_config::UpdateOrder::StopFirst,
-            cli::UpdateOrder::StartFirst => lb_config::UpdateOrder::StartFirst,
-        });
+        spec.update.order = Some(order);
     }
     if let Some(action) = args.update_failure_action {
-        spec.update.failure_action = Some(match action {
-            cli::FailureAction::Pause => lb_config::FailureAction::Pause,
-            cli::FailureAction::Rollback => lb_config::FailureAction::Rollback,
-            cli::FailureAction::Continue => lb_config::FailureAction::Continue,
-        });
+        spec.update.failure_action = Some(action);
     }
     if let Some(monitor) = args.update_monitor {
         spec.update.monitor = Some(monitor);
@@ -200,11 +176,7 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
         spec.drain_timeout = Some(drain);
     }
     if let Some(kind) = args.health_type {
-        spec.health.kind = Some(match kind {
-            cli::HealthType::Tcp => lb_config::HealthCheckKind::Tcp,
-            cli::HealthType::Http => lb_config::HealthCheckKind::Http,
-            cli::HealthType::None => lb_config::HealthCheckKind::None,
-        });
+        spec.health.kind = Some(kind);
     }
     if let Some(path) = &args.health_path {
         spec.health.path = Some(path.clone());
