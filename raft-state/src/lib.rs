@@ -40,6 +40,7 @@
 
 pub mod cluster;
 pub mod command;
+mod election;
 pub mod network;
 pub mod node;
 pub mod outcome;

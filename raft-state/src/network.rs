@@ -443,6 +443,12 @@ impl Peer {
         }
     }
 
+    /// Opens a connection and completes the handshake, then drops it: the
+    /// peer is reachable and knows the cluster secret.
+    pub async fn probe(&self) -> std::io::Result<()> {
+        self.connect().await.map(drop)
+    }
+
     /// Sends one request and waits for its response.
     pub async fn call(
         &mut self,

@@ -39,6 +39,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::command::Command;
+use crate::election::{self, LeaderContact};
 use crate::network::{
     self, Answer, CallError, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
 };
@@ -148,6 +149,8 @@ pub struct RegistryNode {
     election_timeout: Duration,
     stop: Arc<Notify>,
     server: JoinHandle<()>,
+    /// Turns elections off while this voter cannot reach a quorum.
+    election_guard: JoinHandle<()>,
     /// Fires once Raft and every task using the store have stopped and the
     /// file is closed.
     database_closed: store::DatabaseClosed,
@@ -178,12 +181,21 @@ impl RegistryNode {
         .map_err(|e| RegistryError::Raft(e.to_string()))?;
         let stop = Arc::new(Notify::new());
         let liveness = Liveness::default();
+        let contact = LeaderContact::new();
+        let election_guard = tokio::spawn(election::guard(
+            raft.clone(),
+            options.id,
+            options.secret.clone(),
+            contact.clone(),
+            options.timing.election_min,
+        ));
         let server = {
             let stop = Arc::clone(&stop);
             let handler = Served {
                 raft: raft.clone(),
                 id: options.id,
                 liveness: liveness.clone(),
+                contact,
             };
             tokio::spawn(network::serve(
                 options.raft_listener,
@@ -205,6 +217,7 @@ impl RegistryNode {
             election_timeout: options.timing.election_max,
             stop,
             server,
+            election_guard,
             database_closed,
         })
     }
@@ -515,6 +528,7 @@ impl RegistryNode {
     pub async fn shutdown(&self) {
         self.stop.notify_one();
         self.server.abort();
+        self.election_guard.abort();
         if let Err(error) = self.raft.shutdown().await {
             debug!(%error, "raft shutdown");
         }
@@ -554,6 +568,8 @@ struct Served {
     /// This node, named in a `NotLeader` answer.
     id: NodeId,
     liveness: Liveness,
+    /// Stamped by every request only a leader sends, for the election guard.
+    contact: LeaderContact,
 }
 
 impl RpcHandler for Served {
@@ -561,6 +577,7 @@ impl RpcHandler for Served {
         &self,
         rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Answer<AppendEntriesResponse<NodeId>, Infallible> {
+        self.contact.touch();
         self.raft.append_entries(rpc).await
     }
 
@@ -572,6 +589,7 @@ impl RpcHandler for Served {
         &self,
         rpc: InstallSnapshotRequest<TypeConfig>,
     ) -> Answer<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.contact.touch();
         self.raft.install_snapshot(rpc).await
     }
 
