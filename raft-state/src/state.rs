@@ -4,10 +4,11 @@
 //! never import this one (the crate doc shows the order); this file applies
 //! the node and service commands, and its child `tasks` the task commands.
 //!
-//! [`RegistryState`] is a plain value: nodes, services, tasks and the VIP
-//! range. [`RegistryState::apply`] is the only way it changes. It is
-//! deterministic (every node applies the same commands in the same order and
-//! reaches the same state) and it validates every command: a command that
+//! [`RegistryState`] is a plain value: nodes, services, tasks, the VIP
+//! range and the listen addresses each node reports it cannot bind.
+//! [`RegistryState::apply`] is the only way it changes. It is deterministic
+//! (every node applies the same commands in the same order and reaches the
+//! same state) and it validates every command: a command that
 //! would break an invariant is answered with [`Outcome::Rejected`] naming the
 //! field and the reason, and changes nothing. It never panics on a command's
 //! content.
