@@ -23,7 +23,8 @@ use raft_state::network::Secret;
 use raft_state::random::{self, RandomError};
 use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing};
 use raft_state::state::{
-    Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, Role, VipRange,
+    Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState,
+    Role, VipRange,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -368,7 +369,8 @@ pub enum JoinRefusal {
     Failed(String),
 }
 
-/// On the leader: checks the token, adds the node to Raft (a learner; a
+/// On the leader: checks the token and the node's record (its id, name and
+/// ports), adds the node to Raft (a learner; a
 /// manager is then promoted so voters stay odd, at most five) and registers
 /// it.
 pub async fn admit(node: &RegistryNode, request: JoinRequest) -> Result<NodeRecord, JoinRefusal> {
@@ -403,6 +405,9 @@ pub async fn admit(node: &RegistryNode, request: JoinRequest) -> Result<NodeReco
             reason: format!("node {} is already named {:?}", other.id, record.name),
         });
     }
+    if let Some(refusal) = published_port_clash(&state, &record) {
+        return Err(refusal);
+    }
     node.add_member(record.id, &record.raft_addr.to_string(), false)
         .await
         .map_err(|e| JoinRefusal::Failed(e.to_string()))?;
@@ -428,6 +433,38 @@ pub async fn admit(node: &RegistryNode, request: JoinRequest) -> Result<NodeReco
             .map_err(|e| JoinRefusal::Failed(e.to_string()))?;
     }
     Ok(record)
+}
+
+/// A joiner whose API or Raft port some service publishes: every node binds
+/// every published port, so one of the two could never be served there.
+/// Checked before the node is added to Raft or written, so a refusal leaves
+/// nothing behind (and, being outside the state machine, applies no new
+/// rule to the log).
+fn published_port_clash(state: &RegistryState, record: &NodeRecord) -> Option<JoinRefusal> {
+    let own = [
+        ("node.api_addr", "API", record.api_addr),
+        ("node.raft_addr", "Raft", record.raft_addr),
+    ];
+    for (field, what, addr) in own {
+        for service in state.services.values() {
+            if service
+                .spec
+                .ports
+                .iter()
+                .any(|port| port.published == i64::from(addr.port()))
+            {
+                return Some(JoinRefusal::Invalid {
+                    field: field.to_owned(),
+                    reason: format!(
+                        "the {what} port {} ({addr}) is published by service {:?}, which every node binds",
+                        addr.port(),
+                        service.spec.name
+                    ),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// Promotes manager learners so the number of voters is the largest odd
@@ -484,5 +521,44 @@ mod tests {
         assert_eq!(own.role, Role::Manager);
         let new = own_record(&settings, 8, Some(Role::Worker), None);
         assert_eq!(new.status, NodeStatus::Ready);
+    }
+
+    #[test]
+    fn a_joiner_on_a_published_port_is_refused_naming_the_service() {
+        let settings = NodeSettings {
+            name: "node-b".to_owned(),
+            advertise_addr: "127.0.0.3".parse().unwrap(),
+            api_addr: "127.0.0.3:9900".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            raft_addr: "127.0.0.3:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            ingress_addr: "127.0.0.3".parse().unwrap(),
+            data_dir: PathBuf::from("unused"),
+            vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+        };
+        let joiner = record(&settings, 9, Role::Worker);
+        let mut state = RegistryState::default();
+        assert!(published_port_clash(&state, &joiner).is_none());
+        for (name, port) in [("web", 8080), ("raftish", 9901)] {
+            let outcome = state.apply(&Command::CreateService {
+                spec: lb_config::ServiceSpec {
+                    name: name.to_owned(),
+                    ports: vec![lb_config::PortSpec {
+                        published: port,
+                        target: None,
+                        protocol: None,
+                    }],
+                    ..lb_config::ServiceSpec::default()
+                },
+            });
+            assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
+        }
+        let Some(JoinRefusal::Invalid { field, reason }) = published_port_clash(&state, &joiner)
+        else {
+            panic!("a joiner on a published Raft port was admitted");
+        };
+        assert_eq!(field, "node.raft_addr");
+        assert_eq!(
+            reason,
+            "the Raft port 9901 (127.0.0.3:9901) is published by service \"raftish\", which every node binds"
+        );
     }
 }

@@ -490,4 +490,168 @@ fn healing_a_cut_off_follower_leaves_the_leader_in_place() {
         &["service", "create", "after-the-cut", "-p", &port],
     );
     assert_eq!(code, 0, "a write through the healed follower: {err}");
+
+/// `lbmesh_listener_up{service, address}` on node `n`, if the series exists.
+fn listener_up(cluster: &Cluster, n: usize, service: &str, address: SocketAddr) -> Option<f64> {
+    let (_, metrics) = http_get_blocking(&cluster.api(n), "/metrics");
+    metric(
+        &metrics,
+        "lbmesh_listener_up",
+        &[("service", service), ("address", &address.to_string())],
+    )
+}
+
+/// A port another process holds on one node: that node used to throw away
+/// every later routing change (an unrelated update left it routing to the
+/// old endpoint) and could not restart. Now it skips the address, routes
+/// everything else, reports the address (inspect, ps, metric), starts with
+/// it taken, and binds it once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_on_one_node_stops_no_other_change_there() {
+    let b0 = TestBackend::start("b0", Behavior::Identify).await;
+    let b1 = TestBackend::start("b1", Behavior::Identify).await;
+    let (b0_addr, b1_addr) = (b0.addr.to_string(), b1.addr.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut cluster = Cluster::form();
+        let web_port = free_port_on_all(&cluster).to_string();
+        let (code, _, err) = cluster.lbctl(0, &["service", "create", "web", "-p", &web_port, "--endpoint", &b0_addr]);
+        assert_eq!(code, 0, "{err}");
+        let web_on_1: SocketAddr = format!("{}:{web_port}", cluster.ip(1)).parse().expect("addr");
+        wait_until("web answers on node 1", || answer(web_on_1).as_deref() == Some("b0"));
+
+        // Another process holds the next service's port on node 1 only.
+        let port = free_port_on_all(&cluster);
+        let blocked_on_1 = SocketAddr::new(cluster.ip(1), port);
+        let holder = std::net::TcpListener::bind(blocked_on_1).expect("hold the port on node 1");
+        let (code, _, err) = cluster.lbctl(0, &["service", "create", "blocked", "-p", &port.to_string(), "--endpoint", &b1_addr]);
+        assert_eq!(code, 0, "{err}");
+
+        // An unrelated change still reaches node 1's routing table.
+        let (code, _, err) = cluster.lbctl(0, &["service", "update", "web", "--endpoint-rm", &b0_addr, "--endpoint", &b1_addr]);
+        assert_eq!(code, 0, "{err}");
+        wait_for(
+            "node 1 routes web's update",
+            WAIT,
+            || (0..3).all(|_| answer(web_on_1).as_deref() == Some("b1")).then_some(()),
+            || cluster.log(1),
+        );
+        for n in [0, 2] {
+            assert_eq!(answer(SocketAddr::new(cluster.ip(n), port)).as_deref(), Some("b1"), "node {n}");
+            assert_eq!(listener_up(&cluster, n, "blocked", SocketAddr::new(cluster.ip(n), port)), Some(1.0));
+        }
+
+        // Reported per node: inspect, ps and node 1's metric.
+        let node = format!("node-127-{}-0-2", cluster.block);
+        let expected = serde_json::json!([{ "node": node, "address": blocked_on_1.to_string(), "error": "address in use" }]);
+        wait_for(
+            "node 1's failure in service inspect",
+            WAIT,
+            || (cluster.json(2, &["service", "inspect", "blocked"])?["listener_errors"] == expected).then_some(()),
+            || format!("{:?}", cluster.json(2, &["service", "inspect", "blocked"])),
+        );
+        let (code, ps, err) = cluster.lbctl(0, &["service", "ps", "blocked"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(ps.ends_with(&format!("\n\n{node}: cannot bind {blocked_on_1}: address in use\n")), "{ps}");
+        assert_eq!(listener_up(&cluster, 1, "blocked", blocked_on_1), Some(0.0));
+        let (code, ps, _) = cluster.lbctl(0, &["service", "ps", "web"]);
+        assert_eq!(code, 0);
+        assert!(!ps.contains("cannot bind"), "{ps}");
+
+        // Node 1 restarts with the port still taken, and serves.
+        cluster.stop(1);
+        cluster.restart(1);
+        wait_for(
+            "restarted node 1 serves web",
+            Duration::from_secs(30),
+            || (answer(web_on_1).as_deref() == Some("b1")).then_some(()),
+            || cluster.log(1),
+        );
+        assert_eq!(listener_up(&cluster, 1, "blocked", blocked_on_1), Some(0.0));
+
+        // Freed: bound on the next retry, and the report clears.
+        drop(holder);
+        wait_for(
+            "node 1 binds the freed port",
+            WAIT,
+            || (answer(blocked_on_1).as_deref() == Some("b1")).then_some(()),
+            || cluster.log(1),
+        );
+        assert_eq!(listener_up(&cluster, 1, "blocked", blocked_on_1), Some(1.0));
+        wait_until("the report clears", || {
+            cluster.json(0, &["service", "inspect", "blocked"]).is_some_and(|s| s["listener_errors"] == serde_json::json!([]))
+        });
+        let (_, ps, _) = cluster.lbctl(0, &["service", "ps", "blocked"]);
+        assert!(!ps.contains("cannot bind"), "{ps}");
+
+        // Removed: its series goes with it.
+        let (code, _, err) = cluster.lbctl(0, &["service", "rm", "blocked"]);
+        assert_eq!(code, 0, "{err}");
+        wait_until("node 1 drops the series", || listener_up(&cluster, 1, "blocked", blocked_on_1).is_none());
+    })
+    .await
+    .expect("cluster test");
+    drop((b0, b1));
+}
+
+/// A node whose API or Raft port a service publishes is refused at the
+/// join, naming the service, before it is added to Raft.
+#[test]
+fn a_node_whose_api_or_raft_port_is_published_cannot_join() {
+    let cluster = Cluster::form();
+    let port = free_port_on_all(&cluster);
+    let (code, _, err) = cluster.lbctl(0, &["service", "create", "taken", "-p", &port.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let ip = format!("127.{}.0.9", cluster.block);
+    for (flag, field) in [
+        ("--api-addr", "node.api_addr"),
+        ("--raft-addr", "node.raft_addr"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .args(["--advertise-addr", &ip, "--data-dir"])
+            .arg(cluster.dir.path().join(&flag[2..]))
+            .args([flag, &format!("{ip}:{port}")])
+            .args(["--join", &cluster.api(0), "--token", &cluster.manager_token])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the joiner");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the joiner") {
+                break status;
+            }
+            if started.elapsed() > WAIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{flag}: the refused joiner kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
+        assert!(!status.success(), "{flag} on a published port joined");
+        assert!(
+            stderr.contains(&format!("{field}: the "))
+                && stderr.contains(&format!(
+                    "port {port} ({ip}:{port}) is published by service \"taken\""
+                )),
+            "{stderr}"
+        );
+    }
+    let info = cluster.json(0, &["cluster", "info"]).expect("cluster info");
+    assert_eq!(info["voters"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        info["learners"],
+        serde_json::json!([]),
+        "no learner left behind"
+    );
+    assert_eq!(
+        cluster
+            .json(0, &["node", "ls"])
+            .expect("ls")
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
 }

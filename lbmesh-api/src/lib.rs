@@ -25,8 +25,8 @@
 //! | POST | `/v1/nodes/{name or id}` | [`NodeUpdate`] `{"availability", "labels_add", "labels_remove"}` | the updated [`Member`] |
 //! | DELETE | `/v1/nodes/{name or id}` | | [`Removed`]; removes a down node (`?force=true` for one that is not down) |
 //! | GET | `/v1/nodes/{name or id}/tasks` | | the [`Task`]s assigned to the node |
-//! | GET | `/v1/services` | | every [`ServiceStatus`], with running/desired task counts |
-//! | GET | `/v1/services/{name}` | | one [`ServiceStatus`], with its update status |
+//! | GET | `/v1/services` | | every [`ServiceStatus`], with running/desired task counts and the [`ListenerError`]s nodes report |
+//! | GET | `/v1/services/{name}` | | one [`ServiceStatus`], with its update status and listener errors |
 //! | GET | `/v1/services/{name}/tasks` | | its [`Task`]s, live and recent history (`service ps`) |
 //! | POST | `/v1/services` | a `[[service]]` spec as JSON | `201` and the [`Service`] |
 //! | PUT | `/v1/services/{name}` | the whole new spec | the [`Service`], version + 1 |
@@ -50,9 +50,9 @@ pub mod error;
 pub mod requests;
 
 pub use answers::{
-    Availability, ClusterInfo, DesiredState, JoinToken, Member, Millis, Node, NodeId, NodeStatus,
-    RaftRole, Removed, Role, Service, ServiceStatus, Task, TaskEndpoint, TaskHealth, TaskState,
-    UpdateState, UpdateStatus,
+    Availability, ClusterInfo, DesiredState, JoinToken, ListenerError, Member, Millis, Node,
+    NodeId, NodeStatus, RaftRole, Removed, Role, Service, ServiceStatus, Task, TaskEndpoint,
+    TaskHealth, TaskState, UpdateState, UpdateStatus,
 };
 pub use client::Client;
 pub use error::{ApiError, ErrorBody, ErrorDetail};

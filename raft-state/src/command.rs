@@ -10,7 +10,7 @@ use lb_config::ServiceSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterInfo, VipRange};
-use crate::node::{Availability, NodeId, NodeRecord, NodeStatus, Role};
+use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 use crate::task::{Millis, TaskOp, TaskReport};
 
 /// A change to the registry. New kinds of change (tasks) are new variants.
@@ -62,5 +62,13 @@ pub enum Command {
     /// An agent's observation of one of its tasks.
     ReportTask {
         report: Box<TaskReport>,
+    },
+    /// The listen addresses a node cannot bind now (all of them: the list
+    /// replaces the last one; empty when every address is bound). Written
+    /// by the node itself when they change.
+    ReportListeners {
+        node: NodeId,
+        #[serde(default)]
+        failures: Vec<ListenerFailure>,
     },
 }

@@ -4,10 +4,11 @@
 //! never import this one (the crate doc shows the order); this file applies
 //! the node and service commands, and its child `tasks` the task commands.
 //!
-//! [`RegistryState`] is a plain value: nodes, services, tasks and the VIP
-//! range. [`RegistryState::apply`] is the only way it changes. It is
-//! deterministic (every node applies the same commands in the same order and
-//! reaches the same state) and it validates every command: a command that
+//! [`RegistryState`] is a plain value: nodes, services, tasks, the VIP
+//! range and the listen addresses each node reports it cannot bind.
+//! [`RegistryState::apply`] is the only way it changes. It is deterministic
+//! (every node applies the same commands in the same order and reaches the
+//! same state) and it validates every command: a command that
 //! would break an invariant is answered with [`Outcome::Rejected`] naming the
 //! field and the reason, and changes nothing. It never panics on a command's
 //! content.
@@ -35,7 +36,7 @@ use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus
 // (`raft_state::state::Command`, ...).
 pub use crate::cluster::{ClusterInfo, VipRange, DEFAULT_VIP_RANGE};
 pub use crate::command::Command;
-pub use crate::node::{Availability, NodeId, NodeRecord, NodeStatus, Role};
+pub use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 pub use crate::outcome::{Outcome, RejectKind, Rejection};
 pub use crate::service::ServiceRecord;
 
@@ -49,6 +50,10 @@ pub struct RegistryState {
     /// Every task by id, live ones and a short history of dead ones.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// What each node last reported it cannot bind; a node with none has
+    /// no entry.
+    #[serde(default)]
+    pub listener_failures: BTreeMap<NodeId, Vec<ListenerFailure>>,
 }
 
 impl Default for RegistryState {
@@ -59,6 +64,7 @@ impl Default for RegistryState {
             services: BTreeMap::new(),
             vip_range: DEFAULT_VIP_RANGE,
             tasks: BTreeMap::new(),
+            listener_failures: BTreeMap::new(),
         }
     }
 }
@@ -98,6 +104,7 @@ impl RegistryState {
             },
             Command::RemoveNode { id } => match self.nodes.remove(id) {
                 Some(_) => {
+                    self.listener_failures.remove(id);
                     // Its tasks' fate is unknown; the scheduler replaces them.
                     for task in self.tasks.values_mut().filter(|t| t.node == Some(*id)) {
                         task.desired = DesiredState::Shutdown;
@@ -115,6 +122,7 @@ impl RegistryState {
             Command::RollbackService { name } => self.rollback_service(name),
             Command::Schedule { ops, at } => self.schedule(ops, *at),
             Command::ReportTask { report } => self.report(report),
+            Command::ReportListeners { node, failures } => self.report_listeners(*node, failures),
             Command::RemoveService { name } => match self.services.remove(name) {
                 Some(_) => {
                     // Out of every routing table now; agents drain and stop.
@@ -177,6 +185,22 @@ impl RegistryState {
         Outcome::Node {
             node: Box::new(record),
         }
+    }
+
+    fn report_listeners(&mut self, node: NodeId, failures: &[ListenerFailure]) -> Outcome {
+        if !self.nodes.contains_key(&node) {
+            return reject(
+                RejectKind::NotFound,
+                "node",
+                format!("no node with id {node}"),
+            );
+        }
+        if failures.is_empty() {
+            self.listener_failures.remove(&node);
+        } else {
+            self.listener_failures.insert(node, failures.to_vec());
+        }
+        Outcome::Nothing
     }
 
     fn update_node(
@@ -401,6 +425,63 @@ mod tests {
             Outcome::Rejected { rejection } => rejection,
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_nodes_listener_report_replaces_the_last_and_goes_with_the_node() {
+        let mut state = RegistryState::default();
+        let failure = ListenerFailure {
+            service: "web".to_owned(),
+            address: "127.0.0.2:8080".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            error: "address in use".to_owned(),
+        };
+        let report =
+            |failures: Vec<ListenerFailure>| Command::ReportListeners { node: 7, failures };
+        let before = state.clone();
+        let rejection = rejected(state.apply(&report(vec![failure.clone()])));
+        assert_eq!(
+            (rejection.kind, rejection.field.as_str()),
+            (RejectKind::NotFound, "node")
+        );
+        assert_eq!(state, before, "an unknown node's report changes nothing");
+
+        state.apply(&Command::RegisterNode {
+            node: NodeRecord {
+                id: 7,
+                name: "node-a".to_owned(),
+                raft_addr: "127.0.0.2:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+                api_addr: "127.0.0.2:9900".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+                ingress_addr: "127.0.0.2".parse().unwrap(),
+                role: Role::Manager,
+                availability: Availability::Active,
+                status: NodeStatus::Ready,
+                labels: BTreeMap::new(),
+            },
+        });
+        assert_eq!(
+            state.apply(&report(vec![failure.clone()])),
+            Outcome::Nothing
+        );
+        assert_eq!(
+            state.listener_failures.get(&7),
+            Some(&vec![failure.clone()])
+        );
+        state.apply(&report(Vec::new()));
+        assert!(state.listener_failures.is_empty(), "all bound: no entry");
+        state.apply(&report(vec![failure]));
+        state.apply(&Command::RemoveNode { id: 7 });
+        assert!(state.listener_failures.is_empty(), "gone with its node");
+
+        // The new field and command read alike without the new parts.
+        let command: Command =
+            serde_json::from_str(r#"{"op":"report_listeners","node":7}"#).expect("command");
+        assert_eq!(command, report(Vec::new()));
+        let mut old = serde_json::to_value(RegistryState::default()).expect("state");
+        old.as_object_mut()
+            .expect("object")
+            .remove("listener_failures");
+        let read: RegistryState = serde_json::from_value(old).expect("an older state");
+        assert_eq!(read, RegistryState::default());
     }
 
     #[test]

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use lb_config::ServiceSpec;
 use lbmesh_api::{
-    ClusterInfo, JoinRequest, JoinToken, NodeUpdate, RaftRole, Removed, Scale, ServiceStatus,
+    ClusterInfo, JoinRequest, JoinToken, ListenerError, NodeUpdate, RaftRole, Removed, Scale,
+    ServiceStatus,
 };
 use raft_state::registry::RegistryNode;
 use raft_state::state::{Command, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind};
@@ -323,7 +324,30 @@ fn service_status(state: &RegistryState, record: &ServiceRecord) -> ServiceStatu
         service: convert::service(record),
         running,
         desired,
+        listener_errors: listener_errors(state, &record.spec.name),
     }
+}
+
+/// What the nodes report they cannot bind for `service`, by node name and
+/// address.
+fn listener_errors(state: &RegistryState, service: &str) -> Vec<ListenerError> {
+    let mut errors: Vec<ListenerError> = state
+        .listener_failures
+        .iter()
+        .filter_map(|(id, failures)| Some((state.nodes.get(id)?, failures)))
+        .flat_map(|(node, failures)| {
+            failures
+                .iter()
+                .filter(|failure| failure.service == service)
+                .map(|failure| ListenerError {
+                    node: node.name.clone(),
+                    address: failure.address,
+                    error: failure.error.clone(),
+                })
+        })
+        .collect();
+    errors.sort_by(|a, b| (&a.node, a.address).cmp(&(&b.node, b.address)));
+    errors
 }
 
 async fn services(registry: &Arc<RegistryNode>, name: Option<&str>) -> ApiResponse {
