@@ -490,6 +490,7 @@ fn healing_a_cut_off_follower_leaves_the_leader_in_place() {
         &["service", "create", "after-the-cut", "-p", &port],
     );
     assert_eq!(code, 0, "a write through the healed follower: {err}");
+}
 
 /// `lbmesh_listener_up{service, address}` on node `n`, if the series exists.
 fn listener_up(cluster: &Cluster, n: usize, service: &str, address: SocketAddr) -> Option<f64> {
