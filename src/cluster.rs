@@ -119,6 +119,8 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     /// Where VIPs come from; used only when this node bootstraps a cluster.
     pub vip_range: VipRange,
+    /// Raft entries between two snapshots (the log behind one is purged).
+    pub snapshot_every: u64,
 }
 
 /// A parsed join token.
@@ -225,7 +227,7 @@ async fn start_registry(
         raft_addr: settings.raft_addr.to_string(),
         data_file: settings.data_dir.join("registry.redb"),
         secret,
-        timing: Timing::default(),
+        timing: Timing::with_snapshot_every(settings.snapshot_every),
     })
     .await?)
 }
@@ -509,6 +511,7 @@ mod tests {
             ingress_addr: "127.0.0.2".parse().unwrap(),
             data_dir: PathBuf::from("unused"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+            snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
         };
         let mut stored = record(&settings, 7, Role::Manager);
         stored.status = NodeStatus::Down;
