@@ -363,3 +363,50 @@ fn wrong_token(token: &str) -> String {
     wrong.push(if last == '0' { '1' } else { '0' });
     wrong
 }
+
+/// A create sent twice with one `Idempotency-Key` (a client, or a node
+/// passing it on, that lost the first answer) is answered 201 with the same
+/// service each time, through a follower and through the leader, and made
+/// once; the resend used to be answered 409 "already exists". A new key is
+/// a new write, and a malformed key is refused.
+#[test]
+fn a_create_resent_with_its_idempotency_key_gets_the_first_answer() {
+    let cluster = Cluster::form();
+    let leader = cluster.leader_index().expect("a leader");
+    let follower = (leader + 1) % 3;
+    let port = free_port_on_all(&cluster);
+    let body = format!(r#"{{"name":"once","ports":[{{"published":{port}}}]}}"#);
+    let post = |key: &str| {
+        format!(
+            "POST /v1/services HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+             Idempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            cluster.control_token,
+            body.len()
+        )
+    };
+    let first = raw_request(&cluster.api(follower), post("client-1").as_bytes());
+    assert_eq!(status_of(&first), 201, "{first}");
+    for node in [follower, leader] {
+        let resent = raw_request(&cluster.api(node), post("client-1").as_bytes());
+        assert_eq!(
+            status_of(&resent),
+            201,
+            "resend through node {node}: {resent}"
+        );
+        assert_eq!(body_of(&resent), body_of(&first), "the first answer");
+    }
+    let new = raw_request(&cluster.api(follower), post("client-2").as_bytes());
+    assert_eq!(status_of(&new), 409, "{new}");
+    let bad = raw_request(&cluster.api(follower), post("no spaces").as_bytes());
+    assert_eq!(status_of(&bad), 400, "{bad}");
+    assert!(body_of(&bad).contains("idempotency-key"), "{bad}");
+    let listed = cluster
+        .json(follower, &["service", "ls"])
+        .expect("service ls");
+    assert_eq!(service_names(&listed), ["once"]);
+    let version = cluster
+        .json(follower, &["service", "inspect", "once"])
+        .and_then(|v| v["version"].as_u64());
+    assert_eq!(version, Some(1), "created once, never updated");
+}

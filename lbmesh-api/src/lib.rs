@@ -41,7 +41,10 @@
 //! `{"error": {"field": ..., "reason": ...}}` with 400 (invalid), 401
 //! (token), 404 (unknown), 409 (conflict), 413, 503 (no leader). Reads are
 //! linearizable. A write that reaches a follower is passed to the leader's
-//! API unchanged. Timestamps are milliseconds since the Unix epoch.
+//! API unchanged, with its [`IDEMPOTENCY_KEY`] header (the client's, or
+//! one the follower made), the same on every retry: a write whose answer
+//! was lost and that is sent again gets its first answer, never a 409 for
+//! its own effect, and is applied once. Timestamps are milliseconds since the Unix epoch.
 #![forbid(unsafe_code)]
 
 pub mod answers;
@@ -56,4 +59,4 @@ pub use answers::{
 };
 pub use client::Client;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use requests::{JoinRequest, NodeUpdate, Scale};
+pub use requests::{check_idempotency_key, JoinRequest, NodeUpdate, Scale, IDEMPOTENCY_KEY};

@@ -611,7 +611,10 @@ mod tests {
         assert_eq!(read, Proposal::once(command.clone()));
         assert_eq!(serde_json::to_string(&read).expect("encode"), old);
         let keyed = serde_json::to_string(&Proposal::keyed("r".into(), command)).expect("encode");
-        assert_eq!(keyed, r#"{"request":"r","op":"remove_service","name":"web"}"#);
+        assert_eq!(
+            keyed,
+            r#"{"request":"r","op":"remove_service","name":"web"}"#
+        );
         // A state saved before request ids reads with none remembered.
         let mut saved = serde_json::to_value(RegistryState::default()).expect("encode");
         saved.as_object_mut().expect("an object").remove("requests");

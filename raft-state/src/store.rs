@@ -515,8 +515,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::LogId;
     use openraft::testing::{StoreBuilder, Suite};
+    use openraft::LogId;
 
     struct Builder;
 
