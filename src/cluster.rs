@@ -7,8 +7,10 @@
 //! first start, no --join:  new identity ─> registry bootstrap (one voter) ─> InitCluster(tokens)
 //!                          ─> RegisterNode(self) ─> print the join tokens
 //! first start, --join:     token ─> cluster secret + role ─> start registry (empty) ─> POST /v1/cluster/join
-//!                          to any node (forwarded to the leader, which adds us as learner and, for a
-//!                          manager, promotes managers to keep the voter count odd) ─> save identity
+//!                          to any node (forwarded to the leader, which checks our record and probes
+//!                          our Raft address, then adds us as learner, registers us and, for a manager,
+//!                          promotes managers to keep the voter count odd; a failure after the learner
+//!                          was added removes it again) ─> save identity
 //! restart:                 identity from the data dir ─> registry rejoins from its file ─> RegisterNode(self)
 //! ```
 //!

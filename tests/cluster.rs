@@ -447,7 +447,13 @@ fn creates_through_followers_survive_repeated_leader_kills() {
     const CREATES: usize = 1_000;
     const WRITERS: usize = 2;
     let mut cluster = Cluster::form();
-    let leader = Arc::new(AtomicUsize::new(cluster.leader_index().expect("a leader")));
+    let first_leader = wait_for(
+        "a leader",
+        Duration::from_secs(10),
+        || cluster.leader_index(),
+        || cluster.log(0),
+    );
+    let leader = Arc::new(AtomicUsize::new(first_leader));
     let apis: Vec<SocketAddr> = (0..3)
         .map(|n| cluster.api(n).parse().expect("addr"))
         .collect();

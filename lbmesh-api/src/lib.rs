@@ -19,11 +19,11 @@
 //! |---|---|---|---|
 //! | GET | `/v1/cluster` | | [`ClusterInfo`]: cluster id, this node, leader, term, indexes, voters, learners |
 //! | GET | `/v1/cluster/join-token/{manager,worker}` | | [`JoinToken`] `{"token": ...}` |
-//! | POST | `/v1/cluster/join` | [`JoinRequest`] `{"token", "node"}` | the admitted [`Member`] (the join token authenticates; no bearer token) |
+//! | POST | `/v1/cluster/join` | [`JoinRequest`] `{"token", "node"}` | the admitted [`Member`] (the join token authenticates; no bearer token); the record and the Raft address (dialable, unique, answering as the node) are checked before the node joins Raft |
 //! | GET | `/v1/nodes` | | every [`Node`], with its Raft role |
 //! | GET | `/v1/nodes/{name or id}` | | one [`Node`] |
 //! | POST | `/v1/nodes/{name or id}` | [`NodeUpdate`] `{"availability", "labels_add", "labels_remove"}` | the updated [`Member`] |
-//! | DELETE | `/v1/nodes/{name or id}` | | [`Removed`]; removes a down node (`?force=true` for one that is not down) |
+//! | DELETE | `/v1/nodes/{name or id}` | | [`Removed`]; removes a down node (`?force=true` for one that is not down), or by id a Raft member without a node record (`?force=true` if it votes) |
 //! | GET | `/v1/nodes/{name or id}/tasks` | | the [`Task`]s assigned to the node |
 //! | GET | `/v1/services` | | every [`ServiceStatus`], with running/desired task counts |
 //! | GET | `/v1/services/{name}` | | one [`ServiceStatus`], with its update status |
