@@ -50,7 +50,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
-use crate::command::Command;
+use crate::command::Proposal;
 use crate::outcome::Outcome;
 use crate::random;
 use crate::types::{NodeId, TypeConfig};
@@ -123,8 +123,9 @@ pub enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A write proposed on a follower, forwarded to the leader.
-    Propose(Box<Command>),
+    /// A write proposed on a follower, forwarded to the leader with its
+    /// request id (the same on every resend).
+    Propose(Box<Proposal>),
     /// "What index must I have applied to serve a linearizable read?"
     ReadIndex,
     /// "I am alive", sent to the leader every heartbeat interval. The sender
@@ -216,7 +217,7 @@ pub trait RpcHandler: Clone + Send + Sync + 'static {
     /// A write a follower forwarded: served only if this node leads.
     fn propose(
         &self,
-        command: Command,
+        proposal: Proposal,
     ) -> impl Future<Output = Result<Outcome, RemoteFailure>> + Send;
 
     /// The commit index a linearizable read must wait for, if this node
@@ -349,7 +350,7 @@ async fn serve_connection(
             Request::InstallSnapshot(rpc) => {
                 Response::InstallSnapshot(handler.install_snapshot(rpc).await)
             }
-            Request::Propose(command) => Response::Propose(handler.propose(*command).await),
+            Request::Propose(proposal) => Response::Propose(handler.propose(*proposal).await),
             Request::ReadIndex => Response::ReadIndex(handler.read_index().await),
             Request::Heartbeat => {
                 handler.heartbeat(peer_id);

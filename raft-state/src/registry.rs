@@ -13,6 +13,11 @@
 //!     (every wait for a commit is bounded by it too)
 //! ```
 //!
+//! Every proposal carries one request id, made once (by the API for a
+//! client's request, by [`RegistryNode::propose`] otherwise) and sent again
+//! on every retry, so a write whose answer was lost and which is resent
+//! gets its first answer instead of applying twice (`crate::requests`).
+//!
 //! A read is either local (this node's last applied state: may lag the
 //! leader by a heartbeat) or linearizable (the leader confirms it still leads
 //! and names its commit index; this node waits until it has applied that
@@ -24,6 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,7 +44,7 @@ use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::command::Command;
+use crate::command::{Command, Proposal, RequestId};
 use crate::election::{self, LeaderContact};
 use crate::network::{
     self, Answer, CallError, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
@@ -163,6 +169,8 @@ pub struct RegistryNode {
     /// The longest election timeout: how recently a quorum must have
     /// acknowledged a leader for it to judge the others.
     election_timeout: Duration,
+    /// Makes this node's request ids: unique per node and start, counted.
+    request_ids: RequestIds,
     stop: Arc<Notify>,
     server: JoinHandle<()>,
     /// Turns elections off while this voter cannot reach a quorum.
@@ -231,6 +239,7 @@ impl RegistryNode {
             heartbeat_peer: Mutex::new(None),
             liveness,
             election_timeout: options.timing.election_max,
+            request_ids: RequestIds::new(options.id),
             stop,
             server,
             election_guard,
@@ -324,9 +333,46 @@ impl RegistryNode {
             .map_err(|e| RegistryError::Raft(e.to_string()))
     }
 
+    /// Checks that node `id` answers at `raft_addr` holding the cluster
+    /// secret (the authenticated handshake names the node it expects, and
+    /// one heartbeat), within `timeout`: what a join checks before the node
+    /// becomes a learner the leader would replicate to.
+    pub async fn probe(
+        &self,
+        id: NodeId,
+        raft_addr: &str,
+        timeout: Duration,
+    ) -> Result<(), RegistryError> {
+        let mut peer = Peer::new(self.id, id, raft_addr.to_owned(), self.secret.clone());
+        match peer.call(&Request::Heartbeat, timeout).await? {
+            Response::Heartbeat => Ok(()),
+            other => Err(RegistryError::Raft(format!(
+                "unexpected probe answer {other:?}"
+            ))),
+        }
+    }
+
     /// Commits `command` through the leader (forwarding from a follower) and
-    /// returns the state machine's answer, which may be a rejection.
+    /// returns the state machine's answer, which may be a rejection. Its
+    /// retries carry one request id, so it applies at most once.
     pub async fn propose(&self, command: Command) -> Result<Outcome, RegistryError> {
+        self.propose_request(self.request_id(), command).await
+    }
+
+    /// A fresh request id, for a caller that may send its request again.
+    pub fn request_id(&self) -> RequestId {
+        self.request_ids.next()
+    }
+
+    /// [`propose`](Self::propose) for request `request`: if a proposal with
+    /// this id was applied already (a resend whose first answer was lost),
+    /// the answer is that first one and nothing is applied again.
+    pub async fn propose_request(
+        &self,
+        request: RequestId,
+        command: Command,
+    ) -> Result<Outcome, RegistryError> {
+        let command = Proposal::keyed(request, command);
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
             // Bounded: an entry proposed while this node briefly believed it
@@ -366,7 +412,7 @@ impl RegistryNode {
         &self,
         leader: NodeId,
         addr: &str,
-        command: &Command,
+        command: &Proposal,
     ) -> Result<Outcome, RegistryError> {
         let response = self
             .call_leader(leader, addr, &Request::Propose(Box::new(command.clone())))
@@ -427,7 +473,7 @@ impl RegistryNode {
     /// scheduler uses it, so a deposed leader's round cannot land through
     /// the new leader.
     pub async fn propose_as_leader(&self, command: Command) -> Result<Outcome, RegistryError> {
-        write_locally(&self.raft, self.id, command)
+        write_locally(&self.raft, self.id, Proposal::once(command))
             .await
             .map_err(RegistryError::Remote)
     }
@@ -558,6 +604,30 @@ impl RegistryNode {
     }
 }
 
+/// Request ids of one node: `<node id>.<start time>.<count>` in hex, so
+/// ids of different nodes, and of one node's starts, never meet.
+struct RequestIds {
+    prefix: String,
+    count: AtomicU64,
+}
+
+impl RequestIds {
+    fn new(node: NodeId) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            prefix: format!("{node:x}.{started:x}"),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> RequestId {
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n:x}", self.prefix)
+    }
+}
+
 /// When each node was last heard from, kept in memory by whoever receives
 /// heartbeats (the leader). Never held across an await.
 #[derive(Clone, Default)]
@@ -609,8 +679,8 @@ impl RpcHandler for Served {
         self.raft.install_snapshot(rpc).await
     }
 
-    async fn propose(&self, command: Command) -> Result<Outcome, RemoteFailure> {
-        write_locally(&self.raft, self.id, command).await
+    async fn propose(&self, proposal: Proposal) -> Result<Outcome, RemoteFailure> {
+        write_locally(&self.raft, self.id, proposal).await
     }
 
     async fn read_index(&self) -> Result<u64, RemoteFailure> {
@@ -626,9 +696,9 @@ impl RpcHandler for Served {
 async fn write_locally(
     raft: &Raft,
     node_id: NodeId,
-    command: Command,
+    proposal: Proposal,
 ) -> Result<Outcome, RemoteFailure> {
-    let Ok(written) = tokio::time::timeout(PROPOSE_DEADLINE, raft.client_write(command)).await
+    let Ok(written) = tokio::time::timeout(PROPOSE_DEADLINE, raft.client_write(proposal)).await
     else {
         return Err(RemoteFailure::Unavailable(format!(
             "the write was not confirmed within {PROPOSE_DEADLINE:?}"

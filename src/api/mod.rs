@@ -7,10 +7,16 @@
 //! ```text
 //! request ─> bearer token (every route but join) ─> body (at most 1 MiB)
 //!         ─> path split on '/', then each segment percent-decoded
+//!         ─> request id: the Idempotency-Key header, or a new one from this node
 //!         ─> GET:   routes::route on this node (linearizable read)
 //!         ─> write: routes::route on the leader; a follower passes the request to the
-//!                   leader unchanged (lbmesh-api's Client), retrying through an election
+//!                   leader unchanged (lbmesh-api's Client) with the request id, retrying
+//!                   through an election with the same id
 //! ```
+//!
+//! The request id goes into the log with the command, so a write retried
+//! after its first try took effect (the leader died before answering) gets
+//! the first answer rather than a 409 or a second effect.
 //!
 //! - [`routes`]: one handler per route.
 //! - [`convert`]: registry records as lbmesh-api answers, and the request
@@ -29,7 +35,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use lbmesh_api::Client;
+use lbmesh_api::{check_idempotency_key, Client, IDEMPOTENCY_KEY};
 use percent_encoding::percent_decode_str;
 use raft_state::registry::RegistryNode;
 
@@ -59,6 +65,10 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    let given_key = request
+        .headers()
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| v.to_str().map(str::to_owned));
     let is_join = method == Method::POST && path == "/v1/cluster/join";
     if !is_join {
         let state = registry.local().state;
@@ -75,6 +85,20 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
             _ => return error(StatusCode::UNAUTHORIZED, "authorization", "wrong token"),
         }
     }
+    let request_id = match given_key {
+        None => registry.request_id(),
+        Some(Ok(key)) => match check_idempotency_key(&key) {
+            Ok(()) => key,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, IDEMPOTENCY_KEY, reason),
+        },
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                IDEMPOTENCY_KEY,
+                "the header is not visible ASCII",
+            )
+        }
+    };
     let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -97,7 +121,7 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
     };
     let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
     if method == Method::GET {
-        return routes::route(registry, &method, &segments, &query, &body).await;
+        return routes::route(registry, &method, &segments, &query, &body, &request_id).await;
     }
     // Writes run on the leader. During an election there is none, or the one
     // this node knows is gone: retry until a leader answers or the deadline
@@ -105,10 +129,18 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
     let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
     loop {
         if registry.is_leader() {
-            return routes::route(registry, &method, &segments, &query, &body).await;
+            return routes::route(registry, &method, &segments, &query, &body, &request_id).await;
         }
-        let forwarded =
-            forward_to_leader(registry, &method, &path, &query, presented.clone(), &body).await;
+        let forwarded = forward_to_leader(
+            registry,
+            &method,
+            &path,
+            &query,
+            presented.clone(),
+            &body,
+            &request_id,
+        )
+        .await;
         match forwarded {
             Ok(response) => return response,
             Err(reason) if tokio::time::Instant::now() >= deadline => {
@@ -128,8 +160,8 @@ fn decode_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
         .collect()
 }
 
-/// Passes a write to the leader's API as it came; `Err` when no leader
-/// answered.
+/// Passes a write to the leader's API as it came, with its request id;
+/// `Err` when no leader answered.
 async fn forward_to_leader(
     registry: &Arc<RegistryNode>,
     method: &Method,
@@ -137,6 +169,7 @@ async fn forward_to_leader(
     query: &str,
     token: Option<String>,
     body: &Bytes,
+    request_id: &str,
 ) -> Result<ApiResponse, String> {
     let leader = registry.metrics().current_leader;
     let state = registry.local().state;
@@ -153,7 +186,7 @@ async fn forward_to_leader(
     };
     let client = Client::new(&api_addr.to_string(), token).map_err(|e| e.to_string())?;
     let (status, body) = client
-        .raw(method.clone(), &target, body.clone())
+        .raw(method.clone(), &target, body.clone(), Some(request_id))
         .await
         .map_err(|e| e.to_string())?;
     let mut response = Response::new(Full::new(body));
