@@ -216,6 +216,7 @@ mod tests {
                 completed_at: None,
                 message: "task failed".to_owned(),
             }),
+            validated: Default::default(),
         };
         let stored = serde_json::to_value(service(&record)).expect("json");
         assert_eq!(stored, serde_json::to_value(&record).expect("json"));

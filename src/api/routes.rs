@@ -44,17 +44,19 @@ pub async fn route(
         (&Method::GET, ["services"]) => services(registry, None).await,
         (&Method::GET, ["services", name]) => services(registry, Some(name)).await,
         (&Method::POST, ["services"]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) => match node_port_clash(registry, &spec) {
-                Some(clash) => clash,
+            Ok(spec) => match over_limits(&spec).or_else(|| node_port_clash(registry, &spec)) {
+                Some(refused) => refused,
                 None => propose(registry, Command::CreateService { spec }, true).await,
             },
             Err(response) => *response,
         },
         (&Method::PUT, ["services", name]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) if spec.name == *name => match node_port_clash(registry, &spec) {
-                Some(clash) => clash,
-                None => propose(registry, Command::UpdateService { spec }, false).await,
-            },
+            Ok(spec) if spec.name == *name => {
+                match over_limits(&spec).or_else(|| node_port_clash(registry, &spec)) {
+                    Some(refused) => refused,
+                    None => propose(registry, Command::UpdateService { spec }, false).await,
+                }
+            }
             Ok(spec) => error(
                 StatusCode::BAD_REQUEST,
                 "name",
@@ -309,7 +311,7 @@ async fn remove_node(registry: &Arc<RegistryNode>, name: &str, query: &str) -> A
 fn service_status(state: &RegistryState, record: &ServiceRecord) -> ServiceStatus {
     let tasks: Vec<_> = state.tasks_of(&record.spec.name).collect();
     let running = tasks.iter().filter(|t| t.serves()).count();
-    let desired = match record.spec.validate() {
+    let desired = match record.checked() {
         Ok(service) => match &service.tasks {
             Some(spec) if spec.mode == lb_config::ServiceMode::Global => {
                 tasks.iter().filter(|t| t.is_live()).count()
@@ -422,6 +424,15 @@ async fn scale(registry: &Arc<RegistryNode>, name: &str, body: &Bytes) -> ApiRes
     let mut spec = service.spec;
     spec.replicas = Some(scale.replicas);
     propose(registry, Command::UpdateService { spec }, false).await
+}
+
+/// A 400 when `spec` is over a limit of new specs (`check_limits`: the
+/// ports per service). Checked before the write, not in the state machine,
+/// so a spec an older lbd stored still applies alike.
+fn over_limits(spec: &ServiceSpec) -> Option<ApiResponse> {
+    spec.check_limits()
+        .err()
+        .map(|e| error(StatusCode::BAD_REQUEST, &e.field, e.reason))
 }
 
 /// A 409 when a published port of `spec` is a node's API or Raft port:
