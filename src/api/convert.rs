@@ -10,7 +10,7 @@ use raft_state::task::{self, TaskRecord};
 
 pub fn member(record: &NodeRecord) -> api::Member {
     api::Member {
-        id: record.id,
+        id: record.id.into(),
         name: record.name.clone(),
         raft_addr: record.raft_addr,
         api_addr: record.api_addr,
@@ -25,7 +25,7 @@ pub fn member(record: &NodeRecord) -> api::Member {
 /// A joining node's record, as it presented itself.
 pub fn member_record(member: api::Member) -> NodeRecord {
     NodeRecord {
-        id: member.id,
+        id: member.id.0,
         name: member.name,
         raft_addr: member.raft_addr,
         api_addr: member.api_addr,
@@ -115,7 +115,7 @@ pub fn task(record: &TaskRecord, node_name: Option<String>) -> api::Task {
         service: record.service.clone(),
         slot: record.slot,
         spec_version: record.spec_version,
-        node: record.node,
+        node: record.node.map(api::NodeId::from),
         desired: match record.desired {
             task::DesiredState::Running => api::DesiredState::Running,
             task::DesiredState::Shutdown => api::DesiredState::Shutdown,

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use lb_config::ServiceSpec;
 use lbmesh_api::{
-    ClusterInfo, JoinRequest, JoinToken, NodeUpdate, RaftRole, Removed, Scale, ServiceStatus,
+    ClusterInfo, JoinRequest, JoinToken, NodeId, NodeUpdate, RaftRole, Removed, Scale,
+    ServiceStatus,
 };
 use raft_state::registry::RegistryNode;
 use raft_state::state::{Command, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind};
@@ -173,13 +174,13 @@ async fn cluster_info(registry: &Arc<RegistryNode>) -> ApiResponse {
             .as_ref()
             .map(|c| c.id.clone())
             .unwrap_or_default(),
-        node_id: registry.id,
-        leader: metrics.current_leader,
+        node_id: registry.id.into(),
+        leader: metrics.current_leader.map(NodeId::from),
         term: metrics.current_term,
         commit_index: metrics.last_log_index.unwrap_or(0),
         applied_index: applied.index,
-        voters: membership.voter_ids().collect(),
-        learners: membership.learner_ids().collect(),
+        voters: membership.voter_ids().map(NodeId::from).collect(),
+        learners: membership.learner_ids().map(NodeId::from).collect(),
         nodes: applied.state.nodes.len(),
         services: applied.state.services.len(),
     };
