@@ -105,7 +105,11 @@ fn summary() {
         let low = (b - a) / (middle - small) as f64;
         let high = (c - b) / (large - middle) as f64;
         let ratio = high / low;
-        let verdict = if ratio <= TARGET_RATIO { "ok" } else { "MISSED" };
+        let verdict = if ratio <= TARGET_RATIO {
+            "ok"
+        } else {
+            "MISSED"
+        };
         println!(
             "{ports:>6} {:>10.1} {:>10.1} {:>10.1} {low:>12.1} {high:>12.1} {ratio:>7.2}  {verdict}",
             a / 1e3,

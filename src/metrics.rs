@@ -137,8 +137,14 @@ mod tests {
         metrics.set_raft_leader(Some(7));
         metrics.set_raft_leader(Some(id));
         let text = metrics.render();
-        assert!(text.contains(&format!("lbmesh_raft_leader{{leader_id=\"{id}\"}} 1\n")), "{text}");
-        assert!(!text.contains("leader_id=\"7\""), "a former leader stays: {text}");
+        assert!(
+            text.contains(&format!("lbmesh_raft_leader{{leader_id=\"{id}\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            !text.contains("leader_id=\"7\""),
+            "a former leader stays: {text}"
+        );
         metrics.set_raft_leader(None);
         assert!(!metrics.render().contains("lbmesh_raft_leader{"));
     }

@@ -148,7 +148,10 @@ mod tests {
             ports: vec![(80, 31000)], // fixed-port-ok: an address in a table, nothing bound
         };
         let routes = file_routes(&config.services, ingress);
-        assert_eq!(routes[0].ports[0].listen, vec!["127.0.0.2:8080".parse().unwrap()]); // fixed-port-ok
+        assert_eq!(
+            routes[0].ports[0].listen,
+            vec!["127.0.0.2:8080".parse().unwrap()]
+        ); // fixed-port-ok
         let routes = service_routes(
             &config.services[0],
             &[ingress],
@@ -202,15 +205,25 @@ mod tests {
         assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
         let record = state.services.get_mut("web").expect("stored");
         record.spec.ports[0].published = 0;
-        assert!(record.spec.validate().is_err(), "the corrupt spec would fail");
+        assert!(
+            record.spec.validate().is_err(),
+            "the corrupt spec would fail"
+        );
         let applied = Applied {
             state: Arc::new(state),
             index: 1,
         };
         let ingress: IpAddr = "127.0.0.2".parse().unwrap();
         let routes = registry_routes(&applied, ingress);
-        assert_eq!(routes.len(), 1, "the service was validated again and skipped");
-        assert_eq!(routes[0].ports[0].listen, vec!["127.0.0.2:8080".parse().unwrap()]); // fixed-port-ok
+        assert_eq!(
+            routes.len(),
+            1,
+            "the service was validated again and skipped"
+        );
+        assert_eq!(
+            routes[0].ports[0].listen,
+            vec!["127.0.0.2:8080".parse().unwrap()]
+        ); // fixed-port-ok
         assert_eq!(
             routes[0].ports[0].endpoints,
             vec![Endpoint {

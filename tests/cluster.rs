@@ -394,7 +394,8 @@ fn node_ids_survive_float64_json_readers() {
     // Each id is odd (so rounded by float64 above 2^53) and above 2^53
     // with odds 1 - 2^-10: all three below it has odds 2^-30.
     assert!(
-        ids.iter().any(|id| id.parse::<u64>().is_ok_and(|v| v > 1 << 53)),
+        ids.iter()
+            .any(|id| id.parse::<u64>().is_ok_and(|v| v > 1 << 53)),
         "{ids:?}"
     );
     for id in &ids {
@@ -403,12 +404,20 @@ fn node_ids_survive_float64_json_readers() {
             .unwrap_or_else(|| panic!("node inspect {id} (from node ls) failed"));
         assert_eq!(float64_read(&node["id"]), *id);
     }
-    let info = cluster.json(2, &["cluster", "info"]).expect("cluster info json");
+    let info = cluster
+        .json(2, &["cluster", "info"])
+        .expect("cluster info json");
     let leader = float64_read(&info["leader"]);
-    assert!(ids.contains(&leader), "leader {leader} is not one of {ids:?}");
+    assert!(
+        ids.contains(&leader),
+        "leader {leader} is not one of {ids:?}"
+    );
     assert!(ids.contains(&float64_read(&info["node_id"])), "{info}");
     let voters = info["voters"].as_array().expect("voters");
-    assert!(voters.iter().all(|v| ids.contains(&float64_read(v))), "{info}");
+    assert!(
+        voters.iter().all(|v| ids.contains(&float64_read(v))),
+        "{info}"
+    );
     let (_, metrics) = http_get_blocking(&cluster.api(2), "/metrics");
     assert!(
         metrics.contains(&format!("lbmesh_raft_leader{{leader_id=\"{leader}\"}} 1\n")),
@@ -424,7 +433,10 @@ fn node_ids_survive_float64_json_readers() {
     let (code, _, err) = cluster.lbctl(0, &args);
     assert_eq!(
         (code, err.as_str()),
-        (1, "Error: ports: 65 ports; at most 64 are allowed per service\n")
+        (
+            1,
+            "Error: ports: 65 ports; at most 64 are allowed per service\n"
+        )
     );
     let services = cluster.json(0, &["service", "ls"]).expect("service ls");
     assert_eq!(services.as_array().map(Vec::len), Some(0), "{services}");

@@ -24,7 +24,10 @@
 //!   [`ServiceSpec`], ...), which mirror the file one to one and accept
 //!   nothing they do not know.
 //! - `validate.rs`: spec to checked type; fills in defaults, checks ranges
-//!   and the rules across services (unique names, no shared listen address).
+//!   and the rules across services (unique names, no shared listen address),
+//!   in time linear in the spec's size. `ServiceSpec::check_limits` holds a
+//!   new spec to caps added later (ports per service), which the registry
+//!   checks before a write rather than in its log.
 //!
 //! Everything public is re-exported here, so callers write `lb_config::X`.
 //!

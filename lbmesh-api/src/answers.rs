@@ -356,8 +356,18 @@ mod tests {
         assert_eq!(read, id);
         let old: NodeId = serde_json::from_str(&BIG.to_string()).unwrap();
         assert_eq!(old, id, "a number from an older lbd");
-        for bad in ["\"\"", "\"-1\"", "\"12a\"", "\" 1\"", "-1", "\"99999999999999999999\"", "1.5"] {
-            let err = serde_json::from_str::<NodeId>(bad).expect_err(bad).to_string();
+        for bad in [
+            "\"\"",
+            "\"-1\"",
+            "\"12a\"",
+            "\" 1\"",
+            "-1",
+            "\"99999999999999999999\"",
+            "1.5",
+        ] {
+            let err = serde_json::from_str::<NodeId>(bad)
+                .expect_err(bad)
+                .to_string();
             assert!(err.contains("node id"), "{bad}: {err}");
         }
     }
@@ -388,7 +398,7 @@ mod tests {
             id: NodeId(BIG),
             name: "n".into(),
             raft_addr: "127.0.0.1:9901".parse().unwrap(), // fixed-port-ok: a value
-            api_addr: "127.0.0.1:9900".parse().unwrap(), // fixed-port-ok: a value
+            api_addr: "127.0.0.1:9900".parse().unwrap(),  // fixed-port-ok: a value
             ingress_addr: "127.0.0.1".parse().unwrap(),
             role: Role::Manager,
             availability: Availability::Active,

@@ -537,17 +537,30 @@ mod tests {
         // A clone shares it, and an update replaces it.
         let before = Arc::clone(state.services["web"].checked().expect("checked"));
         let shared = state.clone();
-        assert!(Arc::ptr_eq(shared.services["web"].checked().expect("checked"), &before));
+        assert!(Arc::ptr_eq(
+            shared.services["web"].checked().expect("checked"),
+            &before
+        ));
         state.apply(&Command::UpdateService {
             spec: spec("web", 8081),
         });
-        assert_eq!(state.services["web"].checked().expect("checked").ports[0].published, 8081);
+        assert_eq!(
+            state.services["web"].checked().expect("checked").ports[0].published,
+            8081
+        );
         // It is not part of the replicated value: the JSON is the record's.
         let json = serde_json::to_value(&state.services["web"]).expect("json");
         assert!(json.get("checked").is_none(), "{json}");
         let read: RegistryState =
             serde_json::from_value(serde_json::to_value(&state).expect("json")).expect("state");
         assert_eq!(read, state);
-        assert_eq!(read.services["web"].checked().expect("checked on first use").ports[0].published, 8081);
+        assert_eq!(
+            read.services["web"]
+                .checked()
+                .expect("checked on first use")
+                .ports[0]
+                .published,
+            8081
+        );
     }
 }

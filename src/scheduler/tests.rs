@@ -488,7 +488,10 @@ fn a_round_reuses_the_checked_form_instead_of_validating_again() {
     let mut sim = Sim::new(web(3));
     let record = sim.state.services.get_mut("web").expect("stored");
     record.spec.ports[0].published = 0;
-    assert!(record.spec.validate().is_err(), "the corrupt spec would fail");
+    assert!(
+        record.spec.validate().is_err(),
+        "the corrupt spec would fail"
+    );
     sim.now += 1_000;
     let mut next = 0;
     let plan = plan(&sim.state, sim.now, &mut sim.batches, &mut || {
