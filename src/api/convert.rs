@@ -169,9 +169,12 @@ mod tests {
         value
     }
 
+    /// Above 2^53 and odd: a float64 JSON reader would round it.
+    const BIG_ID: u64 = (1 << 62) + 1;
+
     fn node_record() -> NodeRecord {
         NodeRecord {
-            id: 7,
+            id: BIG_ID,
             name: "node-a".to_owned(),
             raft_addr: "127.0.0.1:9901".parse().expect("addr"),
             api_addr: "127.0.0.1:9900".parse().expect("addr"),
@@ -187,9 +190,11 @@ mod tests {
     fn nodes_keep_their_json() {
         let record = node_record();
         let node = serde_json::to_value(node(&record, api::RaftRole::Voter)).expect("json");
-        assert_eq!(node, with(&record, json!({"raft": "voter"})));
+        // The registry's JSON, with the id as a decimal string.
+        let id = BIG_ID.to_string();
+        assert_eq!(node, with(&record, json!({"raft": "voter", "id": id})));
         let member = serde_json::to_value(member(&record)).expect("json");
-        assert_eq!(member, serde_json::to_value(&record).expect("json"));
+        assert_eq!(member, with(&record, json!({"id": id})));
         let parsed: api::Member = serde_json::from_value(member).expect("member");
         assert_eq!(member_record(parsed), record);
     }
@@ -238,7 +243,7 @@ mod tests {
             service: "web".to_owned(),
             slot: 2,
             spec_version: 3,
-            node: Some(7),
+            node: Some(BIG_ID),
             desired: task::DesiredState::Shutdown,
             state: task::TaskState::Orphaned,
             health: task::TaskHealth::Unhealthy,
@@ -256,7 +261,10 @@ mod tests {
         let answer = task(&record, Some("node-a".to_owned()));
         assert_eq!(
             serde_json::to_value(answer).expect("json"),
-            with(&record, json!({"node_name": "node-a"}))
+            with(
+                &record,
+                json!({"node_name": "node-a", "node": BIG_ID.to_string()})
+            )
         );
         use task::{TaskHealth as H, TaskState as S};
         let states = [
