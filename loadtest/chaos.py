@@ -154,9 +154,11 @@ def metrics(n, timeout=1.0):
     for line in text.splitlines():
         match = re.match(r'lbmesh_raft\{field="(\w+)"\} (\S+)', line)
         if match:
-            # Prometheus text holds floats: node ids (63 bits) lose their
-            # low bits, so ids are compared as floats too (see Cluster.ids).
             fields[match.group(1)] = float(match.group(2))
+        # The leader is a label (node ids are 63 bits: a float would round).
+        match = re.match(r'lbmesh_raft_leader\{leader_id="(\d+)"\} 1', line)
+        if match:
+            fields["leader_id"] = match.group(1)
     return fields
 
 
@@ -167,7 +169,7 @@ class Cluster:
         self.lbd, self.lbctl, self.dir, self.mark = lbd, lbctl, run_dir, mark
         self.procs = [None] * NODES
         self.control_token = ""
-        self.ids = {}  # node id (as the float /metrics shows) -> index
+        self.ids = {}  # node id (a decimal string) -> index
         self.stopped = set()  # indexes under SIGSTOP
         self.forward_rule = False
 
@@ -246,7 +248,7 @@ class Cluster:
             wait_for(f"{n + 1} ready nodes", 30, lambda: self.ready_count() == n + 1)
         status, body = api(0, "GET", "/v1/nodes", self.control_token)
         for node in json.loads(body):
-            self.ids[float(node["id"])] = int(node["ingress_addr"].rsplit(".", 1)[1]) - 1
+            self.ids[str(node["id"])] = int(node["ingress_addr"].rsplit(".", 1)[1]) - 1
 
     def ready_count(self, via=0):
         status, body = api(via, "GET", "/v1/nodes", self.control_token)

@@ -187,9 +187,7 @@ fn refresh_backend_up(state: &AdminState) {
         let m = registry.metrics();
         let membership = m.membership_config.membership();
         state.metrics.set_raft("term", m.current_term);
-        state
-            .metrics
-            .set_raft("leader_id", m.current_leader.unwrap_or(0));
+        state.metrics.set_raft_leader(m.current_leader);
         state.metrics.set_raft(
             "is_leader",
             u64::from(m.current_leader == Some(registry.id)),

@@ -4,7 +4,8 @@
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
 //! | `lbmesh_config_reloads_total` | counter | result | reloads: `ok` or `error` |
-//! | `lbmesh_raft` | gauge | field | cluster mode: `term`, `leader_id`, `is_leader`, `commit_index`, `applied_index`, `voters`, `learners` |
+//! | `lbmesh_raft` | gauge | field | cluster mode: `term`, `is_leader`, `commit_index`, `applied_index`, `voters`, `learners` |
+//! | `lbmesh_raft_leader` | gauge | leader_id | cluster mode: 1 for the leader this node knows (its id in decimal, a label because a float64 sample rounds 63-bit ids); no series while none is known |
 //! | `lbmesh_api_requests_total` | counter | route, method, status | cluster mode: admin API requests (route as a template, e.g. `/v1/services/{name}`) |
 //! | `lbmesh_nodes_silent_held` | gauge | reason | cluster mode, on the leader: silent nodes left ready because the leader heard no quorum (`no_quorum`) or more than half went silent at once (`mass_silence`) |
 
@@ -20,6 +21,7 @@ pub struct DaemonMetrics {
     pub proxy: Arc<ProxyMetrics>,
     reloads: IntCounterVec,
     raft: IntGaugeVec,
+    raft_leader: IntGaugeVec,
     api_requests: IntCounterVec,
     /// Set by the scheduler each round it leads.
     pub silent_held: IntGaugeVec,
@@ -39,10 +41,17 @@ impl DaemonMetrics {
         let raft = IntGaugeVec::new(
             Opts::new(
                 "lbmesh_raft",
-                "Raft state of this node's registry, by field: term, leader_id, \
+                "Raft state of this node's registry, by field: term, \
                  is_leader, commit_index, applied_index, voters, learners.",
             ),
             &["field"],
+        )?;
+        let raft_leader = IntGaugeVec::new(
+            Opts::new(
+                "lbmesh_raft_leader",
+                "1 for the Raft leader this node knows, by its node id.",
+            ),
+            &["leader_id"],
         )?;
         let api_requests = IntCounterVec::new(
             Opts::new(
@@ -62,12 +71,14 @@ impl DaemonMetrics {
         registry.register(Box::new(silent_held.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(raft.clone()))?;
+        registry.register(Box::new(raft_leader.clone()))?;
         registry.register(Box::new(api_requests.clone()))?;
         Ok(Self {
             registry,
             proxy,
             reloads,
             raft,
+            raft_leader,
             api_requests,
             silent_held,
         })
@@ -86,6 +97,17 @@ impl DaemonMetrics {
             .set(i64::try_from(value).unwrap_or(i64::MAX));
     }
 
+    /// Records the leader this node knows, read when `/metrics` is scraped:
+    /// one series, labelled with its id, or none.
+    pub fn set_raft_leader(&self, leader: Option<u64>) {
+        self.raft_leader.reset();
+        if let Some(id) = leader {
+            self.raft_leader
+                .with_label_values(&[&id.to_string()])
+                .set(1);
+        }
+    }
+
     pub fn api_request(&self, route: &str, method: &str, status: u16) {
         self.api_requests
             .with_label_values(&[route, method, &status.to_string()])
@@ -101,5 +123,29 @@ impl DaemonMetrics {
             tracing::error!(%error, "cannot encode metrics");
         }
         String::from_utf8(buffer).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_leader_is_a_label_with_the_whole_id() {
+        let metrics = DaemonMetrics::new().unwrap();
+        let id = (1u64 << 62) + 1;
+        metrics.set_raft_leader(Some(7));
+        metrics.set_raft_leader(Some(id));
+        let text = metrics.render();
+        assert!(
+            text.contains(&format!("lbmesh_raft_leader{{leader_id=\"{id}\"}} 1\n")),
+            "{text}"
+        );
+        assert!(
+            !text.contains("leader_id=\"7\""),
+            "a former leader stays: {text}"
+        );
+        metrics.set_raft_leader(None);
+        assert!(!metrics.render().contains("lbmesh_raft_leader{"));
     }
 }

@@ -16,6 +16,12 @@
 //! While a service has fewer serving tasks than it wants, the tasks stranded
 //! on down nodes that were serving stay in its table (make before break; see
 //! `routed_tasks`).
+//!
+//! A registry service's checked form is the one the state machine made when
+//! it stored the spec ([`ServiceRecord::checked`]): a change re-routes
+//! without validating any spec again.
+//!
+//! [`ServiceRecord::checked`]: raft_state::state::ServiceRecord::checked
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -26,18 +32,13 @@ use raft_state::store::Applied;
 use raft_state::task::{TaskEndpoint, TaskRecord, TaskState};
 use tracing::warn;
 
-/// The routes of one service.
+/// The routes of one service, its published ports bound on `ips`.
 pub fn service_routes(
     service: &Service,
+    ips: &[IpAddr],
     vip: Option<IpAddr>,
     tasks: &[TaskEndpoint],
-    ingress_addr: IpAddr,
 ) -> ServiceRoutes {
-    let ips: &[IpAddr] = if service.listen.is_empty() {
-        std::slice::from_ref(&ingress_addr)
-    } else {
-        &service.listen
-    };
     let ports = service
         .ports
         .iter()
@@ -82,7 +83,14 @@ pub fn service_routes(
 pub fn file_routes(services: &[Service], ingress_addr: IpAddr) -> Vec<ServiceRoutes> {
     services
         .iter()
-        .map(|service| service_routes(service, None, &[], ingress_addr))
+        .map(|service| {
+            let ips: &[IpAddr] = if service.listen.is_empty() {
+                std::slice::from_ref(&ingress_addr)
+            } else {
+                &service.listen
+            };
+            service_routes(service, ips, None, &[])
+        })
         .collect()
 }
 
@@ -95,15 +103,14 @@ pub fn registry_routes(applied: &Applied, ingress_addr: IpAddr) -> Vec<ServiceRo
         .state
         .services
         .values()
-        .filter_map(|record| match record.spec.validate() {
-            Ok(mut service) => {
-                service.listen.clear();
-                let tasks = routed_tasks(&applied.state, &service);
+        .filter_map(|record| match record.checked() {
+            Ok(service) => {
+                let tasks = routed_tasks(&applied.state, service);
                 Some(service_routes(
-                    &service,
+                    service,
+                    std::slice::from_ref(&ingress_addr),
                     Some(record.vip.into()),
                     &tasks,
-                    ingress_addr,
                 ))
             }
             Err(error) => {
@@ -183,11 +190,16 @@ mod tests {
             ip: "127.0.0.3".parse().unwrap(),
             ports: vec![(80, 31000)], // fixed-port-ok: an address in a table, nothing bound
         };
+        let routes = file_routes(&config.services, ingress);
+        assert_eq!(
+            routes[0].ports[0].listen,
+            vec!["127.0.0.2:8080".parse().unwrap()]
+        ); // fixed-port-ok
         let routes = service_routes(
             &config.services[0],
+            &[ingress],
             Some("127.77.0.1".parse().unwrap()),
             &[task],
-            ingress,
         );
         let port = &routes.ports[0];
         assert_eq!(port.listen, vec!["127.0.0.2:8080".parse().unwrap()]); // fixed-port-ok
@@ -204,6 +216,63 @@ mod tests {
                     weight: 1
                 },
             ]
+        );
+    }
+
+    /// Each spec is validated once per version, when the registry stores
+    /// it: routing a change takes that checked form and never validates the
+    /// stored spec again. Shown with a stored spec corrupted behind the
+    /// state machine's back (port 0, which validation refuses): it is
+    /// still routed, from the form checked when it was stored.
+    #[test]
+    fn registry_routes_reuse_the_checked_form_of_each_version() {
+        use lb_config::{EndpointSpec, PortSpec, ServiceSpec};
+        use raft_state::state::{Command, Outcome, RegistryState};
+        use std::sync::Arc;
+
+        let mut state = RegistryState::default();
+        let spec = ServiceSpec {
+            name: "web".to_owned(),
+            ports: vec![PortSpec {
+                published: 8080,
+                target: Some(80),
+                protocol: None,
+            }],
+            endpoints: vec![EndpointSpec {
+                address: "10.0.0.1".to_owned(),
+                weight: None,
+            }],
+            ..ServiceSpec::default()
+        };
+        let outcome = state.apply(&Command::CreateService { spec });
+        assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
+        let record = state.services.get_mut("web").expect("stored");
+        record.spec.ports[0].published = 0;
+        assert!(
+            record.spec.validate().is_err(),
+            "the corrupt spec would fail"
+        );
+        let applied = Applied {
+            state: Arc::new(state),
+            index: 1,
+        };
+        let ingress: IpAddr = "127.0.0.2".parse().unwrap();
+        let routes = registry_routes(&applied, ingress);
+        assert_eq!(
+            routes.len(),
+            1,
+            "the service was validated again and skipped"
+        );
+        assert_eq!(
+            routes[0].ports[0].listen,
+            vec!["127.0.0.2:8080".parse().unwrap()]
+        ); // fixed-port-ok
+        assert_eq!(
+            routes[0].ports[0].endpoints,
+            vec![Endpoint {
+                addr: "10.0.0.1:80".parse().unwrap(), // fixed-port-ok
+                weight: 1
+            }]
         );
     }
 

@@ -864,3 +864,81 @@ fn creates_through_followers_survive_repeated_leader_kills() {
         "errors that took effect: {false_errors:#?}"
     );
 }
+
+/// A node id as a float64 JSON reader (jq before 1.7, JavaScript,
+/// Prometheus) reads it: a string is kept, a number goes through f64.
+fn float64_read(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(text) => text.clone(),
+        serde_json::Value::Number(n) => format!("{}", n.as_f64().expect("a number") as u64),
+        other => panic!("not an id: {other}"),
+    }
+}
+
+/// Node ids are random 63-bit numbers. As JSON numbers, a float64 reader
+/// rounded them into other ids, so `node inspect` of an id read back from
+/// `node ls --format json` failed and `lbmesh_raft{field="leader_id"}`
+/// named no node; now ids are decimal strings in the API and lbctl, and
+/// the leader is a label. A new spec over the ports cap is refused naming
+/// the limit, and nothing is created.
+#[test]
+fn node_ids_survive_float64_json_readers() {
+    let cluster = Cluster::form();
+    let nodes = cluster.json(0, &["node", "ls"]).expect("node ls json");
+    let ids: Vec<String> = nodes
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|node| float64_read(&node["id"]))
+        .collect();
+    assert_eq!(ids.len(), 3, "{nodes}");
+    // Each id is odd (so rounded by float64 above 2^53) and above 2^53
+    // with odds 1 - 2^-10: all three below it has odds 2^-30.
+    assert!(
+        ids.iter()
+            .any(|id| id.parse::<u64>().is_ok_and(|v| v > 1 << 53)),
+        "{ids:?}"
+    );
+    for id in &ids {
+        let node = cluster
+            .json(1, &["node", "inspect", id])
+            .unwrap_or_else(|| panic!("node inspect {id} (from node ls) failed"));
+        assert_eq!(float64_read(&node["id"]), *id);
+    }
+    let info = cluster
+        .json(2, &["cluster", "info"])
+        .expect("cluster info json");
+    let leader = float64_read(&info["leader"]);
+    assert!(
+        ids.contains(&leader),
+        "leader {leader} is not one of {ids:?}"
+    );
+    assert!(ids.contains(&float64_read(&info["node_id"])), "{info}");
+    let voters = info["voters"].as_array().expect("voters");
+    assert!(
+        voters.iter().all(|v| ids.contains(&float64_read(v))),
+        "{info}"
+    );
+    let (_, metrics) = http_get_blocking(&cluster.api(2), "/metrics");
+    assert!(
+        metrics.contains(&format!("lbmesh_raft_leader{{leader_id=\"{leader}\"}} 1\n")),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("field=\"leader_id\""), "{metrics}");
+
+    let published: Vec<String> = (0..65).map(|i| format!("{}:80", 20_000 + i)).collect();
+    let mut args = vec!["service", "create", "wide"];
+    for port in &published {
+        args.extend(["-p", port.as_str()]);
+    }
+    let (code, _, err) = cluster.lbctl(0, &args);
+    assert_eq!(
+        (code, err.as_str()),
+        (
+            1,
+            "Error: ports: 65 ports; at most 64 are allowed per service\n"
+        )
+    );
+    let services = cluster.json(0, &["service", "ls"]).expect("service ls");
+    assert_eq!(services.as_array().map(Vec::len), Some(0), "{services}");
+}

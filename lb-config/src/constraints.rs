@@ -74,14 +74,16 @@ impl Constraint {
         })
     }
 
+    /// Whether `node` meets the constraint (the scheduler asks once per node
+    /// and task to place, so only `node.id` formats anything).
     pub fn matches(&self, node: &NodeFacts<'_>) -> bool {
-        let actual = match &self.attribute {
-            NodeAttribute::Name => Some(node.name.to_owned()),
-            NodeAttribute::Id => Some(node.id.to_string()),
-            NodeAttribute::Role => Some(node.role.to_owned()),
-            NodeAttribute::Label(key) => node.labels.get(key).cloned(),
+        let equal = match &self.attribute {
+            NodeAttribute::Name => node.name == self.value,
+            NodeAttribute::Id => node.id.to_string() == self.value,
+            NodeAttribute::Role => node.role == self.value,
+            NodeAttribute::Label(key) => node.labels.get(key) == Some(&self.value),
         };
-        (actual.as_deref() == Some(self.value.as_str())) == self.equal
+        equal == self.equal
     }
 }
 

@@ -69,6 +69,11 @@ pub const MAX_WEIGHT: u32 = 1000;
 /// transport's 16 MiB frame limit.
 pub const MAX_REPLICAS: u32 = 1000;
 /// Largest number of static endpoints per service: bounds a spec's size in
-/// the log and the duplicate check, which compares each endpoint with every
-/// one before it.
+/// the log and the backends each of its ports holds on every node.
 pub const MAX_ENDPOINTS: usize = 4096;
+/// Largest number of published ports per new service. Every node binds each
+/// one and gives each its own copy of the endpoints, so a service holds up
+/// to `MAX_PORTS × MAX_ENDPOINTS` (262,144) backends on every node. Checked
+/// by `ServiceSpec::check_limits`, before a spec is stored, not in the
+/// registry's log.
+pub const MAX_PORTS: usize = 64;

@@ -24,7 +24,10 @@
 //!   [`ServiceSpec`], ...), which mirror the file one to one and accept
 //!   nothing they do not know.
 //! - `validate.rs`: spec to checked type; fills in defaults, checks ranges
-//!   and the rules across services (unique names, no shared listen address).
+//!   and the rules across services (unique names, no shared listen address),
+//!   in time linear in the spec's size. `ServiceSpec::check_limits` holds a
+//!   new spec to caps added later (ports per service), which the registry
+//!   checks before a write rather than in its log.
 //!
 //! Everything public is re-exported here, so callers write `lb_config::X`.
 //!
@@ -56,7 +59,8 @@ pub use defaults::{
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INGRESS_ADDR, DEFAULT_MAX_CONNECTIONS, DEFAULT_REPLICAS, DEFAULT_RESTART_DELAY,
     DEFAULT_RETRIES, DEFAULT_RISE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STOP_GRACE,
-    DEFAULT_UPDATE_MONITOR, DEFAULT_UPDATE_PARALLELISM, MAX_ENDPOINTS, MAX_REPLICAS, MAX_WEIGHT,
+    DEFAULT_UPDATE_MONITOR, DEFAULT_UPDATE_PARALLELISM, MAX_ENDPOINTS, MAX_PORTS, MAX_REPLICAS,
+    MAX_WEIGHT,
 };
 pub use error::{ConfigError, FieldError};
 pub use spec::{

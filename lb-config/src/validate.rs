@@ -10,6 +10,11 @@
 //! error of `ConfigFile::validate` names the field from the document's root
 //! (`service[1].ports[0].published`). Across services it checks that names
 //! are unique and no two services bind the same address and port.
+//!
+//! Every duplicate and overlap check is a hash look-up, so validating costs
+//! the number of ports, listen addresses and endpoints, never their product
+//! or square (`benches/validate.rs`). A config file's services also pass
+//! [`ServiceSpec::check_limits`].
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -26,7 +31,8 @@ use crate::defaults::{
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_INGRESS_ADDR, DEFAULT_MAX_CONNECTIONS, DEFAULT_REPLICAS, DEFAULT_RESTART_DELAY,
     DEFAULT_RETRIES, DEFAULT_RISE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STOP_GRACE,
-    DEFAULT_UPDATE_MONITOR, DEFAULT_UPDATE_PARALLELISM, MAX_ENDPOINTS, MAX_REPLICAS, MAX_WEIGHT,
+    DEFAULT_UPDATE_MONITOR, DEFAULT_UPDATE_PARALLELISM, MAX_ENDPOINTS, MAX_PORTS, MAX_REPLICAS,
+    MAX_WEIGHT,
 };
 use crate::error::{ConfigError, FieldError};
 use crate::spec::{ConfigFile, EndpointSpec, HealthSpec, NodeConfig, PortSpec, ServiceSpec};
@@ -52,10 +58,10 @@ impl ConfigFile {
         let node = self.node.validate().map_err(|e| e.within("node"))?;
         let mut services = Vec::with_capacity(self.services.len());
         let mut names = HashSet::new();
-        // (ip, port) → index of the service that binds it.
-        let mut bound: HashMap<(IpAddr, u16), usize> = HashMap::new();
+        let mut bound = BoundAddrs::default();
         for (index, spec) in self.services.iter().enumerate() {
             let here = format!("service[{index}]");
+            spec.check_limits().map_err(|e| e.within(&here))?;
             let service = spec.validate().map_err(|e| e.within(&here))?;
             if !names.insert(service.name.clone()) {
                 return Err(FieldError::new(
@@ -64,10 +70,7 @@ impl ConfigFile {
                 ));
             }
             for addr in service.listen_addrs(node.ingress_addr) {
-                let clash = bound
-                    .iter()
-                    .find(|((ip, port), _)| *port == addr.port() && ips_overlap(*ip, addr.ip()));
-                if let Some((_, &other)) = clash {
+                if let Some(other) = bound.insert(addr, index) {
                     let field = if spec.listen.is_empty() {
                         "ports"
                     } else {
@@ -81,7 +84,6 @@ impl ConfigFile {
                         ),
                     ));
                 }
-                bound.insert((addr.ip(), addr.port()), index);
             }
             services.push(service);
         }
@@ -89,10 +91,75 @@ impl ConfigFile {
     }
 }
 
-/// Two bind addresses on one port clash when they are equal or one of them is
-/// the wildcard of the same family.
-fn ips_overlap(a: IpAddr, b: IpAddr) -> bool {
-    a == b || (a.is_ipv4() == b.is_ipv4() && (a.is_unspecified() || b.is_unspecified()))
+/// The listen addresses of the services checked so far, by the index of the
+/// service that binds each. Two bind addresses on one port clash when they
+/// are equal or one of them is the wildcard of the same family; the three
+/// maps answer each of those cases with one look-up, so checking a file
+/// costs its number of addresses, not their square.
+#[derive(Default)]
+struct BoundAddrs {
+    exact: HashMap<SocketAddr, usize>,
+    /// (port, is IPv4) → the service binding the family's wildcard there.
+    wildcard: HashMap<(u16, bool), usize>,
+    /// (port, is IPv4) → the first service binding any address of the
+    /// family there.
+    any: HashMap<(u16, bool), usize>,
+}
+
+impl BoundAddrs {
+    /// Records `addr` for service `index`, or names the service it clashes
+    /// with (and records nothing).
+    fn insert(&mut self, addr: SocketAddr, index: usize) -> Option<usize> {
+        let family = (addr.port(), addr.is_ipv4());
+        let clash = if addr.ip().is_unspecified() {
+            self.any.get(&family)
+        } else {
+            self.exact.get(&addr).or_else(|| self.wildcard.get(&family))
+        };
+        if let Some(&other) = clash {
+            return Some(other);
+        }
+        self.exact.insert(addr, index);
+        self.any.entry(family).or_insert(index);
+        if addr.ip().is_unspecified() {
+            self.wildcard.insert(family, index);
+        }
+        None
+    }
+}
+
+/// A service's own `listen` addresses, checked the way [`BoundAddrs`]
+/// checks services' addresses, in one look-up per address.
+#[derive(Default)]
+struct ListenIps {
+    listed: HashSet<IpAddr>,
+    /// Per family (is IPv4): the wildcard, if listed.
+    wildcard: HashMap<bool, IpAddr>,
+    /// Per family (is IPv4): the first address listed.
+    first: HashMap<bool, IpAddr>,
+}
+
+impl ListenIps {
+    /// Records `ip`, or returns the listed address it overlaps.
+    fn insert(&mut self, ip: IpAddr) -> Option<IpAddr> {
+        let family = ip.is_ipv4();
+        let overlap = if ip.is_unspecified() {
+            self.first.get(&family).copied()
+        } else if self.listed.contains(&ip) {
+            Some(ip)
+        } else {
+            self.wildcard.get(&family).copied()
+        };
+        if overlap.is_some() {
+            return overlap;
+        }
+        self.listed.insert(ip);
+        self.first.entry(family).or_insert(ip);
+        if ip.is_unspecified() {
+            self.wildcard.insert(family, ip);
+        }
+        None
+    }
 }
 
 impl NodeConfig {
@@ -134,14 +201,36 @@ fn default_node_name() -> String {
 }
 
 impl ServiceSpec {
+    /// The limits a new spec is held to on top of [`ServiceSpec::validate`]:
+    /// at most [`MAX_PORTS`] ports. Kept out of `validate` because the
+    /// registry's state machine runs `validate` on every command of its log,
+    /// and a limit added there would refuse on a new lbd what an older one
+    /// applied; so the API checks these before it proposes a spec, and a
+    /// config file and `lbctl apply` check them with the rest.
+    pub fn check_limits(&self) -> Result<(), FieldError> {
+        if self.ports.len() > MAX_PORTS {
+            return Err(FieldError::new(
+                "ports",
+                format!(
+                    "{} ports; at most {MAX_PORTS} are allowed per service",
+                    self.ports.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every field; the error's field path is relative to the service.
+    /// Its cost is linear in the number of ports, listen addresses and
+    /// endpoints.
     pub fn validate(&self) -> Result<Service, FieldError> {
         check_dns_label(&self.name).map_err(|r| FieldError::new("name", r))?;
 
         let mut listen = Vec::with_capacity(self.listen.len());
+        let mut listed = ListenIps::default();
         for (i, text) in self.listen.iter().enumerate() {
             let ip = parse_ip(text).map_err(|r| FieldError::new(format!("listen[{i}]"), r))?;
-            if let Some(other) = listen.iter().find(|other| ips_overlap(**other, ip)) {
+            if let Some(other) = listed.insert(ip) {
                 return Err(FieldError::new(
                     format!("listen[{i}]"),
                     format!("{ip} overlaps {other}, which is already listed"),
@@ -157,11 +246,12 @@ impl ServiceSpec {
             ));
         }
         let mut ports: Vec<PortMapping> = Vec::with_capacity(self.ports.len());
+        let mut published = HashSet::with_capacity(self.ports.len());
         for (i, port) in self.ports.iter().enumerate() {
             let mapping = port
                 .validate()
                 .map_err(|e| e.within(&format!("ports[{i}]")))?;
-            if ports.iter().any(|p| p.published == mapping.published) {
+            if !published.insert(mapping.published) {
                 return Err(FieldError::new(
                     format!("ports[{i}].published"),
                     format!("port {} is published twice", mapping.published),
@@ -180,6 +270,12 @@ impl ServiceSpec {
             ));
         }
         let mut endpoints: Vec<Endpoint> = Vec::with_capacity(self.endpoints.len());
+        // Backend addresses resolved against the first port. With several
+        // ports every endpoint is a bare IP (checked below), so two clash on
+        // some port exactly when they clash on the first: one set answers
+        // for every port.
+        let first_port = ports[0];
+        let mut backends = HashSet::with_capacity(self.endpoints.len());
         for (i, ep) in self.endpoints.iter().enumerate() {
             let here = format!("endpoints[{i}]");
             let endpoint = ep.validate().map_err(|e| e.within(&here))?;
@@ -192,17 +288,11 @@ impl ServiceSpec {
             }
             // Compare resolved addresses: "10.0.0.1" and "10.0.0.1:80" are
             // the same backend when the target port is 80.
-            let resolve = |e: &Endpoint, port: &PortMapping| {
-                SocketAddr::new(e.ip, e.port.unwrap_or(port.target))
-            };
-            if let Some(port) = ports.iter().find(|port| {
-                endpoints
-                    .iter()
-                    .any(|e| resolve(e, port) == resolve(&endpoint, port))
-            }) {
+            let resolved = SocketAddr::new(endpoint.ip, endpoint.port.unwrap_or(first_port.target));
+            if !backends.insert(resolved) {
                 return Err(FieldError::new(
                     format!("{here}.address"),
-                    format!("{} is listed twice", resolve(&endpoint, port)),
+                    format!("{resolved} is listed twice"),
                 ));
             }
             endpoints.push(endpoint);
@@ -754,6 +844,82 @@ mod tests {
         assert_eq!(tasks.update.order, UpdateOrder::StartFirst);
         assert_eq!(tasks.update.failure_action, FailureAction::Rollback);
         assert_eq!(tasks.restart.delay, DEFAULT_RESTART_DELAY);
+    }
+
+    fn ports(count: usize) -> String {
+        let ports: Vec<String> = (0..count)
+            .map(|i| format!("{{ published = {} }}", 10_000 + i))
+            .collect();
+        format!(
+            "[[service]]\nname = \"web\"\nports = [{}]",
+            ports.join(", ")
+        )
+    }
+
+    #[test]
+    fn a_spec_over_the_port_cap_is_refused_naming_the_limit() {
+        let err = invalid(&ports(MAX_PORTS + 1));
+        assert_eq!(err.field, "service[0].ports");
+        assert_eq!(err.reason, "65 ports; at most 64 are allowed per service");
+        let file = ConfigFile::parse(&ports(MAX_PORTS)).unwrap();
+        assert_eq!(file.validate().unwrap().services[0].ports.len(), MAX_PORTS);
+        // The registry's rule (`validate`) is unchanged, so a stored spec
+        // over the cap still applies and routes alike on every lbd version.
+        let over = ConfigFile::parse(&ports(MAX_PORTS + 1)).unwrap();
+        assert!(over.services[0].validate().is_ok());
+        assert!(over.services[0].check_limits().is_err());
+    }
+
+    #[test]
+    fn overlapping_addresses_are_found_in_any_order() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "[[service]]\nname = \"a\"\nlisten = [\"{a}\"]\nports = [{{ published = 80 }}]\n\
+                 [[service]]\nname = \"b\"\nlisten = [\"{b}\"]\nports = [{{ published = 80 }}]"
+            )
+        };
+        for (a, b) in [
+            ("0.0.0.0", "127.0.0.1"),
+            ("127.0.0.1", "0.0.0.0"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("::", "::1"),
+            ("::1", "::"),
+        ] {
+            let err = invalid(&two(a, b));
+            assert_eq!(err.field, "service[1].listen", "{a} {b}");
+            assert!(err.reason.contains("\"a\""), "{a} {b}: {err}");
+        }
+        for (a, b) in [
+            ("0.0.0.0", "::"),
+            ("127.0.0.1", "127.0.0.2"),
+            ("::", "127.0.0.1"),
+        ] {
+            let file = ConfigFile::parse(&two(a, b)).unwrap();
+            assert!(file.validate().is_ok(), "{a} {b}");
+        }
+        let one = |listen: &str| {
+            invalid(&format!(
+                "[[service]]\nname = \"a\"\nlisten = [{listen}]\nports = [{{ published = 80 }}]"
+            ))
+        };
+        let err = one("\"127.0.0.1\", \"127.0.0.2\", \"0.0.0.0\"");
+        assert_eq!(err.field, "service[0].listen[2]");
+        assert_eq!(
+            err.reason,
+            "0.0.0.0 overlaps 127.0.0.1, which is already listed"
+        );
+        let err = one("\"::\", \"127.0.0.1\", \"::1\"");
+        assert_eq!(err.reason, "::1 overlaps ::, which is already listed");
+    }
+
+    #[test]
+    fn an_endpoint_listed_twice_is_found_with_several_ports() {
+        let err = invalid(
+            "[[service]]\nname = \"web\"\nports = [{ published = 80, target = 8080 }, { published = 81 }]\n\
+             endpoints = [{ address = \"10.0.0.1\" }, { address = \"10.0.0.2\" }, { address = \"10.0.0.1\" }]",
+        );
+        assert_eq!(err.field, "service[0].endpoints[2].address");
+        assert_eq!(err.reason, "10.0.0.1:8080 is listed twice");
     }
 
     #[test]

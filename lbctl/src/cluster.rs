@@ -1,6 +1,6 @@
 //! `lbctl cluster info|join-token`.
 
-use lbmesh_api::{Client, ClusterInfo, Role};
+use lbmesh_api::{Client, ClusterInfo, NodeId, Role};
 
 use crate::cli::{ClusterCommand, Format, JoinRole};
 use crate::error::CtlError;
@@ -25,9 +25,9 @@ pub async fn run(
 }
 
 fn info_text(info: &ClusterInfo) -> String {
-    let list = |ids: &[u64]| {
+    let list = |ids: &[NodeId]| {
         ids.iter()
-            .map(u64::to_string)
+            .map(NodeId::to_string)
             .collect::<Vec<_>>()
             .join(", ")
     };

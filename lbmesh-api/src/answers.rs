@@ -12,8 +12,73 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use lb_config::ServiceSpec;
 use serde::{Deserialize, Serialize};
 
-/// A node's id: a random positive 63-bit number, shown in decimal.
-pub type NodeId = u64;
+/// A node's id: a random positive 63-bit number, written as a decimal
+/// string (`"5212367038917371803"`) in every answer and request, because
+/// readers that hold JSON numbers as float64 (jq before 1.7, JavaScript,
+/// Prometheus) round ids above 2^53 into other ids. Reading also takes a
+/// JSON number, as older lbd versions wrote one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NodeId(pub u64);
+
+impl From<u64> for NodeId {
+    fn from(id: u64) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl std::str::FromStr for NodeId {
+    type Err = String;
+
+    /// Decimal digits only: no sign, no spaces.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("{text:?} is not a node id (decimal digits)"));
+        }
+        text.parse()
+            .map(Self)
+            .map_err(|_| format!("{text:?} is out of range for a node id"))
+    }
+}
+
+impl Serialize for NodeId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = NodeId;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a node id: a decimal string, or a non-negative integer")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<NodeId, E> {
+                text.parse().map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, id: u64) -> Result<NodeId, E> {
+                Ok(NodeId(id))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, id: i64) -> Result<NodeId, E> {
+                u64::try_from(id)
+                    .map(NodeId)
+                    .map_err(|_| E::custom(format!("{id} is not a node id (negative)")))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
 
@@ -140,6 +205,7 @@ pub struct ClusterInfo {
     pub id: String,
     /// The node that answered.
     pub node_id: NodeId,
+    /// `null` while no leader is known.
     pub leader: Option<NodeId>,
     pub term: u64,
     /// Index of the last log entry this node holds.
@@ -297,4 +363,83 @@ pub struct TaskEndpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removed {
     pub removed: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Odd and above 2^53: a float64 reader turns it into another id.
+    const BIG: u64 = (1 << 62) + 1;
+
+    #[test]
+    fn node_ids_are_decimal_strings_and_numbers_are_still_read() {
+        let id = NodeId(BIG);
+        assert_eq!(serde_json::to_string(&id).unwrap(), format!("\"{BIG}\""));
+        assert_ne!(BIG as f64 as u64, BIG, "the id must be one float64 rounds");
+        let read: NodeId = serde_json::from_str(&format!("\"{BIG}\"")).unwrap();
+        assert_eq!(read, id);
+        let old: NodeId = serde_json::from_str(&BIG.to_string()).unwrap();
+        assert_eq!(old, id, "a number from an older lbd");
+        for bad in [
+            "\"\"",
+            "\"-1\"",
+            "\"12a\"",
+            "\" 1\"",
+            "-1",
+            "\"99999999999999999999\"",
+            "1.5",
+        ] {
+            let err = serde_json::from_str::<NodeId>(bad)
+                .expect_err(bad)
+                .to_string();
+            assert!(err.contains("node id"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn every_id_field_is_a_string_in_the_json() {
+        let info = ClusterInfo {
+            id: "c".into(),
+            node_id: NodeId(BIG),
+            leader: Some(NodeId(BIG)),
+            term: 1,
+            commit_index: 2,
+            applied_index: 2,
+            voters: vec![NodeId(BIG)],
+            learners: vec![NodeId(3)],
+            nodes: 1,
+            services: 0,
+        };
+        let json = serde_json::to_value(&info).unwrap();
+        let big = serde_json::Value::String(BIG.to_string());
+        assert_eq!(json["node_id"], big);
+        assert_eq!(json["leader"], big);
+        assert_eq!(json["voters"][0], big);
+        assert_eq!(json["learners"][0], "3");
+        assert_eq!(serde_json::from_value::<ClusterInfo>(json).unwrap(), info);
+
+        let member = Member {
+            id: NodeId(BIG),
+            name: "n".into(),
+            raft_addr: "127.0.0.1:9901".parse().unwrap(), // fixed-port-ok: a value
+            api_addr: "127.0.0.1:9900".parse().unwrap(),  // fixed-port-ok: a value
+            ingress_addr: "127.0.0.1".parse().unwrap(),
+            role: Role::Manager,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            labels: BTreeMap::new(),
+        };
+        let node = Node {
+            member,
+            raft: RaftRole::Leader,
+        };
+        let json = serde_json::to_value(&node).unwrap();
+        assert_eq!(json["id"], big);
+        assert_eq!(serde_json::from_value::<Node>(json.clone()).unwrap(), node);
+        // A flattened member written by an older lbd, with a number.
+        let mut old = json;
+        old["id"] = serde_json::Value::from(BIG);
+        assert_eq!(serde_json::from_value::<Node>(old).unwrap(), node);
+    }
 }

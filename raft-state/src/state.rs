@@ -23,7 +23,7 @@
 
 mod tasks;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
 use lb_config::{check_dns_label, ServiceSpec};
@@ -39,7 +39,7 @@ pub use crate::cluster::{ClusterInfo, VipRange, DEFAULT_VIP_RANGE};
 pub use crate::command::{Command, Proposal, RequestId};
 pub use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 pub use crate::outcome::{Outcome, RejectKind, Rejection};
-pub use crate::service::ServiceRecord;
+pub use crate::service::{CheckedSpec, ServiceRecord};
 
 /// The replicated registry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -258,9 +258,10 @@ impl RegistryState {
     }
 
     fn create_service(&mut self, spec: &ServiceSpec) -> Outcome {
-        if let Err(error) = spec.validate() {
-            return reject(RejectKind::Invalid, error.field, error.reason);
-        }
+        let checked = match spec.validate() {
+            Ok(service) => CheckedSpec::new(service),
+            Err(error) => return reject(RejectKind::Invalid, error.field, error.reason),
+        };
         if self.services.contains_key(&spec.name) {
             return reject(
                 RejectKind::Conflict,
@@ -286,6 +287,7 @@ impl RegistryState {
             task_version: 1,
             previous_task_version: 0,
             update: None,
+            validated: checked,
         };
         self.services.insert(spec.name.clone(), record.clone());
         Outcome::Service {
@@ -300,9 +302,10 @@ impl RegistryState {
     /// Replaces a service's spec. A new task template starts a rolling
     /// update (or, for a rollback, a rollback) that the scheduler carries out.
     fn change_service(&mut self, spec: &ServiceSpec, rollback: bool) -> Outcome {
-        if let Err(error) = spec.validate() {
-            return reject(RejectKind::Invalid, error.field, error.reason);
-        }
+        let checked = match spec.validate() {
+            Ok(service) => CheckedSpec::new(service),
+            Err(error) => return reject(RejectKind::Invalid, error.field, error.reason),
+        };
         if !self.services.contains_key(&spec.name) {
             return reject(
                 RejectKind::NotFound,
@@ -317,6 +320,7 @@ impl RegistryState {
             return reject(RejectKind::NotFound, "name", "vanished");
         };
         let previous = std::mem::replace(&mut record.spec, spec.clone());
+        record.validated = checked;
         let template_changed = !previous.same_task_template(spec);
         record.previous = Some(previous);
         record.version += 1;
@@ -367,31 +371,44 @@ impl RegistryState {
         self.change_service(&previous, true)
     }
 
-    /// A published port already owned by another service.
+    /// A published port already owned by another service: one pass over
+    /// the other services' ports (the first owner by name, as before), then
+    /// one look-up per port of `spec`.
     fn port_clash(&self, spec: &ServiceSpec) -> Option<Outcome> {
+        let mut owners: HashMap<i64, &str> = HashMap::new();
+        for (name, other) in &self.services {
+            if *name == spec.name {
+                continue;
+            }
+            for port in &other.spec.ports {
+                owners.entry(port.published).or_insert(name);
+            }
+        }
         for (i, port) in spec.ports.iter().enumerate() {
-            for (name, other) in &self.services {
-                if *name == spec.name {
-                    continue;
-                }
-                if other
-                    .spec
-                    .ports
-                    .iter()
-                    .any(|p| p.published == port.published)
-                {
-                    return Some(reject(
-                        RejectKind::Conflict,
-                        format!("ports[{i}].published"),
-                        format!(
-                            "port {} is already published by service {name:?}",
-                            port.published
-                        ),
-                    ));
-                }
+            if let Some(name) = owners.get(&port.published) {
+                return Some(reject(
+                    RejectKind::Conflict,
+                    format!("ports[{i}].published"),
+                    format!(
+                        "port {} is already published by service {name:?}",
+                        port.published
+                    ),
+                ));
             }
         }
         None
+    }
+
+    /// Gives every service its checked form now rather than on first use:
+    /// a state read from disk or from a snapshot has none, and the next
+    /// applied batch clones this state, so filling it before it is shared
+    /// validates each spec once instead of once per clone.
+    pub fn check_services(&self) {
+        for record in self.services.values() {
+            if let Err(error) = record.checked() {
+                tracing::warn!(service = %record.spec.name, %error, "stored spec fails validation");
+            }
+        }
     }
 
     fn free_vip(&self) -> Option<Ipv4Addr> {
@@ -422,6 +439,8 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
     use crate::requests::REMEMBERED_REQUESTS;
     use lb_config::{EndpointSpec, PortSpec};
@@ -701,5 +720,49 @@ mod tests {
         saved.as_object_mut().expect("an object").remove("requests");
         let state: RegistryState = serde_json::from_value(saved).expect("an old state reads");
         assert!(state.requests.is_empty());
+    }
+
+    #[test]
+    fn a_stored_spec_carries_the_checked_form_it_was_validated_into() {
+        let mut state = RegistryState::default();
+        state.apply(&Command::CreateService {
+            spec: spec("web", 8080),
+        });
+        // Corrupt the stored spec behind the state machine's back: the
+        // checked form made when it was stored is what readers get, so
+        // nothing validates it again (that would fail: port 0).
+        let mut copy = state.clone();
+        let record = copy.services.get_mut("web").expect("stored");
+        record.spec.ports[0].published = 0;
+        let checked = record.checked().expect("checked when stored");
+        assert_eq!(checked.ports[0].published, 8080);
+        // A clone shares it, and an update replaces it.
+        let before = Arc::clone(state.services["web"].checked().expect("checked"));
+        let shared = state.clone();
+        assert!(Arc::ptr_eq(
+            shared.services["web"].checked().expect("checked"),
+            &before
+        ));
+        state.apply(&Command::UpdateService {
+            spec: spec("web", 8081),
+        });
+        assert_eq!(
+            state.services["web"].checked().expect("checked").ports[0].published,
+            8081
+        );
+        // It is not part of the replicated value: the JSON is the record's.
+        let json = serde_json::to_value(&state.services["web"]).expect("json");
+        assert!(json.get("checked").is_none(), "{json}");
+        let read: RegistryState =
+            serde_json::from_value(serde_json::to_value(&state).expect("json")).expect("state");
+        assert_eq!(read, state);
+        assert_eq!(
+            read.services["web"]
+                .checked()
+                .expect("checked on first use")
+                .ports[0]
+                .published,
+            8081
+        );
     }
 }

@@ -22,7 +22,9 @@
 //!   membership in one transaction, so a crash never leaves them apart.
 //! - The state machine keeps the current state in memory too and publishes
 //!   each applied state on a watch channel, which is how readers on this node
-//!   learn of changes.
+//!   learn of changes. A published state carries each service's checked
+//!   form (see `service.rs`): a state loaded from the file or a snapshot is
+//!   checked before it is published, so no reader validates a spec again.
 //! - The file is closed when the last handle to it goes ([`OpenDatabase`]);
 //!   [`DatabaseClosed`] fires only after redb has released the file's lock,
 //!   which is what a restart in the same process waits for.
@@ -182,6 +184,7 @@ pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
         .await?
     };
     let (state, applied, membership) = loaded;
+    state.check_services();
     let published = Applied {
         state: Arc::new(state),
         index: applied.map_or(0, |id| id.index),
@@ -477,6 +480,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<()> {
         let data = snapshot.into_inner();
         let state: RegistryState = decode(&data)?;
+        state.check_services();
         let rows = [
             ("state", data.clone()),
             ("applied", encode(&meta.last_log_id)?),

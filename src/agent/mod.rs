@@ -279,11 +279,12 @@ async fn reporter(
     }
 }
 
-fn service_of(state: &RegistryState, name: &str) -> Option<Service> {
+/// The checked form of a service, validated when it was stored.
+fn service_of(state: &RegistryState, name: &str) -> Option<Arc<Service>> {
     state
         .services
         .get(name)
-        .and_then(|record| record.spec.validate().ok())
+        .and_then(|record| record.checked().ok().cloned())
 }
 
 fn runtime_kind(service: &Service) -> RuntimeKind {

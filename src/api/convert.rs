@@ -10,7 +10,7 @@ use raft_state::task::{self, TaskRecord};
 
 pub fn member(record: &NodeRecord) -> api::Member {
     api::Member {
-        id: record.id,
+        id: record.id.into(),
         name: record.name.clone(),
         raft_addr: record.raft_addr,
         api_addr: record.api_addr,
@@ -25,7 +25,7 @@ pub fn member(record: &NodeRecord) -> api::Member {
 /// A joining node's record, as it presented itself.
 pub fn member_record(member: api::Member) -> NodeRecord {
     NodeRecord {
-        id: member.id,
+        id: member.id.0,
         name: member.name,
         raft_addr: member.raft_addr,
         api_addr: member.api_addr,
@@ -115,7 +115,7 @@ pub fn task(record: &TaskRecord, node_name: Option<String>) -> api::Task {
         service: record.service.clone(),
         slot: record.slot,
         spec_version: record.spec_version,
-        node: record.node,
+        node: record.node.map(api::NodeId::from),
         desired: match record.desired {
             task::DesiredState::Running => api::DesiredState::Running,
             task::DesiredState::Shutdown => api::DesiredState::Shutdown,
@@ -169,9 +169,12 @@ mod tests {
         value
     }
 
+    /// Above 2^53 and odd: a float64 JSON reader would round it.
+    const BIG_ID: u64 = (1 << 62) + 1;
+
     fn node_record() -> NodeRecord {
         NodeRecord {
-            id: 7,
+            id: BIG_ID,
             name: "node-a".to_owned(),
             raft_addr: "127.0.0.1:9901".parse().expect("addr"),
             api_addr: "127.0.0.1:9900".parse().expect("addr"),
@@ -187,9 +190,11 @@ mod tests {
     fn nodes_keep_their_json() {
         let record = node_record();
         let node = serde_json::to_value(node(&record, api::RaftRole::Voter)).expect("json");
-        assert_eq!(node, with(&record, json!({"raft": "voter"})));
+        // The registry's JSON, with the id as a decimal string.
+        let id = BIG_ID.to_string();
+        assert_eq!(node, with(&record, json!({"raft": "voter", "id": id})));
         let member = serde_json::to_value(member(&record)).expect("json");
-        assert_eq!(member, serde_json::to_value(&record).expect("json"));
+        assert_eq!(member, with(&record, json!({"id": id})));
         let parsed: api::Member = serde_json::from_value(member).expect("member");
         assert_eq!(member_record(parsed), record);
     }
@@ -216,6 +221,7 @@ mod tests {
                 completed_at: None,
                 message: "task failed".to_owned(),
             }),
+            validated: Default::default(),
         };
         let stored = serde_json::to_value(service(&record)).expect("json");
         assert_eq!(stored, serde_json::to_value(&record).expect("json"));
@@ -247,7 +253,7 @@ mod tests {
             service: "web".to_owned(),
             slot: 2,
             spec_version: 3,
-            node: Some(7),
+            node: Some(BIG_ID),
             desired: task::DesiredState::Shutdown,
             state: task::TaskState::Orphaned,
             health: task::TaskHealth::Unhealthy,
@@ -265,7 +271,10 @@ mod tests {
         let answer = task(&record, Some("node-a".to_owned()));
         assert_eq!(
             serde_json::to_value(answer).expect("json"),
-            with(&record, json!({"node_name": "node-a"}))
+            with(
+                &record,
+                json!({"node_name": "node-a", "node": BIG_ID.to_string()})
+            )
         );
         use task::{TaskHealth as H, TaskState as S};
         let states = [

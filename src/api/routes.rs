@@ -62,7 +62,7 @@ pub async fn route(
         (&Method::GET, ["services"]) => services(registry, None).await,
         (&Method::GET, ["services", name]) => services(registry, Some(name)).await,
         (&Method::POST, ["services"]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) => match node_port_clash(registry, &spec) {
+            Ok(spec) => match over_limits(&spec).or_else(|| node_port_clash(registry, &spec)) {
                 Some(clash) => clash,
                 None => {
                     let command = Command::CreateService { spec };
@@ -72,13 +72,15 @@ pub async fn route(
             Err(response) => *response,
         },
         (&Method::PUT, ["services", name]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) if spec.name == *name => match node_port_clash(registry, &spec) {
-                Some(clash) => clash,
-                None => {
-                    let command = Command::UpdateService { spec };
-                    propose(registry, request, command, Shape::Stored).await
+            Ok(spec) if spec.name == *name => {
+                match over_limits(&spec).or_else(|| node_port_clash(registry, &spec)) {
+                    Some(clash) => clash,
+                    None => {
+                        let command = Command::UpdateService { spec };
+                        propose(registry, request, command, Shape::Stored).await
+                    }
                 }
-            },
+            }
             Ok(spec) => error(
                 StatusCode::BAD_REQUEST,
                 "name",
@@ -214,13 +216,19 @@ async fn cluster_info(registry: &Arc<RegistryNode>) -> ApiResponse {
             .as_ref()
             .map(|c| c.id.clone())
             .unwrap_or_default(),
-        node_id: registry.id,
-        leader: metrics.current_leader,
+        node_id: registry.id.into(),
+        leader: metrics.current_leader.map(lbmesh_api::NodeId::from),
         term: metrics.current_term,
         commit_index: metrics.last_log_index.unwrap_or(0),
         applied_index: applied.index,
-        voters: membership.voter_ids().collect(),
-        learners: membership.learner_ids().collect(),
+        voters: membership
+            .voter_ids()
+            .map(lbmesh_api::NodeId::from)
+            .collect(),
+        learners: membership
+            .learner_ids()
+            .map(lbmesh_api::NodeId::from)
+            .collect(),
         nodes: applied.state.nodes.len(),
         services: applied.state.services.len(),
     };
@@ -401,7 +409,7 @@ async fn remove_stray_member(registry: &Arc<RegistryNode>, name: &str, force: bo
 fn service_status(state: &RegistryState, record: &ServiceRecord) -> ServiceStatus {
     let tasks: Vec<_> = state.tasks_of(&record.spec.name).collect();
     let running = tasks.iter().filter(|t| t.serves()).count();
-    let desired = match record.spec.validate() {
+    let desired = match record.checked() {
         Ok(service) => match &service.tasks {
             Some(spec) if spec.mode == lb_config::ServiceMode::Global => {
                 tasks.iter().filter(|t| t.is_live()).count()
@@ -550,6 +558,15 @@ async fn scale(
     .await
 }
 
+/// A 400 when `spec` is over a limit of new specs (`check_limits`: the
+/// ports per service). Checked before the write, not in the state machine,
+/// so a spec an older lbd stored still applies alike.
+fn over_limits(spec: &ServiceSpec) -> Option<ApiResponse> {
+    spec.check_limits()
+        .err()
+        .map(|e| error(StatusCode::BAD_REQUEST, &e.field, e.reason))
+}
+
 /// A 409 when a published port of `spec` is a node's API or Raft port:
 /// every node binds every published port, so such a service could never be
 /// served there, and could keep that node from restarting. Checked here,
@@ -639,7 +656,7 @@ mod tests {
         let request = JoinRequest {
             token: WORKER_TOKEN.to_owned(),
             node: Member {
-                id,
+                id: id.into(),
                 name: name.to_owned(),
                 raft_addr,
                 api_addr: SocketAddr::new(raft_addr.ip(), 1),

@@ -95,8 +95,10 @@ pub fn plan(
         }
     }
     for record in state.services.values() {
-        let spec = match record.spec.validate() {
-            Ok(service) => match service.tasks {
+        // The checked form made when the spec was stored: a round never
+        // validates a spec again.
+        let spec = match record.checked() {
+            Ok(service) => match &service.tasks {
                 Some(spec) => (spec, service.replicas),
                 None => continue,
             },
@@ -108,7 +110,7 @@ pub fn plan(
         let mut service_plan = ServicePlan {
             state,
             record,
-            spec: &spec.0,
+            spec: spec.0,
             replicas: spec.1,
             now,
             ops: &mut plan.ops,

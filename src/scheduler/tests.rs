@@ -493,3 +493,30 @@ fn a_new_term_restarts_the_grace_even_when_no_round_saw_this_node_follow() {
     assert_eq!(regained.since, later, "lost and regained within one round");
     assert_eq!(regained.term, 6);
 }
+
+/// A round takes each service's checked form from the registry, made once
+/// when the spec was stored, and never validates the stored spec again:
+/// with the stored spec corrupted behind the state machine's back (port 0,
+/// which validation refuses) the round still places every replica.
+#[test]
+fn a_round_reuses_the_checked_form_instead_of_validating_again() {
+    let mut sim = Sim::new(web(3));
+    let record = sim.state.services.get_mut("web").expect("stored");
+    record.spec.ports[0].published = 0;
+    assert!(
+        record.spec.validate().is_err(),
+        "the corrupt spec would fail"
+    );
+    sim.now += 1_000;
+    let mut next = 0;
+    let plan = plan(&sim.state, sim.now, &mut sim.batches, &mut || {
+        next += 1;
+        format!("t{next}")
+    });
+    let created = plan
+        .ops
+        .iter()
+        .filter(|op| matches!(op, raft_state::task::TaskOp::Create { .. }))
+        .count();
+    assert_eq!(created, 3, "{:?}", plan.ops);
+}

@@ -239,14 +239,15 @@ impl Cluster {
         let info = (0..count)
             .filter(|n| self.nodes[*n].is_some())
             .find_map(|n| self.json(n, &["cluster", "info"]))?;
-        let leader = info["leader"].as_u64()?;
+        // Ids are decimal strings in lbctl's JSON.
+        let leader = info["leader"].as_str()?.to_owned();
         let nodes = (0..count)
             .filter(|n| self.nodes[*n].is_some())
             .find_map(|n| self.json(n, &["node", "ls"]))?;
         let leader_ip = nodes
             .as_array()?
             .iter()
-            .find(|node| node["id"].as_u64() == Some(leader))?["ingress_addr"]
+            .find(|node| node["id"].as_str() == Some(leader.as_str()))?["ingress_addr"]
             .as_str()?
             .to_owned();
         (0..count).find(|n| self.ip(*n).to_string() == leader_ip)
