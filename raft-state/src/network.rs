@@ -27,7 +27,9 @@
 //! The client side is [`Peer`] (one connection, reused) and [`Network`]
 //! (openraft's factory of peers).
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,7 +37,8 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use hmac::{Hmac, Mac};
 use openraft::error::{
-    Infallible, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Infallible, InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError,
+    RemoteError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
@@ -46,6 +49,7 @@ use openraft::BasicNode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tracing::{debug, warn};
@@ -55,17 +59,30 @@ use crate::outcome::Outcome;
 use crate::random;
 use crate::types::{NodeId, TypeConfig};
 
-/// Largest frame either side accepts: well above openraft's 3 MiB snapshot
-/// chunks and batches of a few hundred entries.
+/// Largest frame either side accepts once the handshake succeeded: well
+/// above openraft's 3 MiB snapshot chunks and the store's 4 MiB replication
+/// batches (`store::MAX_BATCH_BYTES`).
 pub const MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+/// Largest frame either side accepts before the handshake succeeded: a
+/// handshake message is a few hundred bytes, so an unauthenticated peer
+/// cannot make a node buffer more than this per connection.
+pub const HANDSHAKE_FRAME_BYTES: usize = 4 * 1024;
+/// Connections a node serves at once before their handshake succeeded;
+/// one more is closed at once. Peers authenticate within a round trip, so
+/// the slots are free but for a flood.
+pub const MAX_HANDSHAKES: usize = 32;
+/// Of [`MAX_HANDSHAKES`], how many one client address may hold, so one
+/// flooding host cannot take every slot from the real peers.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 4;
 /// 256 bits: a nonce repeats with negligible odds over a cluster's life.
 const NONCE_BYTES: usize = 32;
-/// How long a handshake may take.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a handshake may take: a round trip and two HMACs, so this only
+/// bounds how long a silent connection holds a handshake slot.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Timeout of calls that openraft does not bound itself.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
-type FramedStream = Framed<TcpStream, LengthDelimitedCodec>;
+type FramedStream<S = TcpStream> = Framed<S, LengthDelimitedCodec>;
 
 /// The cluster secret that authenticates every Raft connection.
 #[derive(Clone)]
@@ -170,18 +187,32 @@ fn nonce() -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn codec() -> LengthDelimitedCodec {
+/// The codec of a connection whose handshake has not succeeded yet: a
+/// longer frame is refused from its length prefix, before any of it is
+/// buffered. [`authenticated`] lifts the limit.
+fn handshake_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
-        .max_frame_length(MAX_FRAME_BYTES)
+        .max_frame_length(HANDSHAKE_FRAME_BYTES)
         .new_codec()
 }
 
-async fn send<T: Serialize>(stream: &mut FramedStream, value: &T) -> std::io::Result<()> {
+/// Lifts a connection's frame limit once its handshake succeeded.
+fn authenticated<S>(mut stream: FramedStream<S>) -> FramedStream<S> {
+    stream.codec_mut().set_max_frame_length(MAX_FRAME_BYTES);
+    stream
+}
+
+async fn send<T: Serialize, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut FramedStream<S>,
+    value: &T,
+) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(value).map_err(std::io::Error::other)?;
     stream.send(Bytes::from(bytes)).await
 }
 
-async fn receive<T: DeserializeOwned>(stream: &mut FramedStream) -> std::io::Result<T> {
+async fn receive<T: DeserializeOwned, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut FramedStream<S>,
+) -> std::io::Result<T> {
     match stream.next().await {
         Some(Ok(frame)) => serde_json::from_slice(&frame).map_err(|e| {
             std::io::Error::new(
@@ -239,6 +270,7 @@ pub async fn serve(
     tokio::pin!(shutdown);
     // Dropping the set when this function returns aborts the connections.
     let mut connections = tokio::task::JoinSet::new();
+    let handshakes = Handshakes::default();
     loop {
         // Reap finished connections so the set does not grow.
         while connections.try_join_next().is_some() {}
@@ -253,25 +285,72 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
+        let Some(slot) = handshakes.admit(peer.ip()) else {
+            debug!(%peer, "too many raft handshakes in flight; connection closed");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
         let handler = handler.clone();
         let secret = secret.clone();
         connections.spawn(async move {
-            if let Err(error) = serve_connection(stream, node_id, handler, secret).await {
+            if let Err(error) = serve_connection(stream, slot, node_id, handler, secret).await {
                 debug!(%peer, %error, "raft connection closed");
             }
         });
     }
 }
 
-async fn serve_connection(
-    stream: TcpStream,
+/// The handshakes in flight, in all and per client address. Never held
+/// across an await.
+#[derive(Clone, Default)]
+struct Handshakes(Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>);
+
+impl Handshakes {
+    /// A slot for one more handshake from `addr`, or `None` over a cap.
+    fn admit(&self, addr: IpAddr) -> Option<HandshakeSlot> {
+        let mut counts = self.0.lock().ok()?;
+        let total: usize = counts.values().sum();
+        let here = counts.entry(addr).or_default();
+        if total >= MAX_HANDSHAKES || *here >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        *here += 1;
+        Some(HandshakeSlot {
+            handshakes: self.clone(),
+            addr,
+        })
+    }
+}
+
+/// One handshake in flight; dropping it (handshake done, failed or timed
+/// out) frees the slot.
+struct HandshakeSlot {
+    handshakes: Handshakes,
+    addr: IpAddr,
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        if let Ok(mut counts) = self.handshakes.0.lock() {
+            if let Some(count) = counts.get_mut(&self.addr) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&self.addr);
+                }
+            }
+        }
+    }
+}
+
+async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    slot: HandshakeSlot,
     node_id: NodeId,
     handler: impl RpcHandler,
     secret: Secret,
 ) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
-    let mut stream = Framed::new(stream, codec());
-    let authenticated = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    let mut stream = Framed::new(stream, handshake_codec());
+    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
         let server_nonce = nonce()?;
         send(
             &mut stream,
@@ -327,10 +406,12 @@ async fn serve_connection(
         Ok(from)
     })
     .await;
-    let peer_id = match authenticated {
+    let peer_id = match handshake {
         Ok(result) => result?,
         Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
     };
+    drop(slot);
+    let mut stream = self::authenticated(stream);
 
     loop {
         let request: Request = match receive(&mut stream).await {
@@ -397,7 +478,7 @@ impl Peer {
     async fn connect(&self) -> std::io::Result<FramedStream> {
         let stream = TcpStream::connect(&self.addr).await?;
         let _ = stream.set_nodelay(true);
-        let mut stream = Framed::new(stream, codec());
+        let mut stream = Framed::new(stream, handshake_codec());
         let Handshake::Challenge {
             nonce: server_nonce,
         } = receive(&mut stream).await?
@@ -426,7 +507,7 @@ impl Peer {
                     .secret
                     .verify(&[b"server", &client_nonce, &server_nonce, &to], &proof) =>
             {
-                Ok(stream)
+                Ok(authenticated(stream))
             }
             Handshake::Welcome { .. } => Err(std::io::Error::new(
                 std::io::ErrorKind::PermissionDenied,
@@ -449,6 +530,13 @@ impl Peer {
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, CallError> {
+        let frame = serde_json::to_vec(request)
+            .map_err(|e| CallError::Network(std::io::Error::other(e)))?;
+        self.call_frame(Bytes::from(frame), timeout).await
+    }
+
+    /// Sends one encoded request and waits for its response.
+    async fn call_frame(&mut self, frame: Bytes, timeout: Duration) -> Result<Response, CallError> {
         let result = tokio::time::timeout(timeout, async {
             if self.stream.is_none() {
                 self.stream = Some(self.connect().await.map_err(CallError::Unreachable)?);
@@ -458,7 +546,7 @@ impl Peer {
                     std::io::ErrorKind::NotConnected.into(),
                 ));
             };
-            send(stream, request).await.map_err(CallError::Network)?;
+            stream.send(frame).await.map_err(CallError::Network)?;
             receive(stream).await.map_err(CallError::Network)
         })
         .await
@@ -501,7 +589,23 @@ impl Peer {
         E: std::error::Error,
         RaftError<NodeId, E>: std::error::Error,
     {
-        match self.call(&request, option.hard_ttl()).await {
+        let frame =
+            serde_json::to_vec(&request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        self.rpc_frame(Bytes::from(frame), option, unpack).await
+    }
+
+    /// [`Peer::rpc`] of a request already encoded.
+    async fn rpc_frame<T, E>(
+        &mut self,
+        frame: Bytes,
+        option: RPCOption,
+        unpack: Unpack<T, E>,
+    ) -> Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        E: std::error::Error,
+        RaftError<NodeId, E>: std::error::Error,
+    {
+        match self.call_frame(frame, option.hard_ttl()).await {
             Ok(response) => match unpack(response) {
                 Ok(Ok(answer)) => Ok(answer),
                 Ok(Err(e)) => Err(RPCError::RemoteError(RemoteError::new(self.target, e))),
@@ -524,14 +628,17 @@ impl RaftNetwork<TypeConfig> for Peer {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
-        self.rpc(
-            Request::AppendEntries(rpc),
-            option,
-            |response| match response {
-                Response::AppendEntries(answer) => Ok(answer),
-                other => Err(Box::new(other)),
-            },
-        )
+        let entries = rpc.entries.len();
+        let request = Request::AppendEntries(rpc);
+        let frame =
+            serde_json::to_vec(&request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        if let Some(too_large) = too_large(entries, frame.len()) {
+            return Err(too_large);
+        }
+        self.rpc_frame(Bytes::from(frame), option, |response| match response {
+            Response::AppendEntries(answer) => Ok(answer),
+            other => Err(Box::new(other)),
+        })
         .await
     }
 
@@ -567,6 +674,40 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
+/// What to answer openraft for an append-entries batch of `entries` that
+/// encodes to `bytes`, when that is over [`MAX_FRAME_BYTES`]: a batch of
+/// several is `PayloadTooLarge` with a hint of how many entries fit (with
+/// room to spare), so openraft resends it smaller at once; a single entry
+/// that big cannot be split and is a network error (openraft backs off).
+/// The store's byte cap keeps batches well under the limit; this is the
+/// guard for whatever gets past it.
+fn too_large<E: std::error::Error>(
+    entries: usize,
+    bytes: usize,
+) -> Option<RPCError<NodeId, BasicNode, E>> {
+    if bytes <= MAX_FRAME_BYTES {
+        return None;
+    }
+    if entries <= 1 {
+        let reason = format!(
+            "one log entry encodes to {bytes} bytes, over the {MAX_FRAME_BYTES}-byte frame limit"
+        );
+        warn!(%reason, "append-entries not sent");
+        return Some(RPCError::Network(NetworkError::new(
+            &std::io::Error::other(reason),
+        )));
+    }
+    let fit = (entries as u128 * (MAX_FRAME_BYTES / 2) as u128 / bytes as u128).max(1);
+    let hint = u64::try_from(fit).unwrap_or(1);
+    debug!(
+        entries,
+        bytes, hint, "append-entries batch too large; asking openraft to split it"
+    );
+    Some(RPCError::PayloadTooLarge(
+        PayloadTooLarge::new_entries_hint(hint),
+    ))
+}
+
 /// Makes a [`Peer`] for each node openraft talks to.
 #[derive(Clone)]
 pub struct Network {
@@ -579,5 +720,37 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         Peer::new(self.self_id, target, node.addr.clone(), self.secret.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch over the frame limit is answered so that openraft splits
+    /// it (it used to fail with "frame size too big" and be resent as it
+    /// was, forever); one entry that big is a plain network error, since
+    /// openraft would resend a one-entry hint at once, in a loop.
+    #[test]
+    fn an_oversized_batch_asks_openraft_to_split_it() {
+        type E = RPCError<NodeId, BasicNode, RaftError<NodeId>>;
+        assert!(too_large::<RaftError<NodeId>>(300, MAX_FRAME_BYTES).is_none());
+        match too_large::<RaftError<NodeId>>(25, 25 * 1_000_000) {
+            Some(E::PayloadTooLarge(too_large)) => {
+                assert_eq!(
+                    too_large.action(),
+                    openraft::network::RPCTypes::AppendEntries
+                );
+                // Half the frame limit's worth of 1 MB entries.
+                assert_eq!(too_large.entries_hint(), 8);
+            }
+            other => panic!("expected PayloadTooLarge, got {other:?}"),
+        }
+        match too_large::<RaftError<NodeId>>(1, MAX_FRAME_BYTES + 1) {
+            Some(E::Network(error)) => {
+                assert!(error.to_string().contains("one log entry"), "{error}")
+            }
+            other => panic!("expected a network error, got {other:?}"),
+        }
     }
 }

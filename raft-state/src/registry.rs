@@ -89,6 +89,11 @@ impl Timing {
             install_snapshot_timeout: 5_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            // A replication batch holds at most this many entries, and at
+            // most `store::MAX_BATCH_BYTES` of them (the store's limited
+            // read); a batch over the frame limit anyway is answered
+            // `PayloadTooLarge` by the transport, and openraft splits it.
+            max_payload_entries: 300,
             ..Default::default()
         };
         config
@@ -114,6 +119,8 @@ pub enum RegistryError {
     Remote(#[from] RemoteFailure),
     #[error("forwarding to the leader failed: {0}")]
     Forward(#[from] CallError),
+    #[error("the command is {bytes} bytes encoded; at most {limit} bytes fit a log entry")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 /// What a node needs to start its registry.
@@ -298,6 +305,7 @@ impl RegistryNode {
     /// Commits `command` through the leader (forwarding from a follower) and
     /// returns the state machine's answer, which may be a rejection.
     pub async fn propose(&self, command: Command) -> Result<Outcome, RegistryError> {
+        fits_an_entry(&command)?;
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
             // Bounded: an entry proposed while this node briefly believed it
@@ -398,6 +406,7 @@ impl RegistryNode {
     /// scheduler uses it, so a deposed leader's round cannot land through
     /// the new leader.
     pub async fn propose_as_leader(&self, command: Command) -> Result<Outcome, RegistryError> {
+        fits_an_entry(&command)?;
         write_locally(&self.raft, self.id, command)
             .await
             .map_err(RegistryError::Remote)
@@ -526,6 +535,23 @@ impl RegistryNode {
             warn!("registry store still open 5 s after shutdown");
         }
     }
+}
+
+/// Refuses a command larger than one replication batch before it is
+/// proposed: an entry that big could hold up the log for every follower.
+/// The API caps what users send well below this; this is the guard for
+/// every other writer.
+fn fits_an_entry(command: &Command) -> Result<(), RegistryError> {
+    let bytes = serde_json::to_vec(command)
+        .map_err(|e| RegistryError::Raft(e.to_string()))?
+        .len();
+    if bytes > store::MAX_BATCH_BYTES {
+        return Err(RegistryError::TooLarge {
+            bytes,
+            limit: store::MAX_BATCH_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// When each node was last heard from, kept in memory by whoever receives

@@ -5,7 +5,8 @@
 //! # Layout and flow
 //!
 //! ```text
-//! request ─> bearer token (every route but join) ─> body (at most 1 MiB)
+//! request ─> bearer token (every route but join) ─> body (at most 2 MiB; a
+//!            service spec at most 1 MiB once encoded, checked before its write)
 //!         ─> path split on '/', then each segment percent-decoded
 //!         ─> GET:   routes::route on this node (linearizable read)
 //!         ─> write: routes::route on the leader; a follower passes the request to the
@@ -39,8 +40,14 @@ mod routes;
 
 use respond::{error, ApiResponse};
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest request body accepted: room for the largest spec
+/// ([`MAX_SPEC_BYTES`]) however it is laid out.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
+
+/// Largest service spec, as the log stores it (compact JSON): each version
+/// is one Raft entry, and four of them make one replication batch
+/// (`raft_state::store::MAX_BATCH_BYTES`).
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
 /// How long a write waits for a reachable leader.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);

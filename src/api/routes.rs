@@ -19,6 +19,7 @@ use raft_state::task::TaskRecord;
 
 use super::convert;
 use super::respond::{error, json_response, parse, ApiResponse};
+use super::MAX_SPEC_BYTES;
 use crate::cluster::{self, JoinRefusal};
 
 /// Runs the route `method` and the decoded `segments` (after `/v1/`) name.
@@ -44,17 +45,19 @@ pub async fn route(
         (&Method::GET, ["services"]) => services(registry, None).await,
         (&Method::GET, ["services", name]) => services(registry, Some(name)).await,
         (&Method::POST, ["services"]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) => match node_port_clash(registry, &spec) {
+            Ok(spec) => match spec_too_large(&spec).or_else(|| node_port_clash(registry, &spec)) {
                 Some(clash) => clash,
                 None => propose(registry, Command::CreateService { spec }, true).await,
             },
             Err(response) => *response,
         },
         (&Method::PUT, ["services", name]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) if spec.name == *name => match node_port_clash(registry, &spec) {
-                Some(clash) => clash,
-                None => propose(registry, Command::UpdateService { spec }, false).await,
-            },
+            Ok(spec) if spec.name == *name => {
+                match spec_too_large(&spec).or_else(|| node_port_clash(registry, &spec)) {
+                    Some(clash) => clash,
+                    None => propose(registry, Command::UpdateService { spec }, false).await,
+                }
+            }
             Ok(spec) => error(
                 StatusCode::BAD_REQUEST,
                 "name",
@@ -422,6 +425,32 @@ async fn scale(registry: &Arc<RegistryNode>, name: &str, body: &Bytes) -> ApiRes
     let mut spec = service.spec;
     spec.replicas = Some(scale.replicas);
     propose(registry, Command::UpdateService { spec }, false).await
+}
+
+/// A 413 naming the limit when `spec`, encoded as the log stores it, is over
+/// [`MAX_SPEC_BYTES`]: every version of a spec is a Raft entry that each
+/// follower must receive, and replication sends entries in batches of at
+/// most `raft_state::store::MAX_BATCH_BYTES`. Checked before the write.
+fn spec_too_large(spec: &ServiceSpec) -> Option<ApiResponse> {
+    let bytes = match serde_json::to_vec(spec) {
+        Ok(encoded) => encoded.len(),
+        Err(e) => {
+            return Some(error(
+                StatusCode::BAD_REQUEST,
+                "spec",
+                format!("the spec does not encode: {e}"),
+            ))
+        }
+    };
+    (bytes > MAX_SPEC_BYTES).then(|| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "spec",
+            format!(
+                "the spec is {bytes} bytes as JSON; at most {MAX_SPEC_BYTES} bytes are allowed"
+            ),
+        )
+    })
 }
 
 /// A 409 when a published port of `spec` is a node's API or Raft port:
