@@ -15,9 +15,20 @@
 //!
 //! The secret itself never crosses the wire; fresh nonces on both sides stop
 //! replays, and a node without OS randomness fails the handshake rather than
-//! send a predictable nonce. Frames larger than [`MAX_FRAME_BYTES`] are
-//! refused by the codec; a frame that does not decode gets an error response
-//! and the connection is closed. Requests carry the target node id through the handshake, so a
+//! send a predictable nonce.
+//!
+//! # Limits before and after authentication
+//!
+//! Until the handshake succeeds, either side refuses a frame longer than
+//! [`HANDSHAKE_FRAME_BYTES`] from its length prefix, before buffering any
+//! of it; afterwards the limit is [`MAX_FRAME_BYTES`]. A server holds at
+//! most [`MAX_HANDSHAKES`] connections that have not authenticated yet
+//! ([`MAX_HANDSHAKES_PER_ADDRESS`] per client address) and closes one more
+//! at once; each must finish its handshake within `HANDSHAKE_TIMEOUT`. So
+//! unauthenticated peers cost a node a few KiB each, and a bounded few.
+//! An append-entries batch that still encodes over the frame limit is
+//! answered `PayloadTooLarge` (openraft resends it split); a frame that does
+//! not decode gets an error response and the connection is closed. Requests carry the target node id through the handshake, so a
 //! connection that reaches the wrong node (stale address) is refused.
 //!
 //! # Layering
@@ -70,10 +81,10 @@ pub const HANDSHAKE_FRAME_BYTES: usize = 4 * 1024;
 /// Connections a node serves at once before their handshake succeeded;
 /// one more is closed at once. Peers authenticate within a round trip, so
 /// the slots are free but for a flood.
-pub const MAX_HANDSHAKES: usize = 32;
+pub const MAX_HANDSHAKES: usize = 64;
 /// Of [`MAX_HANDSHAKES`], how many one client address may hold, so one
 /// flooding host cannot take every slot from the real peers.
-pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 4;
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
 /// 256 bits: a nonce repeats with negligible odds over a cluster's life.
 const NONCE_BYTES: usize = 32;
 /// How long a handshake may take: a round trip and two HMACs, so this only
@@ -724,8 +735,206 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub(crate) fn secret() -> Secret {
+        Secret::new(b"test secret")
+    }
+
+    /// A node that answers heartbeats (counting them) and never answers
+    /// anything else: a leader whose forwarded calls are stuck.
+    #[derive(Clone, Default)]
+    pub(crate) struct Stuck {
+        pub heartbeats: Arc<AtomicUsize>,
+    }
+
+    impl RpcHandler for Stuck {
+        async fn append_entries(
+            &self,
+            _: AppendEntriesRequest<TypeConfig>,
+        ) -> Answer<AppendEntriesResponse<NodeId>, Infallible> {
+            std::future::pending().await
+        }
+        async fn vote(&self, _: VoteRequest<NodeId>) -> Answer<VoteResponse<NodeId>, Infallible> {
+            std::future::pending().await
+        }
+        async fn install_snapshot(
+            &self,
+            _: InstallSnapshotRequest<TypeConfig>,
+        ) -> Answer<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+            std::future::pending().await
+        }
+        async fn propose(&self, _: Command) -> Result<Outcome, RemoteFailure> {
+            std::future::pending().await
+        }
+        async fn read_index(&self) -> Result<u64, RemoteFailure> {
+            std::future::pending().await
+        }
+        fn heartbeat(&self, _: NodeId) {
+            self.heartbeats.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Serves node `id` with `handler` on 127.0.0.1; the address, and the
+    /// task to abort.
+    pub(crate) async fn server(
+        id: NodeId,
+        handler: impl RpcHandler,
+    ) -> (String, tokio::task::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let task = tokio::spawn(serve(
+            listener,
+            id,
+            handler,
+            secret(),
+            std::future::pending(),
+        ));
+        (addr, task)
+    }
+
+    /// A frame over the handshake limit, sent before authenticating, is
+    /// refused from its length prefix: the server closes the connection
+    /// without reading the rest. It used to accept frames up to 16 MiB
+    /// here and buffer them (40 such connections took 430 MB). The pipe
+    /// holds 64 KiB, so a 1 MiB body can only be written if the server
+    /// keeps reading it.
+    #[tokio::test]
+    async fn a_big_frame_before_the_handshake_is_refused_unread() {
+        let (client, server_side) = tokio::io::duplex(64 * 1024);
+        let slot = Handshakes::default()
+            .admit(IpAddr::from([127, 0, 0, 1]))
+            .expect("a slot");
+        let server = tokio::spawn(serve_connection(
+            server_side,
+            slot,
+            1,
+            Stuck::default(),
+            secret(),
+        ));
+        let mut client = Framed::new(client, handshake_codec());
+        let challenge: Handshake = receive(&mut client).await.expect("challenge");
+        assert!(matches!(challenge, Handshake::Challenge { .. }));
+        let mut raw = client.into_inner();
+        let claimed = u32::try_from(8 * 1024 * 1024).expect("u32");
+        raw.write_all(&claimed.to_be_bytes()).await.expect("header");
+        let body = vec![b'x'; 1024 * 1024];
+        let written = tokio::time::timeout(Duration::from_secs(5), raw.write_all(&body)).await;
+        assert!(
+            matches!(written, Ok(Err(_))),
+            "the server read the unauthenticated frame's body: {written:?}"
+        );
+        let refused = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the server ends the connection")
+            .expect("the connection's task");
+        let error = refused.expect_err("the frame is refused");
+        assert!(error.to_string().contains("frame size too big"), "{error}");
+        // Nothing more arrives: the connection is closed.
+        let mut rest = Vec::new();
+        let _ = raw.read_to_end(&mut rest).await;
+        assert!(rest.is_empty(), "{rest:?}");
+    }
+
+    /// Reads the first frame a new connection to `addr` gets: `Some` with
+    /// the challenge, `None` when the server closes it at once. The stream
+    /// is returned to keep the connection open.
+    async fn first_frame(addr: &str) -> (Option<Handshake>, FramedStream) {
+        let stream = TcpStream::connect(addr).await.expect("connect");
+        let mut stream = Framed::new(stream, handshake_codec());
+        let first = tokio::time::timeout(Duration::from_secs(5), receive(&mut stream))
+            .await
+            .expect("an answer or a close within 5 s");
+        (first.ok(), stream)
+    }
+
+    /// Silent connections hold at most `MAX_HANDSHAKES_PER_ADDRESS` slots
+    /// of one address: the next is closed before any challenge (there used
+    /// to be no cap at all). An authenticated connection frees its slot,
+    /// and a real peer still gets through while one address floods.
+    #[tokio::test]
+    async fn handshakes_in_flight_are_capped() {
+        let handler = Stuck::default();
+        let (addr, server) = server(1, handler.clone()).await;
+        let mut silent = Vec::new();
+        for n in 0..MAX_HANDSHAKES_PER_ADDRESS {
+            let (first, stream) = first_frame(&addr).await;
+            assert!(
+                matches!(first, Some(Handshake::Challenge { .. })),
+                "connection {n}: {first:?}"
+            );
+            silent.push(stream);
+        }
+        let (over, _closed) = first_frame(&addr).await;
+        assert!(over.is_none(), "connection over the cap got {over:?}");
+
+        // Freeing one slot admits one more.
+        silent.pop();
+        let admitted = tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                match first_frame(&addr).await {
+                    (Some(first), stream) => break (first, stream),
+                    (None, _) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        })
+        .await
+        .expect("a freed slot is reused");
+        assert!(matches!(admitted.0, Handshake::Challenge { .. }));
+        silent.push(admitted.1);
+        server.abort();
+
+        // A peer from another address authenticates while this one is full,
+        // and its slot is freed once it has.
+        let handshakes = Handshakes::default();
+        let flood = IpAddr::from([127, 0, 0, 9]);
+        let held: Vec<_> = (0..MAX_HANDSHAKES_PER_ADDRESS)
+            .map(|_| handshakes.admit(flood).expect("a slot"))
+            .collect();
+        assert!(handshakes.admit(flood).is_none());
+        let peer = IpAddr::from([127, 0, 0, 2]);
+        let slot = handshakes.admit(peer).expect("another address has room");
+        drop(slot);
+        drop(held);
+        let total: Vec<_> = (0..MAX_HANDSHAKES)
+            .map(|n| handshakes.admit(IpAddr::from([10, 0, (n / 250) as u8, (n % 250) as u8])))
+            .collect();
+        assert!(total.iter().all(Option::is_some), "freed slots are free");
+        assert!(
+            handshakes.admit(IpAddr::from([10, 9, 9, 9])).is_none(),
+            "{MAX_HANDSHAKES} in all"
+        );
+    }
+
+    /// A real peer authenticates and is served while the other slots of
+    /// its address are held, and its slot is free again once it has
+    /// authenticated: one more silent connection fits, the next does not.
+    #[tokio::test]
+    async fn an_authenticated_peer_frees_its_handshake_slot() {
+        let handler = Stuck::default();
+        let (addr, server) = server(1, handler.clone()).await;
+        let mut silent = Vec::new();
+        for _ in 1..MAX_HANDSHAKES_PER_ADDRESS {
+            silent.push(first_frame(&addr).await.1);
+        }
+        let mut peer = Peer::new(2, 1, addr.clone(), secret());
+        for _ in 0..3 {
+            let answer = peer
+                .call(&Request::Heartbeat, Duration::from_secs(5))
+                .await
+                .expect("heartbeat");
+            assert!(matches!(answer, Response::Heartbeat));
+        }
+        assert_eq!(handler.heartbeats.load(Ordering::SeqCst), 3);
+        let (last, _held) = first_frame(&addr).await;
+        assert!(matches!(last, Some(Handshake::Challenge { .. })), "{last:?}");
+        let (over, _closed) = first_frame(&addr).await;
+        assert!(over.is_none(), "connection over the cap got {over:?}");
+        server.abort();
+    }
 
     /// A batch over the frame limit is answered so that openraft splits
     /// it (it used to fail with "frame size too big" and be resent as it
