@@ -486,6 +486,11 @@ impl Peer {
         }
     }
 
+    /// The address this peer dials.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
     async fn connect(&self) -> std::io::Result<FramedStream> {
         let stream = TcpStream::connect(&self.addr).await?;
         let _ = stream.set_nodelay(true);
@@ -930,7 +935,10 @@ pub(crate) mod tests {
         }
         assert_eq!(handler.heartbeats.load(Ordering::SeqCst), 3);
         let (last, _held) = first_frame(&addr).await;
-        assert!(matches!(last, Some(Handshake::Challenge { .. })), "{last:?}");
+        assert!(
+            matches!(last, Some(Handshake::Challenge { .. })),
+            "{last:?}"
+        );
         let (over, _closed) = first_frame(&addr).await;
         assert!(over.is_none(), "connection over the cap got {over:?}");
         server.abort();

@@ -34,14 +34,13 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::command::Command;
-use crate::network::{
-    self, Answer, CallError, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
-};
+use crate::leader::{self, LeaderCallError, LeaderCalls};
+use crate::network::{self, Answer, Network, RemoteFailure, Request, Response, RpcHandler, Secret};
 use crate::outcome::Outcome;
 use crate::store::{self, Applied};
 use crate::types::{NodeId, Raft, TypeConfig};
@@ -118,7 +117,7 @@ pub enum RegistryError {
     #[error("{0}")]
     Remote(#[from] RemoteFailure),
     #[error("forwarding to the leader failed: {0}")]
-    Forward(#[from] CallError),
+    Forward(#[from] LeaderCallError),
     #[error("the command is {bytes} bytes encoded; at most {limit} bytes fit a log entry")]
     TooLarge { bytes: usize, limit: usize },
 }
@@ -141,13 +140,10 @@ pub struct RegistryNode {
     pub id: NodeId,
     raft: Raft,
     raft_addr: String,
-    secret: Secret,
     applied: watch::Receiver<Applied>,
-    /// The connection to the last known leader, for forwarding.
-    leader: Mutex<Option<Peer>>,
-    /// A separate connection to the leader for heartbeats, so they never
-    /// queue behind a slow forwarded write.
-    heartbeat_peer: Mutex<Option<Peer>>,
+    /// Connections to the leader for forwarded writes, read indexes and
+    /// heartbeats: one per call in flight, so none waits behind another.
+    leader: LeaderCalls,
     /// Heartbeats received (meaningful on the leader).
     liveness: Liveness,
     /// The longest election timeout: how recently a quorum must have
@@ -204,10 +200,8 @@ impl RegistryNode {
             id: options.id,
             raft,
             raft_addr: options.raft_addr,
-            secret: options.secret,
             applied,
-            leader: Mutex::new(None),
-            heartbeat_peer: Mutex::new(None),
+            leader: LeaderCalls::new(options.id, options.secret),
             liveness,
             election_timeout: options.timing.election_max,
             stop,
@@ -317,19 +311,14 @@ impl RegistryNode {
             };
             match written {
                 Ok(response) => return Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    if let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) {
-                        let forwarded = tokio::time::timeout_at(
-                            deadline,
-                            self.forward(leader, &node.addr, &command),
-                        );
-                        match forwarded.await {
-                            Ok(Ok(outcome)) => return Ok(outcome),
-                            Ok(Err(error)) => {
-                                debug!(%error, leader, "forwarding failed; retrying")
-                            }
-                            Err(_) => return Err(RegistryError::Unconfirmed(PROPOSE_DEADLINE)),
-                        }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    let forwarded = tokio::time::timeout_at(deadline, self.forward(&command));
+                    match forwarded.await {
+                        Ok(Ok(outcome)) => return Ok(outcome),
+                        // Retry at once: the registry already names the new leader.
+                        Ok(Err(RegistryError::Forward(LeaderCallError::LeaderChanged))) => continue,
+                        Ok(Err(error)) => debug!(%error, "forwarding failed; retrying"),
+                        Err(_) => return Err(RegistryError::Unconfirmed(PROPOSE_DEADLINE)),
                     }
                 }
                 Err(error) => return Err(RegistryError::Raft(error.to_string())),
@@ -341,15 +330,11 @@ impl RegistryNode {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: NodeId,
-        addr: &str,
-        command: &Command,
-    ) -> Result<Outcome, RegistryError> {
-        let response = self
-            .call_leader(leader, addr, &Request::Propose(Box::new(command.clone())))
-            .await?;
+    /// Passes a write to the leader the registry names now (the caller
+    /// bounds the wait).
+    async fn forward(&self, command: &Command) -> Result<Outcome, RegistryError> {
+        let request = Request::Propose(Box::new(command.clone()));
+        let response = self.call_leader(&request, PROPOSE_DEADLINE).await?;
         match response {
             Response::Propose(result) => Ok(result?),
             other => Err(RegistryError::Raft(format!(
@@ -368,26 +353,7 @@ impl RegistryNode {
             self.liveness.heard(self.id);
             return Ok(());
         }
-        let metrics = self.metrics();
-        let leader = metrics
-            .current_leader
-            .ok_or(RegistryError::NoLeader(Duration::ZERO))?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|node| node.addr.clone())
-            .ok_or(RegistryError::NoLeader(Duration::ZERO))?;
-        let response = Self::call_cached(
-            &self.heartbeat_peer,
-            self.id,
-            &self.secret,
-            leader,
-            &addr,
-            &Request::Heartbeat,
-            timeout,
-        )
-        .await?;
+        let response = self.call_leader(&Request::Heartbeat, timeout).await?;
         match response {
             Response::Heartbeat => Ok(()),
             other => Err(RegistryError::Raft(format!(
@@ -412,41 +378,33 @@ impl RegistryNode {
             .map_err(RegistryError::Remote)
     }
 
+    /// One call to the leader Raft names now, on a connection of its own,
+    /// waiting at most `timeout` and given up as soon as Raft names another
+    /// leader (`LeaderCallError::LeaderChanged`: retry at once).
     async fn call_leader(
         &self,
-        leader: NodeId,
-        addr: &str,
-        request: &Request,
-    ) -> Result<Response, RegistryError> {
-        Self::call_cached(
-            &self.leader,
-            self.id,
-            &self.secret,
-            leader,
-            addr,
-            request,
-            network::CALL_TIMEOUT,
-        )
-        .await
-    }
-
-    async fn call_cached(
-        cache: &Mutex<Option<Peer>>,
-        self_id: NodeId,
-        secret: &Secret,
-        leader: NodeId,
-        addr: &str,
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, RegistryError> {
-        let mut cached = cache.lock().await;
-        if cached.as_ref().map(|p| p.target) != Some(leader) {
-            *cached = Some(Peer::new(self_id, leader, addr.to_owned(), secret.clone()));
-        }
-        let Some(peer) = cached.as_mut() else {
-            return Err(RegistryError::NoLeader(Duration::ZERO));
-        };
-        Ok(peer.call(request, timeout).await?)
+        let id = self.id;
+        let mut metrics = self.raft.metrics();
+        Ok(self
+            .leader
+            .call(&mut metrics, |m| named_leader(id, m), request, timeout)
+            .await?)
+    }
+
+    /// Runs `work` (a call to the leader `leader`, such as an API request
+    /// passed on to it) while Raft names that leader: `None` as soon as it
+    /// names another or none, so the caller can retry at once.
+    pub async fn while_leader_is<F: std::future::Future>(
+        &self,
+        leader: NodeId,
+        work: F,
+    ) -> Option<F::Output> {
+        let id = self.id;
+        let mut metrics = self.raft.metrics();
+        leader::while_leader_is(&mut metrics, |m| named_leader(id, m), leader, work).await
     }
 
     /// This node's last applied state.
@@ -466,13 +424,18 @@ impl RegistryNode {
             match read_index_locally(&self.raft, self.id).await {
                 Ok(index) => break index,
                 Err(RemoteFailure::NotLeader {
-                    leader: Some((leader, addr)),
-                    ..
-                }) => match self.call_leader(leader, &addr, &Request::ReadIndex).await {
-                    Ok(Response::ReadIndex(Ok(index))) => break index,
-                    Ok(other) => debug!(?other, "read index not served; retrying"),
-                    Err(error) => debug!(%error, "read index failed; retrying"),
-                },
+                    leader: Some(_), ..
+                }) => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let timeout = remaining.min(network::CALL_TIMEOUT);
+                    match self.call_leader(&Request::ReadIndex, timeout).await {
+                        Ok(Response::ReadIndex(Ok(index))) => break index,
+                        Ok(other) => debug!(?other, "read index not served; retrying"),
+                        // Retry at once: the registry already names the new leader.
+                        Err(RegistryError::Forward(LeaderCallError::LeaderChanged)) => continue,
+                        Err(error) => debug!(%error, "read index failed; retrying"),
+                    }
+                }
                 Err(error) => debug!(%error, "no leader for a read; retrying"),
             }
             if tokio::time::Instant::now() >= deadline {
@@ -535,6 +498,17 @@ impl RegistryNode {
             warn!("registry store still open 5 s after shutdown");
         }
     }
+}
+
+/// The leader Raft names in `metrics` and its Raft address, unless that is
+/// this node or none is known.
+fn named_leader(
+    self_id: NodeId,
+    metrics: &openraft::RaftMetrics<NodeId, BasicNode>,
+) -> Option<leader::Leader> {
+    let id = metrics.current_leader.filter(|id| *id != self_id)?;
+    let node = metrics.membership_config.membership().get_node(&id)?;
+    Some((id, node.addr.clone()))
 }
 
 /// Refuses a command larger than one replication batch before it is

@@ -11,6 +11,8 @@
 //!         ─> GET:   routes::route on this node (linearizable read)
 //!         ─> write: routes::route on the leader; a follower passes the request to the
 //!                   leader unchanged (lbmesh-api's Client), retrying through an election
+//!                   and at once when Raft names a new leader (a call to the old one is
+//!                   given up then)
 //! ```
 //!
 //! - [`routes`]: one handler per route.
@@ -114,8 +116,12 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
         if registry.is_leader() {
             return routes::route(registry, &method, &segments, &query, &body).await;
         }
-        let forwarded =
-            forward_to_leader(registry, &method, &path, &query, presented.clone(), &body).await;
+        let forwarded = tokio::time::timeout_at(
+            deadline,
+            forward_to_leader(registry, &method, &path, &query, presented.clone(), &body),
+        )
+        .await
+        .unwrap_or_else(|_| Err(format!("no leader answered within {WRITE_DEADLINE:?}")));
         match forwarded {
             Ok(response) => return response,
             Err(reason) if tokio::time::Instant::now() >= deadline => {
@@ -136,7 +142,9 @@ fn decode_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
 }
 
 /// Passes a write to the leader's API as it came; `Err` when no leader
-/// answered.
+/// answered, or as soon as the registry names another leader than the one
+/// called (so the retry reaches the new leader without waiting for the old
+/// one's timeout).
 async fn forward_to_leader(
     registry: &Arc<RegistryNode>,
     method: &Method,
@@ -147,9 +155,8 @@ async fn forward_to_leader(
 ) -> Result<ApiResponse, String> {
     let leader = registry.metrics().current_leader;
     let state = registry.local().state;
-    let Some(api_addr) = leader
-        .and_then(|id| state.nodes.get(&id))
-        .map(|n| n.api_addr)
+    let Some((leader, api_addr)) =
+        leader.and_then(|id| state.nodes.get(&id).map(|n| (id, n.api_addr)))
     else {
         return Err("no leader is known yet".to_owned());
     };
@@ -159,9 +166,10 @@ async fn forward_to_leader(
         format!("{path}?{query}")
     };
     let client = Client::new(&api_addr.to_string(), token).map_err(|e| e.to_string())?;
-    let (status, body) = client
-        .raw(method.clone(), &target, body.clone())
+    let (status, body) = registry
+        .while_leader_is(leader, client.raw(method.clone(), &target, body.clone()))
         .await
+        .ok_or_else(|| format!("node {leader} stopped leading before it answered"))?
         .map_err(|e| e.to_string())?;
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
