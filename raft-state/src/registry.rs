@@ -7,11 +7,16 @@
 //! ```text
 //! propose(cmd) on any node ─> raft.client_write
 //!     leader:   committed, applied ─> Outcome
-//!     follower: ForwardToLeader ─> Request::Propose over the authenticated
-//!               transport ─> leader's client_write ─> Outcome
+//!     follower: ForwardToLeader ─> Request::Propose to the leader Raft names
+//!               now (`leader`: a connection per call, given up when Raft names
+//!               another leader, then retried there at once) ─> leader's
+//!               client_write ─> Outcome
 //!     no leader yet (election): wait and retry, bounded by PROPOSE_DEADLINE
 //!     (every wait for a commit is bounded by it too)
 //! ```
+//!
+//! A command that encodes to more than one replication batch
+//! (`store::MAX_BATCH_BYTES`) is refused before it is proposed.
 //!
 //! A read is either local (this node's last applied state: may lag the
 //! leader by a heartbeat) or linearizable (the leader confirms it still leads

@@ -43,13 +43,8 @@ mod routes;
 use respond::{error, ApiResponse};
 
 /// Largest request body accepted: room for the largest spec
-/// ([`MAX_SPEC_BYTES`]) however it is laid out.
+/// ([`routes::MAX_SPEC_BYTES`]) however it is laid out.
 pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
-
-/// Largest service spec, as the log stores it (compact JSON): each version
-/// is one Raft entry, and four of them make one replication batch
-/// (`raft_state::store::MAX_BATCH_BYTES`).
-pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
 /// How long a write waits for a reachable leader.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);

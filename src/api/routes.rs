@@ -19,8 +19,12 @@ use raft_state::task::TaskRecord;
 
 use super::convert;
 use super::respond::{error, json_response, parse, ApiResponse};
-use super::MAX_SPEC_BYTES;
 use crate::cluster::{self, JoinRefusal};
+
+/// Largest service spec, as the log stores it (compact JSON): each version
+/// is one Raft entry, and four of them make one replication batch
+/// (`raft_state::store::MAX_BATCH_BYTES`).
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
 /// Runs the route `method` and the decoded `segments` (after `/v1/`) name.
 pub async fn route(
