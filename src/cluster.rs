@@ -7,8 +7,10 @@
 //! first start, no --join:  new identity ─> registry bootstrap (one voter) ─> InitCluster(tokens)
 //!                          ─> RegisterNode(self) ─> print the join tokens
 //! first start, --join:     token ─> cluster secret + role ─> start registry (empty) ─> POST /v1/cluster/join
-//!                          to any node (forwarded to the leader, which adds us as learner and, for a
-//!                          manager, promotes managers to keep the voter count odd) ─> save identity
+//!                          to any node (forwarded to the leader, which checks our record and probes
+//!                          our Raft address, then adds us as learner, registers us and, for a manager,
+//!                          promotes managers to keep the voter count odd; a failure after the learner
+//!                          was added removes it again) ─> save identity
 //! restart:                 identity from the data dir ─> registry rejoins from its file ─> RegisterNode(self)
 //! ```
 //!
@@ -17,17 +19,19 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lbmesh_api::{ApiError, Client, JoinRequest};
 use raft_state::network::Secret;
 use raft_state::random::{self, RandomError};
-use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing};
+use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing, PROPOSE_DEADLINE};
 use raft_state::state::{
-    Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, Role, VipRange,
+    Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState,
+    Role, VipRange,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::api::convert;
 
@@ -118,6 +122,8 @@ pub struct NodeSettings {
     pub data_dir: PathBuf,
     /// Where VIPs come from; used only when this node bootstraps a cluster.
     pub vip_range: VipRange,
+    /// Raft entries between two snapshots (the log behind one is purged).
+    pub snapshot_every: u64,
 }
 
 /// A parsed join token.
@@ -224,7 +230,7 @@ async fn start_registry(
         raft_addr: settings.raft_addr.to_string(),
         data_file: settings.data_dir.join("registry.redb"),
         secret,
-        timing: Timing::default(),
+        timing: Timing::with_snapshot_every(settings.snapshot_every),
     })
     .await?)
 }
@@ -368,10 +374,26 @@ pub enum JoinRefusal {
     Failed(String),
 }
 
-/// On the leader: checks the token, adds the node to Raft (a learner; a
-/// manager is then promoted so voters stay odd, at most five) and registers
-/// it.
-pub async fn admit(node: &RegistryNode, request: JoinRequest) -> Result<NodeRecord, JoinRefusal> {
+/// How long a joiner's Raft address has to answer the leader's probe.
+const JOIN_PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// On the leader: checks everything first (the token, the node's record as
+/// the registry would apply it, its ports against the published ones, its
+/// Raft address), then adds the node to
+/// Raft as a learner and registers it; a manager is then promoted so voters
+/// stay odd, at most five. If a step after the learner was added fails, the
+/// learner (and the record, once written) is removed again, so a refused
+/// join leaves no member the leader would replicate to for ever.
+///
+/// `request_id` is the join request's id: a join resent after its first try
+/// took effect gets the node's record, not "already a member". It is
+/// prefixed with the node's id, since a join is not authenticated by the
+/// control token and must not reach another request's answer.
+pub async fn admit(
+    node: &RegistryNode,
+    request: JoinRequest,
+    request_id: &str,
+) -> Result<NodeRecord, JoinRefusal> {
     let state = node.local().state;
     let Some(cluster) = &state.cluster else {
         return Err(JoinRefusal::Failed(
@@ -391,43 +413,197 @@ pub async fn admit(node: &RegistryNode, request: JoinRequest) -> Result<NodeReco
     record.role = role;
     record.availability = Availability::Active;
     record.status = NodeStatus::Ready;
+    let request_id = format!("join.{}.{request_id}", record.id);
+    if let Some(outcome) = state.requests.outcome(&request_id) {
+        return match (outcome, state.nodes.get(&record.id)) {
+            (Outcome::Node { .. }, Some(joined)) => {
+                if role == Role::Manager {
+                    balance_voters(node)
+                        .await
+                        .map_err(|e| JoinRefusal::Failed(e.to_string()))?;
+                }
+                Ok(joined.clone())
+            }
+            _ => Err(JoinRefusal::Failed(
+                "this join was refused or rolled back; start the node again".to_owned(),
+            )),
+        };
+    }
+    check_record(&state, &record)?;
+    if let Some(refusal) = published_port_clash(&state, &record) {
+        return Err(refusal);
+    }
+    check_raft_addr(node, &state, &record).await?;
+    let raft_addr = record.raft_addr.to_string();
+    let added = tokio::time::timeout(
+        PROPOSE_DEADLINE,
+        node.add_member(record.id, &raft_addr, false),
+    );
+    match added.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            roll_back(node, record.id, false).await;
+            return Err(JoinRefusal::Failed(e.to_string()));
+        }
+        Err(_) => {
+            roll_back(node, record.id, false).await;
+            return Err(JoinRefusal::Failed(format!(
+                "node {} did not catch up within {PROPOSE_DEADLINE:?}",
+                record.id
+            )));
+        }
+    }
+    let registered = node
+        .propose_request(
+            request_id,
+            Command::RegisterNode {
+                node: record.clone(),
+            },
+        )
+        .await;
+    match registered {
+        Ok(Outcome::Node { node }) => record = *node,
+        Ok(Outcome::Rejected { rejection }) => {
+            roll_back(node, record.id, false).await;
+            return Err(JoinRefusal::Invalid {
+                field: format!("node.{}", rejection.field),
+                reason: rejection.reason,
+            });
+        }
+        Ok(_) => {}
+        Err(e) => {
+            // It may have been applied after all: remove the record too.
+            roll_back(node, record.id, true).await;
+            return Err(JoinRefusal::Failed(e.to_string()));
+        }
+    }
+    if role == Role::Manager {
+        if let Err(e) = balance_voters(node).await {
+            roll_back(node, record.id, true).await;
+            return Err(JoinRefusal::Failed(e.to_string()));
+        }
+    }
+    Ok(record)
+}
+
+/// The record a join would write, checked as the registry would apply it
+/// (name, labels), and its id not a member's already.
+fn check_record(state: &RegistryState, record: &NodeRecord) -> Result<(), JoinRefusal> {
     if state.nodes.contains_key(&record.id) {
         return Err(JoinRefusal::Invalid {
             field: "node.id".to_owned(),
             reason: format!("node id {} is already a member", record.id),
         });
     }
-    if let Some(other) = state.nodes.values().find(|n| n.name == record.name) {
+    // A trial on a copy: the same rules as the write, none restated here.
+    let mut trial = state.clone();
+    if let Outcome::Rejected { rejection } = trial.apply(&Command::RegisterNode {
+        node: record.clone(),
+    }) {
         return Err(JoinRefusal::Invalid {
-            field: "node.name".to_owned(),
-            reason: format!("node {} is already named {:?}", other.id, record.name),
+            field: format!("node.{}", rejection.field),
+            reason: rejection.reason,
         });
     }
-    node.add_member(record.id, &record.raft_addr.to_string(), false)
-        .await
-        .map_err(|e| JoinRefusal::Failed(e.to_string()))?;
-    match node
-        .propose(Command::RegisterNode {
-            node: record.clone(),
-        })
-        .await
-    {
-        Ok(Outcome::Node { node }) => record = *node,
-        Ok(Outcome::Rejected { rejection }) => {
-            return Err(JoinRefusal::Invalid {
-                field: format!("node.{}", rejection.field),
-                reason: rejection.reason,
-            })
+    Ok(())
+}
+
+/// A joiner's Raft address: one other nodes can dial, not an address of
+/// another node or Raft member, and answering as this node with the
+/// cluster secret.
+async fn check_raft_addr(
+    node: &RegistryNode,
+    state: &RegistryState,
+    record: &NodeRecord,
+) -> Result<(), JoinRefusal> {
+    let addr = record.raft_addr;
+    let invalid = |reason: String| JoinRefusal::Invalid {
+        field: "node.raft_addr".to_owned(),
+        reason,
+    };
+    let ip = addr.ip();
+    let broadcast = matches!(ip, IpAddr::V4(v4) if v4.is_broadcast());
+    if ip.is_unspecified() || ip.is_multicast() || broadcast || addr.port() == 0 {
+        return Err(invalid(format!(
+            "{addr} is not an address other nodes can dial"
+        )));
+    }
+    if addr == record.api_addr {
+        return Err(invalid(format!("{addr} is also the node's API address")));
+    }
+    for other in state.nodes.values().filter(|n| n.id != record.id) {
+        let held = [("Raft", other.raft_addr), ("API", other.api_addr)]
+            .into_iter()
+            .find(|(_, a)| *a == addr);
+        if let Some((what, _)) = held {
+            return Err(invalid(format!(
+                "{addr} is node {:?}'s {what} address",
+                other.name
+            )));
         }
-        Ok(_) => {}
-        Err(e) => return Err(JoinRefusal::Failed(e.to_string())),
     }
-    if role == Role::Manager {
-        balance_voters(node)
-            .await
-            .map_err(|e| JoinRefusal::Failed(e.to_string()))?;
+    let metrics = node.metrics();
+    let text = addr.to_string();
+    let member = metrics
+        .membership_config
+        .membership()
+        .nodes()
+        .find(|(id, n)| **id != record.id && n.addr == text)
+        .map(|(id, _)| *id);
+    if let Some(member) = member {
+        return Err(invalid(format!("{addr} is Raft member {member}'s address")));
     }
-    Ok(record)
+    node.probe(record.id, &text, JOIN_PROBE_TIMEOUT)
+        .await
+        .map_err(|e| invalid(format!("node {} does not answer at {addr}: {e}", record.id)))
+}
+
+/// Undoes a join that failed after its learner was added: the member, and
+/// with `registered` the record. Failures are logged; `node rm` removes
+/// what is left.
+async fn roll_back(node: &RegistryNode, id: NodeId, registered: bool) {
+    match tokio::time::timeout(PROPOSE_DEADLINE, node.remove_member(id)).await {
+        Ok(Ok(())) => info!(node = id, "refused join rolled back"),
+        Ok(Err(error)) => warn!(node = id, %error, "cannot remove a refused joiner from Raft"),
+        Err(_) => warn!(node = id, "removing a refused joiner from Raft timed out"),
+    }
+    if registered {
+        if let Err(error) = node.propose(Command::RemoveNode { id }).await {
+            warn!(node = id, %error, "cannot remove a refused joiner's record");
+        }
+    }
+}
+
+/// A joiner whose API or Raft port some service publishes: every node binds
+/// every published port, so one of the two could never be served there.
+/// Checked before the node is added to Raft or written, so a refusal leaves
+/// nothing behind (and, being outside the state machine, applies no new
+/// rule to the log).
+fn published_port_clash(state: &RegistryState, record: &NodeRecord) -> Option<JoinRefusal> {
+    let own = [
+        ("node.api_addr", "API", record.api_addr),
+        ("node.raft_addr", "Raft", record.raft_addr),
+    ];
+    for (field, what, addr) in own {
+        for service in state.services.values() {
+            if service
+                .spec
+                .ports
+                .iter()
+                .any(|port| port.published == i64::from(addr.port()))
+            {
+                return Some(JoinRefusal::Invalid {
+                    field: field.to_owned(),
+                    reason: format!(
+                        "the {what} port {} ({addr}) is published by service {:?}, which every node binds",
+                        addr.port(),
+                        service.spec.name
+                    ),
+                });
+            }
+        }
+    }
+    None
 }
 
 /// Promotes manager learners so the number of voters is the largest odd
@@ -472,6 +648,7 @@ mod tests {
             ingress_addr: "127.0.0.2".parse().unwrap(),
             data_dir: PathBuf::from("unused"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+            snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
         };
         let mut stored = record(&settings, 7, Role::Manager);
         stored.status = NodeStatus::Down;
@@ -484,5 +661,45 @@ mod tests {
         assert_eq!(own.role, Role::Manager);
         let new = own_record(&settings, 8, Some(Role::Worker), None);
         assert_eq!(new.status, NodeStatus::Ready);
+    }
+
+    #[test]
+    fn a_joiner_on_a_published_port_is_refused_naming_the_service() {
+        let settings = NodeSettings {
+            name: "node-b".to_owned(),
+            advertise_addr: "127.0.0.3".parse().unwrap(),
+            api_addr: "127.0.0.3:9900".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            raft_addr: "127.0.0.3:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            ingress_addr: "127.0.0.3".parse().unwrap(),
+            data_dir: PathBuf::from("unused"),
+            vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+            snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
+        };
+        let joiner = record(&settings, 9, Role::Worker);
+        let mut state = RegistryState::default();
+        assert!(published_port_clash(&state, &joiner).is_none());
+        for (name, port) in [("web", 8080), ("raftish", 9901)] {
+            let outcome = state.apply(&Command::CreateService {
+                spec: lb_config::ServiceSpec {
+                    name: name.to_owned(),
+                    ports: vec![lb_config::PortSpec {
+                        published: port,
+                        target: None,
+                        protocol: None,
+                    }],
+                    ..lb_config::ServiceSpec::default()
+                },
+            });
+            assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
+        }
+        let Some(JoinRefusal::Invalid { field, reason }) = published_port_clash(&state, &joiner)
+        else {
+            panic!("a joiner on a published Raft port was admitted");
+        };
+        assert_eq!(field, "node.raft_addr");
+        assert_eq!(
+            reason,
+            "the Raft port 9901 (127.0.0.3:9901) is published by service \"raftish\", which every node binds"
+        );
     }
 }

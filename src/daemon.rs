@@ -14,12 +14,16 @@
 //! # Flow
 //!
 //! ```text
-//! start:   services ─> ServiceRoutes (routes) ─> Proxy::apply (binds every listen
-//!          address, one descriptor per proxy thread) ─> bind the admin API
-//!          (any failure: nothing is left running, the error names what failed)
+//! start:   bind the admin API ─> services ─> ServiceRoutes (routes) ─> Proxy::apply
+//!          (binds every listen address, one descriptor per proxy thread)
+//!          (standalone, any failure: nothing is left running, the error names what
+//!          failed; cluster: an address that cannot be bound is skipped and retried)
 //!          ─> the admin server on the control runtime ─> ready
-//! change:  services ─> ServiceRoutes ─> Proxy::apply (reusing backend state; on
-//!          a bind failure the running table keeps serving)
+//! change:  services ─> ServiceRoutes ─> Proxy::apply (reusing backend state)
+//!          file: on a bind failure the running table keeps serving (AllOrNothing)
+//!          registry: an address that fails is skipped, the rest routed (PerListener)
+//! retry:   every BIND_RETRY while an address fails ─> Proxy::retry_failed
+//!          ─> this node's failures (a watch) ─> listener_report ─> the registry
 //! stop:    not ready ─> stop accepting (listeners close, new connects are refused)
 //!          ─> wait for open connections up to the grace deadline ─> stop admin
 //!          ─> stop the registry ─> stop the proxy threads (what is still open closes)
@@ -44,7 +48,7 @@ use std::time::Duration;
 use lb_config::{ConfigError, ConfigFile, Node};
 use lbmesh_proxy::discovery::ServiceRoutes;
 use lbmesh_proxy::listeners::{bind_listener, ListenOptions};
-use lbmesh_proxy::{ApplyError, Proxy};
+use lbmesh_proxy::{ApplyError, BindPolicy, ListenerFailure, Proxy};
 use raft_state::registry::RegistryNode;
 use raft_state::store::Applied;
 use tokio::net::TcpListener;
@@ -55,6 +59,7 @@ use tracing::{error, info, warn};
 use crate::admin::{self, AdminLimits, AdminState};
 use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
+use crate::listener_report;
 use crate::metrics::DaemonMetrics;
 use crate::routes::{file_routes, registry_routes};
 use crate::scheduler::{self, SchedulerSettings};
@@ -86,6 +91,18 @@ enum Source {
     },
 }
 
+impl Source {
+    /// A config file's change binds all or nothing (its operator hears of a
+    /// taken port at once); the registry's binds per listener, so that one
+    /// node's taken port stops no other change there.
+    fn bind_policy(&self) -> BindPolicy {
+        match self {
+            Source::File { .. } => BindPolicy::AllOrNothing,
+            Source::Registry { .. } => BindPolicy::PerListener,
+        }
+    }
+}
+
 /// A running daemon.
 pub struct Daemon {
     source: Source,
@@ -94,8 +111,11 @@ pub struct Daemon {
     stop_admin: CancellationToken,
     admin: Arc<AdminState>,
     api_addr: SocketAddr,
-    /// Stops the scheduler and the agent (cluster mode).
+    /// Stops the scheduler, the agent and the listener reports (cluster
+    /// mode).
     stop_control: CancellationToken,
+    /// The listen addresses that are not bound now, for `listener_report`.
+    listener_failures: watch::Sender<Vec<ListenerFailure>>,
     /// The data plane; the last field, so dropped last, which closes
     /// whatever connection outlived the shutdown grace.
     proxy: Proxy,
@@ -173,6 +193,11 @@ impl Daemon {
             },
             daemon.stop_control.clone(),
         ));
+        tokio::spawn(listener_report::run(
+            Arc::clone(&registry),
+            daemon.listener_failures.subscribe(),
+            daemon.stop_control.clone(),
+        ));
         tokio::spawn(agent::run(
             Arc::clone(&registry),
             AgentSettings {
@@ -223,7 +248,7 @@ impl Daemon {
             })?;
         let mut proxy = Proxy::start(proxy_threads, Arc::clone(&metrics.proxy))
             .map_err(DaemonError::Workers)?;
-        proxy.apply(services)?;
+        proxy.apply(services, source.bind_policy())?;
 
         let admin = Arc::new(AdminState {
             metrics: Arc::clone(&metrics),
@@ -239,6 +264,7 @@ impl Daemon {
             admin: Arc::clone(&admin),
             api_addr,
             stop_control: CancellationToken::new(),
+            listener_failures: watch::Sender::new(proxy.failures()),
             proxy,
         };
         let stop_admin = daemon.stop_admin.clone();
@@ -253,6 +279,7 @@ impl Daemon {
             node = %daemon.node.name,
             services = services.len(),
             listeners = daemon.proxy.listener_count(),
+            not_bound = daemon.proxy.failures().len(),
             api = %daemon.api_addr,
             "lbd serving"
         );
@@ -285,13 +312,37 @@ impl Daemon {
 
     /// Routes `services`: the new table replaces the old in one store.
     fn apply(&mut self, services: &[ServiceRoutes]) -> Result<(), DaemonError> {
-        self.proxy.apply(services)?;
+        self.proxy.apply(services, self.source.bind_policy())?;
+        self.publish_failures();
         info!(
             services = services.len(),
             listeners = self.proxy.listener_count(),
+            not_bound = self.proxy.failures().len(),
             "routing table updated"
         );
         Ok(())
+    }
+
+    /// Hands the listen addresses that are not bound now to whoever reports
+    /// them (cluster mode), if they changed.
+    fn publish_failures(&self) {
+        let now = self.proxy.failures();
+        self.listener_failures.send_if_modified(|last| {
+            let changed = *last != now;
+            if changed {
+                *last = now;
+            }
+            changed
+        });
+    }
+
+    /// Resolves when the proxy's next failing address is due for a try
+    /// (never while every address is bound).
+    async fn retry_due(at: Option<tokio::time::Instant>) {
+        match at {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Waits for the next registry change (never resolves in standalone mode).
@@ -330,6 +381,11 @@ impl Daemon {
                 Some(services) = Self::registry_changed(&mut self.source, ingress_addr) => {
                     if let Err(error) = self.apply(&services) {
                         error!(%error, "registry change not routed; the running table keeps serving");
+                    }
+                }
+                () = Self::retry_due(self.proxy.next_retry()) => {
+                    if self.proxy.retry_failed() {
+                        self.publish_failures();
                     }
                 }
                 () = &mut shutdown => break,

@@ -25,7 +25,9 @@
 //!   serves its `/v1` routes with the types of `lbmesh-api`, which `lbctl`
 //!   (a crate of its own) reads too.
 //! - [`scheduler`] plans each round as a pure function of the registry;
-//!   [`agent`] runs and reports this node's tasks through its runtimes.
+//!   [`agent`] runs and reports this node's tasks through its runtimes;
+//!   [`listener_report`] writes the listen addresses this node cannot bind
+//!   (which it retries) to the registry.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -34,6 +36,7 @@ pub mod api;
 pub mod cluster;
 pub mod daemon;
 pub mod defaults;
+pub mod listener_report;
 pub mod metrics;
 pub mod routes;
 pub mod scheduler;

@@ -13,13 +13,17 @@
 //! node binds its own). The VIP answers on each port's target port. A port's
 //! endpoints are the service's static endpoints followed by its serving
 //! tasks, each of which serves every target port on its own host port.
+//! While a service has fewer serving tasks than it wants, the tasks stranded
+//! on down nodes that were serving stay in its table (make before break; see
+//! `routed_tasks`).
 
 use std::net::{IpAddr, SocketAddr};
 
-use lb_config::Service;
+use lb_config::{Service, ServiceMode};
 use lbmesh_proxy::discovery::{Endpoint, PortRoutes, RouteSettings, ServiceRoutes};
+use raft_state::state::{NodeStatus, RegistryState};
 use raft_state::store::Applied;
-use raft_state::task::TaskEndpoint;
+use raft_state::task::{TaskEndpoint, TaskRecord, TaskState};
 use tracing::warn;
 
 /// The routes of one service.
@@ -94,12 +98,7 @@ pub fn registry_routes(applied: &Applied, ingress_addr: IpAddr) -> Vec<ServiceRo
         .filter_map(|record| match record.spec.validate() {
             Ok(mut service) => {
                 service.listen.clear();
-                let tasks: Vec<TaskEndpoint> = applied
-                    .state
-                    .tasks_of(&record.spec.name)
-                    .filter(|task| task.serves())
-                    .filter_map(|task| task.endpoint.clone())
-                    .collect();
+                let tasks = routed_tasks(&applied.state, &service);
                 Some(service_routes(
                     &service,
                     Some(record.vip.into()),
@@ -115,6 +114,50 @@ pub fn registry_routes(applied: &Applied, ingress_addr: IpAddr) -> Vec<ServiceRo
             }
         })
         .collect()
+}
+
+/// The endpoints a registry service routes to: its serving tasks, then,
+/// while fewer serve than it wants, the tasks stranded on down nodes that
+/// were serving when their node went silent (make before break).
+///
+/// A node marked down is often alive and only cut off from the leader, and
+/// its tasks then still answer; one that is really gone costs a refused
+/// connect, which passive ejection remembers and the retry hides. So a
+/// stranded task keeps its traffic until its replacement serves, and leaves
+/// the table in the same change that brings the replacement in. It leaves
+/// at once when its node is ready again (the node's agent stops it) or
+/// removed. A replicated service wants its replica count; a global one has
+/// no replacement for a lost node's task, so its stranded tasks stay only
+/// while none of its tasks serves.
+fn routed_tasks(state: &RegistryState, service: &Service) -> Vec<TaskEndpoint> {
+    let tasks = || state.tasks_of(&service.name);
+    let mut routed: Vec<TaskEndpoint> = tasks()
+        .filter(|task| task.serves())
+        .filter_map(|task| task.endpoint.clone())
+        .collect();
+    let wanted = match service.tasks.as_ref().map(|tasks| tasks.mode) {
+        Some(ServiceMode::Replicated) => service.replicas as usize,
+        Some(ServiceMode::Global) => 1,
+        None => 0,
+    };
+    if routed.len() < wanted {
+        let node_down = |task: &TaskRecord| {
+            task.node
+                .and_then(|id| state.nodes.get(&id))
+                .is_some_and(|node| node.status == NodeStatus::Down)
+        };
+        routed.extend(
+            tasks()
+                .filter(|task| {
+                    task.state == TaskState::Orphaned
+                        && task.started_at.is_some()
+                        && task.health.serves()
+                        && node_down(task)
+                })
+                .filter_map(|task| task.endpoint.clone()),
+        );
+    }
+    routed
 }
 
 #[cfg(test)]
@@ -162,5 +205,149 @@ mod tests {
                 },
             ]
         );
+    }
+
+    mod make_before_break {
+        use std::net::Ipv4Addr;
+        use std::sync::Arc;
+
+        use lb_config::{PortSpec, ServiceSpec};
+        use raft_state::state::{
+            Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, RegistryState, Role,
+        };
+        use raft_state::task::{DesiredState, TaskHealth, TaskRecord, TaskState};
+
+        use super::*;
+
+        /// Node `id` (127.0.0.id) runs task `t<id>` on host port 30000 + id.
+        fn cluster(replicas: i64, tasks: &[(NodeId, DesiredState, TaskState)]) -> RegistryState {
+            let mut state = RegistryState::default();
+            state.apply(&Command::InitCluster {
+                cluster: ClusterInfo {
+                    id: "c".into(),
+                    manager_token: String::new(),
+                    worker_token: String::new(),
+                    control_token: String::new(),
+                },
+                vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+            });
+            for id in 1..=3 {
+                let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, id as u8));
+                state.apply(&Command::RegisterNode {
+                    node: NodeRecord {
+                        id,
+                        name: format!("n{id}"),
+                        raft_addr: SocketAddr::new(ip, 1),
+                        api_addr: SocketAddr::new(ip, 2),
+                        ingress_addr: ip,
+                        role: Role::Manager,
+                        availability: Availability::Active,
+                        status: NodeStatus::Ready,
+                        labels: Default::default(),
+                    },
+                });
+            }
+            state.apply(&Command::CreateService {
+                spec: ServiceSpec {
+                    name: "web".to_owned(),
+                    ports: vec![PortSpec {
+                        published: 8080, // fixed-port-ok: a table, nothing bound
+                        target: Some(80),
+                        protocol: None,
+                    }],
+                    image: Some("img:v1".to_owned()),
+                    replicas: Some(replicas),
+                    ..ServiceSpec::default()
+                },
+            });
+            for (node, desired, task_state) in tasks {
+                let id = format!("t{node}");
+                state.tasks.insert(
+                    id.clone(),
+                    TaskRecord {
+                        id,
+                        service: "web".to_owned(),
+                        slot: 1,
+                        spec_version: 1,
+                        node: Some(*node),
+                        desired: *desired,
+                        state: *task_state,
+                        health: TaskHealth::Healthy,
+                        endpoint: Some(TaskEndpoint {
+                            ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, *node as u8)),
+                            ports: vec![(80, 30000 + *node as u16)],
+                        }),
+                        runtime_id: None,
+                        message: String::new(),
+                        attempt: 1,
+                        created_at: 1,
+                        updated_at: 1,
+                        started_at: (*task_state != TaskState::Starting).then_some(1),
+                    },
+                );
+            }
+            state
+        }
+
+        fn set_status(state: &mut RegistryState, id: NodeId, status: NodeStatus) {
+            state.apply(&Command::SetNodeStatus { id, status });
+        }
+
+        /// The host ports `web` routes to, in table order.
+        fn routed_ports(state: RegistryState) -> Vec<u16> {
+            let applied = Applied {
+                state: Arc::new(state),
+                index: 1,
+            };
+            let routes = registry_routes(&applied, "127.0.0.9".parse().unwrap());
+            routes[0].ports[0]
+                .endpoints
+                .iter()
+                .map(|e| e.addr.port())
+                .collect()
+        }
+
+        const ORPHAN: (DesiredState, TaskState) = (DesiredState::Shutdown, TaskState::Orphaned);
+
+        #[test]
+        fn a_down_nodes_task_serves_until_its_replacement_does() {
+            let starting = (DesiredState::Running, TaskState::Starting);
+            let mut state = cluster(1, &[(2, ORPHAN.0, ORPHAN.1), (3, starting.0, starting.1)]);
+            set_status(&mut state, 2, NodeStatus::Down);
+            assert_eq!(
+                routed_ports(state),
+                vec![30002],
+                "the stranded task keeps serving"
+            );
+
+            let running = (DesiredState::Running, TaskState::Running);
+            let mut state = cluster(1, &[(2, ORPHAN.0, ORPHAN.1), (3, running.0, running.1)]);
+            set_status(&mut state, 2, NodeStatus::Down);
+            assert_eq!(
+                routed_ports(state),
+                vec![30003],
+                "the replacement takes over"
+            );
+        }
+
+        #[test]
+        fn a_stranded_task_leaves_when_its_node_is_ready_again() {
+            let state = cluster(1, &[(2, ORPHAN.0, ORPHAN.1)]);
+            assert_eq!(routed_ports(state), Vec::<u16>::new(), "its agent stops it");
+        }
+
+        #[test]
+        fn only_tasks_that_were_serving_stand_in() {
+            let mut state = cluster(2, &[(1, ORPHAN.0, ORPHAN.1), (2, ORPHAN.0, ORPHAN.1)]);
+            set_status(&mut state, 1, NodeStatus::Down);
+            set_status(&mut state, 2, NodeStatus::Down);
+            if let Some(task) = state.tasks.get_mut("t1") {
+                task.health = TaskHealth::Unhealthy;
+            }
+            if let Some(task) = state.tasks.get_mut("t2") {
+                task.started_at = None;
+            }
+            assert_eq!(routed_ports(state), Vec::<u16>::new());
+        }
     }
 }

@@ -457,3 +457,504 @@ fn wrong_token(token: &str) -> String {
     wrong.push(if last == '0' { '1' } else { '0' });
     wrong
 }
+
+/// The uid a cut-off node runs as, so its packets can be matched.
+const NOBODY: u32 = 65534;
+
+/// Firewall rules that cut node traffic of user `uid` (the node at `ip`)
+/// off from the cluster's block, both ways; removed on drop, also when the
+/// test fails.
+struct Cut {
+    rules: Vec<Vec<String>>,
+}
+
+impl Cut {
+    fn new(ip: IpAddr, block: &str, uid: u32) -> Self {
+        let (uid, ip) = (uid.to_string(), ip.to_string());
+        let outbound = [
+            "OUTPUT",
+            "-m",
+            "owner",
+            "--uid-owner",
+            &uid,
+            "-d",
+            block,
+            "-j",
+            "DROP",
+        ];
+        let inbound = ["INPUT", "-d", &ip, "-j", "DROP"];
+        let rules = [outbound.as_slice(), inbound.as_slice()];
+        let mut cut = Cut { rules: Vec::new() };
+        for rule in rules {
+            let status = Command::new("iptables")
+                .args(["-w", "-I"])
+                .args(rule)
+                .status()
+                .expect("iptables (the test needs root and iptables)");
+            assert!(status.success(), "iptables -I {rule:?}");
+            cut.rules
+                .push(rule.iter().map(|arg| (*arg).to_owned()).collect());
+        }
+        cut
+    }
+}
+
+impl Drop for Cut {
+    fn drop(&mut self) {
+        for rule in &self.rules {
+            let _ = Command::new("iptables")
+                .args(["-w", "-D"])
+                .args(rule)
+                .status();
+        }
+    }
+}
+
+/// openraft 0.9 has no pre-vote: a follower cut off from its peers kept
+/// starting elections, its term climbed (3 to 10 in the issue's run), and
+/// when the cut healed the leader saw the higher term and stepped down,
+/// leaving seconds without a leader. With the election guard a voter that
+/// cannot reach a quorum does not campaign, so the healed follower comes
+/// back under the same leader in the same term.
+#[test]
+fn healing_a_cut_off_follower_leaves_the_leader_in_place() {
+    let mut cluster = Cluster::form();
+    let leader = wait_for(
+        "a leader",
+        Duration::from_secs(20),
+        || cluster.leader_index(),
+        || cluster.log(0),
+    );
+    let follower = (0..3).find(|n| *n != leader).unwrap_or(1);
+    cluster.stop(follower);
+    cluster.restart_as(follower, NOBODY);
+    let info = |n: usize| cluster.json(n, &["cluster", "info"]).unwrap_or_default();
+    let before = wait_for(
+        "the follower back under the leader",
+        Duration::from_secs(30),
+        || {
+            let (ours, theirs) = (info(leader), info(follower));
+            (ours["leader"] == theirs["leader"] && !ours["leader"].is_null()).then_some(ours)
+        },
+        || cluster.log(follower),
+    );
+    let block = match cluster.ip(0) {
+        IpAddr::V4(ip) => format!("{}.{}.0.0/16", ip.octets()[0], ip.octets()[1]),
+        IpAddr::V6(_) => unreachable!("the harness uses IPv4 loopback"),
+    };
+    {
+        let _cut = Cut::new(cluster.ip(follower), &block, NOBODY);
+        // Four to eight of the follower's election timeouts (1–2 s).
+        std::thread::sleep(Duration::from_secs(8));
+        let port = free_port_on_all(&cluster).to_string();
+        let (code, _, err) = cluster.lbctl(
+            leader,
+            &["service", "create", "during-the-cut", "-p", &port],
+        );
+        assert_eq!(
+            code, 0,
+            "the leader and the other follower take writes: {err}"
+        );
+    }
+    wait_for(
+        "the healed follower following the same leader",
+        Duration::from_secs(15),
+        || (info(follower)["leader"] == before["leader"]).then_some(()),
+        || cluster.log(follower),
+    );
+    // The leader's heartbeats reach the follower within 0.2 s; a deposed
+    // leader would show in a second.
+    std::thread::sleep(Duration::from_secs(2));
+    let after = info(leader);
+    assert_eq!(
+        after["leader"],
+        before["leader"],
+        "{after}\n{}",
+        cluster.log(follower)
+    );
+    assert_eq!(
+        after["term"],
+        before["term"],
+        "{after}\n{}",
+        cluster.log(follower)
+    );
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = cluster.lbctl(
+        follower,
+        &["service", "create", "after-the-cut", "-p", &port],
+    );
+    assert_eq!(code, 0, "a write through the healed follower: {err}");
+}
+
+/// `lbmesh_listener_up{service, address}` on node `n`, if the series exists.
+fn listener_up(cluster: &Cluster, n: usize, service: &str, address: SocketAddr) -> Option<f64> {
+    let (_, metrics) = http_get_blocking(&cluster.api(n), "/metrics");
+    metric(
+        &metrics,
+        "lbmesh_listener_up",
+        &[("service", service), ("address", &address.to_string())],
+    )
+}
+
+/// A port another process holds on one node: that node used to throw away
+/// every later routing change (an unrelated update left it routing to the
+/// old endpoint) and could not restart. Now it skips the address, routes
+/// everything else, reports the address (inspect, ps, metric), starts with
+/// it taken, and binds it once it is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_taken_on_one_node_stops_no_other_change_there() {
+    let b0 = TestBackend::start("b0", Behavior::Identify).await;
+    let b1 = TestBackend::start("b1", Behavior::Identify).await;
+    let (b0_addr, b1_addr) = (b0.addr.to_string(), b1.addr.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut cluster = Cluster::form();
+        let web_port = free_port_on_all(&cluster).to_string();
+        let (code, _, err) = cluster.lbctl(0, &["service", "create", "web", "-p", &web_port, "--endpoint", &b0_addr]);
+        assert_eq!(code, 0, "{err}");
+        let web_on_1: SocketAddr = format!("{}:{web_port}", cluster.ip(1)).parse().expect("addr");
+        wait_until("web answers on node 1", || answer(web_on_1).as_deref() == Some("b0"));
+
+        // Another process holds the next service's port on node 1 only.
+        let port = free_port_on_all(&cluster);
+        let blocked_on_1 = SocketAddr::new(cluster.ip(1), port);
+        let holder = std::net::TcpListener::bind(blocked_on_1).expect("hold the port on node 1");
+        let (code, _, err) = cluster.lbctl(0, &["service", "create", "blocked", "-p", &port.to_string(), "--endpoint", &b1_addr]);
+        assert_eq!(code, 0, "{err}");
+
+        // An unrelated change still reaches node 1's routing table.
+        let (code, _, err) = cluster.lbctl(0, &["service", "update", "web", "--endpoint-rm", &b0_addr, "--endpoint", &b1_addr]);
+        assert_eq!(code, 0, "{err}");
+        wait_for(
+            "node 1 routes web's update",
+            WAIT,
+            || (0..3).all(|_| answer(web_on_1).as_deref() == Some("b1")).then_some(()),
+            || cluster.log(1),
+        );
+        for n in [0, 2] {
+            assert_eq!(answer(SocketAddr::new(cluster.ip(n), port)).as_deref(), Some("b1"), "node {n}");
+            assert_eq!(listener_up(&cluster, n, "blocked", SocketAddr::new(cluster.ip(n), port)), Some(1.0));
+        }
+
+        // Reported per node: inspect, ps and node 1's metric.
+        let node = format!("node-127-{}-0-2", cluster.block);
+        let expected = serde_json::json!([{ "node": node, "address": blocked_on_1.to_string(), "error": "address in use" }]);
+        wait_for(
+            "node 1's failure in service inspect",
+            WAIT,
+            || (cluster.json(2, &["service", "inspect", "blocked"])?["listener_errors"] == expected).then_some(()),
+            || format!("{:?}", cluster.json(2, &["service", "inspect", "blocked"])),
+        );
+        let (code, ps, err) = cluster.lbctl(0, &["service", "ps", "blocked"]);
+        assert_eq!(code, 0, "{err}");
+        assert!(ps.ends_with(&format!("\n\n{node}: cannot bind {blocked_on_1}: address in use\n")), "{ps}");
+        assert_eq!(listener_up(&cluster, 1, "blocked", blocked_on_1), Some(0.0));
+        let (code, ps, _) = cluster.lbctl(0, &["service", "ps", "web"]);
+        assert_eq!(code, 0);
+        assert!(!ps.contains("cannot bind"), "{ps}");
+
+        // Node 1 restarts with the port still taken, and serves.
+        cluster.stop(1);
+        cluster.restart(1);
+        wait_for(
+            "restarted node 1 serves web",
+            Duration::from_secs(30),
+            || (answer(web_on_1).as_deref() == Some("b1")).then_some(()),
+            || cluster.log(1),
+        );
+        assert_eq!(listener_up(&cluster, 1, "blocked", blocked_on_1), Some(0.0));
+
+        // Freed: bound on the next retry, and the report clears.
+        drop(holder);
+        wait_for(
+            "node 1 binds the freed port",
+            WAIT,
+            || (answer(blocked_on_1).as_deref() == Some("b1")).then_some(()),
+            || cluster.log(1),
+        );
+        assert_eq!(listener_up(&cluster, 1, "blocked", blocked_on_1), Some(1.0));
+        wait_until("the report clears", || {
+            cluster.json(0, &["service", "inspect", "blocked"]).is_some_and(|s| s["listener_errors"] == serde_json::json!([]))
+        });
+        let (_, ps, _) = cluster.lbctl(0, &["service", "ps", "blocked"]);
+        assert!(!ps.contains("cannot bind"), "{ps}");
+
+        // Removed: its series goes with it.
+        let (code, _, err) = cluster.lbctl(0, &["service", "rm", "blocked"]);
+        assert_eq!(code, 0, "{err}");
+        wait_until("node 1 drops the series", || listener_up(&cluster, 1, "blocked", blocked_on_1).is_none());
+    })
+    .await
+    .expect("cluster test");
+    drop((b0, b1));
+}
+
+/// A node whose API or Raft port a service publishes is refused at the
+/// join, naming the service, before it is added to Raft.
+#[test]
+fn a_node_whose_api_or_raft_port_is_published_cannot_join() {
+    let cluster = Cluster::form();
+    let port = free_port_on_all(&cluster);
+    let (code, _, err) = cluster.lbctl(0, &["service", "create", "taken", "-p", &port.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let ip = format!("127.{}.0.9", cluster.block);
+    for (flag, field) in [
+        ("--api-addr", "node.api_addr"),
+        ("--raft-addr", "node.raft_addr"),
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lbd"))
+            .args(["--advertise-addr", &ip, "--data-dir"])
+            .arg(cluster.dir.path().join(&flag[2..]))
+            .args([flag, &format!("{ip}:{port}")])
+            .args(["--join", &cluster.api(0), "--token", &cluster.manager_token])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn the joiner");
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for the joiner") {
+                break status;
+            }
+            if started.elapsed() > WAIT {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{flag}: the refused joiner kept running");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
+            .expect("read stderr");
+        assert!(!status.success(), "{flag} on a published port joined");
+        assert!(
+            stderr.contains(&format!("{field}: the "))
+                && stderr.contains(&format!(
+                    "port {port} ({ip}:{port}) is published by service \"taken\""
+                )),
+            "{stderr}"
+        );
+    }
+    let info = cluster.json(0, &["cluster", "info"]).expect("cluster info");
+    assert_eq!(info["voters"].as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        info["learners"],
+        serde_json::json!([]),
+        "no learner left behind"
+    );
+    assert_eq!(
+        cluster
+            .json(0, &["node", "ls"])
+            .expect("ls")
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+}
+
+/// A create sent twice with one `Idempotency-Key` (a client, or a node
+/// passing it on, that lost the first answer) is answered 201 with the same
+/// service each time, through a follower and through the leader, and made
+/// once; the resend used to be answered 409 "already exists". A new key is
+/// a new write, and a malformed key is refused.
+#[test]
+fn a_create_resent_with_its_idempotency_key_gets_the_first_answer() {
+    let cluster = Cluster::form();
+    let leader = cluster.leader_index().expect("a leader");
+    let follower = (leader + 1) % 3;
+    let port = free_port_on_all(&cluster);
+    let body = format!(r#"{{"name":"once","ports":[{{"published":{port}}}]}}"#);
+    let post = |key: &str| {
+        format!(
+            "POST /v1/services HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+             Idempotency-Key: {key}\r\nContent-Length: {}\r\n\r\n{body}",
+            cluster.control_token,
+            body.len()
+        )
+    };
+    let first = raw_request(&cluster.api(follower), post("client-1").as_bytes());
+    assert_eq!(status_of(&first), 201, "{first}");
+    for node in [follower, leader] {
+        let resent = raw_request(&cluster.api(node), post("client-1").as_bytes());
+        assert_eq!(
+            status_of(&resent),
+            201,
+            "resend through node {node}: {resent}"
+        );
+        assert_eq!(body_of(&resent), body_of(&first), "the first answer");
+    }
+    let new = raw_request(&cluster.api(follower), post("client-2").as_bytes());
+    assert_eq!(status_of(&new), 409, "{new}");
+    let bad = raw_request(&cluster.api(follower), post("no spaces").as_bytes());
+    assert_eq!(status_of(&bad), 400, "{bad}");
+    assert!(body_of(&bad).contains("idempotency-key"), "{bad}");
+    let listed = cluster
+        .json(follower, &["service", "ls"])
+        .expect("service ls");
+    assert_eq!(service_names(&listed), ["once"]);
+    let version = cluster
+        .json(follower, &["service", "inspect", "once"])
+        .and_then(|v| v["version"].as_u64());
+    assert_eq!(version, Some(1), "created once, never updated");
+}
+
+/// Sends one request to `addr` with the control token: the status and
+/// the body, or the error when no answer came.
+fn send(
+    addr: SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\
+         Authorization: Bearer {token}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    exchange(addr, request.as_bytes(), Duration::from_secs(40))
+        .map(|r| (status_of(&r), body_of(&r).to_owned()))
+}
+
+/// Issue 12's acceptance for idempotent writes, run by hand (a few
+/// minutes): `cargo test -p lbmesh -p lbctl --test cluster -- --ignored
+/// creates_through_followers`. Two writers send 1,000 creates in all, each
+/// followed by its removal, each sent once (no key of their own) to a
+/// follower, while the leader is killed (SIGKILL) and restarted again and
+/// again. No write may be answered with an error although it took effect
+/// (a create answered 409 for its own name, a create that failed but whose
+/// removal found it, a removal answered 404 after its create succeeded).
+#[test]
+#[ignore = "a long run: the figures of the acceptance"]
+fn creates_through_followers_survive_repeated_leader_kills() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const CREATES: usize = 1_000;
+    const WRITERS: usize = 2;
+    let mut cluster = Cluster::form();
+    let first_leader = wait_for(
+        "a leader",
+        Duration::from_secs(10),
+        || cluster.leader_index(),
+        || cluster.log(0),
+    );
+    let leader = Arc::new(AtomicUsize::new(first_leader));
+    let apis: Vec<SocketAddr> = (0..3)
+        .map(|n| cluster.api(n).parse().expect("addr"))
+        .collect();
+    // Per create: its answer, then its removal's.
+    type Answer = Result<(u16, String), String>;
+    let answers: Arc<Mutex<Vec<(String, Answer, Answer)>>> = Arc::default();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (leader, apis, answers) = (Arc::clone(&leader), apis.clone(), Arc::clone(&answers));
+            let token = cluster.control_token.clone();
+            std::thread::spawn(move || {
+                // Only a refused connection is tried again, at the other
+                // follower: nothing reached a node.
+                let to_follower = |i: usize, method: &str, path: &str, body: &str| {
+                    let mut answer = Err(String::new());
+                    for attempt in 0..50 {
+                        let target = (leader.load(Ordering::Relaxed) + 1 + (i + attempt) % 2) % 3;
+                        answer = send(apis[target], &token, method, path, body);
+                        match &answer {
+                            Err(e) if e.starts_with("connect ") => {
+                                std::thread::sleep(Duration::from_millis(100))
+                            }
+                            _ => break,
+                        }
+                    }
+                    answer
+                };
+                for i in (w..CREATES).step_by(WRITERS) {
+                    let name = format!("c{i}");
+                    // fixed-port-ok: on this cluster's own 127.B.0.N addresses.
+                    let port = 41_000 + i % 500;
+                    let body = format!(r#"{{"name":"{name}","ports":[{{"published":{port}}}]}}"#);
+                    let created = to_follower(i, "POST", "/v1/services", &body);
+                    let removed = to_follower(i, "DELETE", &format!("/v1/services/{name}"), "");
+                    answers
+                        .lock()
+                        .expect("answers")
+                        .push((name, created, removed));
+                }
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut kills = 0;
+    while answers.lock().expect("answers").len() < CREATES
+        && started.elapsed() < Duration::from_secs(900)
+    {
+        std::thread::sleep(Duration::from_millis(1_500 + 500 * (kills % 4)));
+        let Some(n) = cluster.leader_index() else {
+            continue;
+        };
+        cluster.kill(n);
+        kills += 1;
+        let new_leader = (0..40).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            cluster.leader_index()
+        });
+        if let Some(new_leader) = new_leader {
+            leader.store(new_leader, Ordering::Relaxed);
+        }
+        cluster.restart(n);
+        wait_for(
+            "the killed leader's API",
+            Duration::from_secs(30),
+            || (http_get_blocking(&cluster.api(n), "/live").0 == 200).then_some(()),
+            || cluster.log(n),
+        );
+    }
+    for writer in writers {
+        writer.join().expect("writer");
+    }
+    let left: Vec<String> = (0..40)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            cluster.json(0, &["service", "ls"])
+        })
+        .map(|v| service_names(&v))
+        .expect("service ls");
+    let answers = answers.lock().expect("answers");
+    let status = |a: &Answer| a.as_ref().map(|(s, _)| *s).ok();
+    let mut false_errors = Vec::new();
+    let (mut ok, mut honest_failures) = (0, 0);
+    for (name, created, removed) in answers.iter() {
+        let still_there = left.contains(name);
+        match (status(created), status(removed)) {
+            (Some(201), Some(200)) => ok += 1,
+            // Its own earlier copy made the name taken: applied, then refused.
+            (Some(409), _)
+                if created
+                    .as_ref()
+                    .is_ok_and(|(_, b)| b.contains("already exists")) =>
+            {
+                false_errors.push(format!("{name}: create {created:?}"))
+            }
+            (Some(201), Some(404)) => false_errors.push(format!("{name}: remove {removed:?}")),
+            (Some(201), _) if !still_there => {
+                false_errors.push(format!("{name}: remove {removed:?}"))
+            }
+            (_, Some(200)) => false_errors.push(format!("{name}: create {created:?}")),
+            _ => honest_failures += 1,
+        }
+    }
+    println!(
+        "{} creates and removals through followers, {kills} leader kills in {:?}: \
+         {ok} both answered OK, {} answered an error but took effect, \
+         {honest_failures} failed without effect; left over: {left:?}",
+        answers.len(),
+        started.elapsed(),
+        false_errors.len(),
+    );
+    assert_eq!(answers.len(), CREATES);
+    assert!(kills >= 3, "only {kills} kills");
+    assert!(
+        false_errors.is_empty(),
+        "errors that took effect: {false_errors:#?}"
+    );
+}

@@ -138,3 +138,79 @@ fn global_service_runs_on_every_node_including_new_ones() {
         "{four:?}"
     );
 }
+
+/// Make before break: a node marked down whose task still answers (its lbd
+/// is gone, the task process is not) keeps that task in every other node's
+/// table until the replacement serves, so a service of one replica never
+/// has a moment without a backend.
+#[test]
+fn a_down_nodes_task_serves_until_its_replacement_does() {
+    let mut cluster = Cluster::form_with(FAST_HEARTBEATS);
+    let port = free_port_on_all(&cluster);
+    let publish = format!("{port}:80");
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "solo",
+            "--command",
+            SERVER,
+            "--replicas",
+            "1",
+            "-p",
+            &publish,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let first = wait_serving(&cluster, "solo", 1, Duration::from_secs(30));
+    let first_id = first[0]["id"].as_str().unwrap_or_default().to_owned();
+    let node_name = first[0]["node_name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let stranded = (0..3)
+        .find(|n| node_name == format!("node-{}", cluster.ip(*n).to_string().replace('.', "-")))
+        .expect("the task's node is one of the three");
+    let survivors: Vec<usize> = (0..3).filter(|n| *n != stranded).collect();
+    let addrs: Vec<_> = survivors
+        .iter()
+        .map(|n| cluster.mesh_addrs(port)[*n])
+        .collect();
+
+    let client = ClientLoop::start(addrs.clone());
+    std::thread::sleep(Duration::from_millis(500));
+    cluster.kill(stranded);
+    let survivor = survivors[0];
+    let replacement = wait_for(
+        "a replacement serving on another node",
+        Duration::from_secs(30),
+        || {
+            serving(&tasks(&cluster, survivor, "solo"))
+                .iter()
+                .find(|t| t["id"] != first_id.as_str())
+                .and_then(|t| t["id"].as_str().map(str::to_owned))
+        },
+        || cluster.lbctl(survivor, &["service", "ps", "solo"]).1,
+    );
+    // The stranded task leaves the tables once the replacement serves.
+    wait_for(
+        "every answer from the replacement",
+        Duration::from_secs(10),
+        || {
+            addrs
+                .iter()
+                .all(|addr| (0..4).all(|_| get(*addr).as_deref() == Ok(replacement.as_str())))
+                .then_some(())
+        },
+        || cluster.lbctl(survivor, &["service", "ps", "solo"]).1,
+    );
+    let results = client.finish();
+    assert!(
+        results
+            .iter()
+            .any(|r| r.as_deref() == Ok(first_id.as_str())),
+        "the first task answered before the kill"
+    );
+    assert_no_failures("the node of the only task marked down", &results);
+}

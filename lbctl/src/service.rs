@@ -7,7 +7,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use lb_config::ServiceSpec;
-use lbmesh_api::{Client, DesiredState, ServiceStatus, Task, TaskEndpoint};
+use lbmesh_api::{Client, DesiredState, ListenerError, ServiceStatus, Task, TaskEndpoint};
 
 use crate::cli::{Format, ServiceCommand, SpecArgs};
 use crate::error::CtlError;
@@ -38,7 +38,14 @@ pub async fn run(
             if *live {
                 tasks.retain(|t| t.desired == DesiredState::Running);
             }
-            render(format, &tasks, |tasks| task_table(tasks))
+            match format {
+                Format::Json => json(&tasks),
+                // The table also says which nodes cannot bind the service.
+                Format::Table => {
+                    let status = client.service(name).await?;
+                    Ok(task_table(&tasks) + &listener_lines(&status.listener_errors))
+                }
+            }
         }
         ServiceCommand::Scale { targets } => {
             for (name, _) in targets {
@@ -277,6 +284,17 @@ fn task_table(tasks: &[Task]) -> String {
     )
 }
 
+/// `service ps`'s lines under the table, one per listen address a node
+/// cannot bind (`node-2: cannot bind 127.0.0.2:8080: address in use`),
+/// after a blank line; nothing when every node binds every address.
+fn listener_lines(errors: &[ListenerError]) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let lines: String = errors.iter().map(|error| format!("{error}\n")).collect();
+    format!("\n{lines}")
+}
+
 /// A task endpoint as `ip:port[,ip:port]`, `-` without ports.
 fn endpoint(endpoint: &TaskEndpoint) -> String {
     let addrs: Vec<String> = endpoint
@@ -288,5 +306,24 @@ fn endpoint(endpoint: &TaskEndpoint) -> String {
         "-".to_owned()
     } else {
         addrs.join(",")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listener_errors_are_one_line_each_under_the_table() {
+        assert_eq!(listener_lines(&[]), "");
+        let errors = [ListenerError {
+            node: "node-2".to_owned(),
+            address: "127.0.0.2:8080".parse().expect("address"), // fixed-port-ok: text only
+            error: "address in use".to_owned(),
+        }];
+        assert_eq!(
+            listener_lines(&errors),
+            "\nnode-2: cannot bind 127.0.0.2:8080: address in use\n"
+        );
     }
 }

@@ -216,6 +216,31 @@ pub struct ServiceStatus {
     pub running: usize,
     /// Tasks wanted: the replicas, or the live tasks of a global service.
     pub desired: usize,
+    /// Listen addresses of the service that some node cannot bind now (it
+    /// serves the rest and retries these every few seconds).
+    #[serde(default)]
+    pub listener_errors: Vec<ListenerError>,
+}
+
+/// A listen address a node cannot bind, as that node reported it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerError {
+    /// The node's name.
+    pub node: String,
+    pub address: SocketAddr,
+    /// The bind error in words (`address in use`).
+    pub error: String,
+}
+
+impl fmt::Display for ListenerError {
+    /// `node-2: cannot bind 127.0.0.2:8080: address in use`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: cannot bind {}: {}",
+            self.node, self.address, self.error
+        )
+    }
 }
 
 /// A service's rolling update.

@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use crate::answers::{ClusterInfo, JoinToken, Member, Node, Removed, Role, Service};
 use crate::answers::{ServiceStatus, Task};
 use crate::error::{ApiError, ErrorBody};
-use crate::requests::{JoinRequest, NodeUpdate, Scale};
+use crate::requests::{JoinRequest, NodeUpdate, Scale, IDEMPOTENCY_KEY};
 
 /// Longest wait for a whole answer: a write that reaches a node during an
 /// election waits there for a leader (up to 10 s) before it is forwarded.
@@ -169,14 +169,16 @@ impl Client {
         self.call(Method::DELETE, path, Bytes::new()).await
     }
 
-    /// Sends `body` to `path_and_query` (already encoded) and returns the
-    /// answer as it came, whatever its status: for passing a request on
-    /// unchanged.
+    /// Sends `body` to `path_and_query` (already encoded), with
+    /// `idempotency_key` as the [`IDEMPOTENCY_KEY`] header if given, and
+    /// returns the answer as it came, whatever its status: for passing a
+    /// request on unchanged.
     pub async fn raw(
         &self,
         method: Method,
         path_and_query: &str,
         body: Bytes,
+        idempotency_key: Option<&str>,
     ) -> Result<(StatusCode, Bytes), ApiError> {
         let mut request = Request::builder()
             .method(method)
@@ -186,6 +188,9 @@ impl Client {
             .header(CONTENT_TYPE, "application/json");
         if let Some(token) = &self.token {
             request = request.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        if let Some(key) = idempotency_key {
+            request = request.header(IDEMPOTENCY_KEY, key);
         }
         let request = request
             .body(Full::new(body))
@@ -233,7 +238,7 @@ impl Client {
         path: String,
         body: Bytes,
     ) -> Result<T, ApiError> {
-        let (status, answer) = self.raw(method, &path, body).await?;
+        let (status, answer) = self.raw(method, &path, body, None).await?;
         if !status.is_success() {
             return Err(status_error(status, &answer));
         }

@@ -19,14 +19,14 @@
 //! |---|---|---|---|
 //! | GET | `/v1/cluster` | | [`ClusterInfo`]: cluster id, this node, leader, term, indexes, voters, learners |
 //! | GET | `/v1/cluster/join-token/{manager,worker}` | | [`JoinToken`] `{"token": ...}` |
-//! | POST | `/v1/cluster/join` | [`JoinRequest`] `{"token", "node"}` | the admitted [`Member`] (the join token authenticates; no bearer token) |
+//! | POST | `/v1/cluster/join` | [`JoinRequest`] `{"token", "node"}` | the admitted [`Member`] (the join token authenticates; no bearer token); the record and the Raft address (dialable, unique, answering as the node) are checked before the node joins Raft |
 //! | GET | `/v1/nodes` | | every [`Node`], with its Raft role |
 //! | GET | `/v1/nodes/{name or id}` | | one [`Node`] |
 //! | POST | `/v1/nodes/{name or id}` | [`NodeUpdate`] `{"availability", "labels_add", "labels_remove"}` | the updated [`Member`] |
-//! | DELETE | `/v1/nodes/{name or id}` | | [`Removed`]; removes a down node (`?force=true` for one that is not down) |
+//! | DELETE | `/v1/nodes/{name or id}` | | [`Removed`]; removes a down node (`?force=true` for one that is not down), or by id a Raft member without a node record (`?force=true` if it votes) |
 //! | GET | `/v1/nodes/{name or id}/tasks` | | the [`Task`]s assigned to the node |
-//! | GET | `/v1/services` | | every [`ServiceStatus`], with running/desired task counts |
-//! | GET | `/v1/services/{name}` | | one [`ServiceStatus`], with its update status |
+//! | GET | `/v1/services` | | every [`ServiceStatus`], with running/desired task counts and the [`ListenerError`]s nodes report |
+//! | GET | `/v1/services/{name}` | | one [`ServiceStatus`], with its update status and listener errors |
 //! | GET | `/v1/services/{name}/tasks` | | its [`Task`]s, live and recent history (`service ps`) |
 //! | POST | `/v1/services` | a `[[service]]` spec as JSON | `201` and the [`Service`] |
 //! | PUT | `/v1/services/{name}` | the whole new spec | the [`Service`], version + 1 |
@@ -42,7 +42,10 @@
 //! `{"error": {"field": ..., "reason": ...}}` with 400 (invalid), 401
 //! (token), 404 (unknown), 409 (conflict), 413, 503 (no leader). Reads are
 //! linearizable. A write that reaches a follower is passed to the leader's
-//! API unchanged. Timestamps are milliseconds since the Unix epoch.
+//! API unchanged, with its [`IDEMPOTENCY_KEY`] header (the client's, or
+//! one the follower made), the same on every retry: a write whose answer
+//! was lost and that is sent again gets its first answer, never a 409 for
+//! its own effect, and is applied once. Timestamps are milliseconds since the Unix epoch.
 #![forbid(unsafe_code)]
 
 pub mod answers;
@@ -51,10 +54,10 @@ pub mod error;
 pub mod requests;
 
 pub use answers::{
-    Availability, ClusterInfo, DesiredState, JoinToken, Member, Millis, Node, NodeId, NodeStatus,
-    RaftRole, Removed, Role, Service, ServiceStatus, Task, TaskEndpoint, TaskHealth, TaskState,
-    UpdateState, UpdateStatus,
+    Availability, ClusterInfo, DesiredState, JoinToken, ListenerError, Member, Millis, Node,
+    NodeId, NodeStatus, RaftRole, Removed, Role, Service, ServiceStatus, Task, TaskEndpoint,
+    TaskHealth, TaskState, UpdateState, UpdateStatus,
 };
 pub use client::Client;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use requests::{JoinRequest, NodeUpdate, Scale};
+pub use requests::{check_idempotency_key, JoinRequest, NodeUpdate, Scale, IDEMPOTENCY_KEY};

@@ -10,6 +10,24 @@ use serde::{Deserialize, Serialize};
 
 use crate::answers::{Availability, Member};
 
+/// The header naming a write's request (its idempotency key): a write sent
+/// again with the same key gets the first answer and is not applied twice.
+/// A client may send its own (1 to 128 of `A-Z a-z 0-9 . _ : -`, one per
+/// request); without it the node that takes the request makes one and keeps
+/// it when it passes the request to the leader and when it retries.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// Checks an [`IDEMPOTENCY_KEY`] value: the reason when it is not one.
+pub fn check_idempotency_key(key: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
+    if key.is_empty() || key.len() > 128 || !key.chars().all(allowed) {
+        return Err(format!(
+            "{key:?} must be 1 to 128 of letters, digits, '.', '_', ':', '-'"
+        ));
+    }
+    Ok(())
+}
+
 /// `POST /v1/nodes/{name}`: what changes on the node; the rest stays.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -34,7 +34,7 @@ pub struct PortRoutes {
     pub listen: Vec<SocketAddr>,
     /// The service's virtual IP on the port's target port. Several nodes on
     /// one machine share it (`SO_REUSEPORT`), and a VIP that cannot be bound
-    /// is skipped rather than failing the change.
+    /// is skipped and retried rather than failing the change.
     pub vip: Option<SocketAddr>,
     pub endpoints: Vec<Endpoint>,
 }

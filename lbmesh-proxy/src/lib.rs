@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! [ServiceRoutes] ──Proxy::apply──> RoutingTable::build (reuses backend state) ──ArcSwap::store
-//!   (discovery)                      └─ listeners: bind new addresses, stop removed ones
+//!   (discovery)                      └─ listeners: bind new addresses (one that fails is
+//!                                       skipped and retried, or refuses the change), stop removed ones
 //!
 //! accept loop (one per proxy thread and address) ──> connection: load table ─> route
 //!   ─> pick (balance) ─> connect (retry, eject) ─> PROXY header ─> forward (copy | splice) ─> close
@@ -56,4 +57,4 @@ mod splice;
 mod tcp;
 pub mod workers;
 
-pub use proxy::{ApplyError, Proxy};
+pub use proxy::{ApplyError, BindPolicy, ListenerFailure, Proxy, BIND_RETRY};

@@ -5,7 +5,8 @@
 //! carries the options accepted connections inherit (no delay, keepalive).
 //! A VIP is bound with `SO_REUSEPORT` as well, so that several nodes sharing
 //! a machine share it. [`bind_copies`] returns one descriptor per proxy
-//! thread, all for one socket.
+//! thread, all for one socket; [`describe_bind_error`] words a failure for
+//! reports.
 
 use std::io;
 use std::net::SocketAddr;
@@ -74,4 +75,17 @@ pub fn bind_copies(
         .collect::<io::Result<Vec<_>>>()?;
     listeners.push(listener);
     Ok(listeners)
+}
+
+/// A bind error as the short phrase reports show (`cannot bind ADDR:
+/// address in use`): the common causes in words, anything else as the OS
+/// puts it.
+pub fn describe_bind_error(error: &io::Error) -> String {
+    let phrase = match error.kind() {
+        io::ErrorKind::AddrInUse => "address in use",
+        io::ErrorKind::AddrNotAvailable => "address not available",
+        io::ErrorKind::PermissionDenied => "permission denied",
+        _ => return error.to_string(),
+    };
+    phrase.to_owned()
 }

@@ -23,6 +23,7 @@
 //! | `lbmesh_connections_failed_total` | counter | service, reason | client connections closed without a backend: `no_backend`, `all_attempts_failed` |
 //! | `lbmesh_connections_refused_total` | counter | service, reason | client connections closed at once: `per_client` (the client address was at the service's `max_connections_per_client`) |
 //! | `lbmesh_forward_errors_total` | counter | service, side | forwarded connections that ended in an error, by the side at fault: `client` or `backend` |
+//! | `lbmesh_listener_up` | gauge | service, address | 1 while the listen address is bound, 0 while it fails to bind (retried); gone with the address |
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -53,6 +54,7 @@ pub struct Metrics {
     failed: IntCounterVec,
     refused: IntCounterVec,
     forward_errors: IntCounterVec,
+    listener_up: IntGaugeVec,
 }
 
 /// Handles for one (service, backend) pair.
@@ -236,8 +238,15 @@ impl Metrics {
                 &["service", "side"],
             )
             ?,
+            listener_up: IntGaugeVec::new(
+                Opts::new(
+                    "lbmesh_listener_up",
+                    "1 while a service's listen address is bound, 0 while it fails to bind.",
+                ),
+                &["service", "address"],
+            )?,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 13] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
             Box::new(metrics.refused.clone()),
             Box::new(metrics.connections.clone()),
             Box::new(metrics.backend_active.clone()),
@@ -251,6 +260,7 @@ impl Metrics {
             Box::new(metrics.unanswered.clone()),
             Box::new(metrics.failed.clone()),
             Box::new(metrics.forward_errors.clone()),
+            Box::new(metrics.listener_up.clone()),
         ];
         for collector in collectors {
             registry.register(collector)?;
@@ -333,5 +343,17 @@ impl Metrics {
                 .forward_errors
                 .remove_label_values(&[service, side.as_str()]);
         }
+    }
+
+    /// The gauge of one listen address of `service` (control path only: the
+    /// proxy sets it when the address binds or fails to).
+    pub fn listener_up(&self, service: &str, address: &str) -> IntGauge {
+        self.listener_up.with_label_values(&[service, address])
+    }
+
+    /// Drops the gauge of a listen address that left the table (or moved
+    /// to another service).
+    pub fn remove_listener(&self, service: &str, address: &str) {
+        let _ = self.listener_up.remove_label_values(&[service, address]);
     }
 }

@@ -1,19 +1,40 @@
-//! The running data plane: the routing table, the bound listeners, their
-//! accept loops and the proxy threads, changed as a whole by [`Proxy::apply`].
+//! The running data plane: the routing table, the listen addresses (bound
+//! or failing), their accept loops and the proxy threads, changed as a whole
+//! by [`Proxy::apply`].
 //!
 //! # Flow
 //!
 //! ```text
-//! apply(services) ─> RoutingTable::build (reusing backend state) ─> bind the new addresses
+//! apply(services, policy) ─> RoutingTable::build (reusing backend state) ─> bind the new addresses
 //!                 ─> store the table (one ArcSwap store) ─> commit (limits, stale metrics)
-//!                 ─> stop the loops of removed addresses ─> start loops on the new ones
-//!   (a bind failure before the store: nothing changes, the running table keeps serving;
-//!    moving a port between 0.0.0.0 and a specific IP of the same family in one
-//!    change fails this way, as the old socket still holds it)
+//!                 ─> forget the addresses that left (stop their loops, drop their gauges)
+//!                 ─> start loops on the new ones; note the ones that failed
+//!   AllOrNothing (a config file): a published address that fails, before the store:
+//!     nothing changes, the running table keeps serving
+//!   PerListener (the registry): an address that fails is skipped; the rest applies
+//! retry_failed (at next_retry) ─> bind each failing address again, every BIND_RETRY
 //! stop_accepting ─> every loop drops its listener (new connects are refused)
 //! drain(grace)   ─> waits for open connections up to the deadline
 //! drop           ─> the proxy threads stop; what is still open closes
 //! ```
+//!
+//! A VIP that cannot be bound (a port below 1024 without the privilege,
+//! say) is skipped and retried under either policy: it must not keep the
+//! published ports from being served. Moving a port between 0.0.0.0 and a
+//! specific IP of the same family in one change fails to bind at first, as
+//! the old socket still holds it; under `PerListener` the retry binds it
+//! once the old one has closed.
+//!
+//! # Invariants
+//!
+//! - Every address of the stored table has one entry in `listeners`, bound
+//!   or failing, and one `lbmesh_listener_up{service,address}` series
+//!   (1 bound, 0 failing); an address that leaves the table loses both.
+//! - A failing address still has its route in the table, so the moment it
+//!   binds its accept loops serve it; nothing on the accept path changes
+//!   (it only loads the table).
+//! - Only the owner of the `Proxy` (`&mut self`) touches the listeners; the
+//!   accept loops never see them.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,16 +43,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use prometheus::IntGauge;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::accept::{accept_loop, next_lane, ProxyContext};
 use crate::discovery::ServiceRoutes;
-use crate::listeners::{bind_copies, ListenOptions};
+use crate::listeners::{bind_copies, describe_bind_error, ListenOptions};
 use crate::metrics::Metrics;
 use crate::routing::RoutingTable;
 use crate::workers::ProxyWorkers;
+
+/// How long an address that failed to bind waits for its next try. A taken
+/// port is freed by an operator or an exiting process, so a few seconds is
+/// soon enough; one bind call per failing address this often costs nothing.
+pub const BIND_RETRY: Duration = Duration::from_secs(2);
 
 /// A change that could not be routed; the running table keeps serving.
 #[derive(Debug, thiserror::Error)]
@@ -43,12 +71,50 @@ pub struct ApplyError {
     pub source: io::Error,
 }
 
+/// What [`Proxy::apply`] does when an address of the new table cannot be
+/// bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindPolicy {
+    /// Refuse the whole change: a config file, whose operator hears of it
+    /// at once (start fails, a reload is rejected).
+    AllOrNothing,
+    /// Skip the address, route the rest, retry it every [`BIND_RETRY`]:
+    /// the registry, where one node's taken port must not stop every other
+    /// change on that node.
+    PerListener,
+}
+
+/// A listen address that is not bound now, and why.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ListenerFailure {
+    pub service: String,
+    pub addr: SocketAddr,
+    /// The bind error in words (`address in use`).
+    pub error: String,
+}
+
+/// One listen address of the table.
+struct Listener {
+    /// The service it serves now: the metric's label.
+    service: Arc<str>,
+    /// Its `lbmesh_listener_up` series.
+    up: IntGauge,
+    state: ListenerState,
+}
+
+enum ListenerState {
+    /// Accept loops run; cancelling the token stops them.
+    Bound(CancellationToken),
+    /// The last bind failed with `error`; tried again at `retry_at`.
+    Failing { error: String, retry_at: Instant },
+}
+
 /// The data plane of one lbd.
 pub struct Proxy {
     metrics: Arc<Metrics>,
     table: Arc<ArcSwap<RoutingTable>>,
-    /// One stop token per bound listen address.
-    listeners: HashMap<SocketAddr, CancellationToken>,
+    /// Every listen address of the stored table.
+    listeners: HashMap<SocketAddr, Listener>,
     /// Parent of every listener's token.
     stop_accepting: CancellationToken,
     connections: TaskTracker,
@@ -56,6 +122,11 @@ pub struct Proxy {
     /// proxy, which closes whatever connection outlived the drain.
     workers: ProxyWorkers,
 }
+
+/// Addresses bound by one change, waiting for their accept loops.
+type Bound = Vec<(SocketAddr, Arc<str>, Vec<std::net::TcpListener>)>;
+/// Addresses that failed to bind in one change.
+type Failed = Vec<(SocketAddr, Arc<str>, io::Error)>;
 
 impl Proxy {
     /// Starts `threads` proxy threads with an empty table.
@@ -70,13 +141,18 @@ impl Proxy {
         })
     }
 
-    /// Routes `services`: the new table replaces the old in one store. On
-    /// error nothing changed.
-    pub fn apply(&mut self, services: &[ServiceRoutes]) -> Result<(), ApplyError> {
+    /// Routes `services`: the new table replaces the old in one store. Only
+    /// under [`BindPolicy::AllOrNothing`] can it fail, and then nothing
+    /// changed.
+    pub fn apply(
+        &mut self,
+        services: &[ServiceRoutes],
+        policy: BindPolicy,
+    ) -> Result<(), ApplyError> {
         let previous = self.table.load_full();
         let table = RoutingTable::build(services, &previous, &self.metrics);
-        let bound = match self.bind_new(&table) {
-            Ok(bound) => bound,
+        let (bound, failed) = match self.bind_new(&table, policy) {
+            Ok(result) => result,
             Err(error) => {
                 table.abandon(&previous, &self.metrics);
                 return Err(error);
@@ -86,16 +162,75 @@ impl Proxy {
         self.table.store(Arc::clone(&table));
         table.commit(&previous, services, &self.metrics);
 
-        self.listeners.retain(|addr, stop| {
-            let keep = table.route(addr).is_some();
-            if !keep {
-                info!(%addr, "listener closed");
-                stop.cancel();
-            }
-            keep
-        });
-        self.spawn_accept_loops(bound);
+        self.forget_removed(&table);
+        let now = Instant::now();
+        for (addr, service, error) in failed {
+            self.note_failure(addr, service, &error, now);
+        }
+        for (addr, service, listeners) in bound {
+            self.start_listener(addr, service, listeners);
+        }
         Ok(())
+    }
+
+    /// When the next failing address is due for a try; `None` while every
+    /// address is bound.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.listeners
+            .values()
+            .filter_map(|listener| match listener.state {
+                ListenerState::Failing { retry_at, .. } => Some(retry_at),
+                ListenerState::Bound(_) => None,
+            })
+            .min()
+    }
+
+    /// Tries again every failing address that is due. Returns whether the
+    /// failures changed (one bound, or failed for another reason).
+    pub fn retry_failed(&mut self) -> bool {
+        self.retry_due(Instant::now())
+    }
+
+    /// [`Proxy::retry_failed`] as of `now`.
+    fn retry_due(&mut self, now: Instant) -> bool {
+        let due: Vec<(SocketAddr, Arc<str>)> = self
+            .listeners
+            .iter()
+            .filter(|(_, listener)| {
+                matches!(listener.state, ListenerState::Failing { retry_at, .. } if retry_at <= now)
+            })
+            .map(|(addr, listener)| (*addr, Arc::clone(&listener.service)))
+            .collect();
+        let table = self.table.load_full();
+        let mut changed = false;
+        for (addr, service) in due {
+            match self.bind(&table, addr) {
+                Ok(listeners) => {
+                    self.start_listener(addr, service, listeners);
+                    changed = true;
+                }
+                Err(error) => changed |= self.note_failure(addr, service, &error, now),
+            }
+        }
+        changed
+    }
+
+    /// Every listen address that is not bound now, in address order.
+    pub fn failures(&self) -> Vec<ListenerFailure> {
+        let mut failures: Vec<ListenerFailure> = self
+            .listeners
+            .iter()
+            .filter_map(|(addr, listener)| match &listener.state {
+                ListenerState::Failing { error, .. } => Some(ListenerFailure {
+                    service: listener.service.to_string(),
+                    addr: *addr,
+                    error: error.clone(),
+                }),
+                ListenerState::Bound(_) => None,
+            })
+            .collect();
+        failures.sort();
+        failures
     }
 
     /// The table the accept loops read; the admin server refreshes metrics
@@ -106,7 +241,10 @@ impl Proxy {
 
     /// How many listen addresses are bound.
     pub fn listener_count(&self) -> usize {
-        self.listeners.len()
+        self.listeners
+            .values()
+            .filter(|listener| matches!(listener.state, ListenerState::Bound(_)))
+            .count()
     }
 
     /// Stops every accept loop: listeners close, new connects are refused,
@@ -135,60 +273,297 @@ impl Proxy {
         drained
     }
 
-    /// Binds every address of `table` that has no listener yet, one
-    /// descriptor per proxy thread. All or nothing for published ports: on
-    /// the first failure the sockets bound so far are closed again. A VIP
-    /// that cannot be bound (a port below 1024 without the privilege, say)
-    /// is logged and skipped: it must not keep the published ports from
-    /// being served.
+    /// Binds `addr` of `table`, one descriptor per proxy thread.
+    fn bind(
+        &self,
+        table: &RoutingTable,
+        addr: SocketAddr,
+    ) -> io::Result<Vec<std::net::TcpListener>> {
+        let options = ListenOptions {
+            reuse_port: table.is_shared(&addr),
+            ..ListenOptions::default()
+        };
+        bind_copies(addr, options, self.workers.count())
+    }
+
+    /// Binds every address of `table` that has no entry yet (a failing one
+    /// waits for its retry). Under `AllOrNothing` the first published
+    /// address that fails ends it, and the sockets bound so far close
+    /// again; otherwise failures are returned beside what was bound.
     fn bind_new(
         &self,
         table: &RoutingTable,
-    ) -> Result<Vec<(SocketAddr, Vec<std::net::TcpListener>)>, ApplyError> {
+        policy: BindPolicy,
+    ) -> Result<(Bound, Failed), ApplyError> {
         let mut bound = Vec::new();
+        let mut failed = Vec::new();
         for (addr, service) in table.listen_addrs() {
             if self.listeners.contains_key(&addr) {
                 continue;
             }
-            let vip = table.is_shared(&addr);
-            let options = ListenOptions {
-                reuse_port: vip,
-                ..ListenOptions::default()
-            };
-            match bind_copies(addr, options, self.workers.count()) {
-                Ok(listeners) => bound.push((addr, listeners)),
-                Err(error) if vip => {
-                    warn!(%addr, service, %error, "cannot bind the service's VIP; skipped");
-                }
-                Err(source) => {
+            match self.bind(table, addr) {
+                Ok(listeners) => bound.push((addr, Arc::from(service), listeners)),
+                Err(source) if policy == BindPolicy::AllOrNothing && !table.is_shared(&addr) => {
                     return Err(ApplyError {
                         addr,
                         service: service.to_owned(),
                         source,
                     })
                 }
+                Err(error) => failed.push((addr, Arc::from(service), error)),
             }
         }
-        Ok(bound)
+        Ok((bound, failed))
     }
 
-    /// Starts one accept loop per proxy thread on each newly bound address.
-    fn spawn_accept_loops(&mut self, bound: Vec<(SocketAddr, Vec<std::net::TcpListener>)>) {
+    /// After a store: stops the loops of addresses `table` no longer has and
+    /// drops their gauges; relabels the gauge of an address that moved to
+    /// another service.
+    fn forget_removed(&mut self, table: &RoutingTable) {
+        let metrics = &self.metrics;
+        self.listeners.retain(|addr, listener| {
+            let address = addr.to_string();
+            let Some(route) = table.route(addr) else {
+                match &listener.state {
+                    ListenerState::Bound(stop) => {
+                        info!(%addr, "listener closed");
+                        stop.cancel();
+                    }
+                    ListenerState::Failing { .. } => {
+                        info!(%addr, "address left the table; no longer tried")
+                    }
+                }
+                metrics.remove_listener(&listener.service, &address);
+                return false;
+            };
+            if route.service.name != listener.service {
+                metrics.remove_listener(&listener.service, &address);
+                let up = metrics.listener_up(&route.service.name, &address);
+                up.set(listener.up.get());
+                listener.up = up;
+                listener.service = Arc::clone(&route.service.name);
+            }
+            true
+        });
+    }
+
+    /// Records that `addr` failed to bind; its next try is a retry interval
+    /// from `now`. Logs a warning the first time and when the reason
+    /// changes. Returns whether the reason is new.
+    fn note_failure(
+        &mut self,
+        addr: SocketAddr,
+        service: Arc<str>,
+        error: &io::Error,
+        now: Instant,
+    ) -> bool {
+        let reason = describe_bind_error(error);
+        let retry_at = now + BIND_RETRY;
+        if let Some(listener) = self.listeners.get_mut(&addr) {
+            if let ListenerState::Failing { error: last, .. } = &listener.state {
+                if *last == reason {
+                    debug!(%addr, service = %service, %reason, "still cannot bind");
+                    listener.state = ListenerState::Failing {
+                        error: reason,
+                        retry_at,
+                    };
+                    return false;
+                }
+            }
+        }
+        warn!(
+            %addr,
+            service = %service,
+            %reason,
+            retry = ?BIND_RETRY,
+            "cannot bind; the rest is served and this address is retried"
+        );
+        let up = self.metrics.listener_up(&service, &addr.to_string());
+        up.set(0);
+        self.listeners.insert(
+            addr,
+            Listener {
+                service,
+                up,
+                state: ListenerState::Failing {
+                    error: reason,
+                    retry_at,
+                },
+            },
+        );
+        true
+    }
+
+    /// Starts one accept loop per proxy thread on a newly bound address.
+    fn start_listener(
+        &mut self,
+        addr: SocketAddr,
+        service: Arc<str>,
+        listeners: Vec<std::net::TcpListener>,
+    ) {
         let ctx = ProxyContext {
             table: Arc::clone(&self.table),
             connections: self.connections.clone(),
         };
-        for (addr, listeners) in bound {
-            let stop = self.stop_accepting.child_token();
-            self.listeners.insert(addr, stop.clone());
-            info!(%addr, "listening");
-            let lane = next_lane();
-            for (worker, listener) in listeners.into_iter().enumerate() {
-                self.workers.spawn_on(
-                    worker,
-                    accept_loop(listener, addr, lane, ctx.clone(), stop.clone()),
-                );
-            }
+        let stop = self.stop_accepting.child_token();
+        info!(%addr, "listening");
+        let lane = next_lane();
+        for (worker, listener) in listeners.into_iter().enumerate() {
+            self.workers.spawn_on(
+                worker,
+                accept_loop(listener, addr, lane, ctx.clone(), stop.clone()),
+            );
         }
+        let up = self.metrics.listener_up(&service, &addr.to_string());
+        up.set(1);
+        self.listeners.insert(
+            addr,
+            Listener {
+                service,
+                up,
+                state: ListenerState::Bound(stop),
+            },
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_config::{Algorithm, ProxyProtocol};
+
+    use super::*;
+    use crate::discovery::{PortRoutes, RouteSettings};
+
+    fn service(name: &str, listen: SocketAddr) -> ServiceRoutes {
+        ServiceRoutes {
+            name: name.to_owned(),
+            algorithm: Algorithm::RoundRobin,
+            max_connections: 100,
+            settings: RouteSettings {
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(60),
+                proxy_protocol: ProxyProtocol::None,
+                retries: 0,
+                eject_time: Duration::from_secs(10),
+                retry_on_empty: false,
+                max_connections_per_client: 0,
+            },
+            ports: vec![PortRoutes {
+                listen: vec![listen],
+                vip: None,
+                endpoints: Vec::new(),
+            }],
+        }
+    }
+
+    /// The `lbmesh_listener_up` value of (service, address), if the series
+    /// exists.
+    fn up(registry: &prometheus::Registry, service: &str, addr: SocketAddr) -> Option<i64> {
+        let address = addr.to_string();
+        registry
+            .gather()
+            .iter()
+            .filter(|family| family.name() == "lbmesh_listener_up")
+            .flat_map(|family| family.get_metric())
+            .find(|metric| {
+                let labels = metric.get_label();
+                labels
+                    .iter()
+                    .any(|l| l.name() == "service" && l.value() == service)
+                    && labels
+                        .iter()
+                        .any(|l| l.name() == "address" && l.value() == address)
+            })
+            .map(|metric| metric.get_gauge().get_value() as i64)
+    }
+
+    fn unused_addr() -> SocketAddr {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a probe");
+        probe.local_addr().expect("probe address")
+    }
+
+    #[tokio::test]
+    async fn a_taken_address_is_skipped_reported_retried_and_bound_once_free() {
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(Metrics::new(&registry).expect("metrics"));
+        let mut proxy = Proxy::start(2, Arc::clone(&metrics)).expect("proxy");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+        let taken_addr = taken.local_addr().expect("held address");
+        let web_addr = unused_addr();
+        let services = [service("blocked", taken_addr), service("web", web_addr)];
+
+        // A config file's change is refused whole, and leaves nothing behind.
+        let refused = proxy.apply(&services, BindPolicy::AllOrNothing);
+        assert!(
+            matches!(&refused, Err(e) if e.addr == taken_addr && e.service == "blocked"),
+            "{refused:?}"
+        );
+        assert_eq!(proxy.listener_count(), 0);
+        assert!(proxy.failures().is_empty());
+
+        // The registry's: the rest applies, the taken address is reported.
+        proxy
+            .apply(&services, BindPolicy::PerListener)
+            .expect("per listener never fails");
+        assert_eq!(proxy.listener_count(), 1);
+        std::net::TcpStream::connect(web_addr).expect("web is served");
+        assert!(proxy.table().load().route(&taken_addr).is_some());
+        assert_eq!(
+            proxy.failures(),
+            [ListenerFailure {
+                service: "blocked".to_owned(),
+                addr: taken_addr,
+                error: "address in use".to_owned(),
+            }]
+        );
+        assert_eq!(up(&registry, "blocked", taken_addr), Some(0));
+        assert_eq!(up(&registry, "web", web_addr), Some(1));
+
+        // Retried on its interval, not before; still taken: nothing new.
+        let due = proxy.next_retry().expect("a retry is due");
+        assert!(due > Instant::now() + BIND_RETRY / 2, "no busy retry");
+        assert!(!proxy.retry_due(due - Duration::from_millis(1)));
+        assert!(!proxy.retry_due(due));
+        let due = proxy.next_retry().expect("still due again");
+
+        // Freed: the next retry binds it and serves it.
+        drop(taken);
+        assert!(proxy.retry_due(due));
+        assert!(proxy.failures().is_empty());
+        assert_eq!(proxy.next_retry(), None);
+        assert_eq!(proxy.listener_count(), 2);
+        assert_eq!(up(&registry, "blocked", taken_addr), Some(1));
+        std::net::TcpStream::connect(taken_addr).expect("blocked is served");
+
+        // Gone from the table: its series goes too.
+        proxy
+            .apply(&[service("web", web_addr)], BindPolicy::PerListener)
+            .expect("apply");
+        assert_eq!(up(&registry, "blocked", taken_addr), None);
+        assert_eq!(proxy.listener_count(), 1);
+    }
+
+    #[test]
+    fn a_failing_address_that_leaves_the_table_is_forgotten() {
+        let registry = prometheus::Registry::new();
+        let metrics = Arc::new(Metrics::new(&registry).expect("metrics"));
+        let mut proxy = Proxy::start(1, Arc::clone(&metrics)).expect("proxy");
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
+        let taken_addr = taken.local_addr().expect("held address");
+        proxy
+            .apply(&[service("blocked", taken_addr)], BindPolicy::PerListener)
+            .expect("apply");
+        assert_eq!(up(&registry, "blocked", taken_addr), Some(0));
+        // The port moves to another service: one series, relabelled.
+        proxy
+            .apply(&[service("other", taken_addr)], BindPolicy::PerListener)
+            .expect("apply");
+        assert_eq!(up(&registry, "blocked", taken_addr), None);
+        assert_eq!(up(&registry, "other", taken_addr), Some(0));
+        assert_eq!(proxy.failures()[0].service, "other");
+        proxy.apply(&[], BindPolicy::PerListener).expect("apply");
+        assert!(proxy.failures().is_empty());
+        assert_eq!(proxy.next_retry(), None);
+        assert_eq!(up(&registry, "other", taken_addr), None);
     }
 }

@@ -3,6 +3,11 @@
 //! [`crate::state::RegistryState::apply`] applies them; this file only says
 //! what they are, so the openraft type configuration and the transport can
 //! name them without depending on how they are applied.
+//!
+//! A log entry is a [`Proposal`]: a command and, for a write that may be
+//! sent more than once, its request id (see [`crate::requests`]). An entry
+//! without one (every entry written before ids existed) is a bare command in
+//! JSON, and applies exactly as it always did.
 
 use std::collections::BTreeMap;
 
@@ -10,7 +15,7 @@ use lb_config::ServiceSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{ClusterInfo, VipRange};
-use crate::node::{Availability, NodeId, NodeRecord, NodeStatus, Role};
+use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 use crate::task::{Millis, TaskOp, TaskReport};
 
 /// A change to the registry. New kinds of change (tasks) are new variants.
@@ -63,4 +68,55 @@ pub enum Command {
     ReportTask {
         report: Box<TaskReport>,
     },
+    /// The listen addresses a node cannot bind now (all of them: the list
+    /// replaces the last one; empty when every address is bound). Written
+    /// by the node itself when they change.
+    ReportListeners {
+        node: NodeId,
+        #[serde(default)]
+        failures: Vec<ListenerFailure>,
+    },
+}
+
+/// A client request's id (its idempotency key): made once per request and
+/// kept through every forward and retry of it, so the registry can tell a
+/// resend from a new write.
+pub type RequestId = String;
+
+/// What the Raft log carries: a command, and the id of the request it
+/// answers when it may be resent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Absent in entries written before request ids, and in the
+    /// scheduler's rounds (never forwarded, never resent); left out of the
+    /// JSON when absent, so such an entry is the bare command it always was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestId>,
+    #[serde(flatten)]
+    pub command: Command,
+}
+
+impl Proposal {
+    /// A command that is never resent.
+    pub fn once(command: Command) -> Self {
+        Self {
+            request: None,
+            command,
+        }
+    }
+
+    /// A command answering request `request`: a resend of it gets the first
+    /// answer.
+    pub fn keyed(request: RequestId, command: Command) -> Self {
+        Self {
+            request: Some(request),
+            command,
+        }
+    }
+}
+
+impl From<Command> for Proposal {
+    fn from(command: Command) -> Self {
+        Self::once(command)
+    }
 }

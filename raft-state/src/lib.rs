@@ -6,7 +6,8 @@
 //! propose(Command) ──> openraft leader ──append──> LogStore (redb, fsync before ack)
 //!                          │ replicate over network (TCP, length-delimited JSON, HMAC-authenticated)
 //!                          ▼ committed
-//!                     StateMachine::apply ──> RegistryState::apply (validates; Outcome per entry)
+//!                     StateMachine::apply ──> RegistryState::apply_proposal (a resend: its first
+//!                          │                  answer; else apply: validates, Outcome per entry)
 //!                          │ (state, last applied and membership in one redb transaction)
 //!                          ▼
 //!                     watch channel ──> every reader on this node (routing, API)
@@ -18,8 +19,11 @@
 //!   VIP range; random bytes for secrets and nonces (fails closed).
 //! - [`task`]: tasks, the scheduler's ops and the agents' reports, as records.
 //! - [`service`]: the service record (its spec, versions, VIP, update).
-//! - [`command`], [`outcome`]: what the log carries, and the answer to each
-//!   applied command (a record or a rejection).
+//! - [`command`], [`outcome`]: what the log carries (a command and its
+//!   request id), and the answer to each applied command (a record or a
+//!   rejection).
+//! - [`requests`]: the recent request ids and their answers, so a resent
+//!   write gets its first answer.
 //! - [`state`]: [`state::RegistryState`] and `apply`, pure, deterministic and
 //!   validating; its child `state/tasks.rs` applies the task commands. It
 //!   re-exports the records, so `raft_state::state::Command` and the like
@@ -43,12 +47,14 @@
 
 pub mod cluster;
 pub mod command;
+mod election;
 pub mod leader;
 pub mod network;
 pub mod node;
 pub mod outcome;
 pub mod random;
 pub mod registry;
+pub mod requests;
 pub mod service;
 pub mod state;
 pub mod store;

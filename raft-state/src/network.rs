@@ -65,7 +65,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
-use crate::command::Command;
+use crate::command::Proposal;
 use crate::outcome::Outcome;
 use crate::random;
 use crate::types::{NodeId, TypeConfig};
@@ -151,8 +151,9 @@ pub enum Request {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<NodeId>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
-    /// A write proposed on a follower, forwarded to the leader.
-    Propose(Box<Command>),
+    /// A write proposed on a follower, forwarded to the leader with its
+    /// request id (the same on every resend).
+    Propose(Box<Proposal>),
     /// "What index must I have applied to serve a linearizable read?"
     ReadIndex,
     /// "I am alive", sent to the leader every heartbeat interval. The sender
@@ -258,7 +259,7 @@ pub trait RpcHandler: Clone + Send + Sync + 'static {
     /// A write a follower forwarded: served only if this node leads.
     fn propose(
         &self,
-        command: Command,
+        proposal: Proposal,
     ) -> impl Future<Output = Result<Outcome, RemoteFailure>> + Send;
 
     /// The commit index a linearizable read must wait for, if this node
@@ -441,7 +442,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
             Request::InstallSnapshot(rpc) => {
                 Response::InstallSnapshot(handler.install_snapshot(rpc).await)
             }
-            Request::Propose(command) => Response::Propose(handler.propose(*command).await),
+            Request::Propose(proposal) => Response::Propose(handler.propose(*proposal).await),
             Request::ReadIndex => Response::ReadIndex(handler.read_index().await),
             Request::Heartbeat => {
                 handler.heartbeat(peer_id);
@@ -538,6 +539,12 @@ impl Peer {
                 "unexpected handshake",
             )),
         }
+    }
+
+    /// Opens a connection and completes the handshake, then drops it: the
+    /// peer is reachable and knows the cluster secret.
+    pub async fn probe(&self) -> std::io::Result<()> {
+        self.connect().await.map(drop)
     }
 
     /// Sends one request and waits for its response.
@@ -772,7 +779,7 @@ pub(crate) mod tests {
         ) -> Answer<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
             std::future::pending().await
         }
-        async fn propose(&self, _: Command) -> Result<Outcome, RemoteFailure> {
+        async fn propose(&self, _: Proposal) -> Result<Outcome, RemoteFailure> {
             std::future::pending().await
         }
         async fn read_index(&self) -> Result<u64, RemoteFailure> {

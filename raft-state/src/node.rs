@@ -1,4 +1,5 @@
-//! Cluster members as the registry holds them.
+//! Cluster members as the registry holds them, and what a member reports
+//! of its listeners.
 //!
 //! Plain records with no behaviour: [`crate::state::RegistryState`] checks
 //! and changes them (unique ids and names, valid labels). Depends on nothing
@@ -49,4 +50,14 @@ pub struct NodeRecord {
     pub availability: Availability,
     pub status: NodeStatus,
     pub labels: BTreeMap<String, String>,
+}
+
+/// A listen address a node cannot bind now, as the node reported it (it
+/// retries the address every few seconds and reports again on a change).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ListenerFailure {
+    pub service: String,
+    pub address: SocketAddr,
+    /// The bind error in words (`address in use`).
+    pub error: String,
 }

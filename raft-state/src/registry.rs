@@ -15,6 +15,11 @@
 //!     (every wait for a commit is bounded by it too)
 //! ```
 //!
+//! Every proposal carries one request id, made once (by the API for a
+//! client's request, by [`RegistryNode::propose`] otherwise) and sent again
+//! on every retry, so a write whose answer was lost and which is resent
+//! gets its first answer instead of applying twice (`crate::requests`).
+//!
 //! A command that encodes to more than one replication batch
 //! (`store::MAX_BATCH_BYTES`) is refused before it is proposed.
 //!
@@ -29,6 +34,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,15 +49,22 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
-use crate::command::Command;
+use crate::command::{Command, Proposal, RequestId};
+use crate::election::{self, LeaderContact};
 use crate::leader::{self, LeaderCallError, LeaderCalls};
-use crate::network::{self, Answer, Network, RemoteFailure, Request, Response, RpcHandler, Secret};
+use crate::network::{
+    self, Answer, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
+};
 use crate::outcome::Outcome;
 use crate::store::{self, Applied};
 use crate::types::{NodeId, Raft, TypeConfig};
 
 /// How long a proposal may wait for a leader before it fails.
 pub const PROPOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Entries between two snapshots by default; the log behind a snapshot is
+/// purged but for a fifth of this, kept for slow followers.
+pub const SNAPSHOT_EVERY: u64 = 500;
 
 /// Raft timing. The defaults suit a loaded 2-core machine: heartbeats every
 /// 200 ms, and a follower that hears none for 1–2 s starts an election, so a
@@ -76,13 +89,25 @@ impl Default for Timing {
             heartbeat: Duration::from_millis(200),
             election_min: Duration::from_millis(1000),
             election_max: Duration::from_millis(2000),
-            snapshot_every: 500,
-            keep_after_snapshot: 100,
+            snapshot_every: SNAPSHOT_EVERY,
+            keep_after_snapshot: SNAPSHOT_EVERY / 5,
         }
     }
 }
 
 impl Timing {
+    /// The default timing with a snapshot every `entries` entries, keeping a
+    /// fifth of that behind it (the default keeps 100 behind 500). A small
+    /// value makes a node that was away for a few hundred writes catch up
+    /// through a snapshot, as tests of that path need.
+    pub fn with_snapshot_every(entries: u64) -> Self {
+        Self {
+            snapshot_every: entries,
+            keep_after_snapshot: entries / 5,
+            ..Self::default()
+        }
+    }
+
     fn config(&self) -> Result<Arc<Config>, RegistryError> {
         let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         let config = Config {
@@ -145,6 +170,7 @@ pub struct RegistryNode {
     pub id: NodeId,
     raft: Raft,
     raft_addr: String,
+    secret: Secret,
     applied: watch::Receiver<Applied>,
     /// Connections to the leader for forwarded writes, read indexes and
     /// heartbeats: one per call in flight, so none waits behind another.
@@ -154,8 +180,12 @@ pub struct RegistryNode {
     /// The longest election timeout: how recently a quorum must have
     /// acknowledged a leader for it to judge the others.
     election_timeout: Duration,
+    /// Makes this node's request ids: unique per node and start, counted.
+    request_ids: RequestIds,
     stop: Arc<Notify>,
     server: JoinHandle<()>,
+    /// Turns elections off while this voter cannot reach a quorum.
+    election_guard: JoinHandle<()>,
     /// Fires once Raft and every task using the store have stopped and the
     /// file is closed.
     database_closed: store::DatabaseClosed,
@@ -186,12 +216,21 @@ impl RegistryNode {
         .map_err(|e| RegistryError::Raft(e.to_string()))?;
         let stop = Arc::new(Notify::new());
         let liveness = Liveness::default();
+        let contact = LeaderContact::new();
+        let election_guard = tokio::spawn(election::guard(
+            raft.clone(),
+            options.id,
+            options.secret.clone(),
+            contact.clone(),
+            options.timing.election_min,
+        ));
         let server = {
             let stop = Arc::clone(&stop);
             let handler = Served {
                 raft: raft.clone(),
                 id: options.id,
                 liveness: liveness.clone(),
+                contact,
             };
             tokio::spawn(network::serve(
                 options.raft_listener,
@@ -206,11 +245,14 @@ impl RegistryNode {
             raft,
             raft_addr: options.raft_addr,
             applied,
-            leader: LeaderCalls::new(options.id, options.secret),
+            leader: LeaderCalls::new(options.id, options.secret.clone()),
+            secret: options.secret,
             liveness,
             election_timeout: options.timing.election_max,
+            request_ids: RequestIds::new(options.id),
             stop,
             server,
+            election_guard,
             database_closed,
         })
     }
@@ -301,10 +343,48 @@ impl RegistryNode {
             .map_err(|e| RegistryError::Raft(e.to_string()))
     }
 
+    /// Checks that node `id` answers at `raft_addr` holding the cluster
+    /// secret (the authenticated handshake names the node it expects, and
+    /// one heartbeat), within `timeout`: what a join checks before the node
+    /// becomes a learner the leader would replicate to.
+    pub async fn probe(
+        &self,
+        id: NodeId,
+        raft_addr: &str,
+        timeout: Duration,
+    ) -> Result<(), RegistryError> {
+        let mut peer = Peer::new(self.id, id, raft_addr.to_owned(), self.secret.clone());
+        let answer = peer.call(&Request::Heartbeat, timeout).await;
+        match answer.map_err(|e| RegistryError::Forward(e.into()))? {
+            Response::Heartbeat => Ok(()),
+            other => Err(RegistryError::Raft(format!(
+                "unexpected probe answer {other:?}"
+            ))),
+        }
+    }
+
     /// Commits `command` through the leader (forwarding from a follower) and
-    /// returns the state machine's answer, which may be a rejection.
+    /// returns the state machine's answer, which may be a rejection. Its
+    /// retries carry one request id, so it applies at most once.
     pub async fn propose(&self, command: Command) -> Result<Outcome, RegistryError> {
+        self.propose_request(self.request_id(), command).await
+    }
+
+    /// A fresh request id, for a caller that may send its request again.
+    pub fn request_id(&self) -> RequestId {
+        self.request_ids.next()
+    }
+
+    /// [`propose`](Self::propose) for request `request`: if a proposal with
+    /// this id was applied already (a resend whose first answer was lost),
+    /// the answer is that first one and nothing is applied again.
+    pub async fn propose_request(
+        &self,
+        request: RequestId,
+        command: Command,
+    ) -> Result<Outcome, RegistryError> {
         fits_an_entry(&command)?;
+        let command = Proposal::keyed(request, command);
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
             // Bounded: an entry proposed while this node briefly believed it
@@ -337,7 +417,7 @@ impl RegistryNode {
 
     /// Passes a write to the leader the registry names now (the caller
     /// bounds the wait).
-    async fn forward(&self, command: &Command) -> Result<Outcome, RegistryError> {
+    async fn forward(&self, command: &Proposal) -> Result<Outcome, RegistryError> {
         let request = Request::Propose(Box::new(command.clone()));
         let response = self.call_leader(&request, PROPOSE_DEADLINE).await?;
         match response {
@@ -378,7 +458,7 @@ impl RegistryNode {
     /// the new leader.
     pub async fn propose_as_leader(&self, command: Command) -> Result<Outcome, RegistryError> {
         fits_an_entry(&command)?;
-        write_locally(&self.raft, self.id, command)
+        write_locally(&self.raft, self.id, Proposal::once(command))
             .await
             .map_err(RegistryError::Remote)
     }
@@ -492,6 +572,7 @@ impl RegistryNode {
     pub async fn shutdown(&self) {
         self.stop.notify_one();
         self.server.abort();
+        self.election_guard.abort();
         if let Err(error) = self.raft.shutdown().await {
             debug!(%error, "raft shutdown");
         }
@@ -533,6 +614,30 @@ fn fits_an_entry(command: &Command) -> Result<(), RegistryError> {
     Ok(())
 }
 
+/// Request ids of one node: `<node id>.<start time>.<count>` in hex, so
+/// ids of different nodes, and of one node's starts, never meet.
+struct RequestIds {
+    prefix: String,
+    count: AtomicU64,
+}
+
+impl RequestIds {
+    fn new(node: NodeId) -> Self {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        Self {
+            prefix: format!("{node:x}.{started:x}"),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    fn next(&self) -> RequestId {
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n:x}", self.prefix)
+    }
+}
+
 /// When each node was last heard from, kept in memory by whoever receives
 /// heartbeats (the leader). Never held across an await.
 #[derive(Clone, Default)]
@@ -559,6 +664,8 @@ struct Served {
     /// This node, named in a `NotLeader` answer.
     id: NodeId,
     liveness: Liveness,
+    /// Stamped by every request only a leader sends, for the election guard.
+    contact: LeaderContact,
 }
 
 impl RpcHandler for Served {
@@ -566,6 +673,7 @@ impl RpcHandler for Served {
         &self,
         rpc: AppendEntriesRequest<TypeConfig>,
     ) -> Answer<AppendEntriesResponse<NodeId>, Infallible> {
+        self.contact.touch();
         self.raft.append_entries(rpc).await
     }
 
@@ -577,11 +685,12 @@ impl RpcHandler for Served {
         &self,
         rpc: InstallSnapshotRequest<TypeConfig>,
     ) -> Answer<InstallSnapshotResponse<NodeId>, InstallSnapshotError> {
+        self.contact.touch();
         self.raft.install_snapshot(rpc).await
     }
 
-    async fn propose(&self, command: Command) -> Result<Outcome, RemoteFailure> {
-        write_locally(&self.raft, self.id, command).await
+    async fn propose(&self, proposal: Proposal) -> Result<Outcome, RemoteFailure> {
+        write_locally(&self.raft, self.id, proposal).await
     }
 
     async fn read_index(&self) -> Result<u64, RemoteFailure> {
@@ -597,9 +706,9 @@ impl RpcHandler for Served {
 async fn write_locally(
     raft: &Raft,
     node_id: NodeId,
-    command: Command,
+    proposal: Proposal,
 ) -> Result<Outcome, RemoteFailure> {
-    let Ok(written) = tokio::time::timeout(PROPOSE_DEADLINE, raft.client_write(command)).await
+    let Ok(written) = tokio::time::timeout(PROPOSE_DEADLINE, raft.client_write(proposal)).await
     else {
         return Err(RemoteFailure::Unavailable(format!(
             "the write was not confirmed within {PROPOSE_DEADLINE:?}"

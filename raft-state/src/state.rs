@@ -4,10 +4,11 @@
 //! never import this one (the crate doc shows the order); this file applies
 //! the node and service commands, and its child `tasks` the task commands.
 //!
-//! [`RegistryState`] is a plain value: nodes, services, tasks and the VIP
-//! range. [`RegistryState::apply`] is the only way it changes. It is
-//! deterministic (every node applies the same commands in the same order and
-//! reaches the same state) and it validates every command: a command that
+//! [`RegistryState`] is a plain value: nodes, services, tasks, the VIP
+//! range and the listen addresses each node reports it cannot bind.
+//! [`RegistryState::apply`] is the only way it changes. It is deterministic
+//! (every node applies the same commands in the same order and reaches the
+//! same state) and it validates every command: a command that
 //! would break an invariant is answered with [`Outcome::Rejected`] naming the
 //! field and the reason, and changes nothing. It never panics on a command's
 //! content.
@@ -29,13 +30,14 @@ use lb_config::{check_dns_label, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::reject;
+use crate::requests::RecentRequests;
 use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus};
 
 // The records have files of their own; these keep the paths callers use
 // (`raft_state::state::Command`, ...).
 pub use crate::cluster::{ClusterInfo, VipRange, DEFAULT_VIP_RANGE};
-pub use crate::command::Command;
-pub use crate::node::{Availability, NodeId, NodeRecord, NodeStatus, Role};
+pub use crate::command::{Command, Proposal, RequestId};
+pub use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 pub use crate::outcome::{Outcome, RejectKind, Rejection};
 pub use crate::service::ServiceRecord;
 
@@ -49,6 +51,14 @@ pub struct RegistryState {
     /// Every task by id, live ones and a short history of dead ones.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskRecord>,
+    /// What each node last reported it cannot bind; a node with none has
+    /// no entry.
+    #[serde(default)]
+    pub listener_failures: BTreeMap<NodeId, Vec<ListenerFailure>>,
+    /// The last request ids applied and their answers, so a resent write
+    /// gets its first answer instead of being applied again.
+    #[serde(default)]
+    pub requests: RecentRequests,
 }
 
 impl Default for RegistryState {
@@ -59,11 +69,28 @@ impl Default for RegistryState {
             services: BTreeMap::new(),
             vip_range: DEFAULT_VIP_RANGE,
             tasks: BTreeMap::new(),
+            listener_failures: BTreeMap::new(),
+            requests: RecentRequests::default(),
         }
     }
 }
 
 impl RegistryState {
+    /// Applies one log entry. A proposal whose request id is remembered is
+    /// a resend: it gets the first answer and changes nothing. One without
+    /// an id applies as a bare command always did.
+    pub fn apply_proposal(&mut self, proposal: &Proposal) -> Outcome {
+        let Some(request) = &proposal.request else {
+            return self.apply(&proposal.command);
+        };
+        if let Some(outcome) = self.requests.outcome(request) {
+            return outcome.clone();
+        }
+        let outcome = self.apply(&proposal.command);
+        self.requests.remember(request.clone(), outcome.clone());
+        outcome
+    }
+
     /// Applies one command; a rejected command changes nothing.
     pub fn apply(&mut self, command: &Command) -> Outcome {
         match command {
@@ -98,6 +125,7 @@ impl RegistryState {
             },
             Command::RemoveNode { id } => match self.nodes.remove(id) {
                 Some(_) => {
+                    self.listener_failures.remove(id);
                     // Its tasks' fate is unknown; the scheduler replaces them.
                     for task in self.tasks.values_mut().filter(|t| t.node == Some(*id)) {
                         task.desired = DesiredState::Shutdown;
@@ -115,6 +143,7 @@ impl RegistryState {
             Command::RollbackService { name } => self.rollback_service(name),
             Command::Schedule { ops, at } => self.schedule(ops, *at),
             Command::ReportTask { report } => self.report(report),
+            Command::ReportListeners { node, failures } => self.report_listeners(*node, failures),
             Command::RemoveService { name } => match self.services.remove(name) {
                 Some(_) => {
                     // Out of every routing table now; agents drain and stop.
@@ -177,6 +206,22 @@ impl RegistryState {
         Outcome::Node {
             node: Box::new(record),
         }
+    }
+
+    fn report_listeners(&mut self, node: NodeId, failures: &[ListenerFailure]) -> Outcome {
+        if !self.nodes.contains_key(&node) {
+            return reject(
+                RejectKind::NotFound,
+                "node",
+                format!("no node with id {node}"),
+            );
+        }
+        if failures.is_empty() {
+            self.listener_failures.remove(&node);
+        } else {
+            self.listener_failures.insert(node, failures.to_vec());
+        }
+        Outcome::Nothing
     }
 
     fn update_node(
@@ -378,6 +423,7 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::requests::REMEMBERED_REQUESTS;
     use lb_config::{EndpointSpec, PortSpec};
 
     fn spec(name: &str, port: i64) -> ServiceSpec {
@@ -401,6 +447,63 @@ mod tests {
             Outcome::Rejected { rejection } => rejection,
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_nodes_listener_report_replaces_the_last_and_goes_with_the_node() {
+        let mut state = RegistryState::default();
+        let failure = ListenerFailure {
+            service: "web".to_owned(),
+            address: "127.0.0.2:8080".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            error: "address in use".to_owned(),
+        };
+        let report =
+            |failures: Vec<ListenerFailure>| Command::ReportListeners { node: 7, failures };
+        let before = state.clone();
+        let rejection = rejected(state.apply(&report(vec![failure.clone()])));
+        assert_eq!(
+            (rejection.kind, rejection.field.as_str()),
+            (RejectKind::NotFound, "node")
+        );
+        assert_eq!(state, before, "an unknown node's report changes nothing");
+
+        state.apply(&Command::RegisterNode {
+            node: NodeRecord {
+                id: 7,
+                name: "node-a".to_owned(),
+                raft_addr: "127.0.0.2:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+                api_addr: "127.0.0.2:9900".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+                ingress_addr: "127.0.0.2".parse().unwrap(),
+                role: Role::Manager,
+                availability: Availability::Active,
+                status: NodeStatus::Ready,
+                labels: BTreeMap::new(),
+            },
+        });
+        assert_eq!(
+            state.apply(&report(vec![failure.clone()])),
+            Outcome::Nothing
+        );
+        assert_eq!(
+            state.listener_failures.get(&7),
+            Some(&vec![failure.clone()])
+        );
+        state.apply(&report(Vec::new()));
+        assert!(state.listener_failures.is_empty(), "all bound: no entry");
+        state.apply(&report(vec![failure]));
+        state.apply(&Command::RemoveNode { id: 7 });
+        assert!(state.listener_failures.is_empty(), "gone with its node");
+
+        // The new field and command read alike without the new parts.
+        let command: Command =
+            serde_json::from_str(r#"{"op":"report_listeners","node":7}"#).expect("command");
+        assert_eq!(command, report(Vec::new()));
+        let mut old = serde_json::to_value(RegistryState::default()).expect("state");
+        old.as_object_mut()
+            .expect("object")
+            .remove("listener_failures");
+        let read: RegistryState = serde_json::from_value(old).expect("an older state");
+        assert_eq!(read, RegistryState::default());
     }
 
     #[test]
@@ -499,5 +602,104 @@ mod tests {
             );
             assert_eq!(state, before, "{command:?} changed the state");
         }
+    }
+
+    #[test]
+    fn a_resent_request_gets_its_first_answer_and_applies_once() {
+        let mut state = RegistryState::default();
+        let create = Proposal::keyed(
+            "req-1".to_owned(),
+            Command::CreateService {
+                spec: spec("web", 80),
+            },
+        );
+        let first = state.apply_proposal(&create);
+        assert!(matches!(first, Outcome::Service { .. }), "{first:?}");
+        let after_first = state.clone();
+        let second = state.apply_proposal(&create);
+        assert_eq!(second, first, "a resend gets the first answer");
+        assert_eq!(state, after_first, "a resend changes nothing");
+        assert_eq!(state.services.len(), 1);
+        assert_eq!(state.services["web"].version, 1);
+
+        // The same command under a new id is a new write, refused as before.
+        let again = state.apply_proposal(&Proposal::keyed(
+            "req-2".to_owned(),
+            Command::CreateService {
+                spec: spec("web", 80),
+            },
+        ));
+        assert_eq!(rejected(again).kind, RejectKind::Conflict);
+        // A rejection is remembered too: its resend is still that rejection,
+        // even once the conflict is gone.
+        state.apply_proposal(&Proposal::once(Command::RemoveService {
+            name: "web".into(),
+        }));
+        let resent = state.apply_proposal(&Proposal::keyed(
+            "req-2".to_owned(),
+            Command::CreateService {
+                spec: spec("web", 80),
+            },
+        ));
+        assert_eq!(rejected(resent).kind, RejectKind::Conflict);
+        assert!(state.services.is_empty());
+    }
+
+    #[test]
+    fn an_entry_without_an_id_applies_every_time() {
+        let mut state = RegistryState::default();
+        let update = Proposal::once(Command::UpdateService {
+            spec: spec("web", 81),
+        });
+        state.apply(&Command::CreateService {
+            spec: spec("web", 80),
+        });
+        state.apply_proposal(&update);
+        state.apply_proposal(&update);
+        assert_eq!(state.services["web"].version, 3, "both applied");
+        assert!(state.requests.is_empty(), "nothing remembered");
+    }
+
+    #[test]
+    fn the_oldest_request_ids_are_forgotten_first() {
+        let mut state = RegistryState::default();
+        let remove = |id: usize| {
+            Proposal::keyed(
+                format!("req-{id}"),
+                Command::RemoveService {
+                    name: format!("s{id}"),
+                },
+            )
+        };
+        for id in 0..=REMEMBERED_REQUESTS {
+            state.apply_proposal(&remove(id));
+        }
+        assert_eq!(state.requests.len(), REMEMBERED_REQUESTS);
+        assert!(state.requests.outcome("req-0").is_none(), "the oldest went");
+        assert!(state.requests.outcome("req-1").is_some());
+        assert!(state
+            .requests
+            .outcome(&format!("req-{REMEMBERED_REQUESTS}"))
+            .is_some());
+    }
+
+    #[test]
+    fn entries_written_before_request_ids_read_and_write_as_they_were() {
+        let command = Command::RemoveService { name: "web".into() };
+        let old = serde_json::to_string(&command).expect("encode");
+        assert_eq!(old, r#"{"op":"remove_service","name":"web"}"#);
+        let read: Proposal = serde_json::from_str(&old).expect("an old entry reads");
+        assert_eq!(read, Proposal::once(command.clone()));
+        assert_eq!(serde_json::to_string(&read).expect("encode"), old);
+        let keyed = serde_json::to_string(&Proposal::keyed("r".into(), command)).expect("encode");
+        assert_eq!(
+            keyed,
+            r#"{"request":"r","op":"remove_service","name":"web"}"#
+        );
+        // A state saved before request ids reads with none remembered.
+        let mut saved = serde_json::to_value(RegistryState::default()).expect("encode");
+        saved.as_object_mut().expect("an object").remove("requests");
+        let state: RegistryState = serde_json::from_value(saved).expect("an old state reads");
+        assert!(state.requests.is_empty());
     }
 }

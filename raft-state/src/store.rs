@@ -465,7 +465,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             applied = Some(entry.log_id);
             let outcome = match entry.payload {
                 EntryPayload::Blank => Outcome::Nothing,
-                EntryPayload::Normal(command) => state.apply(&command),
+                EntryPayload::Normal(proposal) => state.apply_proposal(&proposal),
                 EntryPayload::Membership(m) => {
                     membership = StoredMembership::new(Some(entry.log_id), m);
                     Outcome::Nothing
@@ -549,6 +549,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 mod tests {
     use super::*;
     use openraft::testing::{StoreBuilder, Suite};
+    use openraft::LogId;
 
     struct Builder;
 
@@ -572,7 +573,7 @@ mod tests {
     /// entry bigger than that alone.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn replication_reads_are_capped_by_bytes() -> Result<()> {
-        use crate::command::Command;
+        use crate::command::{Command, Proposal};
         use openraft::CommittedLeaderId;
 
         let dir = tempfile::tempdir().map_err(io_error)?;
@@ -585,9 +586,9 @@ mod tests {
                 let index = i as u64 + 1;
                 let entry = Entry {
                     log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
-                    payload: EntryPayload::Normal(Command::RemoveService {
+                    payload: EntryPayload::Normal(Proposal::once(Command::RemoveService {
                         name: "x".repeat(*size),
-                    }),
+                    })),
                 };
                 encode(&entry).map(|bytes| (index, bytes))
             })
@@ -633,6 +634,64 @@ mod tests {
             drop(reopened);
             dropper.join().expect("dropper thread");
         }
+        Ok(())
+    }
+
+    fn entry(index: u64, proposal: crate::command::Proposal) -> Entry {
+        Entry {
+            log_id: LogId::new(openraft::CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(proposal),
+        }
+    }
+
+    /// A node that learns the state from a snapshot remembers the request
+    /// ids the snapshot's writer applied: a resend after the snapshot gets
+    /// the first answer there too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_snapshot_keeps_the_request_ids() -> Result<()> {
+        use crate::command::{Command, Proposal};
+        let dir = tempfile::tempdir().map_err(io_error)?;
+        let create = Proposal::keyed(
+            "req-1".to_owned(),
+            Command::CreateService {
+                spec: lb_config::ServiceSpec {
+                    name: "web".to_owned(),
+                    ports: vec![lb_config::PortSpec {
+                        published: 80,
+                        target: Some(80),
+                        protocol: None,
+                    }],
+                    endpoints: vec![lb_config::EndpointSpec {
+                        address: "10.0.0.1".to_owned(),
+                        weight: None,
+                    }],
+                    ..Default::default()
+                },
+            },
+        );
+        let (_log, mut writer) = open(&dir.path().join("writer.redb")).await?;
+        let first = writer.apply([entry(1, create.clone())]).await?;
+        assert!(matches!(first[0], Outcome::Service { .. }), "{first:?}");
+        let snapshot = writer.get_snapshot_builder().await.build_snapshot().await?;
+
+        let (reader_log, mut reader) = open(&dir.path().join("reader.redb")).await?;
+        reader
+            .install_snapshot(&snapshot.meta, snapshot.snapshot)
+            .await?;
+        let resent = reader.apply([entry(2, create)]).await?;
+        assert_eq!(resent, first, "the resend got the first answer");
+        let state = reader.subscribe().borrow().state.clone();
+        assert_eq!(state.services.len(), 1);
+        assert_eq!(state.services["web"].version, 1, "applied once");
+        assert!(state.requests.outcome("req-1").is_some());
+        let closed = reader_log.database_closed();
+        drop((reader_log, reader));
+        closed.wait().await;
+
+        // And after a restart from the file.
+        let (_log, reopened) = open(&dir.path().join("reader.redb")).await?;
+        let state = reopened.subscribe().borrow().state.clone();
+        assert!(state.requests.outcome("req-1").is_some(), "persisted");
         Ok(())
     }
 }

@@ -1,16 +1,16 @@
 //! The openraft type configuration of the registry.
 use std::io::Cursor;
 
-use crate::command::Command;
+use crate::command::Proposal;
 use crate::outcome::Outcome;
 
 pub use crate::node::NodeId;
 
 openraft::declare_raft_types!(
-    /// Raft types of the registry: commands in, outcomes out, nodes known by
-    /// their Raft RPC address.
+    /// Raft types of the registry: proposals (commands with their request
+    /// ids) in, outcomes out, nodes known by their Raft RPC address.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = Outcome,
         NodeId = NodeId,
         Node = openraft::BasicNode,

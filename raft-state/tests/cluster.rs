@@ -269,3 +269,65 @@ async fn restart_from_disk_and_snapshot_catch_up() {
     n1.shutdown().await;
     n2.shutdown().await;
 }
+
+/// A follower that lost the answer to a forwarded create (the leader died
+/// after committing it) sends it again with the same request id: the
+/// resend, through another follower and after the leader is gone, gets the
+/// first answer, and the service is created once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_write_gets_its_first_answer_across_a_leader_change() {
+    let harness = Harness::new();
+    let timing = Timing::default();
+    let (n1, _p1) = harness.start(1, 0, secret(), timing.clone()).await;
+    let (n2, p2) = harness.start(2, 0, secret(), timing.clone()).await;
+    let (n3, p3) = harness.start(3, 0, secret(), timing.clone()).await;
+    n1.bootstrap().await.expect("bootstrap");
+    eventually("node 1 leads", || n1.is_leader()).await;
+    for (id, port) in [(2, p2), (3, p3)] {
+        n1.add_member(id, &format!("127.0.0.1:{port}"), true)
+            .await
+            .expect("add member");
+    }
+    let request = n3.request_id();
+    let create = || Command::CreateService {
+        spec: spec("web", 8080),
+    };
+    // Forwarded by follower 3 to the leader; its answer is "lost".
+    let first = n3
+        .propose_request(request.clone(), create())
+        .await
+        .expect("propose");
+    created(first.clone());
+    // The resend, forwarded again.
+    let resent = n3
+        .propose_request(request.clone(), create())
+        .await
+        .expect("resend");
+    assert_eq!(resent, first, "a resend gets the first answer, not a 409");
+
+    // The leader dies; the resend reaches the new leader through node 2.
+    for node in [&n2, &n3] {
+        eventually("web applied", || {
+            node.local().state.requests.outcome(&request).is_some()
+        })
+        .await;
+    }
+    n1.shutdown().await;
+    let killed = Instant::now();
+    let after = loop {
+        match n2.propose_request(request.clone(), create()).await {
+            Ok(outcome) => break outcome,
+            Err(_) if killed.elapsed() < WAIT => continue,
+            Err(error) => panic!("no new leader: {error}"),
+        }
+    };
+    assert_eq!(after, first, "the new leader answers the first answer too");
+    // A new request for the same service is a new write, refused as before.
+    let other = n2.propose(create()).await.expect("propose");
+    assert!(matches!(other, Outcome::Rejected { .. }), "{other:?}");
+    let read = n3.linearizable().await.expect("read");
+    assert_eq!(read.state.services.len(), 1);
+    assert_eq!(read.state.services["web"].version, 1, "created once");
+    n2.shutdown().await;
+    n3.shutdown().await;
+}

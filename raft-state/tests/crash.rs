@@ -19,9 +19,12 @@ const TEST_NAME: &str = "acknowledged_entries_survive_sigkill";
 fn entry(index: u64) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-        payload: EntryPayload::Normal(RegistryCommand::RemoveService {
-            name: format!("service-{index}"),
-        }),
+        payload: EntryPayload::Normal(
+            RegistryCommand::RemoveService {
+                name: format!("service-{index}"),
+            }
+            .into(),
+        ),
     }
 }
 

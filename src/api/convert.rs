@@ -223,10 +223,20 @@ mod tests {
             service: service(&record),
             running: 2,
             desired: 3,
+            listener_errors: vec![api::ListenerError {
+                node: "node-2".to_owned(),
+                address: "127.0.0.2:8080".parse().expect("addr"), // fixed-port-ok: text only
+                error: "address in use".to_owned(),
+            }],
         };
         assert_eq!(
             serde_json::to_value(status).expect("json"),
-            with(&record, json!({"running": 2, "desired": 3}))
+            with(
+                &record,
+                json!({"running": 2, "desired": 3, "listener_errors": [
+                    {"node": "node-2", "address": "127.0.0.2:8080", "error": "address in use"}
+                ]})
+            )
         );
     }
 

@@ -8,12 +8,17 @@
 //! request ─> bearer token (every route but join) ─> body (at most 2 MiB; a
 //!            service spec at most 1 MiB once encoded, checked before its write)
 //!         ─> path split on '/', then each segment percent-decoded
+//!         ─> request id: the Idempotency-Key header, or a new one from this node
 //!         ─> GET:   routes::route on this node (linearizable read)
 //!         ─> write: routes::route on the leader; a follower passes the request to the
-//!                   leader unchanged (lbmesh-api's Client), retrying through an election
-//!                   and at once when Raft names a new leader (a call to the old one is
-//!                   given up then)
+//!                   leader unchanged (lbmesh-api's Client) with the request id, retrying
+//!                   through an election with the same id, and at once when Raft names a
+//!                   new leader (a call to the old one is given up then)
 //! ```
+//!
+//! The request id goes into the log with the command, so a write retried
+//! after its first try took effect (the leader died before answering) gets
+//! the first answer rather than a 409 or a second effect.
 //!
 //! - [`routes`]: one handler per route.
 //! - [`convert`]: registry records as lbmesh-api answers, and the request
@@ -32,7 +37,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use lbmesh_api::Client;
+use lbmesh_api::{check_idempotency_key, Client, IDEMPOTENCY_KEY};
 use percent_encoding::percent_decode_str;
 use raft_state::registry::RegistryNode;
 
@@ -63,6 +68,10 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
+    let given_key = request
+        .headers()
+        .get(IDEMPOTENCY_KEY)
+        .map(|v| v.to_str().map(str::to_owned));
     let is_join = method == Method::POST && path == "/v1/cluster/join";
     if !is_join {
         let state = registry.local().state;
@@ -79,6 +88,20 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
             _ => return error(StatusCode::UNAUTHORIZED, "authorization", "wrong token"),
         }
     }
+    let request_id = match given_key {
+        None => registry.request_id(),
+        Some(Ok(key)) => match check_idempotency_key(&key) {
+            Ok(()) => key,
+            Err(reason) => return error(StatusCode::BAD_REQUEST, IDEMPOTENCY_KEY, reason),
+        },
+        Some(Err(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                IDEMPOTENCY_KEY,
+                "the header is not visible ASCII",
+            )
+        }
+    };
     let body = match Limited::new(request.into_body(), MAX_BODY_BYTES)
         .collect()
         .await
@@ -101,7 +124,7 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
     };
     let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
     if method == Method::GET {
-        return routes::route(registry, &method, &segments, &query, &body).await;
+        return routes::route(registry, &method, &segments, &query, &body, &request_id).await;
     }
     // Writes run on the leader. During an election there is none, or the one
     // this node knows is gone: retry until a leader answers or the deadline
@@ -109,11 +132,19 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
     let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
     loop {
         if registry.is_leader() {
-            return routes::route(registry, &method, &segments, &query, &body).await;
+            return routes::route(registry, &method, &segments, &query, &body, &request_id).await;
         }
         let forwarded = tokio::time::timeout_at(
             deadline,
-            forward_to_leader(registry, &method, &path, &query, presented.clone(), &body),
+            forward_to_leader(
+                registry,
+                &method,
+                &path,
+                &query,
+                presented.clone(),
+                &body,
+                &request_id,
+            ),
         )
         .await
         .unwrap_or_else(|_| Err(format!("no leader answered within {WRITE_DEADLINE:?}")));
@@ -136,10 +167,10 @@ fn decode_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
         .collect()
 }
 
-/// Passes a write to the leader's API as it came; `Err` when no leader
-/// answered, or as soon as the registry names another leader than the one
-/// called (so the retry reaches the new leader without waiting for the old
-/// one's timeout).
+/// Passes a write to the leader's API as it came, with its request id;
+/// `Err` when no leader answered, or as soon as the registry names another
+/// leader than the one called (so the retry reaches the new leader without
+/// waiting for the old one's timeout).
 async fn forward_to_leader(
     registry: &Arc<RegistryNode>,
     method: &Method,
@@ -147,6 +178,7 @@ async fn forward_to_leader(
     query: &str,
     token: Option<String>,
     body: &Bytes,
+    request_id: &str,
 ) -> Result<ApiResponse, String> {
     let leader = registry.metrics().current_leader;
     let state = registry.local().state;
@@ -162,7 +194,10 @@ async fn forward_to_leader(
     };
     let client = Client::new(&api_addr.to_string(), token).map_err(|e| e.to_string())?;
     let (status, body) = registry
-        .while_leader_is(leader, client.raw(method.clone(), &target, body.clone()))
+        .while_leader_is(
+            leader,
+            client.raw(method.clone(), &target, body.clone(), Some(request_id)),
+        )
         .await
         .ok_or_else(|| format!("node {leader} stopped leading before it answered"))?
         .map_err(|e| e.to_string())?;

@@ -1,7 +1,13 @@
 //! One handler per `/v1` route (the table is lbmesh-api's crate doc): reads
 //! answer from a linearizable read of the registry, writes propose a
-//! command; either way the answer is an lbmesh-api type built by
-//! [`convert`](super::convert).
+//! command under the request's id; either way the answer is an lbmesh-api
+//! type built by [`convert`](super::convert).
+//!
+//! A write whose request id this node has applied already (a resend whose
+//! first answer was lost) is answered from the remembered outcome before any
+//! check, since a check such as "no node named x" would otherwise refuse the
+//! resend of the removal that made it true. A resend that arrives before
+//! the first copy is applied here is caught where the entry is applied.
 
 use std::sync::Arc;
 
@@ -9,10 +15,13 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use lb_config::ServiceSpec;
 use lbmesh_api::{
-    ClusterInfo, JoinRequest, JoinToken, NodeUpdate, RaftRole, Removed, Scale, ServiceStatus,
+    ClusterInfo, JoinRequest, JoinToken, ListenerError, NodeUpdate, RaftRole, Removed, Scale,
+    ServiceStatus,
 };
 use raft_state::registry::RegistryNode;
-use raft_state::state::{Command, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind};
+use raft_state::state::{
+    Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind,
+};
 use raft_state::state::{Rejection, ServiceRecord};
 use raft_state::store::Applied;
 use raft_state::task::TaskRecord;
@@ -33,25 +42,37 @@ pub async fn route(
     segments: &[&str],
     query: &str,
     body: &Bytes,
+    request: &str,
 ) -> ApiResponse {
+    let is_join = method == Method::POST && segments == ["cluster", "join"];
+    if method != Method::GET && !is_join {
+        let remembered = registry.local().state.requests.outcome(request).cloned();
+        if let Some(outcome) = remembered {
+            return answer(outcome, shape(method, segments));
+        }
+    }
+    let request = request.to_owned();
     match (method, segments) {
         (&Method::GET, ["cluster"]) => cluster_info(registry).await,
         (&Method::GET, ["cluster", "join-token", role]) => join_token(registry, role).await,
-        (&Method::POST, ["cluster", "join"]) => join(registry, body).await,
+        (&Method::POST, ["cluster", "join"]) => join(registry, body, &request).await,
         (&Method::GET, ["nodes"]) => nodes(registry, None).await,
         (&Method::GET, ["nodes", name]) => nodes(registry, Some(name)).await,
         (&Method::GET, ["nodes", name, "tasks"]) => tasks(registry, TaskFilter::Node(name)).await,
         (&Method::GET, ["services", name, "tasks"]) => {
             tasks(registry, TaskFilter::Service(name)).await
         }
-        (&Method::POST, ["nodes", name]) => update_node(registry, name, body).await,
-        (&Method::DELETE, ["nodes", name]) => remove_node(registry, name, query).await,
+        (&Method::POST, ["nodes", name]) => update_node(registry, name, body, request).await,
+        (&Method::DELETE, ["nodes", name]) => remove_node(registry, name, query, request).await,
         (&Method::GET, ["services"]) => services(registry, None).await,
         (&Method::GET, ["services", name]) => services(registry, Some(name)).await,
         (&Method::POST, ["services"]) => match parse::<ServiceSpec>(body) {
             Ok(spec) => match spec_too_large(&spec).or_else(|| node_port_clash(registry, &spec)) {
                 Some(clash) => clash,
-                None => propose(registry, Command::CreateService { spec }, true).await,
+                None => {
+                    let command = Command::CreateService { spec };
+                    propose(registry, request, command, Shape::Created).await
+                }
             },
             Err(response) => *response,
         },
@@ -59,7 +80,10 @@ pub async fn route(
             Ok(spec) if spec.name == *name => {
                 match spec_too_large(&spec).or_else(|| node_port_clash(registry, &spec)) {
                     Some(clash) => clash,
-                    None => propose(registry, Command::UpdateService { spec }, false).await,
+                    None => {
+                        let command = Command::UpdateService { spec };
+                        propose(registry, request, command, Shape::Stored).await
+                    }
                 }
             }
             Ok(spec) => error(
@@ -69,22 +93,18 @@ pub async fn route(
             ),
             Err(response) => *response,
         },
-        (&Method::POST, ["services", name, "scale"]) => scale(registry, name, body).await,
+        (&Method::POST, ["services", name, "scale"]) => scale(registry, name, body, request).await,
         (&Method::POST, ["services", name, "rollback"]) => {
-            propose(
-                registry,
-                Command::RollbackService {
-                    name: (*name).to_owned(),
-                },
-                false,
-            )
-            .await
+            let command = Command::RollbackService {
+                name: (*name).to_owned(),
+            };
+            propose(registry, request, command, Shape::Stored).await
         }
         (&Method::DELETE, ["services", name]) => {
             let command = Command::RemoveService {
                 name: (*name).to_owned(),
             };
-            remove(registry, command, name).await
+            propose(registry, request, command, Shape::Removed(name)).await
         }
         _ => error(StatusCode::NOT_FOUND, "path", "no such route"),
     }
@@ -121,35 +141,58 @@ fn no_node(name: &str) -> ApiResponse {
     error(StatusCode::NOT_FOUND, "node", format!("no node {name:?}"))
 }
 
-/// Proposes a change of a service or a node and answers what was stored.
-async fn propose(registry: &Arc<RegistryNode>, command: Command, created: bool) -> ApiResponse {
-    match registry.propose(command).await {
-        Ok(Outcome::Service { service }) => {
-            let status = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            json_response(status, &convert::service(&service))
-        }
-        Ok(Outcome::Node { node }) => json_response(StatusCode::OK, &convert::member(&node)),
-        Ok(Outcome::Rejected { rejection }) => rejected(rejection),
-        Ok(other) => unexpected(&other),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "registry", e.to_string()),
+/// How a write route answers its outcome.
+#[derive(Clone, Copy)]
+enum Shape<'a> {
+    /// `201` and the record.
+    Created,
+    /// `200` and the record.
+    Stored,
+    /// `200` and [`Removed`] with this name.
+    Removed(&'a str),
+}
+
+/// The shape of the write route `method` and `segments` name.
+fn shape<'a>(method: &Method, segments: &[&'a str]) -> Shape<'a> {
+    match (method, segments) {
+        (&Method::POST, ["services"]) => Shape::Created,
+        (&Method::DELETE, [_, name]) => Shape::Removed(name),
+        _ => Shape::Stored,
     }
 }
 
-/// Proposes a removal and answers [`Removed`] with `name`.
-async fn remove(registry: &Arc<RegistryNode>, command: Command, name: &str) -> ApiResponse {
-    match registry.propose(command).await {
-        Ok(Outcome::Removed) => json_response(
+/// The answer to a write's outcome, first or remembered.
+fn answer(outcome: Outcome, shape: Shape<'_>) -> ApiResponse {
+    match (outcome, shape) {
+        (Outcome::Service { service }, Shape::Created) => {
+            json_response(StatusCode::CREATED, &convert::service(&service))
+        }
+        (Outcome::Service { service }, Shape::Stored) => {
+            json_response(StatusCode::OK, &convert::service(&service))
+        }
+        (Outcome::Node { node }, Shape::Stored) => {
+            json_response(StatusCode::OK, &convert::member(&node))
+        }
+        (Outcome::Removed, Shape::Removed(name)) => json_response(
             StatusCode::OK,
             &Removed {
                 removed: name.to_owned(),
             },
         ),
-        Ok(Outcome::Rejected { rejection }) => rejected(rejection),
-        Ok(other) => unexpected(&other),
+        (Outcome::Rejected { rejection }, _) => rejected(rejection),
+        (other, _) => unexpected(&other),
+    }
+}
+
+/// Proposes `command` for request `request` and answers its outcome.
+async fn propose(
+    registry: &Arc<RegistryNode>,
+    request: String,
+    command: Command,
+    shape: Shape<'_>,
+) -> ApiResponse {
+    match registry.propose_request(request, command).await {
+        Ok(outcome) => answer(outcome, shape),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "registry", e.to_string()),
     }
 }
@@ -222,12 +265,12 @@ async fn join_token(registry: &Arc<RegistryNode>, role: &str) -> ApiResponse {
     )
 }
 
-async fn join(registry: &Arc<RegistryNode>, body: &Bytes) -> ApiResponse {
+async fn join(registry: &Arc<RegistryNode>, body: &Bytes, request_id: &str) -> ApiResponse {
     let request = match parse::<JoinRequest>(body) {
         Ok(request) => request,
         Err(response) => return *response,
     };
-    match cluster::admit(registry, request).await {
+    match cluster::admit(registry, request, request_id).await {
         Ok(node) => json_response(StatusCode::OK, &convert::member(&node)),
         Err(JoinRefusal::BadToken(reason)) => error(StatusCode::UNAUTHORIZED, "token", reason),
         Err(JoinRefusal::Invalid { field, reason }) => error(StatusCode::CONFLICT, &field, reason),
@@ -266,7 +309,12 @@ async fn nodes(registry: &Arc<RegistryNode>, name: Option<&str>) -> ApiResponse 
     }
 }
 
-async fn update_node(registry: &Arc<RegistryNode>, name: &str, body: &Bytes) -> ApiResponse {
+async fn update_node(
+    registry: &Arc<RegistryNode>,
+    name: &str,
+    body: &Bytes,
+    request: String,
+) -> ApiResponse {
     let update = match parse::<NodeUpdate>(body) {
         Ok(update) => update,
         Err(response) => return *response,
@@ -281,14 +329,19 @@ async fn update_node(registry: &Arc<RegistryNode>, name: &str, body: &Bytes) -> 
         labels_add: update.labels_add,
         labels_remove: update.labels_remove,
     };
-    propose(registry, command, false).await
+    propose(registry, request, command, Shape::Stored).await
 }
 
-async fn remove_node(registry: &Arc<RegistryNode>, name: &str, query: &str) -> ApiResponse {
-    let Some(node) = registry.local().state.find_node(name).cloned() else {
-        return no_node(name);
-    };
+async fn remove_node(
+    registry: &Arc<RegistryNode>,
+    name: &str,
+    query: &str,
+    request: String,
+) -> ApiResponse {
     let force = query.split('&').any(|kv| kv == "force=true");
+    let Some(node) = registry.local().state.find_node(name).cloned() else {
+        return remove_stray_member(registry, name, force).await;
+    };
     if node.status != NodeStatus::Down && !force {
         return error(
             StatusCode::CONFLICT,
@@ -309,7 +362,46 @@ async fn remove_node(registry: &Arc<RegistryNode>, name: &str, query: &str) -> A
     if let Err(e) = registry.remove_member(node.id).await {
         return error(StatusCode::SERVICE_UNAVAILABLE, "registry", e.to_string());
     }
-    remove(registry, Command::RemoveNode { id: node.id }, &node.name).await
+    let command = Command::RemoveNode { id: node.id };
+    propose(registry, request, command, Shape::Removed(&node.name)).await
+}
+
+/// Removes a Raft member that has no node record, named by its id: a
+/// learner a refused join left behind (before joins checked first), which
+/// the leader would otherwise replicate to for ever. A voter needs `force`,
+/// since it counts towards the quorum.
+async fn remove_stray_member(registry: &Arc<RegistryNode>, name: &str, force: bool) -> ApiResponse {
+    let Ok(id) = name.parse::<NodeId>() else {
+        return no_node(name);
+    };
+    let metrics = registry.metrics();
+    let membership = metrics.membership_config.membership();
+    if membership.get_node(&id).is_none() {
+        return no_node(name);
+    }
+    if id == registry.id {
+        return error(
+            StatusCode::CONFLICT,
+            "node",
+            "a node cannot remove itself; ask another",
+        );
+    }
+    if membership.voter_ids().any(|v| v == id) && !force {
+        return error(
+            StatusCode::CONFLICT,
+            "node",
+            format!("member {id} has no node record but votes; use --force to remove it"),
+        );
+    }
+    match registry.remove_member(id).await {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            &Removed {
+                removed: name.to_owned(),
+            },
+        ),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "registry", e.to_string()),
+    }
 }
 
 /// A service with its running and desired task counts.
@@ -330,7 +422,30 @@ fn service_status(state: &RegistryState, record: &ServiceRecord) -> ServiceStatu
         service: convert::service(record),
         running,
         desired,
+        listener_errors: listener_errors(state, &record.spec.name),
     }
+}
+
+/// What the nodes report they cannot bind for `service`, by node name and
+/// address.
+fn listener_errors(state: &RegistryState, service: &str) -> Vec<ListenerError> {
+    let mut errors: Vec<ListenerError> = state
+        .listener_failures
+        .iter()
+        .filter_map(|(id, failures)| Some((state.nodes.get(id)?, failures)))
+        .flat_map(|(node, failures)| {
+            failures
+                .iter()
+                .filter(|failure| failure.service == service)
+                .map(|failure| ListenerError {
+                    node: node.name.clone(),
+                    address: failure.address,
+                    error: failure.error.clone(),
+                })
+        })
+        .collect();
+    errors.sort_by(|a, b| (&a.node, a.address).cmp(&(&b.node, b.address)));
+    errors
 }
 
 async fn services(registry: &Arc<RegistryNode>, name: Option<&str>) -> ApiResponse {
@@ -418,7 +533,12 @@ async fn tasks(registry: &Arc<RegistryNode>, filter: TaskFilter<'_>) -> ApiRespo
     json_response(StatusCode::OK, &tasks)
 }
 
-async fn scale(registry: &Arc<RegistryNode>, name: &str, body: &Bytes) -> ApiResponse {
+async fn scale(
+    registry: &Arc<RegistryNode>,
+    name: &str,
+    body: &Bytes,
+    request: String,
+) -> ApiResponse {
     let scale = match parse::<Scale>(body) {
         Ok(scale) => scale,
         Err(response) => return *response,
@@ -428,7 +548,13 @@ async fn scale(registry: &Arc<RegistryNode>, name: &str, body: &Bytes) -> ApiRes
     };
     let mut spec = service.spec;
     spec.replicas = Some(scale.replicas);
-    propose(registry, Command::UpdateService { spec }, false).await
+    propose(
+        registry,
+        request,
+        Command::UpdateService { spec },
+        Shape::Stored,
+    )
+    .await
 }
 
 /// A 413 naming the limit when `spec`, encoded as the log stores it, is over
@@ -482,4 +608,189 @@ fn node_port_clash(registry: &RegistryNode, spec: &ServiceSpec) -> Option<ApiRes
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use lbmesh_api::{Availability, Member, Role};
+    use raft_state::network::Secret;
+    use raft_state::registry::{NodeOptions, Timing};
+    use raft_state::state::{ClusterInfo, DEFAULT_VIP_RANGE};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    const WORKER_TOKEN: &str = "worker-token";
+
+    fn secret() -> Secret {
+        Secret::new(b"routes test secret")
+    }
+
+    /// A registry node on 127.0.0.1:0 and its Raft address.
+    async fn start(dir: &tempfile::TempDir, id: NodeId) -> (Arc<RegistryNode>, SocketAddr) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let node = RegistryNode::start(NodeOptions {
+            id,
+            raft_listener: listener,
+            raft_addr: addr.to_string(),
+            data_file: dir.path().join(format!("{id}.redb")),
+            secret: secret(),
+            timing: Timing::default(),
+        })
+        .await
+        .expect("registry starts");
+        (Arc::new(node), addr)
+    }
+
+    /// A one-node cluster, initialised, that leads.
+    async fn leader(dir: &tempfile::TempDir) -> Arc<RegistryNode> {
+        let (node, _) = start(dir, 1).await;
+        node.bootstrap().await.expect("bootstrap");
+        let started = std::time::Instant::now();
+        while !node.is_leader() && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let init = Command::InitCluster {
+            cluster: ClusterInfo {
+                id: "test".to_owned(),
+                manager_token: "manager-token".to_owned(),
+                worker_token: WORKER_TOKEN.to_owned(),
+                control_token: "control".to_owned(),
+            },
+            vip_range: DEFAULT_VIP_RANGE,
+        };
+        node.propose(init).await.expect("init");
+        node
+    }
+
+    fn join_body(id: NodeId, name: &str, raft_addr: SocketAddr) -> Bytes {
+        let request = JoinRequest {
+            token: WORKER_TOKEN.to_owned(),
+            node: Member {
+                id,
+                name: name.to_owned(),
+                raft_addr,
+                api_addr: SocketAddr::new(raft_addr.ip(), 1),
+                ingress_addr: raft_addr.ip(),
+                role: Role::Worker,
+                availability: Availability::Active,
+                status: lbmesh_api::NodeStatus::Ready,
+                labels: Default::default(),
+            },
+        };
+        Bytes::from(serde_json::to_vec(&request).expect("encode"))
+    }
+
+    fn members(node: &RegistryNode) -> Vec<NodeId> {
+        let metrics = node.metrics();
+        let membership = metrics.membership_config.membership();
+        membership.nodes().map(|(id, _)| *id).collect()
+    }
+
+    async fn post_join(node: &Arc<RegistryNode>, body: &Bytes, request: &str) -> ApiResponse {
+        let join = tokio::time::timeout(
+            Duration::from_secs(30),
+            route(node, &Method::POST, &["cluster", "join"], "", body, request),
+        );
+        join.await.expect("a join is answered in bounded time")
+    }
+
+    /// A join refused for its record, or for its Raft address, leaves no
+    /// Raft member behind (the learner used to be added before the record
+    /// was checked, and stayed for ever); one that passes is a learner with
+    /// a record, and its resend is answered with that record.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_join_leaves_no_learner() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let leader = leader(&dir).await;
+        let (joiner, joiner_addr) = start(&dir, 7).await;
+        let leader_raft: SocketAddr = leader
+            .metrics()
+            .membership_config
+            .membership()
+            .get_node(&1)
+            .expect("the leader's own address")
+            .addr
+            .parse()
+            .expect("an address");
+        // fixed-port-ok: nothing listens on port 1.
+        let nobody: SocketAddr = "127.0.0.1:1".parse().expect("addr");
+        let refused = [
+            (join_body(7, "Not A Label", joiner_addr), "node.name"),
+            (join_body(7, "joiner", leader_raft), "node.raft_addr"),
+            (join_body(7, "joiner", nobody), "node.raft_addr"),
+            (join_body(8, "joiner", joiner_addr), "node.raft_addr"),
+        ];
+        for (i, (body, field)) in refused.iter().enumerate() {
+            let response = post_join(&leader, body, &format!("refused-{i}")).await;
+            assert_eq!(response.status(), StatusCode::CONFLICT, "case {i}");
+            let answer = response
+                .into_body()
+                .collect()
+                .await
+                .expect("body")
+                .to_bytes();
+            let answer = String::from_utf8_lossy(&answer);
+            assert!(answer.contains(field), "case {i}: {answer}");
+            assert_eq!(members(&leader), [1], "case {i} left a member behind");
+        }
+        assert_eq!(leader.local().state.nodes.len(), 0, "no record written");
+
+        let body = join_body(7, "joiner", joiner_addr);
+        let joined = post_join(&leader, &body, "good").await;
+        assert_eq!(joined.status(), StatusCode::OK);
+        assert_eq!(members(&leader), [1, 7]);
+        let first = joined.into_body().collect().await.expect("body").to_bytes();
+        let resent = post_join(&leader, &body, "good").await;
+        assert_eq!(resent.status(), StatusCode::OK, "a resent join");
+        let again = resent.into_body().collect().await.expect("body").to_bytes();
+        assert_eq!(again, first, "the first answer");
+        joiner.shutdown().await;
+        leader.shutdown().await;
+    }
+
+    /// `node rm` of a Raft member without a node record (what a refused
+    /// join left behind) removes it from Raft; it used to answer "no node".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn node_rm_removes_a_stray_learner() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let leader = leader(&dir).await;
+        let (stray, stray_addr) = start(&dir, 55).await;
+        leader
+            .add_learner_nonblocking(55, &stray_addr.to_string())
+            .await
+            .expect("learner added");
+        assert_eq!(members(&leader), [1, 55]);
+        let remove = |name: &'static str| {
+            let leader = Arc::clone(&leader);
+            async move {
+                route(
+                    &leader,
+                    &Method::DELETE,
+                    &["nodes", name],
+                    "",
+                    &Bytes::new(),
+                    name,
+                )
+                .await
+            }
+        };
+        let removed = remove("55").await;
+        assert_eq!(removed.status(), StatusCode::OK);
+        assert_eq!(members(&leader), [1], "the stray learner is gone");
+        assert_eq!(remove("56").await.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            remove("1").await.status(),
+            StatusCode::CONFLICT,
+            "not itself"
+        );
+        assert_eq!(members(&leader), [1]);
+        stray.shutdown().await;
+        leader.shutdown().await;
+    }
 }

@@ -85,6 +85,12 @@ struct Args {
     #[arg(long, value_name = "DURATION", default_value = defaults::HEARTBEAT_GRACE, value_parser = parse_heartbeat)]
     heartbeat_grace: std::time::Duration,
 
+    /// Build a Raft snapshot every N log entries and purge the log behind
+    /// it, keeping N/5 entries for slow followers (a node further behind is
+    /// sent the snapshot). Small values are for tests of that path.
+    #[arg(long, value_name = "N", default_value_t = raft_state::registry::SNAPSHOT_EVERY, value_parser = clap::value_parser!(u64).range(10..=1_000_000))]
+    snapshot_every: u64,
+
     /// Proxy threads, each accepting and serving connections on its own
     /// event loop (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -258,6 +264,7 @@ fn cluster_options(args: &Args, proxy_threads: usize) -> Option<lbmesh::daemon::
             .clone()
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR).join(advertise.to_string())),
         vip_range: args.vip_range,
+        snapshot_every: args.snapshot_every,
     };
     let join = args.join.clone().map(|host| {
         let host = if host.contains(':') {

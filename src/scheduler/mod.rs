@@ -82,7 +82,7 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let mut changes = registry.watch();
-    let mut leader_since: Option<Instant> = None;
+    let mut leadership: Option<Leadership> = None;
     let mut memory = Memory::default();
     loop {
         tokio::select! {
@@ -91,7 +91,7 @@ pub async fn run(
             () = tokio::time::sleep(ROUND_INTERVAL) => {}
         }
         if !registry.is_leader() {
-            if leader_since.take().is_some() {
+            if leadership.take().is_some() {
                 info!("no longer the leader: scheduler idle");
                 // Only a leader holds nodes back; a follower reports none.
                 report_hold(&settings, None, 0, &mut memory.held);
@@ -99,12 +99,36 @@ pub async fn run(
             memory = Memory::default();
             continue;
         }
-        let since = *leader_since.get_or_insert_with(|| {
-            info!("leader: scheduler active");
-            Instant::now()
-        });
+        let term = registry.metrics().current_term;
+        let current = Leadership::observe(leadership, term, Instant::now());
+        if leadership != Some(current) {
+            info!(term, "leader: scheduler active");
+            memory = Memory::default();
+        }
+        leadership = Some(current);
+        let since = current.since;
         if let Err(error) = round(&registry, &settings, since, &mut memory).await {
             debug!(%error, "scheduling round not applied; retrying");
+        }
+    }
+}
+
+/// This node's current term as leader, and when the scheduler first saw
+/// it lead in that term: every node's grace is counted from then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Leadership {
+    term: u64,
+    since: Instant,
+}
+
+impl Leadership {
+    /// The leadership seen now: the same one while the term holds, a new
+    /// one when the term moved on, even if no round saw this node follow in
+    /// between (it lost and regained the lead within one round).
+    fn observe(previous: Option<Self>, term: u64, now: Instant) -> Self {
+        match previous {
+            Some(seen) if seen.term == term => seen,
+            _ => Self { term, since: now },
         }
     }
 }

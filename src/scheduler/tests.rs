@@ -478,3 +478,18 @@ fn a_down_node_heard_again_comes_back_even_while_others_are_held() {
     assert_eq!(judgement.changes, vec![(2, NodeStatus::Ready)]);
     assert_eq!(judgement.held, Some(Hold::NoQuorum));
 }
+
+#[test]
+fn a_new_term_restarts_the_grace_even_when_no_round_saw_this_node_follow() {
+    let start = Instant::now();
+    let first = Leadership::observe(None, 4, start);
+    let later = start + Duration::from_secs(7);
+    assert_eq!(
+        Leadership::observe(Some(first), 4, later),
+        first,
+        "same term"
+    );
+    let regained = Leadership::observe(Some(first), 6, later);
+    assert_eq!(regained.since, later, "lost and regained within one round");
+    assert_eq!(regained.term, 6);
+}

@@ -60,6 +60,11 @@ impl Cluster {
     }
 
     pub fn spawn(&self, n: usize, join: Option<(&str, &str)>) -> Child {
+        self.command(n, join).spawn().expect("spawn lbd")
+    }
+
+    /// The command line of node `n`.
+    fn command(&self, n: usize, join: Option<(&str, &str)>) -> Command {
         let mut command = Command::new(bins::lbd());
         command
             .arg("--advertise-addr")
@@ -79,7 +84,7 @@ impl Cluster {
             command.arg("--join").arg(host).arg("--token").arg(token);
         }
         command.args(&self.extra_args);
-        command.spawn().expect("spawn lbd")
+        command
     }
 
     /// Bootstraps node 0 and joins nodes 1 and 2 as managers.
@@ -202,6 +207,30 @@ impl Cluster {
 
     pub fn restart(&mut self, n: usize) {
         let child = self.spawn(n, None);
+        self.nodes[n] = Some(child);
+    }
+
+    /// Restarts stopped node `n` as user `uid` (its data dir handed over),
+    /// so firewall rules can match its packets by owner: on loopback every
+    /// node's packets leave from 127.0.0.1, whatever address it binds.
+    pub fn restart_as(&mut self, n: usize, uid: u32) {
+        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::process::CommandExt;
+        std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o711))
+            .expect("open the cluster dir to other users");
+        let owner = format!("{uid}:{uid}");
+        let chown = Command::new("chown")
+            .args(["-R", &owner])
+            .arg(self.data_dir(n))
+            .status()
+            .expect("chown");
+        assert!(chown.success(), "chown -R {owner} of node {n}'s data dir");
+        let child = self
+            .command(n, None)
+            .uid(uid)
+            .gid(uid)
+            .spawn()
+            .expect("spawn lbd");
         self.nodes[n] = Some(child);
     }
 
