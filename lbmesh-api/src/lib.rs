@@ -37,7 +37,8 @@
 //! Path segments in braces are percent-encoded (`a b` is `a%20b`, `a/b` is
 //! `a%2Fb`); the server splits on `/` and then decodes each segment. Every
 //! route but `join` needs `Authorization: Bearer <control token>`. Bodies
-//! over 1 MiB are refused with 413. Errors are [`ErrorBody`]
+//! over 2 MiB, and service specs over 1 MiB once encoded as compact JSON
+//! (field `spec`), are refused with 413. Errors are [`ErrorBody`]
 //! `{"error": {"field": ..., "reason": ...}}` with 400 (invalid), 401
 //! (token), 404 (unknown), 409 (conflict), 413, 503 (no leader). Reads are
 //! linearizable. A write that reaches a follower is passed to the leader's

@@ -33,6 +33,9 @@
 //!   storage-v2 traits), snapshots included.
 //! - [`network`]: the authenticated transport; its server answers through an
 //!   [`network::RpcHandler`] and knows nothing of the registry.
+//! - [`leader`]: a follower's calls to the leader (forwarded writes, read
+//!   indexes, heartbeats) over a pool of connections, each call to the
+//!   leader Raft names now, given up when that changes.
 //! - [`registry`]: the handle the rest of lbmesh uses (start, join, propose,
 //!   read, watch); it implements the transport's handler.
 //!
@@ -45,6 +48,7 @@
 pub mod cluster;
 pub mod command;
 mod election;
+pub mod leader;
 pub mod network;
 pub mod node;
 pub mod outcome;

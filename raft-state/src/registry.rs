@@ -7,8 +7,10 @@
 //! ```text
 //! propose(cmd) on any node ─> raft.client_write
 //!     leader:   committed, applied ─> Outcome
-//!     follower: ForwardToLeader ─> Request::Propose over the authenticated
-//!               transport ─> leader's client_write ─> Outcome
+//!     follower: ForwardToLeader ─> Request::Propose to the leader Raft names
+//!               now (`leader`: a connection per call, given up when Raft names
+//!               another leader, then retried there at once) ─> leader's
+//!               client_write ─> Outcome
 //!     no leader yet (election): wait and retry, bounded by PROPOSE_DEADLINE
 //!     (every wait for a commit is bounded by it too)
 //! ```
@@ -17,6 +19,9 @@
 //! client's request, by [`RegistryNode::propose`] otherwise) and sent again
 //! on every retry, so a write whose answer was lost and which is resent
 //! gets its first answer instead of applying twice (`crate::requests`).
+//!
+//! A command that encodes to more than one replication batch
+//! (`store::MAX_BATCH_BYTES`) is refused before it is proposed.
 //!
 //! A read is either local (this node's last applied state: may lag the
 //! leader by a heartbeat) or linearizable (the leader confirms it still leads
@@ -40,14 +45,15 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Mutex, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use crate::command::{Command, Proposal, RequestId};
 use crate::election::{self, LeaderContact};
+use crate::leader::{self, LeaderCallError, LeaderCalls};
 use crate::network::{
-    self, Answer, CallError, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
+    self, Answer, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
 };
 use crate::outcome::Outcome;
 use crate::store::{self, Applied};
@@ -112,6 +118,11 @@ impl Timing {
             install_snapshot_timeout: 5_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_after_snapshot,
+            // A replication batch holds at most this many entries, and at
+            // most `store::MAX_BATCH_BYTES` of them (the store's limited
+            // read); a batch over the frame limit anyway is answered
+            // `PayloadTooLarge` by the transport, and openraft splits it.
+            max_payload_entries: 300,
             ..Default::default()
         };
         config
@@ -136,7 +147,9 @@ pub enum RegistryError {
     #[error("{0}")]
     Remote(#[from] RemoteFailure),
     #[error("forwarding to the leader failed: {0}")]
-    Forward(#[from] CallError),
+    Forward(#[from] LeaderCallError),
+    #[error("the command is {bytes} bytes encoded; at most {limit} bytes fit a log entry")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 /// What a node needs to start its registry.
@@ -159,11 +172,9 @@ pub struct RegistryNode {
     raft_addr: String,
     secret: Secret,
     applied: watch::Receiver<Applied>,
-    /// The connection to the last known leader, for forwarding.
-    leader: Mutex<Option<Peer>>,
-    /// A separate connection to the leader for heartbeats, so they never
-    /// queue behind a slow forwarded write.
-    heartbeat_peer: Mutex<Option<Peer>>,
+    /// Connections to the leader for forwarded writes, read indexes and
+    /// heartbeats: one per call in flight, so none waits behind another.
+    leader: LeaderCalls,
     /// Heartbeats received (meaningful on the leader).
     liveness: Liveness,
     /// The longest election timeout: how recently a quorum must have
@@ -233,10 +244,9 @@ impl RegistryNode {
             id: options.id,
             raft,
             raft_addr: options.raft_addr,
-            secret: options.secret,
             applied,
-            leader: Mutex::new(None),
-            heartbeat_peer: Mutex::new(None),
+            leader: LeaderCalls::new(options.id, options.secret.clone()),
+            secret: options.secret,
             liveness,
             election_timeout: options.timing.election_max,
             request_ids: RequestIds::new(options.id),
@@ -344,7 +354,8 @@ impl RegistryNode {
         timeout: Duration,
     ) -> Result<(), RegistryError> {
         let mut peer = Peer::new(self.id, id, raft_addr.to_owned(), self.secret.clone());
-        match peer.call(&Request::Heartbeat, timeout).await? {
+        let answer = peer.call(&Request::Heartbeat, timeout).await;
+        match answer.map_err(|e| RegistryError::Forward(e.into()))? {
             Response::Heartbeat => Ok(()),
             other => Err(RegistryError::Raft(format!(
                 "unexpected probe answer {other:?}"
@@ -372,6 +383,7 @@ impl RegistryNode {
         request: RequestId,
         command: Command,
     ) -> Result<Outcome, RegistryError> {
+        fits_an_entry(&command)?;
         let command = Proposal::keyed(request, command);
         let deadline = tokio::time::Instant::now() + PROPOSE_DEADLINE;
         loop {
@@ -384,19 +396,14 @@ impl RegistryNode {
             };
             match written {
                 Ok(response) => return Ok(response.data),
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                    if let (Some(leader), Some(node)) = (forward.leader_id, forward.leader_node) {
-                        let forwarded = tokio::time::timeout_at(
-                            deadline,
-                            self.forward(leader, &node.addr, &command),
-                        );
-                        match forwarded.await {
-                            Ok(Ok(outcome)) => return Ok(outcome),
-                            Ok(Err(error)) => {
-                                debug!(%error, leader, "forwarding failed; retrying")
-                            }
-                            Err(_) => return Err(RegistryError::Unconfirmed(PROPOSE_DEADLINE)),
-                        }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                    let forwarded = tokio::time::timeout_at(deadline, self.forward(&command));
+                    match forwarded.await {
+                        Ok(Ok(outcome)) => return Ok(outcome),
+                        // Retry at once: the registry already names the new leader.
+                        Ok(Err(RegistryError::Forward(LeaderCallError::LeaderChanged))) => continue,
+                        Ok(Err(error)) => debug!(%error, "forwarding failed; retrying"),
+                        Err(_) => return Err(RegistryError::Unconfirmed(PROPOSE_DEADLINE)),
                     }
                 }
                 Err(error) => return Err(RegistryError::Raft(error.to_string())),
@@ -408,15 +415,11 @@ impl RegistryNode {
         }
     }
 
-    async fn forward(
-        &self,
-        leader: NodeId,
-        addr: &str,
-        command: &Proposal,
-    ) -> Result<Outcome, RegistryError> {
-        let response = self
-            .call_leader(leader, addr, &Request::Propose(Box::new(command.clone())))
-            .await?;
+    /// Passes a write to the leader the registry names now (the caller
+    /// bounds the wait).
+    async fn forward(&self, command: &Proposal) -> Result<Outcome, RegistryError> {
+        let request = Request::Propose(Box::new(command.clone()));
+        let response = self.call_leader(&request, PROPOSE_DEADLINE).await?;
         match response {
             Response::Propose(result) => Ok(result?),
             other => Err(RegistryError::Raft(format!(
@@ -435,26 +438,7 @@ impl RegistryNode {
             self.liveness.heard(self.id);
             return Ok(());
         }
-        let metrics = self.metrics();
-        let leader = metrics
-            .current_leader
-            .ok_or(RegistryError::NoLeader(Duration::ZERO))?;
-        let addr = metrics
-            .membership_config
-            .membership()
-            .get_node(&leader)
-            .map(|node| node.addr.clone())
-            .ok_or(RegistryError::NoLeader(Duration::ZERO))?;
-        let response = Self::call_cached(
-            &self.heartbeat_peer,
-            self.id,
-            &self.secret,
-            leader,
-            &addr,
-            &Request::Heartbeat,
-            timeout,
-        )
-        .await?;
+        let response = self.call_leader(&Request::Heartbeat, timeout).await?;
         match response {
             Response::Heartbeat => Ok(()),
             other => Err(RegistryError::Raft(format!(
@@ -473,46 +457,39 @@ impl RegistryNode {
     /// scheduler uses it, so a deposed leader's round cannot land through
     /// the new leader.
     pub async fn propose_as_leader(&self, command: Command) -> Result<Outcome, RegistryError> {
+        fits_an_entry(&command)?;
         write_locally(&self.raft, self.id, Proposal::once(command))
             .await
             .map_err(RegistryError::Remote)
     }
 
+    /// One call to the leader Raft names now, on a connection of its own,
+    /// waiting at most `timeout` and given up as soon as Raft names another
+    /// leader (`LeaderCallError::LeaderChanged`: retry at once).
     async fn call_leader(
         &self,
-        leader: NodeId,
-        addr: &str,
-        request: &Request,
-    ) -> Result<Response, RegistryError> {
-        Self::call_cached(
-            &self.leader,
-            self.id,
-            &self.secret,
-            leader,
-            addr,
-            request,
-            network::CALL_TIMEOUT,
-        )
-        .await
-    }
-
-    async fn call_cached(
-        cache: &Mutex<Option<Peer>>,
-        self_id: NodeId,
-        secret: &Secret,
-        leader: NodeId,
-        addr: &str,
         request: &Request,
         timeout: Duration,
     ) -> Result<Response, RegistryError> {
-        let mut cached = cache.lock().await;
-        if cached.as_ref().map(|p| p.target) != Some(leader) {
-            *cached = Some(Peer::new(self_id, leader, addr.to_owned(), secret.clone()));
-        }
-        let Some(peer) = cached.as_mut() else {
-            return Err(RegistryError::NoLeader(Duration::ZERO));
-        };
-        Ok(peer.call(request, timeout).await?)
+        let id = self.id;
+        let mut metrics = self.raft.metrics();
+        Ok(self
+            .leader
+            .call(&mut metrics, |m| named_leader(id, m), request, timeout)
+            .await?)
+    }
+
+    /// Runs `work` (a call to the leader `leader`, such as an API request
+    /// passed on to it) while Raft names that leader: `None` as soon as it
+    /// names another or none, so the caller can retry at once.
+    pub async fn while_leader_is<F: std::future::Future>(
+        &self,
+        leader: NodeId,
+        work: F,
+    ) -> Option<F::Output> {
+        let id = self.id;
+        let mut metrics = self.raft.metrics();
+        leader::while_leader_is(&mut metrics, |m| named_leader(id, m), leader, work).await
     }
 
     /// This node's last applied state.
@@ -532,13 +509,18 @@ impl RegistryNode {
             match read_index_locally(&self.raft, self.id).await {
                 Ok(index) => break index,
                 Err(RemoteFailure::NotLeader {
-                    leader: Some((leader, addr)),
-                    ..
-                }) => match self.call_leader(leader, &addr, &Request::ReadIndex).await {
-                    Ok(Response::ReadIndex(Ok(index))) => break index,
-                    Ok(other) => debug!(?other, "read index not served; retrying"),
-                    Err(error) => debug!(%error, "read index failed; retrying"),
-                },
+                    leader: Some(_), ..
+                }) => {
+                    let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let timeout = remaining.min(network::CALL_TIMEOUT);
+                    match self.call_leader(&Request::ReadIndex, timeout).await {
+                        Ok(Response::ReadIndex(Ok(index))) => break index,
+                        Ok(other) => debug!(?other, "read index not served; retrying"),
+                        // Retry at once: the registry already names the new leader.
+                        Err(RegistryError::Forward(LeaderCallError::LeaderChanged)) => continue,
+                        Err(error) => debug!(%error, "read index failed; retrying"),
+                    }
+                }
                 Err(error) => debug!(%error, "no leader for a read; retrying"),
             }
             if tokio::time::Instant::now() >= deadline {
@@ -602,6 +584,34 @@ impl RegistryNode {
             warn!("registry store still open 5 s after shutdown");
         }
     }
+}
+
+/// The leader Raft names in `metrics` and its Raft address, unless that is
+/// this node or none is known.
+fn named_leader(
+    self_id: NodeId,
+    metrics: &openraft::RaftMetrics<NodeId, BasicNode>,
+) -> Option<leader::Leader> {
+    let id = metrics.current_leader.filter(|id| *id != self_id)?;
+    let node = metrics.membership_config.membership().get_node(&id)?;
+    Some((id, node.addr.clone()))
+}
+
+/// Refuses a command larger than one replication batch before it is
+/// proposed: an entry that big could hold up the log for every follower.
+/// The API caps what users send well below this; this is the guard for
+/// every other writer.
+fn fits_an_entry(command: &Command) -> Result<(), RegistryError> {
+    let bytes = serde_json::to_vec(command)
+        .map_err(|e| RegistryError::Raft(e.to_string()))?
+        .len();
+    if bytes > store::MAX_BATCH_BYTES {
+        return Err(RegistryError::TooLarge {
+            bytes,
+            limit: store::MAX_BATCH_BYTES,
+        });
+    }
+    Ok(())
 }
 
 /// Request ids of one node: `<node id>.<start time>.<count>` in hex, so

@@ -59,6 +59,13 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state_machine");
 
+/// Largest replication batch, counted in stored (JSON) bytes, which is
+/// about what the batch takes on the wire: four of the largest entries the
+/// API lets through (a 1 MiB spec), a quarter of the transport's 16 MiB
+/// frame limit. Small enough that a batch is written and acknowledged well
+/// within openraft's per-RPC timeout (one heartbeat interval).
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
 type Membership = StoredMembership<NodeId, BasicNode>;
 type Result<T> = std::result::Result<T, StorageError>;
 
@@ -233,6 +240,32 @@ impl RaftLogReader<TypeConfig> for LogStore {
             for row in table.range(bounds).map_err(io_error)? {
                 let (_, value) = row.map_err(io_error)?;
                 entries.push(decode(value.value())?);
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    /// Replication's read: the entries from `start`, stopping before `end`
+    /// or before the batch would pass [`MAX_BATCH_BYTES`] (always at least
+    /// one entry). openraft caps a batch by count (`max_payload_entries`);
+    /// this caps it by size, so a gap of large entries goes out as several
+    /// frames instead of one over the transport's limit.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Entry>> {
+        let db = Arc::clone(&self.db);
+        blocking(move || {
+            let read = db.begin_read().map_err(io_error)?;
+            let table = read.open_table(LOG).map_err(io_error)?;
+            let mut entries = Vec::new();
+            let mut bytes = 0usize;
+            for row in table.range(start..end).map_err(io_error)? {
+                let (_, value) = row.map_err(io_error)?;
+                let value = value.value();
+                bytes += value.len();
+                if bytes > MAX_BATCH_BYTES && !entries.is_empty() {
+                    break;
+                }
+                entries.push(decode(value)?);
             }
             Ok(entries)
         })
@@ -536,6 +569,51 @@ mod tests {
     #[test]
     fn passes_openraft_storage_suite() -> Result<()> {
         Suite::test_all(Builder)
+    }
+
+    /// Replication reads a gap of large entries in batches of at most
+    /// `MAX_BATCH_BYTES` (it used to read the whole range, and a gap of
+    /// 25 MB went out as one frame over the transport's limit), and an
+    /// entry bigger than that alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replication_reads_are_capped_by_bytes() -> Result<()> {
+        use crate::command::{Command, Proposal};
+        use openraft::CommittedLeaderId;
+
+        let dir = tempfile::tempdir().map_err(io_error)?;
+        let (mut log, _sm) = open(&dir.path().join("registry.redb")).await?;
+        let sizes = [1_500_000, 1_500_000, 1_500_000, 5_000_000, 10, 10];
+        let rows = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| {
+                let index = i as u64 + 1;
+                let entry = Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+                    payload: EntryPayload::Normal(Proposal::once(Command::RemoveService {
+                        name: "x".repeat(*size),
+                    })),
+                };
+                encode(&entry).map(|bytes| (index, bytes))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        commit(&log.db, |write| {
+            let mut table = write.open_table(LOG).map_err(io_error)?;
+            for (index, bytes) in &rows {
+                table.insert(*index, bytes.as_slice()).map_err(io_error)?;
+            }
+            Ok(())
+        })?;
+        let indexes =
+            |entries: Vec<Entry>| -> Vec<u64> { entries.iter().map(|e| e.log_id.index).collect() };
+        // Two entries of 1.5 MB fit 4 MiB, a third does not.
+        assert_eq!(indexes(log.limited_get_log_entries(1, 7).await?), [1, 2]);
+        // An entry over the cap goes alone, and small ones fill the rest.
+        assert_eq!(indexes(log.limited_get_log_entries(4, 7).await?), [4]);
+        assert_eq!(indexes(log.limited_get_log_entries(5, 7).await?), [5, 6]);
+        // The count bound is openraft's `end`.
+        assert_eq!(indexes(log.limited_get_log_entries(5, 6).await?), [5]);
+        Ok(())
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,13 +5,15 @@
 //! # Layout and flow
 //!
 //! ```text
-//! request ─> bearer token (every route but join) ─> body (at most 1 MiB)
+//! request ─> bearer token (every route but join) ─> body (at most 2 MiB; a
+//!            service spec at most 1 MiB once encoded, checked before its write)
 //!         ─> path split on '/', then each segment percent-decoded
 //!         ─> request id: the Idempotency-Key header, or a new one from this node
 //!         ─> GET:   routes::route on this node (linearizable read)
 //!         ─> write: routes::route on the leader; a follower passes the request to the
 //!                   leader unchanged (lbmesh-api's Client) with the request id, retrying
-//!                   through an election with the same id
+//!                   through an election with the same id, and at once when Raft names a
+//!                   new leader (a call to the old one is given up then)
 //! ```
 //!
 //! The request id goes into the log with the command, so a write retried
@@ -45,8 +47,9 @@ mod routes;
 
 use respond::{error, ApiResponse};
 
-/// Largest request body accepted.
-pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Largest request body accepted: room for the largest spec
+/// ([`routes::MAX_SPEC_BYTES`]) however it is laid out.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 /// How long a write waits for a reachable leader.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
@@ -131,16 +134,20 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
         if registry.is_leader() {
             return routes::route(registry, &method, &segments, &query, &body, &request_id).await;
         }
-        let forwarded = forward_to_leader(
-            registry,
-            &method,
-            &path,
-            &query,
-            presented.clone(),
-            &body,
-            &request_id,
+        let forwarded = tokio::time::timeout_at(
+            deadline,
+            forward_to_leader(
+                registry,
+                &method,
+                &path,
+                &query,
+                presented.clone(),
+                &body,
+                &request_id,
+            ),
         )
-        .await;
+        .await
+        .unwrap_or_else(|_| Err(format!("no leader answered within {WRITE_DEADLINE:?}")));
         match forwarded {
             Ok(response) => return response,
             Err(reason) if tokio::time::Instant::now() >= deadline => {
@@ -161,7 +168,9 @@ fn decode_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
 }
 
 /// Passes a write to the leader's API as it came, with its request id;
-/// `Err` when no leader answered.
+/// `Err` when no leader answered, or as soon as the registry names another
+/// leader than the one called (so the retry reaches the new leader without
+/// waiting for the old one's timeout).
 async fn forward_to_leader(
     registry: &Arc<RegistryNode>,
     method: &Method,
@@ -173,9 +182,8 @@ async fn forward_to_leader(
 ) -> Result<ApiResponse, String> {
     let leader = registry.metrics().current_leader;
     let state = registry.local().state;
-    let Some(api_addr) = leader
-        .and_then(|id| state.nodes.get(&id))
-        .map(|n| n.api_addr)
+    let Some((leader, api_addr)) =
+        leader.and_then(|id| state.nodes.get(&id).map(|n| (id, n.api_addr)))
     else {
         return Err("no leader is known yet".to_owned());
     };
@@ -185,9 +193,13 @@ async fn forward_to_leader(
         format!("{path}?{query}")
     };
     let client = Client::new(&api_addr.to_string(), token).map_err(|e| e.to_string())?;
-    let (status, body) = client
-        .raw(method.clone(), &target, body.clone(), Some(request_id))
+    let (status, body) = registry
+        .while_leader_is(
+            leader,
+            client.raw(method.clone(), &target, body.clone(), Some(request_id)),
+        )
         .await
+        .ok_or_else(|| format!("node {leader} stopped leading before it answered"))?
         .map_err(|e| e.to_string())?;
     let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;

@@ -30,6 +30,11 @@ use super::convert;
 use super::respond::{error, json_response, parse, ApiResponse};
 use crate::cluster::{self, JoinRefusal};
 
+/// Largest service spec, as the log stores it (compact JSON): each version
+/// is one Raft entry, and four of them make one replication batch
+/// (`raft_state::store::MAX_BATCH_BYTES`).
+pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
+
 /// Runs the route `method` and the decoded `segments` (after `/v1/`) name.
 pub async fn route(
     registry: &Arc<RegistryNode>,
@@ -62,7 +67,10 @@ pub async fn route(
         (&Method::GET, ["services"]) => services(registry, None).await,
         (&Method::GET, ["services", name]) => services(registry, Some(name)).await,
         (&Method::POST, ["services"]) => match parse::<ServiceSpec>(body) {
-            Ok(spec) => match over_limits(&spec).or_else(|| node_port_clash(registry, &spec)) {
+            Ok(spec) => match spec_too_large(&spec)
+                .or_else(|| over_limits(&spec))
+                .or_else(|| node_port_clash(registry, &spec))
+            {
                 Some(clash) => clash,
                 None => {
                     let command = Command::CreateService { spec };
@@ -73,7 +81,10 @@ pub async fn route(
         },
         (&Method::PUT, ["services", name]) => match parse::<ServiceSpec>(body) {
             Ok(spec) if spec.name == *name => {
-                match over_limits(&spec).or_else(|| node_port_clash(registry, &spec)) {
+                match spec_too_large(&spec)
+                    .or_else(|| over_limits(&spec))
+                    .or_else(|| node_port_clash(registry, &spec))
+                {
                     Some(clash) => clash,
                     None => {
                         let command = Command::UpdateService { spec };
@@ -565,6 +576,32 @@ fn over_limits(spec: &ServiceSpec) -> Option<ApiResponse> {
     spec.check_limits()
         .err()
         .map(|e| error(StatusCode::BAD_REQUEST, &e.field, e.reason))
+}
+
+/// A 413 naming the limit when `spec`, encoded as the log stores it, is over
+/// [`MAX_SPEC_BYTES`]: every version of a spec is a Raft entry that each
+/// follower must receive, and replication sends entries in batches of at
+/// most `raft_state::store::MAX_BATCH_BYTES`. Checked before the write.
+fn spec_too_large(spec: &ServiceSpec) -> Option<ApiResponse> {
+    let bytes = match serde_json::to_vec(spec) {
+        Ok(encoded) => encoded.len(),
+        Err(e) => {
+            return Some(error(
+                StatusCode::BAD_REQUEST,
+                "spec",
+                format!("the spec does not encode: {e}"),
+            ))
+        }
+    };
+    (bytes > MAX_SPEC_BYTES).then(|| {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "spec",
+            format!(
+                "the spec is {bytes} bytes as JSON; at most {MAX_SPEC_BYTES} bytes are allowed"
+            ),
+        )
+    })
 }
 
 /// A 409 when a published port of `spec` is a node's API or Raft port:
