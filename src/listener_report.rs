@@ -7,7 +7,8 @@
 //! Proxy::apply | Proxy::retry_failed (daemon) ─> watch: this node's failures
 //!   ─> run: when they differ from what the registry holds for this node
 //!      ─> propose ReportListeners { node, failures } (the whole list; empty once all bind)
-//!      ─> on an error or a refusal (no leader, not registered yet): again after REPORT_RETRY
+//!      ─> only while this node has a record (a refusal is a log entry too)
+//!      ─> on an error or a refusal (no leader): again after REPORT_RETRY
 //! ```
 //!
 //! Comparing with the registry rather than with the last write makes it
@@ -52,15 +53,18 @@ pub async fn run(
     let mut changes = registry.watch();
     loop {
         let wanted = records(&failures.borrow_and_update());
-        let held = registry
-            .local()
-            .state
+        let state = registry.local().state;
+        let held = state
             .listener_failures
             .get(&registry.id)
             .cloned()
             .unwrap_or_default();
+        // A node without a record (not registered yet, or removed) would be
+        // refused, and every refusal is still a log entry: wait for the
+        // registry to change instead.
+        let registered = state.nodes.contains_key(&registry.id);
         let mut failed = false;
-        if wanted != held {
+        if wanted != held && registered {
             let command = Command::ReportListeners {
                 node: registry.id,
                 failures: wanted,

@@ -290,10 +290,8 @@ impl RegistryNode {
             .await
             .map_err(|e| RegistryError::Raft(e.to_string()))?;
         if voter {
-            self.raft
-                .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| RegistryError::Raft(e.to_string()))?;
+            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                .await?;
         }
         info!(node = id, voter, "member added");
         Ok(())
@@ -301,13 +299,8 @@ impl RegistryNode {
 
     /// Makes learners voters (they must have caught up).
     pub async fn promote(&self, ids: &[NodeId]) -> Result<(), RegistryError> {
-        self.raft
-            .change_membership(
-                ChangeMembers::AddVoterIds(ids.iter().copied().collect()),
-                false,
-            )
-            .await
-            .map_err(|e| RegistryError::Raft(e.to_string()))?;
+        self.change_membership(ChangeMembers::AddVoterIds(ids.iter().copied().collect()))
+            .await?;
         info!(?ids, "promoted to voter");
         Ok(())
     }
@@ -317,17 +310,26 @@ impl RegistryNode {
     pub async fn remove_member(&self, id: NodeId) -> Result<(), RegistryError> {
         let membership = self.metrics().membership_config.membership().clone();
         if membership.voter_ids().any(|v| v == id) {
-            self.raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| RegistryError::Raft(e.to_string()))?;
+            self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
+                .await?;
         } else if membership.learner_ids().any(|l| l == id) {
-            self.raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| RegistryError::Raft(e.to_string()))?;
+            self.change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])))
+                .await?;
         }
         Ok(())
+    }
+
+    /// A membership change, its commit waited for at most
+    /// [`PROPOSE_DEADLINE`] like every other write.
+    async fn change_membership(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+    ) -> Result<(), RegistryError> {
+        tokio::time::timeout(PROPOSE_DEADLINE, self.raft.change_membership(change, false))
+            .await
+            .map_err(|_| RegistryError::Unconfirmed(PROPOSE_DEADLINE))?
+            .map(drop)
+            .map_err(|e| RegistryError::Raft(e.to_string()))
     }
 
     /// Starts adding a node as a learner without waiting for it to catch up.

@@ -54,6 +54,13 @@ pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 /// How long a write waits for a reachable leader.
 const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 
+/// How long a forwarded join may take: the leader checks the joiner's Raft
+/// address, adds it as a learner, registers it and may promote it, each step
+/// bounded, so a join needs longer than other writes. Still under the
+/// joiner's own client timeout (30 s), so the joiner sees the leader's
+/// answer, not its own timeout.
+const JOIN_DEADLINE: Duration = Duration::from_secs(27);
+
 /// Pause between tries to reach a leader during an election.
 const LEADER_RETRY: Duration = Duration::from_millis(200);
 
@@ -129,7 +136,12 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
     // Writes run on the leader. During an election there is none, or the one
     // this node knows is gone: retry until a leader answers or the deadline
     // passes.
-    let deadline = tokio::time::Instant::now() + WRITE_DEADLINE;
+    let patience = if segments == ["cluster", "join"] {
+        JOIN_DEADLINE
+    } else {
+        WRITE_DEADLINE
+    };
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         if registry.is_leader() {
             return routes::route(registry, &method, &segments, &query, &body, &request_id).await;
@@ -147,7 +159,7 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
             ),
         )
         .await
-        .unwrap_or_else(|_| Err(format!("no leader answered within {WRITE_DEADLINE:?}")));
+        .unwrap_or_else(|_| Err(format!("no leader answered within {patience:?}")));
         match forwarded {
             Ok(response) => return response,
             Err(reason) if tokio::time::Instant::now() >= deadline => {
