@@ -219,6 +219,7 @@ impl Node {
         let spec = ServiceSpec {
             name: "web".to_owned(),
             ports: vec![PortSpec {
+                // fixed-port-ok: a spec field; this test binds no proxy
                 published: 18_080,
                 target: Some(80),
                 protocol: None,
