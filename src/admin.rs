@@ -16,24 +16,26 @@
 //!
 //! ```text
 //! accept ─> over its address's share? close at once
-//!        ─> every place taken? close the oldest idle connection (one still
-//!           waiting for its first request first, then an idle keep-alive)
+//!        ─> every place taken? close an idle connection of the address holding
+//!           the most (its oldest; one still waiting for its first request
+//!           before an idle keep-alive)
 //!        ─> serve (hyper, header read timeout) ─> give the place back
 //! ```
 //!
-//! Making room from the oldest idle connection means a flood of slow
-//! headers from many addresses delays a real client by one accept, not by
-//! the header timeout: the flood's connections replace each other while a
-//! client's request, sent at once, is read and answered.
+//! Making room this way means a flood of slow headers from many addresses
+//! delays a real client by one accept, not by the header timeout: the
+//! flood's connections replace each other while a client's request, sent
+//! at once, is read and answered.
 //!
 //! In cluster mode the registry's authenticated `/v1` routes are served too
 //! (by [`crate::api`]; listed in [`lbmesh_api`]). Any other path is `404`;
 //! another method on a known path is `405`. `/metrics`, `/live` and `/ready`
 //! are open.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -127,12 +129,17 @@ struct Connection {
     served: AtomicBool,
     /// Cancelled to close it and give its place back.
     close: CancellationToken,
+    /// Its client's address: room is made from the address holding most.
+    ip: Option<IpAddr>,
 }
 
 impl Open {
-    fn insert(&self) -> (u64, Arc<Connection>) {
+    fn insert(&self, ip: IpAddr) -> (u64, Arc<Connection>) {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let connection = Arc::new(Connection::default());
+        let connection = Arc::new(Connection {
+            ip: Some(ip),
+            ..Connection::default()
+        });
         if let Ok(mut open) = self.connections.lock() {
             open.insert(id, Arc::clone(&connection));
         }
@@ -145,18 +152,28 @@ impl Open {
         }
     }
 
-    /// Closes the oldest connection still waiting for its first request,
-    /// else the oldest idle keep-alive one; false when every one is busy.
-    fn close_oldest_idle(&self) -> bool {
+    /// Closes an idle connection of the address that holds the most, the
+    /// oldest of them, one still waiting for its first request before an
+    /// idle keep-alive one; false when every one is busy. A flood's
+    /// addresses hold many, so a real client's one connection is the last
+    /// to go however fast the flood replaces its own.
+    fn close_one_idle(&self) -> bool {
         let Ok(mut open) = self.connections.lock() else {
             return false;
         };
-        let idle = |c: &Connection| !c.busy.load(Ordering::Relaxed);
-        let victim = open
-            .iter()
-            .find(|(_, c)| idle(c) && !c.served.load(Ordering::Relaxed))
-            .or_else(|| open.iter().find(|(_, c)| idle(c)))
-            .map(|(id, _)| *id);
+        let mut held: HashMap<Option<IpAddr>, usize> = HashMap::new();
+        for connection in open.values() {
+            *held.entry(connection.ip).or_default() += 1;
+        }
+        let pick = |served: bool| {
+            open.iter()
+                .filter(|(_, c)| {
+                    !c.busy.load(Ordering::Relaxed) && c.served.load(Ordering::Relaxed) == served
+                })
+                .max_by_key(|(id, c)| (held.get(&c.ip).copied(), std::cmp::Reverse(**id)))
+                .map(|(id, _)| *id)
+        };
+        let victim = pick(false).or_else(|| pick(true));
         match victim.and_then(|id| open.remove(&id)) {
             Some(connection) => {
                 connection.close.cancel();
@@ -201,8 +218,8 @@ pub async fn run(
             Ok(permit) => permit,
             Err(TryAcquireError::Closed) => return,
             Err(TryAcquireError::NoPermits) => {
-                if open.close_oldest_idle() {
-                    debug!(%peer, "admin connections full: closed the oldest idle one");
+                if open.close_one_idle() {
+                    debug!(%peer, "admin connections full: closed an idle one");
                 }
                 // Its place comes back as its task ends; when every
                 // connection is busy, the next one to finish frees one.
@@ -216,7 +233,7 @@ pub async fn run(
             }
         };
         let state = Arc::clone(&state);
-        let (id, connection) = open.insert();
+        let (id, connection) = open.insert(peer.ip());
         let open = Arc::clone(&open);
         tokio::spawn(async move {
             let _places = (permit, place);
@@ -451,15 +468,15 @@ mod tests {
         .expect("a real client is answered within 1 s while the flood holds every place");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
         assert!(started.elapsed() < Duration::from_secs(1));
-        // The oldest made room, one per newcomer: the first eight for the
-        // flood's second half, the ninth for the real client.
-        let mut closed = Vec::new();
-        for (n, stream) in flood.iter_mut().enumerate() {
+        // One made room per newcomer: eight for the flood's second half,
+        // one for the real client.
+        let mut closed = 0;
+        for stream in &mut flood {
             if closed_within(stream, Duration::from_millis(100)).await {
-                closed.push(n);
+                closed += 1;
             }
         }
-        assert_eq!(closed, (0..9).collect::<Vec<_>>());
+        assert_eq!(closed, 9);
         stop.cancel();
     }
 
