@@ -10,18 +10,34 @@
 //!
 //! Connections are bounded (see [`AdminLimits`]): a header must arrive in
 //! time (also the idle bound of a keep-alive connection), and a cap on all
-//! connections and on those of one client address keeps a flood of this
-//! port from taking the descriptors the proxy and Raft need.
+//! connections (a quarter of the descriptor limit, at most 512) and on those
+//! of one client address keeps a flood of this port from taking the
+//! descriptors the proxy and Raft need.
+//!
+//! ```text
+//! accept ─> over its address's share? close at once
+//!        ─> every place taken? close an idle connection of the address holding
+//!           the most (its oldest; one still waiting for its first request
+//!           before an idle keep-alive)
+//!        ─> serve (hyper, header read timeout) ─> give the place back
+//! ```
+//!
+//! Making room this way means a flood of slow headers from many addresses
+//! delays a real client by one accept, not by the header timeout: the
+//! flood's connections replace each other while a client's request, sent
+//! at once, is read and answered.
 //!
 //! In cluster mode the registry's authenticated `/v1` routes are served too
 //! (by [`crate::api`]; listed in [`lbmesh_api`]). Any other path is `404`;
 //! another method on a known path is `405`. `/metrics`, `/live` and `/ready`
 //! are open.
 
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -34,7 +50,8 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, TryAcquireError};
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use lbmesh_proxy::limit::ClientCounts;
@@ -68,17 +85,101 @@ pub struct AdminLimits {
     pub max_per_client: u32,
 }
 
-impl Default for AdminLimits {
-    fn default() -> Self {
+/// Most admin connections at once, whatever the descriptor limit: a few
+/// hundred operators, scrapers and probes at most.
+const MAX_CONNECTIONS: usize = 512;
+/// Most admin connections of one client address: a scraper or an lbctl
+/// loop keeps a handful open.
+const MAX_PER_CLIENT: u32 = 32;
+/// The admin server's share of the descriptor limit is 1/this: the rest is
+/// the reserve for proxied connections (two descriptors each), Raft, the
+/// store and the runtime.
+const DESCRIPTOR_SHARE: u64 = 4;
+
+impl AdminLimits {
+    /// The limits for a process allowed `descriptors` open files: at most a
+    /// quarter of them for admin connections (and never more than 512).
+    pub fn within(descriptors: u64) -> Self {
+        let share = usize::try_from(descriptors / DESCRIPTOR_SHARE).unwrap_or(usize::MAX);
+        let max_connections = share.clamp(1, MAX_CONNECTIONS);
         Self {
             // Prometheus, lbctl and load balancers' probes send a request
             // at once; nginx allows 60 s, but nothing here needs that.
             header_read_timeout: Duration::from_secs(10),
-            // A few hundred operators, scrapers and probes at most; a small
-            // share of the raised descriptor limit.
-            max_connections: 512,
-            // A scraper or an lbctl loop keeps a handful open.
-            max_per_client: 32,
+            max_connections,
+            max_per_client: MAX_PER_CLIENT.min(u32::try_from(max_connections).unwrap_or(u32::MAX)),
+        }
+    }
+}
+
+/// The admin connections open now, oldest first, so that when every place
+/// is taken the oldest idle one can make room for a new client.
+#[derive(Default)]
+struct Open {
+    next: AtomicU64,
+    connections: Mutex<BTreeMap<u64, Arc<Connection>>>,
+}
+
+/// What the accept loop knows of one open connection.
+#[derive(Default)]
+struct Connection {
+    /// A request is being answered: never closed to make room.
+    busy: AtomicBool,
+    /// It has sent a whole request once (a real client, now idle at most).
+    served: AtomicBool,
+    /// Cancelled to close it and give its place back.
+    close: CancellationToken,
+    /// Its client's address: room is made from the address holding most.
+    ip: Option<IpAddr>,
+}
+
+impl Open {
+    fn insert(&self, ip: IpAddr) -> (u64, Arc<Connection>) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let connection = Arc::new(Connection {
+            ip: Some(ip),
+            ..Connection::default()
+        });
+        if let Ok(mut open) = self.connections.lock() {
+            open.insert(id, Arc::clone(&connection));
+        }
+        (id, connection)
+    }
+
+    fn remove(&self, id: u64) {
+        if let Ok(mut open) = self.connections.lock() {
+            open.remove(&id);
+        }
+    }
+
+    /// Closes an idle connection of the address that holds the most, the
+    /// oldest of them, one still waiting for its first request before an
+    /// idle keep-alive one; false when every one is busy. A flood's
+    /// addresses hold many, so a real client's one connection is the last
+    /// to go however fast the flood replaces its own.
+    fn close_one_idle(&self) -> bool {
+        let Ok(mut open) = self.connections.lock() else {
+            return false;
+        };
+        let mut held: HashMap<Option<IpAddr>, usize> = HashMap::new();
+        for connection in open.values() {
+            *held.entry(connection.ip).or_default() += 1;
+        }
+        let pick = |served: bool| {
+            open.iter()
+                .filter(|(_, c)| {
+                    !c.busy.load(Ordering::Relaxed) && c.served.load(Ordering::Relaxed) == served
+                })
+                .max_by_key(|(id, c)| (held.get(&c.ip).copied(), std::cmp::Reverse(**id)))
+                .map(|(id, _)| *id)
+        };
+        let victim = pick(false).or_else(|| pick(true));
+        match victim.and_then(|id| open.remove(&id)) {
+            Some(connection) => {
+                connection.close.cancel();
+                true
+            }
+            None => false,
         }
     }
 }
@@ -92,18 +193,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let open = Arc::new(Semaphore::new(limits.max_connections));
+    let places = Arc::new(Semaphore::new(limits.max_connections));
+    let open = Arc::new(Open::default());
     let per_client = Arc::new(ClientCounts::default());
     loop {
-        // A place first: over the cap, connections wait in the backlog
-        // instead of being accepted only to be dropped.
-        let permit = tokio::select! {
-            permit = Arc::clone(&open).acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_closed) => return,
-            },
-            () = &mut shutdown => return,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -115,26 +208,62 @@ pub async fn run(
             },
             () = &mut shutdown => return,
         };
+        // The address's share first, so that a client over it never makes
+        // another one's connection room.
+        let Some(place) = per_client.try_take(peer.ip(), limits.max_per_client) else {
+            debug!(%peer, "admin connection refused: too many from this client");
+            continue;
+        };
+        let permit = match Arc::clone(&places).try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return,
+            Err(TryAcquireError::NoPermits) => {
+                if open.close_one_idle() {
+                    debug!(%peer, "admin connections full: closed an idle one");
+                }
+                // Its place comes back as its task ends; when every
+                // connection is busy, the next one to finish frees one.
+                tokio::select! {
+                    permit = Arc::clone(&places).acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_closed) => return,
+                    },
+                    () = &mut shutdown => return,
+                }
+            }
+        };
         let state = Arc::clone(&state);
-        let per_client = Arc::clone(&per_client);
+        let (id, connection) = open.insert(peer.ip());
+        let open = Arc::clone(&open);
         tokio::spawn(async move {
-            let _permit = permit;
-            let Some(_place) = per_client.try_take(peer.ip(), limits.max_per_client) else {
-                debug!(%peer, "admin connection refused: too many from this client");
-                return;
-            };
+            let _places = (permit, place);
+            let tracked = Arc::clone(&connection);
             let service = service_fn(move |request| {
                 let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(respond(&state, request).await) }
+                let tracked = Arc::clone(&tracked);
+                async move {
+                    tracked.busy.store(true, Ordering::Relaxed);
+                    let response = respond(&state, request).await;
+                    tracked.served.store(true, Ordering::Relaxed);
+                    tracked.busy.store(false, Ordering::Relaxed);
+                    Ok::<_, Infallible>(response)
+                }
             });
-            if let Err(error) = http1::Builder::new()
+            let serving = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
-                debug!(%peer, %error, "admin connection ended");
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = serving => {
+                    if let Err(error) = result {
+                        debug!(%peer, %error, "admin connection ended");
+                    }
+                }
+                () = connection.close.cancelled() => {
+                    debug!(%peer, "admin connection closed to make room");
+                }
             }
+            open.remove(id);
         });
     }
 }
@@ -304,5 +433,60 @@ mod tests {
             assert!(closed_within(stream, Duration::from_secs(2)).await);
         }
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_flood_from_many_addresses_makes_room_for_a_real_client() {
+        let limits = AdminLimits {
+            header_read_timeout: Duration::from_secs(30),
+            max_connections: 8,
+            max_per_client: 4,
+        };
+        let (addr, stop) = serve(limits).await;
+        // Sixteen slow headers from four addresses, each within its share:
+        // twice the connections the server keeps open.
+        let mut flood = Vec::new();
+        for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"] {
+            for _ in 0..4 {
+                flood.push(half_header(source, addr).await);
+            }
+        }
+        let started = tokio::time::Instant::now();
+        let answer = tokio::time::timeout(Duration::from_secs(1), async {
+            let mut client = TcpStream::connect(addr).await.expect("connect");
+            client
+                .write_all(b"GET /live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await
+                .expect("send");
+            let mut answer = String::new();
+            client.read_to_string(&mut answer).await.expect("answer");
+            answer
+        })
+        .await
+        .expect("a real client is answered within 1 s while the flood holds every place");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // One made room per newcomer: eight for the flood's second half,
+        // one for the real client.
+        let mut closed = 0;
+        for stream in &mut flood {
+            if closed_within(stream, Duration::from_millis(100)).await {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, 9);
+        stop.cancel();
+    }
+
+    #[test]
+    fn the_admin_share_follows_the_descriptor_limit() {
+        let small = AdminLimits::within(384);
+        assert_eq!((small.max_connections, small.max_per_client), (96, 32));
+        let tiny = AdminLimits::within(40);
+        assert_eq!((tiny.max_connections, tiny.max_per_client), (10, 10));
+        let large = AdminLimits::within(1 << 20);
+        assert_eq!((large.max_connections, large.max_per_client), (512, 32));
+        let unlimited = AdminLimits::within(u64::MAX);
+        assert_eq!(unlimited.max_connections, 512);
     }
 }

@@ -268,12 +268,15 @@ impl Daemon {
             proxy,
         };
         let stop_admin = daemon.stop_admin.clone();
-        tokio::spawn(admin::run(
-            admin_listener,
-            admin,
-            AdminLimits::default(),
-            async move { stop_admin.cancelled().await },
-        ));
+        // The admin server's share follows the descriptor limit (lbd raises
+        // it to the hard limit first), so the rest stays for the proxy and
+        // Raft however the admin port is flooded.
+        let descriptors =
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+        let limits = AdminLimits::within(descriptors);
+        tokio::spawn(admin::run(admin_listener, admin, limits, async move {
+            stop_admin.cancelled().await
+        }));
         daemon.admin.ready.store(true, Ordering::Relaxed);
         info!(
             node = %daemon.node.name,
@@ -281,6 +284,7 @@ impl Daemon {
             listeners = daemon.proxy.listener_count(),
             not_bound = daemon.proxy.failures().len(),
             api = %daemon.api_addr,
+            admin_connections = limits.max_connections,
             "lbd serving"
         );
         Ok(daemon)

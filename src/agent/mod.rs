@@ -13,11 +13,22 @@
 //!              desired shutdown, here ─> (already out of every routing table) wait the
 //!                 service's drain timeout ─> stop (SIGTERM, grace, SIGKILL) ─> report shutdown
 //!              here but no longer assigned here ─> stop at once
-//!           exit noticed (event, or the periodic list) ─> report failed / completed
+//!           exit noticed (event, or the sweep) ─> report failed / completed, remove remains
 //!           health turns unhealthy ─> report failed, stop (the scheduler replaces it)
+//! sweep:    every tick, list each runtime ─> a tracked task it no longer runs has exited;
+//!           what it holds that no task here accounts for is removed (retried every tick
+//!           while it stays listed); a runtime that cannot be listed (engine down) is
+//!           skipped, and reconciled in full once it answers again
 //! always:   heartbeat to the leader every `heartbeat_interval` and at once to a new
 //!           leader (not through the log; each with a deadline of one interval)
 //! ```
+//!
+//! A task is started once. A failed start is reported `failed`, and the
+//! scheduler's replacement comes after the service's restart delay, so a
+//! start that keeps failing (bad image, engine down) is tried once per
+//! delay. A stop or removal that fails (the engine shutting down) is never
+//! dropped: the thing stays listed, and the sweep removes it once the
+//! runtime answers.
 //!
 //! Reports go through one ordered queue with retries, so a task's
 //! `starting` never lands after its `running`; only changes are reported,
@@ -28,6 +39,8 @@ pub mod docker;
 pub mod health;
 pub mod process;
 pub mod runtime;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -76,6 +89,13 @@ enum Event {
     },
     Stopped {
         task_id: String,
+        /// `Err`: what stopping it said; the sweep removes what is left.
+        result: Result<(), RuntimeError>,
+    },
+    /// A removal begun by [`Agent::remove`] ended.
+    Removed {
+        runtime_id: String,
+        result: Result<(), RuntimeError>,
     },
 }
 
@@ -123,11 +143,26 @@ struct Agent {
     cluster_id: String,
     process: Arc<dyn Runtime>,
     docker: Option<Arc<dyn Runtime>>,
+    /// Whether `docker` is the local engine, connected on demand (false:
+    /// a runtime given at construction).
+    docker_engine: bool,
     docker_error: String,
     docker_tried: Option<tokio::time::Instant>,
     runtime_events: UnboundedSender<RuntimeEvent>,
     local: HashMap<String, Local>,
     starting: HashSet<String>,
+    /// Tasks whose start this agent began. A task is started once: the
+    /// registry copy lags the agent's own reports, so a task that just
+    /// failed to start still reads `assigned` for a moment, and starting it
+    /// again would retry a failing start as fast as it fails instead of
+    /// once per restart delay (the scheduler's replacement task).
+    tried: HashSet<String>,
+    /// Runtime ids with a removal in flight (a leftover, an exited task's
+    /// remains), so a sweep does not remove them twice.
+    removing: HashSet<String>,
+    /// Runtimes whose last list failed (the engine is down), so that their
+    /// return is noticed and logged once.
+    unreachable: HashSet<RuntimeKind>,
     /// Exits seen while a start was still in flight.
     early_exits: HashMap<String, Option<i64>>,
     /// What was last reported per task, so only changes are sent.
@@ -142,6 +177,43 @@ struct Agent {
 /// stops (as containers do when dockerd's client goes); the next start adopts
 /// them.
 pub async fn run(registry: Arc<RegistryNode>, settings: AgentSettings, stop: CancellationToken) {
+    let (events, events_rx) = mpsc::unbounded_channel();
+    // The state dir is this node's own, so its records are this cluster's.
+    let process: Arc<dyn Runtime> =
+        match process::ProcessRuntime::new(settings.state_dir.clone(), events.clone()) {
+            Ok(runtime) => Arc::new(runtime),
+            Err(error) => {
+                warn!(%error, "process runtime unavailable; the agent does not run");
+                return;
+            }
+        };
+    let runtimes = Runtimes {
+        process,
+        docker: None,
+        events,
+        events_rx,
+    };
+    run_with(registry, settings, runtimes, stop).await;
+}
+
+/// The runtimes an agent drives and the channel their events arrive on.
+struct Runtimes {
+    process: Arc<dyn Runtime>,
+    /// A Docker-kind runtime given ready-made (tests: a fake engine);
+    /// `None`: the local engine, connected on first need and retried while
+    /// it is unavailable.
+    docker: Option<Arc<dyn Runtime>>,
+    /// Given to a runtime connected later (the engine's event follower).
+    events: UnboundedSender<RuntimeEvent>,
+    events_rx: UnboundedReceiver<RuntimeEvent>,
+}
+
+async fn run_with(
+    registry: Arc<RegistryNode>,
+    settings: AgentSettings,
+    runtimes: Runtimes,
+    stop: CancellationToken,
+) {
     tokio::spawn(heartbeats(
         Arc::clone(&registry),
         settings.heartbeat_interval,
@@ -166,16 +238,13 @@ pub async fn run(registry: Arc<RegistryNode>, settings: AgentSettings, stop: Can
         .as_ref()
         .map(|c| c.id.clone())
         .unwrap_or_default();
-    let (runtime_events, mut runtime_rx) = mpsc::unbounded_channel();
-    // The state dir is this node's own, so its records are this cluster's.
-    let process: Arc<dyn Runtime> =
-        match process::ProcessRuntime::new(settings.state_dir.clone(), runtime_events.clone()) {
-            Ok(runtime) => Arc::new(runtime),
-            Err(error) => {
-                warn!(%error, "process runtime unavailable; the agent does not run");
-                return;
-            }
-        };
+    let Runtimes {
+        process,
+        docker,
+        events: runtime_events,
+        events_rx: mut runtime_rx,
+    } = runtimes;
+    let docker_engine = docker.is_none();
     let (events, mut events_rx) = mpsc::unbounded_channel();
     let (health, mut health_rx) = mpsc::unbounded_channel();
     let (reports, reports_rx) = mpsc::unbounded_channel();
@@ -185,12 +254,16 @@ pub async fn run(registry: Arc<RegistryNode>, settings: AgentSettings, stop: Can
         settings,
         cluster_id,
         process,
-        docker: None,
+        docker,
+        docker_engine,
         docker_error: String::new(),
         docker_tried: None,
         runtime_events,
         local: HashMap::new(),
         starting: HashSet::new(),
+        tried: HashSet::new(),
+        removing: HashSet::new(),
+        unreachable: HashSet::new(),
         early_exits: HashMap::new(),
         reported: HashMap::new(),
         events,
@@ -296,7 +369,8 @@ fn runtime_kind(service: &Service) -> RuntimeKind {
 
 impl Agent {
     async fn connect_docker(&mut self) {
-        if self.docker.is_some()
+        if !self.docker_engine
+            || self.docker.is_some()
             || self
                 .docker_tried
                 .is_some_and(|at| at.elapsed() < DOCKER_RETRY)
@@ -395,14 +469,7 @@ impl Agent {
                 }
                 (wanted, _) => {
                     info!(task = %found.task_id, runtime_id = %found.runtime_id, "removing a task that is no longer wanted here");
-                    if let Ok(runtime) = self.runtime(kind) {
-                        if let Err(error) = runtime
-                            .stop(&found.runtime_id, Duration::from_secs(10))
-                            .await
-                        {
-                            warn!(%error, runtime_id = %found.runtime_id, "cannot remove");
-                        }
-                    }
+                    self.remove(kind, &found.runtime_id, Duration::from_secs(10));
                     if let Some(task) = wanted {
                         self.report(task, TaskState::Failed, "exited while lbd was down");
                     }
@@ -478,7 +545,10 @@ impl Agent {
             let here = self.local.get(&task.id);
             match task.desired {
                 DesiredState::Running => {
-                    if here.is_some() || self.starting.contains(&task.id) {
+                    if here.is_some()
+                        || self.starting.contains(&task.id)
+                        || self.tried.contains(&task.id)
+                    {
                         continue;
                     }
                     match task.state {
@@ -516,8 +586,9 @@ impl Agent {
                 },
             }
         }
-        // Forget what was reported of tasks that are gone.
+        // Forget what was reported and tried of tasks that are gone.
         self.reported.retain(|id, _| mine.contains_key(id.as_str()));
+        self.tried.retain(|id| mine.contains_key(id.as_str()));
     }
 
     async fn begin_start(&mut self, state: &RegistryState, task: &TaskRecord) {
@@ -528,6 +599,7 @@ impl Agent {
             return;
         };
         let kind = runtime_kind(&service);
+        self.tried.insert(task.id.clone());
         if kind == RuntimeKind::Docker {
             self.connect_docker().await;
         }
@@ -585,10 +657,8 @@ impl Agent {
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(drain) => {}
             }
-            if let Err(error) = runtime.stop(&runtime_id, grace).await {
-                warn!(%error, task = %task_id, "stop failed");
-            }
-            let _ = events.send(Event::Stopped { task_id });
+            let result = runtime.stop(&runtime_id, grace).await;
+            let _ = events.send(Event::Stopped { task_id, result });
         });
     }
 
@@ -603,7 +673,12 @@ impl Agent {
                 let Some(task) = self.task(&task_id) else {
                     // Removed while starting: clean up what started.
                     if let Ok(found) = result {
-                        self.stop_untracked(&found.runtime_id, &task_id);
+                        debug!(task = %task_id, "removing a task that was dropped while starting");
+                        self.remove(
+                            kind_of(&found.runtime_id),
+                            &found.runtime_id,
+                            Duration::from_secs(10),
+                        );
                     }
                     return;
                 };
@@ -628,8 +703,14 @@ impl Agent {
                     }
                 }
             }
-            Event::Stopped { task_id } => {
-                self.local.remove(&task_id);
+            Event::Stopped { task_id, result } => {
+                if let Some(local) = self.local.remove(&task_id) {
+                    if let Err(error) = result {
+                        // Untracked now: the next sweep of the runtime removes
+                        // what is left, and retries until that succeeds.
+                        warn!(task = %task_id, runtime_id = %local.runtime_id, %error, "stop failed; retrying");
+                    }
+                }
                 if let Some(task) = self.task(&task_id) {
                     if !task.state.is_terminal() {
                         let message = if task.message.is_empty() {
@@ -641,28 +722,32 @@ impl Agent {
                     }
                 }
             }
+            Event::Removed { runtime_id, result } => {
+                self.removing.remove(&runtime_id);
+                if let Err(error) = result {
+                    warn!(%runtime_id, %error, "cannot remove; retrying at the next sweep");
+                }
+            }
         }
     }
 
-    fn stop_untracked(&self, runtime_id: &str, task_id: &str) {
-        let runtimes: Vec<Arc<dyn Runtime>> =
-            [Some(Arc::clone(&self.process)), self.docker.clone()]
-                .into_iter()
-                .flatten()
-                .collect();
+    /// Stops and removes something a runtime holds that no tracked task
+    /// accounts for (`grace` before SIGKILL). The result comes back as
+    /// [`Event::Removed`]; a failure is logged and, since the thing stays
+    /// listed, retried by the next sweep ([`Agent::check_runtimes`]).
+    fn remove(&mut self, kind: RuntimeKind, runtime_id: &str, grace: Duration) {
+        let Ok(runtime) = self.runtime(kind) else {
+            // Not connected: the sweep after it connects removes it.
+            return;
+        };
+        if !self.removing.insert(runtime_id.to_owned()) {
+            return;
+        }
+        let events = self.events.clone();
         let runtime_id = runtime_id.to_owned();
-        let task_id = task_id.to_owned();
         tokio::spawn(async move {
-            for runtime in runtimes {
-                if runtime
-                    .stop(&runtime_id, Duration::from_secs(10))
-                    .await
-                    .is_ok()
-                {
-                    debug!(task = %task_id, "removed a task that was dropped while starting");
-                    return;
-                }
-            }
+            let result = runtime.stop(&runtime_id, grace).await;
+            let _ = events.send(Event::Removed { runtime_id, result });
         });
     }
 
@@ -711,11 +796,7 @@ impl Agent {
         // up what is left of it (a dead container).
         self.report(&task, state, message);
         self.local.remove(task_id);
-        if let Ok(runtime) = self.runtime(kind) {
-            tokio::spawn(async move {
-                let _ = runtime.stop(&runtime_id, Duration::ZERO).await;
-            });
-        }
+        self.remove(kind, &runtime_id, Duration::ZERO);
     }
 
     fn on_health(&mut self, change: HealthChange) {
@@ -746,18 +827,30 @@ impl Agent {
         }
     }
 
-    /// Lists the runtimes: a tracked task they no longer run has exited.
+    /// The sweep, every tick: lists each runtime, so that a tracked task it
+    /// no longer runs is reported exited (and replaced by the scheduler) and
+    /// whatever it holds that no task here accounts for is removed (a
+    /// container whose stop failed, one that died while the engine shut
+    /// down). A runtime that cannot be listed (the engine is down) is
+    /// skipped until it answers again, and then reconciled in full.
     async fn check_runtimes(&mut self) {
+        self.connect_docker().await;
         for kind in [RuntimeKind::Docker, RuntimeKind::Process] {
-            if !self.local.values().any(|l| l.kind == kind && !l.stopping) {
-                continue;
-            }
             let Ok(runtime) = self.runtime(kind) else {
                 continue;
             };
-            let Ok(listed) = runtime.list().await else {
-                continue;
+            let listed = match runtime.list().await {
+                Ok(listed) => listed,
+                Err(error) => {
+                    if self.unreachable.insert(kind) {
+                        warn!(%error, ?kind, "runtime unreachable; its tasks are reconciled when it answers");
+                    }
+                    continue;
+                }
             };
+            if self.unreachable.remove(&kind) {
+                info!(?kind, "runtime reachable again; reconciling its tasks");
+            }
             let running: HashSet<&str> = listed
                 .iter()
                 .filter(|t| t.running)
@@ -774,6 +867,38 @@ impl Agent {
             for id in lost {
                 self.exited(&id, None);
             }
+            let tracked: HashSet<&str> =
+                self.local.values().map(|l| l.runtime_id.as_str()).collect();
+            let leftovers: Vec<&RuntimeTask> = listed
+                .iter()
+                .filter(|t| {
+                    !tracked.contains(t.runtime_id.as_str())
+                        && !self.starting.contains(&t.task_id)
+                        && !self.removing.contains(&t.runtime_id)
+                })
+                .collect();
+            let leftovers: Vec<(String, String, bool)> = leftovers
+                .into_iter()
+                .map(|t| (t.runtime_id.clone(), t.task_id.clone(), t.running))
+                .collect();
+            for (runtime_id, task, running) in leftovers {
+                info!(%task, %runtime_id, running, "removing a leftover no task here accounts for");
+                let grace = if running {
+                    Duration::from_secs(10)
+                } else {
+                    Duration::ZERO
+                };
+                self.remove(kind, &runtime_id, grace);
+            }
         }
+    }
+}
+
+/// Which runtime a runtime id belongs to (processes are `pid:N`).
+fn kind_of(runtime_id: &str) -> RuntimeKind {
+    if runtime_id.starts_with("pid:") {
+        RuntimeKind::Process
+    } else {
+        RuntimeKind::Docker
     }
 }

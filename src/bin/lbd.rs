@@ -307,10 +307,13 @@ fn print_tokens(api: SocketAddr, tokens: &raft_state::state::ClusterInfo) {
 }
 
 /// Each proxied connection holds two descriptors; the usual soft limit of
-/// 1024 would cap lbd near 500 connections.
+/// 1024 would cap lbd near 500 connections. The soft limit goes up to the
+/// hard one; the admin server takes a quarter of it at most (see
+/// `lbmesh::admin::AdminLimits::within`).
 fn raise_fd_limit() {
+    let hard = rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(_, hard)| hard);
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "file descriptor limit"),
+        Ok(limit) => tracing::info!(limit, hard = hard.ok(), "file descriptor limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the file descriptor limit"),
     }
 }

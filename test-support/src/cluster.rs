@@ -33,6 +33,9 @@ pub struct Cluster {
     pub manager_token: String,
     /// Extra `lbd` arguments of every node.
     pub extra_args: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) every node starts with, set with
+    /// `prlimit`; `None`: the test's own.
+    pub nofile: Option<u64>,
 }
 
 impl Cluster {
@@ -65,7 +68,17 @@ impl Cluster {
 
     /// The command line of node `n`.
     fn command(&self, n: usize, join: Option<(&str, &str)>) -> Command {
-        let mut command = Command::new(bins::lbd());
+        let mut command = match self.nofile {
+            Some(limit) => {
+                // prlimit sets the limit and execs lbd in its place.
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg(bins::lbd());
+                command
+            }
+            None => Command::new(bins::lbd()),
+        };
         command
             .arg("--advertise-addr")
             .arg(self.ip(n).to_string())
@@ -95,6 +108,20 @@ impl Cluster {
     /// Bootstraps node 0 and joins nodes 1 and 2 as managers, every node
     /// started with `extra_args`.
     pub fn form_with(extra_args: &[&str]) -> Self {
+        let mut cluster = Self::bootstrap(extra_args, None);
+        for n in 1..3 {
+            let host = cluster.api(0);
+            let token = cluster.manager_token.clone();
+            let child = cluster.spawn(n, Some((&host, &token)));
+            cluster.nodes.push(Some(child));
+            cluster.wait_for_nodes(n + 1);
+        }
+        cluster
+    }
+
+    /// Bootstraps node 0 alone, started with `extra_args` and, if given,
+    /// a descriptor limit of `nofile`.
+    pub fn bootstrap(extra_args: &[&str], nofile: Option<u64>) -> Self {
         let mut cluster = Cluster {
             block: address_block(),
             dir: tempfile::tempdir().expect("temp dir"),
@@ -102,6 +129,7 @@ impl Cluster {
             control_token: String::new(),
             manager_token: String::new(),
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            nofile,
         };
         let mut first = cluster.spawn(0, None);
         let stdout = first.stdout.take().expect("stdout");
@@ -122,13 +150,7 @@ impl Cluster {
             cluster.log(0)
         );
         cluster.nodes.push(Some(first));
-        for n in 1..3 {
-            let host = cluster.api(0);
-            let token = cluster.manager_token.clone();
-            let child = cluster.spawn(n, Some((&host, &token)));
-            cluster.nodes.push(Some(child));
-            cluster.wait_for_nodes(n + 1);
-        }
+        cluster.wait_for_nodes(1);
         cluster
     }
 
