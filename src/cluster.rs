@@ -414,7 +414,7 @@ pub async fn admit(
     record.availability = Availability::Active;
     record.status = NodeStatus::Ready;
     let request_id = format!("join.{}.{request_id}", record.id);
-    if let Some(outcome) = state.requests.outcome(&request_id) {
+    if let Some(outcome) = state.remembered(&request_id) {
         return match (outcome, state.nodes.get(&record.id)) {
             (Outcome::Node { .. }, Some(joined)) => {
                 if role == Role::Manager {

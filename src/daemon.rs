@@ -14,14 +14,17 @@
 //! # Flow
 //!
 //! ```text
-//! start:   bind the admin API ─> services ─> ServiceRoutes (routes) ─> Proxy::apply
-//!          (binds every listen address, one descriptor per proxy thread)
-//!          (standalone, any failure: nothing is left running, the error names what
-//!          failed; cluster: an address that cannot be bound is skipped and retried)
+//! start:   bind the admin API ─> services ─> ServiceRoutes (routes)
+//!          ─> Proxy::apply (standalone: binds every listen address, one descriptor
+//!             per proxy thread; any failure: nothing is left running, the error
+//!             names what failed)
+//!           | Proxy::apply_per_listener (cluster: an address that cannot be bound
+//!             is skipped and retried)
 //!          ─> the admin server on the control runtime ─> ready
-//! change:  services ─> ServiceRoutes ─> Proxy::apply (reusing backend state)
-//!          file: on a bind failure the running table keeps serving (AllOrNothing)
-//!          registry: an address that fails is skipped, the rest routed (PerListener)
+//! change:  services ─> ServiceRoutes (reusing backend state)
+//!          file:     Proxy::apply; on a bind failure the running table keeps serving
+//!          registry: Proxy::apply_per_listener; an address that fails is skipped,
+//!                    the rest routed
 //! retry:   every BIND_RETRY while an address fails ─> Proxy::retry_failed
 //!          ─> this node's failures (a watch) ─> listener_report ─> the registry
 //! stop:    not ready ─> stop accepting (listeners close, new connects are refused)
@@ -48,7 +51,7 @@ use std::time::Duration;
 use lb_config::{ConfigError, ConfigFile, Node};
 use lbmesh_proxy::discovery::ServiceRoutes;
 use lbmesh_proxy::listeners::{bind_listener, ListenOptions};
-use lbmesh_proxy::{ApplyError, BindPolicy, ListenerFailure, Proxy};
+use lbmesh_proxy::{ApplyError, ListenerFailure, Proxy};
 use raft_state::registry::RegistryNode;
 use raft_state::store::Applied;
 use tokio::net::TcpListener;
@@ -89,18 +92,6 @@ enum Source {
         node: Arc<RegistryNode>,
         changes: watch::Receiver<Applied>,
     },
-}
-
-impl Source {
-    /// A config file's change binds all or nothing (its operator hears of a
-    /// taken port at once); the registry's binds per listener, so that one
-    /// node's taken port stops no other change there.
-    fn bind_policy(&self) -> BindPolicy {
-        match self {
-            Source::File { .. } => BindPolicy::AllOrNothing,
-            Source::Registry { .. } => BindPolicy::PerListener,
-        }
-    }
 }
 
 /// A running daemon.
@@ -248,7 +239,10 @@ impl Daemon {
             })?;
         let mut proxy = Proxy::start(proxy_threads, Arc::clone(&metrics.proxy))
             .map_err(DaemonError::Workers)?;
-        proxy.apply(services, source.bind_policy())?;
+        match source {
+            Source::File { .. } => proxy.apply(services)?,
+            Source::Registry { .. } => proxy.apply_per_listener(services),
+        }
 
         let admin = Arc::new(AdminState {
             metrics: Arc::clone(&metrics),
@@ -308,15 +302,18 @@ impl Daemon {
                 if config.node != self.node {
                     warn!("[node] settings changed; they take effect when lbd restarts");
                 }
-                self.apply(&file_routes(&config.services, self.node.ingress_addr))
+                let services = file_routes(&config.services, self.node.ingress_addr);
+                self.proxy.apply(&services)?;
+                self.routed(&services);
+                Ok(())
             });
         self.metrics.reload_finished(result.is_ok());
         result
     }
 
-    /// Routes `services`: the new table replaces the old in one store.
-    fn apply(&mut self, services: &[ServiceRoutes]) -> Result<(), DaemonError> {
-        self.proxy.apply(services, self.source.bind_policy())?;
+    /// After a change was routed: hands on the addresses not bound now and
+    /// logs the table's size.
+    fn routed(&self, services: &[ServiceRoutes]) {
         self.publish_failures();
         info!(
             services = services.len(),
@@ -324,7 +321,6 @@ impl Daemon {
             not_bound = self.proxy.failures().len(),
             "routing table updated"
         );
-        Ok(())
     }
 
     /// Hands the listen addresses that are not bound now to whoever reports
@@ -383,9 +379,8 @@ impl Daemon {
                     }
                 }
                 Some(services) = Self::registry_changed(&mut self.source, ingress_addr) => {
-                    if let Err(error) = self.apply(&services) {
-                        error!(%error, "registry change not routed; the running table keeps serving");
-                    }
+                    self.proxy.apply_per_listener(&services);
+                    self.routed(&services);
                 }
                 () = Self::retry_due(self.proxy.next_retry()) => {
                     if self.proxy.retry_failed() {

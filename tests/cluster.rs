@@ -755,7 +755,8 @@ fn a_node_whose_api_or_raft_port_is_published_cannot_join() {
 /// passing it on, that lost the first answer) is answered 201 with the same
 /// service each time, through a follower and through the leader, and made
 /// once; the resend used to be answered 409 "already exists". A new key is
-/// a new write, and a malformed key is refused.
+/// a new write, a malformed key is refused, and the key reused for another
+/// kind of write is refused (it used to get the create's answer, or a 500).
 #[test]
 fn a_create_resent_with_its_idempotency_key_gets_the_first_answer() {
     let cluster = Cluster::form();
@@ -788,6 +789,15 @@ fn a_create_resent_with_its_idempotency_key_gets_the_first_answer() {
     let bad = raw_request(&cluster.api(follower), post("no spaces").as_bytes());
     assert_eq!(status_of(&bad), 400, "{bad}");
     assert!(body_of(&bad).contains("idempotency-key"), "{bad}");
+    // The create's key on a removal is no resend: refused, nothing removed.
+    let remove = format!(
+        "DELETE /v1/services/once HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nIdempotency-Key: client-1\r\n\r\n",
+        cluster.control_token
+    );
+    let reused = raw_request(&cluster.api(follower), remove.as_bytes());
+    assert_eq!(status_of(&reused), 409, "{reused}");
+    assert!(body_of(&reused).contains("a different request"), "{reused}");
     let listed = cluster
         .json(follower, &["service", "ls"])
         .expect("service ls");

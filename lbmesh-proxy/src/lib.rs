@@ -57,4 +57,4 @@ mod splice;
 mod tcp;
 pub mod workers;
 
-pub use proxy::{ApplyError, BindPolicy, ListenerFailure, Proxy, BIND_RETRY};
+pub use proxy::{ApplyError, ListenerFailure, Proxy, BIND_RETRY};

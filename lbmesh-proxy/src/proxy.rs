@@ -5,13 +5,14 @@
 //! # Flow
 //!
 //! ```text
-//! apply(services, policy) ─> RoutingTable::build (reusing backend state) ─> bind the new addresses
+//! apply | apply_per_listener(services)
+//!                 ─> RoutingTable::build (reusing backend state) ─> bind the new addresses
 //!                 ─> store the table (one ArcSwap store) ─> commit (limits, stale metrics)
 //!                 ─> forget the addresses that left (stop their loops, drop their gauges)
 //!                 ─> start loops on the new ones; note the ones that failed
-//!   AllOrNothing (a config file): a published address that fails, before the store:
+//!   apply (a config file): a published address that fails, before the store:
 //!     nothing changes, the running table keeps serving
-//!   PerListener (the registry): an address that fails is skipped; the rest applies
+//!   apply_per_listener (the registry): an address that fails is skipped; the rest applies
 //! retry_failed (at next_retry) ─> bind each failing address again, every BIND_RETRY
 //! stop_accepting ─> every loop drops its listener (new connects are refused)
 //! drain(grace)   ─> waits for open connections up to the deadline
@@ -19,10 +20,10 @@
 //! ```
 //!
 //! A VIP that cannot be bound (a port below 1024 without the privilege,
-//! say) is skipped and retried under either policy: it must not keep the
+//! say) is skipped and retried by both: it must not keep the
 //! published ports from being served. Moving a port between 0.0.0.0 and a
 //! specific IP of the same family in one change fails to bind at first, as
-//! the old socket still holds it; under `PerListener` the retry binds it
+//! the old socket still holds it; per listener, the retry binds it
 //! once the old one has closed.
 //!
 //! # Invariants
@@ -69,19 +70,6 @@ pub struct ApplyError {
     pub service: String,
     #[source]
     pub source: io::Error,
-}
-
-/// What [`Proxy::apply`] does when an address of the new table cannot be
-/// bound.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BindPolicy {
-    /// Refuse the whole change: a config file, whose operator hears of it
-    /// at once (start fails, a reload is rejected).
-    AllOrNothing,
-    /// Skip the address, route the rest, retry it every [`BIND_RETRY`]:
-    /// the registry, where one node's taken port must not stop every other
-    /// change on that node.
-    PerListener,
 }
 
 /// A listen address that is not bound now, and why.
@@ -141,26 +129,56 @@ impl Proxy {
         })
     }
 
-    /// Routes `services`: the new table replaces the old in one store. Only
-    /// under [`BindPolicy::AllOrNothing`] can it fail, and then nothing
-    /// changed.
-    pub fn apply(
-        &mut self,
-        services: &[ServiceRoutes],
-        policy: BindPolicy,
-    ) -> Result<(), ApplyError> {
+    /// Routes `services`, all or nothing (a config file, whose operator
+    /// hears of a taken port at once: start fails, a reload is rejected):
+    /// when a published address cannot be bound, nothing changes and the
+    /// running table keeps serving. A VIP that cannot be bound is retried
+    /// every [`BIND_RETRY`], as under [`Proxy::apply_per_listener`].
+    pub fn apply(&mut self, services: &[ServiceRoutes]) -> Result<(), ApplyError> {
         let previous = self.table.load_full();
         let table = RoutingTable::build(services, &previous, &self.metrics);
-        let (bound, failed) = match self.bind_new(&table, policy) {
-            Ok(result) => result,
-            Err(error) => {
-                table.abandon(&previous, &self.metrics);
-                return Err(error);
-            }
-        };
+        let (bound, failed) = self.bind_new(&table);
+        let (refused, retried): (Failed, Failed) = failed
+            .into_iter()
+            .partition(|(addr, ..)| !table.is_shared(addr));
+        if let Some((addr, service, source)) = refused.into_iter().next() {
+            drop(bound);
+            table.abandon(&previous, &self.metrics);
+            return Err(ApplyError {
+                addr,
+                service: service.to_string(),
+                source,
+            });
+        }
+        self.install(services, table, &previous, bound, retried);
+        Ok(())
+    }
+
+    /// Routes `services`, binding per listener (the registry, where one
+    /// node's taken port must not stop every other change on that node): an
+    /// address that cannot be bound is skipped, the rest of the table
+    /// serves, and it is retried every [`BIND_RETRY`].
+    pub fn apply_per_listener(&mut self, services: &[ServiceRoutes]) {
+        let previous = self.table.load_full();
+        let table = RoutingTable::build(services, &previous, &self.metrics);
+        let (bound, failed) = self.bind_new(&table);
+        self.install(services, table, &previous, bound, failed);
+    }
+
+    /// Makes `table` the routing table in one store, then settles the
+    /// listeners: removed ones stop, failed ones wait for their retry, newly
+    /// bound ones start accepting.
+    fn install(
+        &mut self,
+        services: &[ServiceRoutes],
+        table: RoutingTable,
+        previous: &RoutingTable,
+        bound: Bound,
+        failed: Failed,
+    ) {
         let table = Arc::new(table);
         self.table.store(Arc::clone(&table));
-        table.commit(&previous, services, &self.metrics);
+        table.commit(previous, services, &self.metrics);
 
         self.forget_removed(&table);
         let now = Instant::now();
@@ -170,7 +188,6 @@ impl Proxy {
         for (addr, service, listeners) in bound {
             self.start_listener(addr, service, listeners);
         }
-        Ok(())
     }
 
     /// When the next failing address is due for a try; `None` while every
@@ -287,14 +304,8 @@ impl Proxy {
     }
 
     /// Binds every address of `table` that has no entry yet (a failing one
-    /// waits for its retry). Under `AllOrNothing` the first published
-    /// address that fails ends it, and the sockets bound so far close
-    /// again; otherwise failures are returned beside what was bound.
-    fn bind_new(
-        &self,
-        table: &RoutingTable,
-        policy: BindPolicy,
-    ) -> Result<(Bound, Failed), ApplyError> {
+    /// waits for its retry); returns what was bound and what failed.
+    fn bind_new(&self, table: &RoutingTable) -> (Bound, Failed) {
         let mut bound = Vec::new();
         let mut failed = Vec::new();
         for (addr, service) in table.listen_addrs() {
@@ -303,17 +314,10 @@ impl Proxy {
             }
             match self.bind(table, addr) {
                 Ok(listeners) => bound.push((addr, Arc::from(service), listeners)),
-                Err(source) if policy == BindPolicy::AllOrNothing && !table.is_shared(&addr) => {
-                    return Err(ApplyError {
-                        addr,
-                        service: service.to_owned(),
-                        source,
-                    })
-                }
                 Err(error) => failed.push((addr, Arc::from(service), error)),
             }
         }
-        Ok((bound, failed))
+        (bound, failed)
     }
 
     /// After a store: stops the loops of addresses `table` no longer has and
@@ -493,7 +497,7 @@ mod tests {
         let services = [service("blocked", taken_addr), service("web", web_addr)];
 
         // A config file's change is refused whole, and leaves nothing behind.
-        let refused = proxy.apply(&services, BindPolicy::AllOrNothing);
+        let refused = proxy.apply(&services);
         assert!(
             matches!(&refused, Err(e) if e.addr == taken_addr && e.service == "blocked"),
             "{refused:?}"
@@ -502,9 +506,7 @@ mod tests {
         assert!(proxy.failures().is_empty());
 
         // The registry's: the rest applies, the taken address is reported.
-        proxy
-            .apply(&services, BindPolicy::PerListener)
-            .expect("per listener never fails");
+        proxy.apply_per_listener(&services);
         assert_eq!(proxy.listener_count(), 1);
         std::net::TcpStream::connect(web_addr).expect("web is served");
         assert!(proxy.table().load().route(&taken_addr).is_some());
@@ -536,9 +538,7 @@ mod tests {
         std::net::TcpStream::connect(taken_addr).expect("blocked is served");
 
         // Gone from the table: its series goes too.
-        proxy
-            .apply(&[service("web", web_addr)], BindPolicy::PerListener)
-            .expect("apply");
+        proxy.apply_per_listener(&[service("web", web_addr)]);
         assert_eq!(up(&registry, "blocked", taken_addr), None);
         assert_eq!(proxy.listener_count(), 1);
     }
@@ -550,18 +550,14 @@ mod tests {
         let mut proxy = Proxy::start(1, Arc::clone(&metrics)).expect("proxy");
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
         let taken_addr = taken.local_addr().expect("held address");
-        proxy
-            .apply(&[service("blocked", taken_addr)], BindPolicy::PerListener)
-            .expect("apply");
+        proxy.apply_per_listener(&[service("blocked", taken_addr)]);
         assert_eq!(up(&registry, "blocked", taken_addr), Some(0));
         // The port moves to another service: one series, relabelled.
-        proxy
-            .apply(&[service("other", taken_addr)], BindPolicy::PerListener)
-            .expect("apply");
+        proxy.apply_per_listener(&[service("other", taken_addr)]);
         assert_eq!(up(&registry, "blocked", taken_addr), None);
         assert_eq!(up(&registry, "other", taken_addr), Some(0));
         assert_eq!(proxy.failures()[0].service, "other");
-        proxy.apply(&[], BindPolicy::PerListener).expect("apply");
+        proxy.apply_per_listener(&[]);
         assert!(proxy.failures().is_empty());
         assert_eq!(proxy.next_retry(), None);
         assert_eq!(up(&registry, "other", taken_addr), None);

@@ -30,7 +30,7 @@ use lb_config::{check_dns_label, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::outcome::reject;
-use crate::requests::RecentRequests;
+use crate::requests::{Answer, RecentRequests};
 use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus};
 
 // The records have files of their own; these keep the paths callers use
@@ -83,12 +83,50 @@ impl RegistryState {
         let Some(request) = &proposal.request else {
             return self.apply(&proposal.command);
         };
-        if let Some(outcome) = self.requests.outcome(request) {
-            return outcome.clone();
+        if let Some(outcome) = self.remembered(request) {
+            return outcome;
         }
         let outcome = self.apply(&proposal.command);
-        self.requests.remember(request.clone(), outcome.clone());
+        self.requests.remember(request.clone(), &outcome);
         outcome
+    }
+
+    /// The answer a resend of `request` gets, if the id is remembered: the
+    /// record the first answer carried, as it is now (see
+    /// [`crate::requests`]).
+    pub fn remembered(&self, request: &str) -> Option<Outcome> {
+        let gone = |what: &str| {
+            reject(
+                RejectKind::NotFound,
+                "request",
+                format!("the write took effect, but {what} is gone since"),
+            )
+        };
+        Some(match self.requests.answer(request)? {
+            Answer::Node { id } => match self.nodes.get(id) {
+                Some(node) => Outcome::Node {
+                    node: Box::new(node.clone()),
+                },
+                None => gone(&format!("node {id}")),
+            },
+            Answer::Service { name } => match self.services.get(name) {
+                Some(service) => Outcome::Service {
+                    service: Box::new(service.clone()),
+                },
+                None => gone(&format!("service {name:?}")),
+            },
+            Answer::Task { id } => match self.tasks.get(id) {
+                Some(task) => Outcome::Task {
+                    task: Box::new(task.clone()),
+                },
+                None => gone(&format!("task {id}")),
+            },
+            Answer::Removed => Outcome::Removed,
+            Answer::Nothing => Outcome::Nothing,
+            Answer::Rejected { rejection } => Outcome::Rejected {
+                rejection: rejection.clone(),
+            },
+        })
     }
 
     /// Applies one command; a rejected command changes nothing.
@@ -694,11 +732,10 @@ mod tests {
             state.apply_proposal(&remove(id));
         }
         assert_eq!(state.requests.len(), REMEMBERED_REQUESTS);
-        assert!(state.requests.outcome("req-0").is_none(), "the oldest went");
-        assert!(state.requests.outcome("req-1").is_some());
+        assert!(state.remembered("req-0").is_none(), "the oldest went");
+        assert!(state.remembered("req-1").is_some());
         assert!(state
-            .requests
-            .outcome(&format!("req-{REMEMBERED_REQUESTS}"))
+            .remembered(&format!("req-{REMEMBERED_REQUESTS}"))
             .is_some());
     }
 

@@ -687,7 +687,7 @@ mod tests {
         let state = reader.subscribe().borrow().state.clone();
         assert_eq!(state.services.len(), 1);
         assert_eq!(state.services["web"].version, 1, "applied once");
-        assert!(state.requests.outcome("req-1").is_some());
+        assert!(state.remembered("req-1").is_some());
         let closed = reader_log.database_closed();
         drop((reader_log, reader));
         closed.wait().await;
@@ -695,7 +695,7 @@ mod tests {
         // And after a restart from the file.
         let (_log, reopened) = open(&dir.path().join("reader.redb")).await?;
         let state = reopened.subscribe().borrow().state.clone();
-        assert!(state.requests.outcome("req-1").is_some(), "persisted");
+        assert!(state.remembered("req-1").is_some(), "persisted");
         Ok(())
     }
 }

@@ -308,7 +308,7 @@ async fn a_resent_write_gets_its_first_answer_across_a_leader_change() {
     // The leader dies; the resend reaches the new leader through node 2.
     for node in [&n2, &n3] {
         eventually("web applied", || {
-            node.local().state.requests.outcome(&request).is_some()
+            node.local().state.remembered(&request).is_some()
         })
         .await;
     }

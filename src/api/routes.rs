@@ -16,7 +16,7 @@ use hyper::{Method, StatusCode};
 use lb_config::ServiceSpec;
 use lbmesh_api::{
     ClusterInfo, JoinRequest, JoinToken, ListenerError, NodeUpdate, RaftRole, Removed, Scale,
-    ServiceStatus,
+    ServiceStatus, IDEMPOTENCY_KEY,
 };
 use raft_state::registry::RegistryNode;
 use raft_state::state::{
@@ -46,9 +46,16 @@ pub async fn route(
 ) -> ApiResponse {
     let is_join = method == Method::POST && segments == ["cluster", "join"];
     if method != Method::GET && !is_join {
-        let remembered = registry.local().state.requests.outcome(request).cloned();
+        let remembered = registry.local().state.remembered(request);
         if let Some(outcome) = remembered {
-            return answer(outcome, shape(method, segments));
+            // A key reused for another kind of write is not its resend.
+            return respond_to(outcome, shape(method, segments)).unwrap_or_else(|_| {
+                error(
+                    StatusCode::CONFLICT,
+                    IDEMPOTENCY_KEY,
+                    "this key was already used for a different request",
+                )
+            });
         }
     }
     let request = request.to_owned();
@@ -127,11 +134,21 @@ fn rejected(rejection: Rejection) -> ApiResponse {
 
 /// An outcome no command of these routes answers: the registry broke its
 /// contract, so the client learns of it rather than getting `{}`.
+/// A 500 naming the kind of outcome only: records carry specs, whose
+/// environment may hold secrets.
 fn unexpected(outcome: &Outcome) -> ApiResponse {
+    let kind = match outcome {
+        Outcome::Node { .. } => "a node record",
+        Outcome::Service { .. } => "a service record",
+        Outcome::Task { .. } => "a task record",
+        Outcome::Removed => "a removal",
+        Outcome::Nothing => "no answer",
+        Outcome::Rejected { .. } => "a refusal",
+    };
     error(
         StatusCode::INTERNAL_SERVER_ERROR,
         "registry",
-        format!("unexpected outcome {outcome:?}"),
+        format!("unexpected outcome: {kind}"),
     )
 }
 
@@ -167,9 +184,15 @@ fn shape<'a>(method: &Method, segments: &[&'a str]) -> Shape<'a> {
     }
 }
 
-/// The answer to a write's outcome, first or remembered.
+/// The answer to a write's outcome.
 fn answer(outcome: Outcome, shape: Shape<'_>) -> ApiResponse {
-    match (outcome, shape) {
+    respond_to(outcome, shape).unwrap_or_else(|other| unexpected(&other))
+}
+
+/// The answer to an outcome of the kind the request expects (first or
+/// remembered), or the outcome back when it is of another kind.
+fn respond_to(outcome: Outcome, shape: Shape<'_>) -> Result<ApiResponse, Outcome> {
+    Ok(match (outcome, shape) {
         (Outcome::Service { service }, Shape::Created) => {
             json_response(StatusCode::CREATED, &convert::service(&service))
         }
@@ -186,8 +209,8 @@ fn answer(outcome: Outcome, shape: Shape<'_>) -> ApiResponse {
             },
         ),
         (Outcome::Rejected { rejection }, _) => rejected(rejection),
-        (other, _) => unexpected(&other),
-    }
+        (other, _) => return Err(other),
+    })
 }
 
 /// Proposes `command` for request `request` and answers its outcome.
