@@ -193,8 +193,9 @@ mod tests {
         let routes = file_routes(&config.services, ingress);
         assert_eq!(
             routes[0].ports[0].listen,
+            // fixed-port-ok: an address in a table, nothing bound
             vec!["127.0.0.2:8080".parse().unwrap()]
-        ); // fixed-port-ok
+        );
         let routes = service_routes(
             &config.services[0],
             &[ingress],
@@ -265,8 +266,9 @@ mod tests {
         );
         assert_eq!(
             routes[0].ports[0].listen,
+            // fixed-port-ok: an address in a table, nothing bound
             vec!["127.0.0.2:8080".parse().unwrap()]
-        ); // fixed-port-ok
+        );
         assert_eq!(
             routes[0].ports[0].endpoints,
             vec![Endpoint {

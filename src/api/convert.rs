@@ -239,6 +239,7 @@ mod tests {
             serde_json::to_value(status).expect("json"),
             with(
                 &record,
+                // fixed-port-ok: a reported address, nothing bound
                 json!({"running": 2, "desired": 3, "listener_errors": [
                     {"node": "node-2", "address": "127.0.0.2:8080", "error": "address in use"}
                 ]})
