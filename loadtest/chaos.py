@@ -18,8 +18,10 @@ nemesis runs:
   not faulted and not the leader) and records each acknowledged one; during
   a partition of the leader a second writer sends writes to the cut-off
   leader (the minority side);
+- a reader reads (linearizably: every API GET is) through a follower;
 - a monitor polls each node's /metrics (leader, term, applied index) and
-  the service's tasks (how many serve) every 250 ms.
+  the service's tasks (how many serve) every 250 ms, and notes when a new
+  leader is first seen.
 
 Nemeses: kill -9 of the leader and of a follower (restarted after 8 s), a
 partition of the leader and of a follower (iptables DROP to and from its
@@ -39,6 +41,10 @@ After each, with the fault healed, the checks (each bounded in time):
 - clients:    no failed request through the nodes not faulted (judged for
               the leader's partition, stop and flap: the issue's acceptance);
 - moved:      a killed node's tasks serve elsewhere within grace + 2 s;
+- follow:     when the leader is killed, cut off or paused, a write and a
+              read through a follower succeed within 1 s of the monitor
+              first seeing the new leader (which the new leader's first
+              commit, its election entry, precedes);
 - rejoin:     a restarted node serves its API, caught up, within 5 s;
 - snapshot:   after the 1,000 writes, the restarted node installed a
               snapshot (the path the nemesis is for was taken).
@@ -82,8 +88,9 @@ DOWN_LINE = re.compile(r"^(\S+)\s+WARN .*node down.*node=(\S+)")
 # --short runs these and judges every check but NOT_IN_SHORT, which
 # today's main fails (loadtest/README.md has the figures of a full run).
 SHORT_NEMESES = ["kill-follower", "partition-leader", "stop-leader", "kill-leader-writes"]
-NOT_IN_SHORT = {("kill-leader", "moved"), ("kill-leader-writes", "moved"),
-                ("partition-leader", "clients")}
+NOT_IN_SHORT = {("partition-leader", "clients")}
+# Leader faults after which a follower's writes and reads are timed.
+FOLLOW_NEMESES = ["kill-leader", "partition-leader", "stop-leader"]
 ALL_NEMESES = ["kill-leader", "kill-follower", "partition-leader",
                "partition-follower", "stop-leader", "flap-leader",
                "kill-leader-writes"]
@@ -345,6 +352,9 @@ class Loops:
         self.requests = {}  # (phase, node) -> [ok, failed]
         self.failures = []  # (t, phase, node, error)
         self.acked = {}  # label -> (phase, via node, minority)
+        self.follower_writes = []  # wall-clock times of writes acked through a follower
+        self.follower_reads = []  # wall-clock times of reads answered through a follower
+        self.leaders_seen = []  # (wall-clock time, node index) at each new leader
         self.write_errors = {}  # phase -> count
         self.samples = []  # (t, phase, node names of serving tasks, or None)
         self.writing = threading.Event()
@@ -359,6 +369,7 @@ class Loops:
             self.threads.append(threading.Thread(target=self.client, args=(n,), daemon=True))
         self.threads.append(threading.Thread(target=self.writer, daemon=True))
         self.threads.append(threading.Thread(target=self.minority_writer, daemon=True))
+        self.threads.append(threading.Thread(target=self.reader, daemon=True))
         self.threads.append(threading.Thread(target=self.monitor, daemon=True))
         for thread in self.threads:
             thread.start()
@@ -406,6 +417,8 @@ class Loops:
         with self.lock:
             if status == 200:
                 self.acked[key] = (phase, via, minority)
+                if not minority:
+                    self.follower_writes.append(time.time())
             else:
                 self.write_errors[phase] = self.write_errors.get(phase, 0) + 1
         return status == 200
@@ -424,6 +437,21 @@ class Loops:
             ok = self.write(targets[turn % len(targets)])
             turn += 1
             time.sleep(0.05 if ok else 0.2)
+
+    def reader(self):
+        turn = 0
+        while not self.stop.is_set():
+            targets = self.followers()
+            if not self.writing.is_set() or not targets:
+                time.sleep(0.1)
+                continue
+            status, _ = api(targets[turn % len(targets)], "GET", f"/v1/nodes/{name_of(0)}",
+                            self.c.control_token, timeout=12)
+            turn += 1
+            if status == 200:
+                with self.lock:
+                    self.follower_reads.append(time.time())
+            time.sleep(0.05 if status == 200 else 0.2)
 
     def minority_writer(self):
         while not self.stop.is_set():
@@ -444,7 +472,11 @@ class Loops:
             leaders = [f["leader_id"] for n, f in per_node.items()
                        if f and f.get("is_leader") == 1 and n not in self.faulted]
             if leaders:
-                self.leader_now = self.c.ids.get(leaders[0])
+                leader = self.c.ids.get(leaders[0])
+                if leader != self.leader_now:
+                    with self.lock:
+                        self.leaders_seen.append((time.time(), leader))
+                self.leader_now = leader
             serving = None
             for n in range(NODES):
                 if n in self.faulted or n in self.c.stopped or self.c.procs[n] is None:
@@ -490,6 +522,7 @@ class Run:
         loops.writing.set()
         time.sleep(2)
         loops.faulted = {victim}
+        faulted_at = time.time()
         killed_at = None
         rejoin = None
         if name.startswith("kill"):
@@ -530,6 +563,8 @@ class Run:
         loops.phase = f"{name}/after"
         self.phase_windows[name] = (start, time.time())
         self.check(name, victim, killed_at, rejoin, healed)
+        if name in FOLLOW_NEMESES:
+            self.check_follow(name, victim, faulted_at)
         if name == "kill-leader-writes":
             with open(log_path, errors="replace") as f:
                 f.seek(log_offset)
@@ -686,6 +721,27 @@ class Run:
                             if moved is not None else "never seen")
             self.record(phase, "rejoin", rejoin is not None and rejoin <= 5.0,
                         f"API caught up after {rejoin:.2f}s" if rejoin is not None else "not in 30s")
+
+    def check_follow(self, phase, victim, faulted_at):
+        """follow: a write and a read through a follower succeed within 1 s
+        of the new leader being first seen (a 250 ms monitor poll, so the
+        lag measured is from a moment at or after its first commit)."""
+        loops = self.loops
+        with loops.lock:
+            seen = next((t for t, n in loops.leaders_seen if t >= faulted_at and n != victim), None)
+            # The first answers at or after that moment: a call stuck on the
+            # old leader shows as a long lag, one answered before counts not.
+            write = next((t for t in loops.follower_writes if seen is not None and t >= seen), None)
+            read = next((t for t in loops.follower_reads if seen is not None and t >= seen), None)
+        if seen is None or write is None or read is None:
+            self.record(phase, "follow", False,
+                        f"new leader seen: {seen is not None}, follower write: {write is not None}, "
+                        f"follower read: {read is not None}")
+            return
+        write_lag, read_lag = write - seen, read - seen
+        self.record(phase, "follow", write_lag <= 1.0 and read_lag <= 1.0,
+                    f"write {write_lag:.2f}s, read {read_lag:.2f}s after the new leader "
+                    "was first seen (bound 1s)")
 
     def report(self):
         loops = self.loops

@@ -33,9 +33,11 @@
 //!   storage-v2 traits), snapshots included.
 //! - [`network`]: the authenticated transport; its server answers through an
 //!   [`network::RpcHandler`] and knows nothing of the registry.
-//! - [`leader`]: a follower's calls to the leader (forwarded writes, read
-//!   indexes, heartbeats) over a pool of connections, each call to the
-//!   leader Raft names now, given up when that changes.
+//! - [`leader`]: a follower's calls to the leader (forwarded writes and read
+//!   indexes) over a pool of connections, each call to the leader Raft
+//!   names now, given up when that changes.
+//! - [`heartbeats`]: every node's heartbeats, sent to every voter at once,
+//!   so whichever voter leads next knows how long each node has been silent.
 //! - [`registry`]: the handle the rest of lbmesh uses (start, join, propose,
 //!   read, watch); it implements the transport's handler.
 //!
@@ -48,6 +50,7 @@
 pub mod cluster;
 pub mod command;
 mod election;
+pub mod heartbeats;
 pub mod leader;
 pub mod network;
 pub mod node;

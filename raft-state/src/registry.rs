@@ -51,6 +51,7 @@ use tracing::{debug, info, warn};
 
 use crate::command::{Command, Proposal, RequestId};
 use crate::election::{self, LeaderContact};
+use crate::heartbeats::{Delivered, HeartbeatCalls};
 use crate::leader::{self, LeaderCallError, LeaderCalls};
 use crate::network::{
     self, Answer, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
@@ -172,10 +173,13 @@ pub struct RegistryNode {
     raft_addr: String,
     secret: Secret,
     applied: watch::Receiver<Applied>,
-    /// Connections to the leader for forwarded writes, read indexes and
-    /// heartbeats: one per call in flight, so none waits behind another.
+    /// Connections to the leader for forwarded writes and read indexes:
+    /// one per call in flight, so none waits behind another.
     leader: LeaderCalls,
-    /// Heartbeats received (meaningful on the leader).
+    /// Connections to every voter for this node's heartbeats.
+    heartbeats: HeartbeatCalls,
+    /// Heartbeats received (every voter hears every node; the leader judges
+    /// from them).
     liveness: Liveness,
     /// The longest election timeout: how recently a quorum must have
     /// acknowledged a leader for it to judge the others.
@@ -246,6 +250,7 @@ impl RegistryNode {
             raft_addr: options.raft_addr,
             applied,
             leader: LeaderCalls::new(options.id, options.secret.clone()),
+            heartbeats: HeartbeatCalls::new(options.id, options.secret.clone()),
             secret: options.secret,
             liveness,
             election_timeout: options.timing.election_max,
@@ -430,27 +435,26 @@ impl RegistryNode {
         }
     }
 
-    /// Tells the leader this node is alive (not through the log). On the
-    /// leader itself it is recorded directly.
-    /// Tells the leader this node is alive, waiting at most `timeout` for
-    /// its answer (a call that times out drops its connection, so the next
-    /// one starts clean).
-    pub async fn heartbeat(&self, timeout: Duration) -> Result<(), RegistryError> {
-        if self.is_leader() {
-            self.liveness.heard(self.id);
-            return Ok(());
-        }
-        let response = self.call_leader(&Request::Heartbeat, timeout).await?;
-        match response {
-            Response::Heartbeat => Ok(()),
-            other => Err(RegistryError::Raft(format!(
-                "unexpected heartbeat answer {other:?}"
-            ))),
-        }
+    /// Tells every voter this node is alive (not through the log), each
+    /// waiting at most `timeout` for its answer, all at once: whichever voter
+    /// leads next knows when it last heard this node. This node's own record
+    /// is kept directly.
+    pub async fn heartbeat(&self, timeout: Duration) -> Delivered {
+        self.liveness.heard(self.id);
+        let voters: Vec<(NodeId, String)> = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
+                .collect()
+        };
+        self.heartbeats.send(&voters, timeout).await
     }
 
-    /// When each node last sent a heartbeat to this node (only the leader
-    /// receives them).
+    /// When each node last sent a heartbeat to this node (every voter
+    /// receives them; the leader judges from them).
     pub fn last_heard(&self) -> HashMap<NodeId, tokio::time::Instant> {
         self.liveness.snapshot()
     }
@@ -640,8 +644,8 @@ impl RequestIds {
     }
 }
 
-/// When each node was last heard from, kept in memory by whoever receives
-/// heartbeats (the leader). Never held across an await.
+/// When each node was last heard from, kept in memory by every node that
+/// receives heartbeats (the voters). Never held across an await.
 #[derive(Clone, Default)]
 struct Liveness(Arc<std::sync::Mutex<HashMap<NodeId, tokio::time::Instant>>>);
 

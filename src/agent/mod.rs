@@ -289,11 +289,11 @@ async fn run_with(
     }
 }
 
-/// Tells the leader this node is alive every `interval`, and at once when
-/// the registry names a new leader. Each heartbeat has a deadline of one
-/// interval (the leader's grace is longer, `lbd` checks), so a call to a
-/// dead leader never holds up the next one: it is dropped, and the next
-/// goes to whoever leads then.
+/// Tells every voter this node is alive every `interval`, and at once when
+/// the registry names a new leader. The voters are called at once, each
+/// with a deadline of one interval (the leader's grace is longer, `lbd`
+/// checks), so a dead voter never holds up another or the next round, and
+/// a voter elected leader already knows when it last heard this node.
 async fn heartbeats(registry: Arc<RegistryNode>, interval: Duration, stop: CancellationToken) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,8 +314,13 @@ async fn heartbeats(registry: Arc<RegistryNode>, interval: Duration, stop: Cance
                 leader = now;
             }
         }
-        if let Err(error) = registry.heartbeat(interval).await {
-            debug!(%error, "heartbeat not delivered");
+        let delivered = registry.heartbeat(interval).await;
+        if delivered.answered < delivered.tried {
+            debug!(
+                answered = delivered.answered,
+                voters = delivered.tried,
+                "heartbeat not delivered to every voter"
+            );
         }
     }
 }

@@ -1,11 +1,15 @@
 //! Node liveness: which nodes the leader marks down or ready again, from
-//! the heartbeats it has heard (kept in memory, not in the log).
+//! the heartbeats it has heard (kept in memory, not in the log). Every node
+//! sends its heartbeats to every voter (`raft_state::heartbeats`), so a
+//! voter that becomes leader has heard each node while it followed.
 //!
 //! # Rules
 //!
-//! - A new leader gives every node a full grace period counted from its own
-//!   election: a node it has not heard from since is silent only once the
-//!   grace has passed since then.
+//! - A node's silence counts from the last heartbeat this node heard from
+//!   it, whether this node led then or not: a killed leader's tasks move
+//!   one grace after its last heartbeat, not an election plus a grace.
+//! - A node this leader never heard from (it restarted, or the node is
+//!   new) gets a full grace counted from this leader's election.
 //! - The leader never marks itself down: it is running the judgement.
 //! - A leader marks others down only while a quorum has acknowledged it
 //!   within the last election timeout. A leader that cannot reach its peers
@@ -68,7 +72,7 @@ pub fn judge(state: &RegistryState, seen: &Observation<'_>) -> Judgement {
         } else {
             seen.last_heard.get(&node.id).copied()
         };
-        let last = heard.unwrap_or(seen.leader_since).max(seen.leader_since);
+        let last = heard.unwrap_or(seen.leader_since);
         let alive = seen.now.saturating_duration_since(last) < seen.grace;
         match node.status {
             NodeStatus::Ready => {

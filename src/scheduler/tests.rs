@@ -420,9 +420,28 @@ fn a_silent_node_goes_down_and_a_fresh_leader_gives_a_full_grace() {
     let judgement = judge_at(&sim, &heard, start, Duration::from_secs(10), true);
     assert_eq!(judgement.changes, vec![(3, NodeStatus::Down)]);
     assert_eq!(judgement.held, None);
-    // A fresh leader gives every node a full grace period.
+    // A fresh leader gives every node it never heard a full grace period.
     let judgement = judge_at(&sim, &HashMap::new(), start, Duration::from_secs(4), true);
     assert_eq!(judgement, Judgement::default());
+}
+
+/// A voter elected leader counts a node's silence from the last heartbeat
+/// it heard while it followed, not from its election: node 3 (the killed
+/// old leader) went silent 4 s before this election and is down 1 s after
+/// it with a 5 s grace, while node 2, heard just before the election, stays
+/// ready. Before heartbeats reached every voter the new leader counted from
+/// its election and marked node 3 down only 5 s after it.
+#[test]
+fn a_new_leader_counts_silence_from_the_last_heartbeat_it_heard() {
+    let sim = Sim::new(web(1));
+    let elected = Instant::now() + Duration::from_secs(60);
+    let heard = HashMap::from([
+        (2, elected - Duration::from_millis(200)),
+        (3, elected - Duration::from_secs(4)),
+    ]);
+    let judgement = judge_at(&sim, &heard, elected, Duration::from_millis(1_100), true);
+    assert_eq!(judgement.changes, vec![(3, NodeStatus::Down)]);
+    assert_eq!(judgement.held, None);
 }
 
 #[test]
