@@ -431,6 +431,8 @@ def main():
         log(f"loadtest: the descriptor limit is {FD_LIMIT}; holding {most_idle} idle connections instead of {args.idle}")
         args.idle = most_idle
 
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, through the cleanup below.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = Path(tempfile.mkdtemp(prefix="lbmesh-loadtest-"))
     os.chmod(work, 0o755)
     write_configs(work)
@@ -502,10 +504,12 @@ def main():
             record(target, "idle_rss", m["rss_per_conn_kib"])
             record(target, "idle_kernel", m["kernel_per_conn_kib"])
             procs.check_alive()
-    except (Failure, subprocess.TimeoutExpired) as error:
+    except (Failure, subprocess.TimeoutExpired, OSError) as error:
+        raise SystemExit(f"loadtest: {error}") from error
+    finally:
+        # Whatever ended the run (a child that would not start, a signal, a
+        # bug here), nothing it started outlives it.
         procs.stop_all()
-        raise SystemExit(f"loadtest: {error}")
-    procs.stop_all()
 
     print_tables(results, args)
     if lbd_failures:
