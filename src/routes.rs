@@ -73,6 +73,7 @@ pub fn service_routes(
             retries: service.retries,
             eject_time: service.health.eject_time,
             retry_on_empty: service.retry_on_empty,
+            reply_timeout: service.reply_timeout,
             max_connections_per_client: service.max_connections_per_client,
         },
         ports,

@@ -4,6 +4,7 @@
 //! client sees the close, and a client that has finished sending is never
 //! replayed.
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use test_support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -123,4 +124,64 @@ async fn a_client_that_finished_sending_is_not_replayed() {
     stream.read_to_end(&mut rest).await.expect("read to EOF");
     assert!(rest.is_empty());
     assert_eq!(hangup.accepted(), 1);
+}
+
+/// With a reply timeout, a backend that takes a request and stays silent
+/// (a host cut off mid-request: its kernel still accepted the connection)
+/// is ejected and the request goes to another backend; the client never
+/// notices. Every request is bounded by 10 s so a regression fails rather
+/// than hangs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backend_is_ejected_and_its_request_resent() {
+    let silent = TestBackend::start("silent", Behavior::SilentAfterRead).await;
+    let good = TestBackend::start("good", Behavior::AnswerLine).await;
+    let addr = listen_addr();
+    let lbd = TestLbd::start(&service(
+        "web",
+        addr,
+        &[(silent.addr, 1), (good.addr, 1)],
+        "retry_on_empty = true\nreply_timeout = \"300ms\"\nhealth = { eject_time = \"1m\" }",
+    ))
+    .await;
+
+    for i in 0..10 {
+        let request = format!("request {i}");
+        let answer = tokio::time::timeout(Duration::from_secs(10), ask(addr, &request))
+            .await
+            .expect("answered within 10 s");
+        assert_eq!(answer, format!("good: {request}"));
+    }
+    // Round-robin gave the silent backend the first or second connection;
+    // after that it was ejected for a minute and got no other.
+    assert_eq!(silent.accepted(), 1);
+    let label = silent.addr.to_string();
+    let labels = [("service", "web"), ("backend", label.as_str())];
+    let text = lbd.metrics().await;
+    assert_eq!(metric(&text, "lbmesh_unanswered_total", &labels), Some(1.0));
+    assert_eq!(
+        metric(&text, "lbmesh_backend_ejections_total", &labels),
+        Some(1.0)
+    );
+}
+
+/// Without a reply timeout, the same silent backend keeps its request
+/// until the idle timeout, and the client sees the connection close
+/// unanswered: what a request in flight at the moment of a partition got
+/// before `reply_timeout` existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_reply_timeout_a_silent_backend_holds_its_request() {
+    let silent = TestBackend::start("silent", Behavior::SilentAfterRead).await;
+    let addr = listen_addr();
+    let _lbd = TestLbd::start(&service(
+        "web",
+        addr,
+        &[(silent.addr, 1)],
+        "retry_on_empty = true\nidle_timeout = \"1s\"",
+    ))
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(10), ask(addr, "hello"))
+        .await
+        .expect("closed at the idle timeout");
+    assert_eq!(answer, "");
+    assert_eq!(silent.accepted(), 1);
 }

@@ -147,6 +147,8 @@ pub struct Service {
     pub retries: u32,
     /// See [`ServiceSpec::retry_on_empty`](crate::spec::ServiceSpec::retry_on_empty).
     pub retry_on_empty: bool,
+    /// See [`ServiceSpec::reply_timeout`](crate::spec::ServiceSpec::reply_timeout).
+    pub reply_timeout: Option<Duration>,
     pub replicas: u32,
     /// What the scheduler runs for this service; `None` for a service of
     /// static endpoints only.

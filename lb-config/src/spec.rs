@@ -91,6 +91,13 @@ pub struct ServiceSpec {
     /// closes the connection before answering a byte (default off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_on_empty: Option<bool>,
+    /// With `retry_on_empty`: how long a backend that has the client's
+    /// first bytes may stay silent before it is ejected and the bytes go to
+    /// another backend (a backend cut off mid-request). Absent: it may stay
+    /// silent until the idle timeout.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_timeout: Option<Duration>,
     /// Desired task count of a replicated service (0..=1000, default 1).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i64>,

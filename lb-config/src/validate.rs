@@ -327,6 +327,17 @@ impl ServiceSpec {
             .map_err(|r| FieldError::new("retries", r))?;
         let replicas = check_int(self.replicas, DEFAULT_REPLICAS, 0, MAX_REPLICAS)
             .map_err(|r| FieldError::new("replicas", r))?;
+        let retry_on_empty = self.retry_on_empty.unwrap_or(false);
+        if let Some(timeout) = self.reply_timeout {
+            if !retry_on_empty {
+                return Err(FieldError::new(
+                    "reply_timeout",
+                    "needs retry_on_empty = true (it is when a silent backend's request is resent)",
+                ));
+            }
+            check_duration(timeout, Duration::from_millis(1), idle_timeout)
+                .map_err(|r| FieldError::new("reply_timeout", format!("{r} (the idle timeout)")))?;
+        }
         let tasks = self.validate_tasks()?;
 
         Ok(Service {
@@ -343,7 +354,8 @@ impl ServiceSpec {
             max_connections,
             max_connections_per_client,
             retries,
-            retry_on_empty: self.retry_on_empty.unwrap_or(false),
+            retry_on_empty,
+            reply_timeout: self.reply_timeout,
             replicas,
             tasks,
         })
@@ -755,6 +767,14 @@ mod tests {
             (
                 "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\n[service.health]\ninterval = \"1s\"\ntimeout = \"2s\"",
                 "service[0].health.timeout",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nreply_timeout = \"1s\"",
+                "service[0].reply_timeout",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nretry_on_empty = true\nidle_timeout = \"1s\"\nreply_timeout = \"2s\"",
+                "service[0].reply_timeout",
             ),
             ("[node]\napi_addr = \"nope\"", "node.api_addr"),
             (

@@ -199,6 +199,11 @@ pub struct SpecArgs {
     /// then reach two tasks, so keep it off for non-idempotent protocols.
     #[arg(long = "retry-on-empty", value_name = "BOOL")]
     pub retry_on_empty: Option<bool>,
+    /// With --retry-on-empty: how long a task that has a request may stay
+    /// silent before it is ejected and the request goes to another task
+    /// (a task cut off mid-request).
+    #[arg(long = "reply-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub reply_timeout: Option<Duration>,
     /// Docker image the tasks run.
     #[arg(long)]
     pub image: Option<String>,

@@ -131,6 +131,9 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     if let Some(retry) = args.retry_on_empty {
         spec.retry_on_empty = Some(retry);
     }
+    if let Some(reply) = args.reply_timeout {
+        spec.reply_timeout = Some(reply);
+    }
     if let Some(image) = &args.image {
         spec.image = Some(image.clone());
     }

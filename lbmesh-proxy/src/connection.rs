@@ -4,6 +4,7 @@
 //! pick ─> connect (timeout) ──refused/timeout──> eject backend, pick again (≤ retries)
 //!      ─> PROXY header (v1/v2, optional)
 //!      ─> [retry_on_empty] first reply ──closed unanswered──> resend to the next, no ejection (≤ retries)
+//!                                      ──silent past reply_timeout──> eject, resend to the next (≤ retries)
 //!      ─> forward both ways (half-close, idle timeout) ─> close
 //! ```
 //!
@@ -58,7 +59,10 @@ pub async fn serve_connection(
                 &client,
                 &upstream.stream,
                 &mut sent,
-                route.settings.idle_timeout,
+                forward::FirstReplyTimeouts {
+                    idle: route.settings.idle_timeout,
+                    reply: route.settings.reply_timeout,
+                },
                 &backend.metrics.bytes_in,
                 &backend.metrics.bytes_out,
             )
@@ -66,12 +70,20 @@ pub async fn serve_connection(
             match reply {
                 Ok(forward::FirstReply::Forward) => break,
                 Ok(forward::FirstReply::IdleTimeout) => return,
-                Ok(forward::FirstReply::Unanswered) => {
-                    // Not ejected: a request that makes backends hang up
-                    // must not take them all out. A dead backend refuses
-                    // the next connect and is ejected for that.
+                Ok(
+                    unanswered @ (forward::FirstReply::Unanswered | forward::FirstReply::Silent),
+                ) => {
+                    // A backend that hung up is not ejected: a request that
+                    // makes backends hang up must not take them all out, and
+                    // a dead backend refuses the next connect and is ejected
+                    // for that. A silent one is: its next connect may well
+                    // succeed (a cut-off host's kernel still holds the
+                    // listener), so only this says it is gone.
                     backend.metrics.unanswered.inc();
-                    debug!(service = %service.name, %peer, backend = %backend.addr, sent = sent.as_slice().len(), "closed before answering; resending elsewhere");
+                    if unanswered == forward::FirstReply::Silent {
+                        backend.eject(route.settings.eject_time);
+                    }
+                    debug!(service = %service.name, %peer, backend = %backend.addr, sent = sent.as_slice().len(), ?unanswered, "not answered; resending elsewhere");
                     let Some(next) = open_upstream(
                         &route,
                         peer,

@@ -59,6 +59,9 @@ pub struct RouteSettings {
     /// Replay the client's first bytes to another backend when one closes
     /// without answering.
     pub retry_on_empty: bool,
+    /// With `retry_on_empty`: how long a backend holding the client's first
+    /// bytes may stay silent before it is ejected and they go elsewhere.
+    pub reply_timeout: Option<Duration>,
     /// Open connections one client address may hold (0: no cap). Off by
     /// default: clients behind one NAT share an address.
     pub max_connections_per_client: u32,

@@ -13,9 +13,10 @@
 //!
 //! A service with `retry_on_empty` first runs [`first_reply`]: it forwards
 //! the client's bytes while keeping a copy (one buffer at most) until the
-//! backend answers. A backend that closes or resets before its first byte
-//! leaves the copy to be resent to another backend; an answer, a client EOF
-//! or a full buffer hands the connection over to the pumps.
+//! backend answers. A backend that closes or resets before its first byte,
+//! or (with a reply timeout) stays silent that long once it has bytes of
+//! the client, leaves the copy to be resent to another backend; an answer,
+//! a client EOF or a full buffer hands the connection over to the pumps.
 //!
 //! On EOF a pump shuts down the destination's write side and ends, while the
 //! other pump keeps going (TCP half-close). The pump that sees the second EOF
@@ -102,6 +103,9 @@ pub enum FirstReply {
     /// The backend closed or reset the connection before answering, after
     /// the client sent the bytes kept in [`SentBytes`].
     Unanswered,
+    /// The backend held the client's bytes for the reply timeout without
+    /// answering (cut off, or hung): they can go to another backend.
+    Silent,
     /// No byte moved for the idle timeout.
     IdleTimeout,
 }
@@ -131,17 +135,34 @@ impl Default for SentBytes {
     }
 }
 
+/// The deadlines of a first exchange.
+#[derive(Debug, Clone, Copy)]
+pub struct FirstReplyTimeouts {
+    pub idle: Duration,
+    /// How long the backend may hold client bytes unanswered; `None`: until
+    /// the idle timeout.
+    pub reply: Option<Duration>,
+}
+
 /// Forwards client bytes to `backend`, keeping them in `sent`, until the
-/// backend answers or closes (see the module doc).
+/// backend answers or closes (see the module doc). The reply clock starts
+/// when the backend has client bytes: at once for a replay (`sent` is not
+/// empty), else at the client's first bytes.
 pub async fn first_reply(
     client: &Connection,
     backend: &Connection,
     sent: &mut SentBytes,
-    idle_timeout: Duration,
+    timeouts: FirstReplyTimeouts,
     bytes_in: &IntCounter,
     bytes_out: &IntCounter,
 ) -> Result<FirstReply, ForwardError> {
     let progress = AtomicU64::new(0);
+    let reply_by = |from: tokio::time::Instant| timeouts.reply.map(|reply| from + reply);
+    let mut deadline = if sent.len > 0 {
+        reply_by(tokio::time::Instant::now())
+    } else {
+        None
+    };
     let exchange = async {
         loop {
             tokio::select! {
@@ -202,18 +223,30 @@ pub async fn first_reply(
                             if sent.len == sent.buffer.0.len() {
                                 return Ok(FirstReply::Forward);
                             }
+                            if deadline.is_none() {
+                                deadline = reply_by(tokio::time::Instant::now());
+                            }
                         }
                         Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                         Ok(Err(e)) => return Err(ForwardError::new(Side::Client, e)),
                         Err(_would_block) => {}
                     }
                 }
+                () = sleep_until_some(deadline) => return Ok(FirstReply::Silent),
             }
         }
     };
     tokio::select! {
         result = exchange => result,
-        () = idle(&progress, idle_timeout) => Ok(FirstReply::IdleTimeout),
+        () = idle(&progress, timeouts.idle) => Ok(FirstReply::IdleTimeout),
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -19,7 +19,7 @@
 //! | `lbmesh_connect_duration_seconds` | histogram | service, backend | time to establish a backend connection |
 //! | `lbmesh_backend_up` | gauge | service, backend | 1 when the backend is eligible, 0 while ejected |
 //! | `lbmesh_backend_ejections_total` | counter | service, backend | passive ejections after failed connects |
-//! | `lbmesh_unanswered_total` | counter | service, backend | connections the backend closed before answering, whose client bytes were resent to another backend (`retry_on_empty`) |
+//! | `lbmesh_unanswered_total` | counter | service, backend | connections the backend closed before answering, or left unanswered for `reply_timeout`, whose client bytes were resent to another backend (`retry_on_empty`) |
 //! | `lbmesh_connections_failed_total` | counter | service, reason | client connections closed without a backend: `no_backend`, `all_attempts_failed` |
 //! | `lbmesh_connections_refused_total` | counter | service, reason | client connections closed at once: `per_client` (the client address was at the service's `max_connections_per_client`) |
 //! | `lbmesh_forward_errors_total` | counter | service, side | forwarded connections that ended in an error, by the side at fault: `client` or `backend` |
@@ -210,7 +210,7 @@ impl Metrics {
             unanswered: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_unanswered_total",
-                    "Connections the backend closed before answering; the client's bytes went to another backend.",
+                    "Connections the backend closed before answering or left unanswered for the reply timeout; the client's bytes went to another backend.",
                 ),
                 sb,
             )

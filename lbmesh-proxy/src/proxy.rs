@@ -450,6 +450,7 @@ mod tests {
                 retries: 0,
                 eject_time: Duration::from_secs(10),
                 retry_on_empty: false,
+                reply_timeout: None,
                 max_connections_per_client: 0,
             },
             ports: vec![PortRoutes {

@@ -220,6 +220,7 @@ mod tests {
                 retries: 2,
                 eject_time: Duration::from_secs(10),
                 retry_on_empty: false,
+                reply_timeout: None,
                 max_connections_per_client: 0,
             },
             ports: vec![PortRoutes {

@@ -32,6 +32,9 @@ pub enum Behavior {
     /// Reads until the client's EOF, then closes without a word (a sink for
     /// one-way messages).
     HangUpAtEof,
+    /// Reads what the client sends and never answers or closes (a host cut
+    /// off in the middle of a request).
+    SilentAfterRead,
 }
 
 /// A backend server run by the test.
@@ -111,7 +114,7 @@ async fn handle(mut stream: TcpStream, behavior: Behavior, label: String) {
             let mut buf = [0u8; 1024];
             let _ = stream.read(&mut buf).await;
         }
-        Behavior::HangUpAtEof => {
+        Behavior::HangUpAtEof | Behavior::SilentAfterRead => {
             let _ = tokio::io::copy(&mut stream, &mut tokio::io::sink()).await;
         }
         Behavior::CountThenReply => {
