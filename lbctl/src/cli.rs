@@ -199,6 +199,13 @@ pub struct SpecArgs {
     /// then reach two tasks, so keep it off for non-idempotent protocols.
     #[arg(long = "retry-on-empty", value_name = "BOOL")]
     pub retry_on_empty: Option<bool>,
+    /// How long a connect to a task may take before the next task is tried
+    /// (default 3s).
+    #[arg(long = "connect-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub connect_timeout: Option<Duration>,
+    /// Close a connection after this long with no byte moved (default 1h).
+    #[arg(long = "idle-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<Duration>,
     /// With --retry-on-empty: how long a task that has a request may stay
     /// silent before it is ejected and the request goes to another task
     /// (a task cut off mid-request).

@@ -131,6 +131,12 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     if let Some(retry) = args.retry_on_empty {
         spec.retry_on_empty = Some(retry);
     }
+    if let Some(connect) = args.connect_timeout {
+        spec.connect_timeout = Some(connect);
+    }
+    if let Some(idle) = args.idle_timeout {
+        spec.idle_timeout = Some(idle);
+    }
     if let Some(reply) = args.reply_timeout {
         spec.reply_timeout = Some(reply);
     }
@@ -315,6 +321,41 @@ fn endpoint(endpoint: &TaskEndpoint) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cli::{Cli, Noun, ServiceCommand};
+    use clap::Parser;
+    use std::time::Duration;
+
+    /// The timeout flags reach the spec the API gets.
+    #[test]
+    fn timeout_flags_set_the_spec() {
+        let cli = Cli::try_parse_from([
+            "lbctl",
+            "service",
+            "create",
+            "web",
+            "--connect-timeout",
+            "1s",
+            "--idle-timeout",
+            "5m",
+            "--retry-on-empty",
+            "true",
+            "--reply-timeout",
+            "750ms",
+        ])
+        .expect("flags parse");
+        let Noun::Service(command) = cli.command else {
+            panic!("not a service command");
+        };
+        let ServiceCommand::Create { spec: args, .. } = *command else {
+            panic!("not a service create");
+        };
+        let mut spec = ServiceSpec::default();
+        apply_flags(&args, &mut spec, true);
+        assert_eq!(spec.connect_timeout, Some(Duration::from_secs(1)));
+        assert_eq!(spec.idle_timeout, Some(Duration::from_secs(300)));
+        assert_eq!(spec.retry_on_empty, Some(true));
+        assert_eq!(spec.reply_timeout, Some(Duration::from_millis(750)));
+    }
 
     #[test]
     fn listener_errors_are_one_line_each_under_the_table() {
