@@ -16,6 +16,9 @@
 //!
 //! The identity file (`node.json` in the data dir) holds the node id and the
 //! cluster secret; it is written only once the node belongs to a cluster.
+//! The data dir is 0700 and every file in it 0600 (`crate::files`), and no
+//! secret is logged: the types that hold one print it as `<redacted>` in
+//! `Debug`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -67,11 +70,20 @@ pub enum ClusterError {
 }
 
 /// What this node is, as saved in its data dir.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub id: NodeId,
     /// Hex of the cluster secret.
     pub secret: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Identity {
@@ -96,9 +108,7 @@ impl Identity {
     fn save(&self, data_dir: &Path) -> Result<(), ClusterError> {
         let path = Self::path(data_dir);
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        let temporary = data_dir.join("node.json.tmp");
-        std::fs::write(&temporary, text)
-            .and_then(|()| std::fs::rename(&temporary, &path))
+        crate::files::write_private(&path, text.as_bytes())
             .map_err(|source| ClusterError::DataDir { path, source })
     }
 
@@ -127,10 +137,16 @@ pub struct NodeSettings {
 }
 
 /// A parsed join token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
     pub secret: Vec<u8>,
     pub role_key: String,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinToken(<redacted>)")
+    }
 }
 
 impl JoinToken {
@@ -250,10 +266,12 @@ pub async fn start(
     settings: &NodeSettings,
     join: Option<(&str, &str)>,
 ) -> Result<(RegistryNode, Started), ClusterError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| ClusterError::DataDir {
-        path: settings.data_dir.clone(),
-        source,
-    })?;
+    crate::files::private_dir(&settings.data_dir)
+        .and_then(|()| crate::files::lock_down(&settings.data_dir))
+        .map_err(|source| ClusterError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
     if let Some(identity) = Identity::load(&settings.data_dir)? {
         let node = start_registry(settings, identity.id, identity.secret()?).await?;
         info!(id = identity.id, "rejoined the cluster from the data dir");
@@ -637,6 +655,19 @@ async fn balance_voters(node: &RegistryNode) -> Result<(), RegistryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_the_cluster_secret() {
+        let token = format!("{JOIN_TOKEN_PREFIX}{}-{}", "ab".repeat(32), "cd".repeat(16));
+        let parsed = JoinToken::parse(&token).unwrap();
+        let identity = Identity {
+            id: 5,
+            secret: "ab".repeat(32),
+        };
+        let text = format!("{parsed:?} {identity:?}");
+        assert!(!text.contains("abab"), "{text}");
+        assert!(!text.contains("cdcd"), "{text}");
+    }
 
     #[test]
     fn a_rejoining_node_keeps_its_stored_status() {

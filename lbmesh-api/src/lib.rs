@@ -12,6 +12,8 @@
 //!   [`ApiError`].
 //! - [`client`]: [`Client`], one typed method per route, on hyper's HTTP/1.1
 //!   client, one request per connection.
+//! - [`token`]: a client's token from `--token`, `--token -` (standard
+//!   input) or `--token-file`.
 //!
 //! # Routes
 //!
@@ -52,6 +54,7 @@ pub mod answers;
 pub mod client;
 pub mod error;
 pub mod requests;
+pub mod token;
 
 pub use answers::{
     Availability, ClusterInfo, DesiredState, JoinToken, ListenerError, Member, Millis, Node,
