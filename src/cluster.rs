@@ -16,6 +16,9 @@
 //!
 //! The identity file (`node.json` in the data dir) holds the node id and the
 //! cluster secret; it is written only once the node belongs to a cluster.
+//! `control-token` holds lbctl's control token on a manager (written at
+//! bootstrap, and at a manager's restart when missing and the registry
+//! has it), so `lbctl cluster token` recovers it on the node.
 //! The data dir is 0700 and every file in it 0600 (`crate::files`), and no
 //! secret is logged: the types that hold one print it as `<redacted>` in
 //! `Debug`.
@@ -42,6 +45,8 @@ use crate::api::convert;
 const JOIN_TOKEN_PREFIX: &str = "LBMTKN-1-";
 /// Prefix of the admin API's bearer token.
 const CONTROL_TOKEN_PREFIX: &str = "LBMCTL-";
+/// The file in the data dir holding the control token (one line).
+pub const CONTROL_TOKEN_FILE: &str = "control-token";
 /// Most voters kept: 5 tolerate two failures; more only slow commits.
 const MAX_VOTERS: usize = 5;
 
@@ -275,6 +280,7 @@ pub async fn start(
     if let Some(identity) = Identity::load(&settings.data_dir)? {
         let node = start_registry(settings, identity.id, identity.secret()?).await?;
         info!(id = identity.id, "rejoined the cluster from the data dir");
+        keep_control_token(&node, &settings.data_dir)?;
         return Ok((node, Started::Restarted));
     }
     match join {
@@ -294,6 +300,7 @@ pub async fn start(
                 secret: encode_hex(&secret),
             }
             .save(&settings.data_dir)?;
+            save_control_token(&settings.data_dir, &info.control_token)?;
             Ok((node, Started::Bootstrapped(info)))
         }
         Some((host, token)) => {
@@ -317,6 +324,32 @@ pub async fn start(
             .save(&settings.data_dir)?;
             Ok((node, Started::Joined))
         }
+    }
+}
+
+fn save_control_token(data_dir: &Path, token: &str) -> Result<(), ClusterError> {
+    let path = data_dir.join(CONTROL_TOKEN_FILE);
+    crate::files::write_private(&path, format!("{token}\n").as_bytes())
+        .map_err(|source| ClusterError::DataDir { path, source })
+}
+
+/// On a restarted manager whose data dir has no control token file (an
+/// older lbd made it, or it joined): writes the one its registry copy
+/// holds. A worker never writes it.
+fn keep_control_token(node: &RegistryNode, data_dir: &Path) -> Result<(), ClusterError> {
+    if data_dir.join(CONTROL_TOKEN_FILE).exists() {
+        return Ok(());
+    }
+    let state = node.local().state;
+    let manager = state
+        .nodes
+        .get(&node.id)
+        .is_some_and(|own| own.role == Role::Manager);
+    match &state.cluster {
+        Some(cluster) if manager && !cluster.control_token.is_empty() => {
+            save_control_token(data_dir, &cluster.control_token)
+        }
+        _ => Ok(()),
     }
 }
 

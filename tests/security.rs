@@ -265,3 +265,57 @@ fn lbctl_reads_its_token_from_a_file_or_standard_input() {
     assert!(!out.status.success());
     assert!(stderr.contains("no token"), "{stderr}");
 }
+
+#[test]
+fn the_control_token_is_kept_in_the_data_dir_and_lbctl_prints_it() {
+    let mut cluster = Cluster::bootstrap(&[], None);
+    let dir = cluster.data_dir(0);
+    let file = dir.join("control-token");
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("control-token"),
+        format!("{}\n", cluster.control_token)
+    );
+    assert_eq!(
+        std::fs::metadata(&file).expect("stat").permissions().mode() & 0o777,
+        0o600
+    );
+    let token = || {
+        let out = Command::new(test_support::bins::bin("lbctl"))
+            .arg("cluster")
+            .arg("token")
+            .arg("--data-dir")
+            .arg(&dir)
+            .env_remove("LBCTL_TOKEN")
+            .output()
+            .expect("lbctl");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = token();
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("{}\n", cluster.control_token));
+    // What it prints works as the token.
+    let (code, _, err) = cluster.lbctl(0, &["cluster", "info"]);
+    assert_eq!(code, 0, "{err}");
+
+    // A restart prints nothing, and a manager whose file is gone (made
+    // by an older lbd) writes it again from its registry.
+    cluster.stop(0);
+    std::fs::remove_file(&file).expect("remove control-token");
+    let (ok, _, err) = token();
+    assert!(!ok);
+    assert!(err.contains("control-token"), "{err}");
+    cluster.restart(0);
+    test_support::wait_for(
+        "the control token written again",
+        Duration::from_secs(20),
+        || std::fs::read_to_string(&file).ok(),
+        || cluster.log(0),
+    );
+    let (ok, out, err) = token();
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("{}\n", cluster.control_token));
+}

@@ -87,6 +87,14 @@ pub enum ClusterCommand {
         #[arg(value_enum)]
         role: JoinRole,
     },
+    /// Print the control token, read from this node's data dir (run on a
+    /// manager, as the user lbd runs as; nothing is sent).
+    Token {
+        /// The node's data dir [default: lbmesh-data/<IP of --host>, lbd's
+        /// default].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

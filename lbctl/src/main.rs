@@ -67,7 +67,7 @@ async fn run(cli: &Cli) -> Result<String, CtlError> {
         .map_err(CtlError::Token)?;
     let client = Client::new(&cli.host, token)?;
     match &cli.command {
-        Noun::Cluster(command) => cluster::run(&client, command, cli.format).await,
+        Noun::Cluster(command) => cluster::run(&client, &cli.host, command, cli.format).await,
         Noun::Node(command) => node::run(&client, command, cli.format).await,
         Noun::Service(command) => service::run(&client, command, cli.format).await,
         Noun::Apply { file, prune } => apply::run(&client, file, *prune).await,

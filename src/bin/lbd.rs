@@ -193,9 +193,10 @@ fn main() -> ExitCode {
             ) {
                 (Some(config), _) => lbmesh::daemon::Daemon::start(config, proxy_threads).await,
                 (None, Some(options)) => {
+                    let data_dir = options.settings.data_dir.clone();
                     let (daemon, tokens) = lbmesh::daemon::Daemon::start_cluster(options).await?;
                     if let Some(tokens) = tokens {
-                        print_tokens(daemon.api_addr(), &tokens);
+                        print_tokens(daemon.api_addr(), &data_dir, &tokens);
                     }
                     Ok(daemon)
                 }
@@ -312,7 +313,11 @@ fn cluster_options(
 }
 
 /// What a new cluster's operator needs, on stdout.
-fn print_tokens(api: SocketAddr, tokens: &raft_state::state::ClusterInfo) {
+fn print_tokens(
+    api: SocketAddr,
+    data_dir: &std::path::Path,
+    tokens: &raft_state::state::ClusterInfo,
+) {
     println!(
         "Cluster {} bootstrapped; this node is its first manager.",
         tokens.id
@@ -330,6 +335,10 @@ fn print_tokens(api: SocketAddr, tokens: &raft_state::state::ClusterInfo) {
     println!(
         "lbctl control token (--token or LBCTL_TOKEN): {}",
         tokens.control_token
+    );
+    println!(
+        "It is kept in {}; `lbctl cluster token` on this node prints it.",
+        data_dir.join(lbmesh::cluster::CONTROL_TOKEN_FILE).display()
     );
 }
 
