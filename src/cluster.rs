@@ -27,6 +27,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lbmesh_api::token::same_token;
 use lbmesh_api::{ApiError, Client, JoinRequest};
 use raft_state::network::Secret;
 use raft_state::random::{self, RandomError};
@@ -174,6 +175,17 @@ impl JoinToken {
             role_key: role_key.to_owned(),
         })
     }
+}
+
+/// A new token for the role whose token is `current`: the same cluster
+/// secret with a new random role key, so the old token admits no one.
+pub fn rotated_token(current: &str) -> Result<String, ClusterError> {
+    let parsed = JoinToken::parse(current).map_err(ClusterError::Token)?;
+    Ok(format!(
+        "{JOIN_TOKEN_PREFIX}{}-{}",
+        encode_hex(&parsed.secret),
+        encode_hex(&random_bytes(16)?)
+    ))
 }
 
 /// Random bytes for a secret or an identity: from the OS source, or an
@@ -451,9 +463,9 @@ pub async fn admit(
             "the cluster is not initialised".to_owned(),
         ));
     };
-    let role = if request.token == cluster.manager_token {
+    let role = if same_token(&cluster.manager_token, &request.token) {
         Role::Manager
-    } else if request.token == cluster.worker_token {
+    } else if same_token(&cluster.worker_token, &request.token) {
         Role::Worker
     } else {
         return Err(JoinRefusal::BadToken(
@@ -688,6 +700,19 @@ async fn balance_voters(node: &RegistryNode) -> Result<(), RegistryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_token_keeps_the_secret_and_changes_the_role_key() {
+        let (_, info) = new_cluster().unwrap();
+        let rotated = rotated_token(&info.worker_token).unwrap();
+        let (old, new) = (
+            JoinToken::parse(&info.worker_token).unwrap(),
+            JoinToken::parse(&rotated).unwrap(),
+        );
+        assert_eq!(old.secret, new.secret);
+        assert_ne!(old.role_key, new.role_key);
+        assert!(rotated_token("LBMTKN-1-nonsense").is_err());
+    }
 
     #[test]
     fn debug_hides_the_cluster_secret() {

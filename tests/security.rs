@@ -319,3 +319,64 @@ fn the_control_token_is_kept_in_the_data_dir_and_lbctl_prints_it() {
     assert!(ok, "{err}");
     assert_eq!(out, format!("{}\n", cluster.control_token));
 }
+
+#[test]
+fn a_rotated_join_token_stops_admitting_and_disturbs_no_node() {
+    let mut cluster = Cluster::form_with(FAST_HEARTBEATS);
+    let old = cluster.manager_token.clone();
+    // Through a follower: the write is passed to the leader.
+    let follower = (0..3)
+        .find(|n| Some(*n) != cluster.leader_index())
+        .expect("a follower");
+    let (code, out, err) =
+        cluster.lbctl(follower, &["cluster", "join-token", "manager", "--rotate"]);
+    assert_eq!(code, 0, "{err}");
+    let new = out.trim().to_owned();
+    assert!(new.starts_with("LBMTKN-1-"), "{new}");
+    assert_ne!(new, old);
+    for n in 0..3 {
+        let (code, out, err) = cluster.lbctl(n, &["cluster", "join-token", "manager"]);
+        assert_eq!((code, out.trim()), (0, new.as_str()), "node {n}: {err}");
+    }
+    let (_, worker, _) = cluster.lbctl(0, &["cluster", "join-token", "worker"]);
+    assert_ne!(worker.trim(), new, "only the manager token changed");
+
+    // The old token is refused, and the refused node is no member.
+    let host = cluster.api(0);
+    let mut refused = cluster.spawn(3, Some((&host, &old)));
+    let status = test_support::wait_for(
+        "the old token's joiner to exit",
+        Duration::from_secs(30),
+        || refused.try_wait().ok().flatten(),
+        || cluster.log(3),
+    );
+    assert!(!status.success());
+    assert!(
+        cluster.log(3).contains("not valid for this cluster"),
+        "{}",
+        cluster.log(3)
+    );
+    let nodes = cluster.json(0, &["node", "ls"]).expect("node ls");
+    assert_eq!(nodes.as_array().map(Vec::len), Some(3), "{nodes}");
+
+    // The new token admits; the running nodes were not disturbed.
+    std::fs::remove_dir_all(cluster.data_dir(3)).ok();
+    let joined = cluster.spawn(3, Some((&host, &new)));
+    cluster.nodes.push(Some(joined));
+    cluster.wait_for_nodes(4);
+    let nodes = cluster.json(0, &["node", "ls"]).expect("node ls");
+    let ready = nodes
+        .as_array()
+        .map(|n| n.iter().filter(|n| n["status"] == "ready").count());
+    assert_eq!(ready, Some(4), "{nodes}");
+    // A node that joined with the old token restarts as before.
+    cluster.stop(1);
+    cluster.restart(1);
+    test_support::wait_for(
+        "the restarted node to serve",
+        Duration::from_secs(30),
+        || (cluster.lbctl(1, &["cluster", "info"]).0 == 0).then_some(()),
+        || cluster.log(1),
+    );
+    cluster.wait_for_nodes(4);
+}

@@ -86,6 +86,10 @@ pub enum ClusterCommand {
     JoinToken {
         #[arg(value_enum)]
         role: JoinRole,
+        /// Replace the token first: the old one admits no one; nodes that
+        /// joined with it keep running.
+        #[arg(long)]
+        rotate: bool,
     },
     /// Print the control token, read from this node's data dir (run on a
     /// manager, as the user lbd runs as; nothing is sent).

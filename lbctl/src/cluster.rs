@@ -36,12 +36,16 @@ pub async fn run(
             render(format, &token, |token| format!("{}\n", token.token))
         }
         ClusterCommand::Info => render(format, &client.cluster_info().await?, info_text),
-        ClusterCommand::JoinToken { role } => {
+        ClusterCommand::JoinToken { role, rotate } => {
             let role = match role {
                 JoinRole::Manager => Role::Manager,
                 JoinRole::Worker => Role::Worker,
             };
-            let token = client.join_token(role).await?;
+            let token = if *rotate {
+                client.rotate_join_token(role).await?
+            } else {
+                client.join_token(role).await?
+            };
             render(format, &token, |token| format!("{}\n", token.token))
         }
     }

@@ -21,6 +21,7 @@
 //! |---|---|---|---|
 //! | GET | `/v1/cluster` | | [`ClusterInfo`]: cluster id, this node, leader, term, indexes, voters, learners |
 //! | GET | `/v1/cluster/join-token/{manager,worker}` | | [`JoinToken`] `{"token": ...}` |
+//! | POST | `/v1/cluster/join-token/{manager,worker}/rotate` | | the new [`JoinToken`]; the old one admits no one, joined nodes are unaffected |
 //! | POST | `/v1/cluster/join` | [`JoinRequest`] `{"token", "node"}` | the admitted [`Member`] (the join token authenticates; no bearer token); the record and the Raft address (dialable, unique, answering as the node) are checked before the node joins Raft |
 //! | GET | `/v1/nodes` | | every [`Node`], with its Raft role |
 //! | GET | `/v1/nodes/{name or id}` | | one [`Node`] |

@@ -5,7 +5,8 @@
 //! `--token -` reads the token from standard input; `--token-file FILE`
 //! reads it from a file (such as the data dir's `control-token`, mode
 //! 0600). Either way the first line, trimmed, is the token; an empty one
-//! is an error naming where it came from.
+//! is an error naming where it came from. A server compares a token it was
+//! given with [`same_token`].
 
 use std::io::Read;
 use std::path::Path;
@@ -39,6 +40,18 @@ pub fn read_token(value: Option<&str>, file: Option<&Path>) -> Result<Option<Str
     }
 }
 
+/// Whether a presented token is the expected one, in time that depends on
+/// the length only (every lbmesh token of one kind has one length), so a
+/// client cannot learn a token byte by byte from answer times.
+pub fn same_token(expected: &str, presented: &str) -> bool {
+    expected.len() == presented.len()
+        && expected
+            .bytes()
+            .zip(presented.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 fn first_line(text: &str, source: &str) -> Result<String, String> {
     let line = text.lines().next().unwrap_or("").trim();
     if line.is_empty() {
@@ -68,6 +81,14 @@ mod tests {
         let error = read_token(None, Some(&missing)).unwrap_err();
         assert!(error.starts_with("--token-file "), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn same_token_compares_whole_strings() {
+        assert!(same_token("LBMCTL-abc", "LBMCTL-abc"));
+        assert!(!same_token("LBMCTL-abc", "LBMCTL-abd"));
+        assert!(!same_token("LBMCTL-abc", "LBMCTL-ab"));
+        assert!(!same_token("", "x"));
     }
 
     #[test]
