@@ -16,11 +16,18 @@
 //!
 //! The identity file (`node.json` in the data dir) holds the node id and the
 //! cluster secret; it is written only once the node belongs to a cluster.
+//! `control-token` holds lbctl's control token on a manager (written at
+//! bootstrap, and at a manager's restart when missing and the registry
+//! has it), so `lbctl cluster token` recovers it on the node.
+//! The data dir is 0700 and every file in it 0600 (`crate::files`), and no
+//! secret is logged: the types that hold one print it as `<redacted>` in
+//! `Debug`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use lbmesh_api::token::same_token;
 use lbmesh_api::{ApiError, Client, JoinRequest};
 use raft_state::network::Secret;
 use raft_state::random::{self, RandomError};
@@ -39,6 +46,8 @@ use crate::api::convert;
 const JOIN_TOKEN_PREFIX: &str = "LBMTKN-1-";
 /// Prefix of the admin API's bearer token.
 const CONTROL_TOKEN_PREFIX: &str = "LBMCTL-";
+/// The file in the data dir holding the control token (one line).
+pub const CONTROL_TOKEN_FILE: &str = "control-token";
 /// Most voters kept: 5 tolerate two failures; more only slow commits.
 const MAX_VOTERS: usize = 5;
 
@@ -67,11 +76,20 @@ pub enum ClusterError {
 }
 
 /// What this node is, as saved in its data dir.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub id: NodeId,
     /// Hex of the cluster secret.
     pub secret: String,
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Identity")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Identity {
@@ -96,9 +114,7 @@ impl Identity {
     fn save(&self, data_dir: &Path) -> Result<(), ClusterError> {
         let path = Self::path(data_dir);
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        let temporary = data_dir.join("node.json.tmp");
-        std::fs::write(&temporary, text)
-            .and_then(|()| std::fs::rename(&temporary, &path))
+        crate::files::write_private(&path, text.as_bytes())
             .map_err(|source| ClusterError::DataDir { path, source })
     }
 
@@ -127,10 +143,16 @@ pub struct NodeSettings {
 }
 
 /// A parsed join token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct JoinToken {
     pub secret: Vec<u8>,
     pub role_key: String,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JoinToken(<redacted>)")
+    }
 }
 
 impl JoinToken {
@@ -153,6 +175,17 @@ impl JoinToken {
             role_key: role_key.to_owned(),
         })
     }
+}
+
+/// A new token for the role whose token is `current`: the same cluster
+/// secret with a new random role key, so the old token admits no one.
+pub fn rotated_token(current: &str) -> Result<String, ClusterError> {
+    let parsed = JoinToken::parse(current).map_err(ClusterError::Token)?;
+    Ok(format!(
+        "{JOIN_TOKEN_PREFIX}{}-{}",
+        encode_hex(&parsed.secret),
+        encode_hex(&random_bytes(16)?)
+    ))
 }
 
 /// Random bytes for a secret or an identity: from the OS source, or an
@@ -250,13 +283,16 @@ pub async fn start(
     settings: &NodeSettings,
     join: Option<(&str, &str)>,
 ) -> Result<(RegistryNode, Started), ClusterError> {
-    std::fs::create_dir_all(&settings.data_dir).map_err(|source| ClusterError::DataDir {
-        path: settings.data_dir.clone(),
-        source,
-    })?;
+    crate::files::private_dir(&settings.data_dir)
+        .and_then(|()| crate::files::lock_down(&settings.data_dir))
+        .map_err(|source| ClusterError::DataDir {
+            path: settings.data_dir.clone(),
+            source,
+        })?;
     if let Some(identity) = Identity::load(&settings.data_dir)? {
         let node = start_registry(settings, identity.id, identity.secret()?).await?;
         info!(id = identity.id, "rejoined the cluster from the data dir");
+        keep_control_token(&node, &settings.data_dir)?;
         return Ok((node, Started::Restarted));
     }
     match join {
@@ -276,6 +312,7 @@ pub async fn start(
                 secret: encode_hex(&secret),
             }
             .save(&settings.data_dir)?;
+            save_control_token(&settings.data_dir, &info.control_token)?;
             Ok((node, Started::Bootstrapped(info)))
         }
         Some((host, token)) => {
@@ -299,6 +336,32 @@ pub async fn start(
             .save(&settings.data_dir)?;
             Ok((node, Started::Joined))
         }
+    }
+}
+
+fn save_control_token(data_dir: &Path, token: &str) -> Result<(), ClusterError> {
+    let path = data_dir.join(CONTROL_TOKEN_FILE);
+    crate::files::write_private(&path, format!("{token}\n").as_bytes())
+        .map_err(|source| ClusterError::DataDir { path, source })
+}
+
+/// On a restarted manager whose data dir has no control token file (an
+/// older lbd made it, or it joined): writes the one its registry copy
+/// holds. A worker never writes it.
+fn keep_control_token(node: &RegistryNode, data_dir: &Path) -> Result<(), ClusterError> {
+    if data_dir.join(CONTROL_TOKEN_FILE).exists() {
+        return Ok(());
+    }
+    let state = node.local().state;
+    let manager = state
+        .nodes
+        .get(&node.id)
+        .is_some_and(|own| own.role == Role::Manager);
+    match &state.cluster {
+        Some(cluster) if manager && !cluster.control_token.is_empty() => {
+            save_control_token(data_dir, &cluster.control_token)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -400,9 +463,9 @@ pub async fn admit(
             "the cluster is not initialised".to_owned(),
         ));
     };
-    let role = if request.token == cluster.manager_token {
+    let role = if same_token(&cluster.manager_token, &request.token) {
         Role::Manager
-    } else if request.token == cluster.worker_token {
+    } else if same_token(&cluster.worker_token, &request.token) {
         Role::Worker
     } else {
         return Err(JoinRefusal::BadToken(
@@ -637,6 +700,32 @@ async fn balance_voters(node: &RegistryNode) -> Result<(), RegistryError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_token_keeps_the_secret_and_changes_the_role_key() {
+        let (_, info) = new_cluster().unwrap();
+        let rotated = rotated_token(&info.worker_token).unwrap();
+        let (old, new) = (
+            JoinToken::parse(&info.worker_token).unwrap(),
+            JoinToken::parse(&rotated).unwrap(),
+        );
+        assert_eq!(old.secret, new.secret);
+        assert_ne!(old.role_key, new.role_key);
+        assert!(rotated_token("LBMTKN-1-nonsense").is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_cluster_secret() {
+        let token = format!("{JOIN_TOKEN_PREFIX}{}-{}", "ab".repeat(32), "cd".repeat(16));
+        let parsed = JoinToken::parse(&token).unwrap();
+        let identity = Identity {
+            id: 5,
+            secret: "ab".repeat(32),
+        };
+        let text = format!("{parsed:?} {identity:?}");
+        assert!(!text.contains("abab"), "{text}");
+        assert!(!text.contains("cdcd"), "{text}");
+    }
 
     #[test]
     fn a_rejoining_node_keeps_its_stored_status() {

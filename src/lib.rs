@@ -21,6 +21,7 @@
 //!   plane's one input type, [`lbmesh_proxy::discovery::ServiceRoutes`].
 //! - [`metrics`] is the daemon's registry: the data plane's families and
 //!   the control plane's; [`admin`] serves them with `/live` and `/ready`.
+//! - [`files`] keeps the data dir private (0700 dirs, 0600 files).
 //! - [`cluster`] starts (bootstraps, joins, rejoins) the registry; [`api`]
 //!   serves its `/v1` routes with the types of `lbmesh-api`, which `lbctl`
 //!   (a crate of its own) reads too.
@@ -36,6 +37,7 @@ pub mod api;
 pub mod cluster;
 pub mod daemon;
 pub mod defaults;
+pub mod files;
 pub mod listener_report;
 pub mod metrics;
 pub mod routes;

@@ -161,6 +161,9 @@ pub struct TaskSpec {
     pub image: Option<String>,
     pub command: Option<String>,
     pub env: Vec<String>,
+    /// Who a task runs as, checked as `NAME|UID[:GROUP|GID]`; resolved on
+    /// the node that starts it.
+    pub user: Option<String>,
     pub mode: ServiceMode,
     pub constraints: Vec<Constraint>,
     /// 0: no limit.

@@ -114,6 +114,11 @@ pub struct ServiceSpec {
     /// `KEY=VALUE` environment of each task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
+    /// The user each task runs as: `NAME`, `UID`, `NAME:GROUP` or
+    /// `UID:GID` (docker's `--user`); absent: the image's user, or lbd's
+    /// own for a process task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
     #[serde(default)]
     pub mode: ServiceMode,
     /// Placement constraints: `node.name==x`, `node.labels.k!=v`, ...
@@ -249,6 +254,7 @@ impl ServiceSpec {
         self.image == other.image
             && self.command == other.command
             && self.env == other.env
+            && self.user == other.user
             && targets(self) == targets(other)
     }
 }

@@ -383,12 +383,16 @@ impl ServiceSpec {
                 ));
             }
         }
+        if let Some(user) = &self.user {
+            check_user(user).map_err(|reason| FieldError::new("user", reason))?;
+        }
         let runs_tasks = self.image.is_some() || self.command.is_some();
         if !runs_tasks {
             let needs_tasks = [
                 ("replicas", self.replicas.is_some_and(|r| r != 0)),
                 ("mode", self.mode == ServiceMode::Global),
                 ("env", !self.env.is_empty()),
+                ("user", self.user.is_some()),
                 ("constraints", !self.constraints.is_empty()),
             ];
             if let Some((field, _)) = needs_tasks.iter().find(|(_, set)| *set) {
@@ -460,6 +464,7 @@ impl ServiceSpec {
             image: self.image.clone(),
             command: self.command.clone(),
             env: self.env.clone(),
+            user: self.user.clone(),
             mode: self.mode,
             constraints,
             max_per_node,
@@ -617,6 +622,30 @@ fn check_port(value: i64) -> Result<u16, String> {
     match u16::try_from(value) {
         Ok(port) if port != 0 => Ok(port),
         _ => Err(format!("port {value} is out of range 1..=65535")),
+    }
+}
+
+/// A task's user: `NAME|UID` optionally followed by `:GROUP|GID`, each part
+/// 1 to 32 characters of letters, digits, `_`, `-` and `.` (names as
+/// useradd takes them), not starting with `-`. Whether it exists is up to
+/// the node that starts the task.
+fn check_user(text: &str) -> Result<(), String> {
+    let part = |p: &str| {
+        (1..=32).contains(&p.len())
+            && !p.starts_with('-')
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let (user, group) = match text.split_once(':') {
+        Some((user, group)) => (user, Some(group)),
+        None => (text, None),
+    };
+    if part(user) && group.is_none_or(part) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{text:?} is not NAME, UID, NAME:GROUP or UID:GID (letters, digits, '_', '-', '.')"
+        ))
     }
 }
 
@@ -845,6 +874,10 @@ mod tests {
                 "service[0].replicas",
             ),
             ("command = \"  \"", "service[0].command"),
+            ("command = \"x\"\nuser = \"a b\"", "service[0].user"),
+            ("command = \"x\"\nuser = \"nobody:\"", "service[0].user"),
+            ("command = \"x\"\nuser = \"-u\"", "service[0].user"),
+            ("user = \"nobody\"", "service[0].user"),
             (
                 "image = \"x\"\n[service.update]\nparallelism = -1",
                 "service[0].update.parallelism",
@@ -855,12 +888,13 @@ mod tests {
             assert_eq!(err.field, field, "{extra}: {err}");
         }
         let ok = ConfigFile::parse(&format!(
-            "{base}image = \"img:v1\"\nreplicas = 3\nenv = [\"A=b\"]\n[service.update]\norder = \"start-first\"\nfailure_action = \"rollback\""
+            "{base}image = \"img:v1\"\nreplicas = 3\nenv = [\"A=b\"]\nuser = \"www-data:1000\"\n[service.update]\norder = \"start-first\"\nfailure_action = \"rollback\""
         ))
         .unwrap()
         .validate()
         .unwrap();
         let tasks = ok.services[0].tasks.clone().expect("a task service");
+        assert_eq!(tasks.user.as_deref(), Some("www-data:1000"));
         assert_eq!(tasks.update.order, UpdateOrder::StartFirst);
         assert_eq!(tasks.update.failure_action, FailureAction::Rollback);
         assert_eq!(tasks.restart.delay, DEFAULT_RESTART_DELAY);

@@ -28,9 +28,21 @@ pub struct Cli {
         default_value = "http://127.0.0.1:9900" // fixed-port-ok: the documented default admin API
     )]
     pub host: String,
-    /// Control token printed when the cluster was bootstrapped.
+    /// Control token printed when the cluster was bootstrapped (`-`: read
+    /// it from standard input; on the command line other local users can
+    /// read it).
     #[arg(long, global = true, env = "LBCTL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Read the control token from FILE (a node's `DATA_DIR/control-token`
+    /// works as it is).
+    #[arg(
+        long,
+        global = true,
+        value_name = "FILE",
+        env = "LBCTL_TOKEN_FILE",
+        conflicts_with = "token"
+    )]
+    pub token_file: Option<PathBuf>,
     /// Output format.
     #[arg(long, global = true, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -74,6 +86,18 @@ pub enum ClusterCommand {
     JoinToken {
         #[arg(value_enum)]
         role: JoinRole,
+        /// Replace the token first: the old one admits no one; nodes that
+        /// joined with it keep running.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Print the control token, read from this node's data dir (run on a
+    /// manager, as the user lbd runs as; nothing is sent).
+    Token {
+        /// The node's data dir [default: lbmesh-data/<IP of --host>, lbd's
+        /// default].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -218,6 +242,10 @@ pub struct SpecArgs {
     /// process with HOST and PORT set.
     #[arg(long)]
     pub command: Option<String>,
+    /// Run each task as NAME|UID[:GROUP|GID] (a process task's user must
+    /// exist on the node that runs it).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
     /// Set an environment variable `KEY=VALUE`, repeatable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,

@@ -21,6 +21,9 @@ pub enum CtlError {
     /// A `[[service]]` file whose specs do not validate.
     #[error("{}: {source}", path.display())]
     Invalid { path: PathBuf, source: FieldError },
+    /// `--token -` or `--token-file` gave no token.
+    #[error("{0}")]
+    Token(String),
     #[error("output: {0}")]
     Json(#[from] serde_json::Error),
 }

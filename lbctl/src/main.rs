@@ -63,9 +63,11 @@ fn main() -> ExitCode {
 
 /// Runs a parsed command; returns what to print on stdout.
 async fn run(cli: &Cli) -> Result<String, CtlError> {
-    let client = Client::new(&cli.host, cli.token.clone())?;
+    let token = lbmesh_api::token::read_token(cli.token.as_deref(), cli.token_file.as_deref())
+        .map_err(CtlError::Token)?;
+    let client = Client::new(&cli.host, token)?;
     match &cli.command {
-        Noun::Cluster(command) => cluster::run(&client, command, cli.format).await,
+        Noun::Cluster(command) => cluster::run(&client, &cli.host, command, cli.format).await,
         Noun::Node(command) => node::run(&client, command, cli.format).await,
         Noun::Service(command) => service::run(&client, command, cli.format).await,
         Noun::Apply { file, prune } => apply::run(&client, file, *prune).await,

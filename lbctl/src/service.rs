@@ -146,6 +146,9 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     if let Some(command) = &args.command {
         spec.command = Some(command.clone());
     }
+    if let Some(user) = &args.user {
+        spec.user = Some(user.clone());
+    }
     for pair in &args.env {
         spec.env.retain(|e| env_key(e) != env_key(pair));
         spec.env.push(pair.clone());

@@ -80,6 +80,12 @@ impl Client {
         self.call(Method::GET, path, Bytes::new()).await
     }
 
+    /// `POST /v1/cluster/join-token/{role}/rotate`: the new token.
+    pub async fn rotate_join_token(&self, role: Role) -> Result<JoinToken, ApiError> {
+        let path = v1_path(&["cluster", "join-token", role.as_str(), "rotate"]);
+        self.call(Method::POST, path, Bytes::new()).await
+    }
+
     /// `POST /v1/cluster/join`; the join token authenticates.
     pub async fn join(&self, request: &JoinRequest) -> Result<Member, ApiError> {
         let path = v1_path(&["cluster", "join"]);

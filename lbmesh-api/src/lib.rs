@@ -12,6 +12,8 @@
 //!   [`ApiError`].
 //! - [`client`]: [`Client`], one typed method per route, on hyper's HTTP/1.1
 //!   client, one request per connection.
+//! - [`token`]: a client's token from `--token`, `--token -` (standard
+//!   input) or `--token-file`.
 //!
 //! # Routes
 //!
@@ -19,6 +21,7 @@
 //! |---|---|---|---|
 //! | GET | `/v1/cluster` | | [`ClusterInfo`]: cluster id, this node, leader, term, indexes, voters, learners |
 //! | GET | `/v1/cluster/join-token/{manager,worker}` | | [`JoinToken`] `{"token": ...}` |
+//! | POST | `/v1/cluster/join-token/{manager,worker}/rotate` | | the new [`JoinToken`]; the old one admits no one, joined nodes are unaffected |
 //! | POST | `/v1/cluster/join` | [`JoinRequest`] `{"token", "node"}` | the admitted [`Member`] (the join token authenticates; no bearer token); the record and the Raft address (dialable, unique, answering as the node) are checked before the node joins Raft |
 //! | GET | `/v1/nodes` | | every [`Node`], with its Raft role |
 //! | GET | `/v1/nodes/{name or id}` | | one [`Node`] |
@@ -52,6 +55,7 @@ pub mod answers;
 pub mod client;
 pub mod error;
 pub mod requests;
+pub mod token;
 
 pub use answers::{
     Availability, ClusterInfo, DesiredState, JoinToken, ListenerError, Member, Millis, Node,

@@ -10,7 +10,8 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 /// Cluster-wide settings, written once when the cluster is bootstrapped.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Its `Debug` hides the tokens, so no log line can carry one.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
     pub id: String,
     /// Join tokens. Every node holds the registry, so every node is trusted
@@ -19,6 +20,17 @@ pub struct ClusterInfo {
     pub worker_token: String,
     /// Bearer token of the admin API's `/v1` routes.
     pub control_token: String,
+}
+
+impl std::fmt::Debug for ClusterInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterInfo")
+            .field("id", &self.id)
+            .field("manager_token", &"<redacted>")
+            .field("worker_token", &"<redacted>")
+            .field("control_token", &"<redacted>")
+            .finish()
+    }
 }
 
 /// Default VIP range: inside 127.0.0.0/8, so binding a VIP needs no
@@ -75,6 +87,21 @@ impl fmt::Display for VipRange {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_every_token() {
+        let info = ClusterInfo {
+            id: "c1".to_owned(),
+            manager_token: "LBMTKN-1-mmm".to_owned(),
+            worker_token: "LBMTKN-1-www".to_owned(),
+            control_token: "LBMCTL-ccc".to_owned(),
+        };
+        let text = format!("{info:?} {:?}", Some(&info));
+        for secret in ["mmm", "www", "ccc"] {
+            assert!(!text.contains(secret), "{text}");
+        }
+        assert!(text.contains("c1"), "{text}");
+    }
 
     #[test]
     fn vip_range_parsing() {

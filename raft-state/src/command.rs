@@ -76,6 +76,14 @@ pub enum Command {
         #[serde(default)]
         failures: Vec<ListenerFailure>,
     },
+    /// Replaces one role's join token (`lbctl cluster join-token --rotate`):
+    /// the old one no longer admits anyone; nodes that joined with it are
+    /// unaffected (a restart uses the data dir, never the token). The API
+    /// makes the token; refused before the cluster is initialised.
+    RotateJoinToken {
+        role: Role,
+        token: String,
+    },
 }
 
 /// A client request's id (its idempotency key): made once per request and

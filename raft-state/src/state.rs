@@ -182,6 +182,20 @@ impl RegistryState {
             Command::Schedule { ops, at } => self.schedule(ops, *at),
             Command::ReportTask { report } => self.report(report),
             Command::ReportListeners { node, failures } => self.report_listeners(*node, failures),
+            Command::RotateJoinToken { role, token } => match self.cluster.as_mut() {
+                None => reject(
+                    RejectKind::Conflict,
+                    "cluster",
+                    "the cluster is not initialised",
+                ),
+                Some(cluster) => {
+                    match role {
+                        Role::Manager => cluster.manager_token = token.clone(),
+                        Role::Worker => cluster.worker_token = token.clone(),
+                    }
+                    Outcome::Nothing
+                }
+            },
             Command::RemoveService { name } => match self.services.remove(name) {
                 Some(_) => {
                     // Out of every routing table now; agents drain and stop.
@@ -504,6 +518,48 @@ mod tests {
             Outcome::Rejected { rejection } => rejection,
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn rotating_a_join_token_replaces_that_roles_token_only() {
+        let mut state = RegistryState::default();
+        let rotate = |role, token: &str| Command::RotateJoinToken {
+            role,
+            token: token.to_owned(),
+        };
+        let before = state.clone();
+        let rejection = rejected(state.apply(&rotate(Role::Worker, "w2")));
+        assert_eq!(rejection.field, "cluster");
+        assert_eq!(state, before, "refused before the cluster exists");
+        let info = ClusterInfo {
+            id: "c".to_owned(),
+            manager_token: "m1".to_owned(),
+            worker_token: "w1".to_owned(),
+            control_token: "c1".to_owned(),
+        };
+        state.apply(&Command::InitCluster {
+            cluster: info.clone(),
+            vip_range: crate::cluster::DEFAULT_VIP_RANGE,
+        });
+        assert_eq!(state.apply(&rotate(Role::Worker, "w2")), Outcome::Nothing);
+        let cluster = state.cluster.clone().unwrap();
+        assert_eq!(
+            (
+                cluster.manager_token.as_str(),
+                cluster.worker_token.as_str()
+            ),
+            ("m1", "w2")
+        );
+        state.apply(&rotate(Role::Manager, "m2"));
+        let cluster = state.cluster.clone().unwrap();
+        assert_eq!(cluster.manager_token, "m2");
+        assert_eq!(cluster.control_token, "c1");
+        // The command's JSON form, which the log keeps.
+        let json = serde_json::to_string(&rotate(Role::Worker, "w3")).unwrap();
+        assert_eq!(
+            json,
+            r#"{"op":"rotate_join_token","role":"worker","token":"w3"}"#
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, Deref, RangeBounds};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -163,10 +164,20 @@ impl DatabaseClosed {
     }
 }
 
-/// Opens (or creates) the store at `path` and returns its two halves.
+/// Opens (or creates, mode 0600) the store at `path` and returns its two
+/// halves.
 pub async fn open(path: &Path) -> Result<(LogStore, StateMachine)> {
     let path = path.to_owned();
     let db = blocking(move || {
+        // The file holds the registry's secrets: created 0600 before redb
+        // opens it (redb initialises an empty file as a new database).
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_error)?;
         let db = Database::create(&path).map_err(io_error)?;
         // Create every table now: a read transaction cannot open a table
         // that was never created.

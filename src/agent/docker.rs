@@ -171,6 +171,7 @@ impl DockerRuntime {
                 .as_ref()
                 .map(|c| vec!["/bin/sh".to_owned(), "-c".to_owned(), c.clone()]),
             env: Some(launch.env.clone()),
+            user: launch.user.clone(),
             labels: Some(labels),
             exposed_ports: Some(exposed),
             host_config: Some(HostConfig {

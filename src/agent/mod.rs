@@ -41,6 +41,7 @@ pub mod process;
 pub mod runtime;
 #[cfg(test)]
 mod tests;
+mod user;
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
@@ -624,6 +625,7 @@ impl Agent {
             image: spec.image.clone(),
             command: spec.command.clone(),
             env: spec.env.clone(),
+            user: spec.user.clone(),
             host_ip: self.settings.advertise_addr,
             target_ports: service.ports.iter().map(|p| p.target).collect(),
             stop_grace: spec.stop_grace,

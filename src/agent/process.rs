@@ -4,8 +4,9 @@
 //!
 //! ```text
 //! start: free port per target (bind host_ip:0, read, close) ─> /bin/sh -c COMMAND in its own
-//!        process group, env = service env + HOST, PORT, PORT_<target>, LBMESH_TASK_ID,
-//!        LBMESH_SERVICE; output appended to <state_dir>/<task>.log; a record file
+//!        process group, as the service's user if it names one, with a clean environment:
+//!        PATH (a minimal one), HOST, PORT, PORT_<target>, LBMESH_TASK_ID, LBMESH_SERVICE,
+//!        then the service env; output appended to <state_dir>/<task>.log (0600); a record file
 //!        <state_dir>/<task>.json ─> a waiter reports the exit ─> an exit within the first
 //!        STARTUP_CHECK fails the start with the status and the log's tail
 //! stop:  SIGTERM to the group ─> grace ─> SIGKILL to the group ─> record removed
@@ -15,8 +16,13 @@
 //!
 //! Processes are not adopted across lbd restarts: the agent reports such
 //! tasks failed and the scheduler replaces them.
+//!
+//! Invariant: a task inherits nothing of lbd's environment (lbd may hold
+//! `LBCTL_TOKEN`, `LBD_JOIN_TOKEN` or anything its unit file sets), only
+//! the variables listed above.
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -29,11 +35,15 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{debug, info, warn};
 
 use super::runtime::{Runtime, RuntimeError, RuntimeEvent, RuntimeTask, TaskLaunch};
+use super::user;
 
 /// A command that ends this soon after it started failed to start.
 const STARTUP_CHECK: Duration = Duration::from_millis(150);
 /// Log bytes quoted in a start error.
 const LOG_TAIL: usize = 400;
+/// `PATH` of every task (the service env may replace it): the system
+/// directories, none of lbd's own.
+pub const TASK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// What survives an lbd restart about a task: enough to clean it up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,7 +91,7 @@ impl ProcessRuntime {
         state_dir: PathBuf,
         events: UnboundedSender<RuntimeEvent>,
     ) -> Result<Self, RuntimeError> {
-        std::fs::create_dir_all(&state_dir)
+        crate::files::private_dir(&state_dir)
             .map_err(|e| RuntimeError::Unavailable(format!("{}: {e}", state_dir.display())))?;
         let entries = std::fs::read_dir(&state_dir)
             .map_err(|e| RuntimeError::Unavailable(format!("{}: {e}", state_dir.display())))?;
@@ -123,10 +133,17 @@ impl ProcessRuntime {
         for target in &launch.target_ports {
             ports.push((*target, free_port(launch.host_ip)?));
         }
+        let ids = launch
+            .user
+            .as_deref()
+            .map(user::resolve)
+            .transpose()
+            .map_err(RuntimeError::Failed)?;
         let log_path = self.state_dir.join(format!("{}.log", launch.task_id));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&log_path)
             .map_err(|e| RuntimeError::Failed(format!("{}: {e}", log_path.display())))?;
         let log_err = log
@@ -140,6 +157,8 @@ impl ProcessRuntime {
             .stderr(log_err)
             .process_group(0)
             .kill_on_drop(false)
+            .env_clear()
+            .env("PATH", TASK_PATH)
             .env("HOST", launch.host_ip.to_string())
             .env("LBMESH_TASK_ID", &launch.task_id)
             .env("LBMESH_SERVICE", &launch.service);
@@ -153,6 +172,10 @@ impl ProcessRuntime {
             if let Some((key, value)) = pair.split_once('=') {
                 cmd.env(key, value);
             }
+        }
+        if let Some(ids) = ids {
+            // std drops the supplementary groups too when root sets a uid.
+            cmd.uid(ids.uid).gid(ids.gid);
         }
         let mut child = cmd
             .spawn()
@@ -174,7 +197,9 @@ impl ProcessRuntime {
             ports: ports.clone(),
         };
         if let Ok(text) = serde_json::to_string(&record) {
-            if let Err(error) = std::fs::write(self.record_path(&launch.task_id), text) {
+            if let Err(error) =
+                crate::files::write_private(&self.record_path(&launch.task_id), text.as_bytes())
+            {
                 warn!(%error, "cannot write the task record");
             }
         }

@@ -58,6 +58,9 @@ pub struct TaskLaunch {
     pub command: Option<String>,
     /// `KEY=VALUE` pairs from the service spec.
     pub env: Vec<String>,
+    /// Who the task runs as (`NAME|UID[:GROUP|GID]`); `None`: the image's
+    /// user, or lbd's own for a process.
+    pub user: Option<String>,
     /// The node's advertise address: published ports bind here.
     pub host_ip: IpAddr,
     /// The service's target ports; each gets an ephemeral host port.

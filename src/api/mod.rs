@@ -84,7 +84,8 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
         let state = registry.local().state;
         let expected = state.cluster.as_ref().map(|c| c.control_token.as_str());
         match (expected, presented.as_deref()) {
-            (Some(expected), Some(presented)) if constant_time_eq(expected, presented) => {}
+            (Some(expected), Some(presented))
+                if lbmesh_api::token::same_token(expected, presented) => {}
             (_, None) => {
                 return error(
                     StatusCode::UNAUTHORIZED,
@@ -227,6 +228,9 @@ pub fn route_template(path: &str) -> String {
     let segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
     let template: Vec<&str> = match segments.as_slice() {
         ["cluster", "join-token", _] => vec!["cluster", "join-token", "{role}"],
+        ["cluster", "join-token", _, "rotate"] => {
+            vec!["cluster", "join-token", "{role}", "rotate"]
+        }
         [noun @ ("nodes" | "services"), _, rest @ ..] => {
             let mut t = vec![*noun, "{name}"];
             t.extend(rest.iter().take(1).map(|r| match *r {
@@ -259,14 +263,6 @@ pub fn method_label(method: &Method) -> &'static str {
     }
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +282,10 @@ mod tests {
         assert_eq!(
             route_template("/v1/cluster/join-token/manager"),
             "/v1/cluster/join-token/{role}"
+        );
+        assert_eq!(
+            route_template("/v1/cluster/join-token/worker/rotate"),
+            "/v1/cluster/join-token/{role}/rotate"
         );
         assert_eq!(route_template("/v1/cluster/join"), "/v1/cluster/join");
         assert_eq!(route_template("/v1/whatever/x"), "/v1/{unknown}");

@@ -20,7 +20,7 @@ use lbmesh_api::{
 };
 use raft_state::registry::RegistryNode;
 use raft_state::state::{
-    Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind,
+    Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind, Role,
 };
 use raft_state::state::{Rejection, ServiceRecord};
 use raft_state::store::Applied;
@@ -48,6 +48,13 @@ pub async fn route(
     if method != Method::GET && !is_join {
         let remembered = registry.local().state.remembered(request);
         if let Some(outcome) = remembered {
+            if let (["cluster", "join-token", role, "rotate"], Outcome::Nothing) =
+                (segments, &outcome)
+            {
+                // A resent rotation: the token its first copy made (or a
+                // later one) is current now.
+                return join_token(registry, role).await;
+            }
             // A key reused for another kind of write is not its resend.
             return respond_to(outcome, shape(method, segments)).unwrap_or_else(|_| {
                 error(
@@ -62,6 +69,9 @@ pub async fn route(
     match (method, segments) {
         (&Method::GET, ["cluster"]) => cluster_info(registry).await,
         (&Method::GET, ["cluster", "join-token", role]) => join_token(registry, role).await,
+        (&Method::POST, ["cluster", "join-token", role, "rotate"]) => {
+            rotate_join_token(registry, role, request).await
+        }
         (&Method::POST, ["cluster", "join"]) => join(registry, body, &request).await,
         (&Method::GET, ["nodes"]) => nodes(registry, None).await,
         (&Method::GET, ["nodes", name]) => nodes(registry, Some(name)).await,
@@ -298,6 +308,52 @@ async fn join_token(registry: &Arc<RegistryNode>, role: &str) -> ApiResponse {
             token: token.clone(),
         },
     )
+}
+
+/// A new join token for `role` (the old one stops admitting); the answer is
+/// the new token. Nodes that joined with the old one are unaffected.
+async fn rotate_join_token(
+    registry: &Arc<RegistryNode>,
+    role: &str,
+    request: String,
+) -> ApiResponse {
+    let role = match role {
+        "manager" => Role::Manager,
+        "worker" => Role::Worker,
+        other => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "role",
+                format!("{other:?} is not a role; use manager or worker"),
+            )
+        }
+    };
+    let state = registry.local().state;
+    let Some(cluster) = &state.cluster else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster",
+            "not initialised",
+        );
+    };
+    let current = match role {
+        Role::Manager => &cluster.manager_token,
+        Role::Worker => &cluster.worker_token,
+    };
+    let token = match cluster::rotated_token(current) {
+        Ok(token) => token,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "token", e.to_string()),
+    };
+    let command = Command::RotateJoinToken {
+        role,
+        token: token.clone(),
+    };
+    match registry.propose_request(request, command).await {
+        Ok(Outcome::Nothing) => json_response(StatusCode::OK, &JoinToken { token }),
+        Ok(Outcome::Rejected { rejection }) => rejected(rejection),
+        Ok(other) => unexpected(&other),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "registry", e.to_string()),
+    }
 }
 
 async fn join(registry: &Arc<RegistryNode>, body: &Bytes, request_id: &str) -> ApiResponse {

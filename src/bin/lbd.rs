@@ -23,6 +23,7 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(name = "lbd", version, about)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "advertise_addr"])))]
+#[command(group(clap::ArgGroup::new("join_token").args(["token", "token_file"])))]
 struct Args {
     /// Standalone mode: config file with [node] settings and [[service]]
     /// tables; SIGHUP re-reads it.
@@ -40,12 +41,23 @@ struct Args {
 
     /// Join the cluster that the node at HOST[:PORT] (its admin API,
     /// default port 9900) belongs to.
-    #[arg(long, value_name = "HOST", requires_all = ["token", "advertise_addr"])]
+    #[arg(long, value_name = "HOST", requires_all = ["join_token", "advertise_addr"])]
     join: Option<String>,
 
-    /// Join token (`lbctl cluster join-token manager|worker`).
-    #[arg(long, value_name = "TOKEN", env = "LBD_JOIN_TOKEN", requires = "join")]
+    /// Join token (`lbctl cluster join-token manager|worker`); `-` reads it
+    /// from standard input (on the command line, local users can read it).
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "LBD_JOIN_TOKEN",
+        requires = "join",
+        hide_env_values = true
+    )]
     token: Option<String>,
+
+    /// Read the join token from FILE.
+    #[arg(long, value_name = "FILE", requires = "join", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
 
     /// Where the node keeps its identity and registry
     /// [default: lbmesh-data/<advertise-addr>].
@@ -108,6 +120,14 @@ fn parse_heartbeat(text: &str) -> Result<std::time::Duration, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let join_token =
+        match lbmesh_api::token::read_token(args.token.as_deref(), args.token_file.as_deref()) {
+            Ok(token) => token,
+            Err(error) => {
+                eprintln!("lbd: {error}");
+                return ExitCode::from(2);
+            }
+        };
     if args.heartbeat_grace <= args.heartbeat_interval {
         eprintln!(
             "lbd: --heartbeat-grace ({}) must be longer than --heartbeat-interval ({})",
@@ -167,12 +187,16 @@ fn main() -> ExitCode {
         let (reload_requests, shutdown) = Signals::install()?.into_requests();
         tokio::pin!(shutdown);
         let start = async {
-            match (&args.config, cluster_options(&args, proxy_threads)) {
+            match (
+                &args.config,
+                cluster_options(&args, join_token, proxy_threads),
+            ) {
                 (Some(config), _) => lbmesh::daemon::Daemon::start(config, proxy_threads).await,
                 (None, Some(options)) => {
+                    let data_dir = options.settings.data_dir.clone();
                     let (daemon, tokens) = lbmesh::daemon::Daemon::start_cluster(options).await?;
                     if let Some(tokens) = tokens {
-                        print_tokens(daemon.api_addr(), &tokens);
+                        print_tokens(daemon.api_addr(), &data_dir, &tokens);
                     }
                     Ok(daemon)
                 }
@@ -243,7 +267,11 @@ impl Signals {
 }
 
 /// Cluster settings from the flags and their defaults.
-fn cluster_options(args: &Args, proxy_threads: usize) -> Option<lbmesh::daemon::ClusterOptions> {
+fn cluster_options(
+    args: &Args,
+    join_token: Option<String>,
+    proxy_threads: usize,
+) -> Option<lbmesh::daemon::ClusterOptions> {
     let advertise = args.advertise_addr?;
     let dashed = advertise.to_string().replace(['.', ':'], "-");
     let settings = lbmesh::cluster::NodeSettings {
@@ -272,7 +300,7 @@ fn cluster_options(args: &Args, proxy_threads: usize) -> Option<lbmesh::daemon::
         } else {
             format!("{host}:{}", defaults::API_PORT)
         };
-        (host, args.token.clone().unwrap_or_default())
+        (host, join_token.unwrap_or_default())
     });
     Some(lbmesh::daemon::ClusterOptions {
         settings,
@@ -285,7 +313,11 @@ fn cluster_options(args: &Args, proxy_threads: usize) -> Option<lbmesh::daemon::
 }
 
 /// What a new cluster's operator needs, on stdout.
-fn print_tokens(api: SocketAddr, tokens: &raft_state::state::ClusterInfo) {
+fn print_tokens(
+    api: SocketAddr,
+    data_dir: &std::path::Path,
+    tokens: &raft_state::state::ClusterInfo,
+) {
     println!(
         "Cluster {} bootstrapped; this node is its first manager.",
         tokens.id
@@ -303,6 +335,10 @@ fn print_tokens(api: SocketAddr, tokens: &raft_state::state::ClusterInfo) {
     println!(
         "lbctl control token (--token or LBCTL_TOKEN): {}",
         tokens.control_token
+    );
+    println!(
+        "It is kept in {}; `lbctl cluster token` on this node prints it.",
+        data_dir.join(lbmesh::cluster::CONTROL_TOKEN_FILE).display()
     );
 }
 

@@ -67,7 +67,7 @@ impl Cluster {
     }
 
     /// The command line of node `n`.
-    fn command(&self, n: usize, join: Option<(&str, &str)>) -> Command {
+    pub fn command(&self, n: usize, join: Option<(&str, &str)>) -> Command {
         let mut command = match self.nofile {
             Some(limit) => {
                 // prlimit sets the limit and execs lbd in its place.
