@@ -21,9 +21,10 @@
 //!           | Proxy::apply_per_listener (cluster: an address that cannot be bound
 //!             is skipped and retried)
 //!          ─> the admin server on the control runtime ─> ready
-//! change:  services ─> ServiceRoutes (reusing backend state)
-//!          file:     Proxy::apply; on a bind failure the running table keeps serving
-//!          registry: Proxy::apply_per_listener; an address that fails is skipped,
+//! change:  file:     services ─> ServiceRoutes ─> Proxy::apply (unchanged services
+//!                    keep their routes); on a bind failure the running table keeps serving
+//!          registry: RegistryRoutes::changes (the touched services) ─> [Update]
+//!                    ─> Proxy::apply_per_listener; an address that fails is skipped,
 //!                    the rest routed
 //! retry:   every BIND_RETRY while an address fails ─> Proxy::retry_failed
 //!          ─> this node's failures (a watch) ─> listener_report ─> the registry
@@ -49,7 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::{ConfigError, ConfigFile, Node};
-use lbmesh_proxy::discovery::ServiceRoutes;
+use lbmesh_proxy::discovery::{ServiceRoutes, Update};
 use lbmesh_proxy::listeners::{bind_listener, ListenOptions};
 use lbmesh_proxy::{ApplyError, ListenerFailure, Proxy};
 use raft_state::registry::RegistryNode;
@@ -64,7 +65,7 @@ use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
 use crate::listener_report;
 use crate::metrics::DaemonMetrics;
-use crate::routes::{file_routes, registry_routes};
+use crate::routes::{file_routes, RegistryRoutes};
 use crate::scheduler::{self, SchedulerSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +92,8 @@ enum Source {
     Registry {
         node: Arc<RegistryNode>,
         changes: watch::Receiver<Applied>,
+        /// The state last routed, to route only what changes after it.
+        routes: RegistryRoutes,
     },
 }
 
@@ -158,7 +161,7 @@ impl Daemon {
         let (registry, started) = cluster::start(&settings, join).await?;
         let registry = Arc::new(registry);
         let changes = registry.watch();
-        let services = registry_routes(&changes.borrow(), settings.ingress_addr);
+        let (routes, services) = RegistryRoutes::start(&changes.borrow(), settings.ingress_addr);
         let node = Node {
             name: settings.name.clone(),
             api_addr: settings.api_addr,
@@ -169,6 +172,7 @@ impl Daemon {
             Source::Registry {
                 node: Arc::clone(&registry),
                 changes,
+                routes,
             },
             node,
             &services,
@@ -241,7 +245,9 @@ impl Daemon {
             .map_err(DaemonError::Workers)?;
         match source {
             Source::File { .. } => proxy.apply(services)?,
-            Source::Registry { .. } => proxy.apply_per_listener(services),
+            Source::Registry { .. } => {
+                proxy.apply_per_listener(&[Update::Reset(services.to_vec())]);
+            }
         }
 
         let admin = Arc::new(AdminState {
@@ -304,19 +310,20 @@ impl Daemon {
                 }
                 let services = file_routes(&config.services, self.node.ingress_addr);
                 self.proxy.apply(&services)?;
-                self.routed(&services);
+                self.routed(services.len());
                 Ok(())
             });
         self.metrics.reload_finished(result.is_ok());
         result
     }
 
-    /// After a change was routed: hands on the addresses not bound now and
-    /// logs the table's size.
-    fn routed(&self, services: &[ServiceRoutes]) {
+    /// After a change that rebuilt the routes of `rebuilt` services: hands
+    /// on the addresses not bound now and logs the table's size.
+    fn routed(&self, rebuilt: usize) {
         self.publish_failures();
         info!(
-            services = services.len(),
+            rebuilt,
+            services = self.proxy.table().load().service_count(),
             listeners = self.proxy.listener_count(),
             not_bound = self.proxy.failures().len(),
             "routing table updated"
@@ -345,17 +352,17 @@ impl Daemon {
         }
     }
 
-    /// Waits for the next registry change (never resolves in standalone mode).
-    async fn registry_changed(
-        source: &mut Source,
-        ingress_addr: std::net::IpAddr,
-    ) -> Option<Vec<ServiceRoutes>> {
+    /// Waits for the next registry change and returns what it changed in
+    /// the routes (never resolves in standalone mode).
+    async fn registry_changed(source: &mut Source) -> Option<Vec<Update>> {
         match source {
-            Source::Registry { changes, .. } => {
+            Source::Registry {
+                changes, routes, ..
+            } => {
                 if changes.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
-                Some(registry_routes(&changes.borrow_and_update(), ingress_addr))
+                Some(routes.changes(&changes.borrow_and_update()))
             }
             Source::File { .. } => std::future::pending().await,
         }
@@ -370,7 +377,6 @@ impl Daemon {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
         tokio::pin!(shutdown);
-        let ingress_addr = self.node.ingress_addr;
         loop {
             tokio::select! {
                 Some(()) = reload_requests.recv() => {
@@ -378,9 +384,11 @@ impl Daemon {
                         error!(%error, "reload rejected; the running configuration keeps serving");
                     }
                 }
-                Some(services) = Self::registry_changed(&mut self.source, ingress_addr) => {
-                    self.proxy.apply_per_listener(&services);
-                    self.routed(&services);
+                Some(updates) = Self::registry_changed(&mut self.source) => {
+                    if !updates.is_empty() {
+                        let rebuilt = self.proxy.apply_per_listener(&updates);
+                        self.routed(rebuilt);
+                    }
                 }
                 () = Self::retry_due(self.proxy.next_retry()) => {
                     if self.proxy.retry_failed() {

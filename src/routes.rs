@@ -21,13 +21,32 @@
 //! it stored the spec ([`ServiceRecord::checked`]): a change re-routes
 //! without validating any spec again.
 //!
+//! # Incremental routing
+//!
+//! In cluster mode [`RegistryRoutes`] keeps the state it last routed and
+//! turns each new one into the [`Update`]s that differ: the services whose
+//! record (checked spec or VIP) changed, whose tasks changed or that have a
+//! task on a node whose status changed are built again and sent as
+//! [`Update::Add`]; the services gone are [`Update::Remove`]d. Finding them
+//! is one pass of cheap comparisons over the two states' sorted maps (the
+//! checked specs by pointer); building routes, and everything the proxy
+//! does with them, is for the touched services only.
+//!
+//! ```text
+//! Applied (last routed) ─┐
+//! Applied (new)         ─┴─> diff services / tasks / node status ─> touched names
+//!   ─> routes of each touched service (its tasks grouped in one pass) ─> [Add, Remove]
+//! ```
+//!
 //! [`ServiceRecord::checked`]: raft_state::state::ServiceRecord::checked
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use lb_config::{Service, ServiceMode};
-use lbmesh_proxy::discovery::{Endpoint, PortRoutes, RouteSettings, ServiceRoutes};
-use raft_state::state::{NodeStatus, RegistryState};
+use lbmesh_proxy::discovery::{Endpoint, PortRoutes, RouteSettings, ServiceRoutes, Update};
+use raft_state::state::{NodeStatus, RegistryState, ServiceRecord};
 use raft_state::store::Applied;
 use raft_state::task::{TaskEndpoint, TaskRecord, TaskState};
 use tracing::warn;
@@ -100,28 +119,183 @@ pub fn file_routes(services: &[Service], ingress_addr: IpAddr) -> Vec<ServiceRou
 /// service's `listen` field is ignored: every node binds its own ingress
 /// address.
 pub fn registry_routes(applied: &Applied, ingress_addr: IpAddr) -> Vec<ServiceRoutes> {
-    applied
-        .state
+    let state = &applied.state;
+    let tasks = tasks_by_service(state, |_| true);
+    state
         .services
         .values()
-        .filter_map(|record| match record.checked() {
-            Ok(service) => {
-                let tasks = routed_tasks(&applied.state, service);
-                Some(service_routes(
-                    service,
-                    std::slice::from_ref(&ingress_addr),
-                    Some(record.vip.into()),
-                    &tasks,
-                ))
-            }
-            Err(error) => {
-                // The registry validates every spec it stores; a spec that
-                // fails here comes from a newer lbd with other rules.
-                warn!(service = %record.spec.name, %error, "registry service skipped");
-                None
-            }
-        })
+        .filter_map(|record| record_routes(state, record, &tasks, ingress_addr))
         .collect()
+}
+
+/// The routes of one registry service, `None` for a spec that fails
+/// validation (logged).
+fn record_routes(
+    state: &RegistryState,
+    record: &ServiceRecord,
+    tasks: &HashMap<&str, Vec<&TaskRecord>>,
+    ingress_addr: IpAddr,
+) -> Option<ServiceRoutes> {
+    match record.checked() {
+        Ok(service) => {
+            let tasks = tasks
+                .get(service.name.as_str())
+                .map_or(&[][..], Vec::as_slice);
+            let routed = routed_tasks(state, service, tasks);
+            Some(service_routes(
+                service,
+                std::slice::from_ref(&ingress_addr),
+                Some(record.vip.into()),
+                &routed,
+            ))
+        }
+        Err(error) => {
+            // The registry validates every spec it stores; a spec that
+            // fails here comes from a newer lbd with other rules.
+            warn!(service = %record.spec.name, %error, "registry service skipped");
+            None
+        }
+    }
+}
+
+/// The tasks of each service that `wanted` accepts, in one pass.
+fn tasks_by_service(
+    state: &RegistryState,
+    wanted: impl Fn(&str) -> bool,
+) -> HashMap<&str, Vec<&TaskRecord>> {
+    let mut by_service: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
+    for task in state.tasks.values() {
+        if wanted(&task.service) {
+            by_service.entry(&task.service).or_default().push(task);
+        }
+    }
+    by_service
+}
+
+/// Cluster mode, incrementally: the registry state last routed, and what
+/// changed since (see the module doc).
+pub struct RegistryRoutes {
+    ingress_addr: IpAddr,
+    routed: Arc<RegistryState>,
+}
+
+impl RegistryRoutes {
+    /// Every route of `applied` (the first table), and the tracker of what
+    /// changes after it.
+    pub fn start(applied: &Applied, ingress_addr: IpAddr) -> (Self, Vec<ServiceRoutes>) {
+        let routes = registry_routes(applied, ingress_addr);
+        let tracker = Self {
+            ingress_addr,
+            routed: Arc::clone(&applied.state),
+        };
+        (tracker, routes)
+    }
+
+    /// The updates that take the routes of the last state to `applied`'s:
+    /// an `Add` of every touched service, a `Remove` of every one gone.
+    /// Empty when no route can have changed.
+    pub fn changes(&mut self, applied: &Applied) -> Vec<Update> {
+        let (old, new) = (&*self.routed, &*applied.state);
+        let (touched, gone) = touched_services(old, new);
+        let mut updates = Vec::new();
+        if !touched.is_empty() {
+            let tasks = tasks_by_service(new, |name| touched.contains(name));
+            let added: Vec<ServiceRoutes> = touched
+                .iter()
+                .filter_map(|name| new.services.get(*name))
+                .filter_map(|record| record_routes(new, record, &tasks, self.ingress_addr))
+                .collect();
+            // A touched service whose spec no longer validates is skipped
+            // by the full build too: it leaves the table.
+            let unroutable: Vec<String> = touched
+                .iter()
+                .filter(|name| {
+                    new.services
+                        .get(**name)
+                        .is_some_and(|r| r.checked().is_err())
+                })
+                .map(|name| (*name).to_owned())
+                .collect();
+            if !added.is_empty() {
+                updates.push(Update::Add(added));
+            }
+            if !unroutable.is_empty() {
+                updates.push(Update::Remove(unroutable));
+            }
+        }
+        if !gone.is_empty() {
+            updates.push(Update::Remove(gone));
+        }
+        self.routed = Arc::clone(&applied.state);
+        updates
+    }
+}
+
+/// Whether a service record routes alike in both states: the same checked
+/// spec (by pointer, else by value) and VIP.
+fn same_record(old: &ServiceRecord, new: &ServiceRecord) -> bool {
+    let same_spec = match (old.checked(), new.checked()) {
+        (Ok(a), Ok(b)) if Arc::ptr_eq(a, b) => true,
+        _ => old.spec == new.spec,
+    };
+    same_spec && old.vip == new.vip
+}
+
+/// The services of `new` whose routes may differ from `old`'s, and the
+/// names of `old`'s services that `new` lacks. One merge over each pair of
+/// sorted maps.
+fn touched_services<'a>(
+    old: &RegistryState,
+    new: &'a RegistryState,
+) -> (BTreeSet<&'a str>, Vec<String>) {
+    let mut touched: BTreeSet<&str> = BTreeSet::new();
+    let mut gone = Vec::new();
+    for (name, record) in &new.services {
+        if !old
+            .services
+            .get(name)
+            .is_some_and(|was| same_record(was, record))
+        {
+            touched.insert(name);
+        }
+    }
+    for name in old.services.keys() {
+        if !new.services.contains_key(name) {
+            gone.push(name.clone());
+        }
+    }
+    let mut note = |service: &str| {
+        if let Some((name, _)) = new.services.get_key_value(service) {
+            touched.insert(name);
+        }
+    };
+    for (id, task) in &new.tasks {
+        if old.tasks.get(id) != Some(task) {
+            note(&task.service);
+        }
+    }
+    for (id, task) in &old.tasks {
+        if !new.tasks.contains_key(id) {
+            note(&task.service);
+        }
+    }
+    // Make before break reads node status: a node that changed status or
+    // left touches the services with a task on it.
+    let status = |state: &RegistryState, id| state.nodes.get(&id).map(|node| node.status);
+    let moved: Vec<_> = old
+        .nodes
+        .keys()
+        .chain(new.nodes.keys())
+        .filter(|id| status(old, **id) != status(new, **id))
+        .collect();
+    if !moved.is_empty() {
+        for task in new.tasks.values() {
+            if task.node.is_some_and(|node| moved.contains(&&node)) {
+                note(&task.service);
+            }
+        }
+    }
+    (touched, gone)
 }
 
 /// The endpoints a registry service routes to: its serving tasks, then,
@@ -137,8 +311,12 @@ pub fn registry_routes(applied: &Applied, ingress_addr: IpAddr) -> Vec<ServiceRo
 /// removed. A replicated service wants its replica count; a global one has
 /// no replacement for a lost node's task, so its stranded tasks stay only
 /// while none of its tasks serves.
-fn routed_tasks(state: &RegistryState, service: &Service) -> Vec<TaskEndpoint> {
-    let tasks = || state.tasks_of(&service.name);
+fn routed_tasks(
+    state: &RegistryState,
+    service: &Service,
+    tasks: &[&TaskRecord],
+) -> Vec<TaskEndpoint> {
+    let tasks = || tasks.iter().copied();
     let mut routed: Vec<TaskEndpoint> = tasks()
         .filter(|task| task.serves())
         .filter_map(|task| task.endpoint.clone())
@@ -283,9 +461,12 @@ mod tests {
         use std::net::Ipv4Addr;
         use std::sync::Arc;
 
+        use std::collections::BTreeMap;
+
         use lb_config::{PortSpec, ServiceSpec};
         use raft_state::state::{
-            Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, RegistryState, Role,
+            Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome,
+            RegistryState, Role,
         };
         use raft_state::task::{DesiredState, TaskHealth, TaskRecord, TaskState};
 
@@ -400,6 +581,141 @@ mod tests {
                 vec![30003],
                 "the replacement takes over"
             );
+        }
+
+        // fixed-port-ok: the ports below are in tables; nothing is bound.
+
+        /// A service that routes to a static endpoint only.
+        fn static_spec(name: &str, port: i64) -> ServiceSpec {
+            ServiceSpec {
+                name: name.to_owned(),
+                ports: vec![PortSpec {
+                    published: port,
+                    target: Some(port),
+                    protocol: None,
+                }],
+                endpoints: vec![lb_config::EndpointSpec {
+                    address: "10.0.0.1".to_owned(),
+                    weight: None,
+                }],
+                ..ServiceSpec::default()
+            }
+        }
+
+        type Step = (
+            &'static str,
+            fn(&mut RegistryState),
+            &'static [&'static str],
+        );
+
+        /// Each change's updates name only the services it touched, and
+        /// applied one after another they give what routing the whole
+        /// state gives.
+        #[test]
+        fn changes_name_only_the_touched_services_and_add_up_to_the_full_routes() {
+            let running = (DesiredState::Running, TaskState::Running);
+            let mut state = cluster(1, &[(2, running.0, running.1)]);
+            for (name, port) in [("db", 5432), ("cache", 6379)] {
+                let outcome = state.apply(&Command::CreateService {
+                    spec: static_spec(name, port),
+                });
+                assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
+            }
+            let ingress: IpAddr = "127.0.0.9".parse().unwrap();
+            let applied = |state: &RegistryState| Applied {
+                state: Arc::new(state.clone()),
+                index: 1,
+            };
+            let (mut tracker, first) = RegistryRoutes::start(&applied(&state), ingress);
+            let mut model: BTreeMap<String, ServiceRoutes> =
+                first.into_iter().map(|s| (s.name.clone(), s)).collect();
+            assert_eq!(model.len(), 3);
+            let steps: [Step; 7] = [
+                ("nothing", |_| {}, &[]),
+                (
+                    "web's task turns unhealthy",
+                    |s| {
+                        if let Some(task) = s.tasks.get_mut("t2") {
+                            task.health = TaskHealth::Unhealthy;
+                        }
+                    },
+                    &["web"],
+                ),
+                (
+                    "web's task is orphaned and its node goes down",
+                    |s| {
+                        if let Some(task) = s.tasks.get_mut("t2") {
+                            task.health = TaskHealth::Healthy;
+                            task.desired = DesiredState::Shutdown;
+                            task.state = TaskState::Orphaned;
+                        }
+                        set_status(s, 2, NodeStatus::Down);
+                    },
+                    &["web"],
+                ),
+                (
+                    "node 2 is ready again",
+                    |s| set_status(s, 2, NodeStatus::Ready),
+                    &["web"],
+                ),
+                (
+                    "a new service",
+                    |s| {
+                        s.apply(&Command::CreateService {
+                            spec: static_spec("queue", 5672),
+                        });
+                    },
+                    &["queue"],
+                ),
+                (
+                    "db's spec changes",
+                    |s| {
+                        let mut spec = static_spec("db", 5433);
+                        spec.endpoints[0].address = "10.0.0.2".to_owned();
+                        s.apply(&Command::UpdateService { spec });
+                    },
+                    &["db"],
+                ),
+                (
+                    "cache is removed",
+                    |s| {
+                        s.apply(&Command::RemoveService {
+                            name: "cache".to_owned(),
+                        });
+                    },
+                    &[],
+                ),
+            ];
+            for (step, change, expected) in steps {
+                change(&mut state);
+                let updates = tracker.changes(&applied(&state));
+                let mut added = Vec::new();
+                for update in updates {
+                    match update {
+                        Update::Add(services) => {
+                            for service in services {
+                                added.push(service.name.clone());
+                                model.insert(service.name.clone(), service);
+                            }
+                        }
+                        Update::Remove(names) => {
+                            for name in names {
+                                model.remove(&name);
+                            }
+                        }
+                        Update::Reset(_) => panic!("{step}: a change is never a reset"),
+                    }
+                }
+                assert_eq!(added, expected, "{step}");
+                let full: BTreeMap<String, ServiceRoutes> =
+                    registry_routes(&applied(&state), ingress)
+                        .into_iter()
+                        .map(|s| (s.name.clone(), s))
+                        .collect();
+                assert_eq!(model, full, "{step}");
+            }
+            assert!(!model.contains_key("cache"));
+            assert_eq!(model["web"].ports[0].endpoints, Vec::new());
         }
 
         #[test]

@@ -5,7 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use lb_config::Algorithm;
-use lbmesh_proxy::balance::{Backend, BackendSet, PickContext, MAGLEV_TABLE_SIZE};
+use lbmesh_proxy::balance::{
+    maglev_table_size, Backend, BackendSet, PickContext, MAGLEV_MAX_TABLE_SIZE,
+    MAGLEV_MIN_TABLE_SIZE,
+};
 use lbmesh_proxy::metrics::BackendMetrics;
 use test_support::*;
 use tokio::net::TcpStream;
@@ -149,56 +152,85 @@ fn detached_set(algorithm: Algorithm, n: usize) -> BackendSet {
         algorithm,
         (0..n)
             .map(|i| {
-                let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 0, i as u8 + 1)), 80);
+                let ip = Ipv4Addr::new(10, 1, (i >> 8) as u8, i as u8);
+                let addr = SocketAddr::new(IpAddr::V4(ip), 80);
                 (Arc::new(Backend::new(addr, BackendMetrics::detached())), 1)
             })
             .collect(),
     )
 }
 
+/// Backend counts with tables of every size class, from the floor
+/// (1,601 slots) to the cap (65,537).
+const MAGLEV_SIZES: [usize; 8] = [3, 10, 24, 40, 100, 200, 400, 1000];
+
 #[test]
-fn maglev_table_gives_each_of_10_backends_floor_or_ceil_of_m_over_10() {
-    let set = detached_set(Algorithm::Maglev, 10);
-    let table = set.maglev_lookup_table().expect("maglev table");
-    assert_eq!(table.len(), MAGLEV_TABLE_SIZE);
-    let mut counts = [0usize; 10];
-    for &slot in table {
-        counts[slot as usize] += 1;
+fn maglev_table_gives_each_backend_floor_or_ceil_of_m_over_n_at_every_size() {
+    let mut sizes = std::collections::BTreeSet::new();
+    for n in MAGLEV_SIZES {
+        let set = detached_set(Algorithm::Maglev, n);
+        let table = set.maglev_lookup_table().expect("maglev table");
+        let m = table.len();
+        assert_eq!(m, maglev_table_size(n), "{n} backends");
+        sizes.insert(m);
+        let mut counts = vec![0usize; n];
+        for &slot in table {
+            counts[slot as usize] += 1;
+        }
+        let (lo, hi) = (m / n, m.div_ceil(n));
+        assert!(
+            counts.iter().all(|&c| c == lo || c == hi),
+            "{n} backends, {m} slots: {counts:?}"
+        );
     }
-    let (lo, hi) = (MAGLEV_TABLE_SIZE / 10, MAGLEV_TABLE_SIZE.div_ceil(10));
-    assert!(counts.iter().all(|&c| c == lo || c == hi), "{counts:?}");
+    assert!(sizes.contains(&MAGLEV_MIN_TABLE_SIZE));
+    assert!(sizes.contains(&MAGLEV_MAX_TABLE_SIZE));
+    // 3 and 10 backends share the floor; every other count has its own.
+    assert_eq!(sizes.len(), MAGLEV_SIZES.len() - 1, "{sizes:?}");
 }
 
 #[test]
-fn maglev_removing_one_of_10_keeps_90_percent_of_the_other_clients() {
-    let full = detached_set(Algorithm::Maglev, 10);
-    let removed = full.backends()[3].addr;
-    let fewer = BackendSet::new(
-        Algorithm::Maglev,
-        full.backends()
-            .iter()
-            .filter(|b| b.addr != removed)
-            .map(|b| (Arc::clone(b), 1))
-            .collect(),
-    );
-    let (mut eligible, mut kept) = (0, 0);
-    for i in 0..10_000u32 {
-        let ctx = PickContext {
-            client: IpAddr::V4(Ipv4Addr::from(
-                0xc0a8_0000u32.wrapping_add(i.wrapping_mul(40_503)),
-            )),
-            lane: 0,
-        };
-        let before = full.pick(ctx).expect("pick").addr;
-        assert_eq!(full.pick(ctx).expect("pick").addr, before);
-        if before == removed {
-            continue;
+fn maglev_removing_one_backend_keeps_90_percent_of_the_other_clients_at_every_size() {
+    for n in MAGLEV_SIZES {
+        let full = detached_set(Algorithm::Maglev, n);
+        let removed = full.backends()[n / 3].addr;
+        let fewer = BackendSet::new(
+            Algorithm::Maglev,
+            full.backends()
+                .iter()
+                .filter(|b| b.addr != removed)
+                .map(|b| (Arc::clone(b), 1))
+                .collect(),
+        );
+        assert_eq!(
+            full.maglev_lookup_table().map(<[u16]>::len),
+            fewer.maglev_lookup_table().map(<[u16]>::len),
+            "{n} and {} backends share a table size",
+            n - 1
+        );
+        let (mut eligible, mut kept) = (0, 0);
+        for i in 0..20_000u32 {
+            let ctx = PickContext {
+                client: IpAddr::V4(Ipv4Addr::from(
+                    0xc0a8_0000u32.wrapping_add(i.wrapping_mul(40_503)),
+                )),
+                lane: 0,
+            };
+            let before = full.pick(ctx).expect("pick").addr;
+            assert_eq!(full.pick(ctx).expect("pick").addr, before);
+            if before == removed {
+                continue;
+            }
+            eligible += 1;
+            if fewer.pick(ctx).expect("pick").addr == before {
+                kept += 1;
+            }
         }
-        eligible += 1;
-        if fewer.pick(ctx).expect("pick").addr == before {
-            kept += 1;
-        }
+        let expected = 20_000 * (n - 1) / n;
+        assert!(eligible * 10 > expected * 9, "{n}: {eligible}");
+        assert!(
+            kept * 100 >= eligible * 90,
+            "{n} backends: kept {kept} of {eligible}"
+        );
     }
-    assert!(eligible > 8_000, "{eligible}");
-    assert!(kept * 100 >= eligible * 90, "kept {kept} of {eligible}");
 }

@@ -11,6 +11,19 @@
 //!   weights and a [`Picker`] whose tables were computed when the set was built
 //!   (the smooth weighted period, the Maglev lookup table).
 //!
+//! # Maglev table size
+//!
+//! A Maglev table is sized to its backends ([`maglev_table_size`]): the
+//! smallest prime at least 100 × the backend count rounded up to a power of
+//! two (Maglev's bound for about 1% imbalance), never below
+//! [`MAGLEV_MIN_TABLE_SIZE`] and never above [`MAGLEV_MAX_TABLE_SIZE`]. A
+//! set of 3 backends holds 1,601 slots (3 KiB) instead of 65,537 (128 KiB).
+//! The size depends on the count alone, so every node builds the same
+//! table; and it changes only when the count crosses a power of two, since
+//! a table of another size maps almost every client anew: adding or
+//! removing one backend between two such steps keeps Maglev's minimal
+//! disruption.
+//!
 //! # Invariants of the hot path
 //!
 //! A pick takes `&self`, never locks and never allocates. Round-robin and
@@ -32,9 +45,13 @@ use lb_config::Algorithm;
 
 use crate::metrics::BackendMetrics;
 
-/// Size of the Maglev lookup table: a prime well above 100 × the backends we
-/// expect, which keeps each backend's share within 1% of its weight.
-pub const MAGLEV_TABLE_SIZE: usize = 65_537;
+/// Largest Maglev lookup table: a prime, and 100 × 655 backends; a set with
+/// more backends than that is balanced within a little more than 1%.
+pub const MAGLEV_MAX_TABLE_SIZE: usize = 65_537;
+
+/// Smallest Maglev lookup table (100 × 16 backends, rounded up to a prime):
+/// a set of up to 16 backends never changes its table's size.
+pub const MAGLEV_MIN_TABLE_SIZE: usize = 1_601;
 
 /// Number of independent cursors per round-robin or weighted picker. Listen
 /// addresses take lanes in turn; more addresses than lanes share cursors,
@@ -183,8 +200,9 @@ enum Picker {
         cursors: Box<[PaddedCursor]>,
     },
     LeastConn,
-    /// Backend index per slot; u16 halves the table (128 KiB) so more of it
-    /// stays in cache. A Maglev set uses at most 65,535 backends.
+    /// Backend index per slot ([`maglev_table_size`] of them); u16 halves
+    /// the table (at most 128 KiB) so more of it stays in cache. A Maglev
+    /// set uses at most 65,535 backends.
     Maglev {
         table: Box<[u16]>,
     },
@@ -221,8 +239,9 @@ impl BackendSet {
             Algorithm::LeastConn => Picker::LeastConn,
             Algorithm::Maglev => {
                 let keys: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+                let size = maglev_table_size(keys.len());
                 Picker::Maglev {
-                    table: maglev_table(&keys, &weights, MAGLEV_TABLE_SIZE).into_boxed_slice(),
+                    table: maglev_table(&keys, &weights, size).into_boxed_slice(),
                 }
             }
         };
@@ -422,6 +441,27 @@ fn gcd(a: u32, b: u32) -> u32 {
     } else {
         gcd(b, a % b)
     }
+}
+
+/// The Maglev table size for `backends` backends (see the module doc): the
+/// smallest prime at least 100 × `backends` rounded up to a power of two,
+/// within [`MAGLEV_MIN_TABLE_SIZE`] and [`MAGLEV_MAX_TABLE_SIZE`].
+pub fn maglev_table_size(backends: usize) -> usize {
+    let wanted = backends
+        .clamp(1, MAX_MAGLEV_BACKENDS)
+        .next_power_of_two()
+        .saturating_mul(100);
+    if wanted >= MAGLEV_MAX_TABLE_SIZE {
+        return MAGLEV_MAX_TABLE_SIZE;
+    }
+    (wanted.max(MAGLEV_MIN_TABLE_SIZE)..MAGLEV_MAX_TABLE_SIZE)
+        .find(|&n| is_prime(n))
+        .unwrap_or(MAGLEV_MAX_TABLE_SIZE)
+}
+
+/// Trial division; only called on table sizes (at most 65,537).
+fn is_prime(n: usize) -> bool {
+    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
 }
 
 /// Builds a Maglev lookup table (Eisenbud et al., NSDI 2016) of prime size
@@ -652,6 +692,36 @@ mod tests {
         }
         drop(held);
         assert_eq!(s.backends()[0].active(), 0);
+    }
+
+    #[test]
+    fn maglev_table_size_is_a_prime_over_100_per_backend_within_bounds() {
+        assert_eq!(maglev_table_size(0), MAGLEV_MIN_TABLE_SIZE);
+        assert_eq!(maglev_table_size(3), MAGLEV_MIN_TABLE_SIZE);
+        assert_eq!(maglev_table_size(16), MAGLEV_MIN_TABLE_SIZE);
+        assert!(is_prime(MAGLEV_MIN_TABLE_SIZE) && is_prime(MAGLEV_MAX_TABLE_SIZE));
+        for n in 1..=1_000 {
+            let size = maglev_table_size(n);
+            assert!(is_prime(size), "{n}: {size}");
+            assert!(size >= (100 * n).min(MAGLEV_MAX_TABLE_SIZE), "{n}: {size}");
+            assert!(size <= MAGLEV_MAX_TABLE_SIZE, "{n}: {size}");
+            // The smallest such prime for the count rounded up to a power
+            // of two: no prime between the bound and the size.
+            let bound = (100 * n.next_power_of_two()).max(MAGLEV_MIN_TABLE_SIZE);
+            if size < MAGLEV_MAX_TABLE_SIZE {
+                assert!((bound..size).all(|m| !is_prime(m)), "{n}: {size}");
+            }
+            // Constant between powers of two.
+            assert_eq!(size, maglev_table_size(n.next_power_of_two()), "{n}");
+        }
+        assert_eq!(maglev_table_size(17), 3_203);
+        assert_eq!(maglev_table_size(655), MAGLEV_MAX_TABLE_SIZE);
+        assert_eq!(
+            maglev_table_size(MAX_MAGLEV_BACKENDS + 9),
+            MAGLEV_MAX_TABLE_SIZE
+        );
+        let s = set(Algorithm::Maglev, &[1; 40]);
+        assert_eq!(s.maglev_lookup_table().unwrap().len(), 6_421);
     }
 
     #[test]

@@ -2,22 +2,40 @@
 //!
 //! This is the one type where discovery meets balancing. A config file or
 //! the replicated registry is turned into a list of [`ServiceRoutes`] by
-//! the daemon; [`Proxy::apply`](crate::Proxy::apply) takes the whole list
-//! and routes it. Nothing here names a task, a node or a Raft record: an
-//! endpoint is an address and a weight.
+//! the daemon. [`Proxy::apply`](crate::Proxy::apply) takes the whole list
+//! (a config file); [`Proxy::apply_per_listener`](crate::Proxy::apply_per_listener)
+//! takes what changed, as linkerd's destination updates do: an [`Update`]
+//! resets the whole list, adds (or replaces) services or removes them, and
+//! one call's updates switch the table once. Nothing here names a task, a
+//! node or a Raft record: an endpoint is an address and a weight.
 //!
 //! ```text
+//! Update::Reset([ServiceRoutes]) | Add([ServiceRoutes]) | Remove([name])
 //! ServiceRoutes { name, algorithm, max_connections, settings,
 //!                 ports: [PortRoutes { listen: [ip:published..], vip: vip:target, endpoints: [addr, weight] }] }
 //! ```
+//!
+//! A service added again with routes equal to the ones it has keeps its
+//! routes, backend sets and Maglev table as they are.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use lb_config::{Algorithm, ProxyProtocol};
 
-/// One service to route.
+/// A change of the services to route.
 #[derive(Debug, Clone)]
+pub enum Update {
+    /// These are all the services: any other one is removed.
+    Reset(Vec<ServiceRoutes>),
+    /// Services new or changed; each replaces the routes of its name.
+    Add(Vec<ServiceRoutes>),
+    /// Services gone, by name (an unknown name is ignored).
+    Remove(Vec<String>),
+}
+
+/// One service to route.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServiceRoutes {
     pub name: String,
     pub algorithm: Algorithm,
@@ -28,7 +46,7 @@ pub struct ServiceRoutes {
 }
 
 /// The addresses one port of a service answers on, and where it sends them.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortRoutes {
     /// Bound by this node alone: the published port on each ingress address.
     pub listen: Vec<SocketAddr>,
@@ -47,7 +65,7 @@ pub struct Endpoint {
 }
 
 /// Per-connection settings of a service's routes.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,

@@ -4,7 +4,8 @@
 //! # Layout and data flow
 //!
 //! ```text
-//! [ServiceRoutes] ──Proxy::apply──> RoutingTable::build (reuses backend state) ──ArcSwap::store
+//! [ServiceRoutes] | [Update] ──Proxy::apply | apply_per_listener──> RoutingTable::build
+//!   (rebuilds the changed services only, reuses backend state) ──ArcSwap::store
 //!   (discovery)                      └─ listeners: bind new addresses (one that fails is
 //!                                       skipped and retried, or refuses the change), stop removed ones
 //!
@@ -13,7 +14,7 @@
 //! ```
 //!
 //! - [`discovery`]: the one narrow input type, services with their
-//!   endpoints (address and weight). Whoever knows the services (a config
+//!   endpoints (address and weight), and the updates that carry a change. Whoever knows the services (a config
 //!   file, the registry) builds these; this crate knows nothing of either.
 //! - [`routing`]: the immutable routing table keyed by listen address, and
 //!   [`limit`], the resizable per-service connection cap.

@@ -5,11 +5,13 @@
 //! # Flow
 //!
 //! ```text
-//! apply | apply_per_listener(services)
-//!                 ─> RoutingTable::build (reusing backend state) ─> bind the new addresses
+//! apply(services) | apply_per_listener(updates)
+//!                 ─> RoutingTable::build (what changed; reusing the rest) ─> bind the new addresses
 //!                 ─> store the table (one ArcSwap store) ─> commit (limits, stale metrics)
 //!                 ─> forget the addresses that left (stop their loops, drop their gauges)
 //!                 ─> start loops on the new ones; note the ones that failed
+//!   only the addresses the build touched are looked at, so a change costs
+//!   what it changed, not what the table holds
 //!   apply (a config file): a published address that fails, before the store:
 //!     nothing changes, the running table keeps serving
 //!   apply_per_listener (the registry): an address that fails is skipped; the rest applies
@@ -51,10 +53,10 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::accept::{accept_loop, next_lane, ProxyContext};
-use crate::discovery::ServiceRoutes;
+use crate::discovery::{ServiceRoutes, Update};
 use crate::listeners::{bind_copies, describe_bind_error, ListenOptions};
 use crate::metrics::Metrics;
-use crate::routing::RoutingTable;
+use crate::routing::{Changes, RoutingTable};
 use crate::workers::ProxyWorkers;
 
 /// How long an address that failed to bind waits for its next try. A taken
@@ -136,51 +138,47 @@ impl Proxy {
     /// every [`BIND_RETRY`], as under [`Proxy::apply_per_listener`].
     pub fn apply(&mut self, services: &[ServiceRoutes]) -> Result<(), ApplyError> {
         let previous = self.table.load_full();
-        let table = RoutingTable::build(services, &previous, &self.metrics);
-        let (bound, failed) = self.bind_new(&table);
+        let reset = [Update::Reset(services.to_vec())];
+        let (table, changes) = RoutingTable::build(&previous, &reset, &self.metrics);
+        let (bound, failed) = self.bind_new(&table, &changes);
         let (refused, retried): (Failed, Failed) = failed
             .into_iter()
             .partition(|(addr, ..)| !table.is_shared(addr));
         if let Some((addr, service, source)) = refused.into_iter().next() {
             drop(bound);
-            table.abandon(&previous, &self.metrics);
+            table.abandon(&changes, &previous, &self.metrics);
             return Err(ApplyError {
                 addr,
                 service: service.to_string(),
                 source,
             });
         }
-        self.install(services, table, &previous, bound, retried);
+        self.install(table, &changes, bound, retried);
         Ok(())
     }
 
-    /// Routes `services`, binding per listener (the registry, where one
-    /// node's taken port must not stop every other change on that node): an
-    /// address that cannot be bound is skipped, the rest of the table
-    /// serves, and it is retried every [`BIND_RETRY`].
-    pub fn apply_per_listener(&mut self, services: &[ServiceRoutes]) {
+    /// Applies `updates` (in order, one table switch), binding per listener
+    /// (the registry, where one node's taken port must not stop every other
+    /// change on that node): an address that cannot be bound is skipped,
+    /// the rest of the table serves, and it is retried every
+    /// [`BIND_RETRY`]. Returns how many services were added or rebuilt.
+    pub fn apply_per_listener(&mut self, updates: &[Update]) -> usize {
         let previous = self.table.load_full();
-        let table = RoutingTable::build(services, &previous, &self.metrics);
-        let (bound, failed) = self.bind_new(&table);
-        self.install(services, table, &previous, bound, failed);
+        let (table, changes) = RoutingTable::build(&previous, updates, &self.metrics);
+        let (bound, failed) = self.bind_new(&table, &changes);
+        self.install(table, &changes, bound, failed);
+        changes.rebuilt()
     }
 
     /// Makes `table` the routing table in one store, then settles the
     /// listeners: removed ones stop, failed ones wait for their retry, newly
     /// bound ones start accepting.
-    fn install(
-        &mut self,
-        services: &[ServiceRoutes],
-        table: RoutingTable,
-        previous: &RoutingTable,
-        bound: Bound,
-        failed: Failed,
-    ) {
+    fn install(&mut self, table: RoutingTable, changes: &Changes, bound: Bound, failed: Failed) {
         let table = Arc::new(table);
         self.table.store(Arc::clone(&table));
-        table.commit(previous, services, &self.metrics);
+        table.commit(changes, &self.metrics);
 
-        self.forget_removed(&table);
+        self.forget_removed(&table, changes);
         let now = Instant::now();
         for (addr, service, error) in failed {
             self.note_failure(addr, service, &error, now);
@@ -303,29 +301,37 @@ impl Proxy {
         bind_copies(addr, options, self.workers.count())
     }
 
-    /// Binds every address of `table` that has no entry yet (a failing one
-    /// waits for its retry); returns what was bound and what failed.
-    fn bind_new(&self, table: &RoutingTable) -> (Bound, Failed) {
+    /// Binds every address the build touched that `table` routes and that
+    /// has no entry yet (a failing one waits for its retry); returns what
+    /// was bound and what failed.
+    fn bind_new(&self, table: &RoutingTable, changes: &Changes) -> (Bound, Failed) {
         let mut bound = Vec::new();
         let mut failed = Vec::new();
-        for (addr, service) in table.listen_addrs() {
+        for &addr in changes.touched() {
+            let Some(route) = table.route(&addr) else {
+                continue;
+            };
             if self.listeners.contains_key(&addr) {
                 continue;
             }
+            let service = Arc::clone(&route.service.name);
             match self.bind(table, addr) {
-                Ok(listeners) => bound.push((addr, Arc::from(service), listeners)),
-                Err(error) => failed.push((addr, Arc::from(service), error)),
+                Ok(listeners) => bound.push((addr, service, listeners)),
+                Err(error) => failed.push((addr, service, error)),
             }
         }
         (bound, failed)
     }
 
-    /// After a store: stops the loops of addresses `table` no longer has and
-    /// drops their gauges; relabels the gauge of an address that moved to
-    /// another service.
-    fn forget_removed(&mut self, table: &RoutingTable) {
+    /// After a store, for each address the build touched: stops the loops
+    /// of one `table` no longer has and drops its gauge; relabels the gauge
+    /// of one that moved to another service.
+    fn forget_removed(&mut self, table: &RoutingTable, changes: &Changes) {
         let metrics = &self.metrics;
-        self.listeners.retain(|addr, listener| {
+        for addr in changes.touched() {
+            let Some(listener) = self.listeners.get_mut(addr) else {
+                continue;
+            };
             let address = addr.to_string();
             let Some(route) = table.route(addr) else {
                 match &listener.state {
@@ -338,7 +344,8 @@ impl Proxy {
                     }
                 }
                 metrics.remove_listener(&listener.service, &address);
-                return false;
+                self.listeners.remove(addr);
+                continue;
             };
             if route.service.name != listener.service {
                 metrics.remove_listener(&listener.service, &address);
@@ -347,8 +354,7 @@ impl Proxy {
                 listener.up = up;
                 listener.service = Arc::clone(&route.service.name);
             }
-            true
-        });
+        }
     }
 
     /// Records that `addr` failed to bind; its next try is a retry interval
@@ -507,7 +513,7 @@ mod tests {
         assert!(proxy.failures().is_empty());
 
         // The registry's: the rest applies, the taken address is reported.
-        proxy.apply_per_listener(&services);
+        proxy.apply_per_listener(&[Update::Reset(services.to_vec())]);
         assert_eq!(proxy.listener_count(), 1);
         std::net::TcpStream::connect(web_addr).expect("web is served");
         assert!(proxy.table().load().route(&taken_addr).is_some());
@@ -539,7 +545,7 @@ mod tests {
         std::net::TcpStream::connect(taken_addr).expect("blocked is served");
 
         // Gone from the table: its series goes too.
-        proxy.apply_per_listener(&[service("web", web_addr)]);
+        proxy.apply_per_listener(&[Update::Reset(vec![service("web", web_addr)])]);
         assert_eq!(up(&registry, "blocked", taken_addr), None);
         assert_eq!(proxy.listener_count(), 1);
     }
@@ -551,14 +557,14 @@ mod tests {
         let mut proxy = Proxy::start(1, Arc::clone(&metrics)).expect("proxy");
         let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("hold a port");
         let taken_addr = taken.local_addr().expect("held address");
-        proxy.apply_per_listener(&[service("blocked", taken_addr)]);
+        proxy.apply_per_listener(&[Update::Reset(vec![service("blocked", taken_addr)])]);
         assert_eq!(up(&registry, "blocked", taken_addr), Some(0));
         // The port moves to another service: one series, relabelled.
-        proxy.apply_per_listener(&[service("other", taken_addr)]);
+        proxy.apply_per_listener(&[Update::Reset(vec![service("other", taken_addr)])]);
         assert_eq!(up(&registry, "blocked", taken_addr), None);
         assert_eq!(up(&registry, "other", taken_addr), Some(0));
         assert_eq!(proxy.failures()[0].service, "other");
-        proxy.apply_per_listener(&[]);
+        proxy.apply_per_listener(&[Update::Reset(vec![])]);
         assert!(proxy.failures().is_empty());
         assert_eq!(proxy.next_retry(), None);
         assert_eq!(up(&registry, "other", taken_addr), None);

@@ -1,10 +1,11 @@
-//! The routing table: one immutable snapshot of every route, swapped whole.
+//! The routing table: one immutable snapshot of every route, swapped whole,
+//! and built from the last one by what changed.
 //!
 //! # Flow
 //!
 //! ```text
-//! [ServiceRoutes] ──RoutingTable::build(previous)──> new table ──ArcSwap::store──> proxies load()
-//!                                                       └─ commit(previous): resize limits, drop stale metrics
+//! [Update] ──RoutingTable::build(previous)──> new table + Changes ──ArcSwap::store──> proxies load()
+//!                                                └─ commit(changes): limits, stale metrics
 //! ```
 //!
 //! A [`Route`] is what a listener needs for a new connection: the service's
@@ -12,6 +13,19 @@
 //! and the [`BackendSet`]. Routes are keyed by the listen address they serve,
 //! so a listener finds its route with one map lookup and a reload that moves a
 //! port to another service needs no listener change.
+//!
+//! # Cost of a change
+//!
+//! The table's maps are split into [`SHARDS`] copy-on-write shards: a new
+//! table starts as a copy of the previous one's shard pointers, and changing
+//! a key copies only its shard. A service added with routes equal to the
+//! ones it has is left alone; a changed service keeps the backend set (and
+//! Maglev table) of each port whose endpoints and algorithm are unchanged.
+//! So a change costs in proportion to the services it touches (plus one
+//! shard copy per touched key, 1/[`SHARDS`] of the table), not to the
+//! table's size, and [`Changes`] names the listen addresses it touched so
+//! the proxy binds and closes only those. A [`Update::Reset`] compares every
+//! service it names and removes the others.
 //!
 //! # Invariants
 //!
@@ -21,15 +35,21 @@
 //! - `build` has no side effects beyond creating metric handles; the caller
 //!   stores the table first and then calls [`RoutingTable::commit`], so a
 //!   reload that fails after `build` changes nothing.
+//! - The accept path's [`RoutingTable::route`] hashes the address twice
+//!   (shard, then map): no lock, no allocation.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::balance::{Backend, BackendSet};
-use crate::discovery::{RouteSettings, ServiceRoutes};
+use crate::discovery::{RouteSettings, ServiceRoutes, Update};
 use crate::limit::{ClientCounts, ConnectionLimit};
 use crate::metrics::{Metrics, ServiceMetrics};
+
+/// Shards of each of the table's maps.
+pub const SHARDS: usize = 256;
 
 /// State of a service that outlives snapshots.
 pub struct ServiceState {
@@ -60,102 +80,378 @@ pub struct Route {
     pub settings: RouteSettings,
     /// Shared by the routes of one port on several listen addresses.
     pub backends: Arc<BackendSet>,
+    /// Bound with SO_REUSEPORT, shared by several sockets and nodes on one
+    /// machine: a VIP.
+    pub shared: bool,
 }
 
-type BackendKey = (Arc<str>, SocketAddr);
+/// One routed service: what it was built from and what it made.
+struct ServiceEntry {
+    routes: ServiceRoutes,
+    state: Arc<ServiceState>,
+    /// One set per port, in `routes.ports` order.
+    sets: Vec<Arc<BackendSet>>,
+    backends: HashMap<SocketAddr, Arc<Backend>>,
+}
+
+impl ServiceEntry {
+    /// Every address the service's routes answer on.
+    fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.routes
+            .ports
+            .iter()
+            .flat_map(|port| port.listen.iter().copied().chain(port.vip))
+    }
+}
+
+/// FNV-1a: picks a key's shard, cheaply and the same in every process.
+struct ShardHasher(u64);
+
+impl Hasher for ShardHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+#[inline]
+fn shard_of<Q: Hash + ?Sized>(key: &Q) -> usize {
+    let mut hasher = ShardHasher(0xcbf2_9ce4_8422_2325);
+    key.hash(&mut hasher);
+    (hasher.finish() as usize) % SHARDS
+}
+
+/// A map in [`SHARDS`] copy-on-write shards: a clone copies the shard
+/// pointers, and a change copies the one shard it touches (when another
+/// table still shares it).
+struct Sharded<K, V> {
+    shards: Box<[Arc<HashMap<K, V>>]>,
+}
+
+impl<K, V> Clone for Sharded<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            shards: self.shards.clone(),
+        }
+    }
+}
+
+impl<K, V> Default for Sharded<K, V> {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Arc::new(HashMap::new())).collect(),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
+    #[inline]
+    fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.shards[shard_of(key)].get(key)
+    }
+
+    fn insert(&mut self, key: K, value: V) {
+        Arc::make_mut(&mut self.shards[shard_of(&key)]).insert(key, value);
+    }
+
+    fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let shard = &mut self.shards[shard_of(key)];
+        if !shard.contains_key(key) {
+            return None;
+        }
+        Arc::make_mut(shard).remove(key)
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&K, &V)> + '_ {
+        self.shards.iter().flat_map(|shard| shard.iter())
+    }
+}
+
+/// What one build changed, for the proxy and for [`RoutingTable::commit`].
+#[derive(Default)]
+pub struct Changes {
+    /// Listen addresses whose route was added, replaced or removed.
+    touched: Vec<SocketAddr>,
+    /// Connection caps to apply once the table is stored.
+    limits: Vec<(Arc<ServiceState>, u32)>,
+    /// Metric series this build created (dropped again if it is abandoned).
+    new_services: Vec<Arc<str>>,
+    new_backends: Vec<(Arc<str>, SocketAddr)>,
+    /// Metric series of what this build removed (dropped on commit).
+    gone_services: Vec<Arc<str>>,
+    gone_backends: Vec<(Arc<str>, SocketAddr)>,
+    /// Services added or changed.
+    rebuilt: usize,
+}
+
+impl Changes {
+    /// The listen addresses whose route changed: the only ones whose
+    /// listener may have to be bound, closed or relabelled.
+    pub fn touched(&self) -> &[SocketAddr] {
+        &self.touched
+    }
+
+    /// How many services were added or rebuilt.
+    pub fn rebuilt(&self) -> usize {
+        self.rebuilt
+    }
+}
 
 /// One immutable snapshot of all routes.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct RoutingTable {
-    routes: HashMap<SocketAddr, Arc<Route>>,
-    services: HashMap<Arc<str>, Arc<ServiceState>>,
-    backends: HashMap<BackendKey, Arc<Backend>>,
-    /// Listen addresses that several sockets (and nodes on one machine)
-    /// share with SO_REUSEPORT: the VIPs.
-    shared: HashSet<SocketAddr>,
+    routes: Sharded<SocketAddr, Arc<Route>>,
+    services: Sharded<Arc<str>, Arc<ServiceEntry>>,
+    service_count: usize,
+    /// Removed services whose connections are still open keep their state
+    /// (without routes), so re-adding one before they close keeps counting
+    /// them against its cap. Normally empty.
+    retired: HashMap<Arc<str>, Arc<ServiceState>>,
 }
 
 impl RoutingTable {
-    /// Builds the routes of `services`, reusing `previous`'s long-lived state.
-    pub fn build(services: &[ServiceRoutes], previous: &RoutingTable, metrics: &Metrics) -> Self {
-        let mut table = RoutingTable::default();
-        for service in services {
-            let state = previous
-                .services
-                .get(service.name.as_str())
-                .cloned()
-                .unwrap_or_else(|| {
-                    Arc::new(ServiceState::new(
+    /// The table `previous` becomes with `updates` applied in order,
+    /// reusing its long-lived state, and what changed.
+    pub fn build(
+        previous: &RoutingTable,
+        updates: &[Update],
+        metrics: &Metrics,
+    ) -> (Self, Changes) {
+        let mut table = previous.clone();
+        let mut changes = Changes::default();
+        let closed: Vec<Arc<str>> = table
+            .retired
+            .iter()
+            .filter(|(_, state)| state.limit.open() == 0)
+            .map(|(name, _)| Arc::clone(name))
+            .collect();
+        for name in closed {
+            table.retired.remove(&name);
+            changes.gone_services.push(name);
+        }
+        for update in updates {
+            match update {
+                Update::Reset(services) => {
+                    let keep: HashSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
+                    let gone: Vec<Arc<str>> = table
+                        .services
+                        .iter()
+                        .filter(|(name, _)| !keep.contains(&***name))
+                        .map(|(name, _)| Arc::clone(name))
+                        .collect();
+                    for name in gone {
+                        table.remove(&name, &mut changes);
+                    }
+                    for service in services {
+                        table.upsert(service, metrics, &mut changes);
+                    }
+                }
+                Update::Add(services) => {
+                    for service in services {
+                        table.upsert(service, metrics, &mut changes);
+                    }
+                }
+                Update::Remove(names) => {
+                    for name in names {
+                        table.remove(name, &mut changes);
+                    }
+                }
+            }
+        }
+        changes.touched.sort_unstable();
+        changes.touched.dedup();
+        (table, changes)
+    }
+
+    /// Routes `service`, unless it has these very routes already.
+    fn upsert(&mut self, service: &ServiceRoutes, metrics: &Metrics, changes: &mut Changes) {
+        let old = self.services.get(service.name.as_str()).cloned();
+        if old.as_ref().is_some_and(|old| old.routes == *service) {
+            return;
+        }
+        changes.rebuilt += 1;
+        let state = match old.as_ref().map(|old| Arc::clone(&old.state)) {
+            Some(state) => state,
+            None => match self.retired.remove(service.name.as_str()) {
+                Some(state) => state,
+                None => {
+                    let state = Arc::new(ServiceState::new(
                         &service.name,
                         service.max_connections,
                         metrics,
-                    ))
+                    ));
+                    changes.new_services.push(Arc::clone(&state.name));
+                    state
+                }
+            },
+        };
+        if old.is_none() {
+            self.service_count += 1;
+        }
+        changes
+            .limits
+            .push((Arc::clone(&state), service.max_connections));
+        let name = &state.name;
+        let mut backends: HashMap<SocketAddr, Arc<Backend>> = HashMap::new();
+        let mut sets = Vec::with_capacity(service.ports.len());
+        for (i, port) in service.ports.iter().enumerate() {
+            let unchanged = old
+                .as_ref()
+                .filter(|old| old.routes.algorithm == service.algorithm)
+                .and_then(|old| Some((old.routes.ports.get(i)?, old.sets.get(i)?)))
+                .filter(|(was, _)| was.endpoints == port.endpoints)
+                .map(|(_, set)| Arc::clone(set));
+            let set = match unchanged {
+                Some(set) => {
+                    for backend in set.backends() {
+                        backends.insert(backend.addr, Arc::clone(backend));
+                    }
+                    set
+                }
+                None => {
+                    let members = port
+                        .endpoints
+                        .iter()
+                        .map(|endpoint| {
+                            let backend = backends
+                                .get(&endpoint.addr)
+                                .or_else(|| old.as_ref()?.backends.get(&endpoint.addr))
+                                .cloned()
+                                .unwrap_or_else(|| {
+                                    changes.new_backends.push((Arc::clone(name), endpoint.addr));
+                                    Arc::new(Backend::new(
+                                        endpoint.addr,
+                                        metrics.backend(name, &endpoint.addr.to_string()),
+                                    ))
+                                });
+                            backends.insert(endpoint.addr, Arc::clone(&backend));
+                            (backend, endpoint.weight)
+                        })
+                        .collect();
+                    Arc::new(BackendSet::new(service.algorithm, members))
+                }
+            };
+            sets.push(set);
+        }
+        let entry = Arc::new(ServiceEntry {
+            routes: service.clone(),
+            state: Arc::clone(&state),
+            sets,
+            backends,
+        });
+        if let Some(old) = &old {
+            for addr in old.backends.keys() {
+                if !entry.backends.contains_key(addr) {
+                    changes.gone_backends.push((Arc::clone(name), *addr));
+                }
+            }
+            let now: HashSet<SocketAddr> = entry.addrs().collect();
+            for addr in old.addrs().filter(|addr| !now.contains(addr)) {
+                self.remove_route(addr, name, changes);
+            }
+        }
+        for (port, set) in entry.routes.ports.iter().zip(&entry.sets) {
+            let addrs = port
+                .listen
+                .iter()
+                .map(|addr| (*addr, false))
+                .chain(port.vip.map(|addr| (addr, true)));
+            for (addr, shared) in addrs {
+                let same = self.routes.get(&addr).is_some_and(|route| {
+                    Arc::ptr_eq(&route.service, &state)
+                        && Arc::ptr_eq(&route.backends, set)
+                        && route.settings == service.settings
+                        && route.shared == shared
                 });
-            table
-                .services
-                .insert(Arc::clone(&state.name), Arc::clone(&state));
-            for port in &service.ports {
-                let members: Vec<(Arc<Backend>, u32)> = port
-                    .endpoints
-                    .iter()
-                    .map(|endpoint| {
-                        let key: BackendKey = (Arc::clone(&state.name), endpoint.addr);
-                        let backend = table
-                            .backends
-                            .get(&key)
-                            .or_else(|| previous.backends.get(&key))
-                            .cloned()
-                            .unwrap_or_else(|| {
-                                Arc::new(Backend::new(
-                                    endpoint.addr,
-                                    metrics.backend(&service.name, &endpoint.addr.to_string()),
-                                ))
-                            });
-                        table.backends.insert(key, Arc::clone(&backend));
-                        (backend, endpoint.weight)
-                    })
-                    .collect();
-                let backends = Arc::new(BackendSet::new(service.algorithm, members));
-                for addr in port.listen.iter().copied().chain(port.vip) {
-                    let route = Route {
-                        service: Arc::clone(&state),
-                        settings: service.settings.clone(),
-                        backends: Arc::clone(&backends),
-                    };
-                    table.routes.insert(addr, Arc::new(route));
+                if same {
+                    continue;
                 }
-                if let Some(addr) = port.vip {
-                    table.shared.insert(addr);
-                }
+                let route = Route {
+                    service: Arc::clone(&state),
+                    settings: service.settings.clone(),
+                    backends: Arc::clone(set),
+                    shared,
+                };
+                self.routes.insert(addr, Arc::new(route));
+                changes.touched.push(addr);
             }
         }
-        // A removed service whose connections are still open keeps its state
-        // (without routes), so re-adding it before they close keeps counting
-        // them against its cap.
-        for (name, state) in &previous.services {
-            if !table.services.contains_key(name) && state.limit.open() > 0 {
-                table.services.insert(Arc::clone(name), Arc::clone(state));
-            }
+        self.services.insert(Arc::clone(&state.name), entry);
+    }
+
+    /// Removes `addr`'s route if `service` still owns it (in one change a
+    /// port may have moved to another service already).
+    fn remove_route(&mut self, addr: SocketAddr, service: &str, changes: &mut Changes) {
+        if self
+            .routes
+            .get(&addr)
+            .is_some_and(|route| &*route.service.name == service)
+        {
+            self.routes.remove(&addr);
+            changes.touched.push(addr);
         }
-        table
+    }
+
+    /// Unroutes the service `name`, if it is routed.
+    fn remove(&mut self, name: &str, changes: &mut Changes) {
+        let Some(entry) = self.services.remove(name) else {
+            return;
+        };
+        self.service_count -= 1;
+        for addr in entry.addrs() {
+            self.remove_route(addr, name, changes);
+        }
+        for addr in entry.backends.keys() {
+            changes
+                .gone_backends
+                .push((Arc::clone(&entry.state.name), *addr));
+        }
+        if entry.state.limit.open() > 0 {
+            self.retired
+                .insert(Arc::clone(&entry.state.name), Arc::clone(&entry.state));
+        } else {
+            changes.gone_services.push(Arc::clone(&entry.state.name));
+        }
+    }
+
+    fn has_service(&self, name: &str) -> bool {
+        self.services.get(name).is_some() || self.retired.contains_key(name)
+    }
+
+    fn has_backend(&self, service: &str, addr: &SocketAddr) -> bool {
+        self.services
+            .get(service)
+            .is_some_and(|entry| entry.backends.contains_key(addr))
     }
 
     /// After the table is stored: applies new connection limits and drops the
     /// metrics of services and backends that are gone.
-    pub fn commit(&self, previous: &RoutingTable, services: &[ServiceRoutes], metrics: &Metrics) {
-        for service in services {
-            if let Some(state) = self.services.get(service.name.as_str()) {
-                state.limit.set_max(service.max_connections);
-            }
+    pub fn commit(&self, changes: &Changes, metrics: &Metrics) {
+        for (state, max) in &changes.limits {
+            state.limit.set_max(*max);
         }
-        for (name, _) in previous.services.iter() {
-            if !self.services.contains_key(name) {
+        for name in &changes.gone_services {
+            if !self.has_service(name) {
                 metrics.remove_service(name);
             }
         }
-        for (key, _) in previous.backends.iter() {
-            if !self.backends.contains_key(key) {
-                metrics.remove_backend(&key.0, &key.1.to_string());
+        for (service, addr) in &changes.gone_backends {
+            if !self.has_backend(service, addr) {
+                metrics.remove_backend(service, &addr.to_string());
             }
         }
     }
@@ -163,38 +459,42 @@ impl RoutingTable {
     /// When a table was built but will not be stored (the reload failed):
     /// drops the metric series it created for services and backends that the
     /// running table does not have.
-    pub fn abandon(&self, running: &RoutingTable, metrics: &Metrics) {
-        for name in self.services.keys() {
-            if !running.services.contains_key(name) {
+    pub fn abandon(&self, changes: &Changes, running: &RoutingTable, metrics: &Metrics) {
+        for name in &changes.new_services {
+            if !running.has_service(name) {
                 metrics.remove_service(name);
             }
         }
-        for key in self.backends.keys() {
-            if !running.backends.contains_key(key) {
-                metrics.remove_backend(&key.0, &key.1.to_string());
+        for (service, addr) in &changes.new_backends {
+            if !running.has_backend(service, addr) {
+                metrics.remove_backend(service, &addr.to_string());
             }
         }
     }
 
     /// Whether `addr` is bound with SO_REUSEPORT (a VIP).
     pub fn is_shared(&self, addr: &SocketAddr) -> bool {
-        self.shared.contains(addr)
+        self.route(addr).is_some_and(|route| route.shared)
     }
 
+    #[inline]
     pub fn route(&self, listen_addr: &SocketAddr) -> Option<&Arc<Route>> {
         self.routes.get(listen_addr)
     }
 
-    /// Every address a listener must be bound on, with its service's name.
-    pub fn listen_addrs(&self) -> impl Iterator<Item = (SocketAddr, &str)> + '_ {
-        self.routes
-            .iter()
-            .map(|(addr, route)| (*addr, &*route.service.name))
+    /// How many services are routed.
+    pub fn service_count(&self) -> usize {
+        self.service_count
     }
 
     /// Every backend with its service's name.
     pub fn backends(&self) -> impl Iterator<Item = (&str, &Arc<Backend>)> + '_ {
-        self.backends.iter().map(|(key, b)| (&*key.0, b))
+        self.services.iter().flat_map(|(name, entry)| {
+            entry
+                .backends
+                .values()
+                .map(move |backend| (&**name, backend))
+        })
     }
 }
 
@@ -205,7 +505,7 @@ mod tests {
     use lb_config::{Algorithm, ProxyProtocol};
 
     use super::*;
-    use crate::discovery::{Endpoint, PortRoutes};
+    use crate::discovery::{Endpoint, PortRoutes, Update};
 
     /// A round-robin service on one listen address.
     fn service(listen: SocketAddr, max_connections: u32, endpoints: &[&str]) -> ServiceRoutes {
@@ -237,18 +537,22 @@ mod tests {
         }
     }
 
+    fn build(previous: &RoutingTable, updates: &[Update], metrics: &Metrics) -> RoutingTable {
+        RoutingTable::build(previous, updates, metrics).0
+    }
+
     #[test]
     fn rebuild_keeps_backend_state_and_routes_by_listen_addr() {
         let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
         let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(); // fixed-port-ok: a map key, nothing bound
-        let v1 = [service(listen, 1000, &["10.0.0.1:80", "10.0.0.2:80"])];
-        let first = RoutingTable::build(&v1, &RoutingTable::default(), &metrics);
+        let v1 = vec![service(listen, 1000, &["10.0.0.1:80", "10.0.0.2:80"])];
+        let first = build(&RoutingTable::default(), &[Update::Reset(v1)], &metrics);
         let route = first.route(&listen).unwrap();
         assert_eq!(route.backends.len(), 2);
         route.backends.backends()[0].eject(Duration::from_secs(60));
 
-        let v2 = [service(listen, 5, &["10.0.0.1:80", "10.0.0.3:80"])];
-        let second = RoutingTable::build(&v2, &first, &metrics);
+        let v2 = vec![service(listen, 5, &["10.0.0.1:80", "10.0.0.3:80"])];
+        let second = build(&first, &[Update::Reset(v2)], &metrics);
         let route2 = second.route(&listen).unwrap();
         assert!(Arc::ptr_eq(
             &route.backends.backends()[0],
@@ -257,5 +561,192 @@ mod tests {
         assert!(route2.backends.backends()[0].is_ejected());
         assert!(Arc::ptr_eq(&route.service, &route2.service));
         assert_eq!(second.backends().count(), 2);
+    }
+
+    // fixed-port-ok: the addresses below are table keys; nothing is bound.
+
+    /// `name` on `127.0.0.1:port`, with `algorithm` and `endpoints`.
+    fn named(name: &str, port: u16, algorithm: Algorithm, endpoints: &[&str]) -> ServiceRoutes {
+        let listen = SocketAddr::from(([127, 0, 0, 1], port));
+        ServiceRoutes {
+            name: name.to_owned(),
+            algorithm,
+            ..service(listen, 100, endpoints)
+        }
+    }
+
+    /// Every route of one service keeps its backend set by identity.
+    fn same_sets(a: &RoutingTable, b: &RoutingTable, addr: SocketAddr) -> bool {
+        Arc::ptr_eq(
+            &a.route(&addr).expect("routed").backends,
+            &b.route(&addr).expect("routed").backends,
+        )
+    }
+
+    #[test]
+    fn a_change_rebuilds_only_the_services_it_touches() {
+        let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let services: Vec<ServiceRoutes> = (0..50)
+            .map(|i| {
+                let algorithm = if i % 2 == 0 {
+                    Algorithm::Maglev
+                } else {
+                    Algorithm::RoundRobin
+                };
+                named(
+                    &format!("s{i}"),
+                    20_000 + i,
+                    algorithm,
+                    &["10.0.0.1:80", "10.0.0.2:80"],
+                )
+            })
+            .collect();
+        let (first, changes) = RoutingTable::build(
+            &RoutingTable::default(),
+            &[Update::Reset(services.clone())],
+            &metrics,
+        );
+        assert_eq!(changes.rebuilt(), 50);
+        assert_eq!(changes.touched().len(), 50);
+        assert_eq!(first.service_count(), 50);
+
+        // One service gains an endpoint, one is removed, one is added.
+        let mut grown = services[4].clone();
+        grown.ports[0].endpoints.push(Endpoint {
+            addr: "10.0.0.3:80".parse().unwrap(), // fixed-port-ok: nothing bound
+            weight: 1,
+        });
+        let updates = [
+            Update::Add(vec![
+                grown,
+                named("new", 21_000, Algorithm::Maglev, &["10.0.0.9:80"]),
+            ]),
+            Update::Remove(vec!["s7".to_owned()]),
+        ];
+        let (second, changes) = RoutingTable::build(&first, &updates, &metrics);
+        assert_eq!(changes.rebuilt(), 2);
+        assert_eq!(
+            changes.touched(),
+            [addr(20_004), addr(20_007), addr(21_000)]
+        );
+        assert_eq!(second.service_count(), 50);
+        assert!(second.route(&addr(20_007)).is_none());
+        assert_eq!(
+            second.route(&addr(20_004)).expect("routed").backends.len(),
+            3
+        );
+        for i in (0..50).filter(|&i| i != 4 && i != 7) {
+            assert!(
+                same_sets(&first, &second, addr(20_000 + i)),
+                "s{i} was rebuilt"
+            );
+        }
+        // The grown service kept its backends' state.
+        let before = first.route(&addr(20_004)).expect("routed");
+        let after = second.route(&addr(20_004)).expect("routed");
+        assert!(Arc::ptr_eq(&before.service, &after.service));
+        assert!(Arc::ptr_eq(
+            &before.backends.backends()[0],
+            &after.backends.backends()[0]
+        ));
+
+        // The same routes again (a Reset of the same list, or an Add of an
+        // unchanged service) rebuild nothing: even Maglev tables stay.
+        let mut again = services.clone();
+        again.retain(|s| s.name != "s7" && s.name != "s4");
+        again.push(updates_service(&updates, "s4"));
+        again.push(updates_service(&updates, "new"));
+        let (third, changes) = RoutingTable::build(&second, &[Update::Reset(again)], &metrics);
+        assert_eq!(changes.rebuilt(), 0);
+        assert!(changes.touched().is_empty());
+        for port in (20_000..20_050).filter(|&p| p != 20_007).chain([21_000]) {
+            assert!(same_sets(&second, &third, addr(port)), "{port} was rebuilt");
+        }
+        let (_, changes) =
+            RoutingTable::build(&third, &[Update::Add(vec![services[0].clone()])], &metrics);
+        assert_eq!(changes.rebuilt(), 0);
+
+        // Settings change, endpoints do not: the route is new, the backend
+        // set (and its Maglev table) is the one it had.
+        let mut slower = services[0].clone();
+        slower.settings.connect_timeout = Duration::from_secs(9);
+        let (fourth, changes) = RoutingTable::build(&third, &[Update::Add(vec![slower])], &metrics);
+        assert_eq!(changes.touched(), [addr(20_000)]);
+        assert!(same_sets(&third, &fourth, addr(20_000)));
+        assert_eq!(
+            fourth
+                .route(&addr(20_000))
+                .expect("routed")
+                .settings
+                .connect_timeout,
+            Duration::from_secs(9)
+        );
+    }
+
+    fn updates_service(updates: &[Update], name: &str) -> ServiceRoutes {
+        updates
+            .iter()
+            .find_map(|update| match update {
+                Update::Add(services) => services.iter().find(|s| s.name == name).cloned(),
+                _ => None,
+            })
+            .expect("in the updates")
+    }
+
+    #[test]
+    fn a_port_moves_between_services_in_one_change_in_either_order() {
+        let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
+        let shared = SocketAddr::from(([127, 0, 0, 1], 20_100));
+        let a = named("a", 20_100, Algorithm::RoundRobin, &["10.0.0.1:80"]);
+        let b = named("b", 20_101, Algorithm::RoundRobin, &["10.0.0.2:80"]);
+        let first = build(
+            &RoutingTable::default(),
+            &[Update::Reset(vec![a.clone(), b.clone()])],
+            &metrics,
+        );
+        let mut a_moved = a.clone();
+        a_moved.ports[0].listen = vec![SocketAddr::from(([127, 0, 0, 1], 20_102))];
+        let mut b_takes = b.clone();
+        b_takes.ports[0].listen = vec![shared];
+        for order in [
+            vec![a_moved.clone(), b_takes.clone()],
+            vec![b_takes.clone(), a_moved.clone()],
+        ] {
+            let (second, changes) = RoutingTable::build(&first, &[Update::Add(order)], &metrics);
+            let route = second.route(&shared).expect("routed");
+            assert_eq!(&*route.service.name, "b");
+            assert!(changes.touched().contains(&shared));
+            assert_eq!(second.service_count(), 2);
+        }
+    }
+
+    #[test]
+    fn a_removed_service_with_open_connections_keeps_its_state() {
+        let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
+        let listen = SocketAddr::from(([127, 0, 0, 1], 20_200));
+        let web = vec![service(listen, 10, &["10.0.0.1:80"])];
+        let first = build(
+            &RoutingTable::default(),
+            &[Update::Reset(web.clone())],
+            &metrics,
+        );
+        let state = Arc::clone(&first.route(&listen).expect("routed").service);
+        let permit = state.limit.try_acquire().expect("a place");
+        let gone = build(&first, &[Update::Remove(vec!["web".to_owned()])], &metrics);
+        assert_eq!(gone.service_count(), 0);
+        let back = build(&gone, &[Update::Add(web.clone())], &metrics);
+        assert!(Arc::ptr_eq(
+            &state,
+            &back.route(&listen).expect("routed").service
+        ));
+        drop(permit);
+        let gone = build(&back, &[Update::Remove(vec!["web".to_owned()])], &metrics);
+        let later = build(&gone, &[], &metrics);
+        let fresh = build(&later, &[Update::Add(web)], &metrics);
+        assert!(!Arc::ptr_eq(
+            &state,
+            &fresh.route(&listen).expect("routed").service
+        ));
     }
 }

@@ -1,0 +1,234 @@
+#!/usr/bin/env python3
+"""Cost of one change as the cluster grows: one lbd node, N services of 3
+static endpoints each, for round-robin and Maglev.
+
+For each N (default 100, 1,000, 10,000) and algorithm, on a fresh node:
+
+- fill: N services created one after another through /v1 (each publishes
+  one port; each gets a VIP), the last `--sample` of them timed from the
+  create's answer until its published port accepts a connection that a
+  backend answers (create -> routed);
+- change: `--sample` services get 3 new endpoints each, timed from the
+  update's answer until a connection to the port reaches a new backend
+  (endpoint change -> routed);
+- lbd CPU per change: lbd's user + system time over the change phase,
+  divided by its number of changes;
+- RSS per service: (RSS with N services - RSS before the first) / N.
+
+Runs `--lbd` and, for a comparison in the same run, `--baseline` (another
+build's lbd). The node runs on a random 127.B.0.1 with its VIP range in
+127.B.0.0/16 (its published ports 20000 + i, the API on :9900) with one
+proxy thread, so each service costs two descriptors (its port and its
+VIP): N is bounded by the descriptor hard limit (`ulimit -Hn`; lbd raises
+its soft limit to it) at about half of it. The backends are six threads in
+this process. Every wait is bounded.
+
+    flock -o /tmp/lbmesh-cargo.lock python3 loadtest/scale.py \\
+        --lbd target/release/lbd [--baseline /tmp/main-lbd] [--sizes 100,1000,5000]
+"""
+import argparse
+import http.client
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+FIRST_PORT = 20000  # fixed-port-ok: on the run's own random 127.B.0.1
+API_PORT = 9900  # fixed-port-ok: lbd's default, on the run's own 127.B.0.1
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class Backends:
+    """Six TCP servers that write their name and close: a, b, c serve every
+    service at first, d, e, f replace them in the change phase."""
+
+    def __init__(self, ip):
+        self.addrs = {}
+        self.stop = False
+        for name in "abcdef":
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((ip, 0))
+            sock.listen(1024)
+            self.addrs[name] = f"{ip}:{sock.getsockname()[1]}"
+            threading.Thread(target=self.serve, args=(sock, name.encode()), daemon=True).start()
+
+    def serve(self, sock, name):
+        while not self.stop:
+            try:
+                conn, _ = sock.accept()
+                conn.sendall(name + b"\n")
+                conn.close()
+            except OSError:
+                pass
+
+
+def answer(ip, port, timeout=0.5):
+    """The backend name a connection to ip:port reads, or None."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as conn:
+            data = conn.recv(16)
+            return data.decode().strip() or None
+    except OSError:
+        return None
+
+
+def wait_answer(ip, port, names, limit=10.0):
+    """Polls until a connection reads one of `names`; the seconds it took
+    from now, or None at the limit."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        if answer(ip, port) in names:
+            return time.perf_counter() - start
+        time.sleep(0.0005)
+    return None
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_bytes(pid):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE
+
+
+class Node:
+    def __init__(self, lbd, workdir):
+        self.block = random.randint(100, 199)
+        self.ip = f"127.{self.block}.0.1"
+        self.dir = workdir
+        # One proxy thread: every listener costs one descriptor per thread,
+        # and each service has two (its published port and its VIP).
+        args = [lbd, "--advertise-addr", self.ip, "--threads", "1",
+                "--data-dir", f"{workdir}/data", "--vip-range", f"127.{self.block}.128.0/17",
+                "--shutdown-grace", "1s"]
+        self.log = open(f"{workdir}/lbd.log", "w")
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
+        self.token = None
+        deadline = time.time() + 30
+        while time.time() < deadline and self.token is None:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            if line.startswith("lbctl control token"):
+                self.token = line.split()[-1]
+        if not self.token:
+            sys.exit(f"lbd printed no control token; see {workdir}/lbd.log")
+        self.conn = http.client.HTTPConnection(self.ip, API_PORT, timeout=60)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                if self.call("GET", "/v1/cluster")[0] == 200:
+                    break
+            except OSError:
+                self.conn = http.client.HTTPConnection(self.ip, API_PORT, timeout=60)
+            time.sleep(0.1)
+
+    def call(self, method, path, body=None):
+        headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+        data = json.dumps(body) if body is not None else None
+        self.conn.request(method, path, body=data, headers=headers)
+        response = self.conn.getresponse()
+        return response.status, response.read()
+
+    def stop(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.log.close()
+
+
+def spec(i, endpoints, algorithm):
+    return {
+        "name": f"s{i}",
+        "ports": [{"published": FIRST_PORT + i, "target": 80}],
+        "endpoints": [{"address": a} for a in endpoints],
+        "algorithm": algorithm,
+    }
+
+
+def pct(values, p):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def run_one(lbd, n, algorithm, sample):
+    workdir = tempfile.mkdtemp(prefix="lbmesh-scale-")
+    node = Node(lbd, workdir)
+    try:
+        backends = Backends(node.ip)
+        old = [backends.addrs[x] for x in "abc"]
+        new = [backends.addrs[x] for x in "def"]
+        rss_before = rss_bytes(node.proc.pid)
+        create_ms = []
+        fill_start = time.time()
+        for i in range(n):
+            status, body = node.call("POST", "/v1/services", spec(i, old, algorithm))
+            if status not in (200, 201):
+                sys.exit(f"create s{i}: {status} {body[:200]!r}")
+            if i >= n - sample:
+                took = wait_answer(node.ip, FIRST_PORT + i, {"a", "b", "c"})
+                if took is None:
+                    sys.exit(f"s{i} was not routed within 10 s")
+                create_ms.append(took * 1000)
+        fill_s = time.time() - fill_start
+        time.sleep(1)
+        rss_per_service = (rss_bytes(node.proc.pid) - rss_before) / n
+        change_ms = []
+        cpu_start = cpu_seconds(node.proc.pid)
+        changed = random.sample(range(n), min(sample, n))
+        for i in changed:
+            status, body = node.call("PUT", f"/v1/services/s{i}", spec(i, new, algorithm))
+            if status != 200:
+                sys.exit(f"update s{i}: {status} {body[:200]!r}")
+            took = wait_answer(node.ip, FIRST_PORT + i, {"d", "e", "f"})
+            if took is None:
+                sys.exit(f"s{i}'s new endpoints were not routed within 10 s")
+            change_ms.append(took * 1000)
+        cpu_per_change_ms = (cpu_seconds(node.proc.pid) - cpu_start) / len(changed) * 1000
+        backends.stop = True
+        return {
+            "n": n, "algorithm": algorithm, "fill_s": round(fill_s, 1),
+            "create_p50_ms": round(pct(create_ms, 50), 2), "create_p99_ms": round(pct(create_ms, 99), 2),
+            "change_p50_ms": round(pct(change_ms, 50), 2), "change_p99_ms": round(pct(change_ms, 99), 2),
+            "cpu_per_change_ms": round(cpu_per_change_ms, 2),
+            "rss_per_service_kib": round(rss_per_service / 1024, 1),
+        }
+    finally:
+        node.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lbd", required=True)
+    parser.add_argument("--baseline", help="another build's lbd, measured alike")
+    parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument("--algorithms", default="round-robin,maglev")
+    parser.add_argument("--sample", type=int, default=100, help="creates and changes timed per run")
+    args = parser.parse_args()
+    builds = [("lbd", args.lbd)] + ([("baseline", args.baseline)] if args.baseline else [])
+    print("| build | algorithm | services | fill s | create→routed p50 / p99 ms "
+          "| change→routed p50 / p99 ms | lbd CPU per change ms | RSS per service KiB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n in [int(x) for x in args.sizes.split(",")]:
+        for algorithm in args.algorithms.split(","):
+            for label, lbd in builds:
+                r = run_one(lbd, n, algorithm, min(args.sample, n))
+                print(f"| {label} | {algorithm} | {n:,} | {r['fill_s']} | {r['create_p50_ms']} / {r['create_p99_ms']} "
+                      f"| {r['change_p50_ms']} / {r['change_p99_ms']} | {r['cpu_per_change_ms']} "
+                      f"| {r['rss_per_service_kib']} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
