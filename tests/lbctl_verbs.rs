@@ -1,0 +1,289 @@
+//! lbctl's docker-like listing verbs and `apply -f`'s plan against a
+//! one-node cluster (one `lbd` on 127.A.B.1): `-q`, `--filter`, several
+//! names for `inspect` and `ps`, `node ps`, RFC 3339 times in JSON, and
+//! `apply` printing its plan, `--dry-run` changing nothing and a `[node]`
+//! table reported as ignored.
+use std::time::Duration;
+
+use test_support::cluster::*;
+use test_support::mesh::wait_serving;
+
+/// A task that serves HTTP on its HOST:PORT (busybox httpd), so its
+/// default TCP check passes.
+const SERVER: &str = "d=$(mktemp -d) && exec busybox httpd -f -p $HOST:$PORT -h $d";
+
+fn ok(cluster: &Cluster, args: &[&str]) -> String {
+    let (code, out, err) = cluster.lbctl(0, args);
+    assert_eq!(code, 0, "lbctl {args:?}: {err}");
+    out
+}
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+#[test]
+fn lists_take_quiet_filters_and_several_names() {
+    let cluster = Cluster::bootstrap(&[], None);
+    let port = free_port_on_all(&cluster).to_string();
+    let second = free_port_on_all(&cluster).to_string();
+    let third = free_port_on_all(&cluster).to_string();
+    ok(
+        &cluster,
+        &[
+            "service",
+            "create",
+            "web",
+            "--command",
+            SERVER,
+            "--replicas",
+            "2",
+            "-p",
+            &format!("{port}:80/tcp"),
+        ],
+    );
+    ok(
+        &cluster,
+        &[
+            "service",
+            "create",
+            "apigw",
+            "--command",
+            SERVER,
+            "--mode",
+            "global",
+            "-p",
+            &second,
+        ],
+    );
+    ok(
+        &cluster,
+        &[
+            "service",
+            "create",
+            "api",
+            "--endpoint",
+            "127.0.0.1:9",
+            "-p",
+            &third,
+        ],
+    );
+    wait_serving(&cluster, "web", 2, Duration::from_secs(30));
+    wait_serving(&cluster, "apigw", 1, Duration::from_secs(30));
+
+    // service ls: -q, name (a prefix, either value), mode, and a key it lacks.
+    assert_eq!(
+        lines(&ok(&cluster, &["service", "ls", "-q"])),
+        ["api", "apigw", "web"]
+    );
+    assert_eq!(
+        lines(&ok(
+            &cluster,
+            &["service", "ls", "-q", "--filter", "name=ap"]
+        )),
+        ["api", "apigw"]
+    );
+    assert_eq!(
+        lines(&ok(
+            &cluster,
+            &["service", "ls", "-q", "-f", "name=web", "-f", "name=api"]
+        )),
+        ["api", "apigw", "web"]
+    );
+    assert_eq!(
+        lines(&ok(&cluster, &["service", "ls", "-q", "-f", "mode=global"])),
+        ["apigw"]
+    );
+    let (code, out, err) = cluster.lbctl(0, &["service", "ls", "-f", "desired-state=running"]);
+    assert_eq!(code, 1);
+    assert!(out.is_empty());
+    assert_eq!(
+        err,
+        "Error: filter: \"desired-state\" is not a filter here; use id, name, mode\n"
+    );
+
+    // inspect: one name an object, several an array in the order given.
+    let one = cluster
+        .json(0, &["service", "inspect", "web"])
+        .expect("inspect");
+    assert_eq!(one["spec"]["name"], "web");
+    let two = cluster
+        .json(0, &["service", "inspect", "web", "api"])
+        .expect("inspect two");
+    let names: Vec<&str> = two
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter_map(|s| s["spec"]["name"].as_str())
+        .collect();
+    assert_eq!(names, ["web", "api"]);
+    let (code, _, err) = cluster.lbctl(0, &["service", "inspect", "web", "nosuch"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nosuch"), "{err}");
+
+    // ps: several services, -q, name and desired-state filters.
+    let web = cluster.json(0, &["service", "ps", "web"]).expect("ps web");
+    let web: Vec<&serde_json::Value> = web.as_array().expect("tasks").iter().collect();
+    assert_eq!(web.len(), 2);
+    let both = ok(&cluster, &["service", "ps", "-q", "web", "apigw"]);
+    assert_eq!(lines(&both).len(), 3, "{both}");
+    let slot1: Vec<&str> = web
+        .iter()
+        .filter(|t| t["slot"] == 1)
+        .filter_map(|t| t["id"].as_str())
+        .collect();
+    assert_eq!(
+        lines(&ok(
+            &cluster,
+            &["service", "ps", "-q", "web", "-f", "name=web.1"]
+        )),
+        slot1
+    );
+    assert_eq!(
+        ok(
+            &cluster,
+            &["service", "ps", "-q", "web", "-f", "desired-state=shutdown"]
+        ),
+        ""
+    );
+    let (code, _, err) =
+        cluster.lbctl(0, &["service", "ps", "web", "-f", "desired-state=accepted"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the value must be one of running, shutdown"),
+        "{err}"
+    );
+
+    // Times are RFC 3339 UTC with milliseconds.
+    for task in &web {
+        let created = task["created_at"].as_str().expect("created_at is a string");
+        assert_eq!(created.len(), "2026-12-01T15:54:00.123Z".len(), "{created}");
+        assert!(
+            created.ends_with('Z') && created.as_bytes()[10] == b'T',
+            "{created}"
+        );
+    }
+
+    // node ls and node ps.
+    let node = cluster.json(0, &["node", "ls"]).expect("node ls");
+    let (id, name) = (
+        node[0]["id"].as_str().expect("id"),
+        node[0]["name"].as_str().expect("name"),
+    );
+    assert_eq!(lines(&ok(&cluster, &["node", "ls", "-q"])), [id]);
+    assert_eq!(ok(&cluster, &["node", "ls", "-q", "-f", "role=worker"]), "");
+    assert_eq!(ok(&cluster, &["node", "ls", "-q", "-f", "label=zone"]), "");
+    ok(&cluster, &["node", "update", name, "--label-add", "zone=a"]);
+    assert_eq!(
+        lines(&ok(
+            &cluster,
+            &["node", "ls", "-q", "-f", "node.label=zone=a"]
+        )),
+        [id]
+    );
+    assert_eq!(
+        ok(&cluster, &["node", "ls", "-q", "-f", "label=zone=b"]),
+        ""
+    );
+    let mut on_node = lines(&ok(&cluster, &["node", "ps", "-q", name]))
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>();
+    let mut expected = lines(&both)
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>();
+    on_node.sort();
+    expected.sort();
+    assert_eq!(on_node, expected, "node ps lists the node's tasks");
+    let by_filter = ok(
+        &cluster,
+        &[
+            "node",
+            "ps",
+            "-q",
+            id,
+            "-f",
+            &format!("node={name}"),
+            "-f",
+            "name=apigw",
+        ],
+    );
+    assert_eq!(lines(&by_filter).len(), 1, "{by_filter}");
+    let table = ok(&cluster, &["node", "ps", name]);
+    assert!(table.starts_with("ID "), "{table}");
+    assert_eq!(table.lines().count(), 4, "{table}");
+}
+
+#[test]
+fn apply_prints_its_plan_and_dry_run_changes_nothing() {
+    let cluster = Cluster::bootstrap(&[], None);
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("services.toml");
+    let path = file.to_str().expect("utf-8 path");
+    let write = |body: &String| std::fs::write(&file, body).expect("write file");
+    let (web, db) = (free_port_on_all(&cluster), free_port_on_all(&cluster));
+    write(&format!(
+        "[node]\nname = \"edge\"\n\n[[service]]\nname = \"web\"\nports = [{{ published = {web} }}]\n\
+         endpoints = [{{ address = \"127.0.0.1:9\" }}]\n\n\
+         [[service]]\nname = \"db\"\nports = [{{ published = {db} }}]\nendpoints = [{{ address = \"127.0.0.1:7\" }}]\n",
+    ));
+    let notice = format!(
+        "Notice: {path}: the [node] table is ignored: it configures one `lbd --config` process, not the cluster\n"
+    );
+
+    let (code, out, err) = cluster.lbctl(0, &["apply", "-f", path, "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, "web: create\ndb: create\ndry run: nothing changed\n");
+    assert_eq!(err, notice);
+    assert_eq!(
+        ok(&cluster, &["service", "ls", "-q"]),
+        "",
+        "a dry run created something"
+    );
+
+    let (code, out, err) = cluster.lbctl(0, &["apply", "-f", path]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "web: create\ndb: create\napplied: 2 created, 0 updated, 0 unchanged, 0 removed\n"
+    );
+    assert_eq!(
+        lines(&ok(&cluster, &["service", "ls", "-q"])),
+        ["db", "web"]
+    );
+
+    // The file changes web's endpoint and no longer names db.
+    write(&format!(
+        "[[service]]\nname = \"web\"\nports = [{{ published = {web} }}]\n\
+         endpoints = [{{ address = \"127.0.0.1:8\", weight = 2 }}]\n"
+    ));
+    let before = cluster.json(0, &["service", "ls"]).expect("ls");
+    let (code, out, err) = cluster.lbctl(0, &["apply", "-f", path, "--prune", "--dry-run"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "web: update\n    endpoints: [{\"address\":\"127.0.0.1:9\"}] -> [{\"address\":\"127.0.0.1:8\",\"weight\":2}]\n\
+         db: remove\ndry run: nothing changed\n"
+    );
+    assert_eq!(err, "", "no [node] table, no notice");
+    assert_eq!(
+        cluster.json(0, &["service", "ls"]).expect("ls"),
+        before,
+        "a dry run changed something"
+    );
+
+    let (code, out, err) = cluster.lbctl(0, &["apply", "-f", path]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.ends_with("applied: 0 created, 1 updated, 0 unchanged, 0 removed\n"),
+        "{out}"
+    );
+    let (code, out, _) = cluster.lbctl(0, &["apply", "-f", path, "--prune"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "web: unchanged\ndb: remove\napplied: 0 created, 0 updated, 1 unchanged, 1 removed\n"
+    );
+    assert_eq!(lines(&ok(&cluster, &["service", "ls", "-q"])), ["web"]);
+}
