@@ -99,7 +99,7 @@ fn lists_take_quiet_filters_and_several_names() {
     assert!(out.is_empty());
     assert_eq!(
         err,
-        "Error: filter: \"desired-state\" is not a filter here; use id, name, mode\n"
+        "Error: filter: \"desired-state\" is not a filter here; use name, mode\n"
     );
 
     // inspect: one name an object, several an array in the order given.
@@ -286,4 +286,98 @@ fn apply_prints_its_plan_and_dry_run_changes_nothing() {
         "web: unchanged\ndb: remove\napplied: 0 created, 0 updated, 1 unchanged, 1 removed\n"
     );
     assert_eq!(lines(&ok(&cluster, &["service", "ls", "-q"])), ["web"]);
+}
+
+/// `(role, raft)` of each node, by name.
+fn roles(cluster: &Cluster) -> std::collections::BTreeMap<String, (String, String)> {
+    let nodes = cluster.json(0, &["node", "ls"]).expect("node ls");
+    nodes
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .map(|n| {
+            let text = |key: &str| n[key].as_str().unwrap_or_default().to_owned();
+            (text("name"), (text("role"), text("raft")))
+        })
+        .collect()
+}
+
+#[test]
+fn promote_and_demote_move_votes_and_keep_them_odd() {
+    let cluster = Cluster::form();
+    let leader = cluster.leader_index().expect("a leader");
+    let ids: Vec<String> = (0..3)
+        .map(|n| {
+            cluster.json(n, &["cluster", "info"]).expect("info")["node_id"]
+                .as_str()
+                .expect("id")
+                .to_owned()
+        })
+        .collect();
+    let nodes = cluster.json(0, &["node", "ls"]).expect("node ls");
+    let name_of = |n: usize| -> String {
+        nodes
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .find(|node| node["id"].as_str() == Some(ids[n].as_str()))
+            .and_then(|node| node["name"].as_str())
+            .expect("name")
+            .to_owned()
+    };
+    let (lead, a, b) = (
+        name_of(leader),
+        name_of((leader + 1) % 3),
+        name_of((leader + 2) % 3),
+    );
+    let voters = |cluster: &Cluster| {
+        roles(cluster)
+            .values()
+            .filter(|(_, raft)| raft != "learner")
+            .count()
+    };
+    assert_eq!(voters(&cluster), 3);
+
+    // Demote a follower: two managers leave one vote (odd), the leader's.
+    let out = ok(&cluster, &["node", "demote", &a]);
+    assert_eq!(out, format!("{a} is now a worker\n"));
+    let now = roles(&cluster);
+    assert_eq!(now[&a], ("worker".to_owned(), "learner".to_owned()));
+    assert_eq!(now[&b], ("manager".to_owned(), "learner".to_owned()));
+    assert_eq!(now[&lead], ("manager".to_owned(), "leader".to_owned()));
+
+    // Neither the leader nor the last manager can be demoted.
+    let (code, _, err) = cluster.lbctl(0, &["node", "demote", &lead]);
+    assert_eq!(code, 1);
+    assert!(err.contains("leads the cluster"), "{err}");
+    let (code, _, _) = cluster.lbctl(0, &["node", "demote", &b]);
+    assert_eq!(code, 0, "b is a manager while the leader is one too");
+    let (code, _, err) = cluster.lbctl(0, &["node", "demote", &lead]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is the last manager; promote another first"),
+        "{err}"
+    );
+
+    // Promote both back: three managers, three votes.
+    let out = ok(&cluster, &["node", "promote", &a, &b]);
+    assert_eq!(out, format!("{a} is now a manager\n{b} is now a manager\n"));
+    let now = roles(&cluster);
+    assert!(now.values().all(|(role, _)| role == "manager"), "{now:?}");
+    assert_eq!(voters(&cluster), 3, "{now:?}");
+    // The cluster still commits writes through a former learner.
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = cluster.lbctl(
+        (leader + 1) % 3,
+        &[
+            "service",
+            "create",
+            "after",
+            "-p",
+            &port,
+            "--endpoint",
+            "127.0.0.1:9",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
 }

@@ -176,6 +176,20 @@ pub enum NodeCommand {
         #[arg(long = "label-rm", value_name = "KEY")]
         label_rm: Vec<String>,
     },
+    /// Make nodes managers: they vote in Raft (kept at an odd count of at
+    /// most five).
+    Promote {
+        /// Node names or ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make nodes workers: they keep a copy of the registry but do not
+    /// vote (not the leader, nor the last manager).
+    Demote {
+        /// Node names or ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Remove a node that is down (`--force` for one that is not).
     #[command(alias = "remove")]
     Rm {

@@ -20,12 +20,8 @@ pub struct Key {
     pub values: Option<&'static [&'static str]>,
 }
 
-/// Keys of `service ls`.
+/// Keys of `service ls` (services have no id apart from their name).
 pub const SERVICE_LS: &[Key] = &[
-    Key {
-        name: "id",
-        values: None,
-    },
     Key {
         name: "name",
         values: None,
@@ -164,7 +160,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "filter: \"colour\" is not a filter here; use id, name, mode"
+            "filter: \"colour\" is not a filter here; use name, mode"
         );
         let err = filters(&["desired-state=asleep"], TASK_PS)
             .unwrap_err()

@@ -1,6 +1,6 @@
-//! `lbctl node ls|inspect|ps|update|rm`.
+//! `lbctl node ls|inspect|ps|update|promote|demote|rm`.
 
-use lbmesh_api::{Client, Node, NodeUpdate};
+use lbmesh_api::{Client, Node, NodeUpdate, Role};
 
 use crate::cli::{Availability, Format, NodeCommand};
 use crate::error::CtlError;
@@ -61,15 +61,33 @@ pub async fn run(
                 }),
                 labels_add: label_add.iter().cloned().collect(),
                 labels_remove: label_rm.clone(),
+                role: None,
             };
             let updated = client.update_node(node, &update).await?;
             render(format, &updated, |member| format!("{}\n", member.name))
         }
+        NodeCommand::Promote { nodes } => set_role(client, nodes, Role::Manager).await,
+        NodeCommand::Demote { nodes } => set_role(client, nodes, Role::Worker).await,
         NodeCommand::Rm { node, force } => {
             client.remove_node(node, *force).await?;
             Ok(format!("{node}\n"))
         }
     }
+}
+
+/// `node promote|demote`: one update per node, in the order given; prints
+/// each node's name once its role and votes changed.
+async fn set_role(client: &Client, nodes: &[String], role: Role) -> Result<String, CtlError> {
+    let mut out = String::new();
+    for node in nodes {
+        let update = NodeUpdate {
+            role: Some(role),
+            ..NodeUpdate::default()
+        };
+        let member = client.update_node(node, &update).await?;
+        out.push_str(&format!("{} is now a {role}\n", member.name));
+    }
+    Ok(out)
 }
 
 fn node_table(nodes: &[Node]) -> String {

@@ -37,8 +37,7 @@ pub async fn run(
             let mut services = client.services().await?;
             services.retain(|status| {
                 let spec = &status.service.spec;
-                filters.keep("id", |v| spec.name.starts_with(v))
-                    && filters.keep("name", |v| spec.name.starts_with(v))
+                filters.keep("name", |v| spec.name.starts_with(v))
                     && filters.keep("mode", |v| mode(spec.mode) == v)
             });
             if list.quiet {

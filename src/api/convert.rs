@@ -65,6 +65,13 @@ fn availability(availability: registry::Availability) -> api::Availability {
     }
 }
 
+pub fn registry_role(role: api::Role) -> registry::Role {
+    match role {
+        api::Role::Manager => registry::Role::Manager,
+        api::Role::Worker => registry::Role::Worker,
+    }
+}
+
 pub fn registry_availability(availability: api::Availability) -> registry::Availability {
     match availability {
         api::Availability::Active => registry::Availability::Active,
