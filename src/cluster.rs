@@ -802,6 +802,7 @@ mod tests {
                     }],
                     ..lb_config::ServiceSpec::default()
                 },
+                id: String::new(),
             });
             assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
         }

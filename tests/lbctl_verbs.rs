@@ -99,7 +99,43 @@ fn lists_take_quiet_filters_and_several_names() {
     assert!(out.is_empty());
     assert_eq!(
         err,
-        "Error: filter: \"desired-state\" is not a filter here; use name, mode\n"
+        "Error: filter: \"desired-state\" is not a filter here; use id, name, mode\n"
+    );
+
+    // service ls's ID column; ids are kept by updates and filter by prefix.
+    let table = ok(&cluster, &["service", "ls"]);
+    assert!(table.starts_with("ID "), "{table}");
+    let api_id = cluster
+        .json(0, &["service", "inspect", "api"])
+        .expect("inspect")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    assert!(
+        api_id.len() == 12 && api_id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{api_id}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&format!("{api_id}   api "))),
+        "{table}"
+    );
+    ok(
+        &cluster,
+        &["service", "update", "api", "--endpoint", "127.0.0.1:8"],
+    );
+    let after = cluster
+        .json(0, &["service", "inspect", "api"])
+        .expect("inspect");
+    assert_eq!(after["id"], api_id.as_str(), "an update keeps the id");
+    assert_eq!(after["version"], 2);
+    assert_eq!(
+        lines(&ok(
+            &cluster,
+            &["service", "ls", "-q", "-f", &format!("id={}", &api_id[..6])]
+        )),
+        ["api"]
     );
 
     // inspect: one name an object, several an array in the order given.

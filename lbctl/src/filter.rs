@@ -20,8 +20,12 @@ pub struct Key {
     pub values: Option<&'static [&'static str]>,
 }
 
-/// Keys of `service ls` (services have no id apart from their name).
+/// Keys of `service ls`.
 pub const SERVICE_LS: &[Key] = &[
+    Key {
+        name: "id",
+        values: None,
+    },
     Key {
         name: "name",
         values: None,
@@ -160,7 +164,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "filter: \"colour\" is not a filter here; use name, mode"
+            "filter: \"colour\" is not a filter here; use id, name, mode"
         );
         let err = filters(&["desired-state=asleep"], TASK_PS)
             .unwrap_err()

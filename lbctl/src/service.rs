@@ -37,7 +37,8 @@ pub async fn run(
             let mut services = client.services().await?;
             services.retain(|status| {
                 let spec = &status.service.spec;
-                filters.keep("name", |v| spec.name.starts_with(v))
+                filters.keep("id", |v| status.service.id.starts_with(v))
+                    && filters.keep("name", |v| spec.name.starts_with(v))
                     && filters.keep("mode", |v| mode(spec.mode) == v)
             });
             if list.quiet {
@@ -267,7 +268,13 @@ fn service_table(services: &[ServiceStatus]) -> String {
             } else {
                 format!("{}/{}", status.running, status.desired)
             };
+            let id = if service.id.is_empty() {
+                "-".to_owned()
+            } else {
+                service.id.clone()
+            };
             vec![
+                id,
                 spec.name.clone(),
                 mode(spec.mode).to_owned(),
                 replicas,
@@ -282,6 +289,7 @@ fn service_table(services: &[ServiceStatus]) -> String {
         .collect();
     table(
         &[
+            "ID",
             "NAME",
             "MODE",
             "REPLICAS",

@@ -331,6 +331,10 @@ pub struct Node {
 /// A service as the registry holds it: what a write answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
+    /// 12 hex digits, made when the service was created; empty for one
+    /// created by an lbd before service ids.
+    #[serde(default)]
+    pub id: String,
     /// The spec as submitted; it passed validation when it was stored.
     pub spec: ServiceSpec,
     /// Starts at 1 and grows by one with every accepted spec change.

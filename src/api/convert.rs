@@ -89,6 +89,7 @@ fn node_status(status: registry::NodeStatus) -> api::NodeStatus {
 
 pub fn service(record: &ServiceRecord) -> api::Service {
     api::Service {
+        id: record.id.clone(),
         spec: record.spec.clone(),
         version: record.version,
         vip: record.vip,
@@ -216,6 +217,7 @@ mod tests {
             ..ServiceSpec::default()
         };
         let record = ServiceRecord {
+            id: "5e1f0c2a9b3d".to_owned(),
             spec: spec.clone(),
             version: 4,
             vip: "127.77.0.9".parse().expect("ip"),

@@ -90,7 +90,10 @@ pub async fn route(
             {
                 Some(clash) => clash,
                 None => {
-                    let command = Command::CreateService { spec };
+                    // Random like a task id; a resend with the same request
+                    // id gets the first create's answer, id included.
+                    let id = crate::scheduler::new_task_id();
+                    let command = Command::CreateService { spec, id };
                     propose(registry, request, command, Shape::Created).await
                 }
             },
