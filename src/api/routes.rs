@@ -22,7 +22,7 @@ use raft_state::registry::RegistryNode;
 use raft_state::state::{
     Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind, Role,
 };
-use raft_state::state::{Rejection, Role, ServiceRecord};
+use raft_state::state::{Rejection, ServiceRecord};
 use raft_state::store::Applied;
 use raft_state::task::TaskRecord;
 
