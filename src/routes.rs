@@ -622,6 +622,7 @@ mod tests {
             for (name, port) in [("db", 5432), ("cache", 6379)] {
                 let outcome = state.apply(&Command::CreateService {
                     spec: static_spec(name, port),
+                    id: String::new(),
                 });
                 assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
             }
@@ -667,6 +668,7 @@ mod tests {
                     |s| {
                         s.apply(&Command::CreateService {
                             spec: static_spec("queue", 5672),
+                            id: String::new(),
                         });
                     },
                     &["queue"],

@@ -71,9 +71,8 @@ fn main() -> ExitCode {
 /// and `man` need no cluster, so neither a reachable nor a valid `--host`.
 async fn run(cli: &Cli) -> Result<String, CtlError> {
     let client = || -> Result<Client, CtlError> {
-        let token =
-            lbmesh_api::token::read_token(cli.token.as_deref(), cli.token_file.as_deref())
-                .map_err(CtlError::Token)?;
+        let token = lbmesh_api::token::read_token(cli.token.as_deref(), cli.token_file.as_deref())
+            .map_err(CtlError::Token)?;
         Ok(Client::new(&cli.host, token)?)
     };
     match &cli.command {
