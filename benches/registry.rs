@@ -71,6 +71,7 @@ fn command(i: usize) -> Command {
     if i % 2 == 0 {
         Command::CreateService {
             spec: spec(name, 1 + (i / 2 % 60_000) as i64),
+            id: String::new(),
         }
     } else {
         Command::RemoveService { name }

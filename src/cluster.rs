@@ -669,30 +669,54 @@ fn published_port_clash(state: &RegistryState, record: &NodeRecord) -> Option<Jo
     None
 }
 
-/// Promotes manager learners so the number of voters is the largest odd
-/// number not above the managers' count (and at most five).
-async fn balance_voters(node: &RegistryNode) -> Result<(), RegistryError> {
+/// Makes the voters the leader and other managers, as many as the largest
+/// odd number not above the managers' count (and at most five): promotes
+/// manager learners first, then demotes voters that are no longer managers
+/// (`node demote`) or are over that number, never the leader. Runs on the
+/// leader after a manager joins and after `node promote|demote`.
+pub async fn balance_voters(node: &RegistryNode) -> Result<(), RegistryError> {
     let state = node.local().state;
     let metrics = node.metrics();
     let voters: Vec<NodeId> = metrics.membership_config.membership().voter_ids().collect();
+    let learners: Vec<NodeId> = metrics
+        .membership_config
+        .membership()
+        .learner_ids()
+        .collect();
     let managers: Vec<NodeId> = state
         .nodes
         .values()
         .filter(|n| n.role == Role::Manager)
         .map(|n| n.id)
         .collect();
-    let mut target = managers.len().min(MAX_VOTERS);
+    let mut target = managers.len().clamp(1, MAX_VOTERS);
     if target % 2 == 0 {
         target -= 1;
     }
+    // The leader keeps its vote; then the other manager voters, in order.
+    let mut keep: Vec<NodeId> = voters.iter().copied().filter(|v| *v == node.id).collect();
+    keep.extend(
+        voters
+            .iter()
+            .copied()
+            .filter(|v| *v != node.id && managers.contains(v))
+            .take(target.saturating_sub(keep.len())),
+    );
     let promote: Vec<NodeId> = managers
         .iter()
-        .filter(|id| !voters.contains(id))
-        .take(target.saturating_sub(voters.len()))
+        .filter(|id| !voters.contains(id) && learners.contains(id))
+        .take(target.saturating_sub(keep.len()))
         .copied()
         .collect();
-    if promote.len() + voters.len() == target && !promote.is_empty() {
+    if keep.len() + promote.len() != target {
+        return Ok(());
+    }
+    if !promote.is_empty() {
         node.promote(&promote).await?;
+    }
+    let demote: Vec<NodeId> = voters.into_iter().filter(|v| !keep.contains(v)).collect();
+    if !demote.is_empty() {
+        node.demote(&demote).await?;
     }
     Ok(())
 }
@@ -778,6 +802,7 @@ mod tests {
                     }],
                     ..lb_config::ServiceSpec::default()
                 },
+                id: String::new(),
             });
             assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
         }

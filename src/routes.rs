@@ -424,7 +424,10 @@ mod tests {
             }],
             ..ServiceSpec::default()
         };
-        let outcome = state.apply(&Command::CreateService { spec });
+        let outcome = state.apply(&Command::CreateService {
+            spec,
+            id: String::new(),
+        });
         assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
         let record = state.services.get_mut("web").expect("stored");
         record.spec.ports[0].published = 0;
@@ -512,6 +515,7 @@ mod tests {
                     replicas: Some(replicas),
                     ..ServiceSpec::default()
                 },
+                id: String::new(),
             });
             for (node, desired, task_state) in tasks {
                 let id = format!("t{node}");
@@ -618,6 +622,7 @@ mod tests {
             for (name, port) in [("db", 5432), ("cache", 6379)] {
                 let outcome = state.apply(&Command::CreateService {
                     spec: static_spec(name, port),
+                    id: String::new(),
                 });
                 assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
             }
@@ -663,6 +668,7 @@ mod tests {
                     |s| {
                         s.apply(&Command::CreateService {
                             spec: static_spec("queue", 5672),
+                            id: String::new(),
                         });
                     },
                     &["queue"],

@@ -201,7 +201,9 @@ async fn three_node_cluster_serves_the_mesh() {
         let file_arg = file.to_string_lossy().into_owned();
         let (code, out, err) = cluster.lbctl(1, &["apply", "-f", &file_arg, "--prune"]);
         assert_eq!(code, 0, "{err}");
-        assert!(out.contains("web: updated") && out.contains("fresh: created"), "{out}");
+        // The plan first, then what was done.
+        assert!(out.contains("web: update\n") && out.contains("fresh: create\n"), "{out}");
+        assert!(out.contains("applied: 1 created, 1 updated, 0 unchanged, "), "{out}");
         let names = service_names(&cluster.json(2, &["service", "ls"]).expect("ls"));
         assert_eq!(names, ["fresh", "web"]);
         let addr = SocketAddr::new(cluster.ip(2), port);

@@ -1,16 +1,43 @@
-//! `lbctl apply -f FILE [--prune]`: every spec in the file is validated
-//! first; only then are services created, updated (when their spec
-//! differs) and, with `--prune`, the others removed.
+//! `lbctl apply -f FILE [--prune] [--dry-run]`.
+//!
+//! ```text
+//! read + parse + validate every spec ─> GET /v1/services ─> plan ─> print the plan
+//!   ─> (--dry-run: stop) ─> create / update (PUT) / remove (--prune), in plan order
+//! ```
+//!
+//! The plan has one line per service: `create`, `update` with each changed
+//! field (`replicas: 2 -> 3`), `unchanged`, and with `--prune` `remove` for
+//! a service the file does not name. It is printed before anything is
+//! sent, so a failed step leaves it on screen above the error. A file's
+//! `[node]` table configures one `lbd --config` process, not the cluster:
+//! apply says on stderr that it is ignored.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::Path;
 
-use lb_config::{ConfigFile, ServiceSpec};
+use lb_config::{ConfigFile, NodeConfig, ServiceSpec};
 use lbmesh_api::Client;
+use serde_json::Value;
 
 use crate::error::CtlError;
 
-pub async fn run(client: &Client, file: &Path, prune: bool) -> Result<String, CtlError> {
+/// What apply does to one service.
+#[derive(Debug, PartialEq)]
+enum Step<'a> {
+    Create(&'a ServiceSpec),
+    /// The new spec and its changed fields (`path: old -> new`).
+    Update(&'a ServiceSpec, Vec<String>),
+    Unchanged(&'a str),
+    Remove(&'a str),
+}
+
+pub async fn run(
+    client: &Client,
+    file: &Path,
+    prune: bool,
+    dry_run: bool,
+) -> Result<String, CtlError> {
     let path = file.to_path_buf();
     let contents = std::fs::read_to_string(file).map_err(|source| CtlError::Read {
         path: path.clone(),
@@ -20,38 +47,179 @@ pub async fn run(client: &Client, file: &Path, prune: bool) -> Result<String, Ct
         path: path.clone(),
         reason,
     })?;
-    parsed
-        .validate()
-        .map_err(|source| CtlError::Invalid { path, source })?;
+    parsed.validate().map_err(|source| CtlError::Invalid {
+        path: path.clone(),
+        source,
+    })?;
+    if parsed.node != NodeConfig::default() {
+        eprintln!(
+            "Notice: {}: the [node] table is ignored: it configures one `lbd --config` process, not the cluster",
+            path.display()
+        );
+    }
     let existing: BTreeMap<String, ServiceSpec> = client
         .services()
         .await?
         .into_iter()
         .map(|status| (status.service.spec.name.clone(), status.service.spec))
         .collect();
-    let mut out = String::new();
-    for spec in &parsed.services {
-        match existing.get(&spec.name) {
-            None => {
+    let steps = plan(&parsed.services, &existing, prune)?;
+    let mut stdout = std::io::stdout();
+    // Shown before the first write; a write error still leaves it visible.
+    write!(stdout, "{}", plan_text(&steps))
+        .and_then(|()| stdout.flush())
+        .map_err(|source| CtlError::Write {
+            path: "stdout".into(),
+            source,
+        })?;
+    if dry_run {
+        return Ok("dry run: nothing changed\n".to_owned());
+    }
+    let mut counts = [0usize; 4];
+    for step in &steps {
+        match step {
+            Step::Create(spec) => {
                 client.create_service(spec).await?;
-                out.push_str(&format!("{}: created\n", spec.name));
+                counts[0] += 1;
             }
-            Some(current) if current == spec => {
-                out.push_str(&format!("{}: unchanged\n", spec.name));
-            }
-            Some(_) => {
+            Step::Update(spec, _) => {
                 client.update_service(spec).await?;
-                out.push_str(&format!("{}: updated\n", spec.name));
+                counts[1] += 1;
+            }
+            Step::Unchanged(_) => counts[2] += 1,
+            Step::Remove(name) => {
+                client.remove_service(name).await?;
+                counts[3] += 1;
             }
         }
+    }
+    let [created, updated, unchanged, removed] = counts;
+    Ok(format!(
+        "applied: {created} created, {updated} updated, {unchanged} unchanged, {removed} removed\n"
+    ))
+}
+
+/// The steps that make the cluster's services match the file's: the
+/// file's services in file order, then (with `prune`) the removals.
+fn plan<'a>(
+    wanted: &'a [ServiceSpec],
+    existing: &'a BTreeMap<String, ServiceSpec>,
+    prune: bool,
+) -> Result<Vec<Step<'a>>, CtlError> {
+    let mut steps = Vec::new();
+    for spec in wanted {
+        steps.push(match existing.get(&spec.name) {
+            None => Step::Create(spec),
+            Some(current) if current == spec => Step::Unchanged(&spec.name),
+            Some(current) => Step::Update(spec, changes(current, spec)?),
+        });
     }
     if prune {
         for name in existing.keys() {
-            if !parsed.services.iter().any(|s| &s.name == name) {
-                client.remove_service(name).await?;
-                out.push_str(&format!("{name}: removed\n"));
+            if !wanted.iter().any(|s| &s.name == name) {
+                steps.push(Step::Remove(name));
             }
         }
     }
+    Ok(steps)
+}
+
+fn plan_text(steps: &[Step<'_>]) -> String {
+    let mut out = String::new();
+    for step in steps {
+        match step {
+            Step::Create(spec) => out.push_str(&format!("{}: create\n", spec.name)),
+            Step::Update(spec, fields) => {
+                out.push_str(&format!("{}: update\n", spec.name));
+                for field in fields {
+                    out.push_str(&format!("    {field}\n"));
+                }
+            }
+            Step::Unchanged(name) => out.push_str(&format!("{name}: unchanged\n")),
+            Step::Remove(name) => out.push_str(&format!("{name}: remove\n")),
+        }
+    }
+    out
+}
+
+/// The fields that differ between two specs, as `path: old -> new` with
+/// values in compact JSON (`-` for one not set), walking nested tables
+/// (`update.order`). The specs' own serde form is what is compared, so a
+/// field added to `ServiceSpec` is covered without a change here.
+fn changes(current: &ServiceSpec, wanted: &ServiceSpec) -> Result<Vec<String>, CtlError> {
+    let mut out = Vec::new();
+    diff(
+        "",
+        &serde_json::to_value(current)?,
+        &serde_json::to_value(wanted)?,
+        &mut out,
+    );
     Ok(out)
+}
+
+fn diff(path: &str, old: &Value, new: &Value, out: &mut Vec<String>) {
+    match (old, new) {
+        (Value::Object(old), Value::Object(new)) => {
+            let keys: std::collections::BTreeSet<&String> = old.keys().chain(new.keys()).collect();
+            for key in keys {
+                let at = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                diff(
+                    &at,
+                    old.get(key).unwrap_or(&Value::Null),
+                    new.get(key).unwrap_or(&Value::Null),
+                    out,
+                );
+            }
+        }
+        (old, new) if old != new => {
+            let show = |v: &Value| match v {
+                Value::Null => "-".to_owned(),
+                other => other.to_string(),
+            };
+            out.push(format!("{path}: {} -> {}", show(old), show(new)));
+        }
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(toml: &str) -> ServiceSpec {
+        let file = ConfigFile::parse(toml).expect("spec");
+        file.services.into_iter().next().expect("one service")
+    }
+
+    #[test]
+    fn the_plan_names_each_step_and_the_changed_fields() {
+        let web_old = spec(
+            "[[service]]\nname = \"web\"\nreplicas = 2\ncommand = \"srv\"\nports = [{ published = 8080, target = 80 }]\n",
+        );
+        let web_new = spec(
+            "[[service]]\nname = \"web\"\nreplicas = 3\ncommand = \"srv\"\nports = [{ published = 8080, target = 81 }]\n[service.update]\norder = \"start-first\"\n",
+        );
+        let api =
+            spec("[[service]]\nname = \"api\"\nendpoints = [{ address = \"127.0.0.1:9\" }]\n");
+        let db = spec("[[service]]\nname = \"db\"\nendpoints = [{ address = \"127.0.0.1:7\" }]\n");
+        let old =
+            spec("[[service]]\nname = \"old\"\nendpoints = [{ address = \"127.0.0.1:5\" }]\n");
+        let existing = BTreeMap::from([
+            ("web".to_owned(), web_old),
+            ("db".to_owned(), db.clone()),
+            ("old".to_owned(), old),
+        ]);
+        let wanted = [web_new, api, db];
+        let text = plan_text(&plan(&wanted, &existing, true).unwrap());
+        assert_eq!(
+            text,
+            "web: update\n    ports: [{\"published\":8080,\"target\":80}] -> [{\"published\":8080,\"target\":81}]\n    replicas: 2 -> 3\n    update.order: - -> \"start-first\"\napi: create\ndb: unchanged\nold: remove\n"
+        );
+        let without_prune = plan_text(&plan(&wanted, &existing, false).unwrap());
+        assert!(!without_prune.contains("old"), "{without_prune}");
+    }
 }

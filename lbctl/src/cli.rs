@@ -10,12 +10,21 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use lb_config::{EndpointSpec, PortSpec};
 
-use crate::parse::{parse_endpoint, parse_label, parse_publish, parse_scale};
+use crate::parse::{parse_endpoint, parse_filter, parse_label, parse_publish, parse_scale, Filter};
+
+/// `lbctl --version`: the package version and the commit it was built from
+/// (`build.rs`; `unknown` outside a git checkout).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LBCTL_COMMIT"),
+    ")"
+);
 
 #[derive(Debug, Parser)]
 #[command(
     name = "lbctl",
-    version,
+    version = VERSION,
     about = "Drive an lbmesh cluster",
     propagate_version = true
 )]
@@ -75,7 +84,30 @@ pub enum Noun {
         /// Also remove services the file does not name.
         #[arg(long)]
         prune: bool,
+        /// Print the plan and change nothing.
+        #[arg(long = "dry-run")]
+        dry_run: bool,
     },
+    /// Print a shell completion script: `source <(lbctl completion bash)`.
+    Completion {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: Shell,
+    },
+    /// Write man pages, one per command (`lbctl.1`, `lbctl-service-create.1`, ...).
+    Man {
+        /// The directory to write them into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+}
+
+/// `lbctl completion`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,6 +116,7 @@ pub enum ClusterCommand {
     Info,
     /// Print the token that joins a node as manager or worker.
     JoinToken {
+        /// Which token: for managers (voters) or workers.
         #[arg(value_enum)]
         role: JoinRole,
         /// Replace the token first: the old one admits no one; nodes that
@@ -111,12 +144,29 @@ pub enum JoinRole {
 pub enum NodeCommand {
     /// List nodes.
     #[command(alias = "list")]
-    Ls,
-    /// Show one node.
-    Inspect { node: String },
+    Ls {
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Show nodes as JSON (one: an object; several: an array).
+    Inspect {
+        /// Node names or ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// List the tasks assigned to nodes (like `service ps`).
+    Ps {
+        /// Node names or ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        #[command(flatten)]
+        list: ListArgs,
+    },
     /// Change a node's availability or labels.
     Update {
+        /// Node name or id.
         node: String,
+        /// Whether the scheduler may place tasks on the node.
         #[arg(long, value_enum)]
         availability: Option<Availability>,
         /// Add or change a label (`key=value`), repeatable.
@@ -126,13 +176,43 @@ pub enum NodeCommand {
         #[arg(long = "label-rm", value_name = "KEY")]
         label_rm: Vec<String>,
     },
+    /// Make nodes managers: they vote in Raft (kept at an odd count of at
+    /// most five).
+    Promote {
+        /// Node names or ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make nodes workers: they keep a copy of the registry but do not
+    /// vote (not the leader, nor the last manager).
+    Demote {
+        /// Node names or ids.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
     /// Remove a node that is down (`--force` for one that is not).
     #[command(alias = "remove")]
     Rm {
+        /// Node name or id.
         node: String,
+        /// Remove it even if it is not down.
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `-q` and `--filter`, shared by the `ls` and `ps` verbs.
+#[derive(Debug, Args, Default)]
+pub struct ListArgs {
+    /// Print only the ids (service names for `service ls`).
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Keep only matching rows, docker's `KEY=VALUE` (repeatable; the
+    /// same key ORs, different keys AND). `service ls`: id, name, mode;
+    /// `service ps`, `node ps`: id, name, node, desired-state; `node ls`:
+    /// id, name, label (or node.label), role, membership.
+    #[arg(short, long = "filter", value_name = "KEY=VALUE", value_parser = parse_filter)]
+    pub filter: Vec<Filter>,
 }
 
 /// `node update --availability`.
@@ -147,30 +227,45 @@ pub enum Availability {
 pub enum ServiceCommand {
     /// Create a service.
     Create {
+        /// The service's name (unique in the cluster).
         name: String,
         #[command(flatten)]
         spec: SpecArgs,
     },
     /// List services.
     #[command(alias = "list")]
-    Ls,
-    /// Show one service, with its update status.
-    Inspect { name: String },
-    /// List a service's tasks: node, desired and current state, health,
+    Ls {
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Show services as JSON, with their update status (one: an object;
+    /// several: an array).
+    Inspect {
+        /// Service names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List services' tasks: node, desired and current state, health,
     /// endpoint, error.
     Ps {
-        name: String,
+        /// Service names.
+        #[arg(required = true)]
+        names: Vec<String>,
         /// Only tasks that are wanted (desired state running).
         #[arg(long)]
         live: bool,
+        #[command(flatten)]
+        list: ListArgs,
     },
     /// Set replica counts: `lbctl service scale web=5 api=2`.
     Scale {
+        /// Services and their new replica counts.
         #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = parse_scale)]
         targets: Vec<(String, i64)>,
     },
     /// Change a service; flags given replace those settings.
     Update {
+        /// The service to change.
         name: String,
         #[command(flatten)]
         spec: SpecArgs,
@@ -188,10 +283,14 @@ pub enum ServiceCommand {
         constraint_rm: Vec<String>,
     },
     /// Return a service to its previous spec.
-    Rollback { name: String },
+    Rollback {
+        /// The service to roll back.
+        name: String,
+    },
     /// Remove services.
     #[command(alias = "remove")]
     Rm {
+        /// Service names.
         #[arg(required = true)]
         names: Vec<String>,
     },
@@ -206,13 +305,17 @@ pub struct SpecArgs {
     /// Static backend `ADDR[,weight=N]`, repeatable.
     #[arg(long = "endpoint", value_name = "ADDR[,weight=N]", value_parser = parse_endpoint)]
     pub endpoint: Vec<EndpointSpec>,
+    /// How a connection picks its backend.
     #[arg(long, value_enum)]
     pub algorithm: Option<lb_config::Algorithm>,
-    #[arg(long)]
+    /// Tasks to run (replicated mode).
+    #[arg(long, value_name = "N")]
     pub replicas: Option<i64>,
+    /// Send a PROXY protocol header to the backends.
     #[arg(long = "proxy-protocol", value_enum)]
     pub proxy_protocol: Option<lb_config::ProxyProtocol>,
-    #[arg(long = "max-connections")]
+    /// Open connections the service accepts on each node (more wait).
+    #[arg(long = "max-connections", value_name = "N")]
     pub max_connections: Option<i64>,
     /// Open connections one client address may hold (0: no cap; clients
     /// behind one NAT share an address).
@@ -236,11 +339,11 @@ pub struct SpecArgs {
     #[arg(long = "reply-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub reply_timeout: Option<Duration>,
     /// Docker image the tasks run.
-    #[arg(long)]
+    #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
     /// Shell command of each task; without --image it runs as a local
     /// process with HOST and PORT set.
-    #[arg(long)]
+    #[arg(long, value_name = "COMMAND")]
     pub command: Option<String>,
     /// Run each task as NAME|UID[:GROUP|GID] (a process task's user must
     /// exist on the node that runs it).
@@ -249,28 +352,37 @@ pub struct SpecArgs {
     /// Set an environment variable `KEY=VALUE`, repeatable.
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
+    /// Replicated (a number of tasks) or global (one per eligible node).
     #[arg(long, value_enum)]
     pub mode: Option<lb_config::ServiceMode>,
     /// Placement constraint (`node.labels.zone==a`), repeatable.
     #[arg(long = "constraint", value_name = "EXPR")]
     pub constraint: Vec<String>,
+    /// Tasks of the service one node may run (0: no cap).
     #[arg(long = "replicas-max-per-node", value_name = "N")]
     pub replicas_max_per_node: Option<i64>,
+    /// When an ended task is replaced.
     #[arg(long = "restart-condition", value_enum)]
     pub restart_condition: Option<lb_config::RestartCondition>,
+    /// Wait between a task's end and its replacement (`5s`, `1m`).
     #[arg(long = "restart-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub restart_delay: Option<Duration>,
+    /// Replacements of a failing slot before giving up (0: no limit).
     #[arg(long = "restart-max-attempts", value_name = "N")]
     pub restart_max_attempts: Option<i64>,
     /// Tasks replaced at a time (0: all).
     #[arg(long = "update-parallelism", value_name = "N")]
     pub update_parallelism: Option<i64>,
+    /// Wait between batches of a rolling update.
     #[arg(long = "update-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub update_delay: Option<Duration>,
+    /// Stop the old task before starting the new one, or the reverse.
     #[arg(long = "update-order", value_enum)]
     pub update_order: Option<lb_config::UpdateOrder>,
+    /// What a rolling update does when a new task fails.
     #[arg(long = "update-failure-action", value_enum)]
     pub update_failure_action: Option<lb_config::FailureAction>,
+    /// How long a new task is watched for failure before the next batch.
     #[arg(long = "update-monitor", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub update_monitor: Option<Duration>,
     /// SIGTERM to SIGKILL when a task stops.
@@ -279,10 +391,13 @@ pub struct SpecArgs {
     /// How long a departing task keeps its open connections.
     #[arg(long = "drain-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub drain_timeout: Option<Duration>,
+    /// The active health check of each task.
     #[arg(long = "health-type", value_enum)]
     pub health_type: Option<lb_config::HealthCheckKind>,
+    /// Path an `http` check requests.
     #[arg(long = "health-path", value_name = "PATH")]
     pub health_path: Option<String>,
+    /// Time between two checks of a task.
     #[arg(long = "health-interval", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub health_interval: Option<Duration>,
 }
@@ -296,5 +411,30 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// Every command has an about line and every argument a help line, so
+    /// `--help` and the man pages describe them all.
+    #[test]
+    fn every_command_and_argument_is_described() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            if command.get_about().is_none() && !path.is_empty() {
+                missing.push(format!("command {path}"));
+            }
+            for arg in command.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &format!("{path} {}", sub.get_name()), missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:#?}");
     }
 }

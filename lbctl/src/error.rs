@@ -24,6 +24,14 @@ pub enum CtlError {
     /// `--token -` or `--token-file` gave no token.
     #[error("{0}")]
     Token(String),
+    /// A `--filter` the verb does not take.
+    #[error("filter: {0}")]
+    Filter(String),
+    #[error("{}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("output: {0}")]
     Json(#[from] serde_json::Error),
 }

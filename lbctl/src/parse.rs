@@ -1,8 +1,25 @@
 //! Parsers of the flag syntaxes clap does not know: docker's `--publish`
-//! (short and long), `--endpoint ADDR[,weight=N]`, `--label-add KEY=VALUE`
+//! (short and long), `--endpoint ADDR[,weight=N]`, `--label-add KEY=VALUE`, `--filter KEY=VALUE`
 //! and `scale SERVICE=REPLICAS`. Each error says what was expected.
 
 use lb_config::{EndpointSpec, PortSpec};
+
+/// One `--filter KEY=VALUE` (the value may hold `=`, as `label=zone=a`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    pub key: String,
+    pub value: String,
+}
+
+pub fn parse_filter(text: &str) -> Result<Filter, String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => Ok(Filter {
+            key: key.to_owned(),
+            value: value.to_owned(),
+        }),
+        _ => Err(format!("{text:?} is not KEY=VALUE")),
+    }
+}
 
 pub fn parse_label(text: &str) -> Result<(String, String), String> {
     text.split_once('=')
@@ -25,7 +42,17 @@ fn parse_port(text: &str, what: &str) -> Result<i64, String> {
         .map_err(|_| format!("{what} {text:?} is not a port number"))
 }
 
-/// docker's publish syntax, short and long.
+/// A publish protocol: `tcp` (the default), or a clear refusal.
+fn parse_protocol(text: &str) -> Result<String, String> {
+    match text {
+        "tcp" => Ok(text.to_owned()),
+        "udp" => Err("udp is not supported yet (only tcp)".to_owned()),
+        other => Err(format!("protocol {other:?} is not tcp")),
+    }
+}
+
+/// docker's publish syntax, short (`8080:80`, `8080:80/tcp`, `8080`) and
+/// long (`published=8080,target=80,protocol=tcp`).
 pub fn parse_publish(text: &str) -> Result<PortSpec, String> {
     if text.contains('=') {
         let mut spec = PortSpec::default();
@@ -37,20 +64,20 @@ pub fn parse_publish(text: &str) -> Result<PortSpec, String> {
             match key {
                 "published" => published = Some(parse_port(value, "published")?),
                 "target" => spec.target = Some(parse_port(value, "target")?),
-                "protocol" => spec.protocol = Some(value.to_owned()),
+                "protocol" => spec.protocol = Some(parse_protocol(value)?),
                 other => return Err(format!("unknown publish key {other:?}")),
             }
         }
         spec.published = published.ok_or("published= is required")?;
         return Ok(spec);
     }
-    let (published, target) = match text.split_once(':') {
-        Some((p, t)) => (parse_port(p, "published")?, Some(parse_port(t, "target")?)),
-        None => (parse_port(text, "published")?, None),
+    let (ports, protocol) = match text.split_once('/') {
+        Some((ports, protocol)) => (ports, Some(parse_protocol(protocol)?)),
+        None => (text, None),
     };
-    let (target, protocol) = match text.rsplit_once('/') {
-        Some((_, protocol)) => (target, Some(protocol.to_owned())),
-        None => (target, None),
+    let (published, target) = match ports.split_once(':') {
+        Some((p, t)) => (parse_port(p, "published")?, Some(parse_port(t, "target")?)),
+        None => (parse_port(ports, "published")?, None),
     };
     Ok(PortSpec {
         published,
@@ -94,6 +121,22 @@ mod tests {
         assert_eq!(parse_publish("9000").unwrap().target, None);
         assert!(parse_publish("x:80").is_err());
         assert!(parse_publish("target=80").is_err());
+        let tcp = parse_publish("8080:80/tcp").unwrap();
+        assert_eq!(
+            (tcp.published, tcp.target, tcp.protocol.as_deref()),
+            (8080, Some(80), Some("tcp"))
+        );
+        assert_eq!(parse_publish("9000/tcp").unwrap().published, 9000);
+        for udp in ["8080:80/udp", "published=8080,protocol=udp"] {
+            assert_eq!(
+                parse_publish(udp).unwrap_err(),
+                "udp is not supported yet (only tcp)"
+            );
+        }
+        assert_eq!(
+            parse_publish("8080:80/sctp").unwrap_err(),
+            "protocol \"sctp\" is not tcp"
+        );
     }
 
     #[test]

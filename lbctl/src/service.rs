@@ -1,18 +1,21 @@
 //! `lbctl service create|ls|inspect|ps|scale|update|rollback|rm`.
 //!
+//! `ls` and `ps` take `-q` and `--filter` ([`crate::filter`]); `inspect`
+//! and `ps` take several names.
+//!
 //! `create` builds a spec from the flags; `update` reads the current spec,
 //! drops what the `--*-rm` flags name, applies the flags given and sends the
 //! whole spec back. `scale` checks every target exists before changing any.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use lb_config::ServiceSpec;
-use lbmesh_api::{Client, DesiredState, ListenerError, ServiceStatus, Task, TaskEndpoint};
+use lb_config::{ServiceMode, ServiceSpec};
+use lbmesh_api::{Client, DesiredState, ListenerError, ServiceStatus};
 
 use crate::cli::{Format, ServiceCommand, SpecArgs};
 use crate::error::CtlError;
+use crate::filter::{Filters, SERVICE_LS};
 use crate::output::{json, render};
 use crate::table::table;
+use crate::tasks;
 
 pub async fn run(
     client: &Client,
@@ -29,23 +32,54 @@ pub async fn run(
             let created = client.create_service(&body).await?;
             render(format, &created, |_| format!("{name}\n"))
         }
-        ServiceCommand::Ls => render(format, &client.services().await?, |services| {
-            service_table(services)
-        }),
-        ServiceCommand::Inspect { name } => json(&client.service(name).await?),
-        ServiceCommand::Ps { name, live } => {
-            let mut tasks = client.service_tasks(name).await?;
+        ServiceCommand::Ls { list } => {
+            let filters = Filters::new(&list.filter, SERVICE_LS)?;
+            let mut services = client.services().await?;
+            services.retain(|status| {
+                let spec = &status.service.spec;
+                filters.keep("id", |v| status.service.id.starts_with(v))
+                    && filters.keep("name", |v| spec.name.starts_with(v))
+                    && filters.keep("mode", |v| mode(spec.mode) == v)
+            });
+            if list.quiet {
+                return Ok(services
+                    .iter()
+                    .map(|s| format!("{}\n", s.service.spec.name))
+                    .collect());
+            }
+            render(format, &services, |services| service_table(services))
+        }
+        ServiceCommand::Inspect { names } => {
+            let mut found = Vec::new();
+            for name in names {
+                found.push(client.service(name).await?);
+            }
+            match found.as_slice() {
+                [one] => json(one),
+                several => json(&several),
+            }
+        }
+        ServiceCommand::Ps { names, live, list } => {
+            let mut tasks = Vec::new();
+            let mut statuses = Vec::new();
+            for name in names {
+                tasks.extend(client.service_tasks(name).await?);
+                statuses.push(client.service(name).await?);
+            }
             if *live {
                 tasks.retain(|t| t.desired == DesiredState::Running);
             }
-            match format {
-                Format::Json => json(&tasks),
-                // The table also says which nodes cannot bind the service.
-                Format::Table => {
-                    let status = client.service(name).await?;
-                    Ok(task_table(&tasks) + &listener_lines(&status.listener_errors))
-                }
+            let tasks = tasks::filtered(tasks, list)?;
+            let out = tasks::render(&tasks, list, format)?;
+            // The table also says which nodes cannot bind the services.
+            if format == Format::Table && !list.quiet {
+                let errors: Vec<ListenerError> = statuses
+                    .into_iter()
+                    .flat_map(|s| s.listener_errors)
+                    .collect();
+                return Ok(out + &listener_lines(&errors));
             }
+            Ok(out)
         }
         ServiceCommand::Scale { targets } => {
             for (name, _) in targets {
@@ -205,6 +239,14 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     }
 }
 
+/// A mode as `--mode` and the `mode` filter spell it.
+fn mode(mode: ServiceMode) -> &'static str {
+    match mode {
+        ServiceMode::Replicated => "replicated",
+        ServiceMode::Global => "global",
+    }
+}
+
 /// `service ls`: one row per service, like `docker service ls`.
 fn service_table(services: &[ServiceStatus]) -> String {
     let rows: Vec<Vec<String>> = services
@@ -226,13 +268,15 @@ fn service_table(services: &[ServiceStatus]) -> String {
             } else {
                 format!("{}/{}", status.running, status.desired)
             };
-            let mode = match spec.mode {
-                lb_config::ServiceMode::Replicated => "replicated",
-                lb_config::ServiceMode::Global => "global",
+            let id = if service.id.is_empty() {
+                "-".to_owned()
+            } else {
+                service.id.clone()
             };
             vec![
+                id,
                 spec.name.clone(),
-                mode.to_owned(),
+                mode(spec.mode).to_owned(),
                 replicas,
                 spec.image.clone().unwrap_or_else(|| "-".to_owned()),
                 service.vip.to_string(),
@@ -245,6 +289,7 @@ fn service_table(services: &[ServiceStatus]) -> String {
         .collect();
     table(
         &[
+            "ID",
             "NAME",
             "MODE",
             "REPLICAS",
@@ -259,43 +304,6 @@ fn service_table(services: &[ServiceStatus]) -> String {
     )
 }
 
-/// `service ps`: one row per task, like `docker service ps`.
-fn task_table(tasks: &[Task]) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64);
-    let rows: Vec<Vec<String>> = tasks
-        .iter()
-        .map(|task| {
-            let node = task.node_name.as_deref();
-            let name = if task.slot == 0 {
-                format!("{}.{}", task.service, node.unwrap_or_default())
-            } else {
-                format!("{}.{}", task.service, task.slot)
-            };
-            let age = Duration::from_secs(now.saturating_sub(task.updated_at) / 1000);
-            vec![
-                task.id.clone(),
-                name,
-                node.unwrap_or("-").to_owned(),
-                task.desired.to_string(),
-                format!("{} {} ago", task.state, humantime::format_duration(age)),
-                task.health.to_string(),
-                task.endpoint
-                    .as_ref()
-                    .map_or_else(|| "-".to_owned(), endpoint),
-                task.message.clone(),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "ID", "NAME", "NODE", "DESIRED", "CURRENT", "HEALTH", "ENDPOINT", "MESSAGE",
-        ],
-        &rows,
-    )
-}
-
 /// `service ps`'s lines under the table, one per listen address a node
 /// cannot bind (`node-2: cannot bind 127.0.0.2:8080: address in use`),
 /// after a blank line; nothing when every node binds every address.
@@ -305,20 +313,6 @@ fn listener_lines(errors: &[ListenerError]) -> String {
     }
     let lines: String = errors.iter().map(|error| format!("{error}\n")).collect();
     format!("\n{lines}")
-}
-
-/// A task endpoint as `ip:port[,ip:port]`, `-` without ports.
-fn endpoint(endpoint: &TaskEndpoint) -> String {
-    let addrs: Vec<String> = endpoint
-        .ports
-        .iter()
-        .map(|(_, host)| format!("{}:{host}", endpoint.ip))
-        .collect();
-    if addrs.is_empty() {
-        "-".to_owned()
-    } else {
-        addrs.join(",")
-    }
 }
 
 #[cfg(test)]

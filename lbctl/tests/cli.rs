@@ -61,3 +61,120 @@ fn lbctl_errors_exit_non_zero() {
         "a malformed scale target was accepted"
     );
 }
+
+#[test]
+fn publish_takes_tcp_and_refuses_udp_clearly() {
+    // Parsed before anything is sent: the host is never dialled.
+    let out = lbctl(&[
+        "--host",
+        "127.0.0.1:1",
+        "service",
+        "create",
+        "web",
+        "-p",
+        "8080:80/udp",
+    ]); // fixed-port-ok: never dialled
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).starts_with(
+            "error: invalid value '8080:80/udp' for '--publish <SPEC>': udp is not supported yet (only tcp)\n"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    // /tcp parses: the command gets as far as dialling the host.
+    let out = lbctl(&[
+        "--host",
+        "127.0.0.1:1",
+        "service",
+        "create",
+        "web",
+        "-p",
+        "8080:80/tcp",
+    ]); // fixed-port-ok: port 1, nothing listens
+    assert!(
+        stderr(&out).starts_with("Error: cannot connect to 127.0.0.1:1: "),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn version_names_the_commit() {
+    let out = lbctl(&["--version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let expected = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    assert_eq!(
+        text,
+        format!("lbctl {} (commit {expected})\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn bash_completion_loads_and_completes_verbs() {
+    let out = lbctl(&["completion", "bash"]);
+    assert!(out.status.success());
+    let script = tempfile_path("lbctl-completion.bash");
+    std::fs::write(&script, &out.stdout).expect("write script");
+    // Load it, then ask for the completions of `lbctl service ` as bash would.
+    let check = format!(
+        "source {} && COMP_WORDS=(lbctl service '') COMP_CWORD=2 COMP_LINE='lbctl service ' COMP_POINT=14 && _lbctl lbctl '' service && printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script.display()
+    );
+    let bash = Command::new("bash")
+        .args(["--norc", "-c", &check])
+        .output()
+        .expect("run bash");
+    let _ = std::fs::remove_file(&script);
+    assert!(
+        bash.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bash.stderr)
+    );
+    let words = String::from_utf8_lossy(&bash.stdout).into_owned();
+    for verb in ["create", "ls", "ps", "inspect", "rollback"] {
+        assert!(words.lines().any(|w| w == verb), "{verb} not in {words}");
+    }
+    for shell in ["zsh", "fish"] {
+        let out = lbctl(&["completion", shell]);
+        assert!(out.status.success() && out.stdout.len() > 1000, "{shell}");
+    }
+}
+
+#[test]
+fn man_pages_cover_every_command() {
+    let dir = tempfile_path("lbctl-man");
+    let out = lbctl(&["man", "--dir", dir.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for page in [
+        "lbctl.1",
+        "lbctl-service-create.1",
+        "lbctl-node-ps.1",
+        "lbctl-apply.1",
+    ] {
+        let text =
+            std::fs::read_to_string(dir.join(page)).unwrap_or_else(|e| panic!("{page}: {e}"));
+        assert!(text.starts_with(".ie \\n(.g .ds Aq"), "{page} is not roff");
+    }
+    let create = std::fs::read_to_string(dir.join("lbctl-service-create.1")).expect("page");
+    assert!(
+        create.contains("Tasks to run (replicated mode)"),
+        "--replicas undescribed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A path under the temp dir unique to this process.
+fn tempfile_path(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("{}-{name}", std::process::id()))
+}

@@ -79,8 +79,85 @@ impl<'de> Deserialize<'de> for NodeId {
         deserializer.deserialize_any(Visitor)
     }
 }
-/// Milliseconds since the Unix epoch.
-pub type Millis = u64;
+/// A moment, held as milliseconds since the Unix epoch and written as an
+/// RFC 3339 UTC time with milliseconds (`"2026-12-01T15:54:00.123Z"`).
+/// Reading also takes a JSON number of milliseconds, as lbd versions before
+/// RFC 3339 wrote one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Timestamp(pub u64);
+
+impl From<u64> for Timestamp {
+    fn from(millis: u64) -> Self {
+        Self(millis)
+    }
+}
+
+impl Timestamp {
+    /// The moment as a `SystemTime`.
+    pub fn system_time(self) -> std::time::SystemTime {
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(self.0)
+    }
+}
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}",
+            humantime::format_rfc3339_millis(self.system_time())
+        )
+    }
+}
+
+impl std::str::FromStr for Timestamp {
+    type Err = String;
+
+    /// An RFC 3339 UTC time (`Z`), fractions of a second optional.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let time = humantime::parse_rfc3339(text)
+            .map_err(|error| format!("{text:?} is not an RFC 3339 UTC time: {error}"))?;
+        let since = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| format!("{text:?} is before 1970"))?;
+        u64::try_from(since.as_millis())
+            .map(Self)
+            .map_err(|_| format!("{text:?} is out of range"))
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Timestamp;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an RFC 3339 time, or milliseconds since the Unix epoch")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Timestamp, E> {
+                text.parse().map_err(E::custom)
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, millis: u64) -> Result<Timestamp, E> {
+                Ok(Timestamp(millis))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, millis: i64) -> Result<Timestamp, E> {
+                u64::try_from(millis)
+                    .map(Timestamp)
+                    .map_err(|_| E::custom(format!("{millis} is before 1970")))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
 
 /// Defines a field-less enum whose JSON spelling and `Display` are the
 /// given strings, so the two never drift apart.
@@ -254,6 +331,10 @@ pub struct Node {
 /// A service as the registry holds it: what a write answers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Service {
+    /// 12 hex digits, made when the service was created; empty for one
+    /// created by an lbd before service ids.
+    #[serde(default)]
+    pub id: String,
     /// The spec as submitted; it passed validation when it was stored.
     pub spec: ServiceSpec,
     /// Starts at 1 and grows by one with every accepted spec change.
@@ -315,8 +396,8 @@ pub struct UpdateStatus {
     pub state: UpdateState,
     /// The task template version being rolled out.
     pub task_version: u64,
-    pub started_at: Option<Millis>,
-    pub completed_at: Option<Millis>,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
     pub message: String,
 }
 
@@ -342,10 +423,10 @@ pub struct Task {
     pub message: String,
     /// Replacements of this slot after failures, before this task.
     pub attempt: u32,
-    pub created_at: Millis,
-    pub updated_at: Millis,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     /// When it was first observed running.
-    pub started_at: Option<Millis>,
+    pub started_at: Option<Timestamp>,
     /// The name of its node, if it has one.
     pub node_name: Option<String>,
 }
@@ -394,6 +475,21 @@ mod tests {
                 .expect_err(bad)
                 .to_string();
             assert!(err.contains("node id"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_and_old_numbers_are_still_read() {
+        let at = Timestamp(1_700_000_000_123);
+        let text = serde_json::to_string(&at).unwrap();
+        assert_eq!(text, "\"2023-11-14T22:13:20.123Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&text).unwrap(), at);
+        let old: Timestamp = serde_json::from_str("1700000000123").unwrap();
+        assert_eq!(old, at, "a number from an older lbd");
+        let whole: Timestamp = serde_json::from_str("\"2023-11-14T22:13:20Z\"").unwrap();
+        assert_eq!(whole, Timestamp(1_700_000_000_000));
+        for bad in ["\"yesterday\"", "\"2023-11-14 22:13:20\"", "-1", "1.5"] {
+            assert!(serde_json::from_str::<Timestamp>(bad).is_err(), "{bad}");
         }
     }
 

@@ -48,7 +48,10 @@
 //! API unchanged, with its [`IDEMPOTENCY_KEY`] header (the client's, or
 //! one the follower made), the same on every retry: a write whose answer
 //! was lost and that is sent again gets its first answer, never a 409 for
-//! its own effect, and is applied once. Timestamps are milliseconds since the Unix epoch.
+//! its own effect, and is applied once. Times (`created_at`, `updated_at`,
+//! `started_at`, `completed_at`) are RFC 3339 UTC strings with milliseconds
+//! ([`Timestamp`]); before they were milliseconds since the Unix epoch, which
+//! are still read.
 #![forbid(unsafe_code)]
 
 pub mod answers;
@@ -58,9 +61,9 @@ pub mod requests;
 pub mod token;
 
 pub use answers::{
-    Availability, ClusterInfo, DesiredState, JoinToken, ListenerError, Member, Millis, Node,
-    NodeId, NodeStatus, RaftRole, Removed, Role, Service, ServiceStatus, Task, TaskEndpoint,
-    TaskHealth, TaskState, UpdateState, UpdateStatus,
+    Availability, ClusterInfo, DesiredState, JoinToken, ListenerError, Member, Node, NodeId,
+    NodeStatus, RaftRole, Removed, Role, Service, ServiceStatus, Task, TaskEndpoint, TaskHealth,
+    TaskState, Timestamp, UpdateState, UpdateStatus,
 };
 pub use client::Client;
 pub use error::{ApiError, ErrorBody, ErrorDetail};

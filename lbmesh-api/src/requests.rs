@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::answers::{Availability, Member};
+use crate::answers::{Availability, Member, Role};
 
 /// The header naming a write's request (its idempotency key): a write sent
 /// again with the same key gets the first answer and is not applied twice.
@@ -37,6 +37,11 @@ pub struct NodeUpdate {
     pub labels_add: BTreeMap<String, String>,
     #[serde(default)]
     pub labels_remove: Vec<String>,
+    /// `node promote` (manager) and `node demote` (worker); managers vote
+    /// in Raft, kept at an odd count of at most five. Left out of the JSON
+    /// when not changed, so other updates still reach older lbd versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
 }
 
 /// `POST /v1/services/{name}/scale`. Wide integer type so that a negative or

@@ -49,6 +49,10 @@ pub enum Command {
     },
     CreateService {
         spec: ServiceSpec,
+        /// The service's id, made by the API before it proposes (so every
+        /// node applies the same); empty in entries written before ids.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        id: String,
     },
     UpdateService {
         spec: ServiceSpec,

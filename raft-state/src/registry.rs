@@ -310,6 +310,18 @@ impl RegistryNode {
         Ok(())
     }
 
+    /// Makes voters learners: they keep a full copy of the log but no
+    /// longer vote.
+    pub async fn demote(&self, ids: &[NodeId]) -> Result<(), RegistryError> {
+        self.change_membership_retaining(
+            ChangeMembers::RemoveVoters(ids.iter().copied().collect()),
+            true,
+        )
+        .await?;
+        info!(?ids, "demoted to learner");
+        Ok(())
+    }
+
     /// Removes a node from Raft: a voter is demoted and dropped, a learner
     /// dropped.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), RegistryError> {
@@ -330,11 +342,24 @@ impl RegistryNode {
         &self,
         change: ChangeMembers<NodeId, BasicNode>,
     ) -> Result<(), RegistryError> {
-        tokio::time::timeout(PROPOSE_DEADLINE, self.raft.change_membership(change, false))
-            .await
-            .map_err(|_| RegistryError::Unconfirmed(PROPOSE_DEADLINE))?
-            .map(drop)
-            .map_err(|e| RegistryError::Raft(e.to_string()))
+        self.change_membership_retaining(change, false).await
+    }
+
+    /// [`Self::change_membership`]; with `retain`, removed voters stay as
+    /// learners.
+    async fn change_membership_retaining(
+        &self,
+        change: ChangeMembers<NodeId, BasicNode>,
+        retain: bool,
+    ) -> Result<(), RegistryError> {
+        tokio::time::timeout(
+            PROPOSE_DEADLINE,
+            self.raft.change_membership(change, retain),
+        )
+        .await
+        .map_err(|_| RegistryError::Unconfirmed(PROPOSE_DEADLINE))?
+        .map(drop)
+        .map_err(|e| RegistryError::Raft(e.to_string()))
     }
 
     /// Starts adding a node as a learner without waiting for it to catch up.

@@ -23,6 +23,10 @@ use crate::task::UpdateStatus;
 /// A service as the registry holds it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRecord {
+    /// Made once by the API that took the create; kept by updates. Empty
+    /// for a service created before ids (by an older lbd).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     /// The spec as submitted; it passed `validate()` when it was stored.
     pub spec: ServiceSpec,
     /// Starts at 1 and grows by one with every accepted spec change.

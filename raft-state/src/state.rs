@@ -176,7 +176,7 @@ impl RegistryState {
                 }
                 None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
             },
-            Command::CreateService { spec } => self.create_service(spec),
+            Command::CreateService { spec, id } => self.create_service(spec, id),
             Command::UpdateService { spec } => self.update_service(spec),
             Command::RollbackService { name } => self.rollback_service(name),
             Command::Schedule { ops, at } => self.schedule(ops, *at),
@@ -309,7 +309,7 @@ impl RegistryState {
         }
     }
 
-    fn create_service(&mut self, spec: &ServiceSpec) -> Outcome {
+    fn create_service(&mut self, spec: &ServiceSpec, id: &str) -> Outcome {
         let checked = match spec.validate() {
             Ok(service) => CheckedSpec::new(service),
             Err(error) => return reject(RejectKind::Invalid, error.field, error.reason),
@@ -332,6 +332,7 @@ impl RegistryState {
             );
         };
         let record = ServiceRecord {
+            id: id.to_owned(),
             spec: spec.clone(),
             version: 1,
             vip,
@@ -624,9 +625,11 @@ mod tests {
         let mut state = RegistryState::default();
         let a = state.apply(&Command::CreateService {
             spec: spec("a", 80),
+            id: String::new(),
         });
         let b = state.apply(&Command::CreateService {
             spec: spec("b", 81),
+            id: String::new(),
         });
         let (Outcome::Service { service: a }, Outcome::Service { service: b }) = (a, b) else {
             panic!("both created");
@@ -650,16 +653,48 @@ mod tests {
     }
 
     #[test]
+    fn a_service_keeps_the_id_it_was_created_with() {
+        let mut state = RegistryState::default();
+        state.apply(&Command::CreateService {
+            spec: spec("a", 80),
+            id: "0123456789ab".to_owned(),
+        });
+        state.apply(&Command::UpdateService {
+            spec: spec("a", 82),
+        });
+        state.apply(&Command::RollbackService { name: "a".into() });
+        assert_eq!(state.services["a"].id, "0123456789ab");
+        // An entry written before ids has none and applies as it did.
+        let b = serde_json::to_value(spec("b", 81)).expect("spec");
+        let entry = serde_json::json!({"op": "create_service", "spec": b});
+        let old: Command = serde_json::from_value(entry.clone()).expect("an older entry");
+        assert_eq!(
+            serde_json::to_value(&old).expect("json"),
+            entry,
+            "no id, no field: the entry's JSON is unchanged"
+        );
+        state.apply(&old);
+        assert_eq!(state.services["b"].id, "");
+        let record = serde_json::to_value(&state.services["b"]).expect("record");
+        assert!(
+            record.get("id").is_none(),
+            "a record without an id writes none"
+        );
+    }
+
+    #[test]
     fn rejections_name_the_field_and_change_nothing() {
         let mut state = RegistryState::default();
         state.apply(&Command::CreateService {
             spec: spec("web", 80),
+            id: String::new(),
         });
         let before = state.clone();
         let cases = [
             (
                 Command::CreateService {
                     spec: spec("web", 81),
+                    id: String::new(),
                 },
                 RejectKind::Conflict,
                 "name",
@@ -667,6 +702,7 @@ mod tests {
             (
                 Command::CreateService {
                     spec: spec("api", 80),
+                    id: String::new(),
                 },
                 RejectKind::Conflict,
                 "ports[0].published",
@@ -674,6 +710,7 @@ mod tests {
             (
                 Command::CreateService {
                     spec: spec("Bad", 81),
+                    id: String::new(),
                 },
                 RejectKind::Invalid,
                 "name",
@@ -681,6 +718,7 @@ mod tests {
             (
                 Command::CreateService {
                     spec: spec("api", 0),
+                    id: String::new(),
                 },
                 RejectKind::Invalid,
                 "ports[0].published",
@@ -724,6 +762,7 @@ mod tests {
             "req-1".to_owned(),
             Command::CreateService {
                 spec: spec("web", 80),
+                id: String::new(),
             },
         );
         let first = state.apply_proposal(&create);
@@ -740,6 +779,7 @@ mod tests {
             "req-2".to_owned(),
             Command::CreateService {
                 spec: spec("web", 80),
+                id: String::new(),
             },
         ));
         assert_eq!(rejected(again).kind, RejectKind::Conflict);
@@ -752,6 +792,7 @@ mod tests {
             "req-2".to_owned(),
             Command::CreateService {
                 spec: spec("web", 80),
+                id: String::new(),
             },
         ));
         assert_eq!(rejected(resent).kind, RejectKind::Conflict);
@@ -766,6 +807,7 @@ mod tests {
         });
         state.apply(&Command::CreateService {
             spec: spec("web", 80),
+            id: String::new(),
         });
         state.apply_proposal(&update);
         state.apply_proposal(&update);
@@ -820,6 +862,7 @@ mod tests {
         let mut state = RegistryState::default();
         state.apply(&Command::CreateService {
             spec: spec("web", 8080),
+            id: String::new(),
         });
         // Corrupt the stored spec behind the state machine's back: the
         // checked form made when it was stored is what readers get, so

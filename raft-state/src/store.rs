@@ -682,6 +682,7 @@ mod tests {
                     }],
                     ..Default::default()
                 },
+                id: String::new(),
             },
         );
         let (_log, mut writer) = open(&dir.path().join("writer.redb")).await?;

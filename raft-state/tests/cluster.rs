@@ -111,6 +111,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
     created(
         n3.propose(Command::CreateService {
             spec: spec("web", 8080),
+            id: String::new(),
         })
         .await
         .expect("propose"),
@@ -125,6 +126,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
     let duplicate = n2
         .propose(Command::CreateService {
             spec: spec("web", 8081),
+            id: String::new(),
         })
         .await
         .expect("propose");
@@ -136,6 +138,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
     created(
         n1.propose(Command::CreateService {
             spec: spec("api", 9090),
+            id: String::new(),
         })
         .await
         .expect("propose"),
@@ -168,6 +171,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
         match n2
             .propose(Command::CreateService {
                 spec: spec(&name, 10_000 + acknowledged.len() as i64),
+                id: String::new(),
             })
             .await
         {
@@ -189,6 +193,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
         created(
             n3.propose(Command::CreateService {
                 spec: spec(&name, 20_000 + i),
+                id: String::new(),
             })
             .await
             .expect("propose"),
@@ -224,6 +229,7 @@ async fn restart_from_disk_and_snapshot_catch_up() {
         let command = if i % 2 == 0 {
             Command::CreateService {
                 spec: spec(&name, 1_000 + i),
+                id: String::new(),
             }
         } else {
             Command::RemoveService {
@@ -258,6 +264,7 @@ async fn restart_from_disk_and_snapshot_catch_up() {
     created(
         n1.propose(Command::CreateService {
             spec: spec("after-restart", 5),
+            id: String::new(),
         })
         .await
         .expect("propose"),
@@ -291,6 +298,7 @@ async fn a_resent_write_gets_its_first_answer_across_a_leader_change() {
     let request = n3.request_id();
     let create = || Command::CreateService {
         spec: spec("web", 8080),
+        id: String::new(),
     };
     // Forwarded by follower 3 to the leader; its answer is "lost".
     let first = n3

@@ -234,7 +234,10 @@ impl Node {
             ..ServiceSpec::default()
         };
         let outcome = registry
-            .propose(Command::CreateService { spec })
+            .propose(Command::CreateService {
+                spec,
+                id: String::new(),
+            })
             .await
             .expect("create");
         assert!(!matches!(outcome, Outcome::Rejected { .. }), "{outcome:?}");

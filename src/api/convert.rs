@@ -65,6 +65,13 @@ fn availability(availability: registry::Availability) -> api::Availability {
     }
 }
 
+pub fn registry_role(role: api::Role) -> registry::Role {
+    match role {
+        api::Role::Manager => registry::Role::Manager,
+        api::Role::Worker => registry::Role::Worker,
+    }
+}
+
 pub fn registry_availability(availability: api::Availability) -> registry::Availability {
     match availability {
         api::Availability::Active => registry::Availability::Active,
@@ -82,6 +89,7 @@ fn node_status(status: registry::NodeStatus) -> api::NodeStatus {
 
 pub fn service(record: &ServiceRecord) -> api::Service {
     api::Service {
+        id: record.id.clone(),
         spec: record.spec.clone(),
         version: record.version,
         vip: record.vip,
@@ -103,8 +111,8 @@ fn update_status(status: &task::UpdateStatus) -> api::UpdateStatus {
             task::UpdateState::RollbackCompleted => api::UpdateState::RollbackCompleted,
         },
         task_version: status.task_version,
-        started_at: status.started_at,
-        completed_at: status.completed_at,
+        started_at: status.started_at.map(api::Timestamp),
+        completed_at: status.completed_at.map(api::Timestamp),
         message: status.message.clone(),
     }
 }
@@ -142,9 +150,9 @@ pub fn task(record: &TaskRecord, node_name: Option<String>) -> api::Task {
         runtime_id: record.runtime_id.clone(),
         message: record.message.clone(),
         attempt: record.attempt,
-        created_at: record.created_at,
-        updated_at: record.updated_at,
-        started_at: record.started_at,
+        created_at: api::Timestamp(record.created_at),
+        updated_at: api::Timestamp(record.updated_at),
+        started_at: record.started_at.map(api::Timestamp),
         node_name,
     }
 }
@@ -152,7 +160,8 @@ pub fn task(record: &TaskRecord, node_name: Option<String>) -> api::Task {
 #[cfg(test)]
 mod tests {
     //! The answers were the registry's records flattened, with a field or
-    //! two added; the JSON must stay that, field for field.
+    //! two added; the JSON must stay that, field for field, but for times,
+    //! which are RFC 3339 strings where the records hold milliseconds.
     use std::collections::BTreeMap;
 
     use lb_config::ServiceSpec;
@@ -208,6 +217,7 @@ mod tests {
             ..ServiceSpec::default()
         };
         let record = ServiceRecord {
+            id: "5e1f0c2a9b3d".to_owned(),
             spec: spec.clone(),
             version: 4,
             vip: "127.77.0.9".parse().expect("ip"),
@@ -224,7 +234,11 @@ mod tests {
             validated: Default::default(),
         };
         let stored = serde_json::to_value(service(&record)).expect("json");
-        assert_eq!(stored, serde_json::to_value(&record).expect("json"));
+        // The registry's JSON, with times in RFC 3339.
+        let update = json!({"state": "rollback_paused", "task_version": 3,
+            "started_at": "2023-11-14T22:13:20.000Z", "completed_at": null,
+            "message": "task failed"});
+        assert_eq!(stored, with(&record, json!({"update": update})));
         let status = api::ServiceStatus {
             service: service(&record),
             running: 2,
@@ -240,7 +254,7 @@ mod tests {
             with(
                 &record,
                 // fixed-port-ok: a reported address, nothing bound
-                json!({"running": 2, "desired": 3, "listener_errors": [
+                json!({"running": 2, "desired": 3, "update": update, "listener_errors": [
                     {"node": "node-2", "address": "127.0.0.2:8080", "error": "address in use"}
                 ]})
             )
@@ -274,7 +288,10 @@ mod tests {
             serde_json::to_value(answer).expect("json"),
             with(
                 &record,
-                json!({"node_name": "node-a", "node": BIG_ID.to_string()})
+                json!({"node_name": "node-a", "node": BIG_ID.to_string(),
+                    "created_at": "2023-11-14T22:13:20.000Z",
+                    "updated_at": "2023-11-14T22:13:21.000Z",
+                    "started_at": "2023-11-14T22:13:20.500Z"})
             )
         );
         use task::{TaskHealth as H, TaskState as S};
@@ -300,7 +317,13 @@ mod tests {
             record.node = None;
             assert_eq!(
                 serde_json::to_value(task(&record, None)).expect("json"),
-                with(&record, json!({"node_name": null})),
+                with(
+                    &record,
+                    json!({"node_name": null,
+                    "created_at": "2023-11-14T22:13:20.000Z",
+                    "updated_at": "2023-11-14T22:13:21.000Z",
+                    "started_at": "2023-11-14T22:13:20.500Z"})
+                ),
                 "{state:?} {health:?}"
             );
         }

@@ -90,7 +90,10 @@ pub async fn route(
             {
                 Some(clash) => clash,
                 None => {
-                    let command = Command::CreateService { spec };
+                    // Random like a task id; a resend with the same request
+                    // id gets the first create's answer, id included.
+                    let id = crate::scheduler::new_task_id();
+                    let command = Command::CreateService { spec, id };
                     propose(registry, request, command, Shape::Created).await
                 }
             },
@@ -410,17 +413,58 @@ async fn update_node(
         Ok(update) => update,
         Err(response) => return *response,
     };
-    let Some(id) = registry.local().state.find_node(name).map(|n| n.id) else {
+    let state = registry.local().state;
+    let Some(node) = state.find_node(name) else {
         return no_node(name);
     };
+    let id = node.id;
+    let role = update.role.map(convert::registry_role);
+    if role == Some(Role::Worker) && node.role == Role::Manager {
+        let managers = state
+            .nodes
+            .values()
+            .filter(|n| n.role == Role::Manager)
+            .count();
+        if managers == 1 {
+            return error(
+                StatusCode::CONFLICT,
+                "role",
+                format!(
+                    "node {:?} is the last manager; promote another first",
+                    node.name
+                ),
+            );
+        }
+        if id == registry.id {
+            return error(
+                StatusCode::CONFLICT,
+                "role",
+                format!(
+                    "node {:?} leads the cluster; demote it once another node leads",
+                    node.name
+                ),
+            );
+        }
+    }
     let command = Command::UpdateNode {
         id,
         availability: update.availability.map(convert::registry_availability),
-        role: None,
+        role,
         labels_add: update.labels_add,
         labels_remove: update.labels_remove,
     };
-    propose(registry, request, command, Shape::Stored).await
+    let answer = propose(registry, request, command, Shape::Stored).await;
+    // The role is stored: now the votes follow it (again on a resend).
+    if role.is_some() && answer.status() == StatusCode::OK {
+        if let Err(e) = cluster::balance_voters(registry).await {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "registry",
+                format!("the role is stored but the votes did not follow yet: {e}; send it again"),
+            );
+        }
+    }
+    answer
 }
 
 async fn remove_node(

@@ -70,7 +70,10 @@ impl Sim {
                 node: node(id, &[]),
             });
         }
-        let outcome = state.apply(&Command::CreateService { spec });
+        let outcome = state.apply(&Command::CreateService {
+            spec,
+            id: String::new(),
+        });
         assert!(
             matches!(outcome, raft_state::state::Outcome::Service { .. }),
             "{outcome:?}"
