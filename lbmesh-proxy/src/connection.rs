@@ -11,21 +11,28 @@
 //! `retries` bounds the further backends one client connection may try,
 //! whether a connect failed or a backend closed without answering. A
 //! connection that ends in an error counts it against the side at fault
-//! (`lbmesh_forward_errors_total{side}`).
+//! (`lbmesh_forward_errors_total{side}`). A backend's first ejection after
+//! a success and its first success after an ejection are logged at INFO,
+//! once each, within a process-wide rate limit (`log_limit`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, info};
 
-use crate::balance::{ActiveConnection, PickContext};
+use crate::balance::{now_ms, ActiveConnection, PickContext};
 use crate::connect::connect;
 use crate::error::{ClientFailure, ConnectFailure};
 use crate::fd::Connection;
 use crate::forward;
 use crate::limit::{ClientPlace, ConnectionPermit};
+use crate::log_limit::RateLimit;
 use crate::proxy_protocol;
 use crate::routing::Route;
+
+/// The budget of "backend ejected" and "backend recovered" lines, shared
+/// by every service of the process.
+static BACKEND_EVENTS: RateLimit = RateLimit::new();
 
 /// Serves one client connection to its end, holding its places (the
 /// service's permit and, under a per-client cap, the client's share) until
@@ -203,6 +210,11 @@ async fn connect_backend(
                     .metrics
                     .connect_duration
                     .observe(started.elapsed().as_secs_f64());
+                if backend.connected() {
+                    if let Some(suppressed) = BACKEND_EVENTS.admit(now_ms()) {
+                        info!(service = %route.service.name, backend = %backend.addr, suppressed, "backend recovered");
+                    }
+                }
                 return Some((stream, connection));
             }
             Err(failure) => failure,
@@ -210,8 +222,10 @@ async fn connect_backend(
         backend.metrics.connect_failed(failure);
         // A local shortage (descriptors, ephemeral ports) says nothing about
         // the backend, so it is not ejected for it.
-        if failure != ConnectFailure::Local {
-            backend.eject(route.settings.eject_time);
+        if failure != ConnectFailure::Local && backend.eject(route.settings.eject_time) {
+            if let Some(suppressed) = BACKEND_EVENTS.admit(now_ms()) {
+                info!(service = %route.service.name, backend = %backend.addr, ?failure, eject_for = ?route.settings.eject_time, suppressed, "backend ejected");
+            }
         }
         debug!(service = %route.service.name, backend = %backend.addr, ?failure, attempts_left = *attempts_left, "connect failed");
     }
