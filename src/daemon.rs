@@ -213,6 +213,11 @@ impl Daemon {
             },
             daemon.stop_control.clone(),
         ));
+        tokio::spawn(count_leader_changes(
+            Arc::clone(&registry),
+            daemon.metrics.leader_changes.clone(),
+            daemon.stop_control.clone(),
+        ));
         tokio::spawn(listener_report::run(
             Arc::clone(&registry),
             daemon.listener_failures.subscribe(),
@@ -464,9 +469,47 @@ impl Daemon {
     }
 }
 
+/// Counts each time the leader this node knows is lost (to none while an
+/// election runs, or straight to another node) until `stop`; a failover
+/// counts once. The first leader it learns of after it starts is not a
+/// change.
+async fn count_leader_changes(
+    registry: Arc<RegistryNode>,
+    changes: prometheus::IntCounter,
+    stop: CancellationToken,
+) {
+    let mut raft = registry.raft_metrics();
+    let mut known = raft.borrow_and_update().current_leader;
+    loop {
+        tokio::select! {
+            changed = raft.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+        let leader = raft.borrow_and_update().current_leader;
+        if leader_changed(known, leader) {
+            changes.inc();
+        }
+        known = leader;
+    }
+}
+
+/// Whether the leader went from `known` to `now`: a first leader is not a
+/// change; a loss of it or another node is.
+fn leader_changed(known: Option<u64>, now: Option<u64>) -> bool {
+    known.is_some() && known != now
+}
+
 #[cfg(test)]
 mod tests {
-    use super::RoutingChanges;
+    use super::{leader_changed, RoutingChanges};
+
+    #[test]
+    fn a_first_leader_is_no_change_a_loss_and_another_are() {
+        assert!(!leader_changed(None, Some(1)));
+        assert!(!leader_changed(Some(1), Some(1)));
+        assert!(leader_changed(Some(1), None));
+        assert!(leader_changed(Some(1), Some(2)));
+    }
 
     #[test]
     fn routing_summary_counts_changes_and_stays_quiet_without_any() {

@@ -1,9 +1,12 @@
 //! What an operator sees of lbd: its log lines at the default level, the
-//! JSON log format, and (below) the metrics it exports.
+//! JSON log format, and the metrics it exports.
 use std::time::Duration;
 
 use serde_json::Value;
 use test_support::cluster::Cluster;
+use test_support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 /// Lines a node may log from a fresh start through forming a cluster.
 const MAX_START_LINES: usize = 10;
@@ -72,4 +75,169 @@ fn json_log_lines_parse() {
             "no {expected:?} line in:\n{log}"
         );
     }
+}
+
+/// Each backend tried after the first counts one retry: with one refusing
+/// and one live backend, every refused connect was retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_are_counted_per_service() {
+    let live = TestBackend::start("live", Behavior::Identify).await;
+    let dead = refusing_addr();
+    let addr = listen_addr();
+    let lbd = TestLbd::start(&service(
+        "web",
+        addr,
+        &[(dead, 1), (live.addr, 1)],
+        "[service.health]\neject_time = \"50ms\"",
+    ))
+    .await;
+    for _ in 0..20 {
+        assert_eq!(who_answers(addr).await, "live");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = lbd.metrics().await;
+    let dead_label = dead.to_string();
+    let refused = metric(
+        &text,
+        "lbmesh_connect_errors_total",
+        &[("backend", &dead_label), ("reason", "refused")],
+    )
+    .unwrap_or(0.0);
+    assert!(refused >= 1.0, "the dead backend was tried: {text}");
+    assert_eq!(
+        metric(&text, "lbmesh_retries_total", &[("service", "web")]),
+        Some(refused)
+    );
+}
+
+/// The configured cap is exported, and a connection that finds it reached
+/// is counted while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_and_its_hits_are_exported() {
+    let echo = TestBackend::start("echo", Behavior::Echo).await;
+    let addr = listen_addr();
+    let lbd = TestLbd::start(&service(
+        "capped",
+        addr,
+        &[(echo.addr, 1)],
+        "max_connections = 1",
+    ))
+    .await;
+    let labels = [("service", "capped")];
+    let text = lbd.metrics().await;
+    assert_eq!(
+        metric(&text, "lbmesh_service_max_connections", &labels),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&text, "lbmesh_max_connections_reached_total", &labels),
+        Some(0.0)
+    );
+
+    let mut first = TcpStream::connect(addr).await.expect("connect");
+    first.write_all(b"a").await.expect("write");
+    let mut byte = [0u8; 1];
+    first.read_exact(&mut byte).await.expect("echo");
+    // The second waits in the backlog until the first closes.
+    let mut second = TcpStream::connect(addr).await.expect("connect");
+    second.write_all(b"b").await.expect("write");
+    let api = lbd.daemon.api_addr();
+    eventually("the cap was hit", || async move {
+        let text = http_get(api, "/metrics").await.1;
+        // Each proxy thread's accept loop that finds the connection
+        // pending counts once.
+        metric(
+            &text,
+            "lbmesh_max_connections_reached_total",
+            &[("service", "capped")],
+        )
+        .is_some_and(|hits| hits >= 1.0)
+    })
+    .await;
+    drop(first);
+    tokio::time::timeout(WAIT, second.read_exact(&mut byte))
+        .await
+        .expect("the second is served once the first closed")
+        .expect("echo");
+    assert_eq!(&byte, b"b");
+}
+
+/// How connections end is counted by end, and each one's duration is in
+/// the service's histogram.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_ends_and_durations_are_counted() {
+    let echo = TestBackend::start("echo", Behavior::Echo).await;
+    let addr = listen_addr();
+    let lbd = TestLbd::start(&service("web", addr, &[(echo.addr, 1)], "")).await;
+    let down = listen_addr();
+    let dead = TestLbd::start(&service(
+        "down",
+        down,
+        &[(refusing_addr(), 1)],
+        "retries = 0",
+    ))
+    .await;
+
+    // Three clean closes.
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        stream.write_all(b"ping").await.expect("write");
+        stream.shutdown().await.expect("shutdown");
+        let mut back = Vec::new();
+        stream.read_to_end(&mut back).await.expect("read");
+        assert_eq!(back, b"ping");
+    }
+    // One client abort: a reset while the backend still has data for it.
+    let stream = std::net::TcpStream::connect(addr).expect("connect");
+    socket2::SockRef::from(&stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    {
+        use std::io::{Read, Write};
+        let mut stream = stream;
+        stream.write_all(b"x").expect("write");
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).expect("echo");
+    }
+    // And one with no backend.
+    assert_eq!(who_answers(down).await, "");
+
+    let api = lbd.daemon.api_addr();
+    eventually("the abort is counted", || async move {
+        let text = http_get(api, "/metrics").await.1;
+        metric(
+            &text,
+            "lbmesh_connections_closed_total",
+            &[("service", "web"), ("end", "client_error")],
+        ) == Some(1.0)
+    })
+    .await;
+    let text = lbd.metrics().await;
+    let closed = |end| {
+        metric(
+            &text,
+            "lbmesh_connections_closed_total",
+            &[("service", "web"), ("end", end)],
+        )
+    };
+    assert_eq!(closed("finished"), Some(3.0), "{text}");
+    assert_eq!(closed("backend_error"), Some(0.0));
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_connection_duration_seconds_count",
+            &[("service", "web")]
+        ),
+        Some(4.0)
+    );
+    let text = dead.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "lbmesh_connections_closed_total",
+            &[("service", "down"), ("end", "no_backend")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
 }

@@ -45,11 +45,13 @@ pub struct ServiceState {
 
 impl ServiceState {
     fn new(name: &str, max_connections: u32, metrics: &Metrics) -> Self {
+        let metrics = metrics.service(name);
+        metrics.max_connections.set(i64::from(max_connections));
         Self {
             name: Arc::from(name),
             limit: Arc::new(ConnectionLimit::new(max_connections)),
             clients: Arc::new(ClientCounts::default()),
-            metrics: metrics.service(name),
+            metrics,
         }
     }
 }
@@ -146,6 +148,10 @@ impl RoutingTable {
         for service in services {
             if let Some(state) = self.services.get(service.name.as_str()) {
                 state.limit.set_max(service.max_connections);
+                state
+                    .metrics
+                    .max_connections
+                    .set(i64::from(service.max_connections));
             }
         }
         for (name, _) in previous.services.iter() {
