@@ -334,6 +334,15 @@ fn refresh_backend_up(state: &AdminState) {
             .metrics
             .set_raft("learners", membership.learner_ids().count() as u64);
         let applied = registry.local();
+        let ready = applied
+            .state
+            .nodes
+            .values()
+            .filter(|node| node.status == raft_state::node::NodeStatus::Ready)
+            .count();
+        state
+            .metrics
+            .set_nodes(ready, applied.state.nodes.len() - ready);
         state.metrics.set_tasks(
             applied
                 .state

@@ -9,6 +9,7 @@
 //! | `lbmesh_api_requests_total` | counter | route, method, status | cluster mode: admin API requests (route as a template, e.g. `/v1/services/{name}`) |
 //! | `lbmesh_build_info` | gauge | version, commit | 1, labelled with the version and commit lbd was built from |
 //! | `lbmesh_raft_leader_changes_total` | counter | | cluster mode: times the leader this node knows changed to another node (or to none) |
+//! | `lbmesh_nodes` | gauge | status | cluster mode: node records by status (`ready`, `down`), read when scraped |
 //! | `lbmesh_tasks` | gauge | service, state | cluster mode: task records by service and state (`pending` ... `orphaned`), read when scraped |
 //! | `process_*` | | | CPU seconds, resident and virtual memory, open and maximum descriptors, threads and `process_start_time_seconds` (the `prometheus` crate's process collector) |
 //! | `lbmesh_nodes_silent_held` | gauge | reason | cluster mode, on the leader: silent nodes left ready because the leader heard no quorum (`no_quorum`) or more than half went silent at once (`mass_silence`) |
@@ -32,6 +33,7 @@ pub struct DaemonMetrics {
     /// Counted by the daemon's watch on Raft's metrics.
     pub leader_changes: IntCounter,
     tasks: IntGaugeVec,
+    nodes: IntGaugeVec,
 }
 
 impl DaemonMetrics {
@@ -96,6 +98,11 @@ impl DaemonMetrics {
         registry.register(Box::new(build_info))?;
         registry.register(Box::new(leader_changes.clone()))?;
         registry.register(Box::new(tasks.clone()))?;
+        let nodes = IntGaugeVec::new(
+            Opts::new("lbmesh_nodes", "Node records by status: ready, down."),
+            &["status"],
+        )?;
+        registry.register(Box::new(nodes.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -114,6 +121,7 @@ impl DaemonMetrics {
             silent_held,
             leader_changes,
             tasks,
+            nodes,
         })
     }
 
@@ -151,6 +159,15 @@ impl DaemonMetrics {
         self.tasks.reset();
         for ((service, state), count) in counts {
             self.tasks.with_label_values(&[service, state]).set(count);
+        }
+    }
+
+    /// Records the node counts, read when `/metrics` is scraped.
+    pub fn set_nodes(&self, ready: usize, down: usize) {
+        for (status, count) in [("ready", ready), ("down", down)] {
+            self.nodes
+                .with_label_values(&[status])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
 
