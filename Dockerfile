@@ -26,7 +26,7 @@ ARG LBMESH_COMMIT=unknown
 ARG CARGO_NET_OFFLINE=false
 ARG PROFILE=release
 RUN LBMESH_COMMIT=${LBMESH_COMMIT} CARGO_NET_OFFLINE=${CARGO_NET_OFFLINE} \
-    cargo build --locked --profile ${PROFILE} --bin lbd --bin lbctl \
+    cargo build --locked --profile ${PROFILE} -p lbmesh -p lbctl --bins \
  && mkdir -p /out \
  && cp target/$( [ "${PROFILE}" = dev ] && echo debug || echo "${PROFILE}" )/lbd \
        target/$( [ "${PROFILE}" = dev ] && echo debug || echo "${PROFILE}" )/lbctl /out/
