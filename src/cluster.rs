@@ -291,12 +291,8 @@ pub async fn start(
         })?;
     if let Some(identity) = Identity::load(&settings.data_dir)? {
         let node = start_registry(settings, identity.id, identity.secret()?).await?;
-<<<<<<< HEAD
-        info!(id = identity.id, "rejoined the cluster from the data dir");
-        keep_control_token(&node, &settings.data_dir)?;
-=======
         info!(id = %identity.id, "rejoined the cluster from the data dir");
->>>>>>> e33a9d9 (Quiet logs: deps at warn, JSON format, ejections logged once)
+        keep_control_token(&node, &settings.data_dir)?;
         return Ok((node, Started::Restarted));
     }
     match join {
