@@ -333,6 +333,23 @@ fn refresh_backend_up(state: &AdminState) {
         state
             .metrics
             .set_raft("learners", membership.learner_ids().count() as u64);
+        let applied = registry.local();
+        let ready = applied
+            .state
+            .nodes
+            .values()
+            .filter(|node| node.status == raft_state::node::NodeStatus::Ready)
+            .count();
+        state
+            .metrics
+            .set_nodes(ready, applied.state.nodes.len() - ready);
+        state.metrics.set_tasks(
+            applied
+                .state
+                .tasks
+                .values()
+                .map(|task| (task.service.as_str(), task.state.as_str())),
+        );
     }
     for (_, backend) in state.table.load().backends() {
         backend.metrics.up.set(i64::from(!backend.is_ejected()));

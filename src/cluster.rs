@@ -291,7 +291,7 @@ pub async fn start(
         })?;
     if let Some(identity) = Identity::load(&settings.data_dir)? {
         let node = start_registry(settings, identity.id, identity.secret()?).await?;
-        info!(id = identity.id, "rejoined the cluster from the data dir");
+        info!(id = %identity.id, "rejoined the cluster from the data dir");
         keep_control_token(&node, &settings.data_dir)?;
         return Ok((node, Started::Restarted));
     }
@@ -626,13 +626,13 @@ async fn check_raft_addr(
 /// what is left.
 async fn roll_back(node: &RegistryNode, id: NodeId, registered: bool) {
     match tokio::time::timeout(PROPOSE_DEADLINE, node.remove_member(id)).await {
-        Ok(Ok(())) => info!(node = id, "refused join rolled back"),
-        Ok(Err(error)) => warn!(node = id, %error, "cannot remove a refused joiner from Raft"),
-        Err(_) => warn!(node = id, "removing a refused joiner from Raft timed out"),
+        Ok(Ok(())) => info!(node = %id, "refused join rolled back"),
+        Ok(Err(error)) => warn!(node = %id, %error, "cannot remove a refused joiner from Raft"),
+        Err(_) => warn!(node = %id, "removing a refused joiner from Raft timed out"),
     }
     if registered {
         if let Err(error) = node.propose(Command::RemoveNode { id }).await {
-            warn!(node = id, %error, "cannot remove a refused joiner's record");
+            warn!(node = %id, %error, "cannot remove a refused joiner's record");
         }
     }
 }

@@ -29,6 +29,8 @@
 //!   [`agent`] runs and reports this node's tasks through its runtimes;
 //!   [`listener_report`] writes the listen addresses this node cannot bind
 //!   (which it retries) to the registry.
+//! - [`logging`] sets up `lbd`'s log lines: the default filter, colour,
+//!   text or JSON.
 #![deny(unsafe_code)]
 
 pub mod admin;
@@ -39,6 +41,7 @@ pub mod daemon;
 pub mod defaults;
 pub mod files;
 pub mod listener_report;
+pub mod logging;
 pub mod metrics;
 pub mod routes;
 pub mod scheduler;

@@ -7,12 +7,17 @@
 //! | `lbmesh_raft` | gauge | field | cluster mode: `term`, `is_leader`, `commit_index`, `applied_index`, `voters`, `learners` |
 //! | `lbmesh_raft_leader` | gauge | leader_id | cluster mode: 1 for the leader this node knows (its id in decimal, a label because a float64 sample rounds 63-bit ids); no series while none is known |
 //! | `lbmesh_api_requests_total` | counter | route, method, status | cluster mode: admin API requests (route as a template, e.g. `/v1/services/{name}`) |
+//! | `lbmesh_build_info` | gauge | version, commit | 1, labelled with the version and commit lbd was built from |
+//! | `lbmesh_raft_leader_changes_total` | counter | | cluster mode: times the leader this node knows changed to another node (or to none) |
+//! | `lbmesh_nodes` | gauge | status | cluster mode: node records by status (`ready`, `down`), read when scraped |
+//! | `lbmesh_tasks` | gauge | service, state | cluster mode: task records by service and state (`pending` ... `orphaned`), read when scraped |
+//! | `process_*` | | | CPU seconds, resident and virtual memory, open and maximum descriptors, threads and `process_start_time_seconds` (the `prometheus` crate's process collector) |
 //! | `lbmesh_nodes_silent_held` | gauge | reason | cluster mode, on the leader: silent nodes left ready because the leader heard no quorum (`no_quorum`) or more than half went silent at once (`mass_silence`) |
 
 use std::sync::Arc;
 
 use lbmesh_proxy::metrics::Metrics as ProxyMetrics;
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
 /// Every metric family of one lbd.
 pub struct DaemonMetrics {
@@ -25,6 +30,10 @@ pub struct DaemonMetrics {
     api_requests: IntCounterVec,
     /// Set by the scheduler each round it leads.
     pub silent_held: IntGaugeVec,
+    /// Counted by the daemon's watch on Raft's metrics.
+    pub leader_changes: IntCounter,
+    tasks: IntGaugeVec,
+    nodes: IntGaugeVec,
 }
 
 impl DaemonMetrics {
@@ -68,6 +77,35 @@ impl DaemonMetrics {
             ),
             &["reason"],
         )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "lbmesh_build_info",
+                "1, labelled with the version and commit lbd was built from.",
+            ),
+            &["version", "commit"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), env!("LBMESH_COMMIT")])
+            .set(1);
+        let leader_changes = IntCounter::new(
+            "lbmesh_raft_leader_changes_total",
+            "Times the Raft leader this node knows changed.",
+        )?;
+        let tasks = IntGaugeVec::new(
+            Opts::new("lbmesh_tasks", "Task records by service and state."),
+            &["service", "state"],
+        )?;
+        registry.register(Box::new(build_info))?;
+        registry.register(Box::new(leader_changes.clone()))?;
+        registry.register(Box::new(tasks.clone()))?;
+        let nodes = IntGaugeVec::new(
+            Opts::new("lbmesh_nodes", "Node records by status: ready, down."),
+            &["status"],
+        )?;
+        registry.register(Box::new(nodes.clone()))?;
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         registry.register(Box::new(silent_held.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         registry.register(Box::new(raft.clone()))?;
@@ -81,6 +119,9 @@ impl DaemonMetrics {
             raft_leader,
             api_requests,
             silent_held,
+            leader_changes,
+            tasks,
+            nodes,
         })
     }
 
@@ -105,6 +146,28 @@ impl DaemonMetrics {
             self.raft_leader
                 .with_label_values(&[&id.to_string()])
                 .set(1);
+        }
+    }
+
+    /// Records the task counts, read when `/metrics` is scraped: one series
+    /// per (service, state) that has tasks.
+    pub fn set_tasks<'a>(&self, tasks: impl Iterator<Item = (&'a str, &'static str)>) {
+        let mut counts: std::collections::BTreeMap<(&str, &str), i64> = Default::default();
+        for key in tasks {
+            *counts.entry(key).or_default() += 1;
+        }
+        self.tasks.reset();
+        for ((service, state), count) in counts {
+            self.tasks.with_label_values(&[service, state]).set(count);
+        }
+    }
+
+    /// Records the node counts, read when `/metrics` is scraped.
+    pub fn set_nodes(&self, ready: usize, down: usize) {
+        for (status, count) in [("ready", ready), ("down", down)] {
+            self.nodes
+                .with_label_values(&[status])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
 
@@ -147,5 +210,50 @@ mod tests {
         );
         metrics.set_raft_leader(None);
         assert!(!metrics.render().contains("lbmesh_raft_leader{"));
+    }
+
+    #[test]
+    fn tasks_are_counted_by_service_and_state_and_gone_ones_dropped() {
+        let metrics = DaemonMetrics::new().unwrap();
+        metrics.set_tasks(
+            [
+                ("web", "running"),
+                ("web", "running"),
+                ("web", "failed"),
+                ("db", "pending"),
+            ]
+            .into_iter(),
+        );
+        let text = metrics.render();
+        for line in [
+            "lbmesh_tasks{service=\"web\",state=\"running\"} 2\n",
+            "lbmesh_tasks{service=\"web\",state=\"failed\"} 1\n",
+            "lbmesh_tasks{service=\"db\",state=\"pending\"} 1\n",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        metrics.set_tasks([("web", "running")].into_iter());
+        let text = metrics.render();
+        assert!(!text.contains("service=\"db\""), "{text}");
+    }
+
+    #[test]
+    fn build_info_and_process_metrics_are_exported() {
+        let text = DaemonMetrics::new().unwrap().render();
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            text.contains(&format!(
+                "lbmesh_build_info{{commit=\"{}\",version=\"{version}\"}} 1",
+                env!("LBMESH_COMMIT")
+            )),
+            "{text}"
+        );
+        for name in [
+            "process_start_time_seconds ",
+            "process_open_fds ",
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
     }
 }

@@ -440,3 +440,53 @@ async fn cap_holds_across_listeners_and_follows_reloads() {
     drop(b);
     assert_eq!(read_line(&mut d).await, "holder");
 }
+
+/// A refusing backend is logged once when it is ejected, however many
+/// connects it refuses until it answers again, and once when it recovers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passive_ejection_and_its_recovery_are_logged_once_each() {
+    let live = TestBackend::start("live", Behavior::Identify).await;
+    let dead_addr = refusing_addr();
+    let addr = listen_addr();
+    let lbd = LbdProcess::start(
+        &service(
+            "web",
+            addr,
+            &[(live.addr, 1), (dead_addr, 1)],
+            "[service.health]\neject_time = \"100ms\"",
+        ),
+        "1s",
+    )
+    .await;
+    // Two seconds of connections: the dead backend is tried again after
+    // each 100 ms ejection and refuses each time.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(2) {
+        assert_eq!(who_answers(addr).await, "live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = metric(
+        &lbd.metrics().await,
+        "lbmesh_connect_errors_total",
+        &[("backend", &dead_addr.to_string()), ("reason", "refused")],
+    )
+    .unwrap_or(0.0);
+    assert!(refused >= 3.0, "the dead backend was retried: {refused}");
+    let revived = TestBackend::start_on("revived", dead_addr, Behavior::Identify).await;
+    eventually("the revived backend answers", || async move {
+        who_answers(addr).await == "revived"
+    })
+    .await;
+    for _ in 0..10 {
+        who_answers(addr).await;
+    }
+    assert!(revived.accepted() >= 2);
+    let log = lbd.log_text();
+    let count = |message: &str| {
+        log.lines()
+            .filter(|l| l.contains(message) && l.contains(&dead_addr.to_string()))
+            .count()
+    };
+    assert_eq!(count("backend ejected"), 1, "log:\n{log}");
+    assert_eq!(count("backend recovered"), 1, "log:\n{log}");
+}

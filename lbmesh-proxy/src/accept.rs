@@ -109,9 +109,15 @@ pub async fn accept_loop(
             stop.cancelled().await;
             return;
         };
-        let permit = tokio::select! {
-            permit = route.service.limit.acquire() => permit,
-            () = stop.cancelled() => return,
+        let permit = match route.service.limit.try_acquire() {
+            Some(permit) => permit,
+            None => {
+                route.service.metrics.max_reached.inc();
+                tokio::select! {
+                    permit = route.service.limit.acquire() => permit,
+                    () = stop.cancelled() => return,
+                }
+            }
         };
         match ready.try_io(|listener| accept_nonblocking(listener.get_ref())) {
             Ok(Ok((stream, peer))) => {

@@ -37,7 +37,7 @@
 //! client outright.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -84,6 +84,9 @@ pub struct Backend {
     /// `now_ms()` deadline until which the backend is skipped; 0 when it is
     /// not ejected.
     ejected_until_ms: AtomicU64,
+    /// Set by an ejection, cleared by the next successful connect: the
+    /// ejection and the recovery are logged once each.
+    failing: AtomicBool,
     pub metrics: BackendMetrics,
 }
 
@@ -103,6 +106,7 @@ impl Backend {
             addr,
             active: AtomicU32::new(0),
             ejected_until_ms: AtomicU64::new(0),
+            failing: AtomicBool::new(false),
             metrics,
         }
     }
@@ -130,12 +134,22 @@ impl Backend {
         until != 0 && now_ms() < until
     }
 
-    /// Skip this backend for `duration` (passive health check).
-    pub fn eject(&self, duration: Duration) {
+    /// Skip this backend for `duration` (passive health check). Returns
+    /// whether it was healthy until now (no ejection since its last
+    /// successful connect), so the caller logs a failing backend once.
+    pub fn eject(&self, duration: Duration) -> bool {
         let millis = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX / 2);
         self.ejected_until_ms
             .store(now_ms().saturating_add(millis.max(1)), Ordering::Relaxed);
         self.metrics.ejections.inc();
+        !self.failing.swap(true, Ordering::Relaxed)
+    }
+
+    /// After a successful connect: whether this is the first since an
+    /// ejection (the backend recovered). One relaxed load when healthy.
+    #[inline]
+    pub fn connected(&self) -> bool {
+        self.failing.load(Ordering::Relaxed) && self.failing.swap(false, Ordering::Relaxed)
     }
 
     pub fn active(&self) -> u32 {
@@ -640,6 +654,20 @@ mod tests {
             .collect();
         assert!(picks.contains(&1), "{picks:?}");
         assert!(!s.backends()[1].is_ejected());
+    }
+
+    #[test]
+    fn ejection_and_recovery_are_reported_once_each() {
+        let b = backend(1);
+        assert!(!b.connected(), "a healthy backend has not recovered");
+        assert!(b.eject(Duration::from_millis(1)));
+        assert!(!b.eject(Duration::from_millis(1)), "still failing: not new");
+        assert!(b.connected());
+        assert!(!b.connected());
+        assert!(
+            b.eject(Duration::from_millis(1)),
+            "failing again after a recovery"
+        );
     }
 
     #[test]

@@ -11,21 +11,31 @@
 //! `retries` bounds the further backends one client connection may try,
 //! whether a connect failed or a backend closed without answering. A
 //! connection that ends in an error counts it against the side at fault
-//! (`lbmesh_forward_errors_total{side}`).
+//! (`lbmesh_forward_errors_total{side}`); every connection's end and
+//! duration are counted per service (`lbmesh_connections_closed_total{end}`,
+//! `lbmesh_connection_duration_seconds`), and each backend tried after the
+//! first in `lbmesh_retries_total`. A backend's first ejection after
+//! a success and its first success after an ejection are logged at INFO,
+//! once each, within a process-wide rate limit (`log_limit`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, info};
 
-use crate::balance::{ActiveConnection, PickContext};
+use crate::balance::{now_ms, ActiveConnection, PickContext};
 use crate::connect::connect;
-use crate::error::{ClientFailure, ConnectFailure};
+use crate::error::{ClientFailure, ConnectFailure, End};
 use crate::fd::Connection;
 use crate::forward;
 use crate::limit::{ClientPlace, ConnectionPermit};
+use crate::log_limit::RateLimit;
 use crate::proxy_protocol;
 use crate::routing::Route;
+
+/// The budget of "backend ejected" and "backend recovered" lines, shared
+/// by every service of the process.
+static BACKEND_EVENTS: RateLimit = RateLimit::new();
 
 /// Serves one client connection to its end, holding its places (the
 /// service's permit and, under a per-client cap, the client's share) until
@@ -41,22 +51,36 @@ pub async fn serve_connection(
     let service = &route.service;
     service.metrics.active.inc();
     let _active = scopeguard(|| service.metrics.active.dec());
+    let started = std::time::Instant::now();
+    let end = forward_client(&client, peer, listen_addr, &route, lane).await;
+    service.metrics.connection_closed(end, started.elapsed());
+}
+
+/// Takes one client connection through its backends to its end.
+async fn forward_client(
+    client: &Connection,
+    peer: SocketAddr,
+    listen_addr: SocketAddr,
+    route: &Route,
+    lane: usize,
+) -> End {
+    let service = &route.service;
     // The address the client reached: the real IP behind a wildcard
     // listener, asked for only by a PROXY header.
     let local_addr = || client.get_ref().local_addr().unwrap_or(listen_addr);
     let mut attempts_left = 1 + route.settings.retries;
 
     let Some(mut upstream) =
-        open_upstream(&route, peer, &local_addr, lane, &mut attempts_left, &[]).await
+        open_upstream(route, peer, &local_addr, lane, &mut attempts_left, &[]).await
     else {
-        return;
+        return End::NoBackend;
     };
     if route.settings.retry_on_empty {
         let mut sent = forward::SentBytes::new();
         loop {
             let backend = upstream.connection.backend();
             let reply = forward::first_reply(
-                &client,
+                client,
                 &upstream.stream,
                 &mut sent,
                 forward::FirstReplyTimeouts {
@@ -69,7 +93,7 @@ pub async fn serve_connection(
             .await;
             match reply {
                 Ok(forward::FirstReply::Forward) => break,
-                Ok(forward::FirstReply::IdleTimeout) => return,
+                Ok(forward::FirstReply::IdleTimeout) => return End::IdleTimeout,
                 Ok(
                     unanswered @ (forward::FirstReply::Unanswered | forward::FirstReply::Silent),
                 ) => {
@@ -80,12 +104,16 @@ pub async fn serve_connection(
                     // succeed (a cut-off host's kernel still holds the
                     // listener), so only this says it is gone.
                     backend.metrics.unanswered.inc();
-                    if unanswered == forward::FirstReply::Silent {
-                        backend.eject(route.settings.eject_time);
+                    if unanswered == forward::FirstReply::Silent
+                        && backend.eject(route.settings.eject_time)
+                    {
+                        if let Some(suppressed) = BACKEND_EVENTS.admit(now_ms()) {
+                            info!(service = %service.name, backend = %backend.addr, failure = "silent", eject_for = ?route.settings.eject_time, suppressed, "backend ejected");
+                        }
                     }
                     debug!(service = %service.name, %peer, backend = %backend.addr, sent = sent.as_slice().len(), ?unanswered, "not answered; resending elsewhere");
                     let Some(next) = open_upstream(
-                        &route,
+                        route,
                         peer,
                         &local_addr,
                         lane,
@@ -94,14 +122,14 @@ pub async fn serve_connection(
                     )
                     .await
                     else {
-                        return;
+                        return End::NoBackend;
                     };
                     upstream = next;
                 }
                 Err(error) => {
                     service.metrics.forward_failed(error.side);
                     debug!(service = %service.name, %peer, backend = %backend.addr, %error, "connection ended by error");
-                    return;
+                    return End::error(error.side);
                 }
             }
         }
@@ -109,7 +137,7 @@ pub async fn serve_connection(
 
     let backend = upstream.connection.backend();
     match forward::forward(
-        &client,
+        client,
         &upstream.stream,
         route.settings.idle_timeout,
         &backend.metrics.bytes_in,
@@ -118,11 +146,16 @@ pub async fn serve_connection(
     .await
     {
         Ok(outcome) => {
-            debug!(service = %service.name, %peer, backend = %backend.addr, ?outcome, "connection closed")
+            debug!(service = %service.name, %peer, backend = %backend.addr, ?outcome, "connection closed");
+            match outcome {
+                forward::Outcome::Finished => End::Finished,
+                forward::Outcome::IdleTimeout => End::IdleTimeout,
+            }
         }
         Err(error) => {
             service.metrics.forward_failed(error.side);
-            debug!(service = %service.name, %peer, backend = %backend.addr, %error, "connection ended by error")
+            debug!(service = %service.name, %peer, backend = %backend.addr, %error, "connection ended by error");
+            End::error(error.side)
         }
     }
 }
@@ -188,6 +221,9 @@ async fn connect_backend(
     };
     while *attempts_left > 0 {
         *attempts_left -= 1;
+        if *attempts_left < route.settings.retries {
+            route.service.metrics.retries.inc();
+        }
         let Some(backend) = route.backends.pick(ctx) else {
             route
                 .service
@@ -203,6 +239,11 @@ async fn connect_backend(
                     .metrics
                     .connect_duration
                     .observe(started.elapsed().as_secs_f64());
+                if backend.connected() {
+                    if let Some(suppressed) = BACKEND_EVENTS.admit(now_ms()) {
+                        info!(service = %route.service.name, backend = %backend.addr, suppressed, "backend recovered");
+                    }
+                }
                 return Some((stream, connection));
             }
             Err(failure) => failure,
@@ -210,8 +251,10 @@ async fn connect_backend(
         backend.metrics.connect_failed(failure);
         // A local shortage (descriptors, ephemeral ports) says nothing about
         // the backend, so it is not ejected for it.
-        if failure != ConnectFailure::Local {
-            backend.eject(route.settings.eject_time);
+        if failure != ConnectFailure::Local && backend.eject(route.settings.eject_time) {
+            if let Some(suppressed) = BACKEND_EVENTS.admit(now_ms()) {
+                info!(service = %route.service.name, backend = %backend.addr, ?failure, eject_for = ?route.settings.eject_time, suppressed, "backend ejected");
+            }
         }
         debug!(service = %route.service.name, backend = %backend.addr, ?failure, attempts_left = *attempts_left, "connect failed");
     }

@@ -38,6 +38,51 @@ pub enum ClientFailure {
     AllAttemptsFailed,
 }
 
+/// How a client connection ended: the `end` label of
+/// `lbmesh_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed and every byte was delivered.
+    Finished,
+    /// No byte moved for the service's idle timeout.
+    IdleTimeout,
+    /// Aborted by the client (a reset, a failed read or write on its side).
+    ClientError,
+    /// Aborted by the backend.
+    BackendError,
+    /// Closed without a backend to forward to.
+    NoBackend,
+}
+
+impl End {
+    pub const ALL: [End; 5] = [
+        End::Finished,
+        End::IdleTimeout,
+        End::ClientError,
+        End::BackendError,
+        End::NoBackend,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Finished => "finished",
+            End::IdleTimeout => "idle_timeout",
+            End::ClientError => "client_error",
+            End::BackendError => "backend_error",
+            End::NoBackend => "no_backend",
+        }
+    }
+
+    /// A forwarding error's end, by the side at fault.
+    pub fn error(side: Side) -> Self {
+        match side {
+            Side::Client => End::ClientError,
+            Side::Backend => End::BackendError,
+        }
+    }
+}
+
 /// Which end of a proxied connection an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {

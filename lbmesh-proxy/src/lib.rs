@@ -28,7 +28,8 @@
 //!   sockets with the reactor (the crate's one `unsafe`); `tcp` holds the
 //!   socket options of both sides; [`proxy_protocol`] writes PROXY headers.
 //! - [`metrics`] holds the data plane's Prometheus families; [`error`]
-//!   says whose fault a failure was (client, backend, this node).
+//!   says whose fault a failure was (client, backend, this node);
+//!   `log_limit` bounds the log lines a failing backend can cause.
 //!
 //! # Invariants
 //!
@@ -49,6 +50,7 @@ mod fd;
 mod forward;
 pub mod limit;
 pub mod listeners;
+mod log_limit;
 pub mod metrics;
 mod proxy;
 pub mod proxy_protocol;

@@ -24,13 +24,18 @@
 //! | `lbmesh_connections_refused_total` | counter | service, reason | client connections closed at once: `per_client` (the client address was at the service's `max_connections_per_client`) |
 //! | `lbmesh_forward_errors_total` | counter | service, side | forwarded connections that ended in an error, by the side at fault: `client` or `backend` |
 //! | `lbmesh_listener_up` | gauge | service, address | 1 while the listen address is bound, 0 while it fails to bind (retried); gone with the address |
+//! | `lbmesh_retries_total` | counter | service | further backends tried for a client connection after the first (a failed connect, or `retry_on_empty`'s resend) |
+//! | `lbmesh_service_max_connections` | gauge | service | the configured `max_connections` |
+//! | `lbmesh_max_connections_reached_total` | counter | service | times an accept loop found a client connection pending with the service at `max_connections` (it waits in the listen backlog; each proxy thread's loop counts) |
+//! | `lbmesh_connection_duration_seconds` | histogram | service | client connections from accept to close |
+//! | `lbmesh_connections_closed_total` | counter | service, end | client connections by how they ended: `finished`, `idle_timeout`, `client_error`, `backend_error` (aborts by side), `no_backend` |
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
-use crate::error::{ClientFailure, ConnectFailure, Side};
+use crate::error::{ClientFailure, ConnectFailure, End, Side};
 
 /// Connect durations on loopback are tens of microseconds; across a LAN,
 /// hundreds; anything over a second is a backend in trouble.
@@ -39,8 +44,19 @@ const CONNECT_BUCKETS: &[f64] = &[
     1.0, 2.5, 5.0,
 ];
 
+/// Client connections last from milliseconds (a refused request) to hours
+/// (a database session); past the 1 h default idle timeout is rare.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
 /// The data plane's metric families.
 pub struct Metrics {
+    retries: IntCounterVec,
+    max_connections: IntGaugeVec,
+    max_reached: IntCounterVec,
+    duration: HistogramVec,
+    closed: IntCounterVec,
     connections: IntCounterVec,
     backend_active: IntGaugeVec,
     service_active: IntGaugeVec,
@@ -116,6 +132,15 @@ pub struct ServiceMetrics {
     pub backend_errors: IntCounter,
     /// Closed at once: the client address was at its per-client cap.
     pub refused_per_client: IntCounter,
+    /// Further backends tried after the first.
+    pub retries: IntCounter,
+    /// The configured cap, set when the table is committed.
+    pub max_connections: IntGauge,
+    /// A pending connection found the cap reached.
+    pub max_reached: IntCounter,
+    pub duration: Histogram,
+    /// By [`End`], in the order of [`End::ALL`].
+    pub closed: [IntCounter; End::ALL.len()],
 }
 
 impl ServiceMetrics {
@@ -124,6 +149,13 @@ impl ServiceMetrics {
             ClientFailure::NoBackend => self.no_backend.inc(),
             ClientFailure::AllAttemptsFailed => self.all_attempts_failed.inc(),
         }
+    }
+
+    /// Counts a closed client connection: how it ended and how long it
+    /// lasted.
+    pub fn connection_closed(&self, end: End, duration: std::time::Duration) {
+        self.closed[end as usize].inc();
+        self.duration.observe(duration.as_secs_f64());
     }
 
     /// Counts a forwarded connection that ended in an error on `side`.
@@ -140,6 +172,44 @@ impl Metrics {
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
         let sb = &["service", "backend"];
         let metrics = Self {
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_retries_total",
+                    "Further backends tried for a client connection after the first.",
+                ),
+                &["service"],
+            )?,
+            max_connections: IntGaugeVec::new(
+                Opts::new(
+                    "lbmesh_service_max_connections",
+                    "The service's configured max_connections.",
+                ),
+                &["service"],
+            )?,
+            max_reached: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_max_connections_reached_total",
+                    "Times an accept loop found a client connection pending with the service \
+                     at max_connections (it waits in the listen backlog).",
+                ),
+                &["service"],
+            )?,
+            duration: HistogramVec::new(
+                HistogramOpts::new(
+                    "lbmesh_connection_duration_seconds",
+                    "Client connections from accept to close.",
+                )
+                .buckets(DURATION_BUCKETS.to_vec()),
+                &["service"],
+            )?,
+            closed: IntCounterVec::new(
+                Opts::new(
+                    "lbmesh_connections_closed_total",
+                    "Client connections by how they ended: finished, idle_timeout, \
+                     client_error, backend_error, no_backend.",
+                ),
+                &["service", "end"],
+            )?,
             connections: IntCounterVec::new(
                 Opts::new(
                     "lbmesh_connections_total",
@@ -246,7 +316,12 @@ impl Metrics {
                 &["service", "address"],
             )?,
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 14] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+            Box::new(metrics.retries.clone()),
+            Box::new(metrics.max_connections.clone()),
+            Box::new(metrics.max_reached.clone()),
+            Box::new(metrics.duration.clone()),
+            Box::new(metrics.closed.clone()),
             Box::new(metrics.refused.clone()),
             Box::new(metrics.connections.clone()),
             Box::new(metrics.backend_active.clone()),
@@ -329,6 +404,11 @@ impl Metrics {
                 .forward_errors
                 .with_label_values(&[service, Side::Backend.as_str()]),
             refused_per_client: self.refused.with_label_values(&[service, "per_client"]),
+            retries: self.retries.with_label_values(&[service]),
+            max_connections: self.max_connections.with_label_values(&[service]),
+            max_reached: self.max_reached.with_label_values(&[service]),
+            duration: self.duration.with_label_values(&[service]),
+            closed: End::ALL.map(|end| self.closed.with_label_values(&[service, end.as_str()])),
         }
     }
 
@@ -338,6 +418,14 @@ impl Metrics {
             let _ = self.failed.remove_label_values(&[service, reason]);
         }
         let _ = self.refused.remove_label_values(&[service, "per_client"]);
+        for family in [&self.retries, &self.max_reached] {
+            let _ = family.remove_label_values(&[service]);
+        }
+        let _ = self.max_connections.remove_label_values(&[service]);
+        let _ = self.duration.remove_label_values(&[service]);
+        for end in End::ALL {
+            let _ = self.closed.remove_label_values(&[service, end.as_str()]);
+        }
         for side in [Side::Client, Side::Backend] {
             let _ = self
                 .forward_errors

@@ -65,11 +65,13 @@ pub struct ServiceState {
 
 impl ServiceState {
     fn new(name: &str, max_connections: u32, metrics: &Metrics) -> Self {
+        let metrics = metrics.service(name);
+        metrics.max_connections.set(i64::from(max_connections));
         Self {
             name: Arc::from(name),
             limit: Arc::new(ConnectionLimit::new(max_connections)),
             clients: Arc::new(ClientCounts::default()),
-            metrics: metrics.service(name),
+            metrics,
         }
     }
 }
@@ -443,6 +445,7 @@ impl RoutingTable {
     pub fn commit(&self, changes: &Changes, metrics: &Metrics) {
         for (state, max) in &changes.limits {
             state.limit.set_max(*max);
+            state.metrics.max_connections.set(i64::from(*max));
         }
         for name in &changes.gone_services {
             if !self.has_service(name) {

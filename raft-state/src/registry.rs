@@ -278,7 +278,7 @@ impl RegistryNode {
             .initialize(members)
             .await
             .map_err(|e| RegistryError::Raft(e.to_string()))?;
-        info!(node = self.id, "bootstrapped a new cluster");
+        info!(node = %self.id, "bootstrapped a new cluster");
         Ok(())
     }
 
@@ -298,7 +298,7 @@ impl RegistryNode {
             self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
                 .await?;
         }
-        info!(node = id, voter, "member added");
+        info!(node = %id, voter, "member added");
         Ok(())
     }
 

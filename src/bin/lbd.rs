@@ -13,7 +13,6 @@ use clap::Parser;
 use lbmesh::defaults;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing_subscriber::EnvFilter;
 
 /// lbmesh daemon: a Layer-4 load balancer and routing mesh.
 ///
@@ -107,6 +106,18 @@ struct Args {
     /// event loop (default: one per core).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
+
+    /// Log lines as `text` or `json` (one object per line) on stderr.
+    /// `LBD_LOG` sets the filter (default: lbmesh at info, dependencies at
+    /// warn); text has colour only on a terminal and without `NO_COLOR`.
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        env = "LBD_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
+    log_format: lbmesh::logging::LogFormat,
 }
 
 /// A heartbeat setting: 100 ms to 10 minutes.
@@ -136,12 +147,7 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_env("LBD_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    lbmesh::logging::Logging::from_env(args.log_format).init();
 
     if let (true, Some(path)) = (args.check, &args.config) {
         return match lb_config::ConfigFile::load(path) {
