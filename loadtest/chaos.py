@@ -570,7 +570,7 @@ class Run:
         if name == "kill-leader-writes":
             with open(log_path, errors="replace") as f:
                 f.seek(log_offset)
-                installed = "install_full_snapshot" in f.read()
+                installed = "installed a snapshot from the leader" in f.read()
             self.record(name, "snapshot", installed,
                         "installed one" if installed else "caught up from the log alone")
 

@@ -6,7 +6,7 @@
 //! The nodes run with `--snapshot-every 50` (10 entries kept behind a
 //! snapshot), so 150 writes while the leader is away are enough where the
 //! default (500, 100 kept) needs 600; the restarted node's log must show
-//! openraft's `install_full_snapshot`, or the test did not test the path.
+//! "installed a snapshot from the leader", or the test did not test the path.
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -108,7 +108,7 @@ fn a_leader_restarted_after_a_snapshot_rejoins_within_5s_five_times() {
         seen.push(rejoined);
         let log = cluster.log(leader);
         assert!(
-            log.contains("install_full_snapshot"),
+            log.contains("installed a snapshot from the leader"),
             "try {attempt}: the restarted node never installed a snapshot; the test missed the path:\n{log}"
         );
         assert!(

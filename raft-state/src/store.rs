@@ -525,6 +525,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let data = snapshot.into_inner();
         let state: RegistryState = decode(&data)?;
         state.check_services();
+        let bytes = data.len();
         let rows = [
             ("state", data.clone()),
             ("applied", encode(&meta.last_log_id)?),
@@ -546,6 +547,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.publish(state);
+        // Rare and worth knowing: this node was too far behind for the log.
+        tracing::info!(
+            index = meta.last_log_id.map(|id| id.index),
+            bytes,
+            "installed a snapshot from the leader"
+        );
         Ok(())
     }
 
