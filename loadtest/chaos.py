@@ -429,31 +429,31 @@ class Loops:
         return [n for n in range(NODES)
                 if n != self.leader_now and n not in self.faulted and self.c.procs[n] is not None]
 
-    def writer(self):
+    def through_followers(self, act):
+        """Calls `act(node)` on the followers in turn while writing is on;
+        `act` says whether it was answered."""
         turn = 0
         while not self.stop.is_set():
             targets = self.followers()
             if not self.writing.is_set() or not targets:
                 time.sleep(0.1)
                 continue
-            ok = self.write(targets[turn % len(targets)])
+            ok = act(targets[turn % len(targets)])
             turn += 1
             time.sleep(0.05 if ok else 0.2)
 
+    def writer(self):
+        self.through_followers(self.write)
+
+    def read(self, via):
+        status, _ = api(via, "GET", f"/v1/nodes/{name_of(0)}", self.c.control_token, timeout=12)
+        if status == 200:
+            with self.lock:
+                self.follower_reads.append(time.time())
+        return status == 200
+
     def reader(self):
-        turn = 0
-        while not self.stop.is_set():
-            targets = self.followers()
-            if not self.writing.is_set() or not targets:
-                time.sleep(0.1)
-                continue
-            status, _ = api(targets[turn % len(targets)], "GET", f"/v1/nodes/{name_of(0)}",
-                            self.c.control_token, timeout=12)
-            turn += 1
-            if status == 200:
-                with self.lock:
-                    self.follower_reads.append(time.time())
-            time.sleep(0.05 if status == 200 else 0.2)
+        self.through_followers(self.read)
 
     def minority_writer(self):
         while not self.stop.is_set():
