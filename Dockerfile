@@ -29,7 +29,8 @@ RUN LBMESH_COMMIT=${LBMESH_COMMIT} CARGO_NET_OFFLINE=${CARGO_NET_OFFLINE} \
     cargo build --locked --profile ${PROFILE} -p lbmesh -p lbctl --bins \
  && mkdir -p /out \
  && cp target/$( [ "${PROFILE}" = dev ] && echo debug || echo "${PROFILE}" )/lbd \
-       target/$( [ "${PROFILE}" = dev ] && echo debug || echo "${PROFILE}" )/lbctl /out/
+       target/$( [ "${PROFILE}" = dev ] && echo debug || echo "${PROFILE}" )/lbctl /out/ \
+ && rm -rf target
 
 FROM ${RUNTIME_IMAGE}
 COPY --from=build /out/lbd /out/lbctl /usr/local/bin/

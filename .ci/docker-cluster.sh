@@ -26,6 +26,8 @@ log() { echo "docker-cluster: $*"; }
 cleanup() {
     docker rm -f "${names[@]}" >/dev/null 2>&1 || true
     [ -n "${backend_pid:-}" ] && kill "$backend_pid" 2>/dev/null || true
+    # The build stage's untagged layers (the sources and the toolchain).
+    docker image prune -f >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
