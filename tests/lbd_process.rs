@@ -288,6 +288,30 @@ fn run_with_config(text: &str) -> (Option<i32>, String) {
     }
 }
 
+/// `lbd --version` names the commit it was built from, as lbctl does.
+#[test]
+fn version_names_the_commit() {
+    let out = Command::new(env!("CARGO_BIN_EXE_lbd"))
+        .arg("--version")
+        .output()
+        .expect("run lbd --version");
+    assert!(out.status.success());
+    let expected = Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map_or_else(
+            || "unknown".to_owned(),
+            |o| String::from_utf8_lossy(&o.stdout).trim().to_owned(),
+        );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("lbd {} (commit {expected})\n", env!("CARGO_PKG_VERSION"))
+    );
+}
+
 #[test]
 fn config_errors_exit_non_zero_and_name_the_field() {
     // fixed-port-ok: every file below is refused before lbd binds anything.

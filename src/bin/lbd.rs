@@ -14,13 +14,22 @@ use lbmesh::defaults;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::mpsc;
 
+/// `lbd --version`: the package version and the commit it was built from
+/// (`build.rs`: `LBMESH_COMMIT`, git, or `unknown`).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("LBMESH_COMMIT"),
+    ")"
+);
+
 /// lbmesh daemon: a Layer-4 load balancer and routing mesh.
 ///
 /// Standalone: `lbd --config FILE` serves the services in the file.
 /// Cluster: `lbd --advertise-addr IP` bootstraps a new cluster (or rejoins
 /// from its data dir); add `--join HOST --token TOKEN` to join one.
 #[derive(Debug, Parser)]
-#[command(name = "lbd", version, about)]
+#[command(name = "lbd", version = VERSION, about)]
 #[command(group(clap::ArgGroup::new("mode").required(true).args(["config", "advertise_addr"])))]
 #[command(group(clap::ArgGroup::new("join_token").args(["token", "token_file"])))]
 struct Args {
