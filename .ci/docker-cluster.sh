@@ -18,6 +18,8 @@ CACHE=${LBMESH_ROOTFS_CACHE:-/var/cache/lbmesh-ci}
 SUITE=bookworm
 MIRROR=${LBMESH_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 NET=127.88.0
+# Fixed ports are deliberate: the containers use host networking on
+# 127.88.0.0/24, a range nothing else here uses (fixed-port-ok).
 PORT=18080
 TAG=lbmesh:ci
 names=(lbmesh-ci-1 lbmesh-ci-2 lbmesh-ci-3)

@@ -373,7 +373,7 @@ mod tests {
         assert_eq!(
             routes[0].ports[0].listen,
             // fixed-port-ok: an address in a table, nothing bound
-            vec!["127.0.0.2:8080".parse().unwrap()]
+            vec!["127.0.0.2:8080".parse().unwrap()] // fixed-port-ok: compared, never bound
         );
         let routes = service_routes(
             &config.services[0],
@@ -449,7 +449,7 @@ mod tests {
         assert_eq!(
             routes[0].ports[0].listen,
             // fixed-port-ok: an address in a table, nothing bound
-            vec!["127.0.0.2:8080".parse().unwrap()]
+            vec!["127.0.0.2:8080".parse().unwrap()] // fixed-port-ok: compared, never bound
         );
         assert_eq!(
             routes[0].ports[0].endpoints,

@@ -20,64 +20,43 @@ pub struct Key {
     pub values: Option<&'static [&'static str]>,
 }
 
+impl Key {
+    /// A key that takes any value.
+    const fn any(name: &'static str) -> Self {
+        Self { name, values: None }
+    }
+
+    /// A key that takes one of `values`.
+    const fn one_of(name: &'static str, values: &'static [&'static str]) -> Self {
+        Self {
+            name,
+            values: Some(values),
+        }
+    }
+}
+
 /// Keys of `service ls`.
 pub const SERVICE_LS: &[Key] = &[
-    Key {
-        name: "id",
-        values: None,
-    },
-    Key {
-        name: "name",
-        values: None,
-    },
-    Key {
-        name: "mode",
-        values: Some(&["replicated", "global"]),
-    },
+    Key::any("id"),
+    Key::any("name"),
+    Key::one_of("mode", &["replicated", "global"]),
 ];
 
 /// Keys of `service ps` and `node ps`.
 pub const TASK_PS: &[Key] = &[
-    Key {
-        name: "id",
-        values: None,
-    },
-    Key {
-        name: "name",
-        values: None,
-    },
-    Key {
-        name: "node",
-        values: None,
-    },
-    Key {
-        name: "desired-state",
-        values: Some(&["running", "shutdown"]),
-    },
+    Key::any("id"),
+    Key::any("name"),
+    Key::any("node"),
+    Key::one_of("desired-state", &["running", "shutdown"]),
 ];
 
 /// Keys of `node ls` (`node.label` is docker's spelling of `label` here).
 pub const NODE_LS: &[Key] = &[
-    Key {
-        name: "id",
-        values: None,
-    },
-    Key {
-        name: "name",
-        values: None,
-    },
-    Key {
-        name: "label",
-        values: None,
-    },
-    Key {
-        name: "node.label",
-        values: None,
-    },
-    Key {
-        name: "role",
-        values: Some(&["manager", "worker"]),
-    },
+    Key::any("id"),
+    Key::any("name"),
+    Key::any("label"),
+    Key::any("node.label"),
+    Key::one_of("role", &["manager", "worker"]),
 ];
 
 impl Filters {

@@ -121,7 +121,7 @@ mod tests {
         let silent_addr = silent.local_addr().expect("addr").to_string();
         let calls = HeartbeatCalls::new(1, secret());
         let voters = vec![
-            (1, "127.0.0.1:9".to_owned()),
+            (1, "127.0.0.1:9".to_owned()), // fixed-port-ok: this node, never dialled
             (2, two_addr),
             (3, three_addr),
             (4, silent_addr),

@@ -1,5 +1,5 @@
-//! Calls from a follower to the leader: forwarded writes, read-index
-//! requests and heartbeats.
+//! Calls from a follower to the leader: forwarded writes and read-index
+//! requests (heartbeats go to every voter: `crate::heartbeats`).
 //!
 //! # Flow of one call
 //!
@@ -34,7 +34,7 @@ use crate::network::{CallError, Peer, Request, Response, Secret};
 use crate::types::NodeId;
 
 /// Idle connections kept to the leader: about the number of calls a node
-/// makes at once (heartbeats, reports, reads); more are opened when needed
+/// makes at once (reports, writes, reads); more are opened when needed
 /// and closed after their call.
 pub const MAX_IDLE: usize = 4;
 
@@ -160,6 +160,27 @@ mod tests {
         (addr, task)
     }
 
+    /// Sends a heartbeat (a call the test servers answer) to the leader
+    /// `leaders` names and checks it is answered within 2 s.
+    async fn answered_at_once(
+        calls: &LeaderCalls,
+        leaders: &watch::Receiver<Option<Leader>>,
+        what: &str,
+    ) {
+        let mut leaders = leaders.clone();
+        let call = calls.call(
+            &mut leaders,
+            same,
+            &Request::Heartbeat,
+            Duration::from_secs(30),
+        );
+        let answer = tokio::time::timeout(Duration::from_secs(2), call)
+            .await
+            .expect(what)
+            .expect("answered");
+        assert!(matches!(answer, Response::Heartbeat));
+    }
+
     /// A call stuck on the leader (its read index never answered) does not
     /// delay another call to the same leader. Calls used to share one
     /// connection behind a lock held for the whole call (up to 10 s).
@@ -180,19 +201,7 @@ mod tests {
         };
         tokio::time::sleep(Duration::from_millis(100)).await;
         for _ in 0..3 {
-            let answer = tokio::time::timeout(
-                Duration::from_secs(2),
-                calls.call(
-                    &mut leaders.clone(),
-                    same,
-                    &Request::Heartbeat,
-                    Duration::from_secs(30),
-                ),
-            )
-            .await
-            .expect("a heartbeat while another call is stuck")
-            .expect("answered");
-            assert!(matches!(answer, Response::Heartbeat));
+            answered_at_once(&calls, &leaders, "a heartbeat while another call is stuck").await;
         }
         assert_eq!(handler.heartbeats.load(Ordering::SeqCst), 3);
         assert!(!stuck.is_finished(), "the read index was never answered");
@@ -239,19 +248,7 @@ mod tests {
             .await;
         assert!(matches!(none, Err(LeaderCallError::NoLeader)), "{none:?}");
         tx.send_replace(Some((3, live)));
-        let answer = tokio::time::timeout(
-            Duration::from_secs(2),
-            calls.call(
-                &mut leaders.clone(),
-                same,
-                &Request::Heartbeat,
-                Duration::from_secs(30),
-            ),
-        )
-        .await
-        .expect("the new leader answers at once")
-        .expect("answered");
-        assert!(matches!(answer, Response::Heartbeat));
+        answered_at_once(&calls, &leaders, "the new leader answers at once").await;
         assert_eq!(handler.heartbeats.load(Ordering::SeqCst), 1);
         hole.abort();
         server.abort();
