@@ -28,9 +28,14 @@
 //! at once, is read and answered.
 //!
 //! In cluster mode the registry's authenticated `/v1` routes are served too
-//! (by [`crate::api`]; listed in [`lbmesh_api`]). Any other path is `404`;
-//! another method on a known path is `405`. `/metrics`, `/live` and `/ready`
-//! are open.
+//! (by [`crate::api`]; listed in [`lbmesh_api`]), over TLS only, on the
+//! same port: the first byte of a connection tells (a TLS handshake starts
+//! with 0x16, an HTTP request with a letter). Over plain HTTP, `/v1` is
+//! `426 Upgrade Required`, while `/metrics`, `/live` and `/ready` answer
+//! either way, so Prometheus scrapes without certificates. The data dir's
+//! Unix socket ([`run_local`], mode 0600) serves everything, `/v1`
+//! without a token, to lbd's own user on the node. Any other path is
+//! `404`; another method on a known path is `405`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -44,20 +49,29 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::{Semaphore, TryAcquireError};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use lbmesh_proxy::limit::ClientCounts;
 use lbmesh_proxy::routing::RoutingTable;
 
+use crate::api::Transport;
 use crate::metrics::DaemonMetrics;
+use crate::pki::Pki;
+
+/// The first byte of a TLS connection (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+/// Connections the local socket serves at once.
+const MAX_LOCAL_CONNECTIONS: usize = 16;
 
 /// What the admin routes read.
 pub struct AdminState {
@@ -65,8 +79,8 @@ pub struct AdminState {
     pub table: Arc<ArcSwap<RoutingTable>>,
     /// Set once the proxy serves; cleared when shutdown begins.
     pub ready: AtomicBool,
-    /// The registry, in cluster mode.
-    pub registry: Option<Arc<raft_state::registry::RegistryNode>>,
+    /// The registry and this node's certificates, in cluster mode.
+    pub cluster: Option<(Arc<raft_state::registry::RegistryNode>, Arc<Pki>)>,
 }
 
 /// Bounds on the admin server's connections, so that a flood of its port
@@ -235,30 +249,43 @@ pub async fn run(
         let state = Arc::clone(&state);
         let (id, connection) = open.insert(peer.ip());
         let open = Arc::clone(&open);
+        let acceptor = state
+            .cluster
+            .as_ref()
+            .map(|(_, pki)| TlsAcceptor::from(pki.credentials().api_server()));
         tokio::spawn(async move {
             let _places = (permit, place);
-            let tracked = Arc::clone(&connection);
-            let service = service_fn(move |request| {
-                let state = Arc::clone(&state);
-                let tracked = Arc::clone(&tracked);
-                async move {
-                    tracked.busy.store(true, Ordering::Relaxed);
-                    let response = respond(&state, request).await;
-                    tracked.served.store(true, Ordering::Relaxed);
-                    tracked.busy.store(false, Ordering::Relaxed);
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let serving = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_read_timeout)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = serving => {
-                    if let Err(error) = result {
-                        debug!(%peer, %error, "admin connection ended");
+            let serving = async {
+                let tls = tokio::time::timeout(limits.header_read_timeout, starts_tls(&stream))
+                    .await
+                    .unwrap_or(false);
+                match (tls, acceptor) {
+                    (true, Some(acceptor)) => {
+                        let accepted = tokio::time::timeout(
+                            limits.header_read_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await;
+                        let stream = match accepted {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(error)) => {
+                                debug!(%peer, %error, "admin TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                        let peer_identity = lbmesh_tls::config::peer_identity(
+                            stream.get_ref().1.peer_certificates(),
+                        );
+                        let transport = Some(Transport::Tls(peer_identity));
+                        serve_http(stream, &state, transport, &connection, limits).await
                     }
+                    (true, None) => debug!(%peer, "TLS on a node without certificates; closed"),
+                    (false, _) => serve_http(stream, &state, None, &connection, limits).await,
                 }
+            };
+            tokio::select! {
+                () = serving => {}
                 () = connection.close.cancelled() => {
                     debug!(%peer, "admin connection closed to make room");
                 }
@@ -268,15 +295,112 @@ pub async fn run(
     }
 }
 
-async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Full<Bytes>> {
+/// Whether a connection's first byte opens a TLS handshake (without
+/// reading it).
+async fn starts_tls(stream: &TcpStream) -> bool {
+    let mut first = [0u8; 1];
+    matches!(stream.peek(&mut first).await, Ok(1) if first[0] == TLS_HANDSHAKE)
+}
+
+/// Serves HTTP/1.1 on one connection, plain (`transport` `None`), TLS or
+/// local, until it ends.
+async fn serve_http<I: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    io: I,
+    state: &Arc<AdminState>,
+    transport: Option<Transport>,
+    connection: &Arc<Connection>,
+    limits: AdminLimits,
+) {
+    let state = Arc::clone(state);
+    let tracked = Arc::clone(connection);
+    let transport = Arc::new(transport);
+    let service = service_fn(move |request| {
+        let state = Arc::clone(&state);
+        let tracked = Arc::clone(&tracked);
+        let transport = Arc::clone(&transport);
+        async move {
+            tracked.busy.store(true, Ordering::Relaxed);
+            let response = respond(&state, transport.as_ref().as_ref(), request).await;
+            tracked.served.store(true, Ordering::Relaxed);
+            tracked.busy.store(false, Ordering::Relaxed);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let serving = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .serve_connection(TokioIo::new(io), service);
+    if let Err(error) = serving.await {
+        debug!(%error, "admin connection ended");
+    }
+}
+
+/// Serves the data dir's Unix socket until `shutdown` resolves: every
+/// route, `/v1` without a token (the socket's mode admits lbd's user only).
+pub async fn run_local(
+    listener: UnixListener,
+    state: Arc<AdminState>,
+    limits: AdminLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let places = Arc::new(Semaphore::new(MAX_LOCAL_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    warn!(%error, "local socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let Ok(permit) = Arc::clone(&places).try_acquire_owned() else {
+            debug!("local socket: too many connections; closed");
+            continue;
+        };
+        let state = Arc::clone(&state);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let connection = Arc::new(Connection::default());
+            serve_http(stream, &state, Some(Transport::Local), &connection, limits).await;
+        });
+    }
+}
+
+/// `426 Upgrade Required`: `/v1` over plain HTTP.
+fn upgrade_required() -> Response<Full<Bytes>> {
+    let body = serde_json::json!({"error": {
+        "field": "transport",
+        "reason": "the /v1 API is served over TLS only; lbctl pins the cluster CA from the control token (or --ca)",
+    }});
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
+    let headers = response.headers_mut();
+    headers.insert(UPGRADE, HeaderValue::from_static("TLS/1.3, HTTP/1.1"));
+    headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+async fn respond(
+    state: &AdminState,
+    transport: Option<&Transport>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let path = request.uri().path();
     if path.starts_with("/v1/") {
-        if let Some(registry) = &state.registry {
+        if let Some((registry, pki)) = &state.cluster {
             // Labels from fixed sets only: a path or method a client made
             // up must not grow /metrics.
             let route = crate::api::route_template(path);
             let method = crate::api::method_label(request.method());
-            let response = crate::api::handle(registry, request).await;
+            let response = match transport {
+                Some(transport) => crate::api::handle(registry, pki, transport, request).await,
+                None => upgrade_required(),
+            };
             state
                 .metrics
                 .api_request(&route, method, response.status().as_u16());
@@ -312,7 +436,7 @@ async fn respond(state: &AdminState, request: Request<Incoming>) -> Response<Ful
 /// Ejections expire by the clock, not by an event, so `backend_up` is brought
 /// up to date when it is scraped; so is Raft's view in cluster mode.
 fn refresh_backend_up(state: &AdminState) {
-    if let Some(registry) = &state.registry {
+    if let Some((registry, _)) = &state.cluster {
         let m = registry.metrics();
         let membership = m.membership_config.membership();
         state.metrics.set_raft("term", m.current_term);
@@ -384,7 +508,7 @@ mod tests {
             metrics: Arc::new(DaemonMetrics::new().expect("metrics")),
             table: Arc::new(ArcSwap::from_pointee(RoutingTable::default())),
             ready: true.into(),
-            registry: None,
+            cluster: None,
         });
         let stop = tokio_util::sync::CancellationToken::new();
         let stopped = stop.clone();

@@ -1,53 +1,54 @@
-//! Cluster membership: a node's identity on disk, join tokens, bootstrap,
-//! join and restart.
+//! Cluster membership: a node's identity on disk, bootstrap, join and
+//! restart.
 //!
 //! # Flow
 //!
 //! ```text
-//! first start, no --join:  new identity ─> registry bootstrap (one voter) ─> InitCluster(tokens)
-//!                          ─> RegisterNode(self) ─> print the join tokens
-//! first start, --join:     token ─> cluster secret + role ─> start registry (empty) ─> POST /v1/cluster/join
-//!                          to any node (forwarded to the leader, which checks our record and probes
-//!                          our Raft address, then adds us as learner, registers us and, for a manager,
-//!                          promotes managers to keep the voter count odd; a failure after the learner
-//!                          was added removes it again) ─> save identity
-//! restart:                 identity from the data dir ─> registry rejoins from its file ─> RegisterNode(self)
+//! first start, no --join:  new cluster id, CA (crate::pki), node key and certificate (manager)
+//!                          ─> registry bootstrap (one voter) ─> InitCluster(CA certificate, token
+//!                          seeds) ─> RegisterNode(self) ─> print the join tokens
+//! first start, --join:     token ─> CA digest ─> TLS to the host, pinned to that CA
+//!                          ─> POST /v1/cluster/certificate (token, id, CSR; forwarded to the leader,
+//!                          which signs a certificate of the token's role) ─> start the registry
+//!                          (empty) ─> POST /v1/cluster/join (the leader checks the token, our
+//!                          record and our Raft address, then adds us as learner, registers us
+//!                          and, for a manager, promotes managers to keep the voter count odd; a
+//!                          failure after the learner was added removes it again) ─> save identity
+//!                          (a manager then fetches the CA key: crate::pki's renewal)
+//! restart:                 identity and certificate from the data dir ─> registry rejoins from its
+//!                          file ─> RegisterNode(self)
 //! ```
 //!
-//! The identity file (`node.json` in the data dir) holds the node id and the
-//! cluster secret; it is written only once the node belongs to a cluster.
-//! `control-token` holds lbctl's control token on a manager (written at
-//! bootstrap, and at a manager's restart when missing and the registry
-//! has it), so `lbctl cluster token` recovers it on the node.
-//! The data dir is 0700 and every file in it 0600 (`crate::files`), and no
-//! secret is logged: the types that hold one print it as `<redacted>` in
-//! `Debug`.
+//! The identity file (`node.json` in the data dir) holds the node id and
+//! the cluster id; it is written only once the node belongs to a cluster.
+//! The certificate files are `crate::pki`'s. `control-token` holds lbctl's
+//! control token on a manager (written at bootstrap, and at a manager's
+//! start when missing, derived with the CA key), so `lbctl cluster token`
+//! recovers it on the node. The data dir is 0700 and every file in it 0600
+//! (`crate::files`), and no secret is logged.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use lbmesh_api::token::same_token;
-use lbmesh_api::{ApiError, Client, JoinRequest};
-use raft_state::network::Secret;
+use lbmesh_api::{ApiError, CertificateRequest, Client, JoinRequest};
+use lbmesh_tls::{CaPin, CertRole, ClusterCa, NodeKey};
 use raft_state::random::{self, RandomError};
 use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing, PROPOSE_DEADLINE};
 use raft_state::state::{
     Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState,
-    Role, VipRange,
+    Role, TokenKind, VipRange,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::api::convert;
+use crate::pki::{self, Pki, PkiError};
+use crate::tokens::{self, Family, Token};
 
-/// Prefix of join tokens; the version lets the format change later.
-const JOIN_TOKEN_PREFIX: &str = "LBMTKN-1-";
-/// Prefix of the admin API's bearer token.
-const CONTROL_TOKEN_PREFIX: &str = "LBMCTL-";
-/// The file in the data dir holding the control token (one line).
-pub const CONTROL_TOKEN_FILE: &str = "control-token";
+pub use crate::pki::CONTROL_TOKEN_FILE;
 /// Most voters kept: 5 tolerate two failures; more only slow commits.
 const MAX_VOTERS: usize = 5;
 
@@ -58,7 +59,7 @@ pub enum ClusterError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{path}: corrupt identity file: {reason}")]
+    #[error("{path}: {reason}")]
     Identity { path: PathBuf, reason: String },
     #[error("--token: {0}")]
     Token(String),
@@ -73,23 +74,21 @@ pub enum ClusterError {
     Join { host: String, source: ApiError },
     #[error("cannot make the cluster's secrets: {0}")]
     Random(#[from] RandomError),
+    #[error("certificates: {0}")]
+    Pki(#[from] PkiError),
+}
+
+impl From<lbmesh_tls::TlsError> for ClusterError {
+    fn from(error: lbmesh_tls::TlsError) -> Self {
+        Self::Pki(PkiError::Tls(error))
+    }
 }
 
 /// What this node is, as saved in its data dir.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Identity {
     pub id: NodeId,
-    /// Hex of the cluster secret.
-    pub secret: String,
-}
-
-impl std::fmt::Debug for Identity {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Identity")
-            .field("id", &self.id)
-            .field("secret", &"<redacted>")
-            .finish()
-    }
+    pub cluster_id: String,
 }
 
 impl Identity {
@@ -100,12 +99,16 @@ impl Identity {
     pub fn load(data_dir: &Path) -> Result<Option<Self>, ClusterError> {
         let path = Self::path(data_dir);
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| ClusterError::Identity {
-                    path,
-                    reason: e.to_string(),
-                }),
+            Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+                let reason = if text.contains("\"secret\"") {
+                    "made by an lbd from before cluster certificates, which cannot \
+                     join this one's clusters: start this node with a new data dir"
+                        .to_owned()
+                } else {
+                    format!("corrupt identity file: {e}")
+                };
+                ClusterError::Identity { path, reason }
+            }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(ClusterError::DataDir { path, source }),
         }
@@ -116,14 +119,6 @@ impl Identity {
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
         crate::files::write_private(&path, text.as_bytes())
             .map_err(|source| ClusterError::DataDir { path, source })
-    }
-
-    fn secret(&self) -> Result<Secret, ClusterError> {
-        let bytes = decode_hex(&self.secret).ok_or_else(|| ClusterError::Identity {
-            path: PathBuf::from("node.json"),
-            reason: "the secret is not hex".to_owned(),
-        })?;
-        Ok(Secret::new(&bytes))
     }
 }
 
@@ -140,89 +135,40 @@ pub struct NodeSettings {
     pub vip_range: VipRange,
     /// Raft entries between two snapshots (the log behind one is purged).
     pub snapshot_every: u64,
+    /// How long node certificates are valid; used only when this node
+    /// bootstraps a cluster.
+    pub cert_lifetime: Duration,
 }
 
-/// A parsed join token.
-#[derive(Clone, PartialEq, Eq)]
-pub struct JoinToken {
-    pub secret: Vec<u8>,
-    pub role_key: String,
+/// The tokens of a new cluster, as printed once at bootstrap.
+pub struct NewTokens {
+    pub cluster_id: String,
+    pub manager: String,
+    pub worker: String,
+    pub control: String,
 }
 
-impl std::fmt::Debug for JoinToken {
+impl std::fmt::Debug for NewTokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JoinToken(<redacted>)")
+        f.debug_struct("NewTokens")
+            .field("cluster_id", &self.cluster_id)
+            .finish_non_exhaustive()
     }
 }
 
-impl JoinToken {
-    /// `LBMTKN-1-<cluster secret, 64 hex>-<role key, 32 hex>`.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        let rest = text
-            .strip_prefix(JOIN_TOKEN_PREFIX)
-            .ok_or_else(|| format!("a join token starts with {JOIN_TOKEN_PREFIX}"))?;
-        let (secret, role_key) = rest
-            .split_once('-')
-            .ok_or("a join token has a secret and a role part")?;
-        let secret = decode_hex(secret)
-            .filter(|s| s.len() == 32)
-            .ok_or("the token's secret part is not 64 hex digits")?;
-        if decode_hex(role_key).map(|k| k.len()) != Some(16) {
-            return Err("the token's role part is not 32 hex digits".to_owned());
-        }
-        Ok(Self {
-            secret,
-            role_key: role_key.to_owned(),
-        })
-    }
-}
-
-/// A new token for the role whose token is `current`: the same cluster
-/// secret with a new random role key, so the old token admits no one.
-pub fn rotated_token(current: &str) -> Result<String, ClusterError> {
-    let parsed = JoinToken::parse(current).map_err(ClusterError::Token)?;
-    Ok(format!(
-        "{JOIN_TOKEN_PREFIX}{}-{}",
-        encode_hex(&parsed.secret),
-        encode_hex(&random_bytes(16)?)
-    ))
-}
-
-/// Random bytes for a secret or an identity: from the OS source, or an
-/// error (never a weaker fallback).
-fn random_bytes(len: usize) -> Result<Vec<u8>, RandomError> {
-    let mut bytes = vec![0u8; len];
-    random::fill(&mut bytes)?;
-    Ok(bytes)
-}
-
-pub fn encode_hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn decode_hex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// A fresh cluster: its secret and tokens.
-fn new_cluster() -> Result<(Vec<u8>, ClusterInfo), RandomError> {
-    let secret = random_bytes(32)?;
-    let secret_hex = encode_hex(&secret);
-    let token =
-        |role_key: Vec<u8>| format!("{JOIN_TOKEN_PREFIX}{secret_hex}-{}", encode_hex(&role_key));
+/// A fresh cluster: its CA and what the registry records of it.
+fn new_cluster(cert_lifetime: Duration) -> Result<(ClusterCa, ClusterInfo), ClusterError> {
+    let id = random::hex_secret(8)?;
+    let ca = ClusterCa::generate(&id)?;
     let info = ClusterInfo {
-        id: encode_hex(&random_bytes(8)?),
-        manager_token: token(random_bytes(16)?),
-        worker_token: token(random_bytes(16)?),
-        control_token: format!("{CONTROL_TOKEN_PREFIX}{}", encode_hex(&random_bytes(16)?)),
+        id,
+        ca_cert: ca.cert_pem().to_owned(),
+        cert_lifetime_ms: u64::try_from(cert_lifetime.as_millis()).unwrap_or(u64::MAX),
+        manager_token: tokens::new_seed(&ca, TokenKind::Manager)?,
+        worker_token: tokens::new_seed(&ca, TokenKind::Worker)?,
+        control_token: tokens::new_seed(&ca, TokenKind::Control)?,
     };
-    Ok((secret, info))
+    Ok((ca, info))
 }
 
 fn random_node_id() -> Result<NodeId, RandomError> {
@@ -249,7 +195,7 @@ fn record(settings: &NodeSettings, id: NodeId, role: Role) -> NodeRecord {
 async fn start_registry(
     settings: &NodeSettings,
     id: NodeId,
-    secret: Secret,
+    pki: &Pki,
 ) -> Result<RegistryNode, ClusterError> {
     let listener = TcpListener::bind(settings.raft_addr)
         .await
@@ -262,7 +208,7 @@ async fn start_registry(
         raft_listener: listener,
         raft_addr: settings.raft_addr.to_string(),
         data_file: settings.data_dir.join("registry.redb"),
-        secret,
+        credentials: pki.credentials(),
         timing: Timing::with_snapshot_every(settings.snapshot_every),
     })
     .await?)
@@ -271,18 +217,19 @@ async fn start_registry(
 /// How this start went, for the caller to report.
 pub enum Started {
     /// A new cluster; its tokens are to be printed.
-    Bootstrapped(ClusterInfo),
+    Bootstrapped(NewTokens),
     Joined,
     /// Rejoined from the data dir; the node's record still names its old
     /// addresses until [`reregister`] has written the current ones.
     Restarted,
 }
 
-/// Starts this node's registry: restart, bootstrap or join.
+/// Starts this node's registry: restart, bootstrap or join. `join` is the
+/// host to join through and the join token.
 pub async fn start(
     settings: &NodeSettings,
     join: Option<(&str, &str)>,
-) -> Result<(RegistryNode, Started), ClusterError> {
+) -> Result<(RegistryNode, Arc<Pki>, Started), ClusterError> {
     crate::files::private_dir(&settings.data_dir)
         .and_then(|()| crate::files::lock_down(&settings.data_dir))
         .map_err(|source| ClusterError::DataDir {
@@ -290,79 +237,99 @@ pub async fn start(
             source,
         })?;
     if let Some(identity) = Identity::load(&settings.data_dir)? {
-        let node = start_registry(settings, identity.id, identity.secret()?).await?;
-        info!(id = %identity.id, "rejoined the cluster from the data dir");
-        keep_control_token(&node, &settings.data_dir)?;
-        return Ok((node, Started::Restarted));
+        let pki = Pki::load(&settings.data_dir)?.ok_or_else(|| ClusterError::Identity {
+            path: settings.data_dir.join(pki::NODE_CERT_FILE),
+            reason: "node.json names a cluster but the node's certificate files are missing"
+                .to_owned(),
+        })?;
+        let node = start_registry(settings, identity.id, &pki).await?;
+        info!(id = %identity.id, cluster = %identity.cluster_id, "rejoined the cluster from the data dir");
+        pki::keep_control_token(&node.local().state, &pki, &settings.data_dir)
+            .map_err(ClusterError::Pki)?;
+        return Ok((node, pki, Started::Restarted));
     }
     match join {
-        None => {
-            let (secret, info) = new_cluster()?;
-            let id = random_node_id()?;
-            let node = start_registry(settings, id, Secret::new(&secret)).await?;
-            node.bootstrap().await?;
-            node.propose(Command::InitCluster {
-                cluster: info.clone(),
-                vip_range: settings.vip_range,
-            })
-            .await?;
-            register_self(&node, settings, Some(Role::Manager)).await?;
-            Identity {
-                id,
-                secret: encode_hex(&secret),
-            }
-            .save(&settings.data_dir)?;
-            save_control_token(&settings.data_dir, &info.control_token)?;
-            Ok((node, Started::Bootstrapped(info)))
-        }
-        Some((host, token)) => {
-            let parsed = JoinToken::parse(token).map_err(ClusterError::Token)?;
-            let id = random_node_id()?;
-            let node = start_registry(settings, id, Secret::new(&parsed.secret)).await?;
-            let request = JoinRequest {
-                token: token.to_owned(),
-                node: convert::member(&record(settings, id, Role::Worker)),
-            };
-            let refused = |source| ClusterError::Join {
-                host: host.to_owned(),
-                source,
-            };
-            let client = Client::new(host, None).map_err(refused)?;
-            client.join(&request).await.map_err(refused)?;
-            Identity {
-                id,
-                secret: encode_hex(&parsed.secret),
-            }
-            .save(&settings.data_dir)?;
-            Ok((node, Started::Joined))
-        }
+        None => bootstrap(settings).await,
+        Some((host, token)) => join_cluster(settings, host, token).await,
     }
 }
 
-fn save_control_token(data_dir: &Path, token: &str) -> Result<(), ClusterError> {
-    let path = data_dir.join(CONTROL_TOKEN_FILE);
-    crate::files::write_private(&path, format!("{token}\n").as_bytes())
-        .map_err(|source| ClusterError::DataDir { path, source })
+async fn bootstrap(
+    settings: &NodeSettings,
+) -> Result<(RegistryNode, Arc<Pki>, Started), ClusterError> {
+    let (ca, info) = new_cluster(settings.cert_lifetime)?;
+    let id = random_node_id()?;
+    let key = NodeKey::generate()?;
+    let cert = pki::issue(&ca, &info, &key.csr(id)?, id, CertRole::Manager)?;
+    let printed = NewTokens {
+        cluster_id: info.id.clone(),
+        manager: tokens::token_text(&ca, TokenKind::Manager, &info.manager_token),
+        worker: tokens::token_text(&ca, TokenKind::Worker, &info.worker_token),
+        control: tokens::token_text(&ca, TokenKind::Control, &info.control_token),
+    };
+    let ca_pem = ca.cert_pem().to_owned();
+    let pki = Pki::create(&settings.data_dir, key, &cert, &ca_pem, Some(ca))?;
+    let node = start_registry(settings, id, &pki).await?;
+    node.bootstrap().await?;
+    node.propose(Command::InitCluster {
+        cluster: info.clone(),
+        vip_range: settings.vip_range,
+    })
+    .await?;
+    register_self(&node, settings, Some(Role::Manager)).await?;
+    Identity {
+        id,
+        cluster_id: info.id,
+    }
+    .save(&settings.data_dir)?;
+    pki::save_control_token(&settings.data_dir, &printed.control)?;
+    Ok((node, pki, Started::Bootstrapped(printed)))
 }
 
-/// On a restarted manager whose data dir has no control token file (an
-/// older lbd made it, or it joined): writes the one its registry copy
-/// holds. A worker never writes it.
-fn keep_control_token(node: &RegistryNode, data_dir: &Path) -> Result<(), ClusterError> {
-    if data_dir.join(CONTROL_TOKEN_FILE).exists() {
-        return Ok(());
+async fn join_cluster(
+    settings: &NodeSettings,
+    host: &str,
+    token: &str,
+) -> Result<(RegistryNode, Arc<Pki>, Started), ClusterError> {
+    let parsed = Token::parse(token, Family::Join).map_err(ClusterError::Token)?;
+    let refused = |source| ClusterError::Join {
+        host: host.to_owned(),
+        source,
+    };
+    let pinned = CaPin::Digest(parsed.ca_digest().to_owned()).client_config()?;
+    let client = Client::new(host, None).map_err(refused)?.with_tls(pinned);
+    let id = random_node_id()?;
+    let key = NodeKey::generate()?;
+    let issued = client
+        .certificate(&CertificateRequest {
+            token: token.to_owned(),
+            node_id: id.into(),
+            csr: key.csr(id)?,
+        })
+        .await
+        .map_err(refused)?;
+    let ca_digest = lbmesh_tls::ca_digest(&lbmesh_tls::config::cert_der(&issued.ca_certificate)?);
+    if ca_digest != parsed.ca_digest() {
+        return Err(ClusterError::Token(
+            "the cluster answered with another CA than the token pins".to_owned(),
+        ));
     }
-    let state = node.local().state;
-    let manager = state
-        .nodes
-        .get(&node.id)
-        .is_some_and(|own| own.role == Role::Manager);
-    match &state.cluster {
-        Some(cluster) if manager && !cluster.control_token.is_empty() => {
-            save_control_token(data_dir, &cluster.control_token)
-        }
-        _ => Ok(()),
-    }
+    let pki = Pki::create(
+        &settings.data_dir,
+        key,
+        &issued.certificate,
+        &issued.ca_certificate,
+        None,
+    )?;
+    let cluster_id = pki.credentials().identity()?.cluster_id;
+    let node = start_registry(settings, id, &pki).await?;
+    let request = JoinRequest {
+        token: token.to_owned(),
+        node: convert::member(&record(settings, id, Role::Worker)),
+    };
+    client.join(&request).await.map_err(refused)?;
+    Identity { id, cluster_id }.save(&settings.data_dir)?;
+    Ok((node, pki, Started::Joined))
 }
 
 /// How often a restarted node retries writing its record.
@@ -463,15 +430,7 @@ pub async fn admit(
             "the cluster is not initialised".to_owned(),
         ));
     };
-    let role = if same_token(&cluster.manager_token, &request.token) {
-        Role::Manager
-    } else if same_token(&cluster.worker_token, &request.token) {
-        Role::Worker
-    } else {
-        return Err(JoinRefusal::BadToken(
-            "the join token is not valid for this cluster".to_owned(),
-        ));
-    };
+    let role = join_role(cluster, &request.token).map_err(JoinRefusal::BadToken)?;
     let mut record = convert::member_record(request.node);
     record.role = role;
     record.availability = Availability::Active;
@@ -547,6 +506,25 @@ pub async fn admit(
         }
     }
     Ok(record)
+}
+
+/// The role a join token admits to, or why it admits no one.
+pub fn join_role(cluster: &ClusterInfo, token: &str) -> Result<Role, String> {
+    let token = Token::parse(token, Family::Join)?;
+    let ca_digest = lbmesh_tls::config::cert_der(&cluster.ca_cert)
+        .map(|der| lbmesh_tls::ca_digest(&der))
+        .unwrap_or_default();
+    let known = token.ca_digest() == ca_digest;
+    if known && token.matches(&cluster.manager_token) {
+        Ok(Role::Manager)
+    } else if known && token.matches(&cluster.worker_token) {
+        Ok(Role::Worker)
+    } else {
+        Err(
+            "the join token is not valid for this cluster (rotated, or another cluster's)"
+                .to_owned(),
+        )
+    }
 }
 
 /// The record a join would write, checked as the registry would apply it
@@ -726,29 +704,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_rotated_token_keeps_the_secret_and_changes_the_role_key() {
-        let (_, info) = new_cluster().unwrap();
-        let rotated = rotated_token(&info.worker_token).unwrap();
-        let (old, new) = (
-            JoinToken::parse(&info.worker_token).unwrap(),
-            JoinToken::parse(&rotated).unwrap(),
+    fn a_join_token_admits_to_its_role_until_rotated() {
+        let (ca, mut info) = new_cluster(Duration::from_secs(60)).unwrap();
+        let worker = tokens::token_text(&ca, TokenKind::Worker, &info.worker_token);
+        let manager = tokens::token_text(&ca, TokenKind::Manager, &info.manager_token);
+        let control = tokens::token_text(&ca, TokenKind::Control, &info.control_token);
+        assert_eq!(join_role(&info, &worker), Ok(Role::Worker));
+        assert_eq!(join_role(&info, &manager), Ok(Role::Manager));
+        assert!(
+            join_role(&info, &control).is_err(),
+            "a control token joins no one"
         );
-        assert_eq!(old.secret, new.secret);
-        assert_ne!(old.role_key, new.role_key);
-        assert!(rotated_token("LBMTKN-1-nonsense").is_err());
-    }
-
-    #[test]
-    fn debug_hides_the_cluster_secret() {
-        let token = format!("{JOIN_TOKEN_PREFIX}{}-{}", "ab".repeat(32), "cd".repeat(16));
-        let parsed = JoinToken::parse(&token).unwrap();
-        let identity = Identity {
-            id: 5,
-            secret: "ab".repeat(32),
-        };
-        let text = format!("{parsed:?} {identity:?}");
-        assert!(!text.contains("abab"), "{text}");
-        assert!(!text.contains("cdcd"), "{text}");
+        info.worker_token = tokens::new_seed(&ca, TokenKind::Worker).unwrap();
+        assert!(join_role(&info, &worker).unwrap_err().contains("not valid"));
+        assert_eq!(join_role(&info, &manager), Ok(Role::Manager));
+        // The registry's record of the cluster holds no token.
+        let recorded = serde_json::to_string(&info).unwrap();
+        for token in [&worker, &manager, &control] {
+            let secret = token.rsplit('-').next().unwrap();
+            assert!(!recorded.contains(secret), "{recorded}");
+        }
     }
 
     #[test]
@@ -762,6 +737,7 @@ mod tests {
             data_dir: PathBuf::from("unused"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
+            cert_lifetime: pki::DEFAULT_CERT_LIFETIME,
         };
         let mut stored = record(&settings, 7, Role::Manager);
         stored.status = NodeStatus::Down;
@@ -787,6 +763,7 @@ mod tests {
             data_dir: PathBuf::from("unused"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
+            cert_lifetime: pki::DEFAULT_CERT_LIFETIME,
         };
         let joiner = record(&settings, 9, Role::Worker);
         let mut state = RegistryState::default();

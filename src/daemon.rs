@@ -65,8 +65,32 @@ use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
 use crate::listener_report;
 use crate::metrics::DaemonMetrics;
+use crate::pki::{self, Pki};
 use crate::routes::{file_routes, RegistryRoutes};
 use crate::scheduler::{self, SchedulerSettings};
+
+/// The Unix socket in the data dir where root on the node reaches the API
+/// without a token (lbctl's default when `--host` is not given).
+pub const LOCAL_SOCKET: &str = "lbd.sock";
+
+/// Binds the local socket, replacing one a previous lbd left, mode 0600
+/// (inside the 0700 data dir, so no other user reaches it even before the
+/// mode is set).
+fn bind_local_socket(path: &Path) -> io::Result<tokio::net::UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(
+        path,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(
+            crate::files::FILE_MODE,
+        ),
+    )?;
+    Ok(listener)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -181,13 +205,13 @@ impl Daemon {
     /// join and control tokens.
     pub async fn start_cluster(
         options: ClusterOptions,
-    ) -> Result<(Self, Option<raft_state::state::ClusterInfo>), DaemonError> {
+    ) -> Result<(Self, Option<cluster::NewTokens>), DaemonError> {
         let settings = options.settings;
         let join = options
             .join
             .as_ref()
             .map(|(host, token)| (host.as_str(), token.as_str()));
-        let (registry, started) = cluster::start(&settings, join).await?;
+        let (registry, pki, started) = cluster::start(&settings, join).await?;
         let registry = Arc::new(registry);
         let changes = registry.watch();
         let (routes, services) = RegistryRoutes::start(&changes.borrow(), settings.ingress_addr);
@@ -205,10 +229,30 @@ impl Daemon {
             },
             node,
             &services,
-            Some(Arc::clone(&registry)),
+            Some((Arc::clone(&registry), Arc::clone(&pki))),
             options.proxy_threads,
         )
         .await?;
+        let socket = settings.data_dir.join(LOCAL_SOCKET);
+        match bind_local_socket(&socket) {
+            Ok(listener) => {
+                let stop = daemon.stop_admin.clone();
+                tokio::spawn(admin::run_local(
+                    listener,
+                    Arc::clone(&daemon.admin),
+                    AdminLimits::within(1024),
+                    async move { stop.cancelled().await },
+                ));
+            }
+            Err(error) => {
+                warn!(socket = %socket.display(), %error, "no local socket; lbctl needs --host and --token")
+            }
+        }
+        tokio::spawn(pki::keep_renewed(
+            Arc::clone(&registry),
+            Arc::clone(&pki),
+            daemon.stop_control.clone(),
+        ));
         tokio::spawn(scheduler::run(
             Arc::clone(&registry),
             SchedulerSettings {
@@ -257,7 +301,7 @@ impl Daemon {
         source: Source,
         node: Node,
         services: &[ServiceRoutes],
-        registry: Option<Arc<RegistryNode>>,
+        cluster: Option<(Arc<RegistryNode>, Arc<Pki>)>,
         proxy_threads: usize,
     ) -> Result<Self, DaemonError> {
         let metrics = Arc::new(DaemonMetrics::new()?);
@@ -288,7 +332,7 @@ impl Daemon {
             metrics: Arc::clone(&metrics),
             table: proxy.table(),
             ready: false.into(),
-            registry,
+            cluster,
         });
         let daemon = Daemon {
             source,

@@ -29,6 +29,8 @@ pub const HEARTBEAT_INTERVAL: &str = "1s";
 /// How long the leader waits for a heartbeat before marking a node down:
 /// five missed heartbeats.
 pub const HEARTBEAT_GRACE: &str = "5s";
+/// Life of a node certificate in a new cluster (Swarm's default too).
+pub const CERT_EXPIRY: &str = "90days";
 
 /// The range heartbeat settings must be in: faster floods the leader,
 /// slower leaves a dead node's tasks unreplaced for too long.

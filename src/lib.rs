@@ -43,5 +43,7 @@ pub mod files;
 pub mod listener_report;
 pub mod logging;
 pub mod metrics;
+pub mod pki;
 pub mod routes;
 pub mod scheduler;
+pub mod tokens;

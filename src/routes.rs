@@ -481,9 +481,7 @@ mod tests {
             state.apply(&Command::InitCluster {
                 cluster: ClusterInfo {
                     id: "c".into(),
-                    manager_token: String::new(),
-                    worker_token: String::new(),
-                    control_token: String::new(),
+                    ..ClusterInfo::default()
                 },
                 vip_range: raft_state::state::DEFAULT_VIP_RANGE,
             });

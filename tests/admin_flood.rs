@@ -16,8 +16,8 @@ fn log_tail(log: &str) -> String {
 
 /// One probe of the proxy (a forwarded connection answered by `b0`) and
 /// one of `/v1` (an authenticated read), each bounded by a second.
-async fn probe(proxy: SocketAddr, api: SocketAddr, token: &str) -> Result<(), String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+async fn probe(proxy: SocketAddr, api: SocketAddr, token: &str, ca: &str) -> Result<(), String> {
+    use tokio::io::AsyncReadExt;
     let within = Duration::from_secs(1);
     let forwarded = tokio::time::timeout(within, async {
         let mut stream = tokio::net::TcpStream::connect(proxy)
@@ -35,16 +35,15 @@ async fn probe(proxy: SocketAddr, api: SocketAddr, token: &str) -> Result<(), St
     if !forwarded.contains("b0") {
         return Err(format!("the proxy answered {forwarded:?}"));
     }
-    let read = tokio::time::timeout(within, async {
-        let mut stream = tokio::net::TcpStream::connect(api).await.map_err(|e| e.to_string())?;
-        let request = format!("GET /v1/nodes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.map_err(|e| e.to_string())?;
-        Ok::<_, String>(answer)
-    })
+    let request = format!("GET /v1/nodes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n");
+    let ca = ca.to_owned();
+    let read = tokio::time::timeout(
+        within,
+        tokio::task::spawn_blocking(move || tls_exchange(api, &ca, request.as_bytes(), within)),
+    )
     .await
-    .map_err(|_| "/v1 did not answer within 1 s".to_owned())??;
+    .map_err(|_| "/v1 did not answer within 1 s".to_owned())?
+    .map_err(|e| e.to_string())??;
     if !read.starts_with("HTTP/1.1 200") {
         return Err(format!("/v1 answered {:?}", read.lines().next()));
     }
@@ -95,11 +94,14 @@ async fn an_admin_flood_leaves_the_proxy_and_v1_answering() {
     let proxy = SocketAddr::new(cluster.ip(0), port);
     let api: SocketAddr = cluster.api(0).parse().expect("api addr");
     let token = cluster.control_token.clone();
+    let ca = cluster.ca_pem();
     let started = Instant::now();
-    while probe(proxy, api, &token).await.is_err() && started.elapsed() < Duration::from_secs(20) {
+    while probe(proxy, api, &token, &ca).await.is_err()
+        && started.elapsed() < Duration::from_secs(20)
+    {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    probe(proxy, api, &token)
+    probe(proxy, api, &token, &ca)
         .await
         .expect("served before the flood");
 
@@ -155,7 +157,7 @@ async fn an_admin_flood_leaves_the_proxy_and_v1_answering() {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !flooding.is_finished() && Instant::now() < deadline {
         let at = attempted.load(std::sync::atomic::Ordering::Relaxed);
-        if let Err(error) = probe(proxy, api, &token).await {
+        if let Err(error) = probe(proxy, api, &token, &ca).await {
             failures.push(format!("after {at} flood connects: {error}"));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -163,7 +165,7 @@ async fn an_admin_flood_leaves_the_proxy_and_v1_answering() {
     assert!(flooding.is_finished(), "the flood did not finish in time");
     let held = flooding.await.expect("flood");
     for _ in 0..3 {
-        if let Err(error) = probe(proxy, api, &token).await {
+        if let Err(error) = probe(proxy, api, &token, &ca).await {
             failures.push(format!(
                 "with {} flood connections open here: {error}",
                 held.len()

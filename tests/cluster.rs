@@ -104,27 +104,30 @@ async fn three_node_cluster_serves_the_mesh() {
         let (code, _, err) = cluster.lbctl(0, &["service", "scale", "web=5000"]);
         assert_ne!(code, 0);
         assert!(err.contains("replicas"), "{err}");
-        let api = cluster.api(0);
         let token = cluster.control_token.clone();
-        let malformed = raw_request(
-            &api,
+        let malformed = cluster.api_request(
+            0,
             format!("POST /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{{nop}}").as_bytes(),
         );
         assert!(malformed.starts_with("HTTP/1.1 400"), "{malformed}");
         let huge = "x".repeat(2 * 1024 * 1024 + 1);
-        let oversized = raw_request(
-            &api,
+        let oversized = cluster.api_request(
+            0,
             format!("POST /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{huge}", huge.len()).as_bytes(),
         );
         assert!(oversized.starts_with("HTTP/1.1 413"), "{}", &oversized[..oversized.len().min(200)]);
         let (code, _, err) = cluster.lbctl(0, &["--token", "wrong", "service", "ls"]);
         assert_ne!(code, 0);
+        assert!(err.contains("control token") && err.contains("LBMCTL-2-"), "{err}");
+        let wrong = wrong_token(&cluster.control_token);
+        let (code, _, err) = cluster.lbctl(0, &["--token", &wrong, "service", "ls"]);
+        assert_ne!(code, 0);
         assert!(err.contains("authorization"), "{err}");
-        let no_token = raw_request(&api, b"GET /v1/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let no_token = cluster.api_request(0, b"GET /v1/services HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
         assert!(no_token.starts_with("HTTP/1.1 401"), "{no_token}");
         let unknown_field = br#"{"name":"other","ports":[{"published":3}],"colour":"red"}"#;
-        let unknown = raw_request(
-            &api,
+        let unknown = cluster.api_request(
+            0,
             &[format!("POST /v1/services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", unknown_field.len()).as_bytes(), unknown_field].concat(),
         );
         assert!(unknown.starts_with("HTTP/1.1 400") && unknown.contains("colour"), "{unknown}");
@@ -385,7 +388,7 @@ fn write_spec(cluster: &Cluster, n: usize, version: usize, pad: usize, port: u16
         cluster.control_token,
         body.len()
     );
-    let response = raw_request(&cluster.api(n), request.as_bytes());
+    let response = cluster.api_request(n, request.as_bytes());
     (status_of(&response), response)
 }
 
@@ -400,7 +403,7 @@ fn api_metric_labels_come_from_fixed_sets() {
         let request = format!(
             "XMETHOD{i} /v1/cluster/junk{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         );
-        let response = raw_request(&api, request.as_bytes());
+        let response = cluster.api_request(0, request.as_bytes());
         assert_eq!(status_of(&response), 401, "{response}");
     }
     let (_, metrics) = http_get_blocking(&api, "/metrics");
@@ -775,10 +778,10 @@ fn a_create_resent_with_its_idempotency_key_gets_the_first_answer() {
             body.len()
         )
     };
-    let first = raw_request(&cluster.api(follower), post("client-1").as_bytes());
+    let first = cluster.api_request(follower, post("client-1").as_bytes());
     assert_eq!(status_of(&first), 201, "{first}");
     for node in [follower, leader] {
-        let resent = raw_request(&cluster.api(node), post("client-1").as_bytes());
+        let resent = cluster.api_request(node, post("client-1").as_bytes());
         assert_eq!(
             status_of(&resent),
             201,
@@ -786,9 +789,9 @@ fn a_create_resent_with_its_idempotency_key_gets_the_first_answer() {
         );
         assert_eq!(body_of(&resent), body_of(&first), "the first answer");
     }
-    let new = raw_request(&cluster.api(follower), post("client-2").as_bytes());
+    let new = cluster.api_request(follower, post("client-2").as_bytes());
     assert_eq!(status_of(&new), 409, "{new}");
-    let bad = raw_request(&cluster.api(follower), post("no spaces").as_bytes());
+    let bad = cluster.api_request(follower, post("no spaces").as_bytes());
     assert_eq!(status_of(&bad), 400, "{bad}");
     assert!(body_of(&bad).contains("idempotency-key"), "{bad}");
     // The create's key on a removal is no resend: refused, nothing removed.
@@ -797,7 +800,7 @@ fn a_create_resent_with_its_idempotency_key_gets_the_first_answer() {
          Authorization: Bearer {}\r\nIdempotency-Key: client-1\r\n\r\n",
         cluster.control_token
     );
-    let reused = raw_request(&cluster.api(follower), remove.as_bytes());
+    let reused = cluster.api_request(follower, remove.as_bytes());
     assert_eq!(status_of(&reused), 409, "{reused}");
     assert!(body_of(&reused).contains("a different request"), "{reused}");
     let listed = cluster
@@ -814,6 +817,7 @@ fn a_create_resent_with_its_idempotency_key_gets_the_first_answer() {
 /// the body, or the error when no answer came.
 fn send(
     addr: SocketAddr,
+    ca_pem: &str,
     token: &str,
     method: &str,
     path: &str,
@@ -825,7 +829,7 @@ fn send(
          Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
-    exchange(addr, request.as_bytes(), Duration::from_secs(40))
+    tls_exchange(addr, ca_pem, request.as_bytes(), Duration::from_secs(40))
         .map(|r| (status_of(&r), body_of(&r).to_owned()))
 }
 
@@ -863,6 +867,7 @@ fn creates_through_followers_survive_repeated_leader_kills() {
         .map(|w| {
             let (leader, apis, answers) = (Arc::clone(&leader), apis.clone(), Arc::clone(&answers));
             let token = cluster.control_token.clone();
+            let ca_pem = cluster.ca_pem();
             std::thread::spawn(move || {
                 // Only a refused connection is tried again, at the other
                 // follower: nothing reached a node.
@@ -870,7 +875,7 @@ fn creates_through_followers_survive_repeated_leader_kills() {
                     let mut answer = Err(String::new());
                     for attempt in 0..50 {
                         let target = (leader.load(Ordering::Relaxed) + 1 + (i + attempt) % 2) % 3;
-                        answer = send(apis[target], &token, method, path, body);
+                        answer = send(apis[target], &ca_pem, &token, method, path, body);
                         match &answer {
                             Err(e) if e.starts_with("connect ") => {
                                 std::thread::sleep(Duration::from_millis(100))

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use test_support::cluster::*;
 use test_support::mesh::*;
-use test_support::{raw_request, status_of, wait_for};
+use test_support::{status_of, wait_for};
 
 /// Serves a page naming the task on $HOST:$PORT.
 const SERVER: &str = "d=$(mktemp -d) && echo \"$LBMESH_TASK_ID\" > $d/index.html && exec busybox httpd -f -p $HOST:$PORT -h $d";
@@ -75,7 +75,6 @@ fn a_leader_restarted_after_a_snapshot_rejoins_within_5s_five_times() {
 
         cluster.restart(leader);
         let restarted = Instant::now();
-        let api = cluster.api(leader);
         let name = format!("node-{}", cluster.ip(leader).to_string().replace('.', "-"));
         // What the last poll saw: the API's status, its applied index, and
         // the node's status as the restarted node reports it.
@@ -84,7 +83,7 @@ fn a_leader_restarted_after_a_snapshot_rejoins_within_5s_five_times() {
             &format!("try {attempt}: the restarted leader's API, caught up to {target} and ready"),
             Duration::from_secs(30),
             || {
-                let (status, response) = raw_get(&api, "/v1/cluster", &cluster.control_token);
+                let (status, response) = raw_get(&cluster, leader, "/v1/cluster");
                 let applied = serde_json::from_str::<Value>(body(&response))
                     .ok()
                     .and_then(|info| info["applied_index"].as_u64())
@@ -158,7 +157,6 @@ fn a_leader_restarted_after_a_snapshot_rejoins_within_5s_five_times() {
 /// Adds one label per write through node `n` until `WRITES` were
 /// acknowledged (bounded in count and time); returns how many were.
 fn write_labels(cluster: &Cluster, n: usize, attempt: usize) -> usize {
-    let api = cluster.api(n);
     let name = format!("node-{}", cluster.ip(n).to_string().replace('.', "-"));
     let started = Instant::now();
     let mut acknowledged = 0;
@@ -172,7 +170,7 @@ fn write_labels(cluster: &Cluster, n: usize, attempt: usize) -> usize {
             cluster.control_token,
             body.len()
         );
-        if status_of(&raw_request(&api, request.as_bytes())) == 200 {
+        if status_of(&cluster.api_request(n, request.as_bytes())) == 200 {
             acknowledged += 1;
         } else {
             std::thread::sleep(Duration::from_millis(100));
@@ -181,9 +179,10 @@ fn write_labels(cluster: &Cluster, n: usize, attempt: usize) -> usize {
     acknowledged
 }
 
-fn raw_get(api: &str, path: &str, token: &str) -> (u16, String) {
-    let response = raw_request(
-        api,
+fn raw_get(cluster: &Cluster, n: usize, path: &str) -> (u16, String) {
+    let token = &cluster.control_token;
+    let response = cluster.api_request(
+        n,
         format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n").as_bytes(),
     );
     (status_of(&response), response)

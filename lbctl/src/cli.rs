@@ -29,14 +29,16 @@ pub const VERSION: &str = concat!(
     propagate_version = true
 )]
 pub struct Cli {
-    /// Admin API of any node.
-    #[arg(
-        long,
-        global = true,
-        env = "LBCTL_HOST",
-        default_value = "http://127.0.0.1:9900" // fixed-port-ok: the documented default admin API
-    )]
-    pub host: String,
+    /// Admin API of any node [default: this node's local socket
+    /// (lbmesh-data/127.0.0.1/lbd.sock) when it exists, else
+    /// 127.0.0.1:9900]. The API is TLS; lbctl pins the cluster CA by the
+    /// digest in the control token, or by --ca.
+    #[arg(long, global = true, env = "LBCTL_HOST")]
+    pub host: Option<String>,
+    /// The cluster CA's certificate (a node's `DATA_DIR/ca.crt`), to trust
+    /// instead of the digest in the control token.
+    #[arg(long, global = true, value_name = "FILE", env = "LBCTL_CA")]
+    pub ca: Option<PathBuf>,
     /// Control token printed when the cluster was bootstrapped (`-`: read
     /// it from standard input; on the command line other local users can
     /// read it).

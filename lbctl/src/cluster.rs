@@ -17,9 +17,12 @@ use crate::output::render;
 const CONTROL_TOKEN_FILE: &str = "control-token";
 /// lbd's default data dir is `lbmesh-data/<advertise address>`.
 const DEFAULT_DATA_ROOT: &str = "lbmesh-data";
+/// lbd's local socket in its data dir.
+pub const LOCAL_SOCKET: &str = "lbd.sock";
 
+/// `client` makes the API client: `cluster token` needs none.
 pub async fn run(
-    client: &Client,
+    client: impl FnOnce() -> Result<Client, CtlError>,
     host: &str,
     command: &ClusterCommand,
     format: Format,
@@ -35,8 +38,9 @@ pub async fn run(
             };
             render(format, &token, |token| format!("{}\n", token.token))
         }
-        ClusterCommand::Info => render(format, &client.cluster_info().await?, info_text),
+        ClusterCommand::Info => render(format, &client()?.cluster_info().await?, info_text),
         ClusterCommand::JoinToken { role, rotate } => {
+            let client = client()?;
             let role = match role {
                 JoinRole::Manager => Role::Manager,
                 JoinRole::Worker => Role::Worker,
@@ -53,7 +57,7 @@ pub async fn run(
 
 /// lbd's default data dir for the node at `host` (`http://IP:PORT`,
 /// `IP:PORT` or `[IPv6]:PORT`).
-fn default_data_dir(host: &str) -> Result<PathBuf, CtlError> {
+pub fn default_data_dir(host: &str) -> Result<PathBuf, CtlError> {
     let authority = host
         .split_once("://")
         .map_or(host, |(_, rest)| rest)

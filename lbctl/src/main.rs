@@ -26,6 +26,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use lbmesh_api::Client;
+use lbmesh_tls::CaPin;
 
 mod apply;
 mod cli;
@@ -41,6 +42,7 @@ mod table;
 mod tasks;
 
 use cli::{Cli, Noun};
+use cluster::LOCAL_SOCKET;
 use error::CtlError;
 
 fn main() -> ExitCode {
@@ -67,16 +69,60 @@ fn main() -> ExitCode {
     }
 }
 
+/// The admin API lbctl talks to without `--host`.
+const DEFAULT_HOST: &str = "127.0.0.1:9900"; // fixed-port-ok: the documented default admin API
+
+/// How lbctl reaches the cluster: the node's local socket when `--host` is
+/// not given and the socket exists (root on a node needs no token), else
+/// TLS to `--host`, trusting the CA the control token's digest (or `--ca`)
+/// names.
+fn connect(cli: &Cli, host: &str) -> Result<Client, CtlError> {
+    if cli.host.is_none() {
+        let socket = cluster::default_data_dir(host)?.join(LOCAL_SOCKET);
+        if socket.exists() {
+            return Ok(Client::local(socket));
+        }
+    }
+    let token = lbmesh_api::token::read_token(cli.token.as_deref(), cli.token_file.as_deref())
+        .map_err(CtlError::Token)?;
+    let pin =
+        match (&cli.ca, token.as_deref()) {
+            (Some(path), _) => {
+                let pem = std::fs::read_to_string(path).map_err(|source| CtlError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                CaPin::Cert(pem)
+            }
+            (None, Some(token)) => CaPin::Digest(ca_digest_of(token)?),
+            (None, None) => return Err(CtlError::Token(
+                "no control token: give --token or --token-file (or run lbctl as root on a node, \
+                 which uses its local socket)"
+                    .to_owned(),
+            )),
+        };
+    let tls = pin
+        .client_config()
+        .map_err(|e| CtlError::Token(format!("--ca: {e}")))?;
+    Ok(Client::new(host, token)?.with_tls(tls))
+}
+
+/// The CA digest a control token carries (`LBMCTL-2-<digest>-<secret>`).
+fn ca_digest_of(token: &str) -> Result<String, CtlError> {
+    lbmesh_api::token::TokenParts::parse(token, lbmesh_api::token::CONTROL_PREFIX)
+        .map(|parts| parts.ca_digest)
+        .map_err(|reason| {
+            CtlError::Token(format!("the control token: {reason} (or give --ca FILE)"))
+        })
+}
+
 /// Runs a parsed command; returns what to print on stdout. `completion`
 /// and `man` need no cluster, so neither a reachable nor a valid `--host`.
 async fn run(cli: &Cli) -> Result<String, CtlError> {
-    let client = || -> Result<Client, CtlError> {
-        let token = lbmesh_api::token::read_token(cli.token.as_deref(), cli.token_file.as_deref())
-            .map_err(CtlError::Token)?;
-        Ok(Client::new(&cli.host, token)?)
-    };
+    let host = cli.host.as_deref().unwrap_or(DEFAULT_HOST);
+    let client = || connect(cli, host);
     match &cli.command {
-        Noun::Cluster(command) => cluster::run(&client()?, &cli.host, command, cli.format).await,
+        Noun::Cluster(command) => cluster::run(client, host, command, cli.format).await,
         Noun::Node(command) => node::run(&client()?, command, cli.format).await,
         Noun::Service(command) => service::run(&client()?, command, cli.format).await,
         Noun::Apply {

@@ -302,6 +302,32 @@ pub struct JoinToken {
     pub token: String,
 }
 
+/// A joiner's first certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateAnswer {
+    /// PEM.
+    pub certificate: String,
+    /// The cluster CA's certificate, PEM (its digest is the token's).
+    pub ca_certificate: String,
+}
+
+/// A renewed certificate, with the CA key when the node is a manager.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewAnswer {
+    pub certificate: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_key: Option<String>,
+}
+
+impl std::fmt::Debug for RenewAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RenewAnswer")
+            .field("certificate", &self.certificate)
+            .field("ca_key", &self.ca_key.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// A member of the cluster as the registry holds it: what a joining node
 /// presents, and what a join or a node update answers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

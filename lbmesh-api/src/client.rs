@@ -3,7 +3,8 @@
 //! # Flow
 //!
 //! ```text
-//! typed method ─> path from percent-encoded segments ─> raw(): TCP connect, handshake,
+//! typed method ─> path from percent-encoded segments ─> raw(): connect (TCP, then TLS when
+//!   the client has a TLS configuration; or the node's Unix socket), HTTP/1.1 handshake,
 //!   one request (Connection: close), the whole answer read ─┐ all under one timeout
 //!   2xx ─> the body decoded as the route's answer type <────┤
 //!   else ─> the server's ErrorBody as ApiError::Status <────┘
@@ -12,6 +13,8 @@
 //! One request per connection: lbctl sends a few requests per command and
 //! the daemon forwards a write now and then, so a pool would buy nothing.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -23,12 +26,17 @@ use lb_config::ServiceSpec;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::rustls::pki_types::ServerName;
+use tokio_rustls::rustls::ClientConfig;
+use tokio_rustls::TlsConnector;
 
-use crate::answers::{ClusterInfo, JoinToken, Member, Node, Removed, Role, Service};
-use crate::answers::{ServiceStatus, Task};
+use crate::answers::{CertificateAnswer, ClusterInfo, JoinToken, Member, Node, Removed, Role};
+use crate::answers::{RenewAnswer, Service, ServiceStatus, Task};
 use crate::error::{ApiError, ErrorBody};
-use crate::requests::{JoinRequest, NodeUpdate, Scale, IDEMPOTENCY_KEY};
+use crate::requests::IDEMPOTENCY_KEY;
+use crate::requests::{CertificateRequest, JoinRequest, NodeUpdate, RenewRequest, Scale};
 
 /// Longest wait for a whole answer: a write that reaches a node during an
 /// election waits there for a leader (up to 10 s) before it is forwarded.
@@ -50,6 +58,10 @@ pub struct Client {
     authority: String,
     /// The control token, sent as `Authorization: Bearer`.
     token: Option<String>,
+    /// TLS to the node (what it trusts, and what it presents), or plain.
+    tls: Option<Arc<ClientConfig>>,
+    /// The node's local socket instead of TCP.
+    socket: Option<PathBuf>,
 }
 
 impl Client {
@@ -65,7 +77,47 @@ impl Client {
         Ok(Self {
             authority: authority.to_owned(),
             token,
+            tls: None,
+            socket: None,
         })
+    }
+
+    /// The same client over TLS with `config`: a node's own credentials
+    /// (node to node), or lbctl's pinned CA.
+    pub fn with_tls(mut self, config: Arc<ClientConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
+    /// A client of the node's local Unix socket (`DATA_DIR/lbd.sock`),
+    /// which needs no token: its mode lets only lbd's user in.
+    pub fn local(socket: PathBuf) -> Self {
+        Self {
+            authority: "localhost".to_owned(),
+            token: None,
+            tls: None,
+            socket: Some(socket),
+        }
+    }
+
+    /// `POST /v1/cluster/certificate`: a joiner's first certificate; the
+    /// join token authenticates.
+    pub async fn certificate(
+        &self,
+        request: &CertificateRequest,
+    ) -> Result<CertificateAnswer, ApiError> {
+        let path = v1_path(&["cluster", "certificate"]);
+        self.call(Method::POST, path, encode(request)?).await
+    }
+
+    /// `POST /v1/cluster/renew`: a new certificate for the node whose
+    /// certificate this client presents.
+    pub async fn renew(&self, csr: &str) -> Result<RenewAnswer, ApiError> {
+        let path = v1_path(&["cluster", "renew"]);
+        let request = RenewRequest {
+            csr: csr.to_owned(),
+        };
+        self.call(Method::POST, path, encode(&request)?).await
     }
 
     /// `GET /v1/cluster`.
@@ -205,27 +257,32 @@ impl Client {
                 source,
             })?;
         let exchange = async {
+            let connect_error = |source| ApiError::Connect {
+                host: self.authority.clone(),
+                source,
+            };
+            if let Some(socket) = &self.socket {
+                let stream = UnixStream::connect(socket).await.map_err(connect_error)?;
+                return self.exchange(stream, request).await;
+            }
             let stream = TcpStream::connect(&self.authority)
                 .await
-                .map_err(|source| ApiError::Connect {
-                    host: self.authority.clone(),
-                    source,
-                })?;
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|source| self.exchange_error(source))?;
-            let answer = async {
-                let response = sender.send_request(request).await?;
-                let status = response.status();
-                let body = response.into_body().collect().await?.to_bytes();
-                Ok((status, body))
-            };
-            // The connection does the I/O while the answer is awaited; with
-            // `Connection: close` it ends once the answer is read. Its own
-            // error, if any, is the answer's too.
-            let (answer, _connection) = tokio::join!(answer, connection);
-            answer.map_err(|source| self.exchange_error(source))
+                .map_err(connect_error)?;
+            match &self.tls {
+                None => self.exchange(stream, request).await,
+                Some(config) => {
+                    let name = ServerName::try_from(lbmesh_tls::API_SERVER_NAME)
+                        .map_err(|e| connect_error(std::io::Error::other(e)))?;
+                    let stream = TlsConnector::from(config.clone())
+                        .connect(name, stream)
+                        .await
+                        .map_err(|source| ApiError::Tls {
+                            host: self.authority.clone(),
+                            source,
+                        })?;
+                    self.exchange(stream, request).await
+                }
+            }
         };
         tokio::time::timeout(TIMEOUT, exchange)
             .await
@@ -235,6 +292,28 @@ impl Client {
                     after: TIMEOUT,
                 })
             })
+    }
+
+    /// One request and its whole answer over an open connection.
+    async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        stream: S,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), ApiError> {
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|source| self.exchange_error(source))?;
+        let answer = async {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok((status, body))
+        };
+        // The connection does the I/O while the answer is awaited; with
+        // `Connection: close` it ends once the answer is read. Its own
+        // error, if any, is the answer's too.
+        let (answer, _connection) = tokio::join!(answer, connection);
+        answer.map_err(|source| self.exchange_error(source))
     }
 
     /// A request whose 2xx answer is a `T`.

@@ -42,6 +42,13 @@ pub enum ApiError {
         host: String,
         source: std::io::Error,
     },
+    /// The TLS handshake failed: the node is not of the pinned cluster, or
+    /// its certificate is not valid.
+    #[error("TLS to {host}: {source}")]
+    Tls {
+        host: String,
+        source: std::io::Error,
+    },
     #[error("{host} did not answer within {after:?}")]
     Timeout { host: String, after: Duration },
     /// The connection broke or the answer was not HTTP/1.1.

@@ -61,10 +61,13 @@ pub mod requests;
 pub mod token;
 
 pub use answers::{
-    Availability, ClusterInfo, DesiredState, JoinToken, ListenerError, Member, Node, NodeId,
-    NodeStatus, RaftRole, Removed, Role, Service, ServiceStatus, Task, TaskEndpoint, TaskHealth,
-    TaskState, Timestamp, UpdateState, UpdateStatus,
+    Availability, CertificateAnswer, ClusterInfo, DesiredState, JoinToken, ListenerError, Member,
+    Node, NodeId, NodeStatus, RaftRole, Removed, RenewAnswer, Role, Service, ServiceStatus, Task,
+    TaskEndpoint, TaskHealth, TaskState, Timestamp, UpdateState, UpdateStatus,
 };
 pub use client::Client;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
-pub use requests::{check_idempotency_key, JoinRequest, NodeUpdate, Scale, IDEMPOTENCY_KEY};
+pub use requests::{
+    check_idempotency_key, CertificateRequest, JoinRequest, NodeUpdate, RenewRequest, Scale,
+    IDEMPOTENCY_KEY,
+};

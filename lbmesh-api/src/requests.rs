@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::answers::{Availability, Member, Role};
+use crate::answers::{Availability, Member, NodeId, Role};
 
 /// The header naming a write's request (its idempotency key): a write sent
 /// again with the same key gets the first answer and is not applied twice.
@@ -51,6 +51,27 @@ pub struct NodeUpdate {
 #[serde(deny_unknown_fields)]
 pub struct Scale {
     pub replicas: i64,
+}
+
+/// `POST /v1/cluster/certificate`: a joiner asks for its first
+/// certificate with a join token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateRequest {
+    /// The join token: its role is the certificate's.
+    pub token: String,
+    /// The id the joiner picked; the certificate names it.
+    pub node_id: NodeId,
+    /// A PEM CSR for the joiner's key (only the key is used).
+    pub csr: String,
+}
+
+/// `POST /v1/cluster/renew`: the caller is the node its TLS certificate
+/// names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    pub csr: String,
 }
 
 /// `POST /v1/cluster/join`: a new node presents a join token and itself.

@@ -7,9 +7,72 @@
 //! 0600). Either way the first line, trimmed, is the token; an empty one
 //! is an error naming where it came from. A server compares a token it was
 //! given with [`same_token`].
+//!
+//! Tokens are `<prefix><CA certificate SHA-256, 64 hex>-<secret, 32 hex>`
+//! ([`JOIN_PREFIX`], [`CONTROL_PREFIX`]); [`TokenParts::parse`] takes one
+//! apart, so a client can pin the CA by the digest.
 
 use std::io::Read;
 use std::path::Path;
+
+/// Join tokens start with this.
+pub const JOIN_PREFIX: &str = "LBMTKN-2-";
+/// Control tokens start with this.
+pub const CONTROL_PREFIX: &str = "LBMCTL-2-";
+
+/// A token taken apart.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TokenParts {
+    /// Hex SHA-256 of the cluster CA's certificate, lowercase.
+    pub ca_digest: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TokenParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenParts")
+            .field("ca_digest", &self.ca_digest)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+impl TokenParts {
+    /// Parses a token that should start with `prefix`; the error says what
+    /// is wrong with it.
+    pub fn parse(text: &str, prefix: &str) -> Result<Self, String> {
+        let rest = text.strip_prefix(prefix).ok_or_else(|| {
+            if text.starts_with("LBMTKN-1-") || (text.starts_with("LBMCTL-") && !text.starts_with("LBMCTL-2-")) {
+                "this token is of an lbd from before cluster certificates; ask a manager of the cluster for a current one".to_owned()
+            } else {
+                format!("the token does not start with {prefix}")
+            }
+        })?;
+        let (digest, secret) = rest
+            .split_once('-')
+            .ok_or("a token has a CA digest and a secret part")?;
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("the token's CA digest is not 64 hex digits".to_owned());
+        }
+        let secret = decode_hex(secret)
+            .filter(|s| s.len() == 16)
+            .ok_or("the token's secret is not 32 hex digits")?;
+        Ok(Self {
+            ca_digest: digest.to_ascii_lowercase(),
+            secret,
+        })
+    }
+}
+
+fn decode_hex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
 
 /// Longest token read from a file or standard input; every lbmesh token is
 /// far shorter, so more is a wrong file.

@@ -9,27 +9,74 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
-/// Cluster-wide settings, written once when the cluster is bootstrapped.
-/// Its `Debug` hides the tokens, so no log line can carry one.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Cluster-wide settings, written once when the cluster is bootstrapped
+/// (the token seeds change on rotation).
+///
+/// Every node holds the registry, workers too, so nothing here is usable
+/// as a credential: the CA's certificate is public, and each token is
+/// kept as a [`TokenSeed`], from which only a holder of the CA key (a
+/// manager) derives the token's secret, and the secret's SHA-256, which
+/// checks a presented token without revealing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClusterInfo {
     pub id: String,
-    /// Join tokens. Every node holds the registry, so every node is trusted
-    /// with them (as every Swarm manager is).
-    pub manager_token: String,
-    pub worker_token: String,
-    /// Bearer token of the admin API's `/v1` routes.
-    pub control_token: String,
+    /// The cluster CA's certificate (PEM).
+    pub ca_cert: String,
+    /// How long node certificates are valid, in milliseconds.
+    pub cert_lifetime_ms: u64,
+    pub manager_token: TokenSeed,
+    pub worker_token: TokenSeed,
+    /// The admin API's bearer token.
+    pub control_token: TokenSeed,
 }
 
-impl std::fmt::Debug for ClusterInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClusterInfo")
-            .field("id", &self.id)
-            .field("manager_token", &"<redacted>")
-            .field("worker_token", &"<redacted>")
-            .field("control_token", &"<redacted>")
-            .finish()
+/// What the registry keeps of one token: a random seed and the SHA-256 of
+/// the secret derived from it (both hex).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenSeed {
+    pub seed: String,
+    pub hash: String,
+}
+
+/// Which token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenKind {
+    Manager,
+    Worker,
+    Control,
+}
+
+impl TokenKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manager => "manager",
+            Self::Worker => "worker",
+            Self::Control => "control",
+        }
+    }
+}
+
+impl ClusterInfo {
+    pub fn token(&self, kind: TokenKind) -> &TokenSeed {
+        match kind {
+            TokenKind::Manager => &self.manager_token,
+            TokenKind::Worker => &self.worker_token,
+            TokenKind::Control => &self.control_token,
+        }
+    }
+
+    fn token_mut(&mut self, kind: TokenKind) -> &mut TokenSeed {
+        match kind {
+            TokenKind::Manager => &mut self.manager_token,
+            TokenKind::Worker => &mut self.worker_token,
+            TokenKind::Control => &mut self.control_token,
+        }
+    }
+
+    /// Replaces one token's seed (a rotation).
+    pub(crate) fn rotate(&mut self, kind: TokenKind, seed: TokenSeed) {
+        *self.token_mut(kind) = seed;
     }
 }
 
@@ -87,21 +134,6 @@ impl fmt::Display for VipRange {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn debug_hides_every_token() {
-        let info = ClusterInfo {
-            id: "c1".to_owned(),
-            manager_token: "LBMTKN-1-mmm".to_owned(),
-            worker_token: "LBMTKN-1-www".to_owned(),
-            control_token: "LBMCTL-ccc".to_owned(),
-        };
-        let text = format!("{info:?} {:?}", Some(&info));
-        for secret in ["mmm", "www", "ccc"] {
-            assert!(!text.contains(secret), "{text}");
-        }
-        assert!(text.contains("c1"), "{text}");
-    }
 
     #[test]
     fn vip_range_parsing() {

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use lb_config::ServiceSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterInfo, VipRange};
+use crate::cluster::{ClusterInfo, TokenKind, TokenSeed, VipRange};
 use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 use crate::task::{Millis, TaskOp, TaskReport};
 
@@ -80,13 +80,13 @@ pub enum Command {
         #[serde(default)]
         failures: Vec<ListenerFailure>,
     },
-    /// Replaces one role's join token (`lbctl cluster join-token --rotate`):
-    /// the old one no longer admits anyone; nodes that joined with it are
-    /// unaffected (a restart uses the data dir, never the token). The API
-    /// makes the token; refused before the cluster is initialised.
-    RotateJoinToken {
-        role: Role,
-        token: String,
+    /// Replaces one token's seed (`lbctl cluster join-token --rotate`):
+    /// the old token no longer admits anyone; nodes that joined with it are
+    /// unaffected (they hold certificates, and a restart uses the data dir).
+    /// The API makes the seed; refused before the cluster is initialised.
+    RotateToken {
+        kind: TokenKind,
+        seed: TokenSeed,
     },
 }
 

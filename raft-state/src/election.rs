@@ -37,7 +37,7 @@ use openraft::ServerState;
 use tokio::time::Instant;
 use tracing::{debug, info};
 
-use crate::network::{Peer, Secret};
+use crate::network::{Credentials, Peer};
 use crate::types::{NodeId, Raft};
 
 /// When this node last served a request from the leader.
@@ -70,7 +70,7 @@ fn majority(voters: usize, reachable: usize) -> bool {
 pub(crate) async fn guard(
     raft: Raft,
     self_id: NodeId,
-    secret: Secret,
+    credentials: Credentials,
     contact: LeaderContact,
     election_min: Duration,
 ) {
@@ -96,7 +96,7 @@ pub(crate) async fn guard(
             true
         } else {
             let probes = voters.into_iter().map(|(id, addr)| {
-                let peer = Peer::new(self_id, id, addr, secret.clone());
+                let peer = Peer::new(id, addr, credentials.clone());
                 async move { tokio::time::timeout(probe, peer.probe()).await }
             });
             let reachable = futures_util::future::join_all(probes)

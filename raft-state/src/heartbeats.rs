@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use futures_util::future::join_all;
 
-use crate::network::{Peer, Request, Response, Secret};
+use crate::network::{Credentials, Peer, Request, Response};
 use crate::types::NodeId;
 
 /// How one round went.
@@ -45,15 +45,15 @@ pub struct Delivered {
 /// Connections for heartbeats, one per voter, kept between rounds.
 pub struct HeartbeatCalls {
     self_id: NodeId,
-    secret: Secret,
+    credentials: Credentials,
     idle: std::sync::Mutex<HashMap<NodeId, Peer>>,
 }
 
 impl HeartbeatCalls {
-    pub fn new(self_id: NodeId, secret: Secret) -> Self {
+    pub fn new(self_id: NodeId, credentials: Credentials) -> Self {
         Self {
             self_id,
-            secret,
+            credentials,
             idle: std::sync::Mutex::new(HashMap::new()),
         }
     }
@@ -95,14 +95,14 @@ impl HeartbeatCalls {
             .ok()
             .and_then(|mut idle| idle.remove(&id))
             .filter(|peer| peer.addr() == addr);
-        kept.unwrap_or_else(|| Peer::new(self.self_id, id, addr.to_owned(), self.secret.clone()))
+        kept.unwrap_or_else(|| Peer::new(id, addr.to_owned(), self.credentials.clone()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::tests::{secret, server, Stuck};
+    use crate::network::tests::{credentials, server, Stuck};
     use std::sync::atomic::Ordering;
 
     /// Every voter but this node hears each round, over the connection kept
@@ -119,7 +119,7 @@ mod tests {
             .await
             .expect("bind");
         let silent_addr = silent.local_addr().expect("addr").to_string();
-        let calls = HeartbeatCalls::new(1, secret());
+        let calls = HeartbeatCalls::new(1, credentials(1));
         let voters = vec![
             (1, "127.0.0.1:9".to_owned()), // fixed-port-ok: this node, never dialled
             (2, two_addr),

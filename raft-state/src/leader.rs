@@ -30,7 +30,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::network::{CallError, Peer, Request, Response, Secret};
+use crate::network::{CallError, Credentials, Peer, Request, Response};
 use crate::types::NodeId;
 
 /// Idle connections kept to the leader: about the number of calls a node
@@ -56,18 +56,16 @@ pub enum LeaderCallError {
 
 /// A pool of authenticated connections to the current leader.
 pub struct LeaderCalls {
-    self_id: NodeId,
-    secret: Secret,
+    credentials: Credentials,
     /// Idle connections, all to one leader (those to an old leader are
     /// dropped when a call to a new one returns).
     idle: std::sync::Mutex<Vec<Peer>>,
 }
 
 impl LeaderCalls {
-    pub fn new(self_id: NodeId, secret: Secret) -> Self {
+    pub fn new(credentials: Credentials) -> Self {
         Self {
-            self_id,
-            secret,
+            credentials,
             idle: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -97,14 +95,7 @@ impl LeaderCalls {
             idle.retain(|peer| peer.target == leader.0 && peer.addr() == leader.1);
             idle.pop()
         });
-        pooled.unwrap_or_else(|| {
-            Peer::new(
-                self.self_id,
-                leader.0,
-                leader.1.clone(),
-                self.secret.clone(),
-            )
-        })
+        pooled.unwrap_or_else(|| Peer::new(leader.0, leader.1.clone(), self.credentials.clone()))
     }
 
     /// Keeps a connection that answered, unless the pool is full.
@@ -137,7 +128,7 @@ pub async fn while_leader_is<T, F: Future>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::network::tests::{secret, server, Stuck};
+    use crate::network::tests::{credentials, server, Stuck};
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
     use tokio::net::TcpListener;
@@ -188,7 +179,7 @@ mod tests {
     async fn a_stuck_call_delays_no_other_call() {
         let handler = Stuck::default();
         let (addr, server) = server(1, handler.clone()).await;
-        let calls = Arc::new(LeaderCalls::new(2, secret()));
+        let calls = Arc::new(LeaderCalls::new(credentials(2)));
         let (_tx, leaders) = watch::channel(Some((1, addr)));
         let stuck = {
             let (calls, mut leaders) = (Arc::clone(&calls), leaders.clone());
@@ -216,7 +207,7 @@ mod tests {
         let (dead, hole) = black_hole().await;
         let handler = Stuck::default();
         let (live, server) = server(3, handler.clone()).await;
-        let calls = Arc::new(LeaderCalls::new(2, secret()));
+        let calls = Arc::new(LeaderCalls::new(credentials(2)));
         let (tx, leaders) = watch::channel(Some((1, dead)));
         let stuck = {
             let (calls, mut leaders) = (Arc::clone(&calls), leaders.clone());

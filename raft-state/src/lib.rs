@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! propose(Command) ──> openraft leader ──append──> LogStore (redb, fsync before ack)
-//!                          │ replicate over network (TCP, length-delimited JSON, HMAC-authenticated)
+//!                          │ replicate over network (mutual TLS, length-delimited JSON)
 //!                          ▼ committed
 //!                     StateMachine::apply ──> RegistryState::apply_proposal (a resend: its first
 //!                          │                  answer; else apply: validates, Outcome per entry)
@@ -31,7 +31,9 @@
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: the redb-backed log store and state machine (openraft's
 //!   storage-v2 traits), snapshots included.
-//! - [`network`]: the authenticated transport; its server answers through an
+//! - [`authority`]: what a node may ask of the registry given its role
+//!   (a worker writes facts about itself only; a removed node nothing).
+//! - [`network`]: the mutual-TLS transport; its server answers through an
 //!   [`network::RpcHandler`] and knows nothing of the registry.
 //! - [`leader`]: a follower's calls to the leader (forwarded writes and read
 //!   indexes) over a pool of connections, each call to the leader Raft
@@ -47,6 +49,7 @@
 //! same [`state::RegistryState`].
 #![forbid(unsafe_code)]
 
+pub mod authority;
 pub mod cluster;
 pub mod command;
 mod election;

@@ -49,12 +49,15 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+use lbmesh_tls::{CertRole, NodeIdentity};
+
+use crate::authority;
 use crate::command::{Command, Proposal, RequestId};
 use crate::election::{self, LeaderContact};
 use crate::heartbeats::{Delivered, HeartbeatCalls};
 use crate::leader::{self, LeaderCallError, LeaderCalls};
 use crate::network::{
-    self, Answer, Network, Peer, RemoteFailure, Request, Response, RpcHandler, Secret,
+    self, Answer, Caller, Credentials, Network, Peer, RemoteFailure, Request, Response, RpcHandler,
 };
 use crate::outcome::Outcome;
 use crate::store::{self, Applied};
@@ -162,7 +165,7 @@ pub struct NodeOptions {
     pub raft_addr: String,
     /// The redb file of this node.
     pub data_file: PathBuf,
-    pub secret: Secret,
+    pub credentials: Credentials,
     pub timing: Timing,
 }
 
@@ -171,7 +174,7 @@ pub struct RegistryNode {
     pub id: NodeId,
     raft: Raft,
     raft_addr: String,
-    secret: Secret,
+    credentials: Credentials,
     applied: watch::Receiver<Applied>,
     /// Connections to the leader for forwarded writes and read indexes:
     /// one per call in flight, so none waits behind another.
@@ -206,8 +209,7 @@ impl RegistryNode {
         let applied = state_machine.subscribe();
         let database_closed = log.database_closed();
         let network = Network {
-            self_id: options.id,
-            secret: options.secret.clone(),
+            credentials: options.credentials.clone(),
         };
         let raft = Raft::new(
             options.id,
@@ -224,7 +226,7 @@ impl RegistryNode {
         let election_guard = tokio::spawn(election::guard(
             raft.clone(),
             options.id,
-            options.secret.clone(),
+            options.credentials.clone(),
             contact.clone(),
             options.timing.election_min,
         ));
@@ -232,15 +234,15 @@ impl RegistryNode {
             let stop = Arc::clone(&stop);
             let handler = Served {
                 raft: raft.clone(),
+                applied: applied.clone(),
                 id: options.id,
                 liveness: liveness.clone(),
                 contact,
             };
             tokio::spawn(network::serve(
                 options.raft_listener,
-                options.id,
                 handler,
-                options.secret.clone(),
+                options.credentials.clone(),
                 async move { stop.notified().await },
             ))
         };
@@ -249,9 +251,9 @@ impl RegistryNode {
             raft,
             raft_addr: options.raft_addr,
             applied,
-            leader: LeaderCalls::new(options.id, options.secret.clone()),
-            heartbeats: HeartbeatCalls::new(options.id, options.secret.clone()),
-            secret: options.secret,
+            leader: LeaderCalls::new(options.credentials.clone()),
+            heartbeats: HeartbeatCalls::new(options.id, options.credentials.clone()),
+            credentials: options.credentials,
             liveness,
             election_timeout: options.timing.election_max,
             request_ids: RequestIds::new(options.id),
@@ -375,9 +377,9 @@ impl RegistryNode {
             .map_err(|e| RegistryError::Raft(e.to_string()))
     }
 
-    /// Checks that node `id` answers at `raft_addr` holding the cluster
-    /// secret (the authenticated handshake names the node it expects, and
-    /// one heartbeat), within `timeout`: what a join checks before the node
+    /// Checks that node `id` answers at `raft_addr` holding its certificate
+    /// from the cluster CA (the TLS handshake checks the name of the node
+    /// it expects, then one heartbeat), within `timeout`: what a join checks before the node
     /// becomes a learner the leader would replicate to.
     pub async fn probe(
         &self,
@@ -385,7 +387,7 @@ impl RegistryNode {
         raft_addr: &str,
         timeout: Duration,
     ) -> Result<(), RegistryError> {
-        let mut peer = Peer::new(self.id, id, raft_addr.to_owned(), self.secret.clone());
+        let mut peer = Peer::new(id, raft_addr.to_owned(), self.credentials.clone());
         let answer = peer.call(&Request::Heartbeat, timeout).await;
         match answer.map_err(|e| RegistryError::Forward(e.into()))? {
             Response::Heartbeat => Ok(()),
@@ -692,6 +694,8 @@ impl Liveness {
 #[derive(Clone)]
 struct Served {
     raft: Raft,
+    /// What this node has applied: who is removed, and each node's role.
+    applied: watch::Receiver<Applied>,
     /// This node, named in a `NotLeader` answer.
     id: NodeId,
     liveness: Liveness,
@@ -720,7 +724,16 @@ impl RpcHandler for Served {
         self.raft.install_snapshot(rpc).await
     }
 
-    async fn propose(&self, proposal: Proposal) -> Result<Outcome, RemoteFailure> {
+    fn authorize(&self, identity: &NodeIdentity) -> Result<CertRole, String> {
+        authority::effective_role(&self.applied.borrow().state, identity)
+    }
+
+    async fn propose(&self, caller: Caller, proposal: Proposal) -> Result<Outcome, RemoteFailure> {
+        if caller.role == CertRole::Worker {
+            let state = &self.applied.borrow().state;
+            authority::worker_may_propose(state, caller.id, &proposal.command)
+                .map_err(RemoteFailure::Forbidden)?;
+        }
         write_locally(&self.raft, self.id, proposal).await
     }
 

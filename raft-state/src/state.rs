@@ -35,7 +35,7 @@ use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus
 
 // The records have files of their own; these keep the paths callers use
 // (`raft_state::state::Command`, ...).
-pub use crate::cluster::{ClusterInfo, VipRange, DEFAULT_VIP_RANGE};
+pub use crate::cluster::{ClusterInfo, TokenKind, TokenSeed, VipRange, DEFAULT_VIP_RANGE};
 pub use crate::command::{Command, Proposal, RequestId};
 pub use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 pub use crate::outcome::{Outcome, RejectKind, Rejection};
@@ -59,6 +59,10 @@ pub struct RegistryState {
     /// gets its first answer instead of being applied again.
     #[serde(default)]
     pub requests: RecentRequests,
+    /// Nodes removed from the cluster: their certificates are refused
+    /// from then on, whatever their expiry (the deny list).
+    #[serde(default)]
+    pub removed_nodes: BTreeSet<NodeId>,
 }
 
 impl Default for RegistryState {
@@ -71,6 +75,7 @@ impl Default for RegistryState {
             tasks: BTreeMap::new(),
             listener_failures: BTreeMap::new(),
             requests: RecentRequests::default(),
+            removed_nodes: BTreeSet::new(),
         }
     }
 }
@@ -164,6 +169,7 @@ impl RegistryState {
             Command::RemoveNode { id } => match self.nodes.remove(id) {
                 Some(_) => {
                     self.listener_failures.remove(id);
+                    self.removed_nodes.insert(*id);
                     // Its tasks' fate is unknown; the scheduler replaces them.
                     for task in self.tasks.values_mut().filter(|t| t.node == Some(*id)) {
                         task.desired = DesiredState::Shutdown;
@@ -182,17 +188,14 @@ impl RegistryState {
             Command::Schedule { ops, at } => self.schedule(ops, *at),
             Command::ReportTask { report } => self.report(report),
             Command::ReportListeners { node, failures } => self.report_listeners(*node, failures),
-            Command::RotateJoinToken { role, token } => match self.cluster.as_mut() {
+            Command::RotateToken { kind, seed } => match self.cluster.as_mut() {
                 None => reject(
                     RejectKind::Conflict,
                     "cluster",
                     "the cluster is not initialised",
                 ),
                 Some(cluster) => {
-                    match role {
-                        Role::Manager => cluster.manager_token = token.clone(),
-                        Role::Worker => cluster.worker_token = token.clone(),
-                    }
+                    cluster.rotate(*kind, seed.clone());
                     Outcome::Nothing
                 }
             },
@@ -522,44 +525,54 @@ mod tests {
     }
 
     #[test]
-    fn rotating_a_join_token_replaces_that_roles_token_only() {
+    fn rotating_a_token_replaces_that_tokens_seed_only() {
+        use crate::cluster::{TokenKind, TokenSeed};
+        let seed = |text: &str| TokenSeed {
+            seed: text.to_owned(),
+            hash: format!("hash of {text}"),
+        };
         let mut state = RegistryState::default();
-        let rotate = |role, token: &str| Command::RotateJoinToken {
-            role,
-            token: token.to_owned(),
+        let rotate = |kind, text: &str| Command::RotateToken {
+            kind,
+            seed: seed(text),
         };
         let before = state.clone();
-        let rejection = rejected(state.apply(&rotate(Role::Worker, "w2")));
+        let rejection = rejected(state.apply(&rotate(TokenKind::Worker, "w2")));
         assert_eq!(rejection.field, "cluster");
         assert_eq!(state, before, "refused before the cluster exists");
         let info = ClusterInfo {
             id: "c".to_owned(),
-            manager_token: "m1".to_owned(),
-            worker_token: "w1".to_owned(),
-            control_token: "c1".to_owned(),
+            ca_cert: "ca".to_owned(),
+            cert_lifetime_ms: 1000,
+            manager_token: seed("m1"),
+            worker_token: seed("w1"),
+            control_token: seed("c1"),
         };
         state.apply(&Command::InitCluster {
             cluster: info.clone(),
             vip_range: crate::cluster::DEFAULT_VIP_RANGE,
         });
-        assert_eq!(state.apply(&rotate(Role::Worker, "w2")), Outcome::Nothing);
+        assert_eq!(
+            state.apply(&rotate(TokenKind::Worker, "w2")),
+            Outcome::Nothing
+        );
         let cluster = state.cluster.clone().unwrap();
         assert_eq!(
             (
-                cluster.manager_token.as_str(),
-                cluster.worker_token.as_str()
+                cluster.manager_token.seed.as_str(),
+                cluster.worker_token.seed.as_str()
             ),
             ("m1", "w2")
         );
-        state.apply(&rotate(Role::Manager, "m2"));
+        state.apply(&rotate(TokenKind::Manager, "m2"));
         let cluster = state.cluster.clone().unwrap();
-        assert_eq!(cluster.manager_token, "m2");
-        assert_eq!(cluster.control_token, "c1");
+        assert_eq!(cluster.manager_token.seed, "m2");
+        assert_eq!(cluster.control_token.seed, "c1");
         // The command's JSON form, which the log keeps.
-        let json = serde_json::to_string(&rotate(Role::Worker, "w3")).unwrap();
+        let json = serde_json::to_string(&rotate(TokenKind::Worker, "w3")).unwrap();
         assert_eq!(
             json,
-            r#"{"op":"rotate_join_token","role":"worker","token":"w3"}"#
+            r#"{"op":"rotate_token","kind":"worker","seed":{"seed":"w3","hash":"hash of w3"}}"#
         );
     }
 

@@ -1,19 +1,41 @@
 //! A three-node registry on loopback: bootstrap, join, forwarded writes,
-//! linearizable reads, a wrong secret refused, leader failover without
+//! linearizable reads, a node of another CA refused, leader failover without
 //! losing acknowledged writes, restart from disk, and catch-up by snapshot.
 
 use std::time::{Duration, Instant};
 
 use lb_config::{EndpointSpec, PortSpec, ServiceSpec};
-use raft_state::network::Secret;
+use lbmesh_tls::{CertRole, ClusterCa, NodeCredentials, NodeKey};
+use raft_state::network::Credentials;
 use raft_state::registry::{NodeOptions, RegistryNode, Timing};
 use raft_state::state::{Command, NodeId, Outcome};
 use tokio::net::TcpListener;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-fn secret() -> Secret {
-    Secret::new(b"correct horse battery staple")
+/// The cluster CA of these tests, made once.
+fn cluster_ca() -> &'static ClusterCa {
+    static CA: std::sync::OnceLock<ClusterCa> = std::sync::OnceLock::new();
+    CA.get_or_init(|| ClusterCa::generate("test").expect("a CA"))
+}
+
+/// Manager credentials of node `id` from `ca`.
+fn credentials_from(ca: &ClusterCa, id: NodeId) -> Credentials {
+    let key = NodeKey::generate().expect("key");
+    let cert = ca
+        .sign(
+            &key.csr(id).expect("csr"),
+            id,
+            CertRole::Manager,
+            "test",
+            Duration::from_secs(3600),
+        )
+        .expect("cert");
+    NodeCredentials::new(ca.cert_pem(), &cert, &key.pem()).expect("credentials")
+}
+
+fn credentials(id: NodeId) -> Credentials {
+    credentials_from(cluster_ca(), id)
 }
 
 fn spec(name: &str, port: i64) -> ServiceSpec {
@@ -48,7 +70,7 @@ impl Harness {
         &self,
         id: NodeId,
         port: u16,
-        secret: Secret,
+        credentials: Credentials,
         timing: Timing,
     ) -> (RegistryNode, u16) {
         let listener = TcpListener::bind(("127.0.0.1", port))
@@ -60,7 +82,7 @@ impl Harness {
             raft_listener: listener,
             raft_addr: format!("127.0.0.1:{port}"),
             data_file: self.dir.path().join(format!("node-{id}.redb")),
-            secret,
+            credentials,
             timing,
         })
         .await
@@ -88,9 +110,9 @@ fn created(outcome: Outcome) {
 async fn three_nodes_replicate_forward_and_survive_the_leader() {
     let harness = Harness::new();
     let timing = Timing::default();
-    let (n1, _p1) = harness.start(1, 0, secret(), timing.clone()).await;
-    let (n2, p2) = harness.start(2, 0, secret(), timing.clone()).await;
-    let (n3, p3) = harness.start(3, 0, secret(), timing.clone()).await;
+    let (n1, _p1) = harness.start(1, 0, credentials(1), timing.clone()).await;
+    let (n2, p2) = harness.start(2, 0, credentials(2), timing.clone()).await;
+    let (n3, p3) = harness.start(3, 0, credentials(3), timing.clone()).await;
     n1.bootstrap().await.expect("bootstrap");
     eventually("node 1 leads", || n1.is_leader()).await;
     n1.add_member(2, &format!("127.0.0.1:{p2}"), true)
@@ -146,9 +168,14 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
     let read = n2.linearizable().await.expect("linearizable read");
     assert!(read.state.services.contains_key("api"));
 
-    // A node with the wrong secret never receives the log.
+    // A node whose certificate comes from another CA never receives the log.
     let (intruder, p4) = harness
-        .start(4, 0, Secret::new(b"wrong"), timing.clone())
+        .start(
+            4,
+            0,
+            credentials_from(&ClusterCa::generate("test").expect("CA"), 4),
+            timing.clone(),
+        )
         .await;
     n1.add_learner_nonblocking(4, &format!("127.0.0.1:{p4}"))
         .await
@@ -157,7 +184,7 @@ async fn three_nodes_replicate_forward_and_survive_the_leader() {
     assert_eq!(
         intruder.local().index,
         0,
-        "a node without the secret got entries"
+        "a node of another CA got entries"
     );
     assert!(intruder.local().state.services.is_empty());
     intruder.shutdown().await;
@@ -221,7 +248,7 @@ async fn restart_from_disk_and_snapshot_catch_up() {
         keep_after_snapshot: 10,
         ..Timing::default()
     };
-    let (n1, p1) = harness.start(1, 0, secret(), timing.clone()).await;
+    let (n1, p1) = harness.start(1, 0, credentials(1), timing.clone()).await;
     n1.bootstrap().await.expect("bootstrap");
     eventually("node 1 leads", || n1.is_leader()).await;
     for i in 0..1_100i64 {
@@ -245,7 +272,7 @@ async fn restart_from_disk_and_snapshot_catch_up() {
     .await;
 
     // A node joining now cannot replay the purged log: it needs the snapshot.
-    let (n2, p2) = harness.start(2, 0, secret(), timing.clone()).await;
+    let (n2, p2) = harness.start(2, 0, credentials(2), timing.clone()).await;
     n1.add_member(2, &format!("127.0.0.1:{p2}"), false)
         .await
         .expect("add learner");
@@ -257,8 +284,8 @@ async fn restart_from_disk_and_snapshot_catch_up() {
     // Both stop; both restart from their files and serve the same state.
     n1.shutdown().await;
     n2.shutdown().await;
-    let (n1, _) = harness.start(1, p1, secret(), timing.clone()).await;
-    let (n2, _) = harness.start(2, p2, secret(), timing.clone()).await;
+    let (n1, _) = harness.start(1, p1, credentials(1), timing.clone()).await;
+    let (n2, _) = harness.start(2, p2, credentials(2), timing.clone()).await;
     eventually("node 1 leads again", || n1.is_leader()).await;
     assert_eq!(n1.local().state, expected.state);
     created(
@@ -285,9 +312,9 @@ async fn restart_from_disk_and_snapshot_catch_up() {
 async fn a_resent_write_gets_its_first_answer_across_a_leader_change() {
     let harness = Harness::new();
     let timing = Timing::default();
-    let (n1, _p1) = harness.start(1, 0, secret(), timing.clone()).await;
-    let (n2, p2) = harness.start(2, 0, secret(), timing.clone()).await;
-    let (n3, p3) = harness.start(3, 0, secret(), timing.clone()).await;
+    let (n1, _p1) = harness.start(1, 0, credentials(1), timing.clone()).await;
+    let (n2, p2) = harness.start(2, 0, credentials(2), timing.clone()).await;
+    let (n3, p3) = harness.start(3, 0, credentials(3), timing.clone()).await;
     n1.bootstrap().await.expect("bootstrap");
     eventually("node 1 leads", || n1.is_leader()).await;
     for (id, port) in [(2, p2), (3, p3)] {

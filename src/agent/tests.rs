@@ -170,8 +170,9 @@ impl Node {
             data_dir: dir.path().join("data"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
+            cert_lifetime: crate::pki::DEFAULT_CERT_LIFETIME,
         };
-        let (registry, _) = crate::cluster::start(&settings, None)
+        let (registry, _, _) = crate::cluster::start(&settings, None)
             .await
             .expect("one-node cluster");
         let registry = Arc::new(registry);

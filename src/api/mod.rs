@@ -5,11 +5,14 @@
 //! # Layout and flow
 //!
 //! ```text
-//! request ─> bearer token (every route but join) ─> body (at most 2 MiB; a
+//! request ─> who asks: the local socket (root on this node: no token), or TLS with the
+//!            control token as bearer (join, certificate and renew have their own proof)
+//!         ─> body (at most 2 MiB; a
 //!            service spec at most 1 MiB once encoded, checked before its write)
 //!         ─> path split on '/', then each segment percent-decoded
 //!         ─> request id: the Idempotency-Key header, or a new one from this node
-//!         ─> GET:   routes::route on this node (linearizable read)
+//!         ─> GET, renew: routes::route on this node (linearizable read; renew needs
+//!                   this node's CA key)
 //!         ─> write: routes::route on the leader; a follower passes the request to the
 //!                   leader unchanged (lbmesh-api's Client) with the request id, retrying
 //!                   through an election with the same id, and at once when Raft names a
@@ -38,8 +41,13 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use lbmesh_api::{check_idempotency_key, Client, IDEMPOTENCY_KEY};
+use lbmesh_tls::NodeIdentity;
 use percent_encoding::percent_decode_str;
 use raft_state::registry::RegistryNode;
+use raft_state::state::TokenKind;
+
+use crate::pki::Pki;
+use crate::tokens::{self, Family, Token};
 
 pub mod convert;
 mod respond;
@@ -64,8 +72,22 @@ const JOIN_DEADLINE: Duration = Duration::from_secs(27);
 /// Pause between tries to reach a leader during an election.
 const LEADER_RETRY: Duration = Duration::from_millis(200);
 
+/// How a request reached this node.
+#[derive(Debug, Clone)]
+pub enum Transport {
+    /// The data dir's Unix socket: root (lbd's user) on this node.
+    Local,
+    /// TLS, with the node the client's certificate names if it sent one.
+    Tls(Option<NodeIdentity>),
+}
+
 /// Serves one `/v1` request.
-pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) -> ApiResponse {
+pub async fn handle(
+    registry: &Arc<RegistryNode>,
+    pki: &Pki,
+    transport: &Transport,
+    request: Request<Incoming>,
+) -> ApiResponse {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().unwrap_or("").to_owned();
@@ -79,23 +101,38 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
         .headers()
         .get(IDEMPOTENCY_KEY)
         .map(|v| v.to_str().map(str::to_owned));
-    let is_join = method == Method::POST && path == "/v1/cluster/join";
-    if !is_join {
+    // These routes' segments need no decoding.
+    let raw_segments: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let unkeyed = routes::unkeyed(&method, &raw_segments);
+    if matches!(transport, Transport::Tls(_)) && !unkeyed {
         let state = registry.local().state;
-        let expected = state.cluster.as_ref().map(|c| c.control_token.as_str());
-        match (expected, presented.as_deref()) {
-            (Some(expected), Some(presented))
-                if lbmesh_api::token::same_token(expected, presented) => {}
-            (_, None) => {
-                return error(
-                    StatusCode::UNAUTHORIZED,
-                    "authorization",
-                    "missing bearer token (lbctl --token or LBCTL_TOKEN)",
-                )
-            }
-            _ => return error(StatusCode::UNAUTHORIZED, "authorization", "wrong token"),
+        let Some(cluster) = &state.cluster else {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cluster",
+                "not initialised",
+            );
+        };
+        let Some(presented) = presented.as_deref() else {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "authorization",
+                "missing bearer token (lbctl --token or LBCTL_TOKEN)",
+            );
+        };
+        let valid = Token::parse(presented, Family::Control)
+            .is_ok_and(|token| token.matches(&cluster.control_token));
+        if !valid {
+            return error(StatusCode::UNAUTHORIZED, "authorization", "wrong token");
         }
     }
+    // What a forwarded write carries: the caller's token, or for root on
+    // this node a token this manager derives (a worker derives none, so
+    // root on a worker writes only with the control token).
+    let presented = match (transport, presented) {
+        (Transport::Local, _) => local_token(registry, pki),
+        (_, presented) => presented,
+    };
     let request_id = match given_key {
         None => registry.request_id(),
         Some(Ok(key)) => match check_idempotency_key(&key) {
@@ -131,8 +168,17 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
         );
     };
     let segments: Vec<&str> = segments.iter().map(|s| s.as_ref()).collect();
-    if method == Method::GET {
-        return routes::route(registry, &method, &segments, &query, &body, &request_id).await;
+    let peer = match transport {
+        Transport::Tls(peer) => peer.as_ref(),
+        Transport::Local => None,
+    };
+    let context = routes::Context {
+        registry,
+        pki,
+        peer,
+    };
+    if method == Method::GET || segments == ["cluster", "renew"] {
+        return routes::route(&context, &method, &segments, &query, &body, &request_id).await;
     }
     // Writes run on the leader. During an election there is none, or the one
     // this node knows is gone: retry until a leader answers or the deadline
@@ -145,12 +191,19 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
     let deadline = tokio::time::Instant::now() + patience;
     loop {
         if registry.is_leader() {
-            return routes::route(registry, &method, &segments, &query, &body, &request_id).await;
+            return routes::route(&context, &method, &segments, &query, &body, &request_id).await;
+        }
+        if presented.is_none() && !unkeyed {
+            return error(
+                StatusCode::FORBIDDEN,
+                "authorization",
+                "this node is a worker: writes through its local socket need the control token (--token)",
+            );
         }
         let forwarded = tokio::time::timeout_at(
             deadline,
             forward_to_leader(
-                registry,
+                &context,
                 &method,
                 &path,
                 &query,
@@ -171,6 +224,17 @@ pub async fn handle(registry: &Arc<RegistryNode>, request: Request<Incoming>) ->
     }
 }
 
+/// The control token, derived on a manager holding the CA key.
+fn local_token(registry: &RegistryNode, pki: &Pki) -> Option<String> {
+    let state = registry.local().state;
+    let (cluster, ca) = (state.cluster.as_ref()?, pki.ca()?);
+    Some(tokens::token_text(
+        &ca,
+        TokenKind::Control,
+        &cluster.control_token,
+    ))
+}
+
 /// The segments after `/v1/`, each percent-decoded; `None` when one is not
 /// UTF-8 once decoded.
 fn decode_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
@@ -185,7 +249,7 @@ fn decode_segments(path: &str) -> Option<Vec<Cow<'_, str>>> {
 /// leader than the one called (so the retry reaches the new leader without
 /// waiting for the old one's timeout).
 async fn forward_to_leader(
-    registry: &Arc<RegistryNode>,
+    context: &routes::Context<'_>,
     method: &Method,
     path: &str,
     query: &str,
@@ -193,6 +257,7 @@ async fn forward_to_leader(
     body: &Bytes,
     request_id: &str,
 ) -> Result<ApiResponse, String> {
+    let (registry, pki) = (context.registry, context.pki);
     let leader = registry.metrics().current_leader;
     let state = registry.local().state;
     let Some((leader, api_addr)) =
@@ -205,7 +270,9 @@ async fn forward_to_leader(
     } else {
         format!("{path}?{query}")
     };
-    let client = Client::new(&api_addr.to_string(), token).map_err(|e| e.to_string())?;
+    let client = Client::new(&api_addr.to_string(), token)
+        .map_err(|e| e.to_string())?
+        .with_tls(pki.credentials().client());
     let (status, body) = registry
         .while_leader_is(
             leader,
@@ -240,7 +307,7 @@ pub fn route_template(path: &str) -> String {
             t
         }
         [noun @ ("cluster" | "nodes" | "services")] => vec![*noun],
-        ["cluster", "join"] => vec!["cluster", "join"],
+        ["cluster", sub @ ("join" | "certificate" | "renew")] => vec!["cluster", *sub],
         _ => vec!["{unknown}"],
     };
     format!("/v1/{}", template.join("/"))

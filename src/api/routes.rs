@@ -15,12 +15,14 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use lb_config::ServiceSpec;
 use lbmesh_api::{
-    ClusterInfo, JoinRequest, JoinToken, ListenerError, NodeUpdate, RaftRole, Removed, Scale,
-    ServiceStatus, IDEMPOTENCY_KEY,
+    CertificateAnswer, CertificateRequest, ClusterInfo, JoinRequest, JoinToken, ListenerError,
+    NodeUpdate, RaftRole, Removed, RenewAnswer, RenewRequest, Scale, ServiceStatus,
+    IDEMPOTENCY_KEY,
 };
+use lbmesh_tls::{ClusterCa, NodeIdentity};
 use raft_state::registry::RegistryNode;
 use raft_state::state::{
-    Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind, Role,
+    Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState, RejectKind, Role, TokenKind,
 };
 use raft_state::state::{Rejection, ServiceRecord};
 use raft_state::store::Applied;
@@ -29,23 +31,44 @@ use raft_state::task::TaskRecord;
 use super::convert;
 use super::respond::{error, json_response, parse, ApiResponse};
 use crate::cluster::{self, JoinRefusal};
+use crate::pki::{self, Pki};
+use crate::tokens;
 
 /// Largest service spec, as the log stores it (compact JSON): each version
 /// is one Raft entry, and four of them make one replication batch
 /// (`raft_state::store::MAX_BATCH_BYTES`).
 pub const MAX_SPEC_BYTES: usize = 1024 * 1024;
 
+/// What a route may need besides the request: the registry, this node's
+/// certificates (and the CA on a manager), and the node the caller's TLS
+/// certificate names, if it presented one.
+pub struct Context<'a> {
+    pub registry: &'a Arc<RegistryNode>,
+    pub pki: &'a Pki,
+    pub peer: Option<&'a NodeIdentity>,
+}
+
+/// The routes that write no log entry of their own (a join's entries carry
+/// their own ids), so a request id says nothing about them.
+pub fn unkeyed(method: &Method, segments: &[&str]) -> bool {
+    method == Method::POST
+        && matches!(
+            segments,
+            ["cluster", "join"] | ["cluster", "certificate"] | ["cluster", "renew"]
+        )
+}
+
 /// Runs the route `method` and the decoded `segments` (after `/v1/`) name.
 pub async fn route(
-    registry: &Arc<RegistryNode>,
+    context: &Context<'_>,
     method: &Method,
     segments: &[&str],
     query: &str,
     body: &Bytes,
     request: &str,
 ) -> ApiResponse {
-    let is_join = method == Method::POST && segments == ["cluster", "join"];
-    if method != Method::GET && !is_join {
+    let registry = context.registry;
+    if method != Method::GET && !unkeyed(method, segments) {
         let remembered = registry.local().state.remembered(request);
         if let Some(outcome) = remembered {
             if let (["cluster", "join-token", role, "rotate"], Outcome::Nothing) =
@@ -53,7 +76,7 @@ pub async fn route(
             {
                 // A resent rotation: the token its first copy made (or a
                 // later one) is current now.
-                return join_token(registry, role).await;
+                return join_token(context, role).await;
             }
             // A key reused for another kind of write is not its resend.
             return respond_to(outcome, shape(method, segments)).unwrap_or_else(|_| {
@@ -68,11 +91,13 @@ pub async fn route(
     let request = request.to_owned();
     match (method, segments) {
         (&Method::GET, ["cluster"]) => cluster_info(registry).await,
-        (&Method::GET, ["cluster", "join-token", role]) => join_token(registry, role).await,
+        (&Method::GET, ["cluster", "join-token", role]) => join_token(context, role).await,
         (&Method::POST, ["cluster", "join-token", role, "rotate"]) => {
-            rotate_join_token(registry, role, request).await
+            rotate_join_token(context, role, request).await
         }
         (&Method::POST, ["cluster", "join"]) => join(registry, body, &request).await,
+        (&Method::POST, ["cluster", "certificate"]) => certificate(context, body).await,
+        (&Method::POST, ["cluster", "renew"]) => renew(context, body),
         (&Method::GET, ["nodes"]) => nodes(registry, None).await,
         (&Method::GET, ["nodes", name]) => nodes(registry, Some(name)).await,
         (&Method::GET, ["nodes", name, "tasks"]) => tasks(registry, TaskFilter::Node(name)).await,
@@ -282,8 +307,40 @@ async fn cluster_info(registry: &Arc<RegistryNode>) -> ApiResponse {
     json_response(StatusCode::OK, &info)
 }
 
-async fn join_token(registry: &Arc<RegistryNode>, role: &str) -> ApiResponse {
-    let applied = match read(registry).await {
+/// The join token kind a role path segment names.
+fn join_kind(role: &str) -> Result<TokenKind, Box<ApiResponse>> {
+    match role {
+        "manager" => Ok(TokenKind::Manager),
+        "worker" => Ok(TokenKind::Worker),
+        other => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "role",
+            format!("{other:?} is not a role; use manager or worker"),
+        ))),
+    }
+}
+
+/// The CA, which only a manager holds: tokens are derived and
+/// certificates signed with it.
+fn manager_ca(context: &Context<'_>) -> Result<Arc<ClusterCa>, Box<ApiResponse>> {
+    context.pki.ca().ok_or_else(|| {
+        Box::new(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node",
+            format!(
+                "node {} is not a manager holding the cluster CA key; ask a manager (--host)",
+                context.registry.id
+            ),
+        ))
+    })
+}
+
+async fn join_token(context: &Context<'_>, role: &str) -> ApiResponse {
+    let kind = match join_kind(role) {
+        Ok(kind) => kind,
+        Err(response) => return *response,
+    };
+    let applied = match read(context.registry).await {
         Ok(applied) => applied,
         Err(response) => return *response,
     };
@@ -294,44 +351,47 @@ async fn join_token(registry: &Arc<RegistryNode>, role: &str) -> ApiResponse {
             "not initialised",
         );
     };
-    let token = match role {
-        "manager" => &cluster.manager_token,
-        "worker" => &cluster.worker_token,
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "role",
-                format!("{other:?} is not a role; use manager or worker"),
-            )
-        }
+    let ca = match manager_ca(context) {
+        Ok(ca) => ca,
+        Err(response) => return *response,
     };
-    json_response(
-        StatusCode::OK,
-        &JoinToken {
-            token: token.clone(),
-        },
-    )
+    let token = tokens::token_text(&ca, kind, cluster.token(kind));
+    json_response(StatusCode::OK, &JoinToken { token })
 }
 
 /// A new join token for `role` (the old one stops admitting); the answer is
 /// the new token. Nodes that joined with the old one are unaffected.
-async fn rotate_join_token(
-    registry: &Arc<RegistryNode>,
-    role: &str,
-    request: String,
-) -> ApiResponse {
-    let role = match role {
-        "manager" => Role::Manager,
-        "worker" => Role::Worker,
-        other => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "role",
-                format!("{other:?} is not a role; use manager or worker"),
-            )
-        }
+async fn rotate_join_token(context: &Context<'_>, role: &str, request: String) -> ApiResponse {
+    let kind = match join_kind(role) {
+        Ok(kind) => kind,
+        Err(response) => return *response,
     };
-    let state = registry.local().state;
+    let ca = match manager_ca(context) {
+        Ok(ca) => ca,
+        Err(response) => return *response,
+    };
+    let seed = match tokens::new_seed(&ca, kind) {
+        Ok(seed) => seed,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "token", e.to_string()),
+    };
+    let token = tokens::token_text(&ca, kind, &seed);
+    let command = Command::RotateToken { kind, seed };
+    match context.registry.propose_request(request, command).await {
+        Ok(Outcome::Nothing) => json_response(StatusCode::OK, &JoinToken { token }),
+        Ok(Outcome::Rejected { rejection }) => rejected(rejection),
+        Ok(other) => unexpected(&other),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "registry", e.to_string()),
+    }
+}
+
+/// A joiner's first certificate, of the role its join token gives, for
+/// the id it picked (not a member's, nor a removed node's).
+async fn certificate(context: &Context<'_>, body: &Bytes) -> ApiResponse {
+    let request = match parse::<CertificateRequest>(body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let state = context.registry.local().state;
     let Some(cluster) = &state.cluster else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -339,23 +399,82 @@ async fn rotate_join_token(
             "not initialised",
         );
     };
-    let current = match role {
-        Role::Manager => &cluster.manager_token,
-        Role::Worker => &cluster.worker_token,
+    let role = match cluster::join_role(cluster, &request.token) {
+        Ok(role) => role,
+        Err(reason) => return error(StatusCode::UNAUTHORIZED, "token", reason),
     };
-    let token = match cluster::rotated_token(current) {
-        Ok(token) => token,
-        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, "token", e.to_string()),
+    let id = request.node_id.0;
+    if state.nodes.contains_key(&id) || state.removed_nodes.contains(&id) {
+        return error(
+            StatusCode::CONFLICT,
+            "node_id",
+            format!("node id {id} is a member's or a removed node's"),
+        );
+    }
+    let ca = match manager_ca(context) {
+        Ok(ca) => ca,
+        Err(response) => return *response,
     };
-    let command = Command::RotateJoinToken {
-        role,
-        token: token.clone(),
+    match pki::issue(&ca, cluster, &request.csr, id, pki::cert_role(role)) {
+        Ok(certificate) => json_response(
+            StatusCode::OK,
+            &CertificateAnswer {
+                certificate,
+                ca_certificate: cluster.ca_cert.clone(),
+            },
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, "csr", e.to_string()),
+    }
+}
+
+/// A new certificate for the node whose certificate the caller presented,
+/// of the role its registry record gives it now; a manager's comes with
+/// the CA key. Served by any manager holding the CA key, never forwarded.
+fn renew(context: &Context<'_>, body: &Bytes) -> ApiResponse {
+    let Some(peer) = context.peer else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "certificate",
+            "a renewal is made with the node's current certificate over TLS",
+        );
     };
-    match registry.propose_request(request, command).await {
-        Ok(Outcome::Nothing) => json_response(StatusCode::OK, &JoinToken { token }),
-        Ok(Outcome::Rejected { rejection }) => rejected(rejection),
-        Ok(other) => unexpected(&other),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, "registry", e.to_string()),
+    let request = match parse::<RenewRequest>(body) {
+        Ok(request) => request,
+        Err(response) => return *response,
+    };
+    let ca = match manager_ca(context) {
+        Ok(ca) => ca,
+        Err(response) => return *response,
+    };
+    let state = context.registry.local().state;
+    let Some(cluster) = &state.cluster else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "cluster",
+            "not initialised",
+        );
+    };
+    let id = peer.node_id;
+    let record = match state.nodes.get(&id) {
+        Some(record) if !state.removed_nodes.contains(&id) => record,
+        _ => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "certificate",
+                format!("node {id} is not a member of the cluster"),
+            )
+        }
+    };
+    let role = pki::cert_role(record.role);
+    match pki::issue(&ca, cluster, &request.csr, id, role) {
+        Ok(certificate) => json_response(
+            StatusCode::OK,
+            &RenewAnswer {
+                certificate,
+                ca_key: (record.role == Role::Manager).then(|| ca.key_pem()),
+            },
+        ),
+        Err(e) => error(StatusCode::BAD_REQUEST, "csr", e.to_string()),
     }
 }
 
@@ -761,21 +880,50 @@ mod tests {
 
     use http_body_util::BodyExt;
     use lbmesh_api::{Availability, Member, Role};
-    use raft_state::network::Secret;
+    use lbmesh_tls::{CertRole, NodeKey};
     use raft_state::registry::{NodeOptions, Timing};
     use raft_state::state::{ClusterInfo, DEFAULT_VIP_RANGE};
     use tokio::net::TcpListener;
 
     use super::*;
 
-    const WORKER_TOKEN: &str = "worker-token";
-
-    fn secret() -> Secret {
-        Secret::new(b"routes test secret")
+    /// The tests' CA and the cluster record made with it.
+    fn cluster() -> &'static (ClusterCa, ClusterInfo) {
+        static CLUSTER: std::sync::OnceLock<(ClusterCa, ClusterInfo)> = std::sync::OnceLock::new();
+        CLUSTER.get_or_init(|| {
+            let ca = ClusterCa::generate("test").expect("CA");
+            let seed = |kind| tokens::new_seed(&ca, kind).expect("seed");
+            let info = ClusterInfo {
+                id: "test".to_owned(),
+                ca_cert: ca.cert_pem().to_owned(),
+                cert_lifetime_ms: 3_600_000,
+                manager_token: seed(TokenKind::Manager),
+                worker_token: seed(TokenKind::Worker),
+                control_token: seed(TokenKind::Control),
+            };
+            (ca, info)
+        })
     }
 
-    /// A registry node on 127.0.0.1:0 and its Raft address.
-    async fn start(dir: &tempfile::TempDir, id: NodeId) -> (Arc<RegistryNode>, SocketAddr) {
+    fn worker_token() -> String {
+        let (ca, info) = cluster();
+        tokens::token_text(ca, TokenKind::Worker, &info.worker_token)
+    }
+
+    /// A registry node on 127.0.0.1:0 with a manager certificate, its
+    /// certificates (the CA key with them), and its Raft address.
+    async fn start(
+        dir: &tempfile::TempDir,
+        id: NodeId,
+    ) -> (Arc<RegistryNode>, Arc<Pki>, SocketAddr) {
+        let (ca, info) = cluster();
+        let key = NodeKey::generate().expect("key");
+        let cert =
+            pki::issue(ca, info, &key.csr(id).expect("csr"), id, CertRole::Manager).expect("cert");
+        let files = dir.path().join(format!("pki-{id}"));
+        crate::files::private_dir(&files).expect("dir");
+        let ca_copy = ClusterCa::from_pem(ca.cert_pem(), &ca.key_pem()).expect("CA copy");
+        let pki = Pki::create(&files, key, &cert, ca.cert_pem(), Some(ca_copy)).expect("pki");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let node = RegistryNode::start(NodeOptions {
@@ -783,38 +931,49 @@ mod tests {
             raft_listener: listener,
             raft_addr: addr.to_string(),
             data_file: dir.path().join(format!("{id}.redb")),
-            secret: secret(),
+            credentials: pki.credentials(),
             timing: Timing::default(),
         })
         .await
         .expect("registry starts");
-        (Arc::new(node), addr)
+        (Arc::new(node), pki, addr)
     }
 
     /// A one-node cluster, initialised, that leads.
-    async fn leader(dir: &tempfile::TempDir) -> Arc<RegistryNode> {
-        let (node, _) = start(dir, 1).await;
+    async fn leader(dir: &tempfile::TempDir) -> (Arc<RegistryNode>, Arc<Pki>) {
+        let (node, pki, _) = start(dir, 1).await;
         node.bootstrap().await.expect("bootstrap");
         let started = std::time::Instant::now();
         while !node.is_leader() && started.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let init = Command::InitCluster {
-            cluster: ClusterInfo {
-                id: "test".to_owned(),
-                manager_token: "manager-token".to_owned(),
-                worker_token: WORKER_TOKEN.to_owned(),
-                control_token: "control".to_owned(),
-            },
+            cluster: cluster().1.clone(),
             vip_range: DEFAULT_VIP_RANGE,
         };
         node.propose(init).await.expect("init");
-        node
+        (node, pki)
+    }
+
+    async fn call(
+        node: &Arc<RegistryNode>,
+        pki: &Pki,
+        method: Method,
+        segments: &[&str],
+        body: &Bytes,
+        request: &str,
+    ) -> ApiResponse {
+        let context = Context {
+            registry: node,
+            pki,
+            peer: None,
+        };
+        route(&context, &method, segments, "", body, request).await
     }
 
     fn join_body(id: NodeId, name: &str, raft_addr: SocketAddr) -> Bytes {
         let request = JoinRequest {
-            token: WORKER_TOKEN.to_owned(),
+            token: worker_token(),
             node: Member {
                 id: id.into(),
                 name: name.to_owned(),
@@ -836,10 +995,14 @@ mod tests {
         membership.nodes().map(|(id, _)| *id).collect()
     }
 
-    async fn post_join(node: &Arc<RegistryNode>, body: &Bytes, request: &str) -> ApiResponse {
+    async fn post_join(
+        (node, pki): &(Arc<RegistryNode>, Arc<Pki>),
+        body: &Bytes,
+        request: &str,
+    ) -> ApiResponse {
         let join = tokio::time::timeout(
             Duration::from_secs(30),
-            route(node, &Method::POST, &["cluster", "join"], "", body, request),
+            call(node, pki, Method::POST, &["cluster", "join"], body, request),
         );
         join.await.expect("a join is answered in bounded time")
     }
@@ -851,8 +1014,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_refused_join_leaves_no_learner() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let leader = leader(&dir).await;
-        let (joiner, joiner_addr) = start(&dir, 7).await;
+        let cluster = leader(&dir).await;
+        let leader = Arc::clone(&cluster.0);
+        let (joiner, _, joiner_addr) = start(&dir, 7).await;
         let leader_raft: SocketAddr = leader
             .metrics()
             .membership_config
@@ -871,7 +1035,7 @@ mod tests {
             (join_body(8, "joiner", joiner_addr), "node.raft_addr"),
         ];
         for (i, (body, field)) in refused.iter().enumerate() {
-            let response = post_join(&leader, body, &format!("refused-{i}")).await;
+            let response = post_join(&cluster, body, &format!("refused-{i}")).await;
             assert_eq!(response.status(), StatusCode::CONFLICT, "case {i}");
             let answer = response
                 .into_body()
@@ -886,11 +1050,11 @@ mod tests {
         assert_eq!(leader.local().state.nodes.len(), 0, "no record written");
 
         let body = join_body(7, "joiner", joiner_addr);
-        let joined = post_join(&leader, &body, "good").await;
+        let joined = post_join(&cluster, &body, "good").await;
         assert_eq!(joined.status(), StatusCode::OK);
         assert_eq!(members(&leader), [1, 7]);
         let first = joined.into_body().collect().await.expect("body").to_bytes();
-        let resent = post_join(&leader, &body, "good").await;
+        let resent = post_join(&cluster, &body, "good").await;
         assert_eq!(resent.status(), StatusCode::OK, "a resent join");
         let again = resent.into_body().collect().await.expect("body").to_bytes();
         assert_eq!(again, first, "the first answer");
@@ -903,8 +1067,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn node_rm_removes_a_stray_learner() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let leader = leader(&dir).await;
-        let (stray, stray_addr) = start(&dir, 55).await;
+        let (leader, pki) = leader(&dir).await;
+        let (stray, _, stray_addr) = start(&dir, 55).await;
         leader
             .add_learner_nonblocking(55, &stray_addr.to_string())
             .await
@@ -912,12 +1076,13 @@ mod tests {
         assert_eq!(members(&leader), [1, 55]);
         let remove = |name: &'static str| {
             let leader = Arc::clone(&leader);
+            let pki = Arc::clone(&pki);
             async move {
-                route(
+                call(
                     &leader,
-                    &Method::DELETE,
+                    &pki,
+                    Method::DELETE,
                     &["nodes", name],
-                    "",
                     &Bytes::new(),
                     name,
                 )

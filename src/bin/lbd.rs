@@ -88,6 +88,11 @@ struct Args {
     #[arg(long, value_name = "CIDR", default_value = defaults::VIP_RANGE, value_parser = raft_state::state::VipRange::parse)]
     vip_range: raft_state::state::VipRange,
 
+    /// How long node certificates are valid in a new cluster (ignored when
+    /// joining or restarting); each is renewed at half its life.
+    #[arg(long, value_name = "DURATION", default_value = defaults::CERT_EXPIRY, value_parser = parse_cert_expiry)]
+    cert_expiry: std::time::Duration,
+
     /// Node name [default: node-<advertise address>].
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -308,6 +313,7 @@ fn cluster_options(
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR).join(advertise.to_string())),
         vip_range: args.vip_range,
         snapshot_every: args.snapshot_every,
+        cert_lifetime: args.cert_expiry,
     };
     let join = args.join.clone().map(|host| {
         let host = if host.contains(':') {
@@ -328,33 +334,41 @@ fn cluster_options(
 }
 
 /// What a new cluster's operator needs, on stdout.
-fn print_tokens(
-    api: SocketAddr,
-    data_dir: &std::path::Path,
-    tokens: &raft_state::state::ClusterInfo,
-) {
+fn print_tokens(api: SocketAddr, data_dir: &std::path::Path, tokens: &lbmesh::cluster::NewTokens) {
     println!(
         "Cluster {} bootstrapped; this node is its first manager.",
-        tokens.id
+        tokens.cluster_id
     );
     println!();
+    println!("Join tokens (pass one with --token-file FILE or --token - on standard input):");
     println!(
         "Add a manager:  lbd --advertise-addr <IP> --join {api} --token {}",
-        tokens.manager_token
+        tokens.manager
     );
     println!(
         "Add a worker:   lbd --advertise-addr <IP> --join {api} --token {}",
-        tokens.worker_token
+        tokens.worker
     );
     println!();
     println!(
         "lbctl control token (--token or LBCTL_TOKEN): {}",
-        tokens.control_token
+        tokens.control
     );
     println!(
-        "It is kept in {}; `lbctl cluster token` on this node prints it.",
+        "It is kept in {}; `lbctl cluster token` on this node prints it, and lbctl run as root \
+         on this node needs none (the local socket).",
         data_dir.join(lbmesh::cluster::CONTROL_TOKEN_FILE).display()
     );
+}
+
+/// A certificate lifetime: at least 10 s, so a renewal at half of it has
+/// time to succeed.
+fn parse_cert_expiry(text: &str) -> Result<std::time::Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration < std::time::Duration::from_secs(10) {
+        return Err(format!("{text} is shorter than 10s"));
+    }
+    Ok(duration)
 }
 
 /// Each proxied connection holds two descriptors; the usual soft limit of

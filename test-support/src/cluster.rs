@@ -53,6 +53,17 @@ impl Cluster {
         self.dir.path().join(format!("node{n}"))
     }
 
+    /// The cluster CA's certificate, as node 0 keeps it.
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.data_dir(0).join("ca.crt")).expect("node 0's ca.crt")
+    }
+
+    /// Sends raw bytes to node `n`'s API over TLS (the API is TLS only) and
+    /// returns the raw response.
+    pub fn api_request(&self, n: usize, request: &[u8]) -> String {
+        crate::http::tls_request(&self.api(n), &self.ca_pem(), request)
+    }
+
     /// Port `port` on the first three nodes: the mesh's ingress addresses.
     pub fn mesh_addrs(&self, port: u16) -> Vec<SocketAddr> {
         (0..3).map(|n| SocketAddr::new(self.ip(n), port)).collect()

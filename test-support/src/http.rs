@@ -65,6 +65,56 @@ fn parse_addr(addr: &str) -> SocketAddr {
     addr.parse().expect("a test address ip:port")
 }
 
+/// Sends `request` over TLS to lbd's API at `addr`, trusting the CA
+/// certificate `ca_pem` (a node's `ca.crt`), and returns everything the
+/// server sent until it closed, or the first error (`connect ...` when
+/// nothing reached the server).
+pub fn tls_exchange(
+    addr: SocketAddr,
+    ca_pem: &str,
+    request: &[u8],
+    timeout: Duration,
+) -> Result<String, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let ca = CertificateDer::from_pem_slice(ca_pem.as_bytes()).map_err(|e| format!("CA: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).map_err(|e| format!("CA: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = ServerName::try_from("api.lbmesh.internal").map_err(|e| e.to_string())?;
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)
+        .map_err(|e| e.to_string())?;
+    let stream =
+        TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect {addr}: {e}"))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and(stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let mut tls = rustls::StreamOwned::new(connection, stream);
+    tls.write_all(request)
+        .map_err(|e| format!("send to {addr}: {e}"))?;
+    let mut response = Vec::new();
+    let read = tls.read_to_end(&mut response);
+    let response = String::from_utf8_lossy(&response).into_owned();
+    match read {
+        Ok(_) => Ok(response),
+        // A server that closes without a TLS close_notify still answered.
+        Err(_) if !response.is_empty() => Ok(response),
+        Err(e) => Err(format!("read from {addr}: {e}")),
+    }
+}
+
+/// [`tls_exchange`] of raw bytes (a malformed or oversized request): the
+/// raw response, whatever arrived; empty when nothing did.
+pub fn tls_request(addr: &str, ca_pem: &str, request: &[u8]) -> String {
+    tls_exchange(parse_addr(addr), ca_pem, request, WAIT).unwrap_or_default()
+}
+
 /// Sends raw bytes (a malformed or oversized request) and returns the raw
 /// response, whatever arrived before an error; empty when nothing did.
 pub fn raw_request(addr: &str, request: &[u8]) -> String {
