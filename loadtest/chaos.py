@@ -68,6 +68,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -134,9 +135,21 @@ def wait_for(what, limit, check, interval=0.2):
         time.sleep(interval)
 
 
+# The cluster CA's certificate (node 1's ca.crt, set once it bootstrapped):
+# /v1 is TLS only; /metrics stays plain HTTP.
+CA_FILE = None
+
+
 def api(n, method, path, token=None, body=None, timeout=3.0):
     """One request on a new connection: (status, body), or (0, error)."""
-    conn = http.client.HTTPConnection(ip_of(n), API_PORT, timeout=timeout)
+    if path.startswith("/v1/") and CA_FILE:
+        context = ssl.create_default_context(cafile=CA_FILE)
+        # Every node's certificate names api.lbmesh.internal, not its IP;
+        # the chain to the cluster CA is what is checked.
+        context.check_hostname = False
+        conn = http.client.HTTPSConnection(ip_of(n), API_PORT, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection(ip_of(n), API_PORT, timeout=timeout)
     try:
         headers = {"Connection": "close"}
         if token:
@@ -148,7 +161,7 @@ def api(n, method, path, token=None, body=None, timeout=3.0):
         conn.request(method, path, body=data, headers=headers)
         response = conn.getresponse()
         return response.status, response.read().decode(errors="replace")
-    except (OSError, http.client.HTTPException) as error:
+    except (OSError, http.client.HTTPException, ssl.SSLError) as error:
         return 0, str(error)
     finally:
         conn.close()
@@ -252,6 +265,8 @@ class Cluster:
             return manager and control and (manager.group(1), control.group(1))
 
         manager, self.control_token = wait_for("node 1's tokens", 30, tokens)
+        global CA_FILE
+        CA_FILE = os.path.join(self.dir, "n1", "ca.crt")
         for n in range(1, NODES):
             self.spawn(n, join=manager)
             wait_for(f"{n + 1} ready nodes", 30, lambda: self.ready_count() == n + 1)

@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -125,15 +126,23 @@ class Node:
                 self.token = line.split()[-1]
         if not self.token:
             sys.exit(f"lbd printed no control token; see {workdir}/lbd.log")
-        self.conn = http.client.HTTPConnection(self.ip, API_PORT, timeout=60)
+        self.conn = self.connect()
         deadline = time.time() + 30
         while time.time() < deadline:
             try:
                 if self.call("GET", "/v1/cluster")[0] == 200:
                     break
             except OSError:
-                self.conn = http.client.HTTPConnection(self.ip, API_PORT, timeout=60)
+                self.conn = self.connect()
             time.sleep(0.1)
+
+    def connect(self):
+        """A keep-alive TLS connection to the API (TLS only), trusting the
+        cluster CA in the data dir; the certificate names
+        api.lbmesh.internal, so the chain is what is checked."""
+        context = ssl.create_default_context(cafile=f"{self.dir}/data/ca.crt")
+        context.check_hostname = False
+        return http.client.HTTPSConnection(self.ip, API_PORT, timeout=60, context=context)
 
     def call(self, method, path, body=None):
         headers = {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
