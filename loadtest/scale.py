@@ -140,7 +140,10 @@ class Node:
         """A keep-alive TLS connection to the API (TLS only), trusting the
         cluster CA in the data dir; the certificate names
         api.lbmesh.internal, so the chain is what is checked."""
-        context = ssl.create_default_context(cafile=f"{self.dir}/data/ca.crt")
+        ca = f"{self.dir}/data/ca.crt"
+        if not os.path.exists(ca):  # a --baseline lbd from before TLS
+            return http.client.HTTPConnection(self.ip, API_PORT, timeout=60)
+        context = ssl.create_default_context(cafile=ca)
         context.check_hostname = False
         return http.client.HTTPSConnection(self.ip, API_PORT, timeout=60, context=context)
 

@@ -335,6 +335,14 @@ fn a_rotated_join_token_stops_admitting_and_disturbs_no_node() {
     assert!(new.starts_with("LBMTKN-2-"), "{new}");
     assert_ne!(new, old);
     for n in 0..3 {
+        // Every manager prints tokens once it holds the CA key, which a
+        // joined manager fetches with its first renewal.
+        test_support::wait_for(
+            &format!("node {n}'s CA key"),
+            Duration::from_secs(20),
+            || cluster.data_dir(n).join("ca.key").exists().then_some(()),
+            || cluster.log(n),
+        );
         let (code, out, err) = cluster.lbctl(n, &["cluster", "join-token", "manager"]);
         assert_eq!((code, out.trim()), (0, new.as_str()), "node {n}: {err}");
     }

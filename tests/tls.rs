@@ -470,3 +470,65 @@ fn short_lived_certificates_renew_and_a_removed_node_is_refused() {
         other => panic!("a removed node's heartbeat got {other:?}"),
     }
 }
+
+/// Root on a node reaches the API through the data dir's socket (mode
+/// 0600) with no token, when `--host` is not given; lbctl finds it where
+/// lbd's default data dir is. Writes through it are forwarded like any.
+#[test]
+fn lbctl_uses_the_local_socket_without_a_token() {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let cluster = Cluster::form_with(FAST_HEARTBEATS);
+    // A manager that joined fetches the CA key with its first renewal.
+    wait_for(
+        "node 1's CA key",
+        Duration::from_secs(20),
+        || cluster.data_dir(1).join("ca.key").exists().then_some(()),
+        || cluster.log(1),
+    );
+    let socket = cluster.data_dir(1).join("lbd.sock");
+    let meta = std::fs::metadata(&socket).expect("the socket");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // lbctl's default: lbmesh-data/127.0.0.1 under its working directory.
+    let cwd = tempfile::tempdir().expect("dir");
+    std::fs::create_dir(cwd.path().join("lbmesh-data")).expect("mkdir");
+    std::os::unix::fs::symlink(
+        cluster.data_dir(1),
+        cwd.path().join("lbmesh-data/127.0.0.1"),
+    )
+    .expect("symlink");
+    let lbctl = |args: &[&str]| {
+        let out = std::process::Command::new(bins::bin("lbctl"))
+            .current_dir(cwd.path())
+            .env_remove("LBCTL_TOKEN")
+            .env_remove("LBCTL_HOST")
+            .args(args)
+            .output()
+            .expect("run lbctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = lbctl(&[
+        "service",
+        "create",
+        "local",
+        "--replicas",
+        "0",
+        "--command",
+        "true",
+        "-p",
+        &port,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let (code, out, err) = lbctl(&["service", "ls", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    // With --host, the socket is not used: no token, no pin, a clear error.
+    let (code, _, err) = lbctl(&["--host", &cluster.api(1), "service", "ls"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no control token"), "{err}");
+}

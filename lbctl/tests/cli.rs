@@ -45,10 +45,25 @@ fn unknown_enum_values_list_the_valid_ones() {
     }
 }
 
+/// A control token of the right form (lbctl takes the CA digest from it
+/// before it dials), for commands that never reach a server.
+const WELL_FORMED_TOKEN: &str = concat!(
+    "LBMCTL-2-",
+    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+);
+
 #[test]
 fn lbctl_errors_exit_non_zero() {
     // fixed-port-ok: port 1 on loopback, where nothing listens.
-    let out = lbctl(&["--host", "127.0.0.1:1", "service", "ls"]);
+    let out = lbctl(&[
+        "--host",
+        "127.0.0.1:1",
+        "--token",
+        WELL_FORMED_TOKEN,
+        "service",
+        "ls",
+    ]);
     assert!(!out.status.success());
     assert!(
         stderr(&out).starts_with("Error: cannot connect to 127.0.0.1:1: "),
@@ -86,6 +101,8 @@ fn publish_takes_tcp_and_refuses_udp_clearly() {
     let out = lbctl(&[
         "--host",
         "127.0.0.1:1",
+        "--token",
+        WELL_FORMED_TOKEN,
         "service",
         "create",
         "web",

@@ -13,16 +13,19 @@
 //! - [`client`]: [`Client`], one typed method per route, on hyper's HTTP/1.1
 //!   client, one request per connection.
 //! - [`token`]: a client's token from `--token`, `--token -` (standard
-//!   input) or `--token-file`.
+//!   input) or `--token-file`, and the token formats (`LBMTKN-2-`,
+//!   `LBMCTL-2-`, each carrying the cluster CA's digest).
 //!
 //! # Routes
 //!
 //! | method | path | body | answer |
 //! |---|---|---|---|
 //! | GET | `/v1/cluster` | | [`ClusterInfo`]: cluster id, this node, leader, term, indexes, voters, learners |
-//! | GET | `/v1/cluster/join-token/{manager,worker}` | | [`JoinToken`] `{"token": ...}` |
+//! | GET | `/v1/cluster/join-token/{manager,worker}` | | [`JoinToken`] `{"token": ...}` (a manager holding the CA key answers; others 503) |
 //! | POST | `/v1/cluster/join-token/{manager,worker}/rotate` | | the new [`JoinToken`]; the old one admits no one, joined nodes are unaffected |
 //! | POST | `/v1/cluster/join` | [`JoinRequest`] `{"token", "node"}` | the admitted [`Member`] (the join token authenticates; no bearer token); the record and the Raft address (dialable, unique, answering as the node) are checked before the node joins Raft |
+//! | POST | `/v1/cluster/certificate` | [`CertificateRequest`] `{"token", "node_id", "csr"}` | [`CertificateAnswer`]: a joiner's first certificate, of its join token's role (the join token authenticates) |
+//! | POST | `/v1/cluster/renew` | [`RenewRequest`] `{"csr"}` | [`RenewAnswer`]: a new certificate of the role the registry gives the node its TLS client certificate names, with the CA key for a manager; served by a manager, never forwarded |
 //! | GET | `/v1/nodes` | | every [`Node`], with its Raft role |
 //! | GET | `/v1/nodes/{name or id}` | | one [`Node`] |
 //! | POST | `/v1/nodes/{name or id}` | [`NodeUpdate`] `{"availability", "labels_add", "labels_remove"}` | the updated [`Member`] |
@@ -38,8 +41,11 @@
 //! | DELETE | `/v1/services/{name}` | | [`Removed`] `{"removed": name}` |
 //!
 //! Path segments in braces are percent-encoded (`a b` is `a%20b`, `a/b` is
-//! `a%2Fb`); the server splits on `/` and then decodes each segment. Every
-//! route but `join` needs `Authorization: Bearer <control token>`. Bodies
+//! `a%2Fb`); the server splits on `/` and then decodes each segment. `/v1`
+//! is TLS only (plain HTTP gets 426); the client pins the cluster CA.
+//! Every route but `join`, `certificate` and `renew` needs
+//! `Authorization: Bearer <control token>`, except on the node's local
+//! socket. Bodies
 //! over 2 MiB, and service specs over 1 MiB once encoded as compact JSON
 //! (field `spec`), are refused with 413. Errors are [`ErrorBody`]
 //! `{"error": {"field": ..., "reason": ...}}` with 400 (invalid), 401

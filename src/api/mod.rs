@@ -197,7 +197,8 @@ pub async fn handle(
             return error(
                 StatusCode::FORBIDDEN,
                 "authorization",
-                "this node is a worker: writes through its local socket need the control token (--token)",
+                "this node holds no CA key (a worker, or a manager still fetching it): writes \
+                 through its local socket need the control token (--token)",
             );
         }
         let forwarded = tokio::time::timeout_at(
