@@ -308,7 +308,7 @@ async fn join_cluster(
         })
         .await
         .map_err(refused)?;
-    let ca_digest = lbmesh_tls::ca_digest(&lbmesh_tls::config::cert_der(&issued.ca_certificate)?);
+    let ca_digest = lbmesh_tls::ca_digest(&lbmesh_tls::identity::cert_der(&issued.ca_certificate)?);
     if ca_digest != parsed.ca_digest() {
         return Err(ClusterError::Token(
             "the cluster answered with another CA than the token pins".to_owned(),
@@ -511,7 +511,7 @@ pub async fn admit(
 /// The role a join token admits to, or why it admits no one.
 pub fn join_role(cluster: &ClusterInfo, token: &str) -> Result<Role, String> {
     let token = Token::parse(token, Family::Join)?;
-    let ca_digest = lbmesh_tls::config::cert_der(&cluster.ca_cert)
+    let ca_digest = lbmesh_tls::identity::cert_der(&cluster.ca_cert)
         .map(|der| lbmesh_tls::ca_digest(&der))
         .unwrap_or_default();
     let known = token.ca_digest() == ca_digest;

@@ -18,8 +18,8 @@ use rcgen::{
 use sha2::Sha256;
 use time::OffsetDateTime;
 
-use crate::identity::{ca_digest, node_server_name, CertRole, API_SERVER_NAME, BACKDATE};
-use crate::TlsError;
+use crate::error::TlsError;
+use crate::identity::{ca_digest, cert_der, node_server_name, CertRole, API_SERVER_NAME, BACKDATE};
 
 /// How long the CA certificate is valid: node certificates are short-lived
 /// and renewed; the root outlives any cluster.
@@ -96,7 +96,7 @@ impl ClusterCa {
     /// The CA from its certificate and key (PEM), as kept on a manager.
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
         let key = KeyPair::from_pem(key_pem).map_err(|e| TlsError::Key(e.to_string()))?;
-        let cert_der = crate::config::cert_der(cert_pem)?;
+        let cert_der = cert_der(cert_pem)?;
         let params = CertificateParams::from_ca_cert_pem(cert_pem)
             .map_err(|e| TlsError::Certificate(e.to_string()))?;
         // The same subject and key as the original, so what it signs chains
@@ -244,7 +244,7 @@ impl NodeKey {
 /// be for the key the node holds.
 pub fn cert_matches_key(cert_pem: &str, key: &NodeKey) -> Result<bool, TlsError> {
     use x509_parser::prelude::{FromDer, X509Certificate};
-    let der = crate::config::cert_der(cert_pem)?;
+    let der = cert_der(cert_pem)?;
     let (_, cert) =
         X509Certificate::from_der(&der).map_err(|e| TlsError::Certificate(e.to_string()))?;
     Ok(cert.public_key().subject_public_key.data.as_ref() == key.0.public_key_raw())

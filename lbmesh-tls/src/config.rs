@@ -28,19 +28,12 @@ use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
-use crate::identity::{ca_digest, NodeIdentity};
-use crate::TlsError;
+use crate::error::TlsError;
+use crate::identity::{ca_digest, cert_der, NodeIdentity, API_SERVER_NAME};
 
 /// The crypto every configuration uses: ring, no OpenSSL.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// The DER of the first certificate in `pem`.
-pub fn cert_der(pem: &str) -> Result<Vec<u8>, TlsError> {
-    CertificateDer::from_pem_slice(pem.as_bytes())
-        .map(|der| der.to_vec())
-        .map_err(|e| TlsError::Certificate(format!("not a PEM certificate: {e}")))
 }
 
 fn certified_key(
@@ -238,7 +231,7 @@ impl CaPin {
 /// Checks a server's certificate against the CA whose digest is pinned:
 /// the CA is taken from the chain the server sends (or the file given),
 /// its digest must match, and the leaf must chain to it and name
-/// [`crate::API_SERVER_NAME`] (webpki's ordinary checks, with that CA as
+/// [`API_SERVER_NAME`] (webpki's ordinary checks, with that CA as
 /// the only root).
 #[derive(Debug)]
 struct PinnedCa {
@@ -279,7 +272,7 @@ impl ServerCertVerifier for PinnedCa {
         let inner = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .map_err(|e| rustls::Error::General(e.to_string()))?;
-        let name = ServerName::try_from(crate::API_SERVER_NAME)
+        let name = ServerName::try_from(API_SERVER_NAME)
             .map_err(|e| rustls::Error::General(e.to_string()))?;
         inner.verify_server_cert(end_entity, &[], &name, ocsp_response, now)
     }
@@ -322,7 +315,8 @@ impl ServerCertVerifier for PinnedCa {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CertRole, ClusterCa, NodeKey};
+    use crate::ca::{ClusterCa, NodeKey};
+    use crate::identity::{node_server_name, CertRole};
     use std::time::Duration;
 
     fn node(ca: &ClusterCa, id: u64, role: CertRole) -> Arc<NodeCredentials> {
@@ -381,7 +375,7 @@ mod tests {
         let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
             .build()
             .unwrap();
-        let name = ServerName::try_from(crate::node_server_name(7)).unwrap();
+        let name = ServerName::try_from(node_server_name(7)).unwrap();
         verifier
             .verify_server_cert(&leaf, &[], &name, &[], UnixTime::now())
             .expect("chains to the original CA");

@@ -6,7 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::TlsError;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
+
+use crate::error::TlsError;
 
 /// How far before its signing a certificate is valid from, so a node whose
 /// clock is a little behind the signer's accepts it at once.
@@ -27,6 +30,13 @@ pub fn ca_digest(der: &[u8]) -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// The DER of the first certificate in `pem`.
+pub fn cert_der(pem: &str) -> Result<Vec<u8>, TlsError> {
+    CertificateDer::from_pem_slice(pem.as_bytes())
+        .map(|der| der.to_vec())
+        .map_err(|e| TlsError::Certificate(format!("not a PEM certificate: {e}")))
 }
 
 /// What a node may do, as its certificate says.

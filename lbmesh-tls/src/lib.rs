@@ -26,23 +26,11 @@
 
 pub mod ca;
 pub mod config;
+mod error;
 pub mod identity;
 
 pub use ca::{ClusterCa, NodeKey};
 pub use config::{CaPin, NodeCredentials};
 pub use identity::{ca_digest, node_server_name, CertRole, NodeIdentity, API_SERVER_NAME};
 
-/// What went wrong making, reading or using a certificate or key.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("certificate: {0}")]
-    Certificate(String),
-    #[error("key: {0}")]
-    Key(String),
-    #[error("certificate signing request: {0}")]
-    Request(String),
-    #[error("TLS configuration: {0}")]
-    Config(String),
-    #[error("no random bytes from the OS: {0}")]
-    Random(String),
-}
+pub use error::TlsError;
