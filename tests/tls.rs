@@ -532,3 +532,63 @@ fn lbctl_uses_the_local_socket_without_a_token() {
     assert_ne!(code, 0);
     assert!(err.contains("no control token"), "{err}");
 }
+
+/// `node promote` re-issues a worker's certificate as a manager's and
+/// hands it the CA key; `node demote` re-issues it as a worker's and the
+/// CA key leaves the node. Whatever the certificate says, the registry's
+/// role counts at once: a demoted manager's old certificate cannot vote.
+#[test]
+fn promote_and_demote_reissue_the_certificate() {
+    let mut cluster = Cluster::form_with(FAST_HEARTBEATS);
+    add_worker(&mut cluster);
+    let name = format!("node-{}", cluster.ip(3).to_string().replace('.', "-"));
+    let role_in_cert = |cluster: &Cluster| {
+        stolen_credentials(cluster, 3)
+            .identity()
+            .map(|identity| identity.role)
+            .ok()
+    };
+    assert_eq!(role_in_cert(&cluster), Some(CertRole::Worker));
+    let (code, _, err) = cluster.lbctl(0, &["node", "promote", &name]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(
+        "a manager certificate and the CA key on the promoted node",
+        Duration::from_secs(20),
+        || {
+            (role_in_cert(&cluster) == Some(CertRole::Manager)
+                && cluster.data_dir(3).join("ca.key").exists())
+            .then_some(())
+        },
+        || cluster.log(3),
+    );
+    let manager = stolen_credentials(&cluster, 3);
+    let (code, _, err) = cluster.lbctl(0, &["node", "demote", &name]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(
+        "a worker certificate and no CA key on the demoted node",
+        Duration::from_secs(20),
+        || {
+            (role_in_cert(&cluster) == Some(CertRole::Worker)
+                && !cluster.data_dir(3).join("ca.key").exists())
+            .then_some(())
+        },
+        || cluster.log(3),
+    );
+    // The manager certificate it held is still valid, but the record says
+    // worker: a vote with it is refused.
+    let leader = cluster.leader_index().expect("a leader");
+    let leader_id = node_id(&cluster, leader);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let answer = runtime.block_on(async {
+        let mut peer = Peer::new(leader_id, raft_addr(&cluster, leader), manager);
+        let vote = Request::Vote(openraft::raft::VoteRequest::new(
+            openraft::Vote::new(1_000, 3),
+            None,
+        ));
+        peer.call(&vote, Duration::from_secs(10)).await
+    });
+    match answer {
+        Ok(Response::Refused(reason)) => assert!(reason.contains("worker"), "{reason}"),
+        other => panic!("a demoted node's vote got {other:?}"),
+    }
+}
