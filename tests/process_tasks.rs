@@ -18,7 +18,7 @@ fn process_tasks_create_scale_and_heal() {
     let cluster = Cluster::form_with(FAST_HEARTBEATS);
     let port = free_port_on_all(&cluster);
     let publish = format!("{port}:80");
-    let (code, _, err) = cluster.lbctl(
+    let (code, out, err) = cluster.lbctl(
         0,
         &[
             "service",
@@ -43,7 +43,16 @@ fn process_tasks_create_scale_and_heal() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let running = wait_serving(&cluster, "web", 3, Duration::from_secs(30));
+    // create followed the tasks: progress lines, then all three serve.
+    assert!(
+        out.starts_with("web\noverall progress: 0 out of 3 tasks\n")
+            && out.contains("\noverall progress: 3 out of 3 tasks\n")
+            && out.ends_with("verify: Service web converged\n"),
+        "{out}"
+    );
+    let now = tasks(&cluster, 0, "web");
+    assert_eq!((serving(&now).len(), live(&now).len()), (3, 3), "{now:?}");
+    let running = serving(&now);
     let nodes: BTreeSet<&str> = running
         .iter()
         .filter_map(|t| t["node_name"].as_str())
@@ -59,10 +68,18 @@ fn process_tasks_create_scale_and_heal() {
     }
     assert_eq!(seen, ids, "every task answers through the mesh");
 
-    assert_eq!(cluster.lbctl(0, &["service", "scale", "web=5"]).0, 0);
-    wait_serving(&cluster, "web", 5, Duration::from_secs(30));
+    // scale follows too: it returns once the count serves.
+    let (code, out, err) = cluster.lbctl(0, &["service", "scale", "web=5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("overall progress: 5 out of 5 tasks\n"),
+        "{out}"
+    );
+    assert_eq!(serving(&tasks(&cluster, 0, "web")).len(), 5);
     assert_eq!(cluster.lbctl(0, &["service", "scale", "web=2"]).0, 0);
-    let two = wait_serving(&cluster, "web", 2, Duration::from_secs(30));
+    let now = tasks(&cluster, 0, "web");
+    assert_eq!((serving(&now).len(), live(&now).len()), (2, 2), "{now:?}");
+    let two = serving(&now);
 
     // kill -9 of one task's process group under a steady client.
     let client = ClientLoop::start(cluster.mesh_addrs(port));
@@ -90,6 +107,71 @@ fn process_tasks_create_scale_and_heal() {
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_no_failures("kill -9 of a task", &client.finish());
+}
+
+/// A service write follows its tasks: a task that fails ends it with the
+/// task's error, a task that cannot be placed ends it at `--timeout` with
+/// the reason, and `--detach` returns at once.
+#[test]
+fn service_writes_fail_on_task_errors_and_time_out_unless_detached() {
+    let cluster = Cluster::bootstrap(&[], None);
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, out, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "crash",
+            "--command",
+            "exit 3",
+            "-p",
+            &port,
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.starts_with("Error: crash: task crash.1 (")
+            && err.ends_with(") failed: the command exit status: 3 at once: no output\n"),
+        "{err}"
+    );
+    assert!(
+        out.starts_with("crash\noverall progress: 0 out of 1 tasks\n"),
+        "{out}"
+    );
+
+    let port = free_port_on_all(&cluster).to_string();
+    let picky = [
+        "service",
+        "create",
+        "picky",
+        "--command",
+        SERVER,
+        "-p",
+        &port,
+        "--constraint",
+        "node.labels.gpu==yes",
+        "--timeout",
+        "2s",
+    ];
+    let (code, _, err) = cluster.lbctl(0, &picky);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("Error: picky: not converged within 2s (picky.1 pending: ")
+            && err.contains("node.labels.gpu==yes"),
+        "{err}"
+    );
+
+    // --detach: the same unplaceable service, and the command returns its
+    // name with the task still pending (a wait would have timed out).
+    let port = free_port_on_all(&cluster).to_string();
+    let mut detached = picky.to_vec();
+    detached[2] = "later";
+    detached[6] = &port;
+    detached.push("--detach");
+    let (code, out, err) = cluster.lbctl(0, &detached);
+    assert_eq!((code, out.as_str()), (0, "later\n"), "{err}");
+    let (code, out, err) = cluster.lbctl(0, &["service", "scale", "-d", "later=2"]);
+    assert_eq!((code, out.as_str()), (0, "later scaled to 2\n"), "{err}");
 }
 
 #[test]

@@ -233,6 +233,8 @@ pub enum ServiceCommand {
         name: String,
         #[command(flatten)]
         spec: SpecArgs,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// List services.
     #[command(alias = "list")]
@@ -264,6 +266,8 @@ pub enum ServiceCommand {
         /// Services and their new replica counts.
         #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = parse_scale)]
         targets: Vec<(String, i64)>,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Change a service; flags given replace those settings.
     Update {
@@ -283,11 +287,15 @@ pub enum ServiceCommand {
         /// Remove a placement constraint, repeatable.
         #[arg(long = "constraint-rm", value_name = "EXPR")]
         constraint_rm: Vec<String>,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Return a service to its previous spec.
     Rollback {
         /// The service to roll back.
         name: String,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Remove services.
     #[command(alias = "remove")]
@@ -296,6 +304,19 @@ pub enum ServiceCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+/// How a service write waits for its tasks (`create`, `update`, `scale`,
+/// `rollback`).
+#[derive(Debug, Args, Clone, Copy)]
+pub struct FollowArgs {
+    /// Return once the write is stored, without following the tasks to
+    /// convergence.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Give up following after this long (exit 1 with what is not running).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Spec flags shared by `service create` and `service update`.
