@@ -94,6 +94,7 @@ pub fn service_routes(
             retry_on_empty: service.retry_on_empty,
             reply_timeout: service.reply_timeout,
             max_connections_per_client: service.max_connections_per_client,
+            access_log: service.access_log,
         },
         ports,
     }

@@ -349,6 +349,10 @@ pub struct SpecArgs {
     /// then reach two tasks, so keep it off for non-idempotent protocols.
     #[arg(long = "retry-on-empty", value_name = "BOOL")]
     pub retry_on_empty: Option<bool>,
+    /// One JSON line per closed connection in each node's access log
+    /// (`lbd --access-log`; default off).
+    #[arg(long = "access-log", value_name = "BOOL")]
+    pub access_log: Option<bool>,
     /// How long a connect to a task may take before the next task is tried
     /// (default 3s).
     #[arg(long = "connect-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]

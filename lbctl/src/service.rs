@@ -237,6 +237,9 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     if let Some(retry) = args.retry_on_empty {
         spec.retry_on_empty = Some(retry);
     }
+    if let Some(on) = args.access_log {
+        spec.access_log = Some(on);
+    }
     if let Some(connect) = args.connect_timeout {
         spec.connect_timeout = Some(connect);
     }
@@ -410,6 +413,8 @@ mod tests {
             "true",
             "--reply-timeout",
             "750ms",
+            "--access-log",
+            "true",
         ])
         .expect("flags parse");
         let Noun::Service(command) = cli.command else {
@@ -424,6 +429,7 @@ mod tests {
         assert_eq!(spec.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(spec.retry_on_empty, Some(true));
         assert_eq!(spec.reply_timeout, Some(Duration::from_millis(750)));
+        assert_eq!(spec.access_log, Some(true));
     }
 
     #[test]

@@ -83,4 +83,6 @@ pub struct RouteSettings {
     /// Open connections one client address may hold (0: no cap). Off by
     /// default: clients behind one NAT share an address.
     pub max_connections_per_client: u32,
+    /// One access log line per closed connection (`access_log`).
+    pub access_log: bool,
 }

@@ -29,6 +29,7 @@
 //! | `lbmesh_max_connections_reached_total` | counter | service | times an accept loop found a client connection pending with the service at `max_connections` (it waits in the listen backlog; each proxy thread's loop counts) |
 //! | `lbmesh_connection_duration_seconds` | histogram | service | client connections from accept to close |
 //! | `lbmesh_connections_closed_total` | counter | service, end | client connections by how they ended: `finished`, `idle_timeout`, `client_error`, `backend_error` (aborts by side), `no_backend` |
+//! | `lbmesh_access_log_lines_total`, `..._dropped_total`, `..._write_errors_total` | counter | | access log lines written, dropped on a full queue, lost to write errors (registered by [`crate::access_log`]) |
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,

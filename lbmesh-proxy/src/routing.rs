@@ -524,6 +524,7 @@ mod tests {
                 eject_time: Duration::from_secs(10),
                 retry_on_empty: false,
                 reply_timeout: None,
+                access_log: false,
                 max_connections_per_client: 0,
             },
             ports: vec![PortRoutes {
