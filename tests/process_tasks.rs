@@ -67,6 +67,27 @@ fn process_tasks_create_scale_and_heal() {
         seen.insert(get(cluster.mesh_addrs(port)[i % 3]).expect("GET through the mesh"));
     }
     assert_eq!(seen, ids, "every task answers through the mesh");
+    // Each task's backend series name its task and node, on every node.
+    let (_, metrics) = test_support::http_get_blocking(&cluster.api(1), "/metrics");
+    for task in &running {
+        let endpoint = &task["endpoint"];
+        let backend = format!(
+            "{}:{}",
+            endpoint["ip"].as_str().unwrap_or(""),
+            endpoint["ports"][0][1]
+        );
+        let labels = [
+            ("service", "web"),
+            ("backend", backend.as_str()),
+            ("task", &format!("web.{}", task["slot"])),
+            ("node", task["node_name"].as_str().unwrap_or("-")),
+        ];
+        assert_eq!(
+            test_support::metric(&metrics, "lbmesh_backend_up", &labels),
+            Some(1.0),
+            "{labels:?} in\n{metrics}"
+        );
+    }
 
     // scale follows too: it returns once the count serves.
     let (code, out, err) = cluster.lbctl(0, &["service", "scale", "web=5"]);
