@@ -89,6 +89,62 @@ fn process_tasks_create_scale_and_heal() {
         );
     }
 
+    // service logs, from node 0: every task's output, its own lines
+    // prefixed with its name, id and node; the tasks on the other nodes
+    // are read there.
+    let talk = format!("echo \"hello from $LBMESH_TASK_ID\"; echo bye; {SERVER}");
+    let talk_port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "talker",
+            "--command",
+            &talk,
+            "--replicas",
+            "3",
+            "--replicas-max-per-node",
+            "1",
+            "-p",
+            &talk_port,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let talkers = serving(&tasks(&cluster, 0, "talker"));
+    let mut expected = Vec::new();
+    let mut last = Vec::new();
+    for task in &talkers {
+        let id = task["id"].as_str().unwrap_or_default();
+        let prefix = format!(
+            "talker.{}.{id}@{}",
+            task["slot"],
+            task["node_name"].as_str().unwrap_or("-")
+        );
+        expected.push(format!("{prefix} | hello from {id}"));
+        expected.push(format!("{prefix} | bye"));
+        last.push(format!("{prefix} | bye"));
+    }
+    let nodes: BTreeSet<&str> = talkers
+        .iter()
+        .filter_map(|t| t["node_name"].as_str())
+        .collect();
+    assert_eq!(nodes.len(), 3, "one talker per node: {talkers:?}");
+    let sorted = |text: &str| {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    expected.sort();
+    last.sort();
+    let (code, out, err) = cluster.lbctl(0, &["service", "logs", "talker"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sorted(&out), expected, "{out}");
+    let (code, out, err) = cluster.lbctl(2, &["service", "logs", "--tail", "1", "talker"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sorted(&out), last, "{out}");
+    assert_eq!(cluster.lbctl(0, &["service", "rm", "talker"]).0, 0);
+
     // scale follows too: it returns once the count serves.
     let (code, out, err) = cluster.lbctl(0, &["service", "scale", "web=5"]);
     assert_eq!(code, 0, "{err}");

@@ -491,4 +491,46 @@ fn bad_input_shows_in_service_ps_and_changes_nothing() {
     }
     let after = cluster.json(0, &["service", "ls"]).expect("ls");
     assert_eq!(service_names(&after), service_names(&before));
+
+    // service logs of a container, asked on every node: the engine's
+    // output of the node that runs it, prefixed with the task.
+    ensure_test_images().expect("test images");
+    let publish = format!("{}:80", port + 2);
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "talky",
+            "--image",
+            "lbmesh-test:v1",
+            "--command",
+            "echo hello-docker; echo to-stderr >&2; exec httpd -f -p 80 -h /",
+            "-p",
+            &publish,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let task = serving(&tasks(&cluster, 0, "talky"))
+        .pop()
+        .expect("a serving talky task");
+    let prefix = format!(
+        "talky.1.{}@{}",
+        task["id"].as_str().unwrap_or_default(),
+        task["node_name"].as_str().unwrap_or("-")
+    );
+    for n in 0..3 {
+        let (code, out, err) = cluster.lbctl(n, &["service", "logs", "talky"]);
+        assert_eq!(code, 0, "node {n}: {err}");
+        let mut lines: Vec<&str> = out.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                format!("{prefix} | hello-docker"),
+                format!("{prefix} | to-stderr")
+            ],
+            "node {n}"
+        );
+    }
 }

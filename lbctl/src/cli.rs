@@ -261,6 +261,16 @@ pub enum ServiceCommand {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show the output of services' tasks, each line prefixed with its
+    /// task (`web.1.ID@NODE | ...`), read through any node.
+    Logs {
+        /// Service names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Only the last N lines of each task.
+        #[arg(short = 'n', long, value_name = "N")]
+        tail: Option<usize>,
+    },
     /// Set replica counts: `lbctl service scale web=5 api=2`.
     Scale {
         /// Services and their new replica counts.

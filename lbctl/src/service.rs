@@ -1,4 +1,4 @@
-//! `lbctl service create|ls|inspect|ps|scale|update|rollback|rm`.
+//! `lbctl service create|ls|inspect|ps|logs|scale|update|rollback|rm`.
 //!
 //! `ls` and `ps` take `-q` and `--filter` ([`crate::filter`]); `inspect`
 //! and `ps` take several names.
@@ -84,6 +84,27 @@ pub async fn run(
                     .flat_map(|s| s.listener_errors)
                     .collect();
                 return Ok(out + &listener_lines(&errors));
+            }
+            Ok(out)
+        }
+        ServiceCommand::Logs { names, tail } => {
+            let mut out = String::new();
+            for name in names {
+                for task in client.service_tasks(name).await? {
+                    if task.desired != DesiredState::Running || task.runtime_id.is_none() {
+                        continue;
+                    }
+                    let logs = client.task_logs(&task.id, *tail).await?;
+                    let prefix = format!(
+                        "{}.{}@{}",
+                        tasks::task_name(&task),
+                        task.id,
+                        task.node_name.as_deref().unwrap_or("-")
+                    );
+                    for line in logs.logs.lines() {
+                        out.push_str(&format!("{prefix} | {line}\n"));
+                    }
+                }
             }
             Ok(out)
         }
