@@ -24,6 +24,11 @@ With --baseline-lbd a fifth target, "lbd-base", runs a second lbd binary in
 the same rounds, so a change is judged against its baseline under the same
 noise (the ratio row lbd/lbd-base).
 
+With --access-log a target "lbd-log" runs the same lbd binary with
+`access_log = true` on its services (lines to a file in the work dir), in
+the same rounds, so the log's cost shows as the ratio row lbd-log/lbd; the
+lines written and dropped are printed after the tables.
+
 With --quick the harness judges nothing about speed; it exits non-zero if
 any request or transfer through lbd failed. Every wait is bounded.
 """
@@ -49,12 +54,14 @@ TARGETS = ["direct", "lbd", "haproxy", "nginx"]
 PROXIES = ["lbd", "haproxy", "nginx"]
 # The optional second lbd (--baseline-lbd).
 BASELINE = "lbd-base"
+# The optional lbd with the access log on (--access-log).
+LOGGED = "lbd-log"
 # One port per (scenario, target); all on 127.0.0.1. fixed-port-ok: the
 # harness checks each is free before it starts and fails if one is taken.
-HTTP = {"direct": 18080, "lbd": 18081, "haproxy": 18082, "nginx": 18083, BASELINE: 18084}  # fixed-port-ok
-BULK = {"direct": 15201, "lbd": 15202, "haproxy": 15203, "nginx": 15204, BASELINE: 15205}  # fixed-port-ok
-IDLE = {"direct": 17000, "lbd": 17001, "haproxy": 17002, "nginx": 17003, BASELINE: 17004}  # fixed-port-ok
-LBD_API = {"lbd": 19900, BASELINE: 19901}  # fixed-port-ok
+HTTP = {"direct": 18080, "lbd": 18081, "haproxy": 18082, "nginx": 18083, BASELINE: 18084, LOGGED: 18085}  # fixed-port-ok
+BULK = {"direct": 15201, "lbd": 15202, "haproxy": 15203, "nginx": 15204, BASELINE: 15205, LOGGED: 15206}  # fixed-port-ok
+IDLE = {"direct": 17000, "lbd": 17001, "haproxy": 17002, "nginx": 17003, BASELINE: 17004, LOGGED: 17005}  # fixed-port-ok
+LBD_API = {"lbd": 19900, BASELINE: 19901, LOGGED: 19902}  # fixed-port-ok
 THREADS = 2  # each proxy gets the same number of threads / workers
 # Descriptors each process may open: the hard limit, which an unprivileged
 # sandbox may not raise (20,000 on the project's CI machines). A proxied
@@ -241,6 +248,7 @@ endpoints = [{{ address = "127.0.0.1:{scenario['direct']}" }}]
 connect_timeout = "3s"
 idle_timeout = "1h"
 max_connections = 200000
+access_log = {"true" if lbd == LOGGED else "false"}
 """)
         (work / f"{lbd}.toml").write_text(f"""
 [node]
@@ -387,6 +395,8 @@ def main():
     parser.add_argument("--idle", type=int, default=10000, help="idle connections held")
     parser.add_argument("--lbd", help="lbd binary (default: build target/release/lbd)")
     parser.add_argument("--baseline-lbd", help="a second lbd binary measured in the same rounds as lbd-base")
+    parser.add_argument("--access-log", action="store_true",
+                        help="also measure lbd with the access log on, as lbd-log")
     parser.add_argument(
         "--scenarios", default="keepalive,close,bulk,idle",
         help="comma-separated subset of keepalive,close,bulk,idle (cpu comes with keepalive)",
@@ -410,6 +420,9 @@ def main():
             raise SystemExit(f"loadtest: --baseline-lbd {args.baseline_lbd} is not an executable file")
         TARGETS.append(BASELINE)
         PROXIES.append(BASELINE)
+    if args.access_log:
+        TARGETS.append(LOGGED)
+        PROXIES.append(LOGGED)
     for port in [*HTTP.values(), *BULK.values(), *IDLE.values(), *LBD_API.values()]:
         if not port_free(port):
             raise SystemExit(f"loadtest: port 127.0.0.1:{port} is in use")
@@ -451,6 +464,9 @@ def main():
         if args.baseline_lbd:
             procs.start(BASELINE, [args.baseline_lbd, "--config", str(work / f"{BASELINE}.toml"),
                                    "--threads", str(THREADS)])
+        if args.access_log:
+            procs.start(LOGGED, [lbd, "--config", str(work / f"{LOGGED}.toml"),
+                                 "--threads", str(THREADS), "--access-log", str(work / "access.log")])
         procs.start("haproxy", ["haproxy", "-db", "-f", str(work / "haproxy.cfg")])
         procs.start("nginx", ["nginx", "-p", str(work), "-c", str(work / "nginx-stream.conf")])
         for scenario in (HTTP, BULK, IDLE):
@@ -504,6 +520,8 @@ def main():
             record(target, "idle_rss", m["rss_per_conn_kib"])
             record(target, "idle_kernel", m["kernel_per_conn_kib"])
             procs.check_alive()
+        if args.access_log:
+            access_counts = access_log_counts(work)
     except (Failure, subprocess.TimeoutExpired, OSError) as error:
         raise SystemExit(f"loadtest: {error}") from error
     finally:
@@ -512,9 +530,31 @@ def main():
         procs.stop_all()
 
     print_tables(results, args)
+    if args.access_log:
+        print(f"\nlbd-log access log: {access_counts}")
     if lbd_failures:
         raise SystemExit("loadtest: requests through lbd failed: " + "; ".join(lbd_failures))
     print("\nloadtest: no request through lbd failed")
+
+
+def access_log_counts(work):
+    """lbd-log's access log lines written and dropped (its /metrics), and
+    the lines in the file; the file is removed (it can be large)."""
+    time.sleep(1)  # the writer flushes whenever its queue runs empty
+    with socket.create_connection(("127.0.0.1", LBD_API[LOGGED]), timeout=5) as conn:
+        conn.sendall(b"GET /metrics HTTP/1.1\r\nHost: lbd\r\nConnection: close\r\n\r\n")
+        page = b""
+        while chunk := conn.recv(65536):
+            page += chunk
+    counts = {}
+    for name in ("lbmesh_access_log_lines_total", "lbmesh_access_log_dropped_total"):
+        m = re.search(rf"^{name} (\S+)$", page.decode(), re.M)
+        counts[name] = float(m.group(1)) if m else None
+    path = work / "access.log"
+    with open(path, "rb") as f:
+        counts["lines in the file"] = sum(1 for _ in f)
+    path.unlink()
+    return counts
 
 
 def print_tables(results, args):
@@ -546,6 +586,8 @@ def print_tables(results, args):
     pairs = [("lbd", "direct"), ("lbd", "haproxy"), ("lbd", "nginx")]
     if BASELINE in TARGETS:
         pairs.append(("lbd", BASELINE))
+    if LOGGED in TARGETS:
+        pairs.append((LOGGED, "lbd"))
     for a, b in pairs:
         print(f"| {a}/{b} | " + " | ".join([
             ratio(results, "ka_rps", a, b),

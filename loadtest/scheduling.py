@@ -156,7 +156,7 @@ def main():
             cluster.wait(lambda: len(cluster.serving(0, "web")) == 1, 60, "the first task")
 
             started = time.monotonic()
-            cluster.lbctl(0, "service", "scale", f"web={args.replicas}")
+            cluster.lbctl(0, "service", "scale", "--detach", f"web={args.replicas}")
             cluster.wait(lambda: len(cluster.serving(0, "web")) == args.replicas, 60, f"{args.replicas} tasks")
             scale_times.append(time.monotonic() - started)
 

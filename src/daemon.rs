@@ -50,6 +50,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::{ConfigError, ConfigFile, Node};
+use lbmesh_proxy::access_log::AccessLog;
 use lbmesh_proxy::discovery::{ServiceRoutes, Update};
 use lbmesh_proxy::listeners::{bind_listener, ListenOptions};
 use lbmesh_proxy::{ApplyError, ListenerFailure, Proxy};
@@ -60,6 +61,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::access_log::AccessLogOutput;
 use crate::admin::{self, AdminLimits, AdminState};
 use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
@@ -106,6 +108,11 @@ pub enum DaemonError {
     Workers(io::Error),
     #[error("cannot register the metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("access_log: cannot open {output}: {source}")]
+    AccessLog {
+        output: AccessLogOutput,
+        source: io::Error,
+    },
 }
 
 /// How often the routing changes are summed up at INFO: each change is
@@ -180,12 +187,18 @@ pub struct ClusterOptions {
     pub heartbeat_grace: Duration,
     /// Proxy worker threads (see [`ProxyWorkers`]).
     pub proxy_threads: usize,
+    /// Where services with `access_log` on write their lines.
+    pub access_log: AccessLogOutput,
 }
 
 impl Daemon {
     /// Standalone mode: loads the file, binds everything and starts serving
     /// on `proxy_threads` worker threads.
-    pub async fn start(config_path: &Path, proxy_threads: usize) -> Result<Self, DaemonError> {
+    pub async fn start(
+        config_path: &Path,
+        proxy_threads: usize,
+        access_log: &AccessLogOutput,
+    ) -> Result<Self, DaemonError> {
         let config = ConfigFile::load(config_path)?;
         let services = file_routes(&config.services, config.node.ingress_addr);
         Self::serve(
@@ -196,6 +209,7 @@ impl Daemon {
             &services,
             None,
             proxy_threads,
+            access_log,
         )
         .await
     }
@@ -231,6 +245,7 @@ impl Daemon {
             &services,
             Some((Arc::clone(&registry), Arc::clone(&pki))),
             options.proxy_threads,
+            &options.access_log,
         )
         .await?;
         let socket = settings.data_dir.join(LOCAL_SOCKET);
@@ -303,6 +318,7 @@ impl Daemon {
         services: &[ServiceRoutes],
         cluster: Option<(Arc<RegistryNode>, Arc<Pki>)>,
         proxy_threads: usize,
+        access_log: &AccessLogOutput,
     ) -> Result<Self, DaemonError> {
         let metrics = Arc::new(DaemonMetrics::new()?);
         // The admin address first: if it cannot be bound, no accept loop
@@ -321,6 +337,11 @@ impl Daemon {
             })?;
         let mut proxy = Proxy::start(proxy_threads, Arc::clone(&metrics.proxy))
             .map_err(DaemonError::Workers)?;
+        let access_out = access_log.open().map_err(|source| DaemonError::AccessLog {
+            output: access_log.clone(),
+            source,
+        })?;
+        proxy.set_access_log(AccessLog::start(access_out, metrics.registry())?);
         match source {
             Source::File { .. } => proxy.apply(services)?,
             Source::Registry { .. } => {

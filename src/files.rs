@@ -43,6 +43,16 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(temporary, path)
 }
 
+/// Opens `path` for appending, creating it 0600 if missing (an existing
+/// file keeps its mode: the operator may have widened it on purpose).
+pub fn append_private(path: &Path) -> std::io::Result<std::fs::File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
 /// Narrows `dir` and everything under it to 0700 dirs and 0600 files
 /// (symbolic links are left alone: their mode means nothing).
 pub fn lock_down(dir: &Path) -> std::io::Result<()> {

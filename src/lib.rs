@@ -21,7 +21,8 @@
 //!   plane's one input type, [`lbmesh_proxy::discovery::ServiceRoutes`].
 //! - [`metrics`] is the daemon's registry: the data plane's families and
 //!   the control plane's; [`admin`] serves them with `/live` and `/ready`.
-//! - [`files`] keeps the data dir private (0700 dirs, 0600 files).
+//! - [`files`] keeps the data dir private (0700 dirs, 0600 files);
+//!   [`access_log`] says where the services' access log lines go.
 //! - [`cluster`] starts (bootstraps, joins, rejoins) the registry; [`api`]
 //!   serves its `/v1` routes with the types of `lbmesh-api`, which `lbctl`
 //!   (a crate of its own) reads too.
@@ -33,6 +34,7 @@
 //!   text or JSON.
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod admin;
 pub mod agent;
 pub mod api;

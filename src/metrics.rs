@@ -37,6 +37,12 @@ pub struct DaemonMetrics {
 }
 
 impl DaemonMetrics {
+    /// The registry `/metrics` serves, for families registered elsewhere
+    /// (the access log's).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let proxy = Arc::new(ProxyMetrics::new(&registry)?);

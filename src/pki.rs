@@ -122,6 +122,11 @@ fn write(path: &Path, text: &str) -> Result<(), PkiError> {
 }
 
 impl Pki {
+    /// The node's data dir (its task logs are under `tasks/`).
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.data_dir
+    }
+
     /// Writes a new node's files and returns them loaded: its key, the
     /// certificate a manager signed, the CA certificate, and the CA itself
     /// on a bootstrapping manager.

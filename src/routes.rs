@@ -45,7 +45,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use lb_config::{Service, ServiceMode};
-use lbmesh_proxy::discovery::{Endpoint, PortRoutes, RouteSettings, ServiceRoutes, Update};
+use lbmesh_proxy::discovery::{
+    Endpoint, EndpointLabels, PortRoutes, RouteSettings, ServiceRoutes, Update,
+};
 use raft_state::state::{NodeStatus, RegistryState, ServiceRecord};
 use raft_state::store::Applied;
 use raft_state::task::{TaskEndpoint, TaskRecord, TaskState};
@@ -56,16 +58,19 @@ pub fn service_routes(
     service: &Service,
     ips: &[IpAddr],
     vip: Option<IpAddr>,
-    tasks: &[TaskEndpoint],
+    tasks: &[(TaskEndpoint, EndpointLabels)],
 ) -> ServiceRoutes {
     let ports = service
         .ports
         .iter()
         .map(|port| {
-            let task_backends = tasks
-                .iter()
-                .filter_map(|task| task.addr_for(port.target))
-                .map(|addr| (addr, 1));
+            let task_backends = tasks.iter().filter_map(|(task, labels)| {
+                Some(Endpoint {
+                    addr: task.addr_for(port.target)?,
+                    weight: 1,
+                    labels: labels.clone(),
+                })
+            });
             PortRoutes {
                 listen: ips
                     .iter()
@@ -75,8 +80,12 @@ pub fn service_routes(
                 endpoints: service
                     .backends_for(port)
                     .into_iter()
+                    .map(|(addr, weight)| Endpoint {
+                        addr,
+                        weight,
+                        labels: EndpointLabels::default(),
+                    })
                     .chain(task_backends)
-                    .map(|(addr, weight)| Endpoint { addr, weight })
                     .collect(),
             }
         })
@@ -94,6 +103,7 @@ pub fn service_routes(
             retry_on_empty: service.retry_on_empty,
             reply_timeout: service.reply_timeout,
             max_connections_per_client: service.max_connections_per_client,
+            access_log: service.access_log,
         },
         ports,
     }
@@ -315,11 +325,12 @@ fn routed_tasks(
     state: &RegistryState,
     service: &Service,
     tasks: &[&TaskRecord],
-) -> Vec<TaskEndpoint> {
+) -> Vec<(TaskEndpoint, EndpointLabels)> {
     let tasks = || tasks.iter().copied();
-    let mut routed: Vec<TaskEndpoint> = tasks()
+    let routed_task = |task: &TaskRecord| Some((task.endpoint.clone()?, labels(state, task)));
+    let mut routed: Vec<(TaskEndpoint, EndpointLabels)> = tasks()
         .filter(|task| task.serves())
-        .filter_map(|task| task.endpoint.clone())
+        .filter_map(routed_task)
         .collect();
     let wanted = match service.tasks.as_ref().map(|tasks| tasks.mode) {
         Some(ServiceMode::Replicated) => service.replicas as usize,
@@ -340,10 +351,28 @@ fn routed_tasks(
                         && task.health.serves()
                         && node_down(task)
                 })
-                .filter_map(|task| task.endpoint.clone()),
+                .filter_map(routed_task),
         );
     }
     routed
+}
+
+/// A task endpoint's metric labels: its name as `service ps` shows it
+/// (`web.2`; `web.node-a` for a global service's task) and its node's name.
+fn labels(state: &RegistryState, task: &TaskRecord) -> EndpointLabels {
+    let node = task
+        .node
+        .and_then(|id| state.nodes.get(&id))
+        .map_or("", |node| node.name.as_str());
+    let name = if task.slot == 0 {
+        format!("{}.{node}", task.service)
+    } else {
+        format!("{}.{}", task.service, task.slot)
+    };
+    EndpointLabels {
+        task: Arc::from(name),
+        node: Arc::from(node),
+    }
 }
 
 #[cfg(test)]
@@ -379,7 +408,13 @@ mod tests {
             &config.services[0],
             &[ingress],
             Some("127.77.0.1".parse().unwrap()),
-            &[task],
+            &[(
+                task,
+                EndpointLabels {
+                    task: Arc::from("web.1"),
+                    node: Arc::from("node-3"),
+                },
+            )],
         );
         let port = &routes.ports[0];
         assert_eq!(port.listen, vec!["127.0.0.2:8080".parse().unwrap()]); // fixed-port-ok
@@ -389,11 +424,16 @@ mod tests {
             vec![
                 Endpoint {
                     addr: "10.0.0.1:80".parse().unwrap(), // fixed-port-ok
-                    weight: 3
+                    weight: 3,
+                    labels: EndpointLabels::default(),
                 },
                 Endpoint {
                     addr: "127.0.0.3:31000".parse().unwrap(), // fixed-port-ok
-                    weight: 1
+                    weight: 1,
+                    labels: EndpointLabels {
+                        task: Arc::from("web.1"),
+                        node: Arc::from("node-3"),
+                    },
                 },
             ]
         );
@@ -455,7 +495,8 @@ mod tests {
             routes[0].ports[0].endpoints,
             vec![Endpoint {
                 addr: "10.0.0.1:80".parse().unwrap(), // fixed-port-ok
-                weight: 1
+                weight: 1,
+                labels: EndpointLabels::default(),
             }]
         );
     }
@@ -563,6 +604,19 @@ mod tests {
         }
 
         const ORPHAN: (DesiredState, TaskState) = (DesiredState::Shutdown, TaskState::Orphaned);
+
+        /// A task endpoint's labels are its `service ps` name and its node's.
+        #[test]
+        fn task_endpoints_carry_their_task_and_node_names() {
+            let state = cluster(1, &[(2, DesiredState::Running, TaskState::Running)]);
+            let applied = Applied {
+                state: Arc::new(state),
+                index: 1,
+            };
+            let routes = registry_routes(&applied, "127.0.0.9".parse().unwrap());
+            let labels = &routes[0].ports[0].endpoints[0].labels;
+            assert_eq!((&*labels.task, &*labels.node), ("web.1", "n2"));
+        }
 
         #[test]
         fn a_down_nodes_task_serves_until_its_replacement_does() {

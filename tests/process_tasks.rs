@@ -18,7 +18,7 @@ fn process_tasks_create_scale_and_heal() {
     let cluster = Cluster::form_with(FAST_HEARTBEATS);
     let port = free_port_on_all(&cluster);
     let publish = format!("{port}:80");
-    let (code, _, err) = cluster.lbctl(
+    let (code, out, err) = cluster.lbctl(
         0,
         &[
             "service",
@@ -43,7 +43,16 @@ fn process_tasks_create_scale_and_heal() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    let running = wait_serving(&cluster, "web", 3, Duration::from_secs(30));
+    // create followed the tasks: progress lines, then all three serve.
+    assert!(
+        out.starts_with("web\noverall progress: 0 out of 3 tasks\n")
+            && out.contains("\noverall progress: 3 out of 3 tasks\n")
+            && out.ends_with("verify: Service web converged\n"),
+        "{out}"
+    );
+    let now = tasks(&cluster, 0, "web");
+    assert_eq!((serving(&now).len(), live(&now).len()), (3, 3), "{now:?}");
+    let running = serving(&now);
     let nodes: BTreeSet<&str> = running
         .iter()
         .filter_map(|t| t["node_name"].as_str())
@@ -58,11 +67,96 @@ fn process_tasks_create_scale_and_heal() {
         seen.insert(get(cluster.mesh_addrs(port)[i % 3]).expect("GET through the mesh"));
     }
     assert_eq!(seen, ids, "every task answers through the mesh");
+    // Each task's backend series name its task and node, on every node.
+    let (_, metrics) = test_support::http_get_blocking(&cluster.api(1), "/metrics");
+    for task in &running {
+        let endpoint = &task["endpoint"];
+        let backend = format!(
+            "{}:{}",
+            endpoint["ip"].as_str().unwrap_or(""),
+            endpoint["ports"][0][1]
+        );
+        let labels = [
+            ("service", "web"),
+            ("backend", backend.as_str()),
+            ("task", &format!("web.{}", task["slot"])),
+            ("node", task["node_name"].as_str().unwrap_or("-")),
+        ];
+        assert_eq!(
+            test_support::metric(&metrics, "lbmesh_backend_up", &labels),
+            Some(1.0),
+            "{labels:?} in\n{metrics}"
+        );
+    }
 
-    assert_eq!(cluster.lbctl(0, &["service", "scale", "web=5"]).0, 0);
-    wait_serving(&cluster, "web", 5, Duration::from_secs(30));
+    // service logs, from node 0: every task's output, its own lines
+    // prefixed with its name, id and node; the tasks on the other nodes
+    // are read there.
+    let talk = format!("echo \"hello from $LBMESH_TASK_ID\"; echo bye; {SERVER}");
+    let talk_port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "talker",
+            "--command",
+            &talk,
+            "--replicas",
+            "3",
+            "--replicas-max-per-node",
+            "1",
+            "-p",
+            &talk_port,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let talkers = serving(&tasks(&cluster, 0, "talker"));
+    let mut expected = Vec::new();
+    let mut last = Vec::new();
+    for task in &talkers {
+        let id = task["id"].as_str().unwrap_or_default();
+        let prefix = format!(
+            "talker.{}.{id}@{}",
+            task["slot"],
+            task["node_name"].as_str().unwrap_or("-")
+        );
+        expected.push(format!("{prefix} | hello from {id}"));
+        expected.push(format!("{prefix} | bye"));
+        last.push(format!("{prefix} | bye"));
+    }
+    let nodes: BTreeSet<&str> = talkers
+        .iter()
+        .filter_map(|t| t["node_name"].as_str())
+        .collect();
+    assert_eq!(nodes.len(), 3, "one talker per node: {talkers:?}");
+    let sorted = |text: &str| {
+        let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        lines.sort();
+        lines
+    };
+    expected.sort();
+    last.sort();
+    let (code, out, err) = cluster.lbctl(0, &["service", "logs", "talker"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sorted(&out), expected, "{out}");
+    let (code, out, err) = cluster.lbctl(2, &["service", "logs", "--tail", "1", "talker"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(sorted(&out), last, "{out}");
+    assert_eq!(cluster.lbctl(0, &["service", "rm", "talker"]).0, 0);
+
+    // scale follows too: it returns once the count serves.
+    let (code, out, err) = cluster.lbctl(0, &["service", "scale", "web=5"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("overall progress: 5 out of 5 tasks\n"),
+        "{out}"
+    );
+    assert_eq!(serving(&tasks(&cluster, 0, "web")).len(), 5);
     assert_eq!(cluster.lbctl(0, &["service", "scale", "web=2"]).0, 0);
-    let two = wait_serving(&cluster, "web", 2, Duration::from_secs(30));
+    let now = tasks(&cluster, 0, "web");
+    assert_eq!((serving(&now).len(), live(&now).len()), (2, 2), "{now:?}");
+    let two = serving(&now);
 
     // kill -9 of one task's process group under a steady client.
     let client = ClientLoop::start(cluster.mesh_addrs(port));
@@ -90,6 +184,71 @@ fn process_tasks_create_scale_and_heal() {
     );
     std::thread::sleep(Duration::from_secs(1));
     assert_no_failures("kill -9 of a task", &client.finish());
+}
+
+/// A service write follows its tasks: a task that fails ends it with the
+/// task's error, a task that cannot be placed ends it at `--timeout` with
+/// the reason, and `--detach` returns at once.
+#[test]
+fn service_writes_fail_on_task_errors_and_time_out_unless_detached() {
+    let cluster = Cluster::bootstrap(&[], None);
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, out, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "crash",
+            "--command",
+            "exit 3",
+            "-p",
+            &port,
+        ],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        err.starts_with("Error: crash: task crash.1 (")
+            && err.ends_with(") failed: the command exit status: 3 at once: no output\n"),
+        "{err}"
+    );
+    assert!(
+        out.starts_with("crash\noverall progress: 0 out of 1 tasks\n"),
+        "{out}"
+    );
+
+    let port = free_port_on_all(&cluster).to_string();
+    let picky = [
+        "service",
+        "create",
+        "picky",
+        "--command",
+        SERVER,
+        "-p",
+        &port,
+        "--constraint",
+        "node.labels.gpu==yes",
+        "--timeout",
+        "2s",
+    ];
+    let (code, _, err) = cluster.lbctl(0, &picky);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("Error: picky: not converged within 2s (picky.1 pending: ")
+            && err.contains("node.labels.gpu==yes"),
+        "{err}"
+    );
+
+    // --detach: the same unplaceable service, and the command returns its
+    // name with the task still pending (a wait would have timed out).
+    let port = free_port_on_all(&cluster).to_string();
+    let mut detached = picky.to_vec();
+    detached[2] = "later";
+    detached[6] = &port;
+    detached.push("--detach");
+    let (code, out, err) = cluster.lbctl(0, &detached);
+    assert_eq!((code, out.as_str()), (0, "later\n"), "{err}");
+    let (code, out, err) = cluster.lbctl(0, &["service", "scale", "-d", "later=2"]);
+    assert_eq!((code, out.as_str()), (0, "later scaled to 2\n"), "{err}");
 }
 
 #[test]

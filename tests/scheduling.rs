@@ -96,7 +96,7 @@ fn docker_tasks_scale_heal_drain_update_and_survive_restarts() {
     let publish = format!("{port}:80");
 
     // Create: three tasks, one per node, each reached through every node.
-    let (code, _, err) = cluster.lbctl(
+    let (code, out, err) = cluster.lbctl(
         0,
         &[
             "service",
@@ -124,7 +124,15 @@ fn docker_tasks_scale_heal_drain_update_and_survive_restarts() {
             "3s",
         ],
     );
+    // create followed the containers until all three served.
     assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("\noverall progress: 3 out of 3 tasks\n")
+            && out.ends_with("verify: Service web converged\n"),
+        "{out}"
+    );
+    let now = tasks(&cluster, 0, "web");
+    assert_eq!((serving(&now).len(), live(&now).len()), (3, 3), "{now:?}");
     let running = wait_serving(&cluster, "web", 3, Duration::from_secs(30));
     let nodes: BTreeSet<&str> = running
         .iter()
@@ -245,7 +253,12 @@ fn docker_tasks_scale_heal_drain_update_and_survive_restarts() {
             "rollback",
         ],
     );
-    assert_eq!(code, 0, "{err}");
+    // The update follows its tasks and fails with the new task's exit.
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("Error: web: ") && err.contains("exited with code 1"),
+        "{err}"
+    );
     wait_for(
         "the automatic rollback",
         Duration::from_secs(60),
@@ -383,7 +396,13 @@ fn bad_input_shows_in_service_ps_and_changes_nothing() {
             "30s",
         ],
     );
-    assert_eq!(code, 0, "{err}");
+    // create follows the task, and the engine's answer fails it by name.
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.starts_with("Error: ghost: task ghost.1 (")
+            && err.ends_with("failed: image \"lbmesh-test:no-such-tag\" not found on this node\n"),
+        "{err}"
+    );
     let message = wait_for(
         "the image error",
         Duration::from_secs(45),
@@ -416,6 +435,7 @@ fn bad_input_shows_in_service_ps_and_changes_nothing() {
             &publish,
             "--constraint",
             "node.labels.gpu==yes",
+            "--detach",
         ],
     );
     assert_eq!(code, 0, "{err}");
@@ -471,4 +491,46 @@ fn bad_input_shows_in_service_ps_and_changes_nothing() {
     }
     let after = cluster.json(0, &["service", "ls"]).expect("ls");
     assert_eq!(service_names(&after), service_names(&before));
+
+    // service logs of a container, asked on every node: the engine's
+    // output of the node that runs it, prefixed with the task.
+    ensure_test_images().expect("test images");
+    let publish = format!("{}:80", port + 2);
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "talky",
+            "--image",
+            "lbmesh-test:v1",
+            "--command",
+            "echo hello-docker; echo to-stderr >&2; exec httpd -f -p 80 -h /",
+            "-p",
+            &publish,
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let task = serving(&tasks(&cluster, 0, "talky"))
+        .pop()
+        .expect("a serving talky task");
+    let prefix = format!(
+        "talky.1.{}@{}",
+        task["id"].as_str().unwrap_or_default(),
+        task["node_name"].as_str().unwrap_or("-")
+    );
+    for n in 0..3 {
+        let (code, out, err) = cluster.lbctl(n, &["service", "logs", "talky"]);
+        assert_eq!(code, 0, "node {n}: {err}");
+        let mut lines: Vec<&str> = out.lines().collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            [
+                format!("{prefix} | hello-docker"),
+                format!("{prefix} | to-stderr")
+            ],
+            "node {n}"
+        );
+    }
 }

@@ -187,7 +187,12 @@ fn a_process_task_gets_a_clean_environment_its_user_and_private_files() {
             "no-such-user-here",
         ],
     );
-    assert_eq!(code, 0, "{err}");
+    // The update follows its tasks and fails with the start's error.
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("user \"no-such-user-here\" does not exist"),
+        "{err}"
+    );
     test_support::wait_for(
         "a start failing on the unknown user",
         Duration::from_secs(30),

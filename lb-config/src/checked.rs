@@ -149,6 +149,8 @@ pub struct Service {
     pub retry_on_empty: bool,
     /// See [`ServiceSpec::reply_timeout`](crate::spec::ServiceSpec::reply_timeout).
     pub reply_timeout: Option<Duration>,
+    /// See [`ServiceSpec::access_log`](crate::spec::ServiceSpec::access_log).
+    pub access_log: bool,
     pub replicas: u32,
     /// What the scheduler runs for this service; `None` for a service of
     /// static endpoints only.

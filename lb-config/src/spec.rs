@@ -91,6 +91,11 @@ pub struct ServiceSpec {
     /// closes the connection before answering a byte (default off).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_on_empty: Option<bool>,
+    /// One JSON line per closed connection in the node's access log
+    /// (default off; `lbd --access-log` says where the lines go). Absent
+    /// from specs stored before it existed, which read as off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
     /// With `retry_on_empty`: how long a backend that has the client's
     /// first bytes may stay silent before it is ejected and the bytes go to
     /// another backend (a backend cut off mid-request). Absent: it may stay
@@ -285,6 +290,35 @@ mod tests {
             err.contains("fastest") && err.contains("least-conn"),
             "{err}"
         );
+    }
+
+    /// A spec stored before `access_log` existed reads as off, and a spec
+    /// that leaves it unset writes no key: the registry's log entries and
+    /// snapshots read and compare as before.
+    #[test]
+    fn access_log_is_off_when_absent_and_absent_when_unset() {
+        let config = ConfigFile::parse(
+            "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"127.0.0.1:81\" }]\n",
+        )
+        .expect("parses")
+        .validate()
+        .expect("valid");
+        assert!(!config.services[0].access_log);
+        let spec = ServiceSpec {
+            name: "web".into(),
+            ..ServiceSpec::default()
+        };
+        let json = serde_json::to_string(&spec).expect("json");
+        assert!(!json.contains("access_log"), "{json}");
+        let read: ServiceSpec = serde_json::from_str(&json).expect("reads");
+        assert_eq!(read.access_log, None);
+        let on = ConfigFile::parse(
+            "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"127.0.0.1:81\" }]\naccess_log = true\n",
+        )
+        .expect("parses")
+        .validate()
+        .expect("valid");
+        assert!(on.services[0].access_log);
     }
 
     #[test]

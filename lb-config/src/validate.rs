@@ -356,6 +356,7 @@ impl ServiceSpec {
             retries,
             retry_on_empty,
             reply_timeout: self.reply_timeout,
+            access_log: self.access_log.unwrap_or(false),
             replicas,
             tasks,
         })

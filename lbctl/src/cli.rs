@@ -233,6 +233,8 @@ pub enum ServiceCommand {
         name: String,
         #[command(flatten)]
         spec: SpecArgs,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// List services.
     #[command(alias = "list")]
@@ -259,11 +261,23 @@ pub enum ServiceCommand {
         #[command(flatten)]
         list: ListArgs,
     },
+    /// Show the output of services' tasks, each line prefixed with its
+    /// task (`web.1.ID@NODE | ...`), read through any node.
+    Logs {
+        /// Service names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Only the last N lines of each task.
+        #[arg(short = 'n', long, value_name = "N")]
+        tail: Option<usize>,
+    },
     /// Set replica counts: `lbctl service scale web=5 api=2`.
     Scale {
         /// Services and their new replica counts.
         #[arg(required = true, value_name = "SERVICE=REPLICAS", value_parser = parse_scale)]
         targets: Vec<(String, i64)>,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Change a service; flags given replace those settings.
     Update {
@@ -283,11 +297,15 @@ pub enum ServiceCommand {
         /// Remove a placement constraint, repeatable.
         #[arg(long = "constraint-rm", value_name = "EXPR")]
         constraint_rm: Vec<String>,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Return a service to its previous spec.
     Rollback {
         /// The service to roll back.
         name: String,
+        #[command(flatten)]
+        follow: FollowArgs,
     },
     /// Remove services.
     #[command(alias = "remove")]
@@ -296,6 +314,19 @@ pub enum ServiceCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
+}
+
+/// How a service write waits for its tasks (`create`, `update`, `scale`,
+/// `rollback`).
+#[derive(Debug, Args, Clone, Copy)]
+pub struct FollowArgs {
+    /// Return once the write is stored, without following the tasks to
+    /// convergence.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Give up following after this long (exit 1 with what is not running).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Spec flags shared by `service create` and `service update`.
@@ -328,6 +359,10 @@ pub struct SpecArgs {
     /// then reach two tasks, so keep it off for non-idempotent protocols.
     #[arg(long = "retry-on-empty", value_name = "BOOL")]
     pub retry_on_empty: Option<bool>,
+    /// One JSON line per closed connection in each node's access log
+    /// (`lbd --access-log`; default off).
+    #[arg(long = "access-log", value_name = "BOOL")]
+    pub access_log: Option<bool>,
     /// How long a connect to a task may take before the next task is tried
     /// (default 3s).
     #[arg(long = "connect-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]

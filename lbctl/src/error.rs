@@ -32,6 +32,9 @@ pub enum CtlError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A followed write whose tasks failed or did not converge in time.
+    #[error("{service}: {reason}")]
+    NotConverged { service: String, reason: String },
     #[error("output: {0}")]
     Json(#[from] serde_json::Error),
 }

@@ -11,7 +11,8 @@
 //! - [`cluster`], [`node`], [`service`], [`apply`]: each runs its verbs as
 //!   `/v1` requests and returns what to print.
 //! - [`filter`]: docker's `--filter KEY=VALUE`; [`tasks`]: the task
-//!   listing `service ps` and `node ps` share.
+//!   listing `service ps` and `node ps` share; [`follow`]: a service
+//!   write followed to convergence with its progress.
 //! - [`shell`]: completion scripts and man pages, from the clap types.
 //! - [`table`]: the one table builder; [`output`] picks table or JSON.
 //! - [`error`]: what a failed command reports.
@@ -33,6 +34,7 @@ mod cli;
 mod cluster;
 mod error;
 mod filter;
+mod follow;
 mod node;
 mod output;
 mod parse;

@@ -1,4 +1,4 @@
-//! `lbctl service create|ls|inspect|ps|scale|update|rollback|rm`.
+//! `lbctl service create|ls|inspect|ps|logs|scale|update|rollback|rm`.
 //!
 //! `ls` and `ps` take `-q` and `--filter` ([`crate::filter`]); `inspect`
 //! and `ps` take several names.
@@ -6,13 +6,18 @@
 //! `create` builds a spec from the flags; `update` reads the current spec,
 //! drops what the `--*-rm` flags name, applies the flags given and sends the
 //! whole spec back. `scale` checks every target exists before changing any.
+//! `create`, `update`, `scale` and `rollback` then follow the tasks to
+//! convergence ([`crate::follow`]) unless `--detach`.
 
 use lb_config::{ServiceMode, ServiceSpec};
-use lbmesh_api::{Client, DesiredState, ListenerError, ServiceStatus};
+use std::io::{IsTerminal, Write};
 
-use crate::cli::{Format, ServiceCommand, SpecArgs};
+use lbmesh_api::{Client, DesiredState, ListenerError, Service, ServiceStatus};
+
+use crate::cli::{FollowArgs, Format, ServiceCommand, SpecArgs};
 use crate::error::CtlError;
 use crate::filter::{Filters, SERVICE_LS};
+use crate::follow::{converge, has_tasks, Display, Target};
 use crate::output::{json, render};
 use crate::table::table;
 use crate::tasks;
@@ -23,14 +28,15 @@ pub async fn run(
     format: Format,
 ) -> Result<String, CtlError> {
     match command {
-        ServiceCommand::Create { name, spec } => {
+        ServiceCommand::Create { name, spec, follow } => {
             let mut body = ServiceSpec {
                 name: name.clone(),
                 ..ServiceSpec::default()
             };
             apply_flags(spec, &mut body, true);
             let created = client.create_service(&body).await?;
-            render(format, &created, |_| format!("{name}\n"))
+            let head = render(format, &created, |_| format!("{name}\n"))?;
+            followed(client, &[(created, Vec::new())], *follow, format, head).await
         }
         ServiceCommand::Ls { list } => {
             let filters = Filters::new(&list.filter, SERVICE_LS)?;
@@ -81,16 +87,41 @@ pub async fn run(
             }
             Ok(out)
         }
-        ServiceCommand::Scale { targets } => {
-            for (name, _) in targets {
-                client.service(name).await?;
-            }
+        ServiceCommand::Logs { names, tail } => {
             let mut out = String::new();
-            for (name, replicas) in targets {
-                client.scale_service(name, *replicas).await?;
-                out.push_str(&format!("{name} scaled to {replicas}\n"));
+            for name in names {
+                for task in client.service_tasks(name).await? {
+                    if task.desired != DesiredState::Running || task.runtime_id.is_none() {
+                        continue;
+                    }
+                    let logs = client.task_logs(&task.id, *tail).await?;
+                    let prefix = format!(
+                        "{}.{}@{}",
+                        tasks::task_name(&task),
+                        task.id,
+                        task.node_name.as_deref().unwrap_or("-")
+                    );
+                    for line in logs.logs.lines() {
+                        out.push_str(&format!("{prefix} | {line}\n"));
+                    }
+                }
             }
             Ok(out)
+        }
+        ServiceCommand::Scale { targets, follow } => {
+            let mut before = Vec::new();
+            for (name, _) in targets {
+                client.service(name).await?;
+                before.push(tasks_before(client, name, follow).await?);
+            }
+            let mut out = String::new();
+            let mut written = Vec::new();
+            for ((name, replicas), tasks) in targets.iter().zip(before) {
+                let scaled = client.scale_service(name, *replicas).await?;
+                out.push_str(&format!("{name} scaled to {replicas}\n"));
+                written.push((scaled, tasks));
+            }
+            followed(client, &written, *follow, Format::Table, out).await
         }
         ServiceCommand::Update {
             name,
@@ -99,6 +130,7 @@ pub async fn run(
             endpoint_rm,
             env_rm,
             constraint_rm,
+            follow,
         } => {
             let mut body = client.service(name).await?.service.spec;
             body.ports.retain(|p| !publish_rm.contains(&p.published));
@@ -107,12 +139,22 @@ pub async fn run(
                 .retain(|e| !env_rm.iter().any(|rm| rm == env_key(e)));
             body.constraints.retain(|c| !constraint_rm.contains(c));
             apply_flags(spec, &mut body, false);
+            let before = tasks_before(client, name, follow).await?;
             let updated = client.update_service(&body).await?;
-            render(format, &updated, |_| format!("{name}\n"))
+            let head = render(format, &updated, |_| format!("{name}\n"))?;
+            followed(client, &[(updated, before)], *follow, format, head).await
         }
-        ServiceCommand::Rollback { name } => {
-            client.rollback_service(name).await?;
-            Ok(format!("{name}\n"))
+        ServiceCommand::Rollback { name, follow } => {
+            let before = tasks_before(client, name, follow).await?;
+            let rolled_back = client.rollback_service(name).await?;
+            followed(
+                client,
+                &[(rolled_back, before)],
+                *follow,
+                Format::Table,
+                format!("{name}\n"),
+            )
+            .await
         }
         ServiceCommand::Rm { names } => {
             let mut out = String::new();
@@ -123,6 +165,57 @@ pub async fn run(
             Ok(out)
         }
     }
+}
+
+/// The service's tasks before a write that will be followed (none when
+/// `--detach`), so that failures from before the write are not taken for
+/// its own.
+async fn tasks_before(
+    client: &Client,
+    name: &str,
+    follow: &FollowArgs,
+) -> Result<Vec<lbmesh_api::Task>, CtlError> {
+    if follow.detach {
+        return Ok(Vec::new());
+    }
+    Ok(client.service_tasks(name).await?)
+}
+
+/// `head` (what the write prints), then, unless `--detach`, the progress
+/// of each written service until it converges ([`crate::follow`]). In a
+/// table, `head` prints before the progress; as JSON, after the wait.
+async fn followed(
+    client: &Client,
+    written: &[(Service, Vec<lbmesh_api::Task>)],
+    follow: FollowArgs,
+    format: Format,
+    head: String,
+) -> Result<String, CtlError> {
+    let written: Vec<_> = written.iter().filter(|(s, _)| has_tasks(s)).collect();
+    if follow.detach || written.is_empty() {
+        return Ok(head);
+    }
+    let mut stdout = std::io::stdout();
+    let display = match format {
+        Format::Json => Display::Quiet,
+        Format::Table if stdout.is_terminal() => Display::Terminal,
+        Format::Table => Display::Lines,
+    };
+    if display != Display::Quiet {
+        // Best effort, as the progress is: a closed stdout fails nothing.
+        let _ = stdout.write_all(head.as_bytes());
+        let _ = stdout.flush();
+    }
+    let mut tail = String::new();
+    for (service, before) in written {
+        let target = Target::new(service, before);
+        tail.push_str(&converge(client, &target, follow.timeout, display, &mut stdout).await?);
+    }
+    Ok(if display == Display::Quiet {
+        head
+    } else {
+        tail
+    })
 }
 
 /// The key of a `KEY=VALUE` environment entry.
@@ -164,6 +257,9 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     }
     if let Some(retry) = args.retry_on_empty {
         spec.retry_on_empty = Some(retry);
+    }
+    if let Some(on) = args.access_log {
+        spec.access_log = Some(on);
     }
     if let Some(connect) = args.connect_timeout {
         spec.connect_timeout = Some(connect);
@@ -338,6 +434,8 @@ mod tests {
             "true",
             "--reply-timeout",
             "750ms",
+            "--access-log",
+            "true",
         ])
         .expect("flags parse");
         let Noun::Service(command) = cli.command else {
@@ -352,6 +450,7 @@ mod tests {
         assert_eq!(spec.idle_timeout, Some(Duration::from_secs(300)));
         assert_eq!(spec.retry_on_empty, Some(true));
         assert_eq!(spec.reply_timeout, Some(Duration::from_millis(750)));
+        assert_eq!(spec.access_log, Some(true));
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn render(tasks: &[Task], list: &ListArgs, format: Format) -> Result<String,
 }
 
 /// `web.2`, or `web.node-a` for a global service's task (slot 0).
-fn task_name(task: &Task) -> String {
+pub fn task_name(task: &Task) -> String {
     if task.slot == 0 {
         format!(
             "{}.{}",

@@ -466,6 +466,17 @@ pub struct TaskEndpoint {
     pub ports: Vec<(u16, u16)>,
 }
 
+/// `GET /v1/tasks/{id}/logs`: a task's output as its runtime keeps it
+/// (a container's stdout and stderr, a process task's log file), read on
+/// the node that runs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskLogs {
+    pub task: String,
+    /// The output, lossily decoded as UTF-8; with `?tail=N` its last N
+    /// lines.
+    pub logs: String,
+}
+
 /// What a `DELETE` answers: the name of what is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Removed {

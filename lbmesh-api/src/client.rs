@@ -33,7 +33,7 @@ use tokio_rustls::rustls::ClientConfig;
 use tokio_rustls::TlsConnector;
 
 use crate::answers::{CertificateAnswer, ClusterInfo, JoinToken, Member, Node, Removed, Role};
-use crate::answers::{RenewAnswer, Service, ServiceStatus, Task};
+use crate::answers::{RenewAnswer, Service, ServiceStatus, Task, TaskLogs};
 use crate::error::{ApiError, ErrorBody};
 use crate::requests::IDEMPOTENCY_KEY;
 use crate::requests::{CertificateRequest, JoinRequest, NodeUpdate, RenewRequest, Scale};
@@ -219,6 +219,15 @@ impl Client {
     pub async fn rollback_service(&self, name: &str) -> Result<Service, ApiError> {
         let path = v1_path(&["services", name, "rollback"]);
         self.call(Method::POST, path, Bytes::new()).await
+    }
+
+    /// `GET /v1/tasks/{id}/logs[?tail=N]`.
+    pub async fn task_logs(&self, id: &str, tail: Option<usize>) -> Result<TaskLogs, ApiError> {
+        let mut path = v1_path(&["tasks", id, "logs"]);
+        if let Some(tail) = tail {
+            path.push_str(&format!("?tail={tail}"));
+        }
+        self.call(Method::GET, path, Bytes::new()).await
     }
 
     /// `DELETE /v1/services/{name}`.

@@ -39,6 +39,7 @@
 //! | POST | `/v1/services/{name}/scale` | [`Scale`] `{"replicas": N}` | the [`Service`] |
 //! | POST | `/v1/services/{name}/rollback` | | the [`Service`] on its previous spec |
 //! | DELETE | `/v1/services/{name}` | | [`Removed`] `{"removed": name}` |
+//! | GET | `/v1/tasks/{id}/logs[?tail=N]` | | [`TaskLogs`]: the task's output, read by the node that runs it (another node passes the request there) |
 //!
 //! Path segments in braces are percent-encoded (`a b` is `a%20b`, `a/b` is
 //! `a%2Fb`); the server splits on `/` and then decodes each segment. `/v1`
@@ -69,7 +70,7 @@ pub mod token;
 pub use answers::{
     Availability, CertificateAnswer, ClusterInfo, DesiredState, JoinToken, ListenerError, Member,
     Node, NodeId, NodeStatus, RaftRole, Removed, RenewAnswer, Role, Service, ServiceStatus, Task,
-    TaskEndpoint, TaskHealth, TaskState, Timestamp, UpdateState, UpdateStatus,
+    TaskEndpoint, TaskHealth, TaskLogs, TaskState, Timestamp, UpdateState, UpdateStatus,
 };
 pub use client::Client;
 pub use error::{ApiError, ErrorBody, ErrorDetail};

@@ -34,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
+use crate::access_log::AccessLog;
 use crate::connection::serve_connection;
 use crate::fd;
 use crate::routing::RoutingTable;
@@ -61,6 +62,8 @@ pub struct ProxyContext {
     pub table: Arc<ArcSwap<RoutingTable>>,
     /// Tracks every connection task so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Where a service with `access_log` on sends its closed connections.
+    pub access_log: Option<AccessLog>,
 }
 
 /// Accepts connections on `listener` for the route at `listen_addr`, picking
@@ -136,6 +139,11 @@ pub async fn accept_loop(
                 };
                 match fd::register_connection(stream) {
                     Ok(stream) => {
+                        let access_log = if route.settings.access_log {
+                            ctx.access_log.clone()
+                        } else {
+                            None
+                        };
                         ctx.connections.spawn(serve_connection(
                             stream,
                             peer,
@@ -143,6 +151,7 @@ pub async fn accept_loop(
                             route,
                             lane,
                             (permit, client),
+                            access_log,
                         ));
                     }
                     Err(error) => {

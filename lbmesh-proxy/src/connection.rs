@@ -14,20 +14,24 @@
 //! (`lbmesh_forward_errors_total{side}`); every connection's end and
 //! duration are counted per service (`lbmesh_connections_closed_total{end}`,
 //! `lbmesh_connection_duration_seconds`), and each backend tried after the
-//! first in `lbmesh_retries_total`. A backend's first ejection after
+//! first in `lbmesh_retries_total`; a service with `access_log` on also
+//! hands a [`Record`] of the connection to the access log at its close
+//! (`access_log`). A backend's first ejection after
 //! a success and its first success after an ejection are logged at INFO,
 //! once each, within a process-wide rate limit (`log_limit`).
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use tracing::{debug, info};
 
+use crate::access_log::{AccessLog, Ended, Record};
 use crate::balance::{now_ms, ActiveConnection, PickContext};
 use crate::connect::connect;
-use crate::error::{ClientFailure, ConnectFailure, End};
+use crate::error::{ClientFailure, ConnectFailure, End, Side};
 use crate::fd::Connection;
-use crate::forward;
+use crate::forward::{self, Tally};
 use crate::limit::{ClientPlace, ConnectionPermit};
 use crate::log_limit::RateLimit;
 use crate::proxy_protocol;
@@ -39,7 +43,8 @@ static BACKEND_EVENTS: RateLimit = RateLimit::new();
 
 /// Serves one client connection to its end, holding its places (the
 /// service's permit and, under a per-client cap, the client's share) until
-/// it closes.
+/// it closes; then, if the service logs access, offers its line to
+/// `access_log`.
 pub async fn serve_connection(
     client: Connection,
     peer: SocketAddr,
@@ -47,13 +52,58 @@ pub async fn serve_connection(
     route: Arc<Route>,
     lane: usize,
     _places: (ConnectionPermit, Option<ClientPlace>),
+    access_log: Option<AccessLog>,
 ) {
     let service = &route.service;
     service.metrics.active.inc();
     let _active = scopeguard(|| service.metrics.active.dec());
     let started = std::time::Instant::now();
-    let end = forward_client(&client, peer, listen_addr, &route, lane).await;
-    service.metrics.connection_closed(end, started.elapsed());
+    let mut trail = Trail::default();
+    let end = forward_client(&client, peer, listen_addr, &route, lane, &mut trail).await;
+    let duration = started.elapsed();
+    service.metrics.connection_closed(end, duration);
+    if let Some(log) = access_log {
+        log.record(Record {
+            at: std::time::SystemTime::now(),
+            service: Arc::clone(&service.name),
+            client: peer,
+            listen: listen_addr,
+            backend: trail.backend,
+            bytes_in: trail.bytes_in.into_inner(),
+            bytes_out: trail.bytes_out.into_inner(),
+            duration,
+            retries: (1 + route.settings.retries)
+                .saturating_sub(trail.attempts_left)
+                .saturating_sub(1),
+            end: Ended::of(end, trail.closed_first),
+        });
+    }
+}
+
+/// What one connection did, for its access log line.
+struct Trail {
+    /// The client's bytes delivered to a backend (a replay counts once).
+    bytes_in: AtomicU64,
+    /// The backends' bytes delivered to the client.
+    bytes_out: AtomicU64,
+    /// The backend forwarded to last.
+    backend: Option<SocketAddr>,
+    /// Connect attempts left of `1 + retries` (set when forwarding starts).
+    attempts_left: u32,
+    /// The side whose EOF came first, for a connection that finished.
+    closed_first: Side,
+}
+
+impl Default for Trail {
+    fn default() -> Self {
+        Self {
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+            backend: None,
+            attempts_left: 0,
+            closed_first: Side::Client,
+        }
+    }
 }
 
 /// Takes one client connection through its backends to its end.
@@ -63,18 +113,27 @@ async fn forward_client(
     listen_addr: SocketAddr,
     route: &Route,
     lane: usize,
+    trail: &mut Trail,
 ) -> End {
     let service = &route.service;
     // The address the client reached: the real IP behind a wildcard
     // listener, asked for only by a PROXY header.
     let local_addr = || client.get_ref().local_addr().unwrap_or(listen_addr);
-    let mut attempts_left = 1 + route.settings.retries;
+    trail.attempts_left = 1 + route.settings.retries;
 
-    let Some(mut upstream) =
-        open_upstream(route, peer, &local_addr, lane, &mut attempts_left, &[]).await
+    let Some(mut upstream) = open_upstream(
+        route,
+        peer,
+        &local_addr,
+        lane,
+        &mut trail.attempts_left,
+        &[],
+    )
+    .await
     else {
         return End::NoBackend;
     };
+    trail.backend = Some(upstream.connection.backend().addr);
     if route.settings.retry_on_empty {
         let mut sent = forward::SentBytes::new();
         loop {
@@ -87,8 +146,14 @@ async fn forward_client(
                     idle: route.settings.idle_timeout,
                     reply: route.settings.reply_timeout,
                 },
-                &backend.metrics.bytes_in,
-                &backend.metrics.bytes_out,
+                Tally {
+                    metric: &backend.metrics.bytes_in,
+                    total: &trail.bytes_in,
+                },
+                Tally {
+                    metric: &backend.metrics.bytes_out,
+                    total: &trail.bytes_out,
+                },
             )
             .await;
             match reply {
@@ -117,7 +182,7 @@ async fn forward_client(
                         peer,
                         &local_addr,
                         lane,
-                        &mut attempts_left,
+                        &mut trail.attempts_left,
                         sent.as_slice(),
                     )
                     .await
@@ -125,6 +190,7 @@ async fn forward_client(
                         return End::NoBackend;
                     };
                     upstream = next;
+                    trail.backend = Some(upstream.connection.backend().addr);
                 }
                 Err(error) => {
                     service.metrics.forward_failed(error.side);
@@ -140,15 +206,24 @@ async fn forward_client(
         client,
         &upstream.stream,
         route.settings.idle_timeout,
-        &backend.metrics.bytes_in,
-        &backend.metrics.bytes_out,
+        Tally {
+            metric: &backend.metrics.bytes_in,
+            total: &trail.bytes_in,
+        },
+        Tally {
+            metric: &backend.metrics.bytes_out,
+            total: &trail.bytes_out,
+        },
     )
     .await
     {
         Ok(outcome) => {
             debug!(service = %service.name, %peer, backend = %backend.addr, ?outcome, "connection closed");
             match outcome {
-                forward::Outcome::Finished => End::Finished,
+                forward::Outcome::Finished { closed_first } => {
+                    trail.closed_first = closed_first;
+                    End::Finished
+                }
                 forward::Outcome::IdleTimeout => End::IdleTimeout,
             }
         }

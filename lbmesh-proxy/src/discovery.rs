@@ -12,13 +12,15 @@
 //! ```text
 //! Update::Reset([ServiceRoutes]) | Add([ServiceRoutes]) | Remove([name])
 //! ServiceRoutes { name, algorithm, max_connections, settings,
-//!                 ports: [PortRoutes { listen: [ip:published..], vip: vip:target, endpoints: [addr, weight] }] }
+//!                 ports: [PortRoutes { listen: [ip:published..], vip: vip:target,
+//!                                      endpoints: [addr, weight, labels: task, node] }] }
 //! ```
 //!
 //! A service added again with routes equal to the ones it has keeps its
 //! routes, backend sets and Maglev table as they are.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use lb_config::{Algorithm, ProxyProtocol};
@@ -58,10 +60,22 @@ pub struct PortRoutes {
 }
 
 /// A backend address and its weight (1 unless the algorithm is weighted).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Which task it is, for its metrics; empty for a static endpoint.
+    pub labels: EndpointLabels,
+}
+
+/// The `task` and `node` labels of a backend's metrics: a task
+/// endpoint's name (`web.2`) and node name, empty for a static endpoint.
+/// They come with the routes, so the routing table resolves the labelled
+/// handles when it is built and a connection never looks a label up.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EndpointLabels {
+    pub task: Arc<str>,
+    pub node: Arc<str>,
 }
 
 /// Per-connection settings of a service's routes.
@@ -83,4 +97,6 @@ pub struct RouteSettings {
     /// Open connections one client address may hold (0: no cap). Off by
     /// default: clients behind one NAT share an address.
     pub max_connections_per_client: u32,
+    /// One access log line per closed connection (`access_log`).
+    pub access_log: bool,
 }

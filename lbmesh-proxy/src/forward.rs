@@ -38,12 +38,12 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use prometheus::IntCounter;
 use rustix::net::{send, SendFlags};
 
 use crate::eof::pass_eof;
 use crate::error::{ForwardError, PumpError, Side};
 use crate::fd::Connection;
+pub use crate::tally::Tally;
 
 /// Per-direction buffer: large enough that a bulk transfer on loopback moves
 /// in few syscalls, small enough that 10,000 busy connections stay under
@@ -87,8 +87,9 @@ impl Drop for PooledBuffer {
 /// How a forwarded connection ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Both sides sent EOF and every byte was delivered.
-    Finished,
+    /// Both sides sent EOF and every byte was delivered; `closed_first`
+    /// is the side whose EOF came first.
+    Finished { closed_first: Side },
     /// No byte moved for the idle timeout.
     IdleTimeout,
 }
@@ -153,8 +154,8 @@ pub async fn first_reply(
     backend: &Connection,
     sent: &mut SentBytes,
     timeouts: FirstReplyTimeouts,
-    bytes_in: &IntCounter,
-    bytes_out: &IntCounter,
+    bytes_in: Tally<'_>,
+    bytes_out: Tally<'_>,
 ) -> Result<FirstReply, ForwardError> {
     let progress = AtomicU64::new(0);
     let reply_by = |from: tokio::time::Instant| timeouts.reply.map(|reply| from + reply);
@@ -180,7 +181,7 @@ pub async fn first_reply(
                             write_all(client, &reply.0[..n], &progress, Next::Data)
                                 .await
                                 .map_err(|e| ForwardError::new(Side::Client, e))?;
-                            bytes_out.inc_by(n as u64);
+                            bytes_out.add(n);
                             return Ok(FirstReply::Forward);
                         }
                         Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -219,7 +220,7 @@ pub async fn first_reply(
                             {
                                 return Ok(FirstReply::Unanswered);
                             }
-                            bytes_in.inc_by(n as u64);
+                            bytes_in.add(n);
                             if sent.len == sent.buffer.0.len() {
                                 return Ok(FirstReply::Forward);
                             }
@@ -261,27 +262,42 @@ pub async fn forward(
     client: &Connection,
     backend: &Connection,
     idle_timeout: Duration,
-    bytes_in: &IntCounter,
-    bytes_out: &IntCounter,
+    bytes_in: Tally<'_>,
+    bytes_out: Tally<'_>,
 ) -> Result<Outcome, ForwardError> {
     let progress = AtomicU64::new(0);
     let one_eof_passed = AtomicBool::new(false);
+    // Whose EOF came first: set by the pump that ends first.
+    let backend_first = AtomicBool::new(false);
+    let client_done = AtomicBool::new(false);
     let both = async {
         tokio::try_join!(
             async {
                 pump(client, backend, bytes_in, &progress, &one_eof_passed)
                     .await
-                    .map_err(|e| ForwardError::from_pump(Side::Client, e))
+                    .map_err(|e| ForwardError::from_pump(Side::Client, e))?;
+                client_done.store(true, Ordering::Relaxed);
+                Ok::<(), ForwardError>(())
             },
             async {
                 pump(backend, client, bytes_out, &progress, &one_eof_passed)
                     .await
-                    .map_err(|e| ForwardError::from_pump(Side::Backend, e))
+                    .map_err(|e| ForwardError::from_pump(Side::Backend, e))?;
+                if !client_done.load(Ordering::Relaxed) {
+                    backend_first.store(true, Ordering::Relaxed);
+                }
+                Ok(())
             },
         )
     };
     tokio::select! {
-        result = both => result.map(|_| Outcome::Finished),
+        result = both => result.map(|_| Outcome::Finished {
+            closed_first: if backend_first.load(Ordering::Relaxed) {
+                Side::Backend
+            } else {
+                Side::Client
+            },
+        }),
         () = idle(&progress, idle_timeout) => Ok(Outcome::IdleTimeout),
     }
 }
@@ -289,7 +305,7 @@ pub async fn forward(
 async fn pump(
     src: &Connection,
     dst: &Connection,
-    counter: &IntCounter,
+    counter: Tally<'_>,
     progress: &AtomicU64,
     one_eof_passed: &AtomicBool,
 ) -> Result<(), PumpError> {
@@ -349,7 +365,7 @@ async fn pump(
         write_all(dst, &buf[..n], progress, next)
             .await
             .map_err(PumpError::Write)?;
-        counter.inc_by(n as u64);
+        counter.add(n);
         if let Some(error) = error_after {
             return Err(PumpError::Read(error));
         }
@@ -463,6 +479,7 @@ async fn idle(progress: &AtomicU64, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::IntCounter;
     use std::io::Write;
     use std::net::{Shutdown, TcpListener, TcpStream};
 
@@ -514,10 +531,16 @@ mod tests {
         let before = segments_received(&dst_peer);
 
         let counter = IntCounter::new("bytes", "bytes").expect("counter");
+        let total = AtomicU64::new(0);
+        let tally = Tally {
+            metric: &counter,
+            total: &total,
+        };
         let (progress, one_eof_passed) = (AtomicU64::new(0), AtomicBool::new(second_eof));
-        pump(&src, &dst, &counter, &progress, &one_eof_passed)
+        pump(&src, &dst, tally, &progress, &one_eof_passed)
             .await
             .expect("pump");
+        assert_eq!(total.load(Ordering::Relaxed), counter.get());
         if second_eof {
             drop(dst);
         }
@@ -578,8 +601,13 @@ mod tests {
         wait_read_closed(&src).await;
 
         let counter = IntCounter::new("bytes", "bytes").expect("counter");
+        let total = AtomicU64::new(0);
+        let tally = Tally {
+            metric: &counter,
+            total: &total,
+        };
         let (progress, one_eof_passed) = (AtomicU64::new(0), AtomicBool::new(false));
-        let error = pump(&src, &dst, &counter, &progress, &one_eof_passed)
+        let error = pump(&src, &dst, tally, &progress, &one_eof_passed)
             .await
             .expect_err("the reset is an error, not an EOF");
         let PumpError::Read(error) = error else {

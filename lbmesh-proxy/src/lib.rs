@@ -24,12 +24,14 @@
 //!   listeners, their accept loops and the proxy threads ([`workers`]).
 //! - `accept` and `connection` take a connection from the listen backlog to
 //!   a backend; `connect` opens backend sockets; `forward` (with `splice` on
-//!   Linux and `eof` for half-closes) moves the bytes; `fd` registers
+//!   Linux and `eof` for half-closes) moves the bytes, counted by `tally`; `fd` registers
 //!   sockets with the reactor (the crate's one `unsafe`); `tcp` holds the
 //!   socket options of both sides; [`proxy_protocol`] writes PROXY headers.
 //! - [`metrics`] holds the data plane's Prometheus families; [`error`]
 //!   says whose fault a failure was (client, backend, this node);
-//!   `log_limit` bounds the log lines a failing backend can cause.
+//!   `log_limit` bounds the log lines a failing backend can cause;
+//!   [`access_log`] writes a service's closed connections as JSON lines
+//!   from a thread of its own, fed by a bounded queue.
 //!
 //! # Invariants
 //!
@@ -40,6 +42,7 @@
 #![deny(unsafe_code)]
 
 mod accept;
+pub mod access_log;
 pub mod balance;
 mod connect;
 mod connection;
@@ -57,6 +60,7 @@ pub mod proxy_protocol;
 pub mod routing;
 #[cfg(target_os = "linux")]
 mod splice;
+mod tally;
 mod tcp;
 pub mod workers;
 

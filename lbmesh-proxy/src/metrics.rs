@@ -7,19 +7,21 @@
 //! [`ServiceMetrics`]) when it builds a snapshot, so the per-connection path
 //! only touches atomics and never looks labels up. Label sets of backends and
 //! services that leave the configuration are removed on the next build.
+//! A backend's `task` and `node` labels name a task endpoint (`web.2`,
+//! `node-a`) and are empty for a static endpoint.
 //!
 //! | metric | type | labels | meaning |
 //! |---|---|---|---|
-//! | `lbmesh_connections_total` | counter | service, backend | connections forwarded to the backend |
-//! | `lbmesh_backend_active_connections` | gauge | service, backend | connections to the backend open now |
+//! | `lbmesh_connections_total` | counter | service, backend, task, node | connections forwarded to the backend |
+//! | `lbmesh_backend_active_connections` | gauge | service, backend, task, node | connections to the backend open now |
 //! | `lbmesh_service_active_connections` | gauge | service | client connections open now (bounded by `max_connections`) |
-//! | `lbmesh_bytes_in_total` | counter | service, backend | bytes from clients to the backend |
-//! | `lbmesh_bytes_out_total` | counter | service, backend | bytes from the backend to clients |
-//! | `lbmesh_connect_errors_total` | counter | service, backend, reason | failed connects: `refused`, `timeout`, `local` (this node ran short of descriptors or ports; no ejection), `other` |
-//! | `lbmesh_connect_duration_seconds` | histogram | service, backend | time to establish a backend connection |
-//! | `lbmesh_backend_up` | gauge | service, backend | 1 when the backend is eligible, 0 while ejected |
-//! | `lbmesh_backend_ejections_total` | counter | service, backend | passive ejections after failed connects |
-//! | `lbmesh_unanswered_total` | counter | service, backend | connections the backend closed before answering, or left unanswered for `reply_timeout`, whose client bytes were resent to another backend (`retry_on_empty`) |
+//! | `lbmesh_bytes_in_total` | counter | service, backend, task, node | bytes from clients to the backend |
+//! | `lbmesh_bytes_out_total` | counter | service, backend, task, node | bytes from the backend to clients |
+//! | `lbmesh_connect_errors_total` | counter | service, backend, task, node, reason | failed connects: `refused`, `timeout`, `local` (this node ran short of descriptors or ports; no ejection), `other` |
+//! | `lbmesh_connect_duration_seconds` | histogram | service, backend, task, node | time to establish a backend connection |
+//! | `lbmesh_backend_up` | gauge | service, backend, task, node | 1 when the backend is eligible, 0 while ejected |
+//! | `lbmesh_backend_ejections_total` | counter | service, backend, task, node | passive ejections after failed connects |
+//! | `lbmesh_unanswered_total` | counter | service, backend, task, node | connections the backend closed before answering, or left unanswered for `reply_timeout`, whose client bytes were resent to another backend (`retry_on_empty`) |
 //! | `lbmesh_connections_failed_total` | counter | service, reason | client connections closed without a backend: `no_backend`, `all_attempts_failed` |
 //! | `lbmesh_connections_refused_total` | counter | service, reason | client connections closed at once: `per_client` (the client address was at the service's `max_connections_per_client`) |
 //! | `lbmesh_forward_errors_total` | counter | service, side | forwarded connections that ended in an error, by the side at fault: `client` or `backend` |
@@ -29,12 +31,14 @@
 //! | `lbmesh_max_connections_reached_total` | counter | service | times an accept loop found a client connection pending with the service at `max_connections` (it waits in the listen backlog; each proxy thread's loop counts) |
 //! | `lbmesh_connection_duration_seconds` | histogram | service | client connections from accept to close |
 //! | `lbmesh_connections_closed_total` | counter | service, end | client connections by how they ended: `finished`, `idle_timeout`, `client_error`, `backend_error` (aborts by side), `no_backend` |
+//! | `lbmesh_access_log_lines_total`, `..._dropped_total`, `..._write_errors_total` | counter | | access log lines written, dropped on a full queue, lost to write errors (registered by [`crate::access_log`]) |
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
+use crate::discovery::EndpointLabels;
 use crate::error::{ClientFailure, ConnectFailure, End, Side};
 
 /// Connect durations on loopback are tens of microseconds; across a LAN,
@@ -170,7 +174,7 @@ impl ServiceMetrics {
 impl Metrics {
     /// Creates the families and registers them on `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let sb = &["service", "backend"];
+        let sb = &["service", "backend", "task", "node"];
         let metrics = Self {
             retries: IntCounterVec::new(
                 Opts::new(
@@ -249,7 +253,7 @@ impl Metrics {
                     "lbmesh_connect_errors_total",
                     "Failed backend connects by reason.",
                 ),
-                &["service", "backend", "reason"],
+                &["service", "backend", "task", "node", "reason"],
             )
             ?,
             connect_duration: HistogramVec::new(
@@ -343,11 +347,14 @@ impl Metrics {
         Ok(metrics)
     }
 
-    pub fn backend(&self, service: &str, backend: &str) -> BackendMetrics {
-        let labels = [service, backend];
+    /// The handles of one backend; `labels` are empty for a static
+    /// endpoint.
+    pub fn backend(&self, service: &str, backend: &str, labels: &EndpointLabels) -> BackendMetrics {
+        let (task, node) = (&*labels.task, &*labels.node);
+        let labels = [service, backend, task, node];
         let error = |reason| {
             self.connect_errors
-                .with_label_values(&[service, backend, reason])
+                .with_label_values(&[service, backend, task, node, reason])
         };
         let up = self.backend_up.with_label_values(&labels);
         up.set(1);
@@ -368,8 +375,9 @@ impl Metrics {
     }
 
     /// Drops the label sets of a backend that left the configuration.
-    pub fn remove_backend(&self, service: &str, backend: &str) {
-        let labels = [service, backend];
+    pub fn remove_backend(&self, service: &str, backend: &str, labels: &EndpointLabels) {
+        let (task, node) = (&*labels.task, &*labels.node);
+        let labels = [service, backend, task, node];
         for family in [
             &self.connections,
             &self.bytes_in,
@@ -386,7 +394,7 @@ impl Metrics {
         for reason in ["refused", "timeout", "local", "other"] {
             let _ = self
                 .connect_errors
-                .remove_label_values(&[service, backend, reason]);
+                .remove_label_values(&[service, backend, task, node, reason]);
         }
     }
 

@@ -53,6 +53,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::accept::{accept_loop, next_lane, ProxyContext};
+use crate::access_log::AccessLog;
 use crate::discovery::{ServiceRoutes, Update};
 use crate::listeners::{bind_copies, describe_bind_error, ListenOptions};
 use crate::metrics::Metrics;
@@ -108,6 +109,9 @@ pub struct Proxy {
     /// Parent of every listener's token.
     stop_accepting: CancellationToken,
     connections: TaskTracker,
+    /// Where services with `access_log` on send their closed connections
+    /// (`set_access_log`); `None`: nowhere.
+    access_log: Option<AccessLog>,
     /// The threads that accept and serve connections; dropped with the
     /// proxy, which closes whatever connection outlived the drain.
     workers: ProxyWorkers,
@@ -127,8 +131,16 @@ impl Proxy {
             listeners: HashMap::new(),
             stop_accepting: CancellationToken::new(),
             connections: TaskTracker::new(),
+            access_log: None,
             workers: ProxyWorkers::start(threads)?,
         })
+    }
+
+    /// Sends the closed connections of services with `access_log` on to
+    /// `log`, for the listeners started from now on (call it before the
+    /// first `apply`).
+    pub fn set_access_log(&mut self, log: AccessLog) {
+        self.access_log = Some(log);
     }
 
     /// Routes `services`, all or nothing (a config file, whose operator
@@ -414,6 +426,7 @@ impl Proxy {
         let ctx = ProxyContext {
             table: Arc::clone(&self.table),
             connections: self.connections.clone(),
+            access_log: self.access_log.clone(),
         };
         let stop = self.stop_accepting.child_token();
         info!(%addr, "listening");
@@ -457,6 +470,7 @@ mod tests {
                 eject_time: Duration::from_secs(10),
                 retry_on_empty: false,
                 reply_timeout: None,
+                access_log: false,
                 max_connections_per_client: 0,
             },
             ports: vec![PortRoutes {

@@ -44,7 +44,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::balance::{Backend, BackendSet};
-use crate::discovery::{RouteSettings, ServiceRoutes, Update};
+use crate::discovery::{EndpointLabels, RouteSettings, ServiceRoutes, Update};
 use crate::limit::{ClientCounts, ConnectionLimit};
 use crate::metrics::{Metrics, ServiceMetrics};
 
@@ -93,7 +93,8 @@ struct ServiceEntry {
     state: Arc<ServiceState>,
     /// One set per port, in `routes.ports` order.
     sets: Vec<Arc<BackendSet>>,
-    backends: HashMap<SocketAddr, Arc<Backend>>,
+    /// Each backend with the labels its metrics were made with.
+    backends: HashMap<SocketAddr, (Arc<Backend>, EndpointLabels)>,
 }
 
 impl ServiceEntry {
@@ -192,10 +193,10 @@ pub struct Changes {
     limits: Vec<(Arc<ServiceState>, u32)>,
     /// Metric series this build created (dropped again if it is abandoned).
     new_services: Vec<Arc<str>>,
-    new_backends: Vec<(Arc<str>, SocketAddr)>,
+    new_backends: Vec<(Arc<str>, SocketAddr, EndpointLabels)>,
     /// Metric series of what this build removed (dropped on commit).
     gone_services: Vec<Arc<str>>,
-    gone_backends: Vec<(Arc<str>, SocketAddr)>,
+    gone_backends: Vec<(Arc<str>, SocketAddr, EndpointLabels)>,
     /// Services added or changed.
     rebuilt: usize,
 }
@@ -308,7 +309,7 @@ impl RoutingTable {
             .limits
             .push((Arc::clone(&state), service.max_connections));
         let name = &state.name;
-        let mut backends: HashMap<SocketAddr, Arc<Backend>> = HashMap::new();
+        let mut backends: HashMap<SocketAddr, (Arc<Backend>, EndpointLabels)> = HashMap::new();
         let mut sets = Vec::with_capacity(service.ports.len());
         for (i, port) in service.ports.iter().enumerate() {
             let unchanged = old
@@ -319,8 +320,18 @@ impl RoutingTable {
                 .map(|(_, set)| Arc::clone(set));
             let set = match unchanged {
                 Some(set) => {
+                    // Equal endpoints: the same addresses with the same labels.
+                    let labels: HashMap<SocketAddr, &EndpointLabels> = port
+                        .endpoints
+                        .iter()
+                        .map(|endpoint| (endpoint.addr, &endpoint.labels))
+                        .collect();
                     for backend in set.backends() {
-                        backends.insert(backend.addr, Arc::clone(backend));
+                        let labels = labels.get(&backend.addr).map(|l| (*l).clone());
+                        backends.insert(
+                            backend.addr,
+                            (Arc::clone(backend), labels.unwrap_or_default()),
+                        );
                     }
                     set
                 }
@@ -329,18 +340,37 @@ impl RoutingTable {
                         .endpoints
                         .iter()
                         .map(|endpoint| {
+                            // A backend is the same one when its address and
+                            // labels are (a new task on an old task's port is
+                            // another backend, with series of its own).
+                            let same = |(backend, labels): &(Arc<Backend>, EndpointLabels)| {
+                                (*labels == endpoint.labels).then(|| Arc::clone(backend))
+                            };
                             let backend = backends
                                 .get(&endpoint.addr)
-                                .or_else(|| old.as_ref()?.backends.get(&endpoint.addr))
-                                .cloned()
+                                .and_then(same)
+                                .or_else(|| {
+                                    old.as_ref()?.backends.get(&endpoint.addr).and_then(same)
+                                })
                                 .unwrap_or_else(|| {
-                                    changes.new_backends.push((Arc::clone(name), endpoint.addr));
+                                    changes.new_backends.push((
+                                        Arc::clone(name),
+                                        endpoint.addr,
+                                        endpoint.labels.clone(),
+                                    ));
                                     Arc::new(Backend::new(
                                         endpoint.addr,
-                                        metrics.backend(name, &endpoint.addr.to_string()),
+                                        metrics.backend(
+                                            name,
+                                            &endpoint.addr.to_string(),
+                                            &endpoint.labels,
+                                        ),
                                     ))
                                 });
-                            backends.insert(endpoint.addr, Arc::clone(&backend));
+                            backends.insert(
+                                endpoint.addr,
+                                (Arc::clone(&backend), endpoint.labels.clone()),
+                            );
                             (backend, endpoint.weight)
                         })
                         .collect();
@@ -356,9 +386,15 @@ impl RoutingTable {
             backends,
         });
         if let Some(old) = &old {
-            for addr in old.backends.keys() {
-                if !entry.backends.contains_key(addr) {
-                    changes.gone_backends.push((Arc::clone(name), *addr));
+            for (addr, (_, labels)) in &old.backends {
+                if entry
+                    .backends
+                    .get(addr)
+                    .is_none_or(|(_, now)| now != labels)
+                {
+                    changes
+                        .gone_backends
+                        .push((Arc::clone(name), *addr, labels.clone()));
                 }
             }
             let now: HashSet<SocketAddr> = entry.addrs().collect();
@@ -417,10 +453,10 @@ impl RoutingTable {
         for addr in entry.addrs() {
             self.remove_route(addr, name, changes);
         }
-        for addr in entry.backends.keys() {
+        for (addr, (_, labels)) in &entry.backends {
             changes
                 .gone_backends
-                .push((Arc::clone(&entry.state.name), *addr));
+                .push((Arc::clone(&entry.state.name), *addr, labels.clone()));
         }
         if entry.state.limit.open() > 0 {
             self.retired
@@ -434,10 +470,13 @@ impl RoutingTable {
         self.services.get(name).is_some() || self.retired.contains_key(name)
     }
 
-    fn has_backend(&self, service: &str, addr: &SocketAddr) -> bool {
-        self.services
-            .get(service)
-            .is_some_and(|entry| entry.backends.contains_key(addr))
+    fn has_backend(&self, service: &str, addr: &SocketAddr, labels: &EndpointLabels) -> bool {
+        self.services.get(service).is_some_and(|entry| {
+            entry
+                .backends
+                .get(addr)
+                .is_some_and(|(_, held)| held == labels)
+        })
     }
 
     /// After the table is stored: applies new connection limits and drops the
@@ -452,9 +491,9 @@ impl RoutingTable {
                 metrics.remove_service(name);
             }
         }
-        for (service, addr) in &changes.gone_backends {
-            if !self.has_backend(service, addr) {
-                metrics.remove_backend(service, &addr.to_string());
+        for (service, addr, labels) in &changes.gone_backends {
+            if !self.has_backend(service, addr, labels) {
+                metrics.remove_backend(service, &addr.to_string(), labels);
             }
         }
     }
@@ -468,9 +507,9 @@ impl RoutingTable {
                 metrics.remove_service(name);
             }
         }
-        for (service, addr) in &changes.new_backends {
-            if !running.has_backend(service, addr) {
-                metrics.remove_backend(service, &addr.to_string());
+        for (service, addr, labels) in &changes.new_backends {
+            if !running.has_backend(service, addr, labels) {
+                metrics.remove_backend(service, &addr.to_string(), labels);
             }
         }
     }
@@ -496,7 +535,7 @@ impl RoutingTable {
             entry
                 .backends
                 .values()
-                .map(move |backend| (&**name, backend))
+                .map(move |(backend, _)| (&**name, backend))
         })
     }
 }
@@ -524,6 +563,7 @@ mod tests {
                 eject_time: Duration::from_secs(10),
                 retry_on_empty: false,
                 reply_timeout: None,
+                access_log: false,
                 max_connections_per_client: 0,
             },
             ports: vec![PortRoutes {
@@ -534,6 +574,7 @@ mod tests {
                     .map(|addr| Endpoint {
                         addr: addr.parse().expect("test address"),
                         weight: 1,
+                        labels: EndpointLabels::default(),
                     })
                     .collect(),
             }],
@@ -564,6 +605,59 @@ mod tests {
         assert!(route2.backends.backends()[0].is_ejected());
         assert!(Arc::ptr_eq(&route.service, &route2.service));
         assert_eq!(second.backends().count(), 2);
+    }
+
+    /// A task endpoint's metrics carry its task and node; a new task on
+    /// the same address is another backend, and the old one's series go.
+    #[test]
+    fn task_endpoints_are_labelled_and_a_new_task_is_a_new_backend() {
+        let registry = prometheus::Registry::new();
+        let metrics = Metrics::new(&registry).expect("metrics");
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(); // fixed-port-ok: a map key, nothing bound
+        let with_task = |task: &str| {
+            let mut service = service(listen, 100, &["10.0.0.1:31000"]);
+            service.ports[0].endpoints[0].labels = EndpointLabels {
+                task: Arc::from(task),
+                node: Arc::from("node-a"),
+            };
+            service
+        };
+        let series = || {
+            let mut found: Vec<(String, String)> = registry
+                .gather()
+                .into_iter()
+                .filter(|family| family.name() == "lbmesh_backend_up")
+                .flat_map(|family| family.get_metric().to_vec())
+                .map(|metric| {
+                    let label = |name: &str| {
+                        metric
+                            .get_label()
+                            .iter()
+                            .find(|l| l.name() == name)
+                            .map(|l| l.value().to_owned())
+                            .unwrap_or_default()
+                    };
+                    (label("task"), label("node"))
+                })
+                .collect();
+            found.sort();
+            found
+        };
+        let (first, changes) = RoutingTable::build(
+            &RoutingTable::default(),
+            &[Update::Reset(vec![with_task("web.1")])],
+            &metrics,
+        );
+        first.commit(&changes, &metrics);
+        assert_eq!(series(), [("web.1".to_owned(), "node-a".to_owned())]);
+        let old = Arc::clone(&first.route(&listen).expect("routed").backends.backends()[0]);
+
+        let (second, changes) =
+            RoutingTable::build(&first, &[Update::Reset(vec![with_task("web.2")])], &metrics);
+        second.commit(&changes, &metrics);
+        let new = &second.route(&listen).expect("routed").backends.backends()[0];
+        assert!(!Arc::ptr_eq(&old, new), "another task is another backend");
+        assert_eq!(series(), [("web.2".to_owned(), "node-a".to_owned())]);
     }
 
     // fixed-port-ok: the addresses below are table keys; nothing is bound.
@@ -619,6 +713,7 @@ mod tests {
         grown.ports[0].endpoints.push(Endpoint {
             addr: "10.0.0.3:80".parse().unwrap(), // fixed-port-ok: nothing bound
             weight: 1,
+            labels: EndpointLabels::default(),
         });
         let updates = [
             Update::Add(vec![

@@ -13,12 +13,12 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use prometheus::IntCounter;
 use rustix::pipe::{pipe_with, splice, PipeFlags, SpliceFlags};
 
 use crate::eof::pass_eof;
 use crate::error::PumpError;
 use crate::fd::Connection;
+use crate::tally::Tally;
 
 /// Bytes moved per splice call; the kernel's default pipe capacity.
 const PIPE_CHUNK: usize = 64 * 1024;
@@ -71,7 +71,7 @@ pub async fn pump(
     src: &Connection,
     dst: &Connection,
     pipe: Pipe,
-    counter: &IntCounter,
+    counter: Tally<'_>,
     progress: &AtomicU64,
     one_eof_passed: &AtomicBool,
 ) -> Result<(), PumpError> {
@@ -119,6 +119,6 @@ pub async fn pump(
                 Err(_would_block) => {}
             }
         }
-        counter.inc_by(n as u64);
+        counter.add(n);
     }
 }

@@ -23,7 +23,8 @@
 //! after its first try took effect (the leader died before answering) gets
 //! the first answer rather than a 409 or a second effect.
 //!
-//! - [`routes`]: one handler per route.
+//! - [`routes`]: one handler per route; [`logs`]: a task's output, read
+//!   on the node that runs it.
 //! - [`convert`]: registry records as lbmesh-api answers, and the request
 //!   types back into records.
 //! - [`respond`]: JSON answers, error bodies, body parsing.
@@ -50,6 +51,7 @@ use crate::pki::Pki;
 use crate::tokens::{self, Family, Token};
 
 pub mod convert;
+mod logs;
 mod respond;
 mod routes;
 
@@ -177,6 +179,10 @@ pub async fn handle(
         pki,
         peer,
     };
+    if let (&Method::GET, ["tasks", id, "logs"]) = (&method, segments.as_slice()) {
+        // Read where the task runs: the caller's token goes along.
+        return logs::task_logs(&context, id, &query, presented).await;
+    }
     if method == Method::GET || segments == ["cluster", "renew"] {
         return routes::route(&context, &method, &segments, &query, &body, &request_id).await;
     }
@@ -307,6 +313,7 @@ pub fn route_template(path: &str) -> String {
             }));
             t
         }
+        ["tasks", _, "logs"] => vec!["tasks", "{id}", "logs"],
         [noun @ ("cluster" | "nodes" | "services")] => vec![*noun],
         ["cluster", sub @ ("join" | "certificate" | "renew")] => vec!["cluster", *sub],
         _ => vec!["{unknown}"],
@@ -338,6 +345,7 @@ mod tests {
     #[test]
     fn route_templates_hide_names() {
         assert_eq!(route_template("/v1/services"), "/v1/services");
+        assert_eq!(route_template("/v1/tasks/abc/logs"), "/v1/tasks/{id}/logs");
         assert_eq!(route_template("/v1/services/web"), "/v1/services/{name}");
         assert_eq!(
             route_template("/v1/services/web/scale"),

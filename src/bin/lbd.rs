@@ -132,6 +132,12 @@ struct Args {
         default_value_t
     )]
     log_format: lbmesh::logging::LogFormat,
+
+    /// Where services with `access_log = true` write one JSON line per
+    /// closed connection: `-` (standard output) or a file, appended to
+    /// and created 0600.
+    #[arg(long, value_name = "PATH", env = "LBD_ACCESS_LOG", default_value = "-")]
+    access_log: lbmesh::access_log::AccessLogOutput,
 }
 
 /// A heartbeat setting: 100 ms to 10 minutes.
@@ -211,7 +217,9 @@ fn main() -> ExitCode {
                 &args.config,
                 cluster_options(&args, join_token, proxy_threads),
             ) {
-                (Some(config), _) => lbmesh::daemon::Daemon::start(config, proxy_threads).await,
+                (Some(config), _) => {
+                    lbmesh::daemon::Daemon::start(config, proxy_threads, &args.access_log).await
+                }
                 (None, Some(options)) => {
                     let data_dir = options.settings.data_dir.clone();
                     let (daemon, tokens) = lbmesh::daemon::Daemon::start_cluster(options).await?;
@@ -330,6 +338,7 @@ fn cluster_options(
         heartbeat_interval: args.heartbeat_interval,
         heartbeat_grace: args.heartbeat_grace,
         proxy_threads,
+        access_log: args.access_log.clone(),
     })
 }
 

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use lbmesh::access_log::AccessLogOutput;
 use lbmesh::daemon::Daemon;
 
 use crate::http::http_get;
@@ -19,11 +20,18 @@ impl TestLbd {
     /// Starts lbd with the admin API on an ephemeral port and `services` as
     /// the `[[service]]` tables.
     pub async fn start(services: &str) -> Self {
+        Self::start_with(services, &AccessLogOutput::Stdout).await
+    }
+
+    /// [`TestLbd::start`], with the access log going to `access_log`.
+    pub async fn start_with(services: &str, access_log: &AccessLogOutput) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("lbd.toml");
         std::fs::write(&config_path, config_text(services)).expect("write config");
         // Two proxy threads: connections spread over threads as in production.
-        let daemon = Daemon::start(&config_path, 2).await.expect("lbd starts");
+        let daemon = Daemon::start(&config_path, 2, access_log)
+            .await
+            .expect("lbd starts");
         Self {
             daemon,
             config_path,
