@@ -301,7 +301,7 @@ pub enum ServiceCommand {
 /// Spec flags shared by `service create` and `service update`.
 #[derive(Debug, Args, Default)]
 pub struct SpecArgs {
-    /// Publish a port: `8080:80`, `8080`, or `published=8080,target=80[,protocol=tcp]`.
+    /// Publish a port: `8080:80`, `53:53/udp`, `8080`, or `published=8080,target=80[,protocol=tcp|udp]`.
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
     pub publish: Vec<PortSpec>,
     /// Static backend `ADDR[,weight=N]`, repeatable.

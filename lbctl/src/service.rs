@@ -259,7 +259,8 @@ fn service_table(services: &[ServiceStatus]) -> String {
                 .iter()
                 .map(|p| {
                     let target = p.target.unwrap_or(p.published);
-                    format!("*:{}->{target}/tcp", p.published)
+                    let protocol = p.protocol.as_deref().unwrap_or("tcp");
+                    format!("*:{}->{target}/{protocol}", p.published)
                 })
                 .collect::<Vec<_>>()
                 .join(",");
@@ -357,14 +358,23 @@ mod tests {
     #[test]
     fn listener_errors_are_one_line_each_under_the_table() {
         assert_eq!(listener_lines(&[]), "");
-        let errors = [ListenerError {
-            node: "node-2".to_owned(),
-            address: "127.0.0.2:8080".parse().expect("address"), // fixed-port-ok: text only
-            error: "address in use".to_owned(),
-        }];
+        let errors = [
+            ListenerError {
+                node: "node-2".to_owned(),
+                address: "127.0.0.2:8080".parse().expect("address"), // fixed-port-ok: text only
+                protocol: lb_config::Protocol::Tcp,
+                error: "address in use".to_owned(),
+            },
+            ListenerError {
+                node: "node-2".to_owned(),
+                address: "127.0.0.2:53".parse().expect("address"), // fixed-port-ok: text only
+                protocol: lb_config::Protocol::Udp,
+                error: "address in use".to_owned(),
+            },
+        ];
         assert_eq!(
             listener_lines(&errors),
-            "\nnode-2: cannot bind 127.0.0.2:8080: address in use\n"
+            "\nnode-2: cannot bind 127.0.0.2:8080: address in use\nnode-2: cannot bind 127.0.0.2:53/udp: address in use\n"
         );
     }
 }

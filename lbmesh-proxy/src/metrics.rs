@@ -29,6 +29,9 @@
 //! | `lbmesh_max_connections_reached_total` | counter | service | times an accept loop found a client connection pending with the service at `max_connections` (it waits in the listen backlog; each proxy thread's loop counts) |
 //! | `lbmesh_connection_duration_seconds` | histogram | service | client connections from accept to close |
 //! | `lbmesh_connections_closed_total` | counter | service, end | client connections by how they ended: `finished`, `idle_timeout`, `client_error`, `backend_error` (aborts by side), `no_backend` |
+//!
+//! UDP ports add the families of [`crate::udp::metrics`] and give their
+//! backends the per-backend series above under `backend="ADDR/udp"`.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -36,6 +39,7 @@ use prometheus::{
 };
 
 use crate::error::{ClientFailure, ConnectFailure, End, Side};
+use crate::udp::metrics::{UdpBackendMetrics, UdpFamilies, UdpServiceMetrics};
 
 /// Connect durations on loopback are tens of microseconds; across a LAN,
 /// hundreds; anything over a second is a backend in trouble.
@@ -71,6 +75,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     forward_errors: IntCounterVec,
     listener_up: IntGaugeVec,
+    udp: UdpFamilies,
 }
 
 /// Handles for one (service, backend) pair.
@@ -88,6 +93,8 @@ pub struct BackendMetrics {
     pub up: IntGauge,
     pub ejections: IntCounter,
     pub unanswered: IntCounter,
+    /// A UDP backend's datagram counts; `None` for TCP.
+    pub udp: Option<UdpBackendMetrics>,
 }
 
 impl BackendMetrics {
@@ -109,6 +116,7 @@ impl BackendMetrics {
             up: gauge(),
             ejections: counter(),
             unanswered: counter(),
+            udp: None,
         }
     }
 
@@ -315,6 +323,7 @@ impl Metrics {
                 ),
                 &["service", "address"],
             )?,
+            udp: UdpFamilies::new(registry)?,
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(metrics.retries.clone()),
@@ -364,7 +373,22 @@ impl Metrics {
             up,
             ejections: self.ejections.with_label_values(&labels),
             unanswered: self.unanswered.with_label_values(&labels),
+            udp: None,
         }
+    }
+
+    /// A UDP backend's handles: [`Metrics::backend`]'s and its datagram
+    /// counts (`backend` is its `ADDR/udp` label).
+    pub fn udp_backend(&self, service: &str, backend: &str) -> BackendMetrics {
+        BackendMetrics {
+            udp: Some(self.udp.backend(service, backend)),
+            ..self.backend(service, backend)
+        }
+    }
+
+    /// The UDP handles of a service with UDP ports.
+    pub fn udp_service(&self, service: &str) -> UdpServiceMetrics {
+        self.udp.service(service)
     }
 
     /// Drops the label sets of a backend that left the configuration.
@@ -383,6 +407,7 @@ impl Metrics {
             let _ = family.remove_label_values(&labels);
         }
         let _ = self.connect_duration.remove_label_values(&labels);
+        self.udp.remove_backend(service, backend);
         for reason in ["refused", "timeout", "local", "other"] {
             let _ = self
                 .connect_errors
@@ -412,7 +437,13 @@ impl Metrics {
         }
     }
 
+    /// Drops the UDP series of a service that has no UDP port any more.
+    pub fn remove_udp_service(&self, service: &str) {
+        self.udp.remove_service(service);
+    }
+
     pub fn remove_service(&self, service: &str) {
+        self.udp.remove_service(service);
         let _ = self.service_active.remove_label_values(&[service]);
         for reason in ["no_backend", "all_attempts_failed"] {
             let _ = self.failed.remove_label_values(&[service, reason]);

@@ -431,23 +431,28 @@ impl RegistryState {
     /// the other services' ports (the first owner by name, as before), then
     /// one look-up per port of `spec`.
     fn port_clash(&self, spec: &ServiceSpec) -> Option<Outcome> {
-        let mut owners: HashMap<i64, &str> = HashMap::new();
+        // A port is owned per protocol: one service's 53/udp and another's
+        // 53/tcp do not clash. Every spec stored before UDP ports names tcp
+        // (or nothing), so entries written before apply as they did.
+        let udp = |port: &lb_config::PortSpec| port.protocol.as_deref() == Some("udp");
+        let mut owners: HashMap<(i64, bool), &str> = HashMap::new();
         for (name, other) in &self.services {
             if *name == spec.name {
                 continue;
             }
             for port in &other.spec.ports {
-                owners.entry(port.published).or_insert(name);
+                owners.entry((port.published, udp(port))).or_insert(name);
             }
         }
         for (i, port) in spec.ports.iter().enumerate() {
-            if let Some(name) = owners.get(&port.published) {
+            if let Some(name) = owners.get(&(port.published, udp(port))) {
                 return Some(reject(
                     RejectKind::Conflict,
                     format!("ports[{i}].published"),
                     format!(
-                        "port {} is already published by service {name:?}",
-                        port.published
+                        "port {}{} is already published by service {name:?}",
+                        port.published,
+                        if udp(port) { "/udp" } else { "" }
                     ),
                 ));
             }
@@ -582,6 +587,7 @@ mod tests {
         let failure = ListenerFailure {
             service: "web".to_owned(),
             address: "127.0.0.2:8080".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            protocol: lb_config::Protocol::Tcp,
             error: "address in use".to_owned(),
         };
         let report =
@@ -693,6 +699,39 @@ mod tests {
             record.get("id").is_none(),
             "a record without an id writes none"
         );
+    }
+
+    #[test]
+    fn a_port_number_is_owned_per_protocol() {
+        let mut state = RegistryState::default();
+        let udp = |name: &str, port: i64| {
+            let mut spec = spec(name, port);
+            spec.ports[0].protocol = Some("udp".to_owned());
+            spec
+        };
+        let create = |spec| Command::CreateService {
+            spec,
+            id: String::new(),
+        };
+        assert!(matches!(
+            state.apply(&create(spec("web", 53))),
+            Outcome::Service { .. }
+        ));
+        // Another service's 53/udp beside web's 53/tcp.
+        assert!(matches!(
+            state.apply(&create(udp("dns", 53))),
+            Outcome::Service { .. }
+        ));
+        let before = state.clone();
+        match state.apply(&create(udp("other", 53))) {
+            Outcome::Rejected { rejection } => {
+                assert_eq!(rejection.kind, RejectKind::Conflict);
+                assert_eq!(rejection.field, "ports[0].published");
+                assert!(rejection.reason.contains("53/udp"), "{}", rejection.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state, before);
     }
 
     #[test]

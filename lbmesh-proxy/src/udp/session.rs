@@ -1,0 +1,392 @@
+//! One proxy thread's UDP sessions on one published address: the table
+//! from client flow to backend socket, and each session's reply relay.
+//!
+//! ```text
+//! client datagram (flow = client addr:port)
+//!   ─> table hit, session alive, its backend still in the route's set ─> send on its socket
+//!   ─> otherwise: place from the service's cap ─> pick (balance) ─> connected socket to the
+//!      backend ─> spawn its reply relay ─> send
+//! reply relay (one task per session, on this thread)
+//!   backend socket readable ─> recv into the thread's buffer ─> send_to the client from the
+//!   published socket   ──ECONNREFUSED──> eject the backend, mark the session dead
+//! sweep (the serve loop, every tick) ─> drop sessions idle past udp_idle_timeout, and dead ones
+//! ```
+//!
+//! # Invariants
+//!
+//! - The table belongs to one serve loop on one thread: no lock. A
+//!   session's relay shares only atomics with it (its last activity, its
+//!   dead flag) and is aborted when its entry leaves the table.
+//! - A session holds a place of the service's cap ([`SessionPlace`]), its
+//!   backend's in-flight count ([`ActiveConnection`], which least-conn
+//!   reads) and its socket, and gives all three back when it drops.
+//! - Nothing is allocated per datagram: the client side sends from the
+//!   serve loop's buffer, every relay of a thread receives into that
+//!   thread's one buffer (it is never held across an `.await`), and sends
+//!   go straight to the non-blocking socket (a full buffer drops the
+//!   datagram, as a router would, and counts it).
+//! - A refused send or receive (ICMP port unreachable on the connected
+//!   socket) ejects the backend as a refused TCP connect does; the flow's
+//!   next datagram picks again.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::task::AbortHandle;
+use tracing::{debug, info};
+
+use crate::balance::{now_ms, ActiveConnection, Backend, BackendSet, PickContext};
+use crate::connection::BACKEND_EVENTS;
+use crate::error::ConnectFailure;
+use crate::routing::Route;
+use crate::udp::metrics::{DropReason, UdpBackendMetrics};
+use crate::udp::service::{SessionPlace, UdpService};
+
+/// Largest UDP payload (IPv4's 65,507 rounded up; IPv6 jumbograms aside):
+/// a buffer this size never truncates a datagram.
+pub const MAX_DATAGRAM: usize = 65_536;
+
+/// Datagrams a relay moves before it yields to the thread's other tasks.
+pub const BATCH: usize = 32;
+
+thread_local! {
+    /// The reply buffer of every relay on this proxy thread: a relay holds
+    /// it only between one `recv` and its `send_to`, never across an await.
+    static REPLY_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; MAX_DATAGRAM].into_boxed_slice());
+}
+
+/// Milliseconds on tokio's clock since the serve loop started (so tests
+/// may pause it); read once per batch of datagrams.
+#[derive(Clone, Copy)]
+pub struct Clock(tokio::time::Instant);
+
+impl Clock {
+    pub fn start() -> Self {
+        Self(tokio::time::Instant::now())
+    }
+
+    pub fn now_ms(self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What a session's relay shares with the table.
+struct Session {
+    socket: UdpSocket,
+    backend: ActiveConnection,
+    udp: UdpBackendMetrics,
+    service: Arc<UdpService>,
+    /// [`Clock`] milliseconds of the last datagram either way.
+    last_seen: AtomicU64,
+    /// Set when the backend refused: the flow's next datagram picks again.
+    dead: AtomicBool,
+    _place: SessionPlace,
+}
+
+/// A session as the table holds it.
+struct Entry {
+    session: Arc<Session>,
+    /// The set the backend was picked from: while the route's set is this
+    /// one, the backend is known to be in it.
+    set: Arc<BackendSet>,
+    relay: AbortHandle,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        self.relay.abort();
+    }
+}
+
+impl Entry {
+    /// Whether the flow may go on with this session under `route`: alive,
+    /// and its backend still one of the route's (checked once per change of
+    /// the set).
+    fn usable(&mut self, route: &Route) -> bool {
+        if self.session.dead.load(Ordering::Relaxed) {
+            return false;
+        }
+        if Arc::ptr_eq(&self.set, &route.backends) {
+            return true;
+        }
+        let backend = self.session.backend.backend();
+        if route
+            .backends
+            .backends()
+            .iter()
+            .any(|b| Arc::ptr_eq(b, backend))
+        {
+            self.set = Arc::clone(&route.backends);
+            return true;
+        }
+        false
+    }
+}
+
+/// One serve loop's sessions.
+pub struct Sessions {
+    table: HashMap<SocketAddr, Entry>,
+    /// The published socket replies leave from.
+    published: Arc<UdpSocket>,
+    lane: usize,
+    clock: Clock,
+}
+
+impl Sessions {
+    pub fn new(published: Arc<UdpSocket>, lane: usize, clock: Clock) -> Self {
+        Self {
+            table: HashMap::new(),
+            published,
+            lane,
+            clock,
+        }
+    }
+
+    /// Sessions open in this table.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Sends one client datagram on to its flow's backend, opening (or
+    /// re-opening) the flow's session first when it needs one.
+    pub fn forward(&mut self, data: &[u8], client: SocketAddr, route: &Route, now: u64) {
+        let Some(udp) = route.udp.as_ref() else {
+            return;
+        };
+        let usable = self
+            .table
+            .get_mut(&client)
+            .is_some_and(|entry| entry.usable(route));
+        let fresh = match usable {
+            true => false,
+            false => {
+                self.table.remove(&client);
+                match self.open(client, route, udp) {
+                    Some(entry) => {
+                        self.table.insert(client, entry);
+                        true
+                    }
+                    None => return,
+                }
+            }
+        };
+        let Some(entry) = self.table.get(&client) else {
+            return;
+        };
+        match send(&entry.session, data, now) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                // The backend refused an earlier datagram of this flow
+                // (ICMP port unreachable): eject it and, unless this
+                // session was new, try this datagram on a fresh pick.
+                refused(&entry.session, route);
+                self.table.remove(&client);
+                if fresh {
+                    udp.metrics.drop(DropReason::Error);
+                    return;
+                }
+                let Some(entry) = self.open(client, route, udp) else {
+                    return;
+                };
+                if send(&entry.session, data, now).is_err() {
+                    udp.metrics.drop(DropReason::Error);
+                }
+                self.table.insert(client, entry);
+            }
+            Err(error) => {
+                debug!(service = %route.service.name, %client, %error, "udp send to backend failed");
+                udp.metrics.drop(DropReason::Error);
+            }
+        }
+    }
+
+    /// A new session for `client`: a place, a backend, a connected socket
+    /// and its relay; `None` (counted) when one of them is not to be had.
+    fn open(&self, client: SocketAddr, route: &Route, udp: &Arc<UdpService>) -> Option<Entry> {
+        let Some(place) = udp.try_open(route.settings.max_udp_sessions) else {
+            udp.metrics.drop(DropReason::OverCap);
+            return None;
+        };
+        let ctx = PickContext {
+            client: client.ip(),
+            lane: self.lane,
+        };
+        let Some(backend) = route.backends.pick(ctx) else {
+            udp.metrics.drop(DropReason::NoBackend);
+            return None;
+        };
+        let socket = match connected_socket(backend) {
+            Ok(socket) => socket,
+            Err(error) => {
+                debug!(service = %route.service.name, backend = %backend.addr, %error, "cannot open a udp session socket");
+                backend.metrics.connect_failed(ConnectFailure::of(&error));
+                udp.metrics.drop(DropReason::Error);
+                return None;
+            }
+        };
+        let udp_metrics = backend.metrics.udp.clone()?;
+        backend.metrics.connections.inc();
+        let session = Arc::new(Session {
+            socket,
+            backend: backend.track_connection(),
+            udp: udp_metrics,
+            service: Arc::clone(udp),
+            last_seen: AtomicU64::new(self.clock.now_ms()),
+            dead: AtomicBool::new(false),
+            _place: place,
+        });
+        let relay = tokio::spawn(relay_replies(
+            Arc::clone(&session),
+            Arc::clone(&self.published),
+            client,
+            route.settings.eject_time,
+            Arc::clone(&route.service.name),
+            self.clock,
+        ))
+        .abort_handle();
+        Some(Entry {
+            session,
+            set: Arc::clone(&route.backends),
+            relay,
+        })
+    }
+
+    /// Drops the sessions idle for `idle` or longer at `now`, counting
+    /// them as expired, and the dead ones. Returns how many expired.
+    pub fn expire(&mut self, now: u64, idle: Duration) -> usize {
+        let idle = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+        let mut expired = 0;
+        self.table.retain(|_, entry| {
+            let session = &entry.session;
+            if session.dead.load(Ordering::Relaxed) {
+                return false;
+            }
+            let last = session.last_seen.load(Ordering::Relaxed);
+            if now.saturating_sub(last) < idle {
+                return true;
+            }
+            session.service.metrics.expired.inc();
+            expired += 1;
+            false
+        });
+        expired
+    }
+}
+
+/// A non-blocking UDP socket connected to `backend`, registered with this
+/// thread's reactor; the kernel binds it to an ephemeral port.
+fn connected_socket(backend: &Backend) -> io::Result<UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(backend.addr),
+        Type::DGRAM.nonblocking().cloexec(),
+        None,
+    )?;
+    socket.connect(&backend.addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Sends one client datagram on the session's socket, straight to the
+/// kernel (a full buffer is `WouldBlock`: the caller drops it).
+fn send(session: &Session, data: &[u8], now: u64) -> io::Result<()> {
+    SockRef::from(&session.socket).send(data)?;
+    session.last_seen.store(now, Ordering::Relaxed);
+    session.udp.datagrams_in.inc();
+    session
+        .backend
+        .backend()
+        .metrics
+        .bytes_in
+        .inc_by(data.len() as u64);
+    Ok(())
+}
+
+/// The backend of `session` refused: count it, eject the backend (logged
+/// once, within the process-wide budget) and end the session.
+fn refused(session: &Session, route: &Route) {
+    session.dead.store(true, Ordering::Relaxed);
+    let backend = session.backend.backend();
+    eject(backend, route.settings.eject_time, &route.service.name);
+}
+
+fn eject(backend: &Backend, eject_time: Duration, service: &str) {
+    backend.metrics.connect_failed(ConnectFailure::Refused);
+    if backend.eject(eject_time) {
+        if let Some(suppressed) = BACKEND_EVENTS.admit(now_ms()) {
+            info!(%service, backend = %backend.addr, protocol = "udp", failure = "refused", eject_for = ?eject_time, suppressed, "backend ejected");
+        }
+    }
+}
+
+/// Relays the backend's replies of one session to its client, from the
+/// published socket, until the session is dropped (aborted) or refused.
+async fn relay_replies(
+    session: Arc<Session>,
+    published: Arc<UdpSocket>,
+    client: SocketAddr,
+    eject_time: Duration,
+    service: Arc<str>,
+    clock: Clock,
+) {
+    let client = SockAddr::from(client);
+    let mut answered = false;
+    loop {
+        if session.socket.readable().await.is_err() {
+            session.dead.store(true, Ordering::Relaxed);
+            return;
+        }
+        let now = clock.now_ms();
+        let mut drained = false;
+        for _ in 0..BATCH {
+            let relayed = REPLY_BUFFER.with_borrow_mut(|buffer| {
+                let len = session.socket.try_recv(buffer)?;
+                let sent = SockRef::from(&*published).send_to(&buffer[..len], &client);
+                Ok::<_, io::Error>((len, sent))
+            });
+            match relayed {
+                Ok((len, Ok(_))) => {
+                    session.last_seen.store(now, Ordering::Relaxed);
+                    session.udp.datagrams_out.inc();
+                    let backend = session.backend.backend();
+                    backend.metrics.bytes_out.inc_by(len as u64);
+                    if !answered {
+                        answered = true;
+                        if backend.connected() {
+                            if let Some(suppressed) = BACKEND_EVENTS.admit(now_ms()) {
+                                info!(%service, backend = %backend.addr, protocol = "udp", suppressed, "backend recovered");
+                            }
+                        }
+                    }
+                }
+                Ok((_, Err(error))) => {
+                    debug!(%service, client = ?client.as_socket(), %error, "udp reply to client failed");
+                    session.service.metrics.drop(DropReason::Error);
+                }
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    drained = true;
+                    break;
+                }
+                Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                    session.dead.store(true, Ordering::Relaxed);
+                    eject(session.backend.backend(), eject_time, &service);
+                    return;
+                }
+                Err(error) => {
+                    debug!(%service, %error, "udp receive from backend failed; session ends");
+                    session.dead.store(true, Ordering::Relaxed);
+                    return;
+                }
+            }
+        }
+        if !drained {
+            // A busy backend must not keep the thread's other flows waiting.
+            tokio::task::yield_now().await;
+        }
+    }
+}
