@@ -226,6 +226,18 @@ impl ServiceSpec {
     /// Its cost is linear in the number of ports, listen addresses and
     /// endpoints.
     pub fn validate(&self) -> Result<Service, FieldError> {
+        self.validate_with(true)
+    }
+
+    /// [`ServiceSpec::validate`] as lbd did before UDP ports: a `udp`
+    /// protocol is refused ("not supported yet") where it was. The registry
+    /// applies the commands written before UDP ports with it, so a log
+    /// replays as it applied.
+    pub fn validate_without_udp(&self) -> Result<Service, FieldError> {
+        self.validate_with(false)
+    }
+
+    fn validate_with(&self, udp: bool) -> Result<Service, FieldError> {
         check_dns_label(&self.name).map_err(|r| FieldError::new("name", r))?;
 
         let mut listen = Vec::with_capacity(self.listen.len());
@@ -251,7 +263,7 @@ impl ServiceSpec {
         let mut published = HashSet::with_capacity(self.ports.len());
         for (i, port) in self.ports.iter().enumerate() {
             let mapping = port
-                .validate()
+                .validate(udp)
                 .map_err(|e| e.within(&format!("ports[{i}]")))?;
             if !published.insert((mapping.published, mapping.protocol)) {
                 return Err(FieldError::new(
@@ -529,7 +541,9 @@ impl ServiceSpec {
 }
 
 impl PortSpec {
-    fn validate(&self) -> Result<PortMapping, FieldError> {
+    /// With `udp` false, a udp port is refused as lbd refused it before UDP
+    /// ports (see [`ServiceSpec::validate_without_udp`]).
+    fn validate(&self, udp: bool) -> Result<PortMapping, FieldError> {
         let published = check_port(self.published).map_err(|r| FieldError::new("published", r))?;
         let target = match self.target {
             Some(t) => check_port(t).map_err(|r| FieldError::new("target", r))?,
@@ -537,7 +551,13 @@ impl PortSpec {
         };
         let protocol = match self.protocol.as_deref() {
             None | Some("tcp") => Protocol::Tcp,
-            Some("udp") => Protocol::Udp,
+            Some("udp") if udp => Protocol::Udp,
+            Some("udp") => {
+                return Err(FieldError::new(
+                    "protocol",
+                    "udp is not supported yet; only tcp is forwarded",
+                ))
+            }
             Some(other) => {
                 return Err(FieldError::new(
                     "protocol",
