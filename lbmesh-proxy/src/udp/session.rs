@@ -17,9 +17,11 @@
 //! - The table belongs to one serve loop on one thread: no lock. A
 //!   session's relay shares only atomics with it (its last activity, its
 //!   dead flag) and is aborted when its entry leaves the table.
-//! - A session holds a place of the service's cap ([`SessionPlace`]), its
-//!   backend's in-flight count ([`ActiveConnection`], which least-conn
-//!   reads) and its socket, and gives all three back when it drops.
+//! - A session's table entry holds a place of the service's cap
+//!   ([`SessionPlace`]) and its backend's in-flight count
+//!   ([`ActiveConnection`], which least-conn reads), and gives both back the
+//!   moment it leaves the table; its socket closes when the aborted relay
+//!   lets go of it.
 //! - Nothing is allocated per datagram: the client side sends from the
 //!   serve loop's buffer, every relay of a thread receives into that
 //!   thread's one buffer (it is never held across an `.await`), and sends
@@ -80,14 +82,13 @@ impl Clock {
 /// What a session's relay shares with the table.
 struct Session {
     socket: UdpSocket,
-    backend: ActiveConnection,
+    backend: Arc<Backend>,
     udp: UdpBackendMetrics,
     service: Arc<UdpService>,
     /// [`Clock`] milliseconds of the last datagram either way.
     last_seen: AtomicU64,
     /// Set when the backend refused: the flow's next datagram picks again.
     dead: AtomicBool,
-    _place: SessionPlace,
 }
 
 /// A session as the table holds it.
@@ -97,6 +98,10 @@ struct Entry {
     /// one, the backend is known to be in it.
     set: Arc<BackendSet>,
     relay: AbortHandle,
+    /// Counted against the backend (least-conn) and the service's cap
+    /// while the entry is in the table.
+    _active: ActiveConnection,
+    _place: SessionPlace,
 }
 
 impl Drop for Entry {
@@ -116,7 +121,7 @@ impl Entry {
         if Arc::ptr_eq(&self.set, &route.backends) {
             return true;
         }
-        let backend = self.session.backend.backend();
+        let backend = &self.session.backend;
         if route
             .backends
             .backends()
@@ -235,12 +240,11 @@ impl Sessions {
         backend.metrics.connections.inc();
         let session = Arc::new(Session {
             socket,
-            backend: backend.track_connection(),
+            backend: Arc::clone(backend),
             udp: udp_metrics,
             service: Arc::clone(udp),
             last_seen: AtomicU64::new(self.clock.now_ms()),
             dead: AtomicBool::new(false),
-            _place: place,
         });
         let relay = tokio::spawn(relay_replies(
             Arc::clone(&session),
@@ -255,6 +259,8 @@ impl Sessions {
             session,
             set: Arc::clone(&route.backends),
             relay,
+            _active: backend.track_connection(),
+            _place: place,
         })
     }
 
@@ -298,12 +304,7 @@ fn send(session: &Session, data: &[u8], now: u64) -> io::Result<()> {
     SockRef::from(&session.socket).send(data)?;
     session.last_seen.store(now, Ordering::Relaxed);
     session.udp.datagrams_in.inc();
-    session
-        .backend
-        .backend()
-        .metrics
-        .bytes_in
-        .inc_by(data.len() as u64);
+    session.backend.metrics.bytes_in.inc_by(data.len() as u64);
     Ok(())
 }
 
@@ -311,8 +312,11 @@ fn send(session: &Session, data: &[u8], now: u64) -> io::Result<()> {
 /// once, within the process-wide budget) and end the session.
 fn refused(session: &Session, route: &Route) {
     session.dead.store(true, Ordering::Relaxed);
-    let backend = session.backend.backend();
-    eject(backend, route.settings.eject_time, &route.service.name);
+    eject(
+        &session.backend,
+        route.settings.eject_time,
+        &route.service.name,
+    );
 }
 
 fn eject(backend: &Backend, eject_time: Duration, service: &str) {
@@ -353,7 +357,7 @@ async fn relay_replies(
                 Ok((len, Ok(_))) => {
                     session.last_seen.store(now, Ordering::Relaxed);
                     session.udp.datagrams_out.inc();
-                    let backend = session.backend.backend();
+                    let backend = &session.backend;
                     backend.metrics.bytes_out.inc_by(len as u64);
                     if !answered {
                         answered = true;
@@ -374,7 +378,7 @@ async fn relay_replies(
                 }
                 Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
                     session.dead.store(true, Ordering::Relaxed);
-                    eject(session.backend.backend(), eject_time, &service);
+                    eject(&session.backend, eject_time, &service);
                     return;
                 }
                 Err(error) => {
@@ -388,5 +392,95 @@ async fn relay_replies(
             // A busy backend must not keep the thread's other flows waiting.
             tokio::task::yield_now().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use lb_config::{Algorithm, Protocol, ProxyProtocol};
+
+    use super::*;
+    use crate::discovery::{Endpoint, PortRoutes, ProtoAddr, RouteSettings, ServiceRoutes, Update};
+    use crate::metrics::Metrics;
+    use crate::routing::RoutingTable;
+
+    /// A UDP route to `backend` with idle timeout `idle`.
+    fn route(backend: SocketAddr, idle: Duration, metrics: &Metrics) -> Arc<Route> {
+        let listen: SocketAddr = "127.0.0.1:1".parse().expect("addr"); // fixed-port-ok: a table key, nothing bound
+        let service = ServiceRoutes {
+            name: "dns".to_owned(),
+            algorithm: Algorithm::RoundRobin,
+            max_connections: 10,
+            settings: RouteSettings {
+                connect_timeout: Duration::from_secs(1),
+                idle_timeout: Duration::from_secs(60),
+                proxy_protocol: ProxyProtocol::None,
+                retries: 0,
+                eject_time: Duration::from_secs(10),
+                retry_on_empty: false,
+                reply_timeout: None,
+                max_connections_per_client: 0,
+                udp_idle_timeout: idle,
+                max_udp_sessions: 10,
+            },
+            ports: vec![PortRoutes {
+                protocol: Protocol::Udp,
+                listen: vec![listen],
+                vip: None,
+                endpoints: vec![Endpoint {
+                    addr: backend,
+                    weight: 1,
+                }],
+            }],
+        };
+        let (table, _) = RoutingTable::build(
+            &RoutingTable::default(),
+            &[Update::Reset(vec![service])],
+            metrics,
+        );
+        Arc::clone(table.route(&ProtoAddr::udp(listen)).expect("routed"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_expire_on_tokio_time_after_the_idle_timeout_and_give_back_their_places() {
+        let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
+        let backend = std::net::UdpSocket::bind("127.0.0.1:0").expect("backend");
+        let idle = Duration::from_secs(60);
+        let route = route(backend.local_addr().expect("addr"), idle, &metrics);
+        let udp = Arc::clone(route.udp.as_ref().expect("a udp route"));
+        let published = Arc::new(UdpSocket::bind("127.0.0.1:0").await.expect("published"));
+        let clock = Clock::start();
+        let mut sessions = Sessions::new(published, 0, clock);
+        let client = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+
+        for port in [40_001, 40_002, 40_003] {
+            sessions.forward(b"q", client(port), &route, clock.now_ms());
+        }
+        assert_eq!((sessions.len(), udp.open()), (3, 3));
+        // One flow speaks again half way: only the other two expire at
+        // the timeout, and that one a half timeout later.
+        tokio::time::advance(idle / 2).await;
+        sessions.forward(b"q", client(40_001), &route, clock.now_ms());
+        assert_eq!(sessions.len(), 3, "the same flow, the same session");
+        tokio::time::advance(idle / 2 - Duration::from_millis(1)).await;
+        assert_eq!(sessions.expire(clock.now_ms(), idle), 0);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(sessions.expire(clock.now_ms(), idle), 2);
+        assert_eq!((sessions.len(), udp.open()), (1, 1));
+        tokio::time::advance(idle / 2).await;
+        assert_eq!(sessions.expire(clock.now_ms(), idle), 1);
+        assert_eq!((sessions.len(), udp.open()), (0, 0));
+        assert_eq!(udp.metrics.expired.get(), 3);
+        assert_eq!(udp.metrics.sessions.get(), 0);
+        // The backend got each flow's datagrams from its own socket.
+        let mut buffer = [0u8; 8];
+        backend.set_nonblocking(true).expect("non-blocking");
+        let mut sources = std::collections::HashSet::new();
+        while let Ok((_, from)) = backend.recv_from(&mut buffer) {
+            sources.insert(from);
+        }
+        assert_eq!(sources.len(), 3);
     }
 }
