@@ -29,7 +29,8 @@
 //!   as Maglev's key, so Maglev keeps a client on its backend on every
 //!   node. A session ends after `udp_idle_timeout` without a datagram
 //!   either way, when its backend refuses (ejected like a refused TCP
-//!   connect; the next datagram picks again) or leaves the route's set.
+//!   connect; the next datagram picks again), is ejected by another flow's
+//!   refusal, or leaves the route's set.
 //! - The loop loads the table once per batch; a route change never needs
 //!   the loop's help, and a removed route stops the loop (its listener's
 //!   token).

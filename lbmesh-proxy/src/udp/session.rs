@@ -29,7 +29,8 @@
 //!   datagram, as a router would, and counts it).
 //! - A refused send or receive (ICMP port unreachable on the connected
 //!   socket) ejects the backend as a refused TCP connect does; the flow's
-//!   next datagram picks again.
+//!   next datagram picks again, and so does the next datagram of every
+//!   other flow on that backend while a pick would choose another.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -112,26 +113,34 @@ impl Drop for Entry {
 
 impl Entry {
     /// Whether the flow may go on with this session under `route`: alive,
-    /// and its backend still one of the route's (checked once per change of
-    /// the set).
-    fn usable(&mut self, route: &Route) -> bool {
+    /// its backend still one of the route's (checked once per change of the
+    /// set), and not ejected (another flow's datagram was refused there)
+    /// while a pick would choose another: so one refusal moves every flow
+    /// of a dead backend, and while all are ejected (the pick fails open to
+    /// this one) the session stays.
+    fn usable(&mut self, route: &Route, ctx: PickContext) -> bool {
         if self.session.dead.load(Ordering::Relaxed) {
             return false;
         }
-        if Arc::ptr_eq(&self.set, &route.backends) {
-            return true;
-        }
         let backend = &self.session.backend;
-        if route
-            .backends
-            .backends()
-            .iter()
-            .any(|b| Arc::ptr_eq(b, backend))
-        {
+        if !Arc::ptr_eq(&self.set, &route.backends) {
+            if !route
+                .backends
+                .backends()
+                .iter()
+                .any(|b| Arc::ptr_eq(b, backend))
+            {
+                return false;
+            }
             self.set = Arc::clone(&route.backends);
-            return true;
         }
-        false
+        if backend.is_ejected() {
+            return route
+                .backends
+                .pick(ctx)
+                .is_none_or(|other| Arc::ptr_eq(other, backend));
+        }
+        true
     }
 }
 
@@ -165,10 +174,14 @@ impl Sessions {
         let Some(udp) = route.udp.as_ref() else {
             return;
         };
+        let ctx = PickContext {
+            client: client.ip(),
+            lane: self.lane,
+        };
         let usable = self
             .table
             .get_mut(&client)
-            .is_some_and(|entry| entry.usable(route));
+            .is_some_and(|entry| entry.usable(route, ctx));
         let fresh = match usable {
             true => false,
             false => {
