@@ -169,7 +169,8 @@ impl Sessions {
     }
 
     /// Sends one client datagram on to its flow's backend, opening (or
-    /// re-opening) the flow's session first when it needs one.
+    /// re-opening) the flow's session first when it needs one. A flow with
+    /// a usable session costs one look-up and one send.
     pub fn forward(&mut self, data: &[u8], client: SocketAddr, route: &Route, now: u64) {
         let Some(udp) = route.udp.as_ref() else {
             return;
@@ -178,51 +179,34 @@ impl Sessions {
             client: client.ip(),
             lane: self.lane,
         };
-        let usable = self
-            .table
-            .get_mut(&client)
-            .is_some_and(|entry| entry.usable(route, ctx));
-        let fresh = match usable {
-            true => false,
-            false => {
-                self.table.remove(&client);
-                match self.open(client, route, udp) {
-                    Some(entry) => {
-                        self.table.insert(client, entry);
-                        true
+        if let Some(entry) = self.table.get_mut(&client) {
+            if entry.usable(route, ctx) {
+                match send(&entry.session, data, now) {
+                    Ok(()) => return,
+                    // The backend refused an earlier datagram of this flow
+                    // (ICMP port unreachable): eject it, and this datagram
+                    // goes to a fresh pick below.
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
+                        refused(&entry.session, route);
                     }
-                    None => return,
+                    Err(error) => {
+                        debug!(service = %route.service.name, %client, %error, "udp send to backend failed");
+                        udp.metrics.drop(DropReason::Error);
+                        return;
+                    }
                 }
-            }
-        };
-        let Some(entry) = self.table.get(&client) else {
-            return;
-        };
-        match send(&entry.session, data, now) {
-            Ok(()) => {}
-            Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
-                // The backend refused an earlier datagram of this flow
-                // (ICMP port unreachable): eject it and, unless this
-                // session was new, try this datagram on a fresh pick.
-                refused(&entry.session, route);
-                self.table.remove(&client);
-                if fresh {
-                    udp.metrics.drop(DropReason::Error);
-                    return;
-                }
-                let Some(entry) = self.open(client, route, udp) else {
-                    return;
-                };
-                if send(&entry.session, data, now).is_err() {
-                    udp.metrics.drop(DropReason::Error);
-                }
-                self.table.insert(client, entry);
-            }
-            Err(error) => {
-                debug!(service = %route.service.name, %client, %error, "udp send to backend failed");
-                udp.metrics.drop(DropReason::Error);
             }
         }
+        // No session, or one that may not go on: its places go back first.
+        self.table.remove(&client);
+        let Some(entry) = self.open(client, route, udp) else {
+            return;
+        };
+        if let Err(error) = send(&entry.session, data, now) {
+            debug!(service = %route.service.name, %client, %error, "udp send to backend failed");
+            udp.metrics.drop(DropReason::Error);
+        }
+        self.table.insert(client, entry);
     }
 
     /// A new session for `client`: a place, a backend, a connected socket
