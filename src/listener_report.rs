@@ -38,6 +38,7 @@ pub fn records(failures: &[ProxyFailure]) -> Vec<ListenerFailure> {
         .map(|failure| ListenerFailure {
             service: failure.service.clone(),
             address: failure.addr,
+            protocol: failure.protocol,
             error: failure.error.clone(),
         })
         .collect()

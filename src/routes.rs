@@ -10,7 +10,8 @@
 //!
 //! A published port binds on the service's `listen` addresses, or on the
 //! node's ingress address when it names none (always, in cluster mode: each
-//! node binds its own). The VIP answers on each port's target port. A port's
+//! node binds its own). The VIP answers on each port's target port, with
+//! the port's protocol (a UDP port's VIP is a UDP address). A port's
 //! endpoints are the service's static endpoints followed by its serving
 //! tasks, each of which serves every target port on its own host port.
 //! While a service has fewer serving tasks than it wants, the tasks stranded
@@ -72,6 +73,7 @@ pub fn service_routes(
                 })
             });
             PortRoutes {
+                protocol: port.protocol,
                 listen: ips
                     .iter()
                     .map(|ip| SocketAddr::new(*ip, port.published))
@@ -104,6 +106,8 @@ pub fn service_routes(
             reply_timeout: service.reply_timeout,
             max_connections_per_client: service.max_connections_per_client,
             access_log: service.access_log,
+            udp_idle_timeout: service.udp_idle_timeout,
+            max_udp_sessions: service.max_udp_sessions,
         },
         ports,
     }

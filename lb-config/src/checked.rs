@@ -103,12 +103,29 @@ pub enum HealthCheckKind {
     Http,
 }
 
-/// Only TCP is forwarded today; the type exists so UDP can be added without
-/// changing the shape of [`PortMapping`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// The transport of a published port. A service may publish one port
+/// number for both (DNS on 53/tcp and 53/udp): the pair is what is unique.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
+    /// Each client connection goes to one backend.
+    #[default]
     Tcp,
+    /// Each client flow (address and port) is a session with one backend,
+    /// which ends after `udp_idle_timeout` without a datagram.
+    Udp,
+}
+
+impl Protocol {
+    /// The name a spec writes (`protocol = "udp"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
 }
 
 /// The checked configuration.
@@ -140,6 +157,11 @@ pub struct Service {
     pub proxy_protocol: ProxyProtocol,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    /// How long a UDP session lives without a datagram either way.
+    pub udp_idle_timeout: Duration,
+    /// Open UDP sessions of the service on one node, over all its UDP
+    /// ports; a new flow past it is dropped (and counted).
+    pub max_udp_sessions: u32,
     pub drain_timeout: Duration,
     pub max_connections: u32,
     /// Open connections one client address may hold; 0: no cap.
@@ -211,6 +233,9 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthCheck {
     pub kind: HealthCheckKind,
+    /// The target port a TCP or HTTP check connects to; `None`: the first
+    /// TCP port's target (a service of UDP ports only must name one).
+    pub port: Option<u16>,
     /// Request path of an HTTP check.
     pub path: String,
     pub interval: Duration,
@@ -223,8 +248,9 @@ pub struct HealthCheck {
 }
 
 impl Service {
-    /// The socket addresses this service's published ports bind on.
-    pub fn listen_addrs(&self, ingress_addr: IpAddr) -> Vec<SocketAddr> {
+    /// The socket addresses this service's published ports bind on, each
+    /// with its port's protocol.
+    pub fn listen_addrs(&self, ingress_addr: IpAddr) -> Vec<(Protocol, SocketAddr)> {
         let ips: &[IpAddr] = if self.listen.is_empty() {
             std::slice::from_ref(&ingress_addr)
         } else {
@@ -234,9 +260,20 @@ impl Service {
             .flat_map(|ip| {
                 self.ports
                     .iter()
-                    .map(move |p| SocketAddr::new(*ip, p.published))
+                    .map(move |p| (p.protocol, SocketAddr::new(*ip, p.published)))
             })
             .collect()
+    }
+
+    /// The target port an active health check connects to: the one the
+    /// spec names, else the first TCP port's; `None` when there is none.
+    pub fn health_target(&self) -> Option<u16> {
+        self.health.port.or_else(|| {
+            self.ports
+                .iter()
+                .find(|p| p.protocol == Protocol::Tcp)
+                .map(|p| p.target)
+        })
     }
 
     /// The backend addresses and weights behind one port mapping.

@@ -24,6 +24,15 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Generous on purpose: Swarm's fixed 900 s IPVS timeout killed idle database
 /// and websocket connections (moby#31208); here it is a per-service setting.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A UDP session (one client flow's socket to its backend) ends after this
+/// long without a datagram either way: UDP has no close, so only time ends
+/// a flow. 60 s outlasts a DNS retry or a game's keepalive and is what
+/// Linux conntrack gives a UDP stream (`nf_conntrack_udp_timeout_stream`
+/// is 120 s; the unreplied one is 30 s).
+pub const DEFAULT_UDP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Per-service cap on open UDP sessions on one node. Each holds one socket,
+/// so the default costs at most as many descriptors as the connection cap.
+pub const DEFAULT_MAX_UDP_SESSIONS: u32 = 10_000;
 /// How long a departing backend keeps serving its open connections: as long
 /// as a stopping node waits ([`DEFAULT_SHUTDOWN_GRACE`]).
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -71,6 +71,15 @@ pub struct ServiceSpec {
     #[serde(default, with = "humantime_serde")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idle_timeout: Option<Duration>,
+    /// How long a UDP session (one client address and port) lives without
+    /// a datagram either way (default 60 s). Only UDP ports use it.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub udp_idle_timeout: Option<Duration>,
+    /// Cap on the service's open UDP sessions on each node (default
+    /// 10,000); a new flow past it is dropped and counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_udp_sessions: Option<i64>,
     #[serde(default, with = "humantime_serde")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<Duration>,
@@ -179,7 +188,8 @@ pub struct UpdateSpec {
     pub monitor: Option<Duration>,
 }
 
-/// One published port: `{ published = 8080, target = 80, protocol = "tcp" }`.
+/// One published port: `{ published = 8080, target = 80, protocol = "tcp" }`
+/// (`protocol` is `tcp` or `udp`, default `tcp`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
@@ -210,6 +220,11 @@ pub struct HealthSpec {
     pub kind: Option<HealthCheckKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The target port a `tcp` or `http` check connects to (default: the
+    /// first TCP port's target). A service of UDP ports only has no check
+    /// unless it names a type and this port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i64>,
     #[serde(default, with = "humantime_serde")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,

@@ -29,10 +29,10 @@ use crate::constraints::Constraint;
 use crate::defaults::{
     DEFAULT_API_ADDR, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_EJECT_TIME,
     DEFAULT_FALL, DEFAULT_HEALTH_INTERVAL, DEFAULT_HEALTH_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_INGRESS_ADDR, DEFAULT_MAX_CONNECTIONS, DEFAULT_REPLICAS, DEFAULT_RESTART_DELAY,
-    DEFAULT_RETRIES, DEFAULT_RISE, DEFAULT_SHUTDOWN_GRACE, DEFAULT_STOP_GRACE,
-    DEFAULT_UPDATE_MONITOR, DEFAULT_UPDATE_PARALLELISM, MAX_ENDPOINTS, MAX_PORTS, MAX_REPLICAS,
-    MAX_WEIGHT,
+    DEFAULT_INGRESS_ADDR, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_UDP_SESSIONS, DEFAULT_REPLICAS,
+    DEFAULT_RESTART_DELAY, DEFAULT_RETRIES, DEFAULT_RISE, DEFAULT_SHUTDOWN_GRACE,
+    DEFAULT_STOP_GRACE, DEFAULT_UDP_IDLE_TIMEOUT, DEFAULT_UPDATE_MONITOR,
+    DEFAULT_UPDATE_PARALLELISM, MAX_ENDPOINTS, MAX_PORTS, MAX_REPLICAS, MAX_WEIGHT,
 };
 use crate::error::{ConfigError, FieldError};
 use crate::spec::{ConfigFile, EndpointSpec, HealthSpec, NodeConfig, PortSpec, ServiceSpec};
@@ -58,7 +58,8 @@ impl ConfigFile {
         let node = self.node.validate().map_err(|e| e.within("node"))?;
         let mut services = Vec::with_capacity(self.services.len());
         let mut names = HashSet::new();
-        let mut bound = BoundAddrs::default();
+        // One set per protocol: 53/tcp and 53/udp do not clash.
+        let mut bound: HashMap<Protocol, BoundAddrs> = HashMap::new();
         for (index, spec) in self.services.iter().enumerate() {
             let here = format!("service[{index}]");
             spec.check_limits().map_err(|e| e.within(&here))?;
@@ -69,8 +70,8 @@ impl ConfigFile {
                     format!("a service named {:?} is already defined", service.name),
                 ));
             }
-            for addr in service.listen_addrs(node.ingress_addr) {
-                if let Some(other) = bound.insert(addr, index) {
+            for (protocol, addr) in service.listen_addrs(node.ingress_addr) {
+                if let Some(other) = bound.entry(protocol).or_default().insert(addr, index) {
                     let field = if spec.listen.is_empty() {
                         "ports"
                     } else {
@@ -79,7 +80,8 @@ impl ConfigFile {
                     return Err(FieldError::new(
                         format!("{here}.{field}"),
                         format!(
-                            "listen address {addr} is already used by service {:?}",
+                            "listen address {addr}/{} is already used by service {:?}",
+                            protocol.as_str(),
                             self.services[other].name
                         ),
                     ));
@@ -224,6 +226,18 @@ impl ServiceSpec {
     /// Its cost is linear in the number of ports, listen addresses and
     /// endpoints.
     pub fn validate(&self) -> Result<Service, FieldError> {
+        self.validate_with(true)
+    }
+
+    /// [`ServiceSpec::validate`] as lbd did before UDP ports: a `udp`
+    /// protocol is refused ("not supported yet") where it was. The registry
+    /// applies the commands written before UDP ports with it, so a log
+    /// replays as it applied.
+    pub fn validate_without_udp(&self) -> Result<Service, FieldError> {
+        self.validate_with(false)
+    }
+
+    fn validate_with(&self, udp: bool) -> Result<Service, FieldError> {
         check_dns_label(&self.name).map_err(|r| FieldError::new("name", r))?;
 
         let mut listen = Vec::with_capacity(self.listen.len());
@@ -249,12 +263,16 @@ impl ServiceSpec {
         let mut published = HashSet::with_capacity(self.ports.len());
         for (i, port) in self.ports.iter().enumerate() {
             let mapping = port
-                .validate()
+                .validate(udp)
                 .map_err(|e| e.within(&format!("ports[{i}]")))?;
-            if !published.insert(mapping.published) {
+            if !published.insert((mapping.published, mapping.protocol)) {
                 return Err(FieldError::new(
                     format!("ports[{i}].published"),
-                    format!("port {} is published twice", mapping.published),
+                    format!(
+                        "port {}/{} is published twice",
+                        mapping.published,
+                        mapping.protocol.as_str()
+                    ),
                 ));
             }
             ports.push(mapping);
@@ -298,7 +316,38 @@ impl ServiceSpec {
             endpoints.push(endpoint);
         }
 
-        let health = self.health.validate().map_err(|e| e.within("health"))?;
+        if self.image.is_some() {
+            if let Some(i) = ports.iter().position(|p| p.protocol == Protocol::Udp) {
+                // The Docker runtime publishes TCP ports only so far; a
+                // process task (a command without an image) or a static
+                // endpoint serves UDP.
+                return Err(FieldError::new(
+                    format!("ports[{i}].protocol"),
+                    "udp ports are not supported for image tasks yet; use a command task or static endpoints",
+                ));
+            }
+        }
+        let mut health = self.health.validate().map_err(|e| e.within("health"))?;
+        if let Some(port) = health.port {
+            if !ports.iter().any(|p| p.target == port) {
+                return Err(FieldError::new(
+                    "health.port",
+                    format!("{port} is not the target of any of the service's ports"),
+                ));
+            }
+        }
+        let has_tcp = ports.iter().any(|p| p.protocol == Protocol::Tcp);
+        if !has_tcp && health.port.is_none() && health.kind != HealthCheckKind::None {
+            // UDP has no handshake to check: a service of UDP ports only
+            // is checked over TCP only on a port it names.
+            if self.health.kind.is_some() {
+                return Err(FieldError::new(
+                    "health.port",
+                    "a service of UDP ports only needs the target port its tcp or http check connects to",
+                ));
+            }
+            health.kind = HealthCheckKind::None;
+        }
 
         let connect_timeout = self.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         check_duration(
@@ -314,6 +363,20 @@ impl ServiceSpec {
             Duration::from_secs(7 * 86_400),
         )
         .map_err(|r| FieldError::new("idle_timeout", r))?;
+        let udp_idle_timeout = self.udp_idle_timeout.unwrap_or(DEFAULT_UDP_IDLE_TIMEOUT);
+        check_duration(
+            udp_idle_timeout,
+            Duration::from_millis(1),
+            Duration::from_secs(86_400),
+        )
+        .map_err(|r| FieldError::new("udp_idle_timeout", r))?;
+        let max_udp_sessions = check_int(
+            self.max_udp_sessions,
+            DEFAULT_MAX_UDP_SESSIONS,
+            1,
+            1_000_000,
+        )
+        .map_err(|r| FieldError::new("max_udp_sessions", r))?;
         let drain_timeout = self.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT);
         check_duration(drain_timeout, Duration::ZERO, Duration::from_secs(86_400))
             .map_err(|r| FieldError::new("drain_timeout", r))?;
@@ -350,6 +413,8 @@ impl ServiceSpec {
             proxy_protocol: self.proxy_protocol,
             connect_timeout,
             idle_timeout,
+            udp_idle_timeout,
+            max_udp_sessions,
             drain_timeout,
             max_connections,
             max_connections_per_client,
@@ -477,7 +542,9 @@ impl ServiceSpec {
 }
 
 impl PortSpec {
-    fn validate(&self) -> Result<PortMapping, FieldError> {
+    /// With `udp` false, a udp port is refused as lbd refused it before UDP
+    /// ports (see [`ServiceSpec::validate_without_udp`]).
+    fn validate(&self, udp: bool) -> Result<PortMapping, FieldError> {
         let published = check_port(self.published).map_err(|r| FieldError::new("published", r))?;
         let target = match self.target {
             Some(t) => check_port(t).map_err(|r| FieldError::new("target", r))?,
@@ -485,6 +552,7 @@ impl PortSpec {
         };
         let protocol = match self.protocol.as_deref() {
             None | Some("tcp") => Protocol::Tcp,
+            Some("udp") if udp => Protocol::Udp,
             Some("udp") => {
                 return Err(FieldError::new(
                     "protocol",
@@ -494,7 +562,7 @@ impl PortSpec {
             Some(other) => {
                 return Err(FieldError::new(
                     "protocol",
-                    format!("unknown protocol {other:?}; expected \"tcp\""),
+                    format!("unknown protocol {other:?}; expected \"tcp\" or \"udp\""),
                 ))
             }
         };
@@ -563,6 +631,10 @@ impl HealthSpec {
             }
             (None, _) => "/".to_owned(),
         };
+        let port = match self.port {
+            Some(port) => Some(check_port(port).map_err(|r| FieldError::new("port", r))?),
+            None => None,
+        };
         let interval = self.interval.unwrap_or(DEFAULT_HEALTH_INTERVAL);
         check_duration(
             interval,
@@ -589,6 +661,7 @@ impl HealthSpec {
         .map_err(|r| FieldError::new("eject_time", r))?;
         Ok(HealthCheck {
             kind,
+            port,
             path,
             interval,
             timeout,
@@ -719,7 +792,7 @@ mod tests {
         );
         assert_eq!(
             web.listen_addrs(DEFAULT_INGRESS_ADDR),
-            vec!["0.0.0.0:8080".parse::<SocketAddr>().unwrap()] // fixed-port-ok
+            vec![(Protocol::Tcp, "0.0.0.0:8080".parse::<SocketAddr>().unwrap())] // fixed-port-ok
         );
     }
 
@@ -775,8 +848,32 @@ mod tests {
                 "service[0].ports[0].target",
             ),
             (
-                "[[service]]\nname = \"web\"\nports = [{ published = 80, protocol = \"udp\" }]",
+                "[[service]]\nname = \"web\"\nports = [{ published = 80, protocol = \"sctp\" }]",
                 "service[0].ports[0].protocol",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 53, protocol = \"udp\" }, { published = 53, protocol = \"udp\" }]",
+                "service[0].ports[1].published",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 53, protocol = \"udp\" }]\n[service.health]\ntype = \"tcp\"",
+                "service[0].health.port",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 53, protocol = \"udp\" }]\n[service.health]\nport = 54",
+                "service[0].health.port",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 53, protocol = \"udp\" }]\nudp_idle_timeout = \"0s\"",
+                "service[0].udp_idle_timeout",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nports = [{ published = 53, protocol = \"udp\" }]\nmax_udp_sessions = 0",
+                "service[0].max_udp_sessions",
+            ),
+            (
+                "[[service]]\nname = \"web\"\nimage = \"dns:1\"\nports = [{ published = 53 }, { published = 53, protocol = \"udp\" }]",
+                "service[0].ports[1].protocol",
             ),
             (
                 "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"10.0.0.1\", weight = 0 }]",
@@ -820,11 +917,70 @@ mod tests {
     }
 
     #[test]
-    fn udp_is_refused_as_not_supported_yet() {
-        let err = invalid(
-            "[[service]]\nname = \"web\"\nports = [{ published = 53, protocol = \"udp\" }]",
+    fn udp_ports_are_accepted_beside_tcp_on_the_same_number() {
+        let cfg = ConfigFile::parse(
+            r#"
+            [[service]]
+            name = "dns"
+            ports = [{ published = 53, protocol = "udp" }, { published = 53 }]
+            endpoints = [{ address = "10.0.0.1" }]
+            [[service]]
+            name = "syslog"
+            listen = ["127.0.0.1"]
+            ports = [{ published = 514, protocol = "udp" }]
+            udp_idle_timeout = "5s"
+            max_udp_sessions = 7
+            [[service]]
+            name = "other"
+            listen = ["127.0.0.1"]
+            ports = [{ published = 514 }]
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let dns = &cfg.services[0];
+        assert_eq!(
+            dns.ports.iter().map(|p| p.protocol).collect::<Vec<_>>(),
+            [Protocol::Udp, Protocol::Tcp]
         );
-        assert!(err.reason.contains("not supported yet"), "{err}");
+        assert_eq!(dns.udp_idle_timeout, DEFAULT_UDP_IDLE_TIMEOUT);
+        assert_eq!(dns.max_udp_sessions, DEFAULT_MAX_UDP_SESSIONS);
+        // A TCP port: the default check, on that port.
+        assert_eq!(dns.health.kind, HealthCheckKind::Tcp);
+        assert_eq!(dns.health_target(), Some(53));
+        let syslog = &cfg.services[1];
+        assert_eq!(syslog.udp_idle_timeout, Duration::from_secs(5));
+        assert_eq!(syslog.max_udp_sessions, 7);
+        // UDP ports only: no check unless one is asked for with its port.
+        assert_eq!(syslog.health.kind, HealthCheckKind::None);
+        assert_eq!(syslog.health_target(), None);
+
+        let checked = ConfigFile::parse(
+            "[[service]]\nname = \"dns\"\nports = [{ published = 53, target = 5353, protocol = \"udp\" }]\n[service.health]\nport = 5353",
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(checked.services[0].health.kind, HealthCheckKind::Tcp);
+        assert_eq!(checked.services[0].health_target(), Some(5353));
+
+        // The same address and port for udp in two services clashes.
+        let err = invalid(
+            r#"
+            [[service]]
+            name = "a"
+            listen = ["127.0.0.1"]
+            ports = [{ published = 514, protocol = "udp" }]
+            [[service]]
+            name = "b"
+            ports = [{ published = 514, protocol = "udp" }]
+            [node]
+            ingress_addr = "127.0.0.1"
+            "#,
+        );
+        assert_eq!(err.field, "service[1].ports");
+        assert!(err.reason.contains("514/udp"), "{err}");
     }
 
     #[test]

@@ -332,7 +332,7 @@ pub struct FollowArgs {
 /// Spec flags shared by `service create` and `service update`.
 #[derive(Debug, Args, Default)]
 pub struct SpecArgs {
-    /// Publish a port: `8080:80`, `8080`, or `published=8080,target=80[,protocol=tcp]`.
+    /// Publish a port: `8080:80`, `53:53/udp`, `8080`, or `published=8080,target=80[,protocol=tcp|udp]`.
     #[arg(short = 'p', long = "publish", value_name = "SPEC", value_parser = parse_publish)]
     pub publish: Vec<PortSpec>,
     /// Static backend `ADDR[,weight=N]`, repeatable.
@@ -354,6 +354,14 @@ pub struct SpecArgs {
     /// behind one NAT share an address).
     #[arg(long = "max-connections-per-client", value_name = "N")]
     pub max_connections_per_client: Option<i64>,
+    /// UDP ports: a client flow keeps its task until it sends or gets no
+    /// datagram for this long (default 60s).
+    #[arg(long = "udp-idle-timeout", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub udp_idle_timeout: Option<Duration>,
+    /// UDP ports: open sessions (client flows) the service holds on each
+    /// node; a new flow past it is dropped (default 10000).
+    #[arg(long = "max-udp-sessions", value_name = "N")]
+    pub max_udp_sessions: Option<i64>,
     /// Resend a request to another task when one closes the connection
     /// before answering (a killed task's in-flight requests); a request may
     /// then reach two tasks, so keep it off for non-idempotent protocols.

@@ -42,17 +42,16 @@ fn parse_port(text: &str, what: &str) -> Result<i64, String> {
         .map_err(|_| format!("{what} {text:?} is not a port number"))
 }
 
-/// A publish protocol: `tcp` (the default), or a clear refusal.
+/// A publish protocol: `tcp` (the default) or `udp`, or a clear refusal.
 fn parse_protocol(text: &str) -> Result<String, String> {
     match text {
-        "tcp" => Ok(text.to_owned()),
-        "udp" => Err("udp is not supported yet (only tcp)".to_owned()),
-        other => Err(format!("protocol {other:?} is not tcp")),
+        "tcp" | "udp" => Ok(text.to_owned()),
+        other => Err(format!("protocol {other:?} is not tcp or udp")),
     }
 }
 
-/// docker's publish syntax, short (`8080:80`, `8080:80/tcp`, `8080`) and
-/// long (`published=8080,target=80,protocol=tcp`).
+/// docker's publish syntax, short (`8080:80`, `8080:80/tcp`, `53:53/udp`,
+/// `8080`) and long (`published=8080,target=80,protocol=tcp`).
 pub fn parse_publish(text: &str) -> Result<PortSpec, String> {
     if text.contains('=') {
         let mut spec = PortSpec::default();
@@ -127,15 +126,16 @@ mod tests {
             (8080, Some(80), Some("tcp"))
         );
         assert_eq!(parse_publish("9000/tcp").unwrap().published, 9000);
-        for udp in ["8080:80/udp", "published=8080,protocol=udp"] {
+        for udp in ["53:53/udp", "published=53,target=53,protocol=udp"] {
+            let spec = parse_publish(udp).unwrap();
             assert_eq!(
-                parse_publish(udp).unwrap_err(),
-                "udp is not supported yet (only tcp)"
+                (spec.published, spec.target, spec.protocol.as_deref()),
+                (53, Some(53), Some("udp"))
             );
         }
         assert_eq!(
             parse_publish("8080:80/sctp").unwrap_err(),
-            "protocol \"sctp\" is not tcp"
+            "protocol \"sctp\" is not tcp or udp"
         );
     }
 

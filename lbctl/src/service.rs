@@ -225,14 +225,18 @@ fn env_key(entry: &str) -> &str {
 
 /// Writes the flags that were given into `spec`. `replace_lists` (create)
 /// makes the published ports and endpoints exactly the flags'; otherwise
-/// (update) each flag replaces the entry with the same port or address.
+/// (update) each flag replaces the entry with the same port and protocol
+/// (53/tcp and 53/udp are two entries) or the same address.
 fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     if replace_lists {
         spec.ports = args.publish.clone();
         spec.endpoints = args.endpoint.clone();
     } else {
+        let protocol =
+            |p: &lb_config::PortSpec| p.protocol.clone().unwrap_or_else(|| "tcp".to_owned());
         for port in &args.publish {
-            spec.ports.retain(|p| p.published != port.published);
+            spec.ports
+                .retain(|p| (p.published, protocol(p)) != (port.published, protocol(port)));
             spec.ports.push(port.clone());
         }
         for endpoint in &args.endpoint {
@@ -254,6 +258,12 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     }
     if let Some(max) = args.max_connections {
         spec.max_connections = Some(max);
+    }
+    if let Some(idle) = args.udp_idle_timeout {
+        spec.udp_idle_timeout = Some(idle);
+    }
+    if let Some(max) = args.max_udp_sessions {
+        spec.max_udp_sessions = Some(max);
     }
     if let Some(retry) = args.retry_on_empty {
         spec.retry_on_empty = Some(retry);
@@ -355,7 +365,8 @@ fn service_table(services: &[ServiceStatus]) -> String {
                 .iter()
                 .map(|p| {
                     let target = p.target.unwrap_or(p.published);
-                    format!("*:{}->{target}/tcp", p.published)
+                    let protocol = p.protocol.as_deref().unwrap_or("tcp");
+                    format!("*:{}->{target}/{protocol}", p.published)
                 })
                 .collect::<Vec<_>>()
                 .join(",");
@@ -436,6 +447,12 @@ mod tests {
             "750ms",
             "--access-log",
             "true",
+            "-p",
+            "53:53/udp",
+            "--udp-idle-timeout",
+            "30s",
+            "--max-udp-sessions",
+            "500",
         ])
         .expect("flags parse");
         let Noun::Service(command) = cli.command else {
@@ -451,19 +468,81 @@ mod tests {
         assert_eq!(spec.retry_on_empty, Some(true));
         assert_eq!(spec.reply_timeout, Some(Duration::from_millis(750)));
         assert_eq!(spec.access_log, Some(true));
+        assert_eq!(spec.udp_idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(spec.max_udp_sessions, Some(500));
+        assert_eq!(spec.ports[0].protocol.as_deref(), Some("udp"));
+    }
+
+    #[test]
+    fn an_update_adds_a_udp_port_beside_the_tcp_one_of_its_number() {
+        let cli = Cli::try_parse_from([
+            "lbctl",
+            "service",
+            "update",
+            "dns",
+            "-p",
+            "53:53/udp",
+            "-p",
+            "54:54",
+        ])
+        .expect("flags parse");
+        let Noun::Service(command) = cli.command else {
+            panic!("not a service command");
+        };
+        let ServiceCommand::Update { spec: args, .. } = *command else {
+            panic!("not a service update");
+        };
+        let mut spec = ServiceSpec {
+            ports: vec![
+                lb_config::PortSpec {
+                    published: 53,
+                    target: Some(53),
+                    protocol: None,
+                },
+                lb_config::PortSpec {
+                    published: 54,
+                    target: Some(1),
+                    protocol: Some("tcp".to_owned()),
+                },
+            ],
+            ..ServiceSpec::default()
+        };
+        apply_flags(&args, &mut spec, false);
+        let ports: Vec<(i64, Option<i64>, Option<&str>)> = spec
+            .ports
+            .iter()
+            .map(|p| (p.published, p.target, p.protocol.as_deref()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (53, Some(53), None),
+                (53, Some(53), Some("udp")),
+                (54, Some(54), None)
+            ]
+        );
     }
 
     #[test]
     fn listener_errors_are_one_line_each_under_the_table() {
         assert_eq!(listener_lines(&[]), "");
-        let errors = [ListenerError {
-            node: "node-2".to_owned(),
-            address: "127.0.0.2:8080".parse().expect("address"), // fixed-port-ok: text only
-            error: "address in use".to_owned(),
-        }];
+        let errors = [
+            ListenerError {
+                node: "node-2".to_owned(),
+                address: "127.0.0.2:8080".parse().expect("address"), // fixed-port-ok: text only
+                protocol: lb_config::Protocol::Tcp,
+                error: "address in use".to_owned(),
+            },
+            ListenerError {
+                node: "node-2".to_owned(),
+                address: "127.0.0.2:53".parse().expect("address"), // fixed-port-ok: text only
+                protocol: lb_config::Protocol::Udp,
+                error: "address in use".to_owned(),
+            },
+        ];
         assert_eq!(
             listener_lines(&errors),
-            "\nnode-2: cannot bind 127.0.0.2:8080: address in use\n"
+            "\nnode-2: cannot bind 127.0.0.2:8080: address in use\nnode-2: cannot bind 127.0.0.2:53/udp: address in use\n"
         );
     }
 }

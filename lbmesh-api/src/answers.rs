@@ -401,16 +401,28 @@ pub struct ListenerError {
     /// The node's name.
     pub node: String,
     pub address: SocketAddr,
+    /// `udp` for a UDP port; absent for TCP (and from older lbd).
+    #[serde(default, skip_serializing_if = "is_tcp")]
+    pub protocol: lb_config::Protocol,
     /// The bind error in words (`address in use`).
     pub error: String,
 }
 
+fn is_tcp(protocol: &lb_config::Protocol) -> bool {
+    *protocol == lb_config::Protocol::Tcp
+}
+
 impl fmt::Display for ListenerError {
-    /// `node-2: cannot bind 127.0.0.2:8080: address in use`.
+    /// `node-2: cannot bind 127.0.0.2:8080: address in use` (a UDP port's
+    /// address as `127.0.0.2:53/udp`).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let protocol = match self.protocol {
+            lb_config::Protocol::Tcp => "",
+            lb_config::Protocol::Udp => "/udp",
+        };
         write!(
             f,
-            "{}: cannot bind {}: {}",
+            "{}: cannot bind {}{protocol}: {}",
             self.node, self.address, self.error
         )
     }

@@ -36,6 +36,7 @@ use tracing::{debug, error, warn};
 
 use crate::access_log::AccessLog;
 use crate::connection::serve_connection;
+use crate::discovery::ProtoAddr;
 use crate::fd;
 use crate::routing::RoutingTable;
 
@@ -92,6 +93,7 @@ pub async fn accept_loop(
             return;
         }
     };
+    let key = ProtoAddr::tcp(listen_addr);
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let mut accepted: u32 = 0;
     loop {
@@ -107,7 +109,7 @@ pub async fn accept_loop(
             () = stop.cancelled() => return,
         };
         // One table load per connection: the route taken here serves it.
-        let Some(route) = ctx.table.load().route(&listen_addr).cloned() else {
+        let Some(route) = ctx.table.load().route(&key).cloned() else {
             // The reload that removed this route stops this loop right after.
             stop.cancelled().await;
             return;

@@ -39,7 +39,7 @@ use crate::routing::Route;
 
 /// The budget of "backend ejected" and "backend recovered" lines, shared
 /// by every service of the process.
-static BACKEND_EVENTS: RateLimit = RateLimit::new();
+pub(crate) static BACKEND_EVENTS: RateLimit = RateLimit::new();
 
 /// Serves one client connection to its end, holding its places (the
 /// service's permit and, under a per-client cap, the client's share) until

@@ -12,18 +12,58 @@
 //! ```text
 //! Update::Reset([ServiceRoutes]) | Add([ServiceRoutes]) | Remove([name])
 //! ServiceRoutes { name, algorithm, max_connections, settings,
-//!                 ports: [PortRoutes { listen: [ip:published..], vip: vip:target,
+//!                 ports: [PortRoutes { protocol, listen: [ip:published..], vip: vip:target,
 //!                                      endpoints: [addr, weight, labels: task, node] }] }
 //! ```
+//!
+//! A port's protocol says how its addresses are served: a TCP port's by
+//! accept loops, a UDP port's by [`crate::udp`]'s session relay. The pair
+//! ([`ProtoAddr`]) is the key of a route, a listener and a backend, so one
+//! service may publish 53/tcp and 53/udp.
 //!
 //! A service added again with routes equal to the ones it has keeps its
 //! routes, backend sets and Maglev table as they are.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lb_config::{Algorithm, ProxyProtocol};
+use lb_config::{Algorithm, Protocol, ProxyProtocol};
+
+/// An address with its transport: what a route, a listener and a backend
+/// are keyed by. It prints as the address for TCP (the form metric labels
+/// and reports always had) and as `ADDR/udp` for UDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProtoAddr {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+}
+
+impl ProtoAddr {
+    pub fn tcp(addr: SocketAddr) -> Self {
+        Self {
+            protocol: Protocol::Tcp,
+            addr,
+        }
+    }
+
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            protocol: Protocol::Udp,
+            addr,
+        }
+    }
+}
+
+impl fmt::Display for ProtoAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.protocol {
+            Protocol::Tcp => write!(f, "{}", self.addr),
+            Protocol::Udp => write!(f, "{}/udp", self.addr),
+        }
+    }
+}
 
 /// A change of the services to route.
 #[derive(Debug, Clone)]
@@ -50,6 +90,9 @@ pub struct ServiceRoutes {
 /// The addresses one port of a service answers on, and where it sends them.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PortRoutes {
+    /// How the listen addresses and the VIP are served, and how the
+    /// endpoints are reached.
+    pub protocol: Protocol,
     /// Bound by this node alone: the published port on each ingress address.
     pub listen: Vec<SocketAddr>,
     /// The service's virtual IP on the port's target port. Several nodes on
@@ -99,4 +142,10 @@ pub struct RouteSettings {
     pub max_connections_per_client: u32,
     /// One access log line per closed connection (`access_log`).
     pub access_log: bool,
+    /// UDP ports: a session without a datagram either way for this long
+    /// ends.
+    pub udp_idle_timeout: Duration,
+    /// UDP ports: the service's open sessions on this node, over all its
+    /// UDP ports; a new flow past it is dropped.
+    pub max_udp_sessions: u32,
 }

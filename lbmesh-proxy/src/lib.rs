@@ -11,6 +11,8 @@
 //!
 //! accept loop (one per proxy thread and address) ──> connection: load table ─> route
 //!   ─> pick (balance) ─> connect (retry, eject) ─> PROXY header ─> forward (copy | splice) ─> close
+//! udp::serve (one per proxy thread and UDP address) ──> session per client flow ─> pick
+//!   ─> connected socket to the backend ─> datagrams both ways ─> idle expiry
 //! ```
 //!
 //! - [`discovery`]: the one narrow input type, services with their
@@ -27,6 +29,8 @@
 //!   Linux and `eof` for half-closes) moves the bytes, counted by `tally`; `fd` registers
 //!   sockets with the reactor (the crate's one `unsafe`); `tcp` holds the
 //!   socket options of both sides; [`proxy_protocol`] writes PROXY headers.
+//! - [`udp`] serves UDP ports and VIPs: a session per client flow, its
+//!   replies relayed back from the published socket.
 //! - [`metrics`] holds the data plane's Prometheus families; [`error`]
 //!   says whose fault a failure was (client, backend, this node);
 //!   `log_limit` bounds the log lines a failing backend can cause;
@@ -62,6 +66,7 @@ pub mod routing;
 mod splice;
 mod tally;
 mod tcp;
+pub mod udp;
 pub mod workers;
 
 pub use proxy::{ApplyError, ListenerFailure, Proxy, BIND_RETRY};

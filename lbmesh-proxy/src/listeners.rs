@@ -7,6 +7,11 @@
 //! a machine share it. [`bind_copies`] returns one descriptor per proxy
 //! thread, all for one socket; [`describe_bind_error`] words a failure for
 //! reports.
+//!
+//! A UDP address is bound differently ([`bind_udp_copies`]): one socket per
+//! proxy thread, each `SO_REUSEPORT`, so the kernel hashes every flow
+//! (client address and port) to one thread's socket, and each thread's
+//! session table sees all of a flow's datagrams without sharing a lock.
 
 use std::io;
 use std::net::SocketAddr;
@@ -75,6 +80,26 @@ pub fn bind_copies(
         .collect::<io::Result<Vec<_>>>()?;
     listeners.push(listener);
     Ok(listeners)
+}
+
+/// Binds `copies` (at least one) non-blocking UDP sockets on `addr`, all
+/// `SO_REUSEPORT` (and v6-only for IPv6), one per proxy thread: the kernel
+/// sends each flow to one of them. Sockets of another process bound there
+/// without `SO_REUSEPORT` make this fail with "address in use".
+pub fn bind_udp_copies(addr: SocketAddr, copies: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    (0..copies.max(1))
+        .map(|_| {
+            let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            if addr.is_ipv6() {
+                socket.set_only_v6(true)?;
+            }
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            Ok(socket.into())
+        })
+        .collect()
 }
 
 /// A bind error as the short phrase reports show (`cannot bind ADDR:

@@ -32,6 +32,9 @@
 //! | `lbmesh_connection_duration_seconds` | histogram | service | client connections from accept to close |
 //! | `lbmesh_connections_closed_total` | counter | service, end | client connections by how they ended: `finished`, `idle_timeout`, `client_error`, `backend_error` (aborts by side), `no_backend` |
 //! | `lbmesh_access_log_lines_total`, `..._dropped_total`, `..._write_errors_total` | counter | | access log lines written, dropped on a full queue, lost to write errors (registered by [`crate::access_log`]) |
+//!
+//! UDP ports add the families of [`crate::udp::metrics`] and give their
+//! backends the per-backend series above under `backend="ADDR/udp"`.
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -40,6 +43,7 @@ use prometheus::{
 
 use crate::discovery::EndpointLabels;
 use crate::error::{ClientFailure, ConnectFailure, End, Side};
+use crate::udp::metrics::{UdpBackendMetrics, UdpFamilies, UdpServiceMetrics};
 
 /// Connect durations on loopback are tens of microseconds; across a LAN,
 /// hundreds; anything over a second is a backend in trouble.
@@ -75,6 +79,7 @@ pub struct Metrics {
     refused: IntCounterVec,
     forward_errors: IntCounterVec,
     listener_up: IntGaugeVec,
+    udp: UdpFamilies,
 }
 
 /// Handles for one (service, backend) pair.
@@ -92,6 +97,8 @@ pub struct BackendMetrics {
     pub up: IntGauge,
     pub ejections: IntCounter,
     pub unanswered: IntCounter,
+    /// A UDP backend's datagram counts; `None` for TCP.
+    pub udp: Option<UdpBackendMetrics>,
 }
 
 impl BackendMetrics {
@@ -113,6 +120,7 @@ impl BackendMetrics {
             up: gauge(),
             ejections: counter(),
             unanswered: counter(),
+            udp: None,
         }
     }
 
@@ -319,6 +327,7 @@ impl Metrics {
                 ),
                 &["service", "address"],
             )?,
+            udp: UdpFamilies::new(registry)?,
         };
         let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(metrics.retries.clone()),
@@ -371,7 +380,27 @@ impl Metrics {
             up,
             ejections: self.ejections.with_label_values(&labels),
             unanswered: self.unanswered.with_label_values(&labels),
+            udp: None,
         }
+    }
+
+    /// A UDP backend's handles: [`Metrics::backend`]'s and its datagram
+    /// counts (`backend` is its `ADDR/udp` label).
+    pub fn udp_backend(
+        &self,
+        service: &str,
+        backend: &str,
+        labels: &EndpointLabels,
+    ) -> BackendMetrics {
+        BackendMetrics {
+            udp: Some(self.udp.backend(service, backend)),
+            ..self.backend(service, backend, labels)
+        }
+    }
+
+    /// The UDP handles of a service with UDP ports.
+    pub fn udp_service(&self, service: &str) -> UdpServiceMetrics {
+        self.udp.service(service)
     }
 
     /// Drops the label sets of a backend that left the configuration.
@@ -391,6 +420,7 @@ impl Metrics {
             let _ = family.remove_label_values(&labels);
         }
         let _ = self.connect_duration.remove_label_values(&labels);
+        self.udp.remove_backend(service, backend);
         for reason in ["refused", "timeout", "local", "other"] {
             let _ = self
                 .connect_errors
@@ -420,7 +450,13 @@ impl Metrics {
         }
     }
 
+    /// Drops the UDP series of a service that has no UDP port any more.
+    pub fn remove_udp_service(&self, service: &str) {
+        self.udp.remove_service(service);
+    }
+
     pub fn remove_service(&self, service: &str) {
+        self.udp.remove_service(service);
         let _ = self.service_active.remove_label_values(&[service]);
         for reason in ["no_backend", "all_attempts_failed"] {
             let _ = self.failed.remove_label_values(&[service, reason]);

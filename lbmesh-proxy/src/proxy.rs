@@ -9,7 +9,8 @@
 //!                 ─> RoutingTable::build (what changed; reusing the rest) ─> bind the new addresses
 //!                 ─> store the table (one ArcSwap store) ─> commit (limits, stale metrics)
 //!                 ─> forget the addresses that left (stop their loops, drop their gauges)
-//!                 ─> start loops on the new ones; note the ones that failed
+//!                 ─> start loops on the new ones (accept loops for TCP, session
+//!                    relays for UDP: `crate::udp`); note the ones that failed
 //!   only the addresses the build touched are looked at, so a change costs
 //!   what it changed, not what the table holds
 //!   apply (a config file): a published address that fails, before the store:
@@ -32,7 +33,9 @@
 //!
 //! - Every address of the stored table has one entry in `listeners`, bound
 //!   or failing, and one `lbmesh_listener_up{service,address}` series
-//!   (1 bound, 0 failing); an address that leaves the table loses both.
+//!   (1 bound, 0 failing; a UDP address is labelled `ADDR/udp`); an address
+//!   that leaves the table loses both. Addresses are keyed with their
+//!   protocol, so 53/tcp and 53/udp are two listeners.
 //! - A failing address still has its route in the table, so the moment it
 //!   binds its accept loops serve it; nothing on the accept path changes
 //!   (it only loads the table).
@@ -43,6 +46,8 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use lb_config::Protocol;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -54,10 +59,11 @@ use tracing::{debug, info, warn};
 
 use crate::accept::{accept_loop, next_lane, ProxyContext};
 use crate::access_log::AccessLog;
-use crate::discovery::{ServiceRoutes, Update};
-use crate::listeners::{bind_copies, describe_bind_error, ListenOptions};
+use crate::discovery::{ProtoAddr, ServiceRoutes, Update};
+use crate::listeners::{bind_copies, bind_udp_copies, describe_bind_error, ListenOptions};
 use crate::metrics::Metrics;
 use crate::routing::{Changes, RoutingTable};
+use crate::udp;
 use crate::workers::ProxyWorkers;
 
 /// How long an address that failed to bind waits for its next try. A taken
@@ -69,7 +75,7 @@ pub const BIND_RETRY: Duration = Duration::from_secs(2);
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen on {addr} for service {service:?}: {source}")]
 pub struct ApplyError {
-    pub addr: SocketAddr,
+    pub addr: ProtoAddr,
     pub service: String,
     #[source]
     pub source: io::Error,
@@ -80,6 +86,7 @@ pub struct ApplyError {
 pub struct ListenerFailure {
     pub service: String,
     pub addr: SocketAddr,
+    pub protocol: Protocol,
     /// The bind error in words (`address in use`).
     pub error: String,
 }
@@ -105,7 +112,7 @@ pub struct Proxy {
     metrics: Arc<Metrics>,
     table: Arc<ArcSwap<RoutingTable>>,
     /// Every listen address of the stored table.
-    listeners: HashMap<SocketAddr, Listener>,
+    listeners: HashMap<ProtoAddr, Listener>,
     /// Parent of every listener's token.
     stop_accepting: CancellationToken,
     connections: TaskTracker,
@@ -117,10 +124,16 @@ pub struct Proxy {
     workers: ProxyWorkers,
 }
 
+/// The descriptors of one bound address, one (or a copy) per proxy thread.
+enum Sockets {
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(Vec<std::net::UdpSocket>),
+}
+
 /// Addresses bound by one change, waiting for their accept loops.
-type Bound = Vec<(SocketAddr, Arc<str>, Vec<std::net::TcpListener>)>;
+type Bound = Vec<(ProtoAddr, Arc<str>, Sockets)>;
 /// Addresses that failed to bind in one change.
-type Failed = Vec<(SocketAddr, Arc<str>, io::Error)>;
+type Failed = Vec<(ProtoAddr, Arc<str>, io::Error)>;
 
 impl Proxy {
     /// Starts `threads` proxy threads with an empty table.
@@ -220,7 +233,7 @@ impl Proxy {
 
     /// [`Proxy::retry_failed`] as of `now`.
     fn retry_due(&mut self, now: Instant) -> bool {
-        let due: Vec<(SocketAddr, Arc<str>)> = self
+        let due: Vec<(ProtoAddr, Arc<str>)> = self
             .listeners
             .iter()
             .filter(|(_, listener)| {
@@ -250,7 +263,8 @@ impl Proxy {
             .filter_map(|(addr, listener)| match &listener.state {
                 ListenerState::Failing { error, .. } => Some(ListenerFailure {
                     service: listener.service.to_string(),
-                    addr: *addr,
+                    addr: addr.addr,
+                    protocol: addr.protocol,
                     error: error.clone(),
                 }),
                 ListenerState::Bound(_) => None,
@@ -301,16 +315,17 @@ impl Proxy {
     }
 
     /// Binds `addr` of `table`, one descriptor per proxy thread.
-    fn bind(
-        &self,
-        table: &RoutingTable,
-        addr: SocketAddr,
-    ) -> io::Result<Vec<std::net::TcpListener>> {
-        let options = ListenOptions {
-            reuse_port: table.is_shared(&addr),
-            ..ListenOptions::default()
-        };
-        bind_copies(addr, options, self.workers.count())
+    fn bind(&self, table: &RoutingTable, addr: ProtoAddr) -> io::Result<Sockets> {
+        match addr.protocol {
+            Protocol::Tcp => {
+                let options = ListenOptions {
+                    reuse_port: table.is_shared(&addr),
+                    ..ListenOptions::default()
+                };
+                bind_copies(addr.addr, options, self.workers.count()).map(Sockets::Tcp)
+            }
+            Protocol::Udp => bind_udp_copies(addr.addr, self.workers.count()).map(Sockets::Udp),
+        }
     }
 
     /// Binds every address the build touched that `table` routes and that
@@ -374,7 +389,7 @@ impl Proxy {
     /// changes. Returns whether the reason is new.
     fn note_failure(
         &mut self,
-        addr: SocketAddr,
+        addr: ProtoAddr,
         service: Arc<str>,
         error: &io::Error,
         now: Instant,
@@ -416,13 +431,9 @@ impl Proxy {
         true
     }
 
-    /// Starts one accept loop per proxy thread on a newly bound address.
-    fn start_listener(
-        &mut self,
-        addr: SocketAddr,
-        service: Arc<str>,
-        listeners: Vec<std::net::TcpListener>,
-    ) {
+    /// Starts one accept loop (TCP) or session relay (UDP) per proxy
+    /// thread on a newly bound address.
+    fn start_listener(&mut self, addr: ProtoAddr, service: Arc<str>, sockets: Sockets) {
         let ctx = ProxyContext {
             table: Arc::clone(&self.table),
             connections: self.connections.clone(),
@@ -431,11 +442,23 @@ impl Proxy {
         let stop = self.stop_accepting.child_token();
         info!(%addr, "listening");
         let lane = next_lane();
-        for (worker, listener) in listeners.into_iter().enumerate() {
-            self.workers.spawn_on(
-                worker,
-                accept_loop(listener, addr, lane, ctx.clone(), stop.clone()),
-            );
+        match sockets {
+            Sockets::Tcp(listeners) => {
+                for (worker, listener) in listeners.into_iter().enumerate() {
+                    self.workers.spawn_on(
+                        worker,
+                        accept_loop(listener, addr.addr, lane, ctx.clone(), stop.clone()),
+                    );
+                }
+            }
+            Sockets::Udp(sockets) => {
+                for (worker, socket) in sockets.into_iter().enumerate() {
+                    self.workers.spawn_on(
+                        worker,
+                        udp::serve(socket, addr.addr, lane, ctx.table.clone(), stop.clone()),
+                    );
+                }
+            }
         }
         let up = self.metrics.listener_up(&service, &addr.to_string());
         up.set(1);
@@ -472,8 +495,11 @@ mod tests {
                 reply_timeout: None,
                 access_log: false,
                 max_connections_per_client: 0,
+                udp_idle_timeout: Duration::from_secs(60),
+                max_udp_sessions: 100,
             },
             ports: vec![PortRoutes {
+                protocol: Protocol::Tcp,
                 listen: vec![listen],
                 vip: None,
                 endpoints: Vec::new(),
@@ -520,7 +546,7 @@ mod tests {
         // A config file's change is refused whole, and leaves nothing behind.
         let refused = proxy.apply(&services);
         assert!(
-            matches!(&refused, Err(e) if e.addr == taken_addr && e.service == "blocked"),
+            matches!(&refused, Err(e) if e.addr == ProtoAddr::tcp(taken_addr) && e.service == "blocked"),
             "{refused:?}"
         );
         assert_eq!(proxy.listener_count(), 0);
@@ -530,12 +556,17 @@ mod tests {
         proxy.apply_per_listener(&[Update::Reset(services.to_vec())]);
         assert_eq!(proxy.listener_count(), 1);
         std::net::TcpStream::connect(web_addr).expect("web is served");
-        assert!(proxy.table().load().route(&taken_addr).is_some());
+        assert!(proxy
+            .table()
+            .load()
+            .route(&ProtoAddr::tcp(taken_addr))
+            .is_some());
         assert_eq!(
             proxy.failures(),
             [ListenerFailure {
                 service: "blocked".to_owned(),
                 addr: taken_addr,
+                protocol: Protocol::Tcp,
                 error: "address in use".to_owned(),
             }]
         );

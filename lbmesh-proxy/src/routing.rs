@@ -10,9 +10,13 @@
 //!
 //! A [`Route`] is what a listener needs for a new connection: the service's
 //! long-lived state (connection limit, metrics), the per-connection settings
-//! and the [`BackendSet`]. Routes are keyed by the listen address they serve,
-//! so a listener finds its route with one map lookup and a reload that moves a
-//! port to another service needs no listener change.
+//! and the [`BackendSet`]. Routes are keyed by the listen address they serve
+//! with its protocol ([`ProtoAddr`]), so a listener finds its route with one
+//! map lookup, a reload that moves a port to another service needs no
+//! listener change, and 53/tcp and 53/udp are two routes. A UDP route also
+//! carries the service's [`UdpService`] (its session count and UDP
+//! metrics), and its backends are keyed apart from TCP ones of the same
+//! address, so a refused datagram ejects the UDP backend only.
 //!
 //! # Cost of a change
 //!
@@ -30,8 +34,9 @@
 //! # Invariants
 //!
 //! - Backends and service states are carried over from the previous table by
-//!   identity (`(service, address)` and service name), so in-flight counts,
-//!   ejections and connection permits survive a reload.
+//!   identity (`(service, protocol, address)` and service name), so in-flight
+//!   counts, ejections, connection permits and UDP session places survive a
+//!   reload.
 //! - `build` has no side effects beyond creating metric handles; the caller
 //!   stores the table first and then calls [`RoutingTable::commit`], so a
 //!   reload that fails after `build` changes nothing.
@@ -43,10 +48,13 @@ use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use lb_config::Protocol;
+
 use crate::balance::{Backend, BackendSet};
-use crate::discovery::{EndpointLabels, RouteSettings, ServiceRoutes, Update};
+use crate::discovery::{EndpointLabels, ProtoAddr, RouteSettings, ServiceRoutes, Update};
 use crate::limit::{ClientCounts, ConnectionLimit};
 use crate::metrics::{Metrics, ServiceMetrics};
+use crate::udp::service::UdpService;
 
 /// Shards of each of the table's maps.
 pub const SHARDS: usize = 256;
@@ -85,6 +93,8 @@ pub struct Route {
     /// Bound with SO_REUSEPORT, shared by several sockets and nodes on one
     /// machine: a VIP.
     pub shared: bool,
+    /// The service's UDP state; `Some` exactly on UDP routes.
+    pub udp: Option<Arc<UdpService>>,
 }
 
 /// One routed service: what it was built from and what it made.
@@ -94,16 +104,21 @@ struct ServiceEntry {
     /// One set per port, in `routes.ports` order.
     sets: Vec<Arc<BackendSet>>,
     /// Each backend with the labels its metrics were made with.
-    backends: HashMap<SocketAddr, (Arc<Backend>, EndpointLabels)>,
+    backends: HashMap<ProtoAddr, (Arc<Backend>, EndpointLabels)>,
+    /// While the service has a UDP port.
+    udp: Option<Arc<UdpService>>,
 }
 
 impl ServiceEntry {
     /// Every address the service's routes answer on.
-    fn addrs(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.routes
-            .ports
-            .iter()
-            .flat_map(|port| port.listen.iter().copied().chain(port.vip))
+    fn addrs(&self) -> impl Iterator<Item = ProtoAddr> + '_ {
+        self.routes.ports.iter().flat_map(|port| {
+            let key = move |addr| ProtoAddr {
+                protocol: port.protocol,
+                addr,
+            };
+            port.listen.iter().copied().chain(port.vip).map(key)
+        })
     }
 }
 
@@ -188,15 +203,17 @@ impl<K: Hash + Eq + Clone, V: Clone> Sharded<K, V> {
 #[derive(Default)]
 pub struct Changes {
     /// Listen addresses whose route was added, replaced or removed.
-    touched: Vec<SocketAddr>,
+    touched: Vec<ProtoAddr>,
     /// Connection caps to apply once the table is stored.
     limits: Vec<(Arc<ServiceState>, u32)>,
     /// Metric series this build created (dropped again if it is abandoned).
     new_services: Vec<Arc<str>>,
-    new_backends: Vec<(Arc<str>, SocketAddr, EndpointLabels)>,
+    new_backends: Vec<(Arc<str>, ProtoAddr, EndpointLabels)>,
     /// Metric series of what this build removed (dropped on commit).
     gone_services: Vec<Arc<str>>,
-    gone_backends: Vec<(Arc<str>, SocketAddr, EndpointLabels)>,
+    gone_backends: Vec<(Arc<str>, ProtoAddr, EndpointLabels)>,
+    /// Services that kept their name but lost their last UDP port.
+    gone_udp: Vec<Arc<str>>,
     /// Services added or changed.
     rebuilt: usize,
 }
@@ -204,7 +221,7 @@ pub struct Changes {
 impl Changes {
     /// The listen addresses whose route changed: the only ones whose
     /// listener may have to be bound, closed or relabelled.
-    pub fn touched(&self) -> &[SocketAddr] {
+    pub fn touched(&self) -> &[ProtoAddr] {
         &self.touched
     }
 
@@ -217,7 +234,7 @@ impl Changes {
 /// One immutable snapshot of all routes.
 #[derive(Default, Clone)]
 pub struct RoutingTable {
-    routes: Sharded<SocketAddr, Arc<Route>>,
+    routes: Sharded<ProtoAddr, Arc<Route>>,
     services: Sharded<Arc<str>, Arc<ServiceEntry>>,
     service_count: usize,
     /// Removed services whose connections are still open keep their state
@@ -309,7 +326,16 @@ impl RoutingTable {
             .limits
             .push((Arc::clone(&state), service.max_connections));
         let name = &state.name;
-        let mut backends: HashMap<SocketAddr, (Arc<Backend>, EndpointLabels)> = HashMap::new();
+        let has_udp = service.ports.iter().any(|p| p.protocol == Protocol::Udp);
+        let udp = has_udp.then(|| {
+            old.as_ref()
+                .and_then(|old| old.udp.clone())
+                .unwrap_or_else(|| Arc::new(UdpService::new(metrics.udp_service(name))))
+        });
+        if !has_udp && old.as_ref().is_some_and(|old| old.udp.is_some()) {
+            changes.gone_udp.push(Arc::clone(name));
+        }
+        let mut backends: HashMap<ProtoAddr, (Arc<Backend>, EndpointLabels)> = HashMap::new();
         let mut sets = Vec::with_capacity(service.ports.len());
         for (i, port) in service.ports.iter().enumerate() {
             let unchanged = old
@@ -327,11 +353,12 @@ impl RoutingTable {
                         .map(|endpoint| (endpoint.addr, &endpoint.labels))
                         .collect();
                     for backend in set.backends() {
+                        let key = ProtoAddr {
+                            protocol: port.protocol,
+                            addr: backend.addr,
+                        };
                         let labels = labels.get(&backend.addr).map(|l| (*l).clone());
-                        backends.insert(
-                            backend.addr,
-                            (Arc::clone(backend), labels.unwrap_or_default()),
-                        );
+                        backends.insert(key, (Arc::clone(backend), labels.unwrap_or_default()));
                     }
                     set
                 }
@@ -340,6 +367,10 @@ impl RoutingTable {
                         .endpoints
                         .iter()
                         .map(|endpoint| {
+                            let key = ProtoAddr {
+                                protocol: port.protocol,
+                                addr: endpoint.addr,
+                            };
                             // A backend is the same one when its address and
                             // labels are (a new task on an old task's port is
                             // another backend, with series of its own).
@@ -347,30 +378,27 @@ impl RoutingTable {
                                 (*labels == endpoint.labels).then(|| Arc::clone(backend))
                             };
                             let backend = backends
-                                .get(&endpoint.addr)
+                                .get(&key)
                                 .and_then(same)
-                                .or_else(|| {
-                                    old.as_ref()?.backends.get(&endpoint.addr).and_then(same)
-                                })
+                                .or_else(|| old.as_ref()?.backends.get(&key).and_then(same))
                                 .unwrap_or_else(|| {
                                     changes.new_backends.push((
                                         Arc::clone(name),
-                                        endpoint.addr,
+                                        key,
                                         endpoint.labels.clone(),
                                     ));
-                                    Arc::new(Backend::new(
-                                        endpoint.addr,
-                                        metrics.backend(
-                                            name,
-                                            &endpoint.addr.to_string(),
-                                            &endpoint.labels,
-                                        ),
-                                    ))
+                                    let label = key.to_string();
+                                    let handles = match key.protocol {
+                                        Protocol::Tcp => {
+                                            metrics.backend(name, &label, &endpoint.labels)
+                                        }
+                                        Protocol::Udp => {
+                                            metrics.udp_backend(name, &label, &endpoint.labels)
+                                        }
+                                    };
+                                    Arc::new(Backend::new(endpoint.addr, handles))
                                 });
-                            backends.insert(
-                                endpoint.addr,
-                                (Arc::clone(&backend), endpoint.labels.clone()),
-                            );
+                            backends.insert(key, (Arc::clone(&backend), endpoint.labels.clone()));
                             (backend, endpoint.weight)
                         })
                         .collect();
@@ -384,6 +412,7 @@ impl RoutingTable {
             state: Arc::clone(&state),
             sets,
             backends,
+            udp: udp.clone(),
         });
         if let Some(old) = &old {
             for (addr, (_, labels)) in &old.backends {
@@ -397,23 +426,32 @@ impl RoutingTable {
                         .push((Arc::clone(name), *addr, labels.clone()));
                 }
             }
-            let now: HashSet<SocketAddr> = entry.addrs().collect();
+            let now: HashSet<ProtoAddr> = entry.addrs().collect();
             for addr in old.addrs().filter(|addr| !now.contains(addr)) {
                 self.remove_route(addr, name, changes);
             }
         }
         for (port, set) in entry.routes.ports.iter().zip(&entry.sets) {
+            let udp = match port.protocol {
+                Protocol::Tcp => None,
+                Protocol::Udp => udp.clone(),
+            };
             let addrs = port
                 .listen
                 .iter()
                 .map(|addr| (*addr, false))
                 .chain(port.vip.map(|addr| (addr, true)));
             for (addr, shared) in addrs {
+                let addr = ProtoAddr {
+                    protocol: port.protocol,
+                    addr,
+                };
                 let same = self.routes.get(&addr).is_some_and(|route| {
                     Arc::ptr_eq(&route.service, &state)
                         && Arc::ptr_eq(&route.backends, set)
                         && route.settings == service.settings
                         && route.shared == shared
+                        && route.udp.is_some() == udp.is_some()
                 });
                 if same {
                     continue;
@@ -423,6 +461,7 @@ impl RoutingTable {
                     settings: service.settings.clone(),
                     backends: Arc::clone(set),
                     shared,
+                    udp: udp.clone(),
                 };
                 self.routes.insert(addr, Arc::new(route));
                 changes.touched.push(addr);
@@ -433,7 +472,7 @@ impl RoutingTable {
 
     /// Removes `addr`'s route if `service` still owns it (in one change a
     /// port may have moved to another service already).
-    fn remove_route(&mut self, addr: SocketAddr, service: &str, changes: &mut Changes) {
+    fn remove_route(&mut self, addr: ProtoAddr, service: &str, changes: &mut Changes) {
         if self
             .routes
             .get(&addr)
@@ -470,7 +509,7 @@ impl RoutingTable {
         self.services.get(name).is_some() || self.retired.contains_key(name)
     }
 
-    fn has_backend(&self, service: &str, addr: &SocketAddr, labels: &EndpointLabels) -> bool {
+    fn has_backend(&self, service: &str, addr: &ProtoAddr, labels: &EndpointLabels) -> bool {
         self.services.get(service).is_some_and(|entry| {
             entry
                 .backends
@@ -496,6 +535,11 @@ impl RoutingTable {
                 metrics.remove_backend(service, &addr.to_string(), labels);
             }
         }
+        for name in &changes.gone_udp {
+            if self.services.get(&**name).is_some_and(|e| e.udp.is_none()) {
+                metrics.remove_udp_service(name);
+            }
+        }
     }
 
     /// When a table was built but will not be stored (the reload failed):
@@ -515,12 +559,12 @@ impl RoutingTable {
     }
 
     /// Whether `addr` is bound with SO_REUSEPORT (a VIP).
-    pub fn is_shared(&self, addr: &SocketAddr) -> bool {
+    pub fn is_shared(&self, addr: &ProtoAddr) -> bool {
         self.route(addr).is_some_and(|route| route.shared)
     }
 
     #[inline]
-    pub fn route(&self, listen_addr: &SocketAddr) -> Option<&Arc<Route>> {
+    pub fn route(&self, listen_addr: &ProtoAddr) -> Option<&Arc<Route>> {
         self.routes.get(listen_addr)
     }
 
@@ -546,6 +590,8 @@ mod tests {
 
     use lb_config::{Algorithm, ProxyProtocol};
 
+    use std::net::SocketAddr;
+
     use super::*;
     use crate::discovery::{Endpoint, PortRoutes, Update};
 
@@ -565,8 +611,11 @@ mod tests {
                 reply_timeout: None,
                 access_log: false,
                 max_connections_per_client: 0,
+                udp_idle_timeout: Duration::from_secs(60),
+                max_udp_sessions: 100,
             },
             ports: vec![PortRoutes {
+                protocol: Protocol::Tcp,
                 listen: vec![listen],
                 vip: None,
                 endpoints: endpoints
@@ -591,13 +640,13 @@ mod tests {
         let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(); // fixed-port-ok: a map key, nothing bound
         let v1 = vec![service(listen, 1000, &["10.0.0.1:80", "10.0.0.2:80"])];
         let first = build(&RoutingTable::default(), &[Update::Reset(v1)], &metrics);
-        let route = first.route(&listen).unwrap();
+        let route = first.route(&ProtoAddr::tcp(listen)).unwrap();
         assert_eq!(route.backends.len(), 2);
         route.backends.backends()[0].eject(Duration::from_secs(60));
 
         let v2 = vec![service(listen, 5, &["10.0.0.1:80", "10.0.0.3:80"])];
         let second = build(&first, &[Update::Reset(v2)], &metrics);
-        let route2 = second.route(&listen).unwrap();
+        let route2 = second.route(&ProtoAddr::tcp(listen)).unwrap();
         assert!(Arc::ptr_eq(
             &route.backends.backends()[0],
             &route2.backends.backends()[0]
@@ -650,6 +699,7 @@ mod tests {
         );
         first.commit(&changes, &metrics);
         assert_eq!(series(), [("web.1".to_owned(), "node-a".to_owned())]);
+        let listen = ProtoAddr::tcp(listen);
         let old = Arc::clone(&first.route(&listen).expect("routed").backends.backends()[0]);
 
         let (second, changes) =
@@ -673,7 +723,7 @@ mod tests {
     }
 
     /// Every route of one service keeps its backend set by identity.
-    fn same_sets(a: &RoutingTable, b: &RoutingTable, addr: SocketAddr) -> bool {
+    fn same_sets(a: &RoutingTable, b: &RoutingTable, addr: ProtoAddr) -> bool {
         Arc::ptr_eq(
             &a.route(&addr).expect("routed").backends,
             &b.route(&addr).expect("routed").backends,
@@ -683,7 +733,7 @@ mod tests {
     #[test]
     fn a_change_rebuilds_only_the_services_it_touches() {
         let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
-        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let addr = |port: u16| ProtoAddr::tcp(SocketAddr::from(([127, 0, 0, 1], port)));
         let services: Vec<ServiceRoutes> = (0..50)
             .map(|i| {
                 let algorithm = if i % 2 == 0 {
@@ -812,9 +862,9 @@ mod tests {
             vec![b_takes.clone(), a_moved.clone()],
         ] {
             let (second, changes) = RoutingTable::build(&first, &[Update::Add(order)], &metrics);
-            let route = second.route(&shared).expect("routed");
+            let route = second.route(&ProtoAddr::tcp(shared)).expect("routed");
             assert_eq!(&*route.service.name, "b");
-            assert!(changes.touched().contains(&shared));
+            assert!(changes.touched().contains(&ProtoAddr::tcp(shared)));
             assert_eq!(second.service_count(), 2);
         }
     }
@@ -829,14 +879,19 @@ mod tests {
             &[Update::Reset(web.clone())],
             &metrics,
         );
-        let state = Arc::clone(&first.route(&listen).expect("routed").service);
+        let state = Arc::clone(
+            &first
+                .route(&ProtoAddr::tcp(listen))
+                .expect("routed")
+                .service,
+        );
         let permit = state.limit.try_acquire().expect("a place");
         let gone = build(&first, &[Update::Remove(vec!["web".to_owned()])], &metrics);
         assert_eq!(gone.service_count(), 0);
         let back = build(&gone, &[Update::Add(web.clone())], &metrics);
         assert!(Arc::ptr_eq(
             &state,
-            &back.route(&listen).expect("routed").service
+            &back.route(&ProtoAddr::tcp(listen)).expect("routed").service
         ));
         drop(permit);
         let gone = build(&back, &[Update::Remove(vec!["web".to_owned()])], &metrics);
@@ -844,7 +899,10 @@ mod tests {
         let fresh = build(&later, &[Update::Add(web)], &metrics);
         assert!(!Arc::ptr_eq(
             &state,
-            &fresh.route(&listen).expect("routed").service
+            &fresh
+                .route(&ProtoAddr::tcp(listen))
+                .expect("routed")
+                .service
         ));
     }
 }

@@ -104,6 +104,13 @@ pub struct Proposal {
     /// JSON when absent, so such an entry is the bare command it always was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestId>,
+    /// Set on a service create or update whose spec has a UDP port, by an
+    /// lbd that routes UDP. Absent in every entry written before UDP
+    /// ports, whose udp specs were refused, and still are
+    /// ([`Command::names_udp`]); absent from the JSON when false, so other
+    /// entries are what they always were.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub udp: bool,
     #[serde(flatten)]
     pub command: Command,
 }
@@ -113,6 +120,7 @@ impl Proposal {
     pub fn once(command: Command) -> Self {
         Self {
             request: None,
+            udp: command.names_udp(),
             command,
         }
     }
@@ -122,7 +130,22 @@ impl Proposal {
     pub fn keyed(request: RequestId, command: Command) -> Self {
         Self {
             request: Some(request),
+            udp: command.names_udp(),
             command,
+        }
+    }
+}
+
+impl Command {
+    /// Whether this is a service create or update whose spec publishes a
+    /// UDP port.
+    pub fn names_udp(&self) -> bool {
+        match self {
+            Command::CreateService { spec, .. } | Command::UpdateService { spec } => spec
+                .ports
+                .iter()
+                .any(|port| port.protocol.as_deref() == Some("udp")),
+            _ => false,
         }
     }
 }

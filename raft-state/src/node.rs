@@ -58,6 +58,14 @@ pub struct NodeRecord {
 pub struct ListenerFailure {
     pub service: String,
     pub address: SocketAddr,
+    /// `udp` for a UDP port; absent for TCP, as every entry written before
+    /// UDP ports is.
+    #[serde(default, skip_serializing_if = "is_tcp")]
+    pub protocol: lb_config::Protocol,
     /// The bind error in words (`address in use`).
     pub error: String,
+}
+
+fn is_tcp(protocol: &lb_config::Protocol) -> bool {
+    *protocol == lb_config::Protocol::Tcp
 }

@@ -86,12 +86,12 @@ impl RegistryState {
     /// an id applies as a bare command always did.
     pub fn apply_proposal(&mut self, proposal: &Proposal) -> Outcome {
         let Some(request) = &proposal.request else {
-            return self.apply(&proposal.command);
+            return self.apply_entry(proposal);
         };
         if let Some(outcome) = self.remembered(request) {
             return outcome;
         }
-        let outcome = self.apply(&proposal.command);
+        let outcome = self.apply_entry(proposal);
         self.requests.remember(request.clone(), &outcome);
         outcome
     }
@@ -136,6 +136,17 @@ impl RegistryState {
 
     /// Applies one command; a rejected command changes nothing.
     pub fn apply(&mut self, command: &Command) -> Outcome {
+        self.apply_with(command, true)
+    }
+
+    /// One log entry: a service spec with a UDP port applies only from an
+    /// lbd that routes UDP (`Proposal::udp`); in an entry written before,
+    /// it is refused as it was then.
+    fn apply_entry(&mut self, proposal: &Proposal) -> Outcome {
+        self.apply_with(&proposal.command, proposal.udp)
+    }
+
+    fn apply_with(&mut self, command: &Command, udp: bool) -> Outcome {
         match command {
             Command::InitCluster { cluster, vip_range } => {
                 if self.cluster.is_some() {
@@ -182,8 +193,8 @@ impl RegistryState {
                 }
                 None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
             },
-            Command::CreateService { spec, id } => self.create_service(spec, id),
-            Command::UpdateService { spec } => self.update_service(spec),
+            Command::CreateService { spec, id } => self.create_service(spec, id, udp),
+            Command::UpdateService { spec } => self.change_service(spec, false, udp),
             Command::RollbackService { name } => self.rollback_service(name),
             Command::Schedule { ops, at } => self.schedule(ops, *at),
             Command::ReportTask { report } => self.report(report),
@@ -312,8 +323,8 @@ impl RegistryState {
         }
     }
 
-    fn create_service(&mut self, spec: &ServiceSpec, id: &str) -> Outcome {
-        let checked = match spec.validate() {
+    fn create_service(&mut self, spec: &ServiceSpec, id: &str, udp: bool) -> Outcome {
+        let checked = match validate(spec, udp) {
             Ok(service) => CheckedSpec::new(service),
             Err(error) => return reject(RejectKind::Invalid, error.field, error.reason),
         };
@@ -351,14 +362,10 @@ impl RegistryState {
         }
     }
 
-    fn update_service(&mut self, spec: &ServiceSpec) -> Outcome {
-        self.change_service(spec, false)
-    }
-
     /// Replaces a service's spec. A new task template starts a rolling
     /// update (or, for a rollback, a rollback) that the scheduler carries out.
-    fn change_service(&mut self, spec: &ServiceSpec, rollback: bool) -> Outcome {
-        let checked = match spec.validate() {
+    fn change_service(&mut self, spec: &ServiceSpec, rollback: bool, udp: bool) -> Outcome {
+        let checked = match validate(spec, udp) {
             Ok(service) => CheckedSpec::new(service),
             Err(error) => return reject(RejectKind::Invalid, error.field, error.reason),
         };
@@ -424,30 +431,36 @@ impl RegistryState {
                 format!("service {name:?} has no previous spec to roll back to"),
             );
         };
-        self.change_service(&previous, true)
+        // A stored spec was accepted once, by the rules of its own entry.
+        self.change_service(&previous, true, true)
     }
 
     /// A published port already owned by another service: one pass over
     /// the other services' ports (the first owner by name, as before), then
     /// one look-up per port of `spec`.
     fn port_clash(&self, spec: &ServiceSpec) -> Option<Outcome> {
-        let mut owners: HashMap<i64, &str> = HashMap::new();
+        // A port is owned per protocol: one service's 53/udp and another's
+        // 53/tcp do not clash. Every spec stored before UDP ports names tcp
+        // (or nothing), so entries written before apply as they did.
+        let udp = |port: &lb_config::PortSpec| port.protocol.as_deref() == Some("udp");
+        let mut owners: HashMap<(i64, bool), &str> = HashMap::new();
         for (name, other) in &self.services {
             if *name == spec.name {
                 continue;
             }
             for port in &other.spec.ports {
-                owners.entry(port.published).or_insert(name);
+                owners.entry((port.published, udp(port))).or_insert(name);
             }
         }
         for (i, port) in spec.ports.iter().enumerate() {
-            if let Some(name) = owners.get(&port.published) {
+            if let Some(name) = owners.get(&(port.published, udp(port))) {
                 return Some(reject(
                     RejectKind::Conflict,
                     format!("ports[{i}].published"),
                     format!(
-                        "port {} is already published by service {name:?}",
-                        port.published
+                        "port {}{} is already published by service {name:?}",
+                        port.published,
+                        if udp(port) { "/udp" } else { "" }
                     ),
                 ));
             }
@@ -491,6 +504,16 @@ fn check_label(key: &str, value: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// A spec's checked form by the rules of its entry: with `udp` false
+/// (an entry written before UDP ports) a udp port is refused as then.
+fn validate(spec: &ServiceSpec, udp: bool) -> Result<lb_config::Service, lb_config::FieldError> {
+    if udp {
+        spec.validate()
+    } else {
+        spec.validate_without_udp()
+    }
 }
 
 #[cfg(test)]
@@ -582,6 +605,7 @@ mod tests {
         let failure = ListenerFailure {
             service: "web".to_owned(),
             address: "127.0.0.2:8080".parse().unwrap(), // fixed-port-ok: a record, nothing bound
+            protocol: lb_config::Protocol::Tcp,
             error: "address in use".to_owned(),
         };
         let report =
@@ -693,6 +717,79 @@ mod tests {
             record.get("id").is_none(),
             "a record without an id writes none"
         );
+    }
+
+    #[test]
+    fn an_entry_written_before_udp_ports_is_refused_as_it_was() {
+        let mut udp = spec("dns", 53);
+        udp.ports[0].protocol = Some("udp".to_owned());
+        let create = Command::CreateService {
+            spec: udp,
+            id: String::new(),
+        };
+        // What an older lbd wrote: the bare command, no `udp` mark.
+        let old: Proposal =
+            serde_json::from_value(serde_json::to_value(&create).expect("json")).expect("entry");
+        assert!(!old.udp);
+        let mut state = RegistryState::default();
+        match state.apply_proposal(&old) {
+            Outcome::Rejected { rejection } => {
+                assert_eq!(rejection.field, "ports[0].protocol");
+                assert_eq!(
+                    rejection.reason,
+                    "udp is not supported yet; only tcp is forwarded"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(state.services.is_empty());
+        // This lbd marks it, and it applies.
+        let new = Proposal::once(create);
+        assert!(new.udp);
+        let text = serde_json::to_string(&new).expect("json");
+        assert!(text.contains("\"udp\":true"), "{text}");
+        assert!(matches!(
+            state.apply_proposal(&new),
+            Outcome::Service { .. }
+        ));
+        // Other entries carry no mark.
+        let plain = Proposal::once(Command::RemoveService {
+            name: "x".to_owned(),
+        });
+        assert!(!serde_json::to_string(&plain).expect("json").contains("udp"));
+    }
+
+    #[test]
+    fn a_port_number_is_owned_per_protocol() {
+        let mut state = RegistryState::default();
+        let udp = |name: &str, port: i64| {
+            let mut spec = spec(name, port);
+            spec.ports[0].protocol = Some("udp".to_owned());
+            spec
+        };
+        let create = |spec| Command::CreateService {
+            spec,
+            id: String::new(),
+        };
+        assert!(matches!(
+            state.apply(&create(spec("web", 53))),
+            Outcome::Service { .. }
+        ));
+        // Another service's 53/udp beside web's 53/tcp.
+        assert!(matches!(
+            state.apply(&create(udp("dns", 53))),
+            Outcome::Service { .. }
+        ));
+        let before = state.clone();
+        match state.apply(&create(udp("other", 53))) {
+            Outcome::Rejected { rejection } => {
+                assert_eq!(rejection.kind, RejectKind::Conflict);
+                assert_eq!(rejection.field, "ports[0].published");
+                assert!(rejection.reason.contains("53/udp"), "{}", rejection.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state, before);
     }
 
     #[test]

@@ -201,6 +201,7 @@ mod tests {
         });
         let check = HealthCheck {
             kind: HealthCheckKind::Http,
+            port: None,
             path: "/healthz".to_owned(),
             interval: Duration::from_secs(1),
             timeout: Duration::from_secs(2),

@@ -498,10 +498,9 @@ impl Agent {
             ports: found.ports.clone(),
         };
         let check = service.as_ref().map(|s| s.health.clone());
-        let first_target = service
-            .as_ref()
-            .and_then(|s| s.ports.first())
-            .map(|p| p.target);
+        // The port the spec's check names, else its first TCP port: a
+        // service of UDP ports only has no check unless it names one.
+        let first_target = service.as_ref().and_then(|s| s.health_target());
         // An adopted task that served keeps serving while its checks restart.
         let known = if task.state == TaskState::Running && task.health == TaskHealth::Healthy {
             TaskHealth::Healthy

@@ -246,6 +246,7 @@ mod tests {
             listener_errors: vec![api::ListenerError {
                 node: "node-2".to_owned(),
                 address: "127.0.0.2:8080".parse().expect("addr"), // fixed-port-ok: text only
+                protocol: lb_config::Protocol::Tcp,
                 error: "address in use".to_owned(),
             }],
         };

@@ -694,6 +694,7 @@ fn listener_errors(state: &RegistryState, service: &str) -> Vec<ListenerError> {
                 .map(|failure| ListenerError {
                     node: node.name.clone(),
                     address: failure.address,
+                    protocol: failure.protocol,
                     error: failure.error.clone(),
                 })
         })

@@ -177,7 +177,14 @@ fn main() -> ExitCode {
                         "service {}: {} on {:?}, {} endpoint(s)",
                         service.name,
                         service.algorithm,
-                        service.listen_addrs(config.node.ingress_addr),
+                        service
+                            .listen_addrs(config.node.ingress_addr)
+                            .iter()
+                            .map(|(protocol, addr)| match protocol {
+                                lb_config::Protocol::Tcp => addr.to_string(),
+                                lb_config::Protocol::Udp => format!("{addr}/udp"),
+                            })
+                            .collect::<Vec<_>>(),
                         service.endpoints.len()
                     );
                 }

@@ -9,6 +9,8 @@
 //!   client loop; [`images`]: the test images for the Docker runtime.
 //! - [`http`]: the one HTTP/1 client of the tests; [`wait`]: bounded polls.
 //! - [`bins`]: where the workspace's binaries are.
+//! - [`udp`]: a UDP echo backend that records its flows, and a UDP client
+//!   exchange.
 //!
 //! Every wait and loop is bounded in count and time.
 
@@ -20,6 +22,7 @@ pub mod http;
 pub mod images;
 pub mod lbd;
 pub mod mesh;
+pub mod udp;
 pub mod wait;
 
 pub use addrs::*;
