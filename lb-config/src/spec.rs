@@ -8,6 +8,7 @@
 //! [`ServiceSpec`] is also the body of the registry's service API and the
 //! `[[service]]` table of `lbctl apply -f`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -135,6 +136,11 @@ pub struct ServiceSpec {
     #[serde(default, with = "humantime_serde")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_grace_period: Option<Duration>,
+    /// The service's own labels (docker's `--label`): metadata for people
+    /// and tools, never read by the scheduler or the proxy. `lbctl stack`
+    /// marks a stack's services with `com.docker.stack.namespace`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// `[service.restart]`: what happens when a task ends or turns unhealthy.

@@ -338,6 +338,17 @@ impl ServiceSpec {
             check_duration(timeout, Duration::from_millis(1), idle_timeout)
                 .map_err(|r| FieldError::new("reply_timeout", format!("{r} (the idle timeout)")))?;
         }
+        for key in self.labels.keys() {
+            if key.is_empty()
+                || key.len() > 255
+                || key.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(FieldError::new(
+                    format!("labels.{key}"),
+                    "a label key is 1 to 255 characters without spaces",
+                ));
+            }
+        }
         let tasks = self.validate_tasks()?;
 
         Ok(Service {
@@ -974,6 +985,20 @@ mod tests {
         );
         assert_eq!(err.field, "service[0].endpoints[2].address");
         assert_eq!(err.reason, "10.0.0.1:8080 is listed twice");
+    }
+
+    #[test]
+    fn labels_are_kept_and_a_bad_key_is_refused() {
+        let text = "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\n\
+                    endpoints = [{ address = \"10.0.0.1\" }]\nlabels = { team = \"a\" }\n";
+        let file = ConfigFile::parse(text).expect("parses");
+        assert_eq!(file.services[0].labels["team"], "a");
+        file.validate().expect("valid");
+        let err = ConfigFile::parse(&text.replace("team", "\"my team\""))
+            .expect("parses")
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "service[0].labels.my team");
     }
 
     #[test]

@@ -248,7 +248,7 @@ fn mode(mode: ServiceMode) -> &'static str {
 }
 
 /// `service ls`: one row per service, like `docker service ls`.
-fn service_table(services: &[ServiceStatus]) -> String {
+pub(crate) fn service_table(services: &[ServiceStatus]) -> String {
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|status| {
