@@ -5,13 +5,21 @@
 //! ids), drop a service with and without `--prune`, refuse bad files and
 //! a clash with a service outside the stack with the registry unchanged,
 //! list with `stack ls|services|ps`, and `stack rm`.
+//!
+//! With a Docker engine, the example file (`examples/docker-compose.yml`)
+//! on three nodes: both services serve on every node, its container
+//! labels, exec-form command and Docker healthcheck reach the containers,
+//! a redeploy of the same file restarts nothing, and `stack rm` removes
+//! the containers.
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use test_support::cluster::*;
-use test_support::http::get;
+use test_support::http::{get, http_get_blocking};
+use test_support::images::{ensure_test_images, require_docker};
 use test_support::mesh::{live, tasks, wait_serving};
 use test_support::wait::wait_for;
 
@@ -234,4 +242,144 @@ fn a_stack_deploys_redeploys_prunes_and_is_removed() {
         (code, err.as_str()),
         (1, "Error: nothing found in stack: app\n")
     );
+}
+
+/// This cluster's containers on the engine: `(id, service label)`, running
+/// or not.
+fn containers(cluster: &Cluster) -> Vec<(String, String)> {
+    let info = cluster.json(0, &["cluster", "info"]).expect("cluster info");
+    let id = info["id"].as_str().expect("cluster id").to_owned();
+    let out = Command::new("docker")
+        .args(["ps", "-a", "--no-trunc", "--format"])
+        .arg("{{.ID}} {{.Label \"io.lbmesh.service\"}}")
+        .args(["--filter", &format!("label=io.lbmesh.cluster={id}")])
+        .output()
+        .expect("docker ps");
+    let mut found: Vec<(String, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(id, service)| (id.to_owned(), service.to_owned()))
+        .collect();
+    found.sort();
+    found
+}
+
+/// `docker inspect -f FORMAT ID`.
+fn inspect(id: &str, format: &str) -> String {
+    let out = Command::new("docker")
+        .args(["inspect", "-f", format, id])
+        .output()
+        .expect("docker inspect");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Removes the containers a failed test leaves.
+struct Cleanup(Vec<String>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = Command::new("docker")
+                .arg("rm")
+                .arg("-f")
+                .args(&self.0)
+                .output();
+        }
+    }
+}
+
+#[test]
+fn the_example_stack_runs_in_docker_on_every_node() {
+    if !require_docker() {
+        return;
+    }
+    ensure_test_images().expect("test images");
+    let cluster = Cluster::form_with(FAST_HEARTBEATS);
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/docker-compose.yml");
+    let (web, api) = (free_port_on_all(&cluster), free_port_on_all(&cluster));
+    let (web_port, api_port) = (web.to_string(), api.to_string());
+    let env = [
+        ("WEB_PORT", web_port.as_str()),
+        ("API_PORT", api_port.as_str()),
+    ];
+    let deploy = || cluster.lbctl_env(0, &env, &["stack", "deploy", "-c", example, "demo"]);
+    let (code, out, err) = deploy();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "demo-api: create\ndemo-web: create\napplied: 2 created, 0 updated, 0 unchanged, 0 removed\n"
+    );
+    let mut cleanup = Cleanup(Vec::new());
+    wait_serving(&cluster, "demo-web", 2, Duration::from_secs(60));
+    wait_serving(&cluster, "demo-api", 1, Duration::from_secs(60));
+    let started = containers(&cluster);
+    cleanup.0 = started.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(started.len(), 3, "{started:?}");
+
+    // Both published ports answer on every node.
+    for n in 0..3 {
+        let api_page = get(SocketAddr::new(cluster.ip(n), api)).expect("api answers");
+        assert!(api_page.starts_with("v2 "), "node {n}: {api_page}");
+        let (status, page) = http_get_blocking(
+            &SocketAddr::new(cluster.ip(n), web).to_string(),
+            "/cgi-bin/index",
+        );
+        assert_eq!(status, 200, "node {n}: {page}");
+        // The CGI's own header lines end in a bare \n: find the line.
+        assert!(
+            page.lines().any(|line| line.starts_with("front ")),
+            "node {n}: {page}"
+        );
+    }
+
+    // The file's container settings reached the containers.
+    for (id, service) in &started {
+        if service == "demo-web" {
+            assert_eq!(
+                inspect(id, "{{index .Config.Labels \"com.example.role\"}}"),
+                "front"
+            );
+            assert_eq!(
+                inspect(id, "{{index .Config.Cmd 0}} {{index .Config.Cmd 1}}"),
+                "/bin/sh -c"
+            );
+        } else {
+            assert_eq!(
+                inspect(id, "{{json .Config.Healthcheck.Test}}"),
+                r#"["CMD","busybox","wget","-qO-","http://localhost/"]"#
+            );
+            assert_eq!(inspect(id, "{{.State.Health.Status}}"), "healthy");
+        }
+    }
+
+    // The same file again restarts nothing.
+    let starts = |list: &[(String, String)]| -> Vec<String> {
+        list.iter()
+            .map(|(id, _)| inspect(id, "{{.State.StartedAt}}"))
+            .collect()
+    };
+    let before = starts(&started);
+    let (code, out, err) = deploy();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "demo-api: unchanged\ndemo-web: unchanged\napplied: 0 created, 0 updated, 2 unchanged, 0 removed\n"
+    );
+    assert_eq!(containers(&cluster), started);
+    assert_eq!(starts(&started), before, "a container restarted");
+
+    // stack rm removes the services and their containers.
+    let (code, out, err) = cluster.lbctl(0, &["stack", "rm", "demo"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "Removing service demo-api\nRemoving service demo-web\n"
+    );
+    wait_for(
+        "the stack's containers to be removed",
+        Duration::from_secs(30),
+        || containers(&cluster).is_empty().then_some(()),
+        || format!("{:?}", containers(&cluster)),
+    );
+    cleanup.0.clear();
 }

@@ -18,7 +18,9 @@
 //! | compose | spec |
 //! |---|---|
 //! | `image`, `user`, `stop_grace_period` | the same fields |
-//! | `command` (string or list) | `command` (a list is shell-quoted; tasks run `/bin/sh -c`) |
+//! | `command` (string or list), `entrypoint` | `args`, `entrypoint`: exec form, a string split into words as compose does; without an `image`, a string `command` is a process task's shell line |
+//! | `labels` (map or list) | `container_labels` |
+//! | `healthcheck` (`test`, `interval`, `timeout`, `retries`, `start_period`, `disable`) | `healthcheck`, Docker's HEALTHCHECK of the container (a string `test` is `CMD-SHELL`) |
 //! | `environment` (map or list), `env_file` | `env` (the files first; a key without a value is taken from lbctl's environment, or left out) |
 //! | `ports` (`80`, `8080:80`, `8080:80/tcp`, ranges, long form) | `ports` |
 //! | `deploy.mode`, `replicas`, `placement.constraints`, `placement.max_replicas_per_node` | `mode`, `replicas`, `constraints`, `max_replicas_per_node` |
@@ -29,21 +31,22 @@
 //! Keys lbmesh does not act on are listed on stderr as Swarm does
 //! (`Ignoring unsupported options: build, volumes`); a key that cannot be
 //! honoured without changing the file's meaning (a `udp` or `mode: host`
-//! port, a port without a published number, a host IP) is an error naming
+//! port, a port without a published number, a host IP, a job) is an error naming
 //! the file, the service and the key. Every error is found before the
 //! first write, so a bad file changes nothing.
 //!
 //! A service without an `image` but with a `command` runs as a local
 //! process (lbmesh's process runtime), as `lbctl service create
-//! --command` does.
+//! --command` does; `entrypoint`, `labels` and `healthcheck` need an
+//! image.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use lb_config::{
-    Algorithm, ConfigFile, FailureAction, HealthSpec, PortSpec, ProxyProtocol, RestartCondition,
-    ServiceMode, ServiceSpec, UpdateOrder,
+    Algorithm, ConfigFile, ContainerHealthcheck, FailureAction, HealthSpec, PortSpec,
+    ProxyProtocol, RestartCondition, ServiceMode, ServiceSpec, UpdateOrder,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -73,8 +76,9 @@ const SERVICE_HONOURED: &[&str] = &[
     "user",
     "stop_grace_period",
     "x-lbmesh",
-    // Read to refuse: see `Service::entrypoint`.
     "entrypoint",
+    "healthcheck",
+    "labels",
 ];
 
 /// Service keys of the Compose Specification it does not act on (the
@@ -102,12 +106,10 @@ const SERVICE_IGNORED: &[&str] = &[
     "expose",
     "external_links",
     "extra_hosts",
-    "healthcheck",
     "hostname",
     "init",
     "ipc",
     "isolation",
-    "labels",
     "links",
     "logging",
     "mem_limit",
@@ -368,9 +370,9 @@ type KeyError = (String, String);
 struct Service {
     image: Option<String>,
     command: Option<Value>,
-    /// Refused: lbmesh cannot replace an image's ENTRYPOINT yet, and
-    /// running without the file's entrypoint would change its meaning.
     entrypoint: Option<Value>,
+    healthcheck: Option<Healthcheck>,
+    labels: Option<Value>,
     environment: Option<Value>,
     env_file: Option<Value>,
     #[serde(default)]
@@ -381,6 +383,19 @@ struct Service {
     stop_grace_period: Option<String>,
     #[serde(rename = "x-lbmesh", default)]
     lbmesh: Extension,
+}
+
+/// Docker's HEALTHCHECK of the container.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Healthcheck {
+    test: Option<Value>,
+    interval: Option<String>,
+    timeout: Option<String>,
+    retries: Option<Int>,
+    start_period: Option<String>,
+    #[serde(default)]
+    disable: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -526,22 +541,34 @@ fn service_spec(
             });
         }
     }
-    let service: Service = read(Value::Mapping(honoured))?;
-    if service.entrypoint.is_some() {
-        return Err((
-            "entrypoint".into(),
-            "cannot be honoured yet: lbmesh does not replace an image's entrypoint; \
-             fold it into `command`"
-                .into(),
-        ));
+    if let Some(Value::Mapping(check)) = honoured.get_mut("healthcheck") {
+        if check.remove("start_interval").is_some() {
+            push_once(ignored, "healthcheck.start_interval".into());
+        }
     }
+    let service: Service = read(Value::Mapping(honoured))?;
     let mut spec = ServiceSpec {
         name: format!("{stack}-{name}"),
         image: service.image.clone(),
         ..ServiceSpec::default()
     };
-    if let Some(command) = &service.command {
-        spec.command = Some(command_line(command).map_err(|r| ("command".to_owned(), r))?);
+    match &service.command {
+        // lbmesh's process tasks take a shell line, as `service create --command`.
+        Some(Value::String(line)) if spec.image.is_none() => spec.command = Some(line.clone()),
+        Some(command) => spec.args = words(command).map_err(|r| ("command".to_owned(), r))?,
+        None => {}
+    }
+    if let Some(entrypoint) = &service.entrypoint {
+        spec.entrypoint = Some(words(entrypoint).map_err(|r| ("entrypoint".to_owned(), r))?);
+    }
+    if let Some(labels) = &service.labels {
+        spec.container_labels = pairs(labels, &|_| None)
+            .map_err(|r| ("labels".to_owned(), r))?
+            .into_iter()
+            .collect();
+    }
+    if let Some(check) = &service.healthcheck {
+        spec.healthcheck = Some(healthcheck(check)?);
     }
     spec.env = environment(&service, file, lookup)?;
     for (i, port) in service.ports.iter().enumerate() {
@@ -660,22 +687,45 @@ fn duration(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration such as 10s or 1m30s: {e}"))
 }
 
-/// `command` as the shell line lbmesh runs: a string as written, a list
-/// with each word quoted (so `["echo", "a b"]` runs as written).
-fn command_line(command: &Value) -> Result<String, String> {
-    match command {
-        Value::String(line) => Ok(line.clone()),
-        Value::Sequence(words) => {
-            let words = words
-                .iter()
-                .map(scalar_text)
-                .collect::<Option<Vec<String>>>()
-                .ok_or("every word of a command list must be a string")?;
-            shlex::try_join(words.iter().map(String::as_str))
-                .map_err(|e| format!("cannot quote the command for the shell: {e}"))
+/// A `command` or `entrypoint` in exec form: a list as it is, a string
+/// split into words as a shell would (compose's reading; no shell runs).
+fn words(value: &Value) -> Result<Vec<String>, String> {
+    match value {
+        Value::String(line) => {
+            shlex::split(line).ok_or_else(|| format!("{line:?} has an unclosed quote"))
         }
+        Value::Sequence(items) => items
+            .iter()
+            .map(scalar_text)
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| "every word of the list must be a string".to_owned()),
         _ => Err("must be a string or a list of strings".into()),
     }
+}
+
+/// `healthcheck` as the container's: `test` as a string is `CMD-SHELL`,
+/// `disable: true` is `["NONE"]`.
+fn healthcheck(check: &Healthcheck) -> Result<ContainerHealthcheck, KeyError> {
+    let key = |k: &str| format!("healthcheck.{k}");
+    let test = match (&check.test, check.disable) {
+        (_, true) => vec!["NONE".to_owned()],
+        (Some(Value::String(line)), false) => vec!["CMD-SHELL".to_owned(), line.clone()],
+        (Some(test), false) => words(test).map_err(|r| (key("test"), r))?,
+        (None, false) => return Err((key("test"), "a healthcheck needs its test".into())),
+    };
+    let time = |field: &str, text: &Option<String>| -> Result<Option<Duration>, KeyError> {
+        text.as_deref()
+            .map(duration)
+            .transpose()
+            .map_err(|r| (key(field), r))
+    };
+    Ok(ContainerHealthcheck {
+        test,
+        interval: time("interval", &check.interval)?,
+        timeout: time("timeout", &check.timeout)?,
+        retries: check.retries.map(|n| n.0),
+        start_period: time("start_period", &check.start_period)?,
+    })
 }
 
 /// A scalar as text (`80`, `true`, `web`); `None` for a list or mapping.
@@ -1008,6 +1058,13 @@ services:
     image: "lbmesh-test:${WEB_TAG:-v1}"
     build: .
     command: ["httpd", "-f", "-p", "80", "-h", "/www dir"]
+    entrypoint: /sbin/tini --
+    labels: ["traefik.enable=true"]
+    healthcheck:
+      test: wget -qO- localhost
+      interval: 2s
+      retries: ${RETRIES:-4}
+      start_interval: 1s
     ports:
       - "8080:80"
     environment:
@@ -1039,6 +1096,10 @@ services:
         path: /healthz
   redis:
     image: redis:7
+    command: redis-server --appendonly "yes please"
+    labels: {tier: back}
+    healthcheck:
+      disable: true
     environment: ["A=1", "SECRET", "NOPE"]
     ports:
       - target: 6379
@@ -1056,7 +1117,7 @@ networks:
         let stack = deploy(&[("c.yml", CLASSIC)]).expect("deploys");
         assert_eq!(
             stack.notices,
-            ["Ignoring unsupported options: build, networks, volumes"]
+            ["Ignoring unsupported options: build, healthcheck.start_interval, networks, volumes"]
         );
         let names: Vec<&str> = stack.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["redis", "web"]);
@@ -1064,7 +1125,25 @@ networks:
         let web = &stack.services[1].spec;
         assert_eq!(web.name, "app-web");
         assert_eq!(web.image.as_deref(), Some("lbmesh-test:v2"));
-        assert_eq!(web.command.as_deref(), Some("httpd -f -p 80 -h '/www dir'"));
+        assert_eq!(web.command, None);
+        assert_eq!(web.args, ["httpd", "-f", "-p", "80", "-h", "/www dir"]);
+        assert_eq!(
+            web.entrypoint.as_deref(),
+            Some(&["/sbin/tini".to_owned(), "--".to_owned()][..])
+        );
+        assert_eq!(
+            web.container_labels,
+            BTreeMap::from([("traefik.enable".to_owned(), "true".to_owned())])
+        );
+        assert_eq!(
+            web.healthcheck,
+            Some(ContainerHealthcheck {
+                test: vec!["CMD-SHELL".into(), "wget -qO- localhost".into()],
+                interval: Some(Duration::from_secs(2)),
+                retries: Some(4),
+                ..ContainerHealthcheck::default()
+            })
+        );
         assert_eq!(
             web.ports,
             [PortSpec {
@@ -1098,6 +1177,12 @@ networks:
         assert_eq!(web.health.path.as_deref(), Some("/healthz"));
 
         assert_eq!(redis.name, "app-redis");
+        assert_eq!(redis.args, ["redis-server", "--appendonly", "yes please"]);
+        assert_eq!(redis.container_labels["tier"], "back");
+        assert_eq!(
+            redis.healthcheck.as_ref().map(|h| h.test.clone()),
+            Some(vec!["NONE".to_owned()])
+        );
         assert_eq!(redis.mode, ServiceMode::Global);
         assert_eq!(redis.env, ["A=1", "SECRET=from-shell"]);
         assert_eq!(
@@ -1185,8 +1270,20 @@ networks:
                 "c.yml: services.web.imgae: unknown key \"imgae\"",
             ),
             (
-                "services:\n  web:\n    image: a\n    entrypoint: /bin/x\n    ports: [\"80:80\"]\n",
-                "c.yml: services.web.entrypoint: cannot be honoured yet",
+                "services:\n  web:\n    command: x\n    entrypoint: /bin/x\n    ports: [\"80:80\"]\n",
+                "c.yml: services.web: as lbmesh service app-web: entrypoint: only a Docker task",
+            ),
+            (
+                "services:\n  web:\n    image: a\n    ports: [\"80:80\"]\n    healthcheck:\n      test: [\"RUN\", \"x\"]\n",
+                "c.yml: services.web: as lbmesh service app-web: healthcheck.test: must be [\"CMD\"",
+            ),
+            (
+                "services:\n  web:\n    image: a\n    ports: [\"80:80\"]\n    healthcheck:\n      interval: 1s\n",
+                "c.yml: services.web.healthcheck.test: a healthcheck needs its test",
+            ),
+            (
+                "services:\n  web:\n    image: a\n    ports: [\"80:80\"]\n    command: \"echo 'open\"\n",
+                "c.yml: services.web.command: \"echo 'open\" has an unclosed quote",
             ),
             (
                 "services:\n  web:\n    image: \"a:${TAG:?set a tag}\"\n    ports: [\"80:80\"]\n",
@@ -1281,11 +1378,10 @@ networks:
             "WEB_TAG is v2 here"
         );
         assert_eq!(web.spec.ports[0].published, 8080);
-        let command = web.spec.command.as_deref().expect("a command");
-        let words = shlex::split(command).expect("a shell line");
-        assert_eq!(words[..2], ["/bin/sh", "-c"], "{command}");
+        let words = &web.spec.args;
+        assert_eq!(words[..2], ["/bin/sh", "-c"], "{words:?}");
         assert!(
-            words[2].starts_with("mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho")
+            words[2].starts_with("busybox mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho")
                 && words[2].contains("echo \"front $(hostname)\"")
                 && words[2].ends_with("exec httpd -f -p 80 -h /www"),
             "{}",

@@ -263,7 +263,8 @@ pub(crate) fn service_table(services: &[ServiceStatus]) -> String {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            let replicas = if spec.image.is_none() && spec.command.is_none() {
+            let replicas = if spec.image.is_none() && spec.command.is_none() && spec.args.is_empty()
+            {
                 "-".to_owned()
             } else {
                 format!("{}/{}", status.running, status.desired)
