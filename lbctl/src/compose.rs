@@ -1381,7 +1381,7 @@ networks:
         let words = &web.spec.args;
         assert_eq!(words[..2], ["/bin/sh", "-c"], "{words:?}");
         assert!(
-            words[2].starts_with("busybox mkdir -p /www/cgi-bin && printf '#!/bin/sh\\necho")
+            words[2].starts_with("busybox mkdir -p /www/cgi-bin && printf '#!/bin/sh\\nprintf")
                 && words[2].contains("echo \"front $(hostname)\"")
                 && words[2].ends_with("exec httpd -f -p 80 -h /www"),
             "{}",
