@@ -2,8 +2,10 @@
 //! process tasks, so no Docker engine is needed: deploy a two-service
 //! compose file, redeploy it unchanged (nothing restarts) and with one
 //! service changed (only that one rolls; the other's tasks keep their
-//! ids), drop a service with and without `--prune`, refuse bad files and
-//! a clash with a service outside the stack with the registry unchanged,
+//! ids), drop a service with and without `--prune`, refuse bad files (a
+//! YAML syntax error, an unknown top-level key, a port out of range, a
+//! udp port, a name that is not a DNS label) and a clash with a service
+//! outside the stack with the registry unchanged,
 //! list with `stack ls|services|ps`, and `stack rm`.
 //!
 //! With a Docker engine, the example file (`examples/docker-compose.yml`)
@@ -154,18 +156,40 @@ fn a_stack_deploys_redeploys_prunes_and_is_removed() {
 
     // A bad file and a clash change nothing.
     let before = services(&cluster);
-    let bad = write(
-        &dir.path().join("bad.yml"),
-        "services:\n  web:\n    command: x\n    ports: [\"5353:53/udp\"]\n",
-    );
-    let (code, out, err) = deploy(&cluster, &["-c", &bad, "app"]);
-    assert_eq!((code, out.as_str()), (1, ""), "{err}");
-    assert_eq!(
-        err,
-        format!(
-            "Error: {bad}: services.web.ports[0]: udp ports cannot be honoured yet: lbmesh forwards TCP only\n"
-        )
-    );
+    let bad = dir.path().join("bad.yml");
+    let port = format!("    command: x\n    ports: [\"{web}:80\"]\n");
+    for (text, error) in [
+        (
+            format!("services:\n  web:\n   image: a\n{port}"),
+            "mapping values are not allowed in this context at line 4 column 12".to_owned(),
+        ),
+        (
+            format!("services:\n  web:\n{port}servers: {{}}\n"),
+            "unknown top-level key \"servers\" (a compose file has version, name, services, \
+             networks, volumes, configs, secrets and x- extensions)"
+                .to_owned(),
+        ),
+        (
+            "services:\n  web:\n    command: x\n    ports: [\"70000:80\"]\n".to_owned(),
+            "services.web.ports[0]: port 70000 is out of range 1-65535".to_owned(),
+        ),
+        (
+            "services:\n  web:\n    command: x\n    ports: [\"5353:53/udp\"]\n".to_owned(),
+            "services.web.ports[0]: udp ports cannot be honoured yet: lbmesh forwards TCP only"
+                .to_owned(),
+        ),
+        (
+            format!("services:\n  Web_1:\n{port}"),
+            "services.Web_1: \"Web_1\" contains 'W'; use lowercase letters, digits and '-'"
+                .to_owned(),
+        ),
+    ] {
+        let bad = write(&bad, &text);
+        let (code, out, err) = deploy(&cluster, &["-c", &bad, "app"]);
+        assert_eq!((code, out.as_str()), (1, ""), "{text}: {err}");
+        assert_eq!(err, format!("Error: {bad}: {error}\n"), "{text}");
+        assert_eq!(services(&cluster), before, "{text}: the registry changed");
+    }
     let lone = free_port_on_all(&cluster);
     let (code, _, err) = cluster.lbctl(
         0,
