@@ -6,6 +6,7 @@
 //! serde accepts only their listed variants, so a parsed one is already
 //! checked.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
@@ -128,6 +129,29 @@ impl Protocol {
     }
 }
 
+/// `healthcheck`: Docker's HEALTHCHECK of a task's container, as written
+/// and, once validated, as run (a spec type that is its own checked form).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerHealthcheck {
+    /// `["CMD", prog, args...]`, `["CMD-SHELL", "line"]` or `["NONE"]`
+    /// (no check, not even the image's).
+    pub test: Vec<String>,
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+    /// Failures in a row that make the container unhealthy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retries: Option<i64>,
+    /// Failures in this time after the start do not count.
+    #[serde(default, with = "humantime_serde")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start_period: Option<Duration>,
+}
+
 /// The checked configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -184,6 +208,14 @@ pub struct Service {
 pub struct TaskSpec {
     pub image: Option<String>,
     pub command: Option<String>,
+    /// Exec form of the command; empty when `command` (or the image's) runs.
+    pub args: Vec<String>,
+    /// Replaces the image's ENTRYPOINT (Docker); `Some([])` clears it.
+    pub entrypoint: Option<Vec<String>>,
+    /// Labels of each container, beside lbmesh's own.
+    pub container_labels: BTreeMap<String, String>,
+    /// The container's health check, in place of the image's (Docker).
+    pub healthcheck: Option<ContainerHealthcheck>,
     pub env: Vec<String>,
     /// Who a task runs as, checked as `NAME|UID[:GROUP|GID]`; resolved on
     /// the node that starts it.

@@ -49,9 +49,9 @@ mod spec;
 mod validate;
 
 pub use checked::{
-    Algorithm, Config, Endpoint, FailureAction, HealthCheck, HealthCheckKind, Node, PortMapping,
-    Protocol, ProxyProtocol, RestartCondition, RestartPolicy, Service, ServiceMode, TaskSpec,
-    UpdateOrder, UpdatePolicy,
+    Algorithm, Config, ContainerHealthcheck, Endpoint, FailureAction, HealthCheck, HealthCheckKind,
+    Node, PortMapping, Protocol, ProxyProtocol, RestartCondition, RestartPolicy, Service,
+    ServiceMode, TaskSpec, UpdateOrder, UpdatePolicy,
 };
 pub use constraints::{Constraint, NodeAttribute, NodeFacts};
 pub use defaults::{

@@ -8,13 +8,14 @@
 //! [`ServiceSpec`] is also the body of the registry's service API and the
 //! `[[service]]` table of `lbctl apply -f`.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use crate::checked::{
-    Algorithm, FailureAction, HealthCheckKind, ProxyProtocol, RestartCondition, ServiceMode,
-    UpdateOrder,
+    Algorithm, ContainerHealthcheck, FailureAction, HealthCheckKind, ProxyProtocol,
+    RestartCondition, ServiceMode, UpdateOrder,
 };
 
 /// The whole file: `[node]` settings and `[[service]]` tables.
@@ -125,6 +126,16 @@ pub struct ServiceSpec {
     /// `PORT` in its environment.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// Each task's command in exec form, without a shell (docker's
+    /// `service create IMAGE [COMMAND] [ARG...]`, compose's `command`):
+    /// replaces the image's command; a process task runs it directly, with
+    /// the same environment as `command`. Not together with `command`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Replaces the image's ENTRYPOINT (exec form; `[]` clears it). Docker
+    /// tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
     /// `KEY=VALUE` environment of each task.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub env: Vec<String>,
@@ -149,6 +160,21 @@ pub struct ServiceSpec {
     #[serde(default, with = "humantime_serde")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_grace_period: Option<Duration>,
+    /// The service's own labels (docker's `--label`): metadata for people
+    /// and tools, never read by the scheduler or the proxy. `lbctl stack`
+    /// marks a stack's services with `com.docker.stack.namespace`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Labels of each task's container (docker's `--container-label`,
+    /// compose's service `labels`), beside lbmesh's own `io.lbmesh.*`.
+    /// Docker tasks only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub container_labels: BTreeMap<String, String>,
+    /// The container's own health check, in place of the image's
+    /// HEALTHCHECK; a task serves only while Docker calls it healthy (and
+    /// lbmesh's `health` check passes). Docker tasks only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthcheck: Option<ContainerHealthcheck>,
 }
 
 /// `[service.restart]`: what happens when a task ends or turns unhealthy.
@@ -273,6 +299,10 @@ impl ServiceSpec {
         };
         self.image == other.image
             && self.command == other.command
+            && self.args == other.args
+            && self.entrypoint == other.entrypoint
+            && self.container_labels == other.container_labels
+            && self.healthcheck == other.healthcheck
             && self.env == other.env
             && self.user == other.user
             && targets(self) == targets(other)
@@ -351,6 +381,22 @@ mod tests {
         assert!(!a.same_task_template(&b));
         a.env.push("A=1".into());
         b.image = a.image.clone();
+        assert!(!a.same_task_template(&b));
+        b.env = a.env.clone();
+        assert!(a.same_task_template(&b));
+        b.args = vec!["serve".into()];
+        assert!(!a.same_task_template(&b));
+        b.args.clear();
+        b.entrypoint = Some(Vec::new());
+        assert!(!a.same_task_template(&b));
+        b.entrypoint = None;
+        b.container_labels.insert("k".into(), "v".into());
+        assert!(!a.same_task_template(&b));
+        b.container_labels.clear();
+        b.healthcheck = Some(ContainerHealthcheck {
+            test: vec!["NONE".into()],
+            ..ContainerHealthcheck::default()
+        });
         assert!(!a.same_task_template(&b));
     }
 }

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::checked::{
-    Config, Endpoint, HealthCheck, HealthCheckKind, Node, PortMapping, Protocol, RestartPolicy,
-    Service, ServiceMode, TaskSpec, UpdatePolicy,
+    Config, ContainerHealthcheck, Endpoint, HealthCheck, HealthCheckKind, Node, PortMapping,
+    Protocol, RestartPolicy, Service, ServiceMode, TaskSpec, UpdatePolicy,
 };
 use crate::constraints::Constraint;
 use crate::defaults::{
@@ -401,6 +401,17 @@ impl ServiceSpec {
             check_duration(timeout, Duration::from_millis(1), idle_timeout)
                 .map_err(|r| FieldError::new("reply_timeout", format!("{r} (the idle timeout)")))?;
         }
+        for key in self.labels.keys() {
+            if key.is_empty()
+                || key.len() > 255
+                || key.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(FieldError::new(
+                    format!("labels.{key}"),
+                    "a label key is 1 to 255 characters without spaces",
+                ));
+            }
+        }
         let tasks = self.validate_tasks()?;
 
         Ok(Service {
@@ -452,7 +463,8 @@ impl ServiceSpec {
         if let Some(user) = &self.user {
             check_user(user).map_err(|reason| FieldError::new("user", reason))?;
         }
-        let runs_tasks = self.image.is_some() || self.command.is_some();
+        self.validate_container()?;
+        let runs_tasks = self.image.is_some() || self.command.is_some() || !self.args.is_empty();
         if !runs_tasks {
             let needs_tasks = [
                 ("replicas", self.replicas.is_some_and(|r| r != 0)),
@@ -529,6 +541,10 @@ impl ServiceSpec {
         Ok(Some(TaskSpec {
             image: self.image.clone(),
             command: self.command.clone(),
+            args: self.args.clone(),
+            entrypoint: self.entrypoint.clone(),
+            container_labels: self.container_labels.clone(),
+            healthcheck: self.healthcheck.clone(),
             env: self.env.clone(),
             user: self.user.clone(),
             mode: self.mode,
@@ -538,6 +554,102 @@ impl ServiceSpec {
             update,
             stop_grace,
         }))
+    }
+}
+
+/// Reserved for the labels lbmesh puts on its containers.
+const LBMESH_LABEL_PREFIX: &str = "io.lbmesh.";
+
+impl ServiceSpec {
+    /// `args`, `entrypoint`, `container_labels` and `healthcheck`: the
+    /// last three need an image (they describe a container).
+    fn validate_container(&self) -> Result<(), FieldError> {
+        let exec_form = |field: &str, words: &[String], program: bool| {
+            let size: usize = words.iter().map(String::len).sum();
+            let empty_program = program && words.first().is_some_and(String::is_empty);
+            if empty_program || size > 4096 || words.iter().any(|w| w.contains('\0')) {
+                return Err(FieldError::new(
+                    field,
+                    "must be words of up to 4096 bytes in all, without NUL, the first a program",
+                ));
+            }
+            Ok(())
+        };
+        if !self.args.is_empty() {
+            if self.command.is_some() {
+                return Err(FieldError::new(
+                    "args",
+                    "give either command (a shell line) or args (exec form), not both",
+                ));
+            }
+            exec_form("args", &self.args, true)?;
+        }
+        if let Some(entrypoint) = &self.entrypoint {
+            exec_form("entrypoint", entrypoint, true)?;
+        }
+        let container_only = [
+            ("entrypoint", self.entrypoint.is_some()),
+            ("container_labels", !self.container_labels.is_empty()),
+            ("healthcheck", self.healthcheck.is_some()),
+        ];
+        if self.image.is_none() {
+            if let Some((field, _)) = container_only.iter().find(|(_, set)| *set) {
+                return Err(FieldError::new(
+                    *field,
+                    "only a Docker task (a service with an image) has a container",
+                ));
+            }
+        }
+        for key in self.container_labels.keys() {
+            if key.is_empty()
+                || key.len() > 255
+                || key.chars().any(|c| c.is_whitespace() || c.is_control())
+                || key.starts_with(LBMESH_LABEL_PREFIX)
+            {
+                return Err(FieldError::new(
+                    format!("container_labels.{key}"),
+                    format!(
+                        "a label key is 1 to 255 characters without spaces, not starting with \
+                         {LBMESH_LABEL_PREFIX} (lbmesh's own)"
+                    ),
+                ));
+            }
+        }
+        if let Some(check) = &self.healthcheck {
+            check.validate().map_err(|e| e.within("healthcheck"))?;
+        }
+        Ok(())
+    }
+}
+
+impl ContainerHealthcheck {
+    fn validate(&self) -> Result<(), FieldError> {
+        let valid = match self.test.first().map(String::as_str) {
+            Some("NONE") => self.test.len() == 1,
+            Some("CMD") => self.test.len() >= 2 && !self.test[1].is_empty(),
+            Some("CMD-SHELL") => self.test.len() == 2 && !self.test[1].trim().is_empty(),
+            _ => false,
+        };
+        let size: usize = self.test.iter().map(String::len).sum();
+        if !valid || size > 4096 || self.test.iter().any(|w| w.contains('\0')) {
+            return Err(FieldError::new(
+                "test",
+                "must be [\"CMD\", program, args...], [\"CMD-SHELL\", line] or [\"NONE\"] \
+                 (up to 4096 bytes)",
+            ));
+        }
+        let hour = Duration::from_secs(3600);
+        for (field, value, min) in [
+            ("interval", self.interval, Duration::from_millis(1)),
+            ("timeout", self.timeout, Duration::from_millis(1)),
+            ("start_period", self.start_period, Duration::ZERO),
+        ] {
+            if let Some(value) = value {
+                check_duration(value, min, hour).map_err(|r| FieldError::new(field, r))?;
+            }
+        }
+        check_int(self.retries, 3, 0, 100).map_err(|r| FieldError::new("retries", r))?;
+        Ok(())
     }
 }
 
@@ -1131,6 +1243,86 @@ mod tests {
         );
         assert_eq!(err.field, "service[0].endpoints[2].address");
         assert_eq!(err.reason, "10.0.0.1:8080 is listed twice");
+    }
+
+    #[test]
+    fn labels_are_kept_and_a_bad_key_is_refused() {
+        let text = "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\n\
+                    endpoints = [{ address = \"10.0.0.1\" }]\nlabels = { team = \"a\" }\n";
+        let file = ConfigFile::parse(text).expect("parses");
+        assert_eq!(file.services[0].labels["team"], "a");
+        file.validate().expect("valid");
+        let err = ConfigFile::parse(&text.replace("team", "\"my team\""))
+            .expect("parses")
+            .validate()
+            .unwrap_err();
+        assert_eq!(err.field, "service[0].labels.my team");
+    }
+
+    #[test]
+    fn container_fields_are_checked_and_need_an_image() {
+        let base = || ServiceSpec {
+            name: "web".into(),
+            image: Some("x:1".into()),
+            ports: vec![PortSpec {
+                published: 80,
+                ..PortSpec::default()
+            }],
+            ..ServiceSpec::default()
+        };
+        let field = |spec: ServiceSpec| spec.validate().err().map(|e| e.field);
+
+        let mut spec = base();
+        spec.args = vec!["serve".into(), "--port=80".into()];
+        spec.entrypoint = Some(Vec::new());
+        spec.container_labels.insert("team".into(), "a".into());
+        spec.healthcheck = Some(ContainerHealthcheck {
+            test: vec!["CMD".into(), "true".into()],
+            interval: Some(Duration::from_secs(1)),
+            retries: Some(3),
+            ..ContainerHealthcheck::default()
+        });
+        let task = spec.validate().expect("valid").tasks.expect("runs tasks");
+        assert_eq!(task.args, spec.args);
+        assert_eq!(task.entrypoint, Some(Vec::new()));
+        assert_eq!(task.healthcheck, spec.healthcheck);
+
+        let mut both = spec.clone();
+        both.command = Some("serve".into());
+        assert_eq!(field(both).as_deref(), Some("args"));
+        let mut no_image = spec.clone();
+        no_image.image = None;
+        assert_eq!(field(no_image).as_deref(), Some("entrypoint"));
+        let mut process = base();
+        process.image = None;
+        process.args = vec!["busybox".into(), "httpd".into()];
+        assert!(process.validate().expect("valid").tasks.is_some());
+        let mut reserved = spec.clone();
+        reserved
+            .container_labels
+            .insert("io.lbmesh.task".into(), "x".into());
+        assert_eq!(
+            field(reserved).as_deref(),
+            Some("container_labels.io.lbmesh.task")
+        );
+        for test in [
+            vec!["CMD"],
+            vec!["CMD-SHELL", "a", "b"],
+            vec!["NONE", "x"],
+            vec![],
+        ] {
+            let mut bad = spec.clone();
+            bad.healthcheck = Some(ContainerHealthcheck {
+                test: test.iter().map(|w| (*w).to_owned()).collect(),
+                ..ContainerHealthcheck::default()
+            });
+            assert_eq!(field(bad).as_deref(), Some("healthcheck.test"), "{test:?}");
+        }
+        let mut slow = spec.clone();
+        if let Some(check) = slow.healthcheck.as_mut() {
+            check.interval = Some(Duration::from_secs(7200));
+        }
+        assert_eq!(field(slow).as_deref(), Some("healthcheck.interval"));
     }
 
     #[test]

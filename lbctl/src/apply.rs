@@ -10,7 +10,9 @@
 //! a service the file does not name. It is printed before anything is
 //! sent, so a failed step leaves it on screen above the error. A file's
 //! `[node]` table configures one `lbd --config` process, not the cluster:
-//! apply says on stderr that it is ignored.
+//! apply says on stderr that it is ignored. A compose file is refused with
+//! a pointer to `lbctl stack deploy`, which plans and acts through
+//! [`execute`] too.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -45,7 +47,15 @@ pub async fn run(
     })?;
     let parsed = ConfigFile::parse(&contents).map_err(|reason| CtlError::Parse {
         path: path.clone(),
-        reason,
+        reason: if looks_like_compose(file, &contents) {
+            format!(
+                "this is a compose file, not lbmesh's [[service]] TOML: deploy it with \
+                 `lbctl stack deploy -c {} NAME`",
+                file.display()
+            )
+        } else {
+            reason
+        },
     })?;
     parsed.validate().map_err(|source| CtlError::Invalid {
         path: path.clone(),
@@ -63,7 +73,20 @@ pub async fn run(
         .into_iter()
         .map(|status| (status.service.spec.name.clone(), status.service.spec))
         .collect();
-    let steps = plan(&parsed.services, &existing, prune)?;
+    execute(client, &parsed.services, &existing, prune, dry_run).await
+}
+
+/// Plans `wanted` against `existing` (the services it may update or, with
+/// `prune`, remove), prints the plan, then acts on it unless `dry_run`.
+/// `lbctl stack deploy` takes this path too, with its stack's services.
+pub async fn execute(
+    client: &Client,
+    wanted: &[ServiceSpec],
+    existing: &BTreeMap<String, ServiceSpec>,
+    prune: bool,
+    dry_run: bool,
+) -> Result<String, CtlError> {
+    let steps = plan(wanted, existing, prune)?;
     let mut stdout = std::io::stdout();
     // Shown before the first write; a write error still leaves it visible.
     write!(stdout, "{}", plan_text(&steps))
@@ -97,6 +120,15 @@ pub async fn run(
     Ok(format!(
         "applied: {created} created, {updated} updated, {unchanged} unchanged, {removed} removed\n"
     ))
+}
+
+/// A file `apply` cannot read that a compose user meant for `stack
+/// deploy`: named `.yml`/`.yaml`, or with a top-level `services:` line.
+fn looks_like_compose(file: &Path, contents: &str) -> bool {
+    let yaml = file
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("yml") || e.eq_ignore_ascii_case("yaml"));
+    yaml || contents.lines().any(|line| line.trim_end() == "services:")
 }
 
 /// The steps that make the cluster's services match the file's: the

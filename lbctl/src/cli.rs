@@ -1,6 +1,6 @@
 //! The command line as clap types: global flags, nouns, verbs and their
 //! flags. Nothing here runs; [`crate::cluster`], [`crate::node`],
-//! [`crate::service`] and [`crate::apply`] do. Every flag with a fixed set
+//! [`crate::service`], [`crate::stack`] and [`crate::apply`] do. Every flag with a fixed set
 //! of values is a [`ValueEnum`], so a misspelt value is clap's error listing
 //! the valid ones.
 
@@ -78,6 +78,9 @@ pub enum Noun {
     /// Services.
     #[command(subcommand)]
     Service(Box<ServiceCommand>),
+    /// Stacks: the services of a compose file, deployed together.
+    #[command(subcommand)]
+    Stack(StackCommand),
     /// Create or update the services of a `[[service]]` file to match it.
     Apply {
         /// The file (the `lbd --config` `[[service]]` format).
@@ -327,6 +330,53 @@ pub struct FollowArgs {
     /// Give up following after this long (exit 1 with what is not running).
     #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+}
+
+/// `lbctl stack`, docker's verbs.
+#[derive(Debug, Subcommand)]
+pub enum StackCommand {
+    /// Create or update a stack's services from compose files; a service
+    /// whose spec is unchanged is left running as it is.
+    Deploy {
+        /// A compose file (repeatable: later files override earlier ones).
+        #[arg(
+            short = 'c',
+            long = "compose-file",
+            value_name = "FILE",
+            required = true
+        )]
+        files: Vec<PathBuf>,
+        /// Also remove the stack's services the files no longer name.
+        #[arg(long)]
+        prune: bool,
+        /// The stack's name (its services are NAME-<service>).
+        name: String,
+    },
+    /// List stacks and their number of services.
+    #[command(alias = "list")]
+    Ls,
+    /// List a stack's services (like `service ls`).
+    Services {
+        /// The stack.
+        name: String,
+        /// Print only the service names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List the tasks of a stack's services (like `service ps`).
+    Ps {
+        /// The stack.
+        name: String,
+        #[command(flatten)]
+        list: ListArgs,
+    },
+    /// Remove every service of stacks.
+    #[command(alias = "remove")]
+    Rm {
+        /// Stack names.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
 }
 
 /// Spec flags shared by `service create` and `service update`.

@@ -21,6 +21,10 @@ pub enum CtlError {
     /// A `[[service]]` file whose specs do not validate.
     #[error("{}: {source}", path.display())]
     Invalid { path: PathBuf, source: FieldError },
+    /// A compose file that `stack deploy` cannot take:
+    /// `FILE: services.NAME.KEY: reason`.
+    #[error("{0}")]
+    Compose(String),
     /// `--token -` or `--token-file` gave no token.
     #[error("{0}")]
     Token(String),

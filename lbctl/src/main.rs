@@ -3,13 +3,16 @@
 //! # Layout and flow
 //!
 //! ```text
-//! argv ─> cli (clap types, parse: flag syntaxes) ─> one module per noun: cluster, node, service, apply, shell
+//! argv ─> cli (clap types, parse: flag syntaxes) ─> one module per noun: cluster, node, service, stack, apply, shell
 //!      ─> lbmesh-api Client calls, typed answers ─> output (table or --format json) ─> stdout
 //! ```
 //!
 //! - [`cli`]: nouns, verbs and flags; nothing runs there.
 //! - [`cluster`], [`node`], [`service`], [`apply`]: each runs its verbs as
 //!   `/v1` requests and returns what to print.
+//! - [`stack`]: `stack deploy|ls|services|ps|rm`; [`compose`] reads the
+//!   compose files (after [`interpolate`]) into specs, and deploy plans and
+//!   acts through [`apply::execute`].
 //! - [`filter`]: docker's `--filter KEY=VALUE`; [`tasks`]: the task
 //!   listing `service ps` and `node ps` share; [`follow`]: a service
 //!   write followed to convergence with its progress.
@@ -32,14 +35,17 @@ use lbmesh_tls::CaPin;
 mod apply;
 mod cli;
 mod cluster;
+mod compose;
 mod error;
 mod filter;
 mod follow;
+mod interpolate;
 mod node;
 mod output;
 mod parse;
 mod service;
 mod shell;
+mod stack;
 mod table;
 mod tasks;
 
@@ -127,6 +133,7 @@ async fn run(cli: &Cli) -> Result<String, CtlError> {
         Noun::Cluster(command) => cluster::run(client, host, command, cli.format).await,
         Noun::Node(command) => node::run(&client()?, command, cli.format).await,
         Noun::Service(command) => service::run(&client()?, command, cli.format).await,
+        Noun::Stack(command) => stack::run(&client()?, command, cli.format).await,
         Noun::Apply {
             file,
             prune,

@@ -354,7 +354,7 @@ fn mode(mode: ServiceMode) -> &'static str {
 }
 
 /// `service ls`: one row per service, like `docker service ls`.
-fn service_table(services: &[ServiceStatus]) -> String {
+pub(crate) fn service_table(services: &[ServiceStatus]) -> String {
     let rows: Vec<Vec<String>> = services
         .iter()
         .map(|status| {
@@ -370,7 +370,8 @@ fn service_table(services: &[ServiceStatus]) -> String {
                 })
                 .collect::<Vec<_>>()
                 .join(",");
-            let replicas = if spec.image.is_none() && spec.command.is_none() {
+            let replicas = if spec.image.is_none() && spec.command.is_none() && spec.args.is_empty()
+            {
                 "-".to_owned()
             } else {
                 format!("{}/{}", status.running, status.desired)

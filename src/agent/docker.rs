@@ -5,7 +5,8 @@
 //! # Flow
 //!
 //! ```text
-//! start: create (labels cluster/node/service/task, env, cmd, target ports published on the
+//! start: create (the spec's container labels, then lbmesh's cluster/node/service/task; env;
+//!        args or `/bin/sh -c COMMAND`; entrypoint; healthcheck; target ports published on the
 //!        advertise address with ephemeral host ports, no restart policy) ─> start
 //!        ─> inspect: host ports, the image's own HEALTHCHECK state
 //!        missing image: one bounded pull, else ImageNotFound
@@ -19,7 +20,8 @@ use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, ContainerInspectResponse, HealthStatusEnum, HostConfig, PortBinding,
+    ContainerCreateBody, ContainerInspectResponse, HealthConfig, HealthStatusEnum, HostConfig,
+    PortBinding,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, EventsOptionsBuilder,
@@ -28,6 +30,7 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::future::BoxFuture;
 use futures_util::StreamExt;
+use lb_config::ContainerHealthcheck;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -140,7 +143,12 @@ impl DockerRuntime {
             .image
             .clone()
             .ok_or_else(|| RuntimeError::Failed("a docker task needs an image".to_owned()))?;
-        let labels = HashMap::from([
+        let mut labels: HashMap<String, String> = launch
+            .container_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.extend([
             (LABEL_CLUSTER.to_owned(), launch.cluster_id.clone()),
             (LABEL_NODE.to_owned(), launch.node_name.clone()),
             (LABEL_SERVICE.to_owned(), launch.service.clone()),
@@ -166,10 +174,16 @@ impl DockerRuntime {
             .collect();
         let body = ContainerCreateBody {
             image: Some(image.clone()),
-            cmd: launch
-                .command
-                .as_ref()
-                .map(|c| vec!["/bin/sh".to_owned(), "-c".to_owned(), c.clone()]),
+            cmd: command_words(&launch.args, launch.command.as_deref()),
+            entrypoint: launch.entrypoint.as_ref().map(|words| {
+                // The engine reads an empty list as "the image's"; [""] clears it.
+                if words.is_empty() {
+                    vec![String::new()]
+                } else {
+                    words.clone()
+                }
+            }),
+            healthcheck: launch.healthcheck.as_ref().map(health_config),
             env: Some(launch.env.clone()),
             user: launch.user.clone(),
             labels: Some(labels),
@@ -271,6 +285,29 @@ impl DockerRuntime {
             });
         }
         Ok(tasks)
+    }
+}
+
+/// The container's command: `args` as they are, `command` under
+/// `/bin/sh -c`, or none (the image's).
+fn command_words(args: &[String], command: Option<&str>) -> Option<Vec<String>> {
+    if !args.is_empty() {
+        return Some(args.to_vec());
+    }
+    command.map(|c| vec!["/bin/sh".to_owned(), "-c".to_owned(), c.to_owned()])
+}
+
+/// A spec's `healthcheck` as the engine takes it (durations in
+/// nanoseconds; 0 or absent: the engine's default).
+fn health_config(check: &ContainerHealthcheck) -> HealthConfig {
+    let nanos = |d: Option<Duration>| d.map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+    HealthConfig {
+        test: Some(check.test.clone()),
+        interval: nanos(check.interval),
+        timeout: nanos(check.timeout),
+        retries: check.retries,
+        start_period: nanos(check.start_period),
+        ..HealthConfig::default()
     }
 }
 
@@ -415,5 +452,42 @@ impl Runtime for DockerRuntime {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<RuntimeTask>, RuntimeError>> {
         Box::pin(self.list_tasks())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_run_as_they_are_and_a_command_under_a_shell() {
+        let args = vec![
+            "redis-server".to_owned(),
+            "--port".to_owned(),
+            "7".to_owned(),
+        ];
+        assert_eq!(command_words(&args, None), Some(args.clone()));
+        assert_eq!(
+            command_words(&[], Some("echo $HOME")),
+            Some(vec!["/bin/sh".into(), "-c".into(), "echo $HOME".into()])
+        );
+        assert_eq!(command_words(&[], None), None);
+    }
+
+    #[test]
+    fn a_healthcheck_is_the_engines_in_nanoseconds() {
+        let check = ContainerHealthcheck {
+            test: vec!["CMD-SHELL".into(), "wget -qO- localhost".into()],
+            interval: Some(Duration::from_secs(2)),
+            timeout: Some(Duration::from_millis(500)),
+            retries: Some(4),
+            start_period: None,
+        };
+        let config = health_config(&check);
+        assert_eq!(config.test, Some(check.test.clone()));
+        assert_eq!(config.interval, Some(2_000_000_000));
+        assert_eq!(config.timeout, Some(500_000_000));
+        assert_eq!(config.retries, Some(4));
+        assert_eq!(config.start_period, None);
     }
 }

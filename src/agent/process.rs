@@ -3,8 +3,8 @@
 //! # Flow
 //!
 //! ```text
-//! start: free port per target (bind host_ip:0, read, close) ─> /bin/sh -c COMMAND in its own
-//!        process group, as the service's user if it names one, with a clean environment:
+//! start: free port per target (bind host_ip:0, read, close) ─> /bin/sh -c COMMAND (or the
+//!        spec's exec-form args as they are, the program found on PATH) in its own process group, as the service's user if it names one, with a clean environment:
 //!        PATH (a minimal one), HOST, PORT, PORT_<target>, LBMESH_TASK_ID, LBMESH_SERVICE,
 //!        then the service env; output appended to <state_dir>/<task>.log (0600); a record file
 //!        <state_dir>/<task>.json ─> a waiter reports the exit ─> an exit within the first
@@ -125,10 +125,16 @@ impl ProcessRuntime {
     }
 
     async fn start_task(&self, launch: TaskLaunch) -> Result<RuntimeTask, RuntimeError> {
-        let command = launch
-            .command
-            .clone()
-            .ok_or_else(|| RuntimeError::Failed("a process task needs a command".to_owned()))?;
+        // `args` run as they are; `command` under /bin/sh -c.
+        let words: Vec<String> = match (&launch.command, launch.args.as_slice()) {
+            (_, [_, ..]) => launch.args.clone(),
+            (Some(command), []) => vec!["/bin/sh".to_owned(), "-c".to_owned(), command.clone()],
+            (None, []) => {
+                return Err(RuntimeError::Failed(
+                    "a process task needs a command".to_owned(),
+                ))
+            }
+        };
         let mut ports = Vec::with_capacity(launch.target_ports.len());
         for target in &launch.target_ports {
             ports.push((*target, free_port(launch.host_ip)?));
@@ -149,9 +155,8 @@ impl ProcessRuntime {
         let log_err = log
             .try_clone()
             .map_err(|e| RuntimeError::Failed(format!("{}: {e}", log_path.display())))?;
-        let mut cmd = tokio::process::Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&command)
+        let mut cmd = tokio::process::Command::new(&words[0]);
+        cmd.args(&words[1..])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -179,7 +184,7 @@ impl ProcessRuntime {
         }
         let mut child = cmd
             .spawn()
-            .map_err(|e| RuntimeError::Failed(format!("cannot run /bin/sh: {e}")))?;
+            .map_err(|e| RuntimeError::Failed(format!("cannot run {}: {e}", words[0])))?;
         let pid = child
             .id()
             .and_then(|id| i32::try_from(id).ok())

@@ -23,10 +23,12 @@
 //! - Exits the agent did not ask for arrive on the event channel given to the
 //!   runtime at construction, as soon as the runtime notices them (docker: the
 //!   engine's event stream; processes: the child's wait).
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+use lb_config::ContainerHealthcheck;
 
 /// Which runtime runs a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -56,6 +58,16 @@ pub struct TaskLaunch {
     /// Docker: replaces the image's command, run as `/bin/sh -c COMMAND`.
     /// Process: the command line, run as `/bin/sh -c COMMAND`.
     pub command: Option<String>,
+    /// The command in exec form, no shell (a process runs it directly);
+    /// empty: `command`, or the image's.
+    pub args: Vec<String>,
+    /// Docker: replaces the image's ENTRYPOINT (`[]` clears it).
+    pub entrypoint: Option<Vec<String>>,
+    /// Docker: the service's container labels; lbmesh's own are set after
+    /// them, so they cannot be overridden.
+    pub container_labels: BTreeMap<String, String>,
+    /// Docker: the container's HEALTHCHECK, in place of the image's.
+    pub healthcheck: Option<ContainerHealthcheck>,
     /// `KEY=VALUE` pairs from the service spec.
     pub env: Vec<String>,
     /// Who the task runs as (`NAME|UID[:GROUP|GID]`); `None`: the image's

@@ -170,10 +170,22 @@ impl Cluster {
     }
 
     pub fn lbctl(&self, n: usize, args: &[&str]) -> (i32, String, String) {
+        self.lbctl_env(n, &[], args)
+    }
+
+    /// [`Cluster::lbctl`] with more environment variables (`stack deploy`
+    /// interpolates them).
+    pub fn lbctl_env(
+        &self,
+        n: usize,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> (i32, String, String) {
         let out = Command::new(bins::bin("lbctl"))
             .arg("--host")
             .arg(self.api(n))
             .env("LBCTL_TOKEN", &self.control_token)
+            .envs(env.iter().copied())
             .args(args)
             .output()
             .expect("run lbctl");
