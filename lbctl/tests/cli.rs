@@ -78,7 +78,7 @@ fn lbctl_errors_exit_non_zero() {
 }
 
 #[test]
-fn publish_takes_tcp_and_refuses_udp_clearly() {
+fn publish_takes_tcp_and_udp_and_refuses_other_protocols() {
     // Parsed before anything is sent: the host is never dialled.
     let out = lbctl(&[
         "--host",
@@ -87,33 +87,33 @@ fn publish_takes_tcp_and_refuses_udp_clearly() {
         "create",
         "web",
         "-p",
-        "8080:80/udp",
+        "8080:80/sctp",
     ]); // fixed-port-ok: never dialled
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).starts_with(
-            "error: invalid value '8080:80/udp' for '--publish <SPEC>': udp is not supported yet (only tcp)\n"
-        ),
+        stderr(&out).starts_with("error: invalid value '8080:80/sctp' for '--publish <SPEC>'"),
         "{}",
         stderr(&out)
     );
-    // /tcp parses: the command gets as far as dialling the host.
-    let out = lbctl(&[
-        "--host",
-        "127.0.0.1:1",
-        "--token",
-        WELL_FORMED_TOKEN,
-        "service",
-        "create",
-        "web",
-        "-p",
-        "8080:80/tcp",
-    ]); // fixed-port-ok: port 1, nothing listens
-    assert!(
-        stderr(&out).starts_with("Error: cannot connect to 127.0.0.1:1: "),
-        "{}",
-        stderr(&out)
-    );
+    // /tcp and /udp parse: the command gets as far as dialling the host.
+    for spec in ["8080:80/tcp", "53:53/udp"] {
+        let out = lbctl(&[
+            "--host",
+            "127.0.0.1:1",
+            "--token",
+            WELL_FORMED_TOKEN,
+            "service",
+            "create",
+            "web",
+            "-p",
+            spec,
+        ]); // fixed-port-ok: port 1, nothing listens
+        assert!(
+            stderr(&out).starts_with("Error: cannot connect to 127.0.0.1:1: "),
+            "{spec}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]
