@@ -43,7 +43,13 @@ if ! docker image inspect lbmesh-base:$SUITE >/dev/null 2>&1; then
     fi
     tar -C "$CACHE/base" -c . | docker import - lbmesh-base:$SUITE >/dev/null
 fi
-if ! docker image inspect lbmesh-build:local >/dev/null 2>&1; then
+# The build image carries a copy of the cargo registry, so it is made again
+# whenever Cargo.lock changes: an image kept from an older lock file lacks
+# the crates added since, and the offline build fails to resolve them.
+lock_digest=$(sha256sum Cargo.lock | cut -c1-16)
+built_for=$(docker image inspect -f '{{ index .Config.Labels "lbmesh.cargo-lock" }}' \
+    lbmesh-build:local 2>/dev/null || true)
+if [ "$built_for" != "$lock_digest" ]; then
     if [ ! -x "$CACHE/build/usr/bin/cc" ]; then
         log "build rootfs: gcc in a copy of the base"
         rm -rf "$CACHE/build"
@@ -58,9 +64,11 @@ if ! docker image inspect lbmesh-build:local >/dev/null 2>&1; then
     sysroot=$(rustc --print sysroot)
     mkdir -p "$CACHE/build/usr/local" "$CACHE/build/root/.cargo"
     cp -a "$sysroot/bin" "$sysroot/lib" "$CACHE/build/usr/local/"
+    cargo fetch --locked --quiet
     rm -rf "$CACHE/build/root/.cargo/registry"
     cp -a "${CARGO_HOME:-$HOME/.cargo}/registry" "$CACHE/build/root/.cargo/"
-    tar -C "$CACHE/build" -c . | docker import - lbmesh-build:local >/dev/null
+    tar -C "$CACHE/build" -c . |
+        docker import --change "LABEL lbmesh.cargo-lock=$lock_digest" - lbmesh-build:local >/dev/null
 fi
 
 log "docker build"
