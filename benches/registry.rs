@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lb_config::{PortSpec, ServiceSpec};
-use lbmesh_tls::{CertRole, ClusterCa, NodeCredentials, NodeKey};
+use lbmesh_tls::{CertRole, ClusterCa};
 use raft_state::registry::{NodeOptions, RegistryNode, Timing};
 use raft_state::state::{Command, Outcome};
 use tokio::net::TcpListener;
@@ -33,18 +33,9 @@ async fn cluster(size: u64, dir: &std::path::Path) -> Vec<Arc<RegistryNode>> {
     let ca = ClusterCa::generate("bench").expect("CA");
     let mut nodes = Vec::new();
     for id in 1..=size {
-        let key = NodeKey::generate().expect("key");
-        let cert = ca
-            .sign(
-                &key.csr(id).expect("csr"),
-                id,
-                CertRole::Manager,
-                "bench",
-                Duration::from_secs(3600),
-            )
-            .expect("cert");
-        let credentials =
-            NodeCredentials::new(ca.cert_pem(), &cert, &key.pem()).expect("credentials");
+        let credentials = ca
+            .node_credentials(id, CertRole::Manager, "bench", Duration::from_secs(3600))
+            .expect("credentials");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr").to_string();
         let node = RegistryNode::start(NodeOptions {

@@ -26,18 +26,9 @@ import sys
 import tempfile
 import time
 
+from chaos import wait_for  # the loadtest/ directory is on sys.path
+
 API_PORT = 9900  # fixed-port-ok: lbd's default, on the run's own 127.B.0.N
-
-
-def wait_for(what, limit, check, interval=0.02):
-    deadline = time.monotonic() + limit
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {limit}s waiting for {what}")
-        time.sleep(interval)
 
 
 def one_round(lbd, lbctl):
@@ -64,7 +55,7 @@ def one_round(lbd, lbctl):
             control = re.search(r"lbctl control token.*: (\S+)", text)
             return manager and control and (manager.group(1), control.group(1))
 
-        manager, control = wait_for("tokens", 30, tokens)
+        manager, control = wait_for("tokens", 30, tokens, interval=0.02)
 
         def ready():
             out = subprocess.run([lbctl, "--host", f"{ip(0)}:{API_PORT}", "--token", control,
@@ -74,12 +65,12 @@ def one_round(lbd, lbctl):
                 return 0
             return sum(1 for node in json.loads(out.stdout) if node["status"] == "ready")
 
-        wait_for("the first node", 30, lambda: ready() == 1)
+        wait_for("the first node", 30, lambda: ready() == 1, interval=0.02)
         times = []
         for n in (1, 2):
             started = time.monotonic()
             spawn(n, join=manager)
-            wait_for(f"node {n + 1} ready", 60, lambda: ready() == n + 1)
+            wait_for(f"node {n + 1} ready", 60, lambda: ready() == n + 1, interval=0.02)
             times.append(time.monotonic() - started)
         return times
     finally:

@@ -9,8 +9,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lbmesh_tls::{CertRole, ClusterCa, NodeCredentials, NodeKey};
-use raft_state::network::{Peer, RemoteFailure, Request, Response};
+use lbmesh_tls::{CertRole, ClusterCa, NodeCredentials};
+use raft_state::network::{CallError, Peer, RemoteFailure, Request, Response};
 use raft_state::state::{Command, Proposal};
 use test_support::cluster::*;
 use test_support::*;
@@ -39,6 +39,52 @@ fn stolen_credentials(cluster: &Cluster, n: usize) -> Arc<NodeCredentials> {
     let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect(file);
     NodeCredentials::new(&read("ca.crt"), &read("node.crt"), &read("node.key"))
         .expect("the node's credentials")
+}
+
+/// One Raft call to node `n` made with `credentials`, as a peer would
+/// make it (its own TLS connection).
+fn raft_call(
+    cluster: &Cluster,
+    n: usize,
+    credentials: &Arc<NodeCredentials>,
+    request: &Request,
+) -> Result<Response, CallError> {
+    let target = node_id(cluster, n);
+    let addr = raft_addr(cluster, n);
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let mut peer = Peer::new(target, addr, credentials.clone());
+        peer.call(request, Duration::from_secs(10)).await
+    })
+}
+
+/// A vote for a term far ahead: what a node trying to take over sends.
+fn takeover_vote() -> Request {
+    Request::Vote(openraft::raft::VoteRequest::new(
+        openraft::Vote::new(1_000, 3),
+        None,
+    ))
+}
+
+/// Creates `name` through node `n`: no replicas (nothing runs), one free
+/// published port; the error is lbctl's stderr.
+fn create_idle_service(cluster: &Cluster, n: usize, name: &str) -> Result<(), String> {
+    let port = free_port_on_all(cluster).to_string();
+    let args = [
+        "service",
+        "create",
+        name,
+        "--replicas",
+        "0",
+        "--command",
+        "true",
+        "-p",
+        &port,
+    ];
+    match cluster.lbctl(n, &args) {
+        (0, _, _) => Ok(()),
+        (_, _, err) => Err(err),
+    }
 }
 
 /// Joins node 3 as a worker and waits until it is ready.
@@ -75,22 +121,7 @@ fn service_names(cluster: &Cluster) -> Vec<String> {
 fn a_worker_token_or_certificate_cannot_change_the_cluster() {
     let mut cluster = Cluster::form_with(FAST_HEARTBEATS);
     let worker_token = add_worker(&mut cluster);
-    let port = free_port_on_all(&cluster).to_string();
-    let (code, _, err) = cluster.lbctl(
-        0,
-        &[
-            "service",
-            "create",
-            "keep",
-            "--replicas",
-            "0",
-            "--command",
-            "true",
-            "-p",
-            &port,
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
+    create_idle_service(&cluster, 0, "keep").expect("create");
     let before = service_names(&cluster);
 
     // The worker token as the API's bearer, and in lbctl.
@@ -129,69 +160,51 @@ fn a_worker_token_or_certificate_cannot_change_the_cluster() {
     // an append refused; its heartbeat is served.
     let worker = stolen_credentials(&cluster, 3);
     let leader = cluster.leader_index().expect("a leader");
-    let leader_id = node_id(&cluster, leader);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    runtime.block_on(async {
-        let call = |request: Request| {
-            let worker = worker.clone();
-            let addr = raft_addr(&cluster, leader);
-            async move {
-                let mut peer = Peer::new(leader_id, addr, worker);
-                peer.call(&request, Duration::from_secs(10)).await
-            }
-        };
-        let spec = lb_config::ServiceSpec {
-            name: "evil".to_owned(),
-            command: Some("id > /tmp/lbmesh-pwned".to_owned()),
-            ports: vec![lb_config::PortSpec {
-                published: 3,
-                ..lb_config::PortSpec::default()
-            }],
-            ..lb_config::ServiceSpec::default()
-        };
-        let propose = Request::Propose(Box::new(Proposal::once(Command::CreateService {
-            spec,
-            id: String::new(),
-        })));
-        match call(propose).await {
-            Ok(Response::Propose(Err(RemoteFailure::Forbidden(reason)))) => {
-                assert!(reason.contains("only managers"), "{reason}")
-            }
-            other => panic!("a worker's proposal got {other:?}"),
+    let call = |request: Request| raft_call(&cluster, leader, &worker, &request);
+    let spec = lb_config::ServiceSpec {
+        name: "evil".to_owned(),
+        command: Some("id > /tmp/lbmesh-pwned".to_owned()),
+        ports: vec![lb_config::PortSpec {
+            published: 3,
+            ..lb_config::PortSpec::default()
+        }],
+        ..lb_config::ServiceSpec::default()
+    };
+    let propose = Request::Propose(Box::new(Proposal::once(Command::CreateService {
+        spec,
+        id: String::new(),
+    })));
+    match call(propose) {
+        Ok(Response::Propose(Err(RemoteFailure::Forbidden(reason)))) => {
+            assert!(reason.contains("only managers"), "{reason}")
         }
-        let remove = Request::Propose(Box::new(Proposal::once(Command::RemoveService {
-            name: "keep".to_owned(),
-        })));
-        assert!(
-            matches!(
-                call(remove).await,
-                Ok(Response::Propose(Err(RemoteFailure::Forbidden(_))))
-            ),
-            "a worker removed a service"
-        );
-        let vote = Request::Vote(openraft::raft::VoteRequest::new(
-            openraft::Vote::new(1_000, 3),
-            None,
-        ));
-        match call(vote).await {
-            Ok(Response::Refused(reason)) => assert!(reason.contains("worker"), "{reason}"),
-            other => panic!("a worker's vote got {other:?}"),
-        }
-        let append = Request::AppendEntries(openraft::raft::AppendEntriesRequest {
-            vote: openraft::Vote::new_committed(1_000, 3),
-            prev_log_id: None,
-            entries: Vec::new(),
-            leader_commit: None,
-        });
-        match call(append).await {
-            Ok(Response::Refused(reason)) => assert!(reason.contains("worker"), "{reason}"),
-            other => panic!("a worker's append got {other:?}"),
-        }
-        assert!(matches!(
-            call(Request::Heartbeat).await,
-            Ok(Response::Heartbeat)
-        ));
+        other => panic!("a worker's proposal got {other:?}"),
+    }
+    let remove = Request::Propose(Box::new(Proposal::once(Command::RemoveService {
+        name: "keep".to_owned(),
+    })));
+    assert!(
+        matches!(
+            call(remove),
+            Ok(Response::Propose(Err(RemoteFailure::Forbidden(_))))
+        ),
+        "a worker removed a service"
+    );
+    match call(takeover_vote()) {
+        Ok(Response::Refused(reason)) => assert!(reason.contains("worker"), "{reason}"),
+        other => panic!("a worker's vote got {other:?}"),
+    }
+    let append = Request::AppendEntries(openraft::raft::AppendEntriesRequest {
+        vote: openraft::Vote::new_committed(1_000, 3),
+        prev_log_id: None,
+        entries: Vec::new(),
+        leader_commit: None,
     });
+    match call(append) {
+        Ok(Response::Refused(reason)) => assert!(reason.contains("worker"), "{reason}"),
+        other => panic!("a worker's append got {other:?}"),
+    }
+    assert!(matches!(call(Request::Heartbeat), Ok(Response::Heartbeat)));
     assert_eq!(service_names(&cluster), before, "the registry changed");
     assert!(!Path::new("/tmp/lbmesh-pwned").exists());
     // The leader kept its term: the worker's vote counted for nothing.
@@ -228,24 +241,10 @@ fn clients_without_the_cluster_ca_reach_nothing() {
     // A certificate of another CA, naming a real node id and manager.
     let other = ClusterCa::generate("other").expect("CA");
     let id = node_id(&cluster, 1);
-    let key = NodeKey::generate().expect("key");
-    let cert = other
-        .sign(
-            &key.csr(id).expect("csr"),
-            id,
-            CertRole::Manager,
-            "other",
-            Duration::from_secs(600),
-        )
-        .expect("cert");
-    let forged = NodeCredentials::new(other.cert_pem(), &cert, &key.pem()).expect("credentials");
-    let target = node_id(&cluster, 0);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let answer = runtime.block_on(async {
-        let mut peer = Peer::new(target, raft_addr(&cluster, 0), forged);
-        peer.call(&Request::ReadIndex, Duration::from_secs(10))
-            .await
-    });
+    let forged = other
+        .node_credentials(id, CertRole::Manager, "other", Duration::from_secs(600))
+        .expect("credentials");
+    let answer = raft_call(&cluster, 0, &forged, &Request::ReadIndex);
     assert!(
         answer.is_err(),
         "another CA's certificate was served: {answer:?}"
@@ -342,22 +341,7 @@ fn a_workers_files_and_memory_hold_no_token() {
     ];
     let needles = token_needles(&tokens);
     // The worker has applied the cluster record and a service.
-    let port = free_port_on_all(&cluster).to_string();
-    let (code, _, err) = cluster.lbctl(
-        0,
-        &[
-            "service",
-            "create",
-            "probe",
-            "--replicas",
-            "0",
-            "--command",
-            "true",
-            "-p",
-            &port,
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
+    create_idle_service(&cluster, 0, "probe").expect("create");
     wait_for(
         "the worker's registry to hold the service",
         Duration::from_secs(20),
@@ -419,22 +403,9 @@ fn short_lived_certificates_renew_and_a_removed_node_is_refused() {
     // Two renewals: at about 10 s and 20 s after each certificate's signing.
     while started.elapsed() < Duration::from_secs(26) {
         let name = format!("w{writes}");
-        let port = free_port_on_all(&cluster).to_string();
-        let (code, _, err) = cluster.lbctl(
-            writes % 3,
-            &[
-                "service",
-                "create",
-                &name,
-                "--replicas",
-                "0",
-                "--command",
-                "true",
-                "-p",
-                &port,
-            ],
-        );
-        assert_eq!(code, 0, "write {writes} at {:?}: {err}", started.elapsed());
+        if let Err(err) = create_idle_service(&cluster, writes % 3, &name) {
+            panic!("write {writes} at {:?}: {err}", started.elapsed());
+        }
         writes += 1;
         std::thread::sleep(Duration::from_millis(500));
     }
@@ -458,13 +429,7 @@ fn short_lived_certificates_renew_and_a_removed_node_is_refused() {
     let (code, _, err) = cluster.lbctl(0, &["node", "rm", "--force", &worker_name]);
     assert_eq!(code, 0, "{err}");
     let leader = cluster.leader_index().expect("a leader");
-    let leader_id = node_id(&cluster, leader);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let answer = runtime.block_on(async {
-        let mut peer = Peer::new(leader_id, raft_addr(&cluster, leader), worker);
-        peer.call(&Request::Heartbeat, Duration::from_secs(10))
-            .await
-    });
+    let answer = raft_call(&cluster, leader, &worker, &Request::Heartbeat);
     match answer {
         Ok(Response::Refused(reason)) => assert!(reason.contains("removed"), "{reason}"),
         other => panic!("a removed node's heartbeat got {other:?}"),
@@ -577,16 +542,7 @@ fn promote_and_demote_reissue_the_certificate() {
     // The manager certificate it held is still valid, but the record says
     // worker: a vote with it is refused.
     let leader = cluster.leader_index().expect("a leader");
-    let leader_id = node_id(&cluster, leader);
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let answer = runtime.block_on(async {
-        let mut peer = Peer::new(leader_id, raft_addr(&cluster, leader), manager);
-        let vote = Request::Vote(openraft::raft::VoteRequest::new(
-            openraft::Vote::new(1_000, 3),
-            None,
-        ));
-        peer.call(&vote, Duration::from_secs(10)).await
-    });
+    let answer = raft_call(&cluster, leader, &manager, &takeover_vote());
     match answer {
         Ok(Response::Refused(reason)) => assert!(reason.contains("worker"), "{reason}"),
         other => panic!("a demoted node's vote got {other:?}"),

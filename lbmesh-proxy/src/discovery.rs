@@ -149,3 +149,22 @@ pub struct RouteSettings {
     /// UDP ports; a new flow past it is dropped.
     pub max_udp_sessions: u32,
 }
+
+/// lb-config's defaults: what a service that sets nothing gets.
+impl Default for RouteSettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: lb_config::DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: lb_config::DEFAULT_IDLE_TIMEOUT,
+            proxy_protocol: ProxyProtocol::None,
+            retries: lb_config::DEFAULT_RETRIES,
+            eject_time: lb_config::DEFAULT_EJECT_TIME,
+            retry_on_empty: false,
+            reply_timeout: None,
+            max_connections_per_client: 0,
+            access_log: false,
+            udp_idle_timeout: lb_config::DEFAULT_UDP_IDLE_TIMEOUT,
+            max_udp_sessions: lb_config::DEFAULT_MAX_UDP_SESSIONS,
+        }
+    }
+}

@@ -475,7 +475,7 @@ impl Proxy {
 
 #[cfg(test)]
 mod tests {
-    use lb_config::{Algorithm, ProxyProtocol};
+    use lb_config::Algorithm;
 
     use super::*;
     use crate::discovery::{PortRoutes, RouteSettings};
@@ -487,16 +487,8 @@ mod tests {
             max_connections: 100,
             settings: RouteSettings {
                 connect_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(60),
-                proxy_protocol: ProxyProtocol::None,
                 retries: 0,
-                eject_time: Duration::from_secs(10),
-                retry_on_empty: false,
-                reply_timeout: None,
-                access_log: false,
-                max_connections_per_client: 0,
-                udp_idle_timeout: Duration::from_secs(60),
-                max_udp_sessions: 100,
+                ..RouteSettings::default()
             },
             ports: vec![PortRoutes {
                 protocol: Protocol::Tcp,

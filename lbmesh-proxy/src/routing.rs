@@ -588,7 +588,7 @@ impl RoutingTable {
 mod tests {
     use std::time::Duration;
 
-    use lb_config::{Algorithm, ProxyProtocol};
+    use lb_config::Algorithm;
 
     use std::net::SocketAddr;
 
@@ -601,19 +601,7 @@ mod tests {
             name: "web".to_owned(),
             algorithm: Algorithm::RoundRobin,
             max_connections,
-            settings: RouteSettings {
-                connect_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(60),
-                proxy_protocol: ProxyProtocol::None,
-                retries: 2,
-                eject_time: Duration::from_secs(10),
-                retry_on_empty: false,
-                reply_timeout: None,
-                access_log: false,
-                max_connections_per_client: 0,
-                udp_idle_timeout: Duration::from_secs(60),
-                max_udp_sessions: 100,
-            },
+            settings: RouteSettings::default(),
             ports: vec![PortRoutes {
                 protocol: Protocol::Tcp,
                 listen: vec![listen],

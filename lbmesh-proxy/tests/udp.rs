@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use lb_config::{Algorithm, Protocol, ProxyProtocol};
+use lb_config::{Algorithm, Protocol};
 use lbmesh_proxy::discovery::{Endpoint, PortRoutes, RouteSettings, ServiceRoutes};
 use lbmesh_proxy::metrics::Metrics;
 use lbmesh_proxy::Proxy;
@@ -65,16 +65,9 @@ impl Echo {
 fn settings() -> RouteSettings {
     RouteSettings {
         connect_timeout: Duration::from_secs(1),
-        idle_timeout: Duration::from_secs(60),
-        proxy_protocol: ProxyProtocol::None,
-        retries: 2,
         eject_time: Duration::from_secs(30),
-        retry_on_empty: false,
-        reply_timeout: None,
-        max_connections_per_client: 0,
-        udp_idle_timeout: Duration::from_secs(60),
         max_udp_sessions: 1000,
-        access_log: false,
+        ..RouteSettings::default()
     }
 }
 

@@ -7,6 +7,7 @@
 //! joiner cannot ask for another node's id or a role its token does not
 //! give.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -18,6 +19,7 @@ use rcgen::{
 use sha2::Sha256;
 use time::OffsetDateTime;
 
+use crate::config::NodeCredentials;
 use crate::error::TlsError;
 use crate::identity::{ca_digest, cert_der, node_server_name, CertRole, API_SERVER_NAME, BACKDATE};
 
@@ -179,6 +181,21 @@ impl ClusterCa {
             .signed_by(&csr.public_key, &self.issuer, &self.key)
             .map_err(|e| TlsError::Certificate(e.to_string()))?;
         Ok(cert.pem())
+    }
+
+    /// Credentials of node `node_id` in `role` whose key is made here and
+    /// signed at once: for tests and benchmarks that stand up nodes in one
+    /// process (a real node makes its key and sends only the CSR).
+    pub fn node_credentials(
+        &self,
+        node_id: u64,
+        role: CertRole,
+        cluster_id: &str,
+        lifetime: Duration,
+    ) -> Result<Arc<NodeCredentials>, TlsError> {
+        let key = NodeKey::generate()?;
+        let cert = self.sign(&key.csr(node_id)?, node_id, role, cluster_id, lifetime)?;
+        NodeCredentials::new(self.cert_pem(), &cert, &key.pem())
     }
 
     /// A MAC under the CA key: join and control secrets are derived with

@@ -320,17 +320,8 @@ mod tests {
     use std::time::Duration;
 
     fn node(ca: &ClusterCa, id: u64, role: CertRole) -> Arc<NodeCredentials> {
-        let key = NodeKey::generate().unwrap();
-        let cert = ca
-            .sign(
-                &key.csr(id).unwrap(),
-                id,
-                role,
-                "c1",
-                Duration::from_secs(60),
-            )
-            .unwrap();
-        NodeCredentials::new(ca.cert_pem(), &cert, &key.pem()).unwrap()
+        ca.node_credentials(id, role, "c1", Duration::from_secs(60))
+            .unwrap()
     }
 
     #[test]

@@ -665,17 +665,8 @@ pub(crate) mod tests {
         id: NodeId,
         role: CertRole,
     ) -> Credentials {
-        let key = lbmesh_tls::NodeKey::generate().expect("a key");
-        let cert = ca
-            .sign(
-                &key.csr(id).expect("a CSR"),
-                id,
-                role,
-                "test",
-                Duration::from_secs(3600),
-            )
-            .expect("a certificate");
-        NodeCredentials::new(ca.cert_pem(), &cert, &key.pem()).expect("credentials")
+        ca.node_credentials(id, role, "test", Duration::from_secs(3600))
+            .expect("credentials")
     }
 
     /// Manager credentials of node `id` from the tests' CA.

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use lb_config::{EndpointSpec, PortSpec, ServiceSpec};
-use lbmesh_tls::{CertRole, ClusterCa, NodeCredentials, NodeKey};
+use lbmesh_tls::{CertRole, ClusterCa};
 use raft_state::network::Credentials;
 use raft_state::registry::{NodeOptions, RegistryNode, Timing};
 use raft_state::state::{Command, NodeId, Outcome};
@@ -21,17 +21,8 @@ fn cluster_ca() -> &'static ClusterCa {
 
 /// Manager credentials of node `id` from `ca`.
 fn credentials_from(ca: &ClusterCa, id: NodeId) -> Credentials {
-    let key = NodeKey::generate().expect("key");
-    let cert = ca
-        .sign(
-            &key.csr(id).expect("csr"),
-            id,
-            CertRole::Manager,
-            "test",
-            Duration::from_secs(3600),
-        )
-        .expect("cert");
-    NodeCredentials::new(ca.cert_pem(), &cert, &key.pem()).expect("credentials")
+    ca.node_credentials(id, CertRole::Manager, "test", Duration::from_secs(3600))
+        .expect("credentials")
 }
 
 fn credentials(id: NodeId) -> Credentials {

@@ -320,6 +320,16 @@ fn join_kind(role: &str) -> Result<TokenKind, Box<ApiResponse>> {
     }
 }
 
+/// The answer while the registry holds no cluster record yet (before the
+/// bootstrap's first commit has been applied here).
+fn cluster_not_initialised() -> ApiResponse {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "cluster",
+        "not initialised",
+    )
+}
+
 /// The CA, which only a manager holds: tokens are derived and
 /// certificates signed with it.
 fn manager_ca(context: &Context<'_>) -> Result<Arc<ClusterCa>, Box<ApiResponse>> {
@@ -345,11 +355,7 @@ async fn join_token(context: &Context<'_>, role: &str) -> ApiResponse {
         Err(response) => return *response,
     };
     let Some(cluster) = &applied.state.cluster else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cluster",
-            "not initialised",
-        );
+        return cluster_not_initialised();
     };
     let ca = match manager_ca(context) {
         Ok(ca) => ca,
@@ -393,11 +399,7 @@ async fn certificate(context: &Context<'_>, body: &Bytes) -> ApiResponse {
     };
     let state = context.registry.local().state;
     let Some(cluster) = &state.cluster else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cluster",
-            "not initialised",
-        );
+        return cluster_not_initialised();
     };
     let role = match cluster::join_role(cluster, &request.token) {
         Ok(role) => role,
@@ -448,11 +450,7 @@ fn renew(context: &Context<'_>, body: &Bytes) -> ApiResponse {
     };
     let state = context.registry.local().state;
     let Some(cluster) = &state.cluster else {
-        return error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "cluster",
-            "not initialised",
-        );
+        return cluster_not_initialised();
     };
     let id = peer.node_id;
     let record = match state.nodes.get(&id) {

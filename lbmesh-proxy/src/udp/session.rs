@@ -396,7 +396,7 @@ async fn relay_replies(
 mod tests {
     use std::time::Duration;
 
-    use lb_config::{Algorithm, Protocol, ProxyProtocol};
+    use lb_config::{Algorithm, Protocol};
 
     use super::*;
     use crate::discovery::{Endpoint, PortRoutes, ProtoAddr, RouteSettings, ServiceRoutes, Update};
@@ -411,17 +411,10 @@ mod tests {
             algorithm: Algorithm::RoundRobin,
             max_connections: 10,
             settings: RouteSettings {
-                connect_timeout: Duration::from_secs(1),
-                idle_timeout: Duration::from_secs(60),
-                proxy_protocol: ProxyProtocol::None,
                 retries: 0,
-                eject_time: Duration::from_secs(10),
-                retry_on_empty: false,
-                reply_timeout: None,
-                max_connections_per_client: 0,
                 udp_idle_timeout: idle,
                 max_udp_sessions: 10,
-                access_log: false,
+                ..RouteSettings::default()
             },
             ports: vec![PortRoutes {
                 protocol: Protocol::Udp,
