@@ -18,13 +18,12 @@ use crate::checked::{
     RestartCondition, ServiceMode, UpdateOrder,
 };
 
-/// The whole file: `[node]` settings and `[[service]]` tables.
-
 /// The label that marks a stack's services with the stack's name
 /// (Swarm's, so tools that group by it work unchanged; lbd's DNS answers
 /// a stack's short names from it).
 pub const STACK_LABEL: &str = "com.docker.stack.namespace";
 
+/// The whole file: `[node]` settings and `[[service]]` tables.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {

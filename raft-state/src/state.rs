@@ -674,8 +674,8 @@ mod tests {
         let (Outcome::Service { service: a }, Outcome::Service { service: b }) = (a, b) else {
             panic!("both created");
         };
-        assert_eq!(a.vip, Ipv4Addr::new(127, 77, 0, 1));
-        assert_eq!(b.vip, Ipv4Addr::new(127, 77, 0, 2));
+        assert_eq!(a.vip, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(b.vip, Ipv4Addr::new(198, 18, 0, 2));
         let updated = state.apply(&Command::UpdateService {
             spec: spec("a", 82),
         });
@@ -830,7 +830,7 @@ mod tests {
             ),
             (
                 Command::CreateService {
-                    spec: spec("api", 0),
+                    spec: spec("api", 70_000),
                     id: String::new(),
                 },
                 RejectKind::Invalid,
