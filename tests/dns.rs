@@ -245,21 +245,27 @@ fn exec_in(container: &str, script: &str) -> (i32, String) {
     )
 }
 
-/// The id of a running container of `service`.
-fn container_of(service: &str) -> Option<String> {
-    let out = Command::new("docker")
-        .args([
-            "ps",
-            "-q",
-            "--filter",
-            &format!("label=io.lbmesh.service={service}"),
-        ])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .map(str::to_owned)
+/// The id of a running container of `service` on one of `cluster`'s
+/// nodes (other tests may run a stack `app` on the same engine).
+fn container_of(cluster: &Cluster, service: &str) -> Option<String> {
+    (0..3).find_map(|n| {
+        let node = format!("node-{}", cluster.ip(n).to_string().replace('.', "-"));
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-q",
+                "--filter",
+                &format!("label=io.lbmesh.service={service}"),
+                "--filter",
+                &format!("label=io.lbmesh.node={node}"),
+            ])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::to_owned)
+    })
 }
 
 /// Whether `ip route show table local` lists `range` as local.
@@ -333,7 +339,7 @@ fn containers_of_a_stack_reach_each_other_by_name_and_vip() {
     let container = wait_for(
         "a container of app-web",
         WAIT,
-        || container_of("app-web"),
+        || container_of(&cluster, "app-web"),
         String::new,
     );
 
