@@ -631,7 +631,7 @@ fn published_port_clash(state: &RegistryState, record: &NodeRecord) -> Option<Jo
                 .spec
                 .ports
                 .iter()
-                .any(|port| port.published == i64::from(addr.port()))
+                .any(|port| port.is_published() && port.published == i64::from(addr.port()))
             {
                 return Some(JoinRefusal::Invalid {
                     field: field.to_owned(),

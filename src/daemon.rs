@@ -49,6 +49,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use lb_config::{ConfigError, ConfigFile, Node};
 use lbmesh_proxy::access_log::AccessLog;
 use lbmesh_proxy::discovery::{ServiceRoutes, Update};
@@ -58,18 +59,22 @@ use raft_state::registry::RegistryNode;
 use raft_state::store::Applied;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::access_log::AccessLogOutput;
 use crate::admin::{self, AdminLimits, AdminState};
+use crate::agent::TaskDnsSettings;
 use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
+use crate::dns::{self, names::Names, Responder};
 use crate::listener_report;
 use crate::metrics::DaemonMetrics;
 use crate::pki::{self, Pki};
 use crate::routes::{file_routes, RegistryRoutes};
 use crate::scheduler::{self, SchedulerSettings};
+use crate::vip_route::{self, RouteKeeper};
 
 /// The Unix socket in the data dir where root on the node reaches the API
 /// without a token (lbctl's default when `--host` is not given).
@@ -170,6 +175,12 @@ pub struct Daemon {
     listener_failures: watch::Sender<Vec<ListenerFailure>>,
     /// Routing changes since the last INFO summary (each one is DEBUG).
     routing_changes: RoutingChanges,
+    /// Stops the VIP range's route keeper, once connections have drained
+    /// (removing the route cuts what still uses a VIP).
+    stop_route: CancellationToken,
+    /// The route keeper (cluster mode with a range outside loopback),
+    /// awaited at shutdown so the route is gone when lbd exits.
+    route_kept: Option<JoinHandle<()>>,
     /// The data plane; the last field, so dropped last, which closes
     /// whatever connection outlived the shutdown grace.
     proxy: Proxy,
@@ -189,7 +200,36 @@ pub struct ClusterOptions {
     pub proxy_threads: usize,
     /// Where services with `access_log` on write their lines.
     pub access_log: AccessLogOutput,
+    /// The DNS responder's settings.
+    pub dns: DnsOptions,
 }
+
+/// Settings of the node's DNS responder.
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    /// The cluster domain (`lbmesh.internal`).
+    pub domain: String,
+    /// Where other names go; `None`: the nameservers of `/etc/resolv.conf`.
+    pub upstreams: Option<Vec<SocketAddr>>,
+}
+
+/// Where names that are not the cluster's go: `options`' upstreams, or
+/// resolv.conf's nameservers but `own`.
+fn dns_upstreams(options: &DnsOptions, own: std::net::IpAddr) -> Vec<SocketAddr> {
+    if let Some(upstreams) = &options.upstreams {
+        return upstreams.clone();
+    }
+    match std::fs::read_to_string(RESOLV_CONF) {
+        Ok(text) => dns::upstream::from_resolv_conf(&text, own),
+        Err(error) => {
+            warn!(%error, "cannot read {RESOLV_CONF}: names outside the cluster get SERVFAIL");
+            Vec::new()
+        }
+    }
+}
+
+/// The node's resolver configuration, for the DNS responder's upstreams.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 impl Daemon {
     /// Standalone mode: loads the file, binds everything and starts serving
@@ -228,6 +268,9 @@ impl Daemon {
         let (registry, pki, started) = cluster::start(&settings, join).await?;
         let registry = Arc::new(registry);
         let changes = registry.watch();
+        // The VIP range is local before the first VIP is bound.
+        let vip_range = changes.borrow().state.vip_range;
+        let route_keeper = RouteKeeper::start(vip_range).await;
         let (routes, services) = RegistryRoutes::start(&changes.borrow(), settings.ingress_addr);
         let node = Node {
             name: settings.name.clone(),
@@ -235,7 +278,7 @@ impl Daemon {
             ingress_addr: settings.ingress_addr,
             shutdown_grace: options.shutdown_grace,
         };
-        let daemon = Self::serve(
+        let mut daemon = Self::serve(
             Source::Registry {
                 node: Arc::clone(&registry),
                 changes,
@@ -263,6 +306,26 @@ impl Daemon {
                 warn!(socket = %socket.display(), %error, "no local socket; lbctl needs --host and --token")
             }
         }
+        let dns_addr = dns::listen_addr(vip_range.base.into());
+        let names = Arc::new(ArcSwap::from_pointee(Names::default()));
+        tokio::spawn(dns::keep_names(
+            Arc::clone(&names),
+            registry.watch(),
+            options.dns.domain.clone(),
+            daemon.stop_control.clone(),
+        ));
+        tokio::spawn(dns::run(
+            dns_addr,
+            Arc::new(Responder {
+                names,
+                upstreams: dns_upstreams(&options.dns, dns_addr.ip()),
+            }),
+            daemon.stop_control.clone(),
+        ));
+        daemon.route_kept = route_keeper.map(|keeper| {
+            let stop = daemon.stop_route.clone();
+            tokio::spawn(keeper.run(stop))
+        });
         tokio::spawn(pki::keep_renewed(
             Arc::clone(&registry),
             Arc::clone(&pki),
@@ -294,6 +357,11 @@ impl Daemon {
                 advertise_addr: settings.advertise_addr,
                 heartbeat_interval: options.heartbeat_interval,
                 state_dir: settings.data_dir.join("tasks"),
+                dns: TaskDnsSettings {
+                    server: dns_addr.ip(),
+                    domain: options.dns.domain.clone(),
+                    for_containers: !vip_route::is_loopback(vip_range),
+                },
             },
             daemon.stop_control.clone(),
         ));
@@ -365,6 +433,8 @@ impl Daemon {
             stop_control: CancellationToken::new(),
             listener_failures: watch::Sender::new(proxy.failures()),
             routing_changes: RoutingChanges::default(),
+            stop_route: CancellationToken::new(),
+            route_kept: None,
             proxy,
         };
         let stop_admin = daemon.stop_admin.clone();
@@ -536,6 +606,10 @@ impl Daemon {
         self.stop_control.cancel();
         self.proxy.stop_accepting();
         let drained = self.proxy.drain(grace).await;
+        self.stop_route.cancel();
+        if let Some(kept) = self.route_kept {
+            let _ = kept.await;
+        }
         self.stop_admin.cancel();
         if let Source::Registry { node, .. } = &self.source {
             node.shutdown().await;

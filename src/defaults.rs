@@ -10,9 +10,9 @@ pub const API_PORT: u16 = 9900; // fixed-port-ok: the documented default
 /// The Raft RPC port on the advertise address.
 pub const RAFT_PORT: u16 = 9901; // fixed-port-ok: the documented default
 
-/// The VIP range of a new cluster: on the loopback network, so every host
-/// process can reach a VIP without a route, and clear of 127.0.0.N nodes.
-pub const VIP_RANGE: &str = "127.77.0.0/16";
+/// The VIP range of a new cluster: `raft_state::state::DEFAULT_VIP_RANGE`
+/// (outside the loopback network, so containers reach it too).
+pub const VIP_RANGE: &str = "198.18.0.0/16";
 
 /// Where a node keeps its identity and registry, under the working
 /// directory, one folder per advertise address (so several nodes can share a

@@ -30,6 +30,9 @@
 //!   [`agent`] runs and reports this node's tasks through its runtimes;
 //!   [`listener_report`] writes the listen addresses this node cannot bind
 //!   (which it retries) to the registry.
+//! - [`vip_route`] makes the VIP range local on the node (one AnyIP
+//!   route), so containers reach VIPs; [`dns`] answers service names with
+//!   their VIPs for containers and host processes.
 //! - [`logging`] sets up `lbd`'s log lines: the default filter, colour,
 //!   text or JSON.
 #![deny(unsafe_code)]
@@ -41,6 +44,7 @@ pub mod api;
 pub mod cluster;
 pub mod daemon;
 pub mod defaults;
+pub mod dns;
 pub mod files;
 pub mod listener_report;
 pub mod logging;
@@ -49,3 +53,4 @@ pub mod pki;
 pub mod routes;
 pub mod scheduler;
 pub mod tokens;
+pub mod vip_route;

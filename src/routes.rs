@@ -74,10 +74,15 @@ pub fn service_routes(
             });
             PortRoutes {
                 protocol: port.protocol,
-                listen: ips
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, port.published))
-                    .collect(),
+                // A VIP-only port is published on no address.
+                listen: port
+                    .published
+                    .map(|published| {
+                        ips.iter()
+                            .map(|ip| SocketAddr::new(*ip, published))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 vip: vip.map(|vip| SocketAddr::new(vip, port.target)),
                 endpoints: service
                     .backends_for(port)

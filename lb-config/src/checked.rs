@@ -249,7 +249,8 @@ pub struct UpdatePolicy {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortMapping {
-    pub published: u16,
+    /// `None`: VIP only, published on no node.
+    pub published: Option<u16>,
     pub target: u16,
     pub protocol: Protocol,
 }
@@ -292,7 +293,7 @@ impl Service {
             .flat_map(|ip| {
                 self.ports
                     .iter()
-                    .map(move |p| (p.protocol, SocketAddr::new(*ip, p.published)))
+                    .filter_map(move |p| Some((p.protocol, SocketAddr::new(*ip, p.published?))))
             })
             .collect()
     }

@@ -65,6 +65,6 @@ pub use defaults::{
 pub use error::{ConfigError, FieldError};
 pub use spec::{
     ConfigFile, EndpointSpec, HealthSpec, NodeConfig, PortSpec, RestartSpec, ServiceSpec,
-    UpdateSpec,
+    UpdateSpec, STACK_LABEL,
 };
 pub use validate::check_dns_label;

@@ -18,6 +18,11 @@ use crate::checked::{
     RestartCondition, ServiceMode, UpdateOrder,
 };
 
+/// The label that marks a stack's services with the stack's name
+/// (Swarm's, so tools that group by it work unchanged; lbd's DNS answers
+/// a stack's short names from it).
+pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+
 /// The whole file: `[node]` settings and `[[service]]` tables.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -214,17 +219,34 @@ pub struct UpdateSpec {
     pub monitor: Option<Duration>,
 }
 
-/// One published port: `{ published = 8080, target = 80, protocol = "tcp" }`
-/// (`protocol` is `tcp` or `udp`, default `tcp`).
+/// One port: `{ published = 8080, target = 80, protocol = "tcp" }`
+/// (`protocol` is `tcp` or `udp`, default `tcp`). Without `published`
+/// (`{ target = 6379 }`) the port answers on the service's VIP only, on
+/// every node, and is published nowhere (compose's `expose`).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
+    /// The port every node publishes; 0 (absent): none, VIP only.
+    #[serde(default, skip_serializing_if = "is_vip_only")]
     pub published: i64,
     /// Port on the backends; defaults to `published`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub target: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub protocol: Option<String>,
+}
+
+/// Whether a port's `published` says "VIP only" (0, left out of the JSON,
+/// so specs written before VIP-only ports serialize as they did).
+fn is_vip_only(published: &i64) -> bool {
+    *published == 0
+}
+
+impl PortSpec {
+    /// Whether the port is published on the nodes (not VIP only).
+    pub fn is_published(&self) -> bool {
+        self.published != 0
+    }
 }
 
 /// A static backend: `{ address = "10.0.0.5:80", weight = 3 }`.

@@ -265,15 +265,17 @@ impl ServiceSpec {
             let mapping = port
                 .validate(udp)
                 .map_err(|e| e.within(&format!("ports[{i}]")))?;
-            if !published.insert((mapping.published, mapping.protocol)) {
-                return Err(FieldError::new(
-                    format!("ports[{i}].published"),
-                    format!(
-                        "port {}/{} is published twice",
-                        mapping.published,
-                        mapping.protocol.as_str()
-                    ),
-                ));
+            if let Some(number) = mapping.published {
+                if !published.insert((number, mapping.protocol)) {
+                    return Err(FieldError::new(
+                        format!("ports[{i}].published"),
+                        format!(
+                            "port {}/{} is published twice",
+                            number,
+                            mapping.protocol.as_str()
+                        ),
+                    ));
+                }
             }
             ports.push(mapping);
         }
@@ -657,10 +659,19 @@ impl PortSpec {
     /// With `udp` false, a udp port is refused as lbd refused it before UDP
     /// ports (see [`ServiceSpec::validate_without_udp`]).
     fn validate(&self, udp: bool) -> Result<PortMapping, FieldError> {
-        let published = check_port(self.published).map_err(|r| FieldError::new("published", r))?;
-        let target = match self.target {
-            Some(t) => check_port(t).map_err(|r| FieldError::new("target", r))?,
-            None => published,
+        let published = match self.published {
+            0 => None,
+            port => Some(check_port(port).map_err(|r| FieldError::new("published", r))?),
+        };
+        let target = match (self.target, published) {
+            (Some(t), _) => check_port(t).map_err(|r| FieldError::new("target", r))?,
+            (None, Some(published)) => published,
+            (None, None) => {
+                return Err(FieldError::new(
+                    "published",
+                    "a port needs a published port, a target port (VIP only), or both",
+                ))
+            }
         };
         let protocol = match self.protocol.as_deref() {
             None | Some("tcp") => Protocol::Tcp,
@@ -934,6 +945,44 @@ mod tests {
             "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"10.0.0.1\" }, { address = \"10.0.0.1:80\" }]",
         );
         assert_eq!(err.field, "service[0].endpoints[1].address");
+    }
+
+    #[test]
+    fn a_port_without_published_is_vip_only_and_needs_its_target() {
+        let spec = ServiceSpec {
+            name: "redis".into(),
+            ports: vec![
+                PortSpec {
+                    target: Some(6379),
+                    ..PortSpec::default()
+                },
+                PortSpec {
+                    published: 8080,
+                    target: Some(80),
+                    ..PortSpec::default()
+                },
+            ],
+            ..ServiceSpec::default()
+        };
+        let service = spec.validate().expect("valid");
+        assert_eq!(
+            (service.ports[0].published, service.ports[0].target),
+            (None, 6379)
+        );
+        let ingress: IpAddr = "127.0.0.1".parse().expect("ip");
+        let listen: Vec<SocketAddr> = service
+            .listen_addrs(ingress)
+            .into_iter()
+            .map(|(_, addr)| addr)
+            .collect();
+        assert_eq!(listen, [SocketAddr::new(ingress, 8080)]);
+        // Left out of the JSON, so older specs serialize as they did.
+        assert_eq!(
+            serde_json::to_value(&spec.ports[0]).expect("json"),
+            serde_json::json!({"target": 6379})
+        );
+        let err = invalid("[[service]]\nname = \"web\"\nports = [{ protocol = \"tcp\" }]");
+        assert_eq!(err.field, "service[0].ports[0].published");
     }
 
     #[test]

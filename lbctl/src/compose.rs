@@ -22,7 +22,8 @@
 //! | `labels` (map or list) | `container_labels` |
 //! | `healthcheck` (`test`, `interval`, `timeout`, `retries`, `start_period`, `disable`) | `healthcheck`, Docker's HEALTHCHECK of the container (a string `test` is `CMD-SHELL`) |
 //! | `environment` (map or list), `env_file` | `env` (the files first; a key without a value is taken from lbctl's environment, or left out) |
-//! | `ports` (`80`, `8080:80`, `8080:80/tcp`, ranges, long form) | `ports` |
+//! | `ports` (`8080:80`, `8080:80/tcp`, ranges, long form) | `ports` |
+//! | `ports` with a target only (`"6379"`, long form without `published`), `expose` | `ports` without `published`: on the service's VIP only, on every node, published nowhere |
 //! | `deploy.mode`, `replicas`, `placement.constraints`, `placement.max_replicas_per_node` | `mode`, `replicas`, `constraints`, `max_replicas_per_node` |
 //! | `deploy.update_config`, `deploy.restart_policy` | `update`, `restart` |
 //! | `deploy.labels` | `labels`, with [`STACK_LABEL`] |
@@ -31,7 +32,7 @@
 //! Keys lbmesh does not act on are listed on stderr as Swarm does
 //! (`Ignoring unsupported options: build, volumes`); a key that cannot be
 //! honoured without changing the file's meaning (a `udp` or `mode: host`
-//! port, a port without a published number, a host IP, a job) is an error naming
+//! port, a host IP, a job) is an error naming
 //! the file, the service and the key. Every error is found before the
 //! first write, so a bad file changes nothing.
 //!
@@ -55,9 +56,7 @@ use serde_norway::{Mapping, Value};
 use crate::error::CtlError;
 use crate::interpolate::interpolate;
 
-/// The label that marks a stack's services with the stack's name
-/// (Swarm's, so tools that group by it work unchanged).
-pub const STACK_LABEL: &str = "com.docker.stack.namespace";
+pub use lb_config::STACK_LABEL;
 
 /// Top-level keys lbmesh reads (besides `x-` extensions).
 const TOP_LEVEL_READ: &[&str] = &["version", "name", "services"];
@@ -72,6 +71,7 @@ const SERVICE_HONOURED: &[&str] = &[
     "environment",
     "env_file",
     "ports",
+    "expose",
     "deploy",
     "user",
     "stop_grace_period",
@@ -103,7 +103,6 @@ const SERVICE_IGNORED: &[&str] = &[
     "dns_opt",
     "dns_search",
     "domainname",
-    "expose",
     "external_links",
     "extra_hosts",
     "hostname",
@@ -378,6 +377,8 @@ struct Service {
     #[serde(default)]
     ports: Vec<Value>,
     #[serde(default)]
+    expose: Vec<Value>,
+    #[serde(default)]
     deploy: Deploy,
     user: Option<Value>,
     stop_grace_period: Option<String>,
@@ -575,11 +576,22 @@ fn service_spec(
         spec.ports
             .extend(ports(port).map_err(|r| (format!("ports[{i}]"), r))?);
     }
+    for (i, port) in service.expose.iter().enumerate() {
+        for target in exposed(port).map_err(|r| (format!("expose[{i}]"), r))? {
+            let taken = spec
+                .ports
+                .iter()
+                .any(|p| p.target.unwrap_or(p.published) == target);
+            if !taken {
+                spec.ports.push(vip_only(target));
+            }
+        }
+    }
     if spec.ports.is_empty() {
         return Err((
             "ports".into(),
-            "lbmesh reaches a service only through a published port: \
-             give one, e.g. \"6379:6379\""
+            "lbmesh reaches a service through its ports: give one, published on every \
+             node (\"6379:6379\") or on its VIP only (\"6379\", or expose: [\"6379\"])"
                 .into(),
         ));
     }
@@ -889,7 +901,9 @@ fn env_file_pairs(
 /// or long (`{ target, published, protocol, mode }`).
 fn ports(value: &Value) -> Result<Vec<PortSpec>, String> {
     match value {
-        Value::Number(_) => Err(no_published(&scalar_text(value).unwrap_or_default())),
+        Value::Number(_) => {
+            exposed(value).map(|targets| targets.into_iter().map(vip_only).collect())
+        }
         Value::String(text) => short_ports(text),
         Value::Mapping(map) => long_port(map).map(|p| vec![p]),
         _ => {
@@ -898,11 +912,24 @@ fn ports(value: &Value) -> Result<Vec<PortSpec>, String> {
     }
 }
 
-fn no_published(text: &str) -> String {
-    format!(
-        "{text:?} names no published port; lbmesh publishes every port on each node, \
-         so give PUBLISHED:TARGET"
-    )
+/// A port on the service's VIP only, published on no node.
+fn vip_only(target: i64) -> PortSpec {
+    PortSpec {
+        published: 0,
+        target: Some(target),
+        protocol: None,
+    }
+}
+
+/// One `expose` entry (`80`, `"80/tcp"`, `"8000-8001"`): target ports.
+fn exposed(value: &Value) -> Result<Vec<i64>, String> {
+    let text = scalar_text(value).ok_or("must be a port, e.g. \"6379\" or \"6379/tcp\"")?;
+    let (ports, proto) = match text.rsplit_once('/') {
+        Some((ports, proto)) => (ports, proto),
+        None => (text.as_str(), "tcp"),
+    };
+    protocol(proto)?;
+    port_range(ports)
 }
 
 fn protocol(text: &str) -> Result<(), String> {
@@ -946,7 +973,7 @@ fn short_ports(text: &str) -> Result<Vec<PortSpec>, String> {
     protocol(proto)?;
     let parts: Vec<&str> = addrs.split(':').collect();
     let (published, target) = match parts.as_slice() {
-        [_] => return Err(no_published(text)),
+        [target] => return Ok(port_range(target)?.into_iter().map(vip_only).collect()),
         [published, target] => (*published, *target),
         _ => {
             return Err(format!(
@@ -956,7 +983,7 @@ fn short_ports(text: &str) -> Result<Vec<PortSpec>, String> {
         }
     };
     if published.is_empty() {
-        return Err(no_published(text));
+        return Ok(port_range(target)?.into_iter().map(vip_only).collect());
     }
     let published = port_range(published)?;
     let target = port_range(target)?;
@@ -1014,7 +1041,7 @@ fn long_port(map: &Mapping) -> Result<PortSpec, String> {
         .map_err(|r| format!("target: {r}"))?;
     let published = match text("published") {
         Some(p) if !p.is_empty() => port_number(&p).map_err(|r| format!("published: {r}"))?,
-        _ => return Err(no_published(&target.to_string())),
+        _ => return Ok(vip_only(target)),
     };
     Ok(PortSpec {
         published,
@@ -1213,6 +1240,27 @@ networks:
     }
 
     #[test]
+    fn expose_and_target_only_ports_are_vip_only() {
+        let file = "services:\n  redis:\n    image: r\n    expose: [\"6379\", 7000]\n    \
+                    ports: [{target: 8080}, \"9000:7000\"]\n";
+        let stack = deploy(&[("c.yml", file)]).expect("deploys");
+        let ports: Vec<(i64, Option<i64>)> = stack.services[0]
+            .spec
+            .ports
+            .iter()
+            .map(|p| (p.published, p.target))
+            .collect();
+        // 7000 is a target of a published port already.
+        assert_eq!(
+            ports,
+            [(0, Some(8080)), (9000, Some(7000)), (0, Some(6379))]
+        );
+        let bad = "services:\n  redis:\n    image: r\n    expose: [\"6379/sctp\"]\n";
+        let err = deploy(&[("c.yml", bad)]).expect_err("refused").to_string();
+        assert!(err.contains("services.redis.expose[0]"), "{err}");
+    }
+
+    #[test]
     fn short_port_forms() {
         let ports = |text: &str| short_ports(text);
         assert_eq!(
@@ -1231,7 +1279,15 @@ networks:
                 .collect::<Vec<_>>(),
             [(8000, Some(90)), (8001, Some(91))]
         );
-        assert!(ports("80").unwrap_err().contains("no published port"));
+        // A target only: on the VIP, published nowhere.
+        assert_eq!(
+            ports("6379").unwrap(),
+            [PortSpec {
+                published: 0,
+                target: Some(6379),
+                protocol: None
+            }]
+        );
         assert!(ports("127.0.0.1:80:80").unwrap_err().contains("host IP"));
         assert!(ports("1-3:1-2").unwrap_err().contains("differ in length"));
         assert!(ports("80:80/sctp").unwrap_err().contains("sctp"));
@@ -1291,7 +1347,7 @@ networks:
             ),
             (
                 "services:\n  web:\n    image: a\n",
-                "c.yml: services.web.ports: lbmesh reaches a service only through a published port",
+                "c.yml: services.web.ports: lbmesh reaches a service through its ports",
             ),
             (
                 "services:\n  web:\n    image: a\n    ports: [\"80:80\"]\n    deploy:\n      replicas: many\n",

@@ -51,7 +51,8 @@ fn parse_protocol(text: &str) -> Result<String, String> {
 }
 
 /// docker's publish syntax, short (`8080:80`, `8080:80/tcp`, `53:53/udp`,
-/// `8080`) and long (`published=8080,target=80,protocol=tcp`).
+/// `8080`) and long (`published=8080,target=80,protocol=tcp`; `target=N`
+/// alone is a port on the VIP only).
 pub fn parse_publish(text: &str) -> Result<PortSpec, String> {
     if text.contains('=') {
         let mut spec = PortSpec::default();
@@ -67,7 +68,12 @@ pub fn parse_publish(text: &str) -> Result<PortSpec, String> {
                 other => return Err(format!("unknown publish key {other:?}")),
             }
         }
-        spec.published = published.ok_or("published= is required")?;
+        // `target=6379` alone: on the VIP only, published nowhere.
+        spec.published = match (published, spec.target) {
+            (Some(published), _) => published,
+            (None, Some(_)) => 0,
+            (None, None) => return Err("published= or target= is required".to_owned()),
+        };
         return Ok(spec);
     }
     let (ports, protocol) = match text.split_once('/') {
@@ -119,7 +125,9 @@ mod tests {
         );
         assert_eq!(parse_publish("9000").unwrap().target, None);
         assert!(parse_publish("x:80").is_err());
-        assert!(parse_publish("target=80").is_err());
+        let vip_only = parse_publish("target=6379").unwrap();
+        assert_eq!((vip_only.published, vip_only.target), (0, Some(6379)));
+        assert!(parse_publish("protocol=tcp").is_err());
         let tcp = parse_publish("8080:80/tcp").unwrap();
         assert_eq!(
             (tcp.published, tcp.target, tcp.protocol.as_deref()),

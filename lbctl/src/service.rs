@@ -366,7 +366,12 @@ pub(crate) fn service_table(services: &[ServiceStatus]) -> String {
                 .map(|p| {
                     let target = p.target.unwrap_or(p.published);
                     let protocol = p.protocol.as_deref().unwrap_or("tcp");
-                    format!("*:{}->{target}/{protocol}", p.published)
+                    if p.is_published() {
+                        format!("*:{}->{target}/{protocol}", p.published)
+                    } else {
+                        // VIP only, as docker shows an exposed port.
+                        format!("{target}/{protocol}")
+                    }
                 })
                 .collect::<Vec<_>>()
                 .join(",");

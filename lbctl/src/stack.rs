@@ -166,7 +166,7 @@ async fn deploy(
                 ),
             ));
         }
-        for port in &service.spec.ports {
+        for port in service.spec.ports.iter().filter(|p| p.is_published()) {
             let holder = staying
                 .iter()
                 .find(|s| s.ports.iter().any(|p| p.published == port.published));

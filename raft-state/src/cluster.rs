@@ -80,10 +80,14 @@ impl ClusterInfo {
     }
 }
 
-/// Default VIP range: inside 127.0.0.0/8, so binding a VIP needs no
-/// privileges or interface configuration on Linux.
+/// Default VIP range of a new cluster: part of 198.18.0.0/15, which is
+/// set aside for benchmarking (RFC 2544) and so routed on no real network
+/// a node may sit on. It is outside the loopback network, which containers
+/// cannot reach: lbd makes it local on each node with one route (`local
+/// 198.18.0.0/16 dev lo`), so containers and host processes reach VIPs
+/// alike. Clusters made before kept 127.77.0.0/16, their `InitCluster`'s.
 pub const DEFAULT_VIP_RANGE: VipRange = VipRange {
-    base: Ipv4Addr::new(127, 77, 0, 0),
+    base: Ipv4Addr::new(198, 18, 0, 0),
     prefix_len: 16,
 };
 
@@ -99,7 +103,7 @@ impl VipRange {
     pub fn parse(text: &str) -> Result<Self, String> {
         let (ip, len) = text
             .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not a CIDR range like 127.77.0.0/16"))?;
+            .ok_or_else(|| format!("{text:?} is not a CIDR range like 198.18.0.0/16"))?;
         let base: Ipv4Addr = ip
             .parse()
             .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
@@ -137,7 +141,7 @@ mod tests {
 
     #[test]
     fn vip_range_parsing() {
-        assert_eq!(VipRange::parse("127.77.0.0/16"), Ok(DEFAULT_VIP_RANGE));
+        assert_eq!(VipRange::parse("198.18.0.0/16"), Ok(DEFAULT_VIP_RANGE));
         assert!(VipRange::parse("127.77.0.1/16").is_err());
         assert!(VipRange::parse("127.77.0.0/31").is_err());
         assert!(VipRange::parse("nope").is_err());

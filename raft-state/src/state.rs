@@ -448,11 +448,14 @@ impl RegistryState {
             if *name == spec.name {
                 continue;
             }
-            for port in &other.spec.ports {
+            for port in other.spec.ports.iter().filter(|p| p.is_published()) {
                 owners.entry((port.published, udp(port))).or_insert(name);
             }
         }
         for (i, port) in spec.ports.iter().enumerate() {
+            if !port.is_published() {
+                continue;
+            }
             if let Some(name) = owners.get(&(port.published, udp(port))) {
                 return Some(reject(
                     RejectKind::Conflict,
@@ -671,8 +674,8 @@ mod tests {
         let (Outcome::Service { service: a }, Outcome::Service { service: b }) = (a, b) else {
             panic!("both created");
         };
-        assert_eq!(a.vip, Ipv4Addr::new(127, 77, 0, 1));
-        assert_eq!(b.vip, Ipv4Addr::new(127, 77, 0, 2));
+        assert_eq!(a.vip, Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(b.vip, Ipv4Addr::new(198, 18, 0, 2));
         let updated = state.apply(&Command::UpdateService {
             spec: spec("a", 82),
         });
@@ -827,7 +830,7 @@ mod tests {
             ),
             (
                 Command::CreateService {
-                    spec: spec("api", 0),
+                    spec: spec("api", 70_000),
                     id: String::new(),
                 },
                 RejectKind::Invalid,
@@ -981,7 +984,7 @@ mod tests {
         let record = copy.services.get_mut("web").expect("stored");
         record.spec.ports[0].published = 0;
         let checked = record.checked().expect("checked when stored");
-        assert_eq!(checked.ports[0].published, 8080);
+        assert_eq!(checked.ports[0].published, Some(8080));
         // A clone shares it, and an update replaces it.
         let before = Arc::clone(state.services["web"].checked().expect("checked"));
         let shared = state.clone();
@@ -994,7 +997,7 @@ mod tests {
         });
         assert_eq!(
             state.services["web"].checked().expect("checked").ports[0].published,
-            8081
+            Some(8081)
         );
         // It is not part of the replicated value: the JSON is the record's.
         let json = serde_json::to_value(&state.services["web"]).expect("json");
@@ -1008,7 +1011,7 @@ mod tests {
                 .expect("checked on first use")
                 .ports[0]
                 .published,
-            8081
+            Some(8081)
         );
     }
 }

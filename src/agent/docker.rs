@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! start: create (the spec's container labels, then lbmesh's cluster/node/service/task; env;
+//!        the node's DNS responder as resolver, the stack's domain first in the search list;
 //!        args or `/bin/sh -c COMMAND`; entrypoint; healthcheck; target ports published on the
 //!        advertise address with ephemeral host ports, no restart policy) ─> start
 //!        ─> inspect: host ports, the image's own HEALTHCHECK state
@@ -190,6 +191,8 @@ impl DockerRuntime {
             exposed_ports: Some(exposed),
             host_config: Some(HostConfig {
                 port_bindings: Some(bindings),
+                dns: launch.dns.as_ref().map(|dns| vec![dns.server.to_string()]),
+                dns_search: launch.dns.as_ref().map(|dns| dns.search.clone()),
                 ..HostConfig::default()
             }),
             ..ContainerCreateBody::default()

@@ -43,7 +43,7 @@ pub mod runtime;
 mod tests;
 mod user;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -60,7 +60,7 @@ use tracing::{debug, info, warn};
 
 use self::health::HealthChange;
 use self::runtime::{
-    OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind, RuntimeTask, TaskLaunch,
+    OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind, RuntimeTask, TaskDns, TaskLaunch,
 };
 use crate::scheduler::now_millis;
 
@@ -80,6 +80,41 @@ pub struct AgentSettings {
     pub heartbeat_interval: Duration,
     /// Where the process runtime keeps its logs and task records.
     pub state_dir: PathBuf,
+    /// The node's DNS responder, which tasks are given.
+    pub dns: TaskDnsSettings,
+}
+
+/// What tasks are told of the node's DNS responder.
+#[derive(Debug, Clone)]
+pub struct TaskDnsSettings {
+    /// The responder's address.
+    pub server: std::net::IpAddr,
+    /// The cluster domain (`lbmesh.internal`).
+    pub domain: String,
+    /// Whether containers reach `server` (not when the VIP range is on
+    /// the loopback network): only then is it their resolver.
+    pub for_containers: bool,
+}
+
+impl TaskDnsSettings {
+    /// The resolver and search domains of a task of `service`, if its
+    /// runtime `kind` reaches the responder: the stack's domain first
+    /// (`app.lbmesh.internal`, so `redis` is the stack's), then the
+    /// cluster's.
+    fn for_task(&self, kind: RuntimeKind, labels: &BTreeMap<String, String>) -> Option<TaskDns> {
+        if kind == RuntimeKind::Docker && !self.for_containers {
+            return None;
+        }
+        let mut search = Vec::with_capacity(2);
+        if let Some(stack) = labels.get(lb_config::STACK_LABEL) {
+            search.push(format!("{stack}.{}", self.domain));
+        }
+        search.push(self.domain.clone());
+        Some(TaskDns {
+            server: self.server,
+            search,
+        })
+    }
 }
 
 /// Messages to the agent's loop.
@@ -631,6 +666,10 @@ impl Agent {
             user: spec.user.clone(),
             host_ip: self.settings.advertise_addr,
             target_ports: service.ports.iter().map(|p| p.target).collect(),
+            dns: state
+                .services
+                .get(&task.service)
+                .and_then(|record| self.settings.dns.for_task(kind, &record.spec.labels)),
             stop_grace: spec.stop_grace,
         };
         self.report(task, TaskState::Starting, "");

@@ -6,6 +6,7 @@
 //! start: free port per target (bind host_ip:0, read, close) ─> /bin/sh -c COMMAND (or the
 //!        spec's exec-form args as they are, the program found on PATH) in its own process group, as the service's user if it names one, with a clean environment:
 //!        PATH (a minimal one), HOST, PORT, PORT_<target>, LBMESH_TASK_ID, LBMESH_SERVICE,
+//!        LBMESH_DNS and LBMESH_DNS_SEARCH (the node's DNS responder and search domains),
 //!        then the service env; output appended to <state_dir>/<task>.log (0600); a record file
 //!        <state_dir>/<task>.json ─> a waiter reports the exit ─> an exit within the first
 //!        STARTUP_CHECK fails the start with the status and the log's tail
@@ -172,6 +173,10 @@ impl ProcessRuntime {
         }
         for (target, port) in &ports {
             cmd.env(format!("PORT_{target}"), port.to_string());
+        }
+        if let Some(dns) = &launch.dns {
+            cmd.env("LBMESH_DNS", dns.server.to_string())
+                .env("LBMESH_DNS_SEARCH", dns.search.join(" "));
         }
         for pair in &launch.env {
             if let Some((key, value)) = pair.split_once('=') {

@@ -79,6 +79,17 @@ pub struct TaskLaunch {
     pub target_ports: Vec<u16>,
     /// How long `stop` waits between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// The node's DNS responder, when the task reaches it.
+    pub dns: Option<TaskDns>,
+}
+
+/// A task's resolver: docker's `--dns` and `--dns-search`, a process's
+/// `LBMESH_DNS` and `LBMESH_DNS_SEARCH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskDns {
+    pub server: IpAddr,
+    /// Search domains, the stack's first.
+    pub search: Vec<String>,
 }
 
 /// A running task as its runtime reports it.

@@ -209,6 +209,11 @@ impl Node {
                 advertise_addr: ip,
                 heartbeat_interval: Duration::from_millis(500),
                 state_dir: dir.path().join("tasks"),
+                dns: crate::agent::TaskDnsSettings {
+                    server: ip,
+                    domain: "lbmesh.internal".to_owned(),
+                    for_containers: true,
+                },
             },
             Runtimes {
                 process,
@@ -358,4 +363,28 @@ async fn an_engine_restart_leaves_no_dead_container_and_the_task_runs_again() {
             .collect::<Vec<_>>()
     });
     assert!(stale.is_empty(), "dead containers left: {stale:?}");
+}
+
+#[test]
+fn tasks_get_the_responder_with_their_stack_first_in_the_search_list() {
+    let dns = TaskDnsSettings {
+        server: "198.18.0.0".parse().expect("ip"),
+        domain: "lbmesh.internal".to_owned(),
+        for_containers: true,
+    };
+    let stack = BTreeMap::from([(lb_config::STACK_LABEL.to_owned(), "app".to_owned())]);
+    let task = dns.for_task(RuntimeKind::Docker, &stack).expect("dns");
+    assert_eq!(task.server, dns.server);
+    assert_eq!(task.search, ["app.lbmesh.internal", "lbmesh.internal"]);
+    let alone = dns
+        .for_task(RuntimeKind::Process, &BTreeMap::new())
+        .expect("dns");
+    assert_eq!(alone.search, ["lbmesh.internal"]);
+    // A loopback VIP range: containers could not reach the responder.
+    let loopback = TaskDnsSettings {
+        for_containers: false,
+        ..dns
+    };
+    assert_eq!(loopback.for_task(RuntimeKind::Docker, &stack), None);
+    assert!(loopback.for_task(RuntimeKind::Process, &stack).is_some());
 }

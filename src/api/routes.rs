@@ -852,7 +852,12 @@ fn spec_too_large(spec: &ServiceSpec) -> Option<ApiResponse> {
 /// versions with and without the rule apply the same log alike.
 fn node_port_clash(registry: &RegistryNode, spec: &ServiceSpec) -> Option<ApiResponse> {
     let state = registry.local().state;
-    for (i, port) in spec.ports.iter().enumerate() {
+    for (i, port) in spec
+        .ports
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.is_published())
+    {
         for node in state.nodes.values() {
             let held = [("API", node.api_addr), ("Raft", node.raft_addr)]
                 .into_iter()

@@ -88,6 +88,17 @@ struct Args {
     #[arg(long, value_name = "CIDR", default_value = defaults::VIP_RANGE, value_parser = raft_state::state::VipRange::parse)]
     vip_range: raft_state::state::VipRange,
 
+    /// The cluster domain the node's DNS responder answers under:
+    /// `SERVICE.DOMAIN`, and `NAME.STACK.DOMAIN` for a stack's services.
+    #[arg(long, value_name = "DOMAIN", default_value = lbmesh::dns::DEFAULT_DOMAIN, value_parser = parse_dns_domain)]
+    dns_domain: String,
+
+    /// Where the DNS responder sends names that are not the cluster's
+    /// (IP or IP:PORT; repeat for several) [default: the nameservers of
+    /// /etc/resolv.conf].
+    #[arg(long, value_name = "ADDR", value_parser = parse_dns_upstream)]
+    dns_upstream: Vec<SocketAddr>,
+
     /// How long node certificates are valid in a new cluster (ignored when
     /// joining or restarting); each is renewed at half its life.
     #[arg(long, value_name = "DURATION", default_value = defaults::CERT_EXPIRY, value_parser = parse_cert_expiry)]
@@ -346,7 +357,32 @@ fn cluster_options(
         heartbeat_grace: args.heartbeat_grace,
         proxy_threads,
         access_log: args.access_log.clone(),
+        dns: lbmesh::daemon::DnsOptions {
+            domain: args.dns_domain.clone(),
+            upstreams: (!args.dns_upstream.is_empty()).then(|| args.dns_upstream.clone()),
+        },
     })
+}
+
+/// A DNS domain: dot-separated DNS labels, without the final dot.
+fn parse_dns_domain(text: &str) -> Result<String, String> {
+    let domain = text.trim_end_matches('.').to_ascii_lowercase();
+    if domain.is_empty() {
+        return Err("the domain is empty".to_owned());
+    }
+    for label in domain.split('.') {
+        lb_config::check_dns_label(label)?;
+    }
+    Ok(domain)
+}
+
+/// An upstream resolver: `IP` (port 53) or `IP:PORT`.
+fn parse_dns_upstream(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, lbmesh::dns::upstream::DNS_PORT));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not an IP address or IP:PORT"))
 }
 
 /// What a new cluster's operator needs, on stdout.

@@ -69,8 +69,24 @@ impl Cluster {
         (0..3).map(|n| SocketAddr::new(self.ip(n), port)).collect()
     }
 
+    /// The VIP range: `--vip-range` of the extra arguments, else
+    /// 127.A.250.0/24 (loopback: host processes reach it without a route).
     pub fn vip_range(&self) -> String {
-        format!("127.{}.250.0/24", self.block)
+        self.extra_args
+            .iter()
+            .position(|arg| arg == "--vip-range")
+            .and_then(|at| self.extra_args.get(at + 1))
+            .cloned()
+            .unwrap_or_else(|| format!("127.{}.250.0/24", self.block))
+    }
+
+    /// Where the nodes' DNS responder listens: port 53 of the VIP range's
+    /// first address.
+    pub fn dns_addr(&self) -> SocketAddr {
+        let range = self.vip_range();
+        let base = range.split('/').next().unwrap_or_default();
+        // fixed-port-ok: DNS resolvers know port 53 only.
+        SocketAddr::new(base.parse().expect("VIP range base"), 53)
     }
 
     pub fn spawn(&self, n: usize, join: Option<(&str, &str)>) -> Child {
@@ -95,8 +111,12 @@ impl Cluster {
             .arg(self.ip(n).to_string())
             .arg("--data-dir")
             .arg(self.data_dir(n))
-            .arg("--vip-range")
-            .arg(self.vip_range())
+            .args(
+                (!self.extra_args.iter().any(|arg| arg == "--vip-range"))
+                    .then(|| ["--vip-range".to_owned(), self.vip_range()])
+                    .into_iter()
+                    .flatten(),
+            )
             .arg("--shutdown-grace")
             .arg("1s")
             .stdout(Stdio::piped())

@@ -1,0 +1,138 @@
+//! The names the responder answers for, built from the registry.
+//!
+//! For each service `S` with VIP `V` in cluster domain `D`:
+//!
+//! - `S` and `S.D` give `V`;
+//! - a service of stack `K` (labelled [`STACK_LABEL`]`=K` and named
+//!   `K-N`, as `lbctl stack deploy` names them) also gives `V` for
+//!   `N.K.D`: a container of the stack has `K.D` as its search domain, so
+//!   its resolver turns the compose name `N` into `N.K.D`.
+//!
+//! Any other name under `D` does not exist (NXDOMAIN); a name outside `D`
+//! that is not a service's is someone else's (forwarded upstream).
+//! [`Names`] is immutable: a registry change builds a new one and the
+//! responder swaps it in whole.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use lb_config::STACK_LABEL;
+use raft_state::state::RegistryState;
+
+/// What a name is to this responder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    /// A service's name: its addresses.
+    Service(&'a [IpAddr]),
+    /// Under the cluster domain, and no service's: NXDOMAIN.
+    NoSuchName,
+    /// Not the cluster's to answer: forwarded upstream.
+    Elsewhere,
+}
+
+/// Every name the cluster answers for, lower case without the final dot.
+#[derive(Debug, Default)]
+pub struct Names {
+    /// The cluster domain (`lbmesh.internal`), lower case.
+    domain: String,
+    by_name: HashMap<String, Vec<IpAddr>>,
+}
+
+impl Names {
+    /// The names of `state`'s services under `domain`.
+    pub fn of(state: &RegistryState, domain: &str) -> Self {
+        let domain = normalize(domain);
+        let mut by_name = HashMap::with_capacity(state.services.len() * 3);
+        for (name, record) in &state.services {
+            let addrs = vec![IpAddr::V4(record.vip)];
+            let name = normalize(name);
+            if let Some(stack) = record.spec.labels.get(STACK_LABEL) {
+                let stack = normalize(stack);
+                if let Some(short) = name
+                    .strip_prefix(stack.as_str())
+                    .and_then(|rest| rest.strip_prefix('-'))
+                    .filter(|short| !short.is_empty())
+                {
+                    by_name.insert(format!("{short}.{stack}.{domain}"), addrs.clone());
+                }
+            }
+            by_name.insert(format!("{name}.{domain}"), addrs.clone());
+            by_name.insert(name, addrs);
+        }
+        Self { domain, by_name }
+    }
+
+    /// The cluster domain, lower case.
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    /// What `name` (any case, with or without the final dot) is.
+    pub fn lookup(&self, name: &str) -> Lookup<'_> {
+        let name = normalize(name);
+        if let Some(addrs) = self.by_name.get(&name) {
+            return Lookup::Service(addrs);
+        }
+        let under_domain = name == self.domain
+            || name
+                .strip_suffix(self.domain.as_str())
+                .is_some_and(|head| head.ends_with('.'));
+        if under_domain {
+            Lookup::NoSuchName
+        } else {
+            Lookup::Elsewhere
+        }
+    }
+}
+
+/// Lower case, without the final dot.
+fn normalize(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    use lb_config::ServiceSpec;
+    use raft_state::state::ServiceRecord;
+
+    /// A record as the registry stores it (JSON, so fields added later
+    /// take their defaults).
+    pub(crate) fn record(vip: [u8; 4], stack: Option<&str>) -> ServiceRecord {
+        let mut spec = ServiceSpec::default();
+        if let Some(stack) = stack {
+            spec.labels.insert(STACK_LABEL.to_owned(), stack.to_owned());
+        }
+        let vip = Ipv4Addr::from(vip);
+        serde_json::from_value(serde_json::json!({"spec": spec, "version": 1, "vip": vip}))
+            .expect("record")
+    }
+
+    #[test]
+    fn services_stacks_and_the_domain() {
+        let mut state = RegistryState::default();
+        state
+            .services
+            .insert("db".to_owned(), record([198, 18, 0, 1], None));
+        state
+            .services
+            .insert("app-redis".to_owned(), record([198, 18, 0, 2], Some("app")));
+        let names = Names::of(&state, "LBmesh.Internal.");
+        let db = [IpAddr::from([198, 18, 0, 1])];
+        let redis = [IpAddr::from([198, 18, 0, 2])];
+        assert_eq!(names.lookup("db"), Lookup::Service(&db));
+        assert_eq!(names.lookup("DB.lbmesh.internal."), Lookup::Service(&db));
+        assert_eq!(names.lookup("app-redis"), Lookup::Service(&redis));
+        assert_eq!(
+            names.lookup("redis.app.lbmesh.internal"),
+            Lookup::Service(&redis)
+        );
+        assert_eq!(names.lookup("redis.lbmesh.internal"), Lookup::NoSuchName);
+        assert_eq!(names.lookup("lbmesh.internal"), Lookup::NoSuchName);
+        assert_eq!(names.lookup("redis"), Lookup::Elsewhere);
+        assert_eq!(names.lookup("notlbmesh.internal"), Lookup::Elsewhere);
+        assert_eq!(names.lookup("example.com"), Lookup::Elsewhere);
+    }
+}
