@@ -29,7 +29,8 @@
 //! - [`scheduler`] plans each round as a pure function of the registry;
 //!   [`agent`] runs and reports this node's tasks through its runtimes;
 //!   [`listener_report`] writes the listen addresses this node cannot bind
-//!   (which it retries) to the registry.
+//!   (which it retries) to the registry; [`vip6_route`] makes the
+//!   cluster's IPv6 VIP range local on `lo`.
 //! - [`logging`] sets up `lbd`'s log lines: the default filter, colour,
 //!   text or JSON.
 #![deny(unsafe_code)]
@@ -49,3 +50,4 @@ pub mod pki;
 pub mod routes;
 pub mod scheduler;
 pub mod tokens;
+pub mod vip6_route;
