@@ -148,8 +148,8 @@ mod tests {
         let message = route_message(RTM_NEWROUTE, NLM_F_REQUEST, "fd77::".parse().unwrap(), 112);
         assert_eq!(message.len(), 56);
         assert_eq!(u32::from_ne_bytes(message[..4].try_into().unwrap()), 56);
-        assert_eq!(&message[16..24], &[10, 112, 0, 0, 255, 4, 254, 2]);
-        assert_eq!(message[32..34], [0xfd, 0x77]);
+        assert_eq!(message[16..24], [10u8, 112, 0, 0, 255, 4, 254, 2]);
+        assert_eq!(message[32..34], [0xfdu8, 0x77]);
         assert_eq!(message[52..56], 1u32.to_ne_bytes());
     }
 

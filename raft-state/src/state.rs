@@ -734,7 +734,7 @@ mod tests {
             spec: spec(name, port),
             id: String::new(),
         };
-        let v6_vip = |outcome| match outcome {
+        let v6_vip = |outcome: Outcome| match outcome {
             Outcome::Service { service } => service.vip_v6,
             other => panic!("created? {other:?}"),
         };
