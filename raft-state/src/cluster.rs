@@ -132,11 +132,11 @@ impl fmt::Display for VipRange {
 
 /// Splits `ADDR/LEN` and checks that LEN is in `lengths`; `example` shows
 /// the form in the error.
-fn split_cidr(
-    text: &str,
+fn split_cidr<'a>(
+    text: &'a str,
     example: &str,
     lengths: std::ops::RangeInclusive<u8>,
-) -> Result<(&str, u8), String> {
+) -> Result<(&'a str, u8), String> {
     let (ip, len) = text
         .split_once('/')
         .ok_or_else(|| format!("{text:?} is not a CIDR range like {example}"))?;
