@@ -38,7 +38,7 @@ use raft_state::random::{self, RandomError};
 use raft_state::registry::{NodeOptions, RegistryError, RegistryNode, Timing, PROPOSE_DEADLINE};
 use raft_state::state::{
     Availability, ClusterInfo, Command, NodeId, NodeRecord, NodeStatus, Outcome, RegistryState,
-    Role, TokenKind, VipRange,
+    Role, TokenKind, VipRange, VipRangeV6,
 };
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
@@ -129,10 +129,15 @@ pub struct NodeSettings {
     pub advertise_addr: IpAddr,
     pub api_addr: SocketAddr,
     pub raft_addr: SocketAddr,
-    pub ingress_addr: IpAddr,
+    /// Where published ports bind: one address, or one per family on a
+    /// dual-stack node (never empty). The first is the one registered.
+    pub ingress_addrs: Vec<IpAddr>,
     pub data_dir: PathBuf,
     /// Where VIPs come from; used only when this node bootstraps a cluster.
     pub vip_range: VipRange,
+    /// Where IPv6 VIPs come from (none: a cluster of IPv4 VIPs only); used
+    /// only when this node bootstraps a cluster.
+    pub vip_range_v6: Option<VipRangeV6>,
     /// Raft entries between two snapshots (the log behind one is purged).
     pub snapshot_every: u64,
     /// How long node certificates are valid; used only when this node
@@ -184,7 +189,7 @@ fn record(settings: &NodeSettings, id: NodeId, role: Role) -> NodeRecord {
         name: settings.name.clone(),
         raft_addr: settings.raft_addr,
         api_addr: settings.api_addr,
-        ingress_addr: settings.ingress_addr,
+        ingress_addr: settings.ingress_addrs[0],
         role,
         availability: Availability::Active,
         status: NodeStatus::Ready,
@@ -274,6 +279,7 @@ async fn bootstrap(
     node.propose(Command::InitCluster {
         cluster: info.clone(),
         vip_range: settings.vip_range,
+        vip_range_v6: settings.vip_range_v6,
     })
     .await?;
     register_self(&node, settings, Some(Role::Manager)).await?;
@@ -733,9 +739,10 @@ mod tests {
             advertise_addr: "127.0.0.2".parse().unwrap(),
             api_addr: "127.0.0.2:9900".parse().unwrap(), // fixed-port-ok: a record, nothing bound
             raft_addr: "127.0.0.2:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
-            ingress_addr: "127.0.0.2".parse().unwrap(),
+            ingress_addrs: vec!["127.0.0.2".parse().unwrap()],
             data_dir: PathBuf::from("unused"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
             cert_lifetime: pki::DEFAULT_CERT_LIFETIME,
         };
@@ -759,9 +766,10 @@ mod tests {
             advertise_addr: "127.0.0.3".parse().unwrap(),
             api_addr: "127.0.0.3:9900".parse().unwrap(), // fixed-port-ok: a record, nothing bound
             raft_addr: "127.0.0.3:9901".parse().unwrap(), // fixed-port-ok: a record, nothing bound
-            ingress_addr: "127.0.0.3".parse().unwrap(),
+            ingress_addrs: vec!["127.0.0.3".parse().unwrap()],
             data_dir: PathBuf::from("unused"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
             cert_lifetime: pki::DEFAULT_CERT_LIFETIME,
         };

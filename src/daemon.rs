@@ -75,6 +75,7 @@ use crate::pki::{self, Pki};
 use crate::routes::{file_routes, RegistryRoutes};
 use crate::scheduler::{self, SchedulerSettings};
 use crate::vip_route::{self, RouteKeeper};
+use crate::vip6_route::LocalRange;
 
 /// The Unix socket in the data dir where root on the node reaches the API
 /// without a token (lbctl's default when `--host` is not given).
@@ -157,6 +158,8 @@ enum Source {
         changes: watch::Receiver<Applied>,
         /// The state last routed, to route only what changes after it.
         routes: RegistryRoutes,
+        /// The IPv6 VIP range made local on `lo`, once the state names one.
+        local_v6: LocalRange,
     },
 }
 
@@ -271,11 +274,13 @@ impl Daemon {
         // The VIP range is local before the first VIP is bound.
         let vip_range = changes.borrow().state.vip_range;
         let route_keeper = RouteKeeper::start(vip_range).await;
-        let (routes, services) = RegistryRoutes::start(&changes.borrow(), settings.ingress_addr);
+        let (routes, services) = RegistryRoutes::start(&changes.borrow(), &settings.ingress_addrs);
+        let mut local_v6 = LocalRange::default();
+        local_v6.ensure(changes.borrow().state.vip_range_v6);
         let node = Node {
             name: settings.name.clone(),
             api_addr: settings.api_addr,
-            ingress_addr: settings.ingress_addr,
+            ingress_addr: settings.ingress_addrs[0],
             shutdown_grace: options.shutdown_grace,
         };
         let mut daemon = Self::serve(
@@ -283,6 +288,7 @@ impl Daemon {
                 node: Arc::clone(&registry),
                 changes,
                 routes,
+                local_v6,
             },
             node,
             &services,
@@ -545,12 +551,17 @@ impl Daemon {
     async fn registry_changed(source: &mut Source) -> Option<Vec<Update>> {
         match source {
             Source::Registry {
-                changes, routes, ..
+                changes,
+                routes,
+                local_v6,
+                ..
             } => {
                 if changes.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
-                Some(routes.changes(&changes.borrow_and_update()))
+                let applied = changes.borrow_and_update();
+                local_v6.ensure(applied.state.vip_range_v6);
+                Some(routes.changes(&applied))
             }
             Source::File { .. } => std::future::pending().await,
         }

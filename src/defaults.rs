@@ -14,6 +14,11 @@ pub const RAFT_PORT: u16 = 9901; // fixed-port-ok: the documented default
 /// (outside the loopback network, so containers reach it too).
 pub const VIP_RANGE: &str = "198.18.0.0/16";
 
+/// The IPv6 VIP range of a new cluster (`none` for IPv4 VIPs only): a /112
+/// of the unique local block, made local on `lo` by each node
+/// (`crate::vip6_route`), as 127.0.0.0/8 is by itself.
+pub const VIP_RANGE_V6: &str = "fd77::/112";
+
 /// Where a node keeps its identity and registry, under the working
 /// directory, one folder per advertise address (so several nodes can share a
 /// machine).
@@ -41,3 +46,39 @@ pub const HEARTBEAT_RANGE: std::ops::RangeInclusive<Duration> =
 /// registry, scheduler, agent): it is light, and the connections run on
 /// the proxy threads.
 pub const CONTROL_THREADS: usize = 2;
+
+/// The admin API address of `--join HOST[:PORT]`: the default port when
+/// none is given. An IPv6 address is `[ADDR]:PORT`, or bare (`fd00::1`,
+/// `[fd00::1]`) for the default port.
+pub fn api_address(host: &str) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(ip, API_PORT).to_string();
+    }
+    if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:{API_PORT}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_hosts_get_the_default_api_port() {
+        // fixed-port-ok: addresses parsed, nothing bound
+        for (host, address) in [
+            ("10.0.0.1", "10.0.0.1:9900"),
+            ("10.0.0.1:7000", "10.0.0.1:7000"),
+            ("node-a", "node-a:9900"),
+            ("node-a:7000", "node-a:7000"),
+            ("fd00::1", "[fd00::1]:9900"),
+            ("[fd00::1]", "[fd00::1]:9900"),
+            ("[fd00::1]:7000", "[fd00::1]:7000"),
+        ] {
+            assert_eq!(api_address(host), address, "{host}");
+        }
+    }
+}

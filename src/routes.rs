@@ -59,6 +59,7 @@ pub fn service_routes(
     service: &Service,
     ips: &[IpAddr],
     vip: Option<IpAddr>,
+    vip_v6: Option<IpAddr>,
     tasks: &[(TaskEndpoint, EndpointLabels)],
 ) -> ServiceRoutes {
     let ports = service
@@ -84,6 +85,7 @@ pub fn service_routes(
                     })
                     .unwrap_or_default(),
                 vip: vip.map(|vip| SocketAddr::new(vip, port.target)),
+                vip_v6: vip_v6.map(|vip| SocketAddr::new(vip, port.target)),
                 endpoints: service
                     .backends_for(port)
                     .into_iter()
@@ -128,7 +130,7 @@ pub fn file_routes(services: &[Service], ingress_addr: IpAddr) -> Vec<ServiceRou
             } else {
                 &service.listen
             };
-            service_routes(service, ips, None, &[])
+            service_routes(service, ips, None, None, &[])
         })
         .collect()
 }
@@ -137,13 +139,13 @@ pub fn file_routes(services: &[Service], ingress_addr: IpAddr) -> Vec<ServiceRou
 /// endpoints of its running, healthy tasks anywhere in the cluster. A
 /// service's `listen` field is ignored: every node binds its own ingress
 /// address.
-pub fn registry_routes(applied: &Applied, ingress_addr: IpAddr) -> Vec<ServiceRoutes> {
+pub fn registry_routes(applied: &Applied, ingress_addrs: &[IpAddr]) -> Vec<ServiceRoutes> {
     let state = &applied.state;
     let tasks = tasks_by_service(state, |_| true);
     state
         .services
         .values()
-        .filter_map(|record| record_routes(state, record, &tasks, ingress_addr))
+        .filter_map(|record| record_routes(state, record, &tasks, ingress_addrs))
         .collect()
 }
 
@@ -153,7 +155,7 @@ fn record_routes(
     state: &RegistryState,
     record: &ServiceRecord,
     tasks: &HashMap<&str, Vec<&TaskRecord>>,
-    ingress_addr: IpAddr,
+    ingress_addrs: &[IpAddr],
 ) -> Option<ServiceRoutes> {
     match record.checked() {
         Ok(service) => {
@@ -163,8 +165,9 @@ fn record_routes(
             let routed = routed_tasks(state, service, tasks);
             Some(service_routes(
                 service,
-                std::slice::from_ref(&ingress_addr),
+                ingress_addrs,
                 Some(record.vip.into()),
+                record.vip_v6.map(IpAddr::V6),
                 &routed,
             ))
         }
@@ -194,17 +197,17 @@ fn tasks_by_service(
 /// Cluster mode, incrementally: the registry state last routed, and what
 /// changed since (see the module doc).
 pub struct RegistryRoutes {
-    ingress_addr: IpAddr,
+    ingress_addrs: Vec<IpAddr>,
     routed: Arc<RegistryState>,
 }
 
 impl RegistryRoutes {
     /// Every route of `applied` (the first table), and the tracker of what
     /// changes after it.
-    pub fn start(applied: &Applied, ingress_addr: IpAddr) -> (Self, Vec<ServiceRoutes>) {
-        let routes = registry_routes(applied, ingress_addr);
+    pub fn start(applied: &Applied, ingress_addrs: &[IpAddr]) -> (Self, Vec<ServiceRoutes>) {
+        let routes = registry_routes(applied, ingress_addrs);
         let tracker = Self {
-            ingress_addr,
+            ingress_addrs: ingress_addrs.to_vec(),
             routed: Arc::clone(&applied.state),
         };
         (tracker, routes)
@@ -222,7 +225,7 @@ impl RegistryRoutes {
             let added: Vec<ServiceRoutes> = touched
                 .iter()
                 .filter_map(|name| new.services.get(*name))
-                .filter_map(|record| record_routes(new, record, &tasks, self.ingress_addr))
+                .filter_map(|record| record_routes(new, record, &tasks, &self.ingress_addrs))
                 .collect();
             // A touched service whose spec no longer validates is skipped
             // by the full build too: it leaves the table.
@@ -257,7 +260,7 @@ fn same_record(old: &ServiceRecord, new: &ServiceRecord) -> bool {
         (Ok(a), Ok(b)) if Arc::ptr_eq(a, b) => true,
         _ => old.spec == new.spec,
     };
-    same_spec && old.vip == new.vip
+    same_spec && old.vip == new.vip && old.vip_v6 == new.vip_v6
 }
 
 /// The services of `new` whose routes may differ from `old`'s, and the
@@ -417,6 +420,7 @@ mod tests {
             &config.services[0],
             &[ingress],
             Some("127.77.0.1".parse().unwrap()),
+            Some("fd77::1".parse().unwrap()),
             &[(
                 task,
                 EndpointLabels {
@@ -428,6 +432,7 @@ mod tests {
         let port = &routes.ports[0];
         assert_eq!(port.listen, vec!["127.0.0.2:8080".parse().unwrap()]); // fixed-port-ok
         assert_eq!(port.vip, Some("127.77.0.1:80".parse().unwrap())); // fixed-port-ok
+        assert_eq!(port.vip_v6, Some("[fd77::1]:80".parse().unwrap())); // fixed-port-ok
         assert_eq!(
             port.endpoints,
             vec![
@@ -489,7 +494,7 @@ mod tests {
             index: 1,
         };
         let ingress: IpAddr = "127.0.0.2".parse().unwrap();
-        let routes = registry_routes(&applied, ingress);
+        let routes = registry_routes(&applied, &[ingress]);
         assert_eq!(
             routes.len(),
             1,
@@ -534,6 +539,7 @@ mod tests {
                     ..ClusterInfo::default()
                 },
                 vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+                vip_range_v6: Some(raft_state::state::DEFAULT_VIP_RANGE_V6),
             });
             for id in 1..=3 {
                 let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, id as u8));
@@ -604,7 +610,7 @@ mod tests {
                 state: Arc::new(state),
                 index: 1,
             };
-            let routes = registry_routes(&applied, "127.0.0.9".parse().unwrap());
+            let routes = registry_routes(&applied, &["127.0.0.9".parse().unwrap()]);
             routes[0].ports[0]
                 .endpoints
                 .iter()
@@ -622,7 +628,7 @@ mod tests {
                 state: Arc::new(state),
                 index: 1,
             };
-            let routes = registry_routes(&applied, "127.0.0.9".parse().unwrap());
+            let routes = registry_routes(&applied, &["127.0.0.9".parse().unwrap()]);
             let labels = &routes[0].ports[0].endpoints[0].labels;
             assert_eq!((&*labels.task, &*labels.node), ("web.1", "n2"));
         }
@@ -692,7 +698,7 @@ mod tests {
                 state: Arc::new(state.clone()),
                 index: 1,
             };
-            let (mut tracker, first) = RegistryRoutes::start(&applied(&state), ingress);
+            let (mut tracker, first) = RegistryRoutes::start(&applied(&state), &[ingress]);
             let mut model: BTreeMap<String, ServiceRoutes> =
                 first.into_iter().map(|s| (s.name.clone(), s)).collect();
             assert_eq!(model.len(), 3);
@@ -775,7 +781,7 @@ mod tests {
                 }
                 assert_eq!(added, expected, "{step}");
                 let full: BTreeMap<String, ServiceRoutes> =
-                    registry_routes(&applied(&state), ingress)
+                    registry_routes(&applied(&state), &[ingress])
                         .into_iter()
                         .map(|s| (s.name.clone(), s))
                         .collect();

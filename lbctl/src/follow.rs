@@ -427,6 +427,7 @@ mod tests {
                 },
                 version,
                 vip: "127.77.0.1".parse().expect("ip"),
+                vip_v6: None,
                 previous: None,
                 task_version,
                 previous_task_version: 0,

@@ -392,7 +392,10 @@ pub(crate) fn service_table(services: &[ServiceStatus]) -> String {
                 mode(spec.mode).to_owned(),
                 replicas,
                 spec.image.clone().unwrap_or_else(|| "-".to_owned()),
-                service.vip.to_string(),
+                match service.vip_v6 {
+                    Some(v6) => format!("{},{v6}", service.vip),
+                    None => service.vip.to_string(),
+                },
                 spec.endpoints.len().to_string(),
                 spec.algorithm.to_string(),
                 service.version.to_string(),

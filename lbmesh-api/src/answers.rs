@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use lb_config::ServiceSpec;
 use serde::{Deserialize, Serialize};
@@ -366,6 +366,9 @@ pub struct Service {
     /// Starts at 1 and grows by one with every accepted spec change.
     pub version: u64,
     pub vip: Ipv4Addr,
+    /// The IPv6 VIP; absent in a cluster without a v6 VIP range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_v6: Option<Ipv6Addr>,
     /// The spec before the last update, for `service rollback`.
     pub previous: Option<ServiceSpec>,
     /// Version of the task template; tasks of an older one are replaced by a

@@ -13,6 +13,7 @@
 //! Update::Reset([ServiceRoutes]) | Add([ServiceRoutes]) | Remove([name])
 //! ServiceRoutes { name, algorithm, max_connections, settings,
 //!                 ports: [PortRoutes { protocol, listen: [ip:published..], vip: vip:target,
+//!                                      vip_v6: [vip6]:target,
 //!                                      endpoints: [addr, weight, labels: task, node] }] }
 //! ```
 //!
@@ -99,7 +100,17 @@ pub struct PortRoutes {
     /// one machine share it (`SO_REUSEPORT`), and a VIP that cannot be bound
     /// is skipped and retried rather than failing the change.
     pub vip: Option<SocketAddr>,
+    /// The service's IPv6 VIP on the target port, bound as the v4 one is
+    /// (and with `IPV6_FREEBIND`, since no v6 range is local by itself).
+    pub vip_v6: Option<SocketAddr>,
     pub endpoints: Vec<Endpoint>,
+}
+
+impl PortRoutes {
+    /// The port's VIPs: the v4 one, then the v6 one.
+    pub fn vips(&self) -> impl Iterator<Item = SocketAddr> {
+        self.vip.into_iter().chain(self.vip_v6)
+    }
 }
 
 /// A backend address and its weight (1 unless the algorithm is weighted).

@@ -4,7 +4,9 @@
 //! once despite connections in TIME_WAIT), v6-only for IPv6 addresses, and
 //! carries the options accepted connections inherit (no delay, keepalive).
 //! A VIP is bound with `SO_REUSEPORT` as well, so that several nodes sharing
-//! a machine share it. [`bind_copies`] returns one descriptor per proxy
+//! a machine share it, and an IPv6 VIP with `IPV6_FREEBIND` too: no v6
+//! range is local by itself (127.0.0.0/8 is), so a v6 VIP binds whether or
+//! not its `local` route is there yet, and serves once it is. [`bind_copies`] returns one descriptor per proxy
 //! thread, all for one socket; [`describe_bind_error`] words a failure for
 //! reports.
 //!
@@ -31,6 +33,9 @@ pub struct ListenOptions {
     /// Lets several sockets (in one process or several) share the address;
     /// the kernel spreads connections over them.
     pub reuse_port: bool,
+    /// Binds an address that is not (yet) local (`IP_FREEBIND` or
+    /// `IPV6_FREEBIND`): a v6 VIP, reached through a `local` route.
+    pub free_bind: bool,
 }
 
 impl Default for ListenOptions {
@@ -38,6 +43,7 @@ impl Default for ListenOptions {
         Self {
             backlog: LISTEN_BACKLOG,
             reuse_port: false,
+            free_bind: false,
         }
     }
 }
@@ -55,6 +61,9 @@ pub fn bind_listener(
     }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if options.free_bind {
+        set_free_bind(&socket, addr)?;
     }
     // Accepted connections inherit these from the listener on Linux, which
     // saves four setsockopt calls per client connection.
@@ -86,7 +95,12 @@ pub fn bind_copies(
 /// `SO_REUSEPORT` (and v6-only for IPv6), one per proxy thread: the kernel
 /// sends each flow to one of them. Sockets of another process bound there
 /// without `SO_REUSEPORT` make this fail with "address in use".
-pub fn bind_udp_copies(addr: SocketAddr, copies: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+/// `free_bind` as in [`ListenOptions::free_bind`].
+pub fn bind_udp_copies(
+    addr: SocketAddr,
+    free_bind: bool,
+    copies: usize,
+) -> io::Result<Vec<std::net::UdpSocket>> {
     (0..copies.max(1))
         .map(|_| {
             let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, None)?;
@@ -95,11 +109,21 @@ pub fn bind_udp_copies(addr: SocketAddr, copies: usize) -> io::Result<Vec<std::n
             if addr.is_ipv6() {
                 socket.set_only_v6(true)?;
             }
+            if free_bind {
+                set_free_bind(&socket, addr)?;
+            }
             socket.set_nonblocking(true)?;
             socket.bind(&addr.into())?;
             Ok(socket.into())
         })
         .collect()
+}
+
+fn set_free_bind(socket: &Socket, addr: SocketAddr) -> io::Result<()> {
+    match addr {
+        SocketAddr::V4(_) => socket.set_freebind_v4(true),
+        SocketAddr::V6(_) => socket.set_freebind_v6(true),
+    }
 }
 
 /// A bind error as the short phrase reports show (`cannot bind ADDR:

@@ -314,17 +314,24 @@ impl Proxy {
         drained
     }
 
-    /// Binds `addr` of `table`, one descriptor per proxy thread.
+    /// Binds `addr` of `table`, one descriptor per proxy thread; a VIP
+    /// shared with other nodes, and free-bound when it is IPv6 (see
+    /// [`crate::listeners`]).
     fn bind(&self, table: &RoutingTable, addr: ProtoAddr) -> io::Result<Sockets> {
+        let vip = table.is_shared(&addr);
+        let free_bind = vip && addr.addr.is_ipv6();
         match addr.protocol {
             Protocol::Tcp => {
                 let options = ListenOptions {
-                    reuse_port: table.is_shared(&addr),
+                    reuse_port: vip,
+                    free_bind,
                     ..ListenOptions::default()
                 };
                 bind_copies(addr.addr, options, self.workers.count()).map(Sockets::Tcp)
             }
-            Protocol::Udp => bind_udp_copies(addr.addr, self.workers.count()).map(Sockets::Udp),
+            Protocol::Udp => {
+                bind_udp_copies(addr.addr, free_bind, self.workers.count()).map(Sockets::Udp)
+            }
         }
     }
 
@@ -494,6 +501,7 @@ mod tests {
                 protocol: Protocol::Tcp,
                 listen: vec![listen],
                 vip: None,
+                vip_v6: None,
                 endpoints: Vec::new(),
             }],
         }

@@ -117,7 +117,7 @@ impl ServiceEntry {
                 protocol: port.protocol,
                 addr,
             };
-            port.listen.iter().copied().chain(port.vip).map(key)
+            port.listen.iter().copied().chain(port.vips()).map(key)
         })
     }
 }
@@ -440,7 +440,7 @@ impl RoutingTable {
                 .listen
                 .iter()
                 .map(|addr| (*addr, false))
-                .chain(port.vip.map(|addr| (addr, true)));
+                .chain(port.vips().map(|addr| (addr, true)));
             for (addr, shared) in addrs {
                 let addr = ProtoAddr {
                     protocol: port.protocol,
@@ -606,6 +606,7 @@ mod tests {
                 protocol: Protocol::Tcp,
                 listen: vec![listen],
                 vip: None,
+                vip_v6: None,
                 endpoints: endpoints
                     .iter()
                     .map(|addr| Endpoint {

@@ -81,6 +81,7 @@ fn udp_service(name: &str, listen: SocketAddr, backends: &[SocketAddr]) -> Servi
             protocol: Protocol::Udp,
             listen: vec![listen],
             vip: None,
+            vip_v6: None,
             endpoints: backends
                 .iter()
                 .map(|&addr| Endpoint {
@@ -187,6 +188,7 @@ async fn flows_are_relayed_byte_exact_spread_round_robin_and_counted() {
         protocol: Protocol::Tcp,
         listen: vec![listen],
         vip: None,
+        vip_v6: None,
         endpoints: vec![Endpoint {
             addr: tcp.local_addr().expect("tcp backend address"),
             weight: 1,

@@ -1,11 +1,17 @@
 //! Cluster-wide records: the settings written at bootstrap and the range
 //! services' virtual IPs come from.
 //!
-//! Both are set once, by `Command::InitCluster`. [`VipRange::parse`] checks
-//! a range given on the command line; its error is a message for the user.
+//! Both are set once, by `Command::InitCluster`. [`VipRange::parse`] and
+//! [`VipRangeV6::parse`] check a range given on the command line; their
+//! error is a message for the user.
+//!
+//! A cluster has an IPv4 range and, if it was bootstrapped by an lbd that
+//! knows IPv6 VIPs, an IPv6 range beside it: each service then holds one
+//! VIP of each. A cluster bootstrapped before has no v6 range and stays
+//! IPv4 only.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -101,17 +107,10 @@ pub struct VipRange {
 impl VipRange {
     /// Parses `a.b.c.d/len`; the base must be the first address of the range.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (ip, len) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not a CIDR range like 198.18.0.0/16"))?;
+        let (ip, prefix_len) = split_cidr(text, "198.18.0.0/16", 8..=30)?;
         let base: Ipv4Addr = ip
             .parse()
             .map_err(|_| format!("{ip:?} is not an IPv4 address"))?;
-        let prefix_len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| (8..=30).contains(l))
-            .ok_or_else(|| format!("prefix length {len:?} must be between 8 and 30"))?;
         let mask = u32::MAX << (32 - prefix_len);
         if u32::from(base) & !mask != 0 {
             return Err(format!(
@@ -135,6 +134,85 @@ impl fmt::Display for VipRange {
     }
 }
 
+/// Splits `ADDR/LEN` and checks that LEN is in `lengths`; `example` shows
+/// the form in the error.
+fn split_cidr<'a>(
+    text: &'a str,
+    example: &str,
+    lengths: std::ops::RangeInclusive<u8>,
+) -> Result<(&'a str, u8), String> {
+    let (ip, len) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?} is not a CIDR range like {example}"))?;
+    let prefix_len = len
+        .parse()
+        .ok()
+        .filter(|l| lengths.contains(l))
+        .ok_or_else(|| {
+            format!(
+                "prefix length {len:?} must be between {} and {}",
+                lengths.start(),
+                lengths.end()
+            )
+        })?;
+    Ok((ip, prefix_len))
+}
+
+/// Default IPv6 VIP range: a /112 of the unique local block fd00::/8
+/// (65,534 VIPs, as many as the v4 default), echoing 127.77.0.0/16. No
+/// v6 range is local as 127.0.0.0/8 is, so lbd makes it local on each
+/// node: a `local` route on `lo` and VIP sockets bound with
+/// `IPV6_FREEBIND`.
+pub const DEFAULT_VIP_RANGE_V6: VipRangeV6 = VipRangeV6 {
+    base: Ipv6Addr::new(0xfd77, 0, 0, 0, 0, 0, 0, 0),
+    prefix_len: 112,
+};
+
+/// A range of IPv6 addresses services' v6 virtual IPs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VipRangeV6 {
+    pub base: Ipv6Addr,
+    pub prefix_len: u8,
+}
+
+impl VipRangeV6 {
+    /// Parses `addr/len` with a length from 96 to 126 (at most 2^32
+    /// addresses); the base must be the first address of the range, and
+    /// not an IPv4-mapped one (that is the v4 range's business).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (ip, prefix_len) = split_cidr(text, "fd77::/112", 96..=126)?;
+        let base: Ipv6Addr = ip
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("{ip:?} is not an IPv6 address"))?;
+        if base.to_ipv4_mapped().is_some() || base.is_loopback() || base.is_unspecified() {
+            return Err(format!("{base} cannot start a VIP range"));
+        }
+        let mask = u128::MAX << (128 - prefix_len);
+        if u128::from(base) & !mask != 0 {
+            return Err(format!(
+                "{base} is not the first address of a /{prefix_len}"
+            ));
+        }
+        Ok(Self { base, prefix_len })
+    }
+
+    /// Usable addresses: the range without its first (the subnet-router
+    /// anycast address) and last address, as in the v4 range.
+    pub(crate) fn hosts(&self) -> impl Iterator<Item = Ipv6Addr> {
+        let base = u128::from(self.base);
+        let size = 1u128 << (128 - self.prefix_len);
+        (1..size - 1).map(move |offset| Ipv6Addr::from(base + offset))
+    }
+}
+
+impl fmt::Display for VipRangeV6 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.base, self.prefix_len)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -147,5 +225,30 @@ mod tests {
         assert!(VipRange::parse("nope").is_err());
         let small = VipRange::parse("10.0.0.0/30").unwrap();
         assert_eq!(small.hosts().count(), 2);
+    }
+
+    #[test]
+    fn v6_vip_range_parsing() {
+        assert_eq!(VipRangeV6::parse("fd77::/112"), Ok(DEFAULT_VIP_RANGE_V6));
+        assert_eq!(VipRangeV6::parse("[fd77::]/112"), Ok(DEFAULT_VIP_RANGE_V6));
+        for bad in [
+            "fd00::1/112",
+            "fd00::/64",
+            "fd00::/127",
+            "::ffff:127.0.0.0/112",
+            "127.77.0.0/16",
+            "fd00::",
+        ] {
+            assert!(VipRangeV6::parse(bad).is_err(), "{bad}");
+        }
+        let small = VipRangeV6::parse("fd00::/126").unwrap();
+        let hosts: Vec<Ipv6Addr> = small.hosts().collect();
+        assert_eq!(
+            hosts,
+            [
+                "fd00::1".parse::<Ipv6Addr>().unwrap(),
+                "fd00::2".parse().unwrap()
+            ]
+        );
     }
 }

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use lb_config::ServiceSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{ClusterInfo, TokenKind, TokenSeed, VipRange};
+use crate::cluster::{ClusterInfo, TokenKind, TokenSeed, VipRange, VipRangeV6};
 use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 use crate::task::{Millis, TaskOp, TaskReport};
 
@@ -26,6 +26,10 @@ pub enum Command {
     InitCluster {
         cluster: ClusterInfo,
         vip_range: VipRange,
+        /// The IPv6 VIP range; absent in entries of lbd versions before
+        /// v6 VIPs, whose clusters stay IPv4 only.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vip_range_v6: Option<VipRangeV6>,
     },
     /// Adds a node, or updates the addresses of one that rejoins.
     RegisterNode {

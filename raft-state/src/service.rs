@@ -12,7 +12,7 @@
 //! at once through `RegistryState::check_services`.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, OnceLock};
 
 use lb_config::{FieldError, Service, ServiceSpec};
@@ -32,6 +32,10 @@ pub struct ServiceRecord {
     /// Starts at 1 and grows by one with every accepted spec change.
     pub version: u64,
     pub vip: Ipv4Addr,
+    /// The service's IPv6 VIP, from the cluster's v6 range; `None` in a
+    /// cluster without one (bootstrapped before v6 VIPs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_v6: Option<Ipv6Addr>,
     /// The spec before the last update, for `service rollback`.
     pub previous: Option<ServiceSpec>,
     /// Version of the task template (image, command, env, target ports):

@@ -24,7 +24,7 @@
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_config::{check_dns_label, ServiceSpec};
 use serde::{Deserialize, Serialize};
@@ -35,7 +35,10 @@ use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus
 
 // The records have files of their own; these keep the paths callers use
 // (`raft_state::state::Command`, ...).
-pub use crate::cluster::{ClusterInfo, TokenKind, TokenSeed, VipRange, DEFAULT_VIP_RANGE};
+pub use crate::cluster::{
+    ClusterInfo, TokenKind, TokenSeed, VipRange, VipRangeV6, DEFAULT_VIP_RANGE,
+    DEFAULT_VIP_RANGE_V6,
+};
 pub use crate::command::{Command, Proposal, RequestId};
 pub use crate::node::{Availability, ListenerFailure, NodeId, NodeRecord, NodeStatus, Role};
 pub use crate::outcome::{Outcome, RejectKind, Rejection};
@@ -48,6 +51,10 @@ pub struct RegistryState {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     pub services: BTreeMap<String, ServiceRecord>,
     pub vip_range: VipRange,
+    /// Where services' IPv6 VIPs come from; `None` in a cluster
+    /// bootstrapped before v6 VIPs, whose services have v4 VIPs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_range_v6: Option<VipRangeV6>,
     /// Every task by id, live ones and a short history of dead ones.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskRecord>,
@@ -72,6 +79,7 @@ impl Default for RegistryState {
             nodes: BTreeMap::new(),
             services: BTreeMap::new(),
             vip_range: DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
             tasks: BTreeMap::new(),
             listener_failures: BTreeMap::new(),
             requests: RecentRequests::default(),
@@ -148,7 +156,11 @@ impl RegistryState {
 
     fn apply_with(&mut self, command: &Command, udp: bool) -> Outcome {
         match command {
-            Command::InitCluster { cluster, vip_range } => {
+            Command::InitCluster {
+                cluster,
+                vip_range,
+                vip_range_v6,
+            } => {
                 if self.cluster.is_some() {
                     return reject(
                         RejectKind::Conflict,
@@ -158,6 +170,7 @@ impl RegistryState {
                 }
                 self.cluster = Some(cluster.clone());
                 self.vip_range = *vip_range;
+                self.vip_range_v6 = *vip_range_v6;
                 Outcome::Nothing
             }
             Command::RegisterNode { node } => self.register_node(node),
@@ -345,11 +358,25 @@ impl RegistryState {
                 format!("the VIP range {} is exhausted", self.vip_range),
             );
         };
+        let vip_v6 = match self.vip_range_v6 {
+            Some(range) => match self.free_vip_v6(range) {
+                Some(vip) => Some(vip),
+                None => {
+                    return reject(
+                        RejectKind::Conflict,
+                        "vip_v6",
+                        format!("the IPv6 VIP range {range} is exhausted"),
+                    )
+                }
+            },
+            None => None,
+        };
         let record = ServiceRecord {
             id: id.to_owned(),
             spec: spec.clone(),
             version: 1,
             vip,
+            vip_v6,
             previous: None,
             task_version: 1,
             previous_task_version: 0,
@@ -487,6 +514,11 @@ impl RegistryState {
         let taken: BTreeSet<Ipv4Addr> = self.services.values().map(|s| s.vip).collect();
         self.vip_range.hosts().find(|ip| !taken.contains(ip))
     }
+
+    fn free_vip_v6(&self, range: VipRangeV6) -> Option<Ipv6Addr> {
+        let taken: BTreeSet<Ipv6Addr> = self.services.values().filter_map(|s| s.vip_v6).collect();
+        range.hosts().find(|ip| !taken.contains(ip))
+    }
 }
 
 /// Label keys: 1–63 of `[a-z0-9._-]`; values up to 253 printable characters.
@@ -577,6 +609,7 @@ mod tests {
         state.apply(&Command::InitCluster {
             cluster: info.clone(),
             vip_range: crate::cluster::DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
         });
         assert_eq!(
             state.apply(&rotate(TokenKind::Worker, "w2")),
@@ -690,6 +723,69 @@ mod tests {
         };
         assert_eq!(service.spec.ports[0].published, 80);
         assert_eq!(service.version, 3);
+    }
+
+    #[test]
+    fn a_cluster_with_a_v6_range_gives_every_service_a_v6_vip_too() {
+        use crate::cluster::{VipRangeV6, DEFAULT_VIP_RANGE, DEFAULT_VIP_RANGE_V6};
+        let init = |vip_range_v6| Command::InitCluster {
+            cluster: ClusterInfo::default(),
+            vip_range: DEFAULT_VIP_RANGE,
+            vip_range_v6,
+        };
+        let create = |name: &str, port| Command::CreateService {
+            spec: spec(name, port),
+            id: String::new(),
+        };
+        let v6_vip = |outcome: Outcome| match outcome {
+            Outcome::Service { service } => service.vip_v6,
+            other => panic!("created? {other:?}"),
+        };
+        let mut state = RegistryState::default();
+        state.apply(&init(Some(DEFAULT_VIP_RANGE_V6)));
+        assert_eq!(
+            v6_vip(state.apply(&create("a", 80))),
+            Some("fd77::1".parse().unwrap())
+        );
+        assert_eq!(
+            v6_vip(state.apply(&create("b", 81))),
+            Some("fd77::2".parse().unwrap())
+        );
+        let updated = state.apply(&Command::UpdateService {
+            spec: spec("a", 82),
+        });
+        assert_eq!(
+            v6_vip(updated),
+            Some("fd77::1".parse().unwrap()),
+            "an update keeps it"
+        );
+
+        // A full range refuses the create and changes nothing.
+        let mut small = RegistryState::default();
+        small.apply(&init(Some(VipRangeV6::parse("fd00::/126").unwrap())));
+        small.apply(&create("a", 80));
+        small.apply(&create("b", 81));
+        let before = small.clone();
+        let rejection = rejected(small.apply(&create("c", 82)));
+        assert_eq!(rejection.field, "vip_v6");
+        assert_eq!(small, before);
+
+        // An InitCluster entry of an lbd before v6 VIPs applies as it did:
+        // a v4-only cluster, whose services have no v6 VIP.
+        let old: Command = serde_json::from_str(
+            r#"{"op":"init_cluster","cluster":{"id":"c","ca_cert":"","cert_lifetime_ms":0,
+                "manager_token":{"seed":"","hash":""},"worker_token":{"seed":"","hash":""},
+                "control_token":{"seed":"","hash":""}},
+                "vip_range":{"base":"127.77.0.0","prefix_len":16}}"#,
+        )
+        .expect("an older entry");
+        let mut old_cluster = RegistryState::default();
+        old_cluster.apply(&old);
+        assert_eq!(old_cluster.vip_range_v6, None);
+        assert_eq!(v6_vip(old_cluster.apply(&create("a", 80))), None);
+        let json = serde_json::to_value(&old_cluster).expect("state");
+        assert!(json.get("vip_range_v6").is_none(), "old states read alike");
+        assert!(json["services"]["a"].get("vip_v6").is_none());
     }
 
     #[test]

@@ -166,9 +166,10 @@ impl Node {
             advertise_addr: ip,
             api_addr: "127.0.0.1:0".parse().expect("addr"),
             raft_addr: "127.0.0.1:0".parse().expect("addr"),
-            ingress_addr: ip,
+            ingress_addrs: vec![ip],
             data_dir: dir.path().join("data"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
             cert_lifetime: crate::pki::DEFAULT_CERT_LIFETIME,
         };

@@ -954,6 +954,7 @@ mod tests {
         let init = Command::InitCluster {
             cluster: cluster().1.clone(),
             vip_range: DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
         };
         node.propose(init).await.expect("init");
         (node, pki)

@@ -80,9 +80,11 @@ struct Args {
     #[arg(long, value_name = "ADDR")]
     raft_addr: Option<SocketAddr>,
 
-    /// Where published ports bind [default: the advertise address].
-    #[arg(long, value_name = "IP")]
-    ingress_addr: Option<IpAddr>,
+    /// Where published ports bind [default: the advertise address]. Give
+    /// it twice, once per family, for a dual-stack node: IPv6 sockets are
+    /// v6-only, so `::` alone never takes IPv4 clients.
+    #[arg(long, value_name = "IP", value_parser = parse_ingress)]
+    ingress_addr: Vec<IpAddr>,
 
     /// VIP range of a new cluster (ignored when joining or restarting).
     #[arg(long, value_name = "CIDR", default_value = defaults::VIP_RANGE, value_parser = raft_state::state::VipRange::parse)]
@@ -98,6 +100,12 @@ struct Args {
     /// /etc/resolv.conf].
     #[arg(long, value_name = "ADDR", value_parser = parse_dns_upstream)]
     dns_upstream: Vec<SocketAddr>,
+
+    /// IPv6 VIP range of a new cluster, or `none` for IPv4 VIPs only
+    /// (ignored when joining or restarting). Each node routes it locally
+    /// on `lo`, which needs CAP_NET_ADMIN.
+    #[arg(long, value_name = "CIDR", default_value = defaults::VIP_RANGE_V6, value_parser = parse_vip_range_v6)]
+    vip_range_v6: ::std::option::Option<raft_state::state::VipRangeV6>,
 
     /// How long node certificates are valid in a new cluster (ignored when
     /// joining or restarting); each is renewed at half its life.
@@ -332,23 +340,24 @@ fn cluster_options(
         raft_addr: args
             .raft_addr
             .unwrap_or(SocketAddr::new(advertise, defaults::RAFT_PORT)),
-        ingress_addr: args.ingress_addr.unwrap_or(advertise),
+        ingress_addrs: if args.ingress_addr.is_empty() {
+            vec![advertise]
+        } else {
+            args.ingress_addr.clone()
+        },
         data_dir: args
             .data_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR).join(advertise.to_string())),
         vip_range: args.vip_range,
+        vip_range_v6: args.vip_range_v6,
         snapshot_every: args.snapshot_every,
         cert_lifetime: args.cert_expiry,
     };
-    let join = args.join.clone().map(|host| {
-        let host = if host.contains(':') {
-            host
-        } else {
-            format!("{host}:{}", defaults::API_PORT)
-        };
-        (host, join_token.unwrap_or_default())
-    });
+    let join = args
+        .join
+        .as_deref()
+        .map(|host| (defaults::api_address(host), join_token.unwrap_or_default()));
     Some(lbmesh::daemon::ClusterOptions {
         settings,
         join,
@@ -411,6 +420,22 @@ fn print_tokens(api: SocketAddr, data_dir: &std::path::Path, tokens: &lbmesh::cl
          on this node needs none (the local socket).",
         data_dir.join(lbmesh::cluster::CONTROL_TOKEN_FILE).display()
     );
+}
+
+/// `--vip-range-v6`: a range, or `none`.
+fn parse_vip_range_v6(text: &str) -> Result<Option<raft_state::state::VipRangeV6>, String> {
+    match text {
+        "none" => Ok(None),
+        range => raft_state::state::VipRangeV6::parse(range).map(Some),
+    }
+}
+
+/// `--ingress-addr`: an IP address, bare or (IPv6) in brackets.
+fn parse_ingress(text: &str) -> Result<IpAddr, String> {
+    text.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| format!("{text:?} is not an IP address"))
 }
 
 /// A certificate lifetime: at least 10 s, so a renewal at half of it has

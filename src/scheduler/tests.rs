@@ -62,6 +62,7 @@ impl Sim {
                 ..ClusterInfo::default()
             },
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
         });
         for id in 1..=3 {
             state.apply(&Command::RegisterNode {

@@ -1,8 +1,15 @@
 //! A cluster of `lbd` processes on 127.A.0.1, .2, .3 (and more), driven
 //! with `lbctl`: forming, joining, killing, restarting. Every wait is
 //! bounded.
+//!
+//! An IPv6 cluster ([`Family::V6`]) runs on fd7e:0:0:A::1, ::2, ... and
+//! takes its v6 VIPs from fd7f:0:0:A::/112: the harness adds the node
+//! addresses (and any [`Cluster::add_v6_address`] asks for) to `lo` and
+//! removes them, and the VIP range's `local` route that lbd adds, when the
+//! cluster is dropped. An IPv4 cluster has no v6 VIP range
+//! (`--vip-range-v6 none`), so it leaves no route behind.
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -25,8 +32,21 @@ pub fn address_block() -> u8 {
     100 + offset + NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
+/// The address family of a cluster's node addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+    /// IPv6 node addresses, and published ports on both families: each
+    /// node's v6 address and 127.A.0.N ([`Cluster::ingress_v4`]).
+    DualStack,
+}
+
 pub struct Cluster {
     pub block: u8,
+    pub family: Family,
+    /// IPv6 addresses the harness added to `lo`, removed on drop.
+    pub added_v6: std::sync::Mutex<Vec<Ipv6Addr>>,
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Option<Child>>,
     pub control_token: String,
@@ -40,13 +60,50 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn ip(&self, n: usize) -> IpAddr {
+        match self.family {
+            Family::V4 => self.ingress_v4(n),
+            Family::V6 | Family::DualStack => IpAddr::V6(self.v6_address(0, n as u16 + 1)),
+        }
+    }
+
+    /// Node `n`'s IPv4 address: its node address in an IPv4 cluster, its
+    /// second ingress address in a dual-stack one.
+    pub fn ingress_v4(&self, n: usize) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(127, self.block, 0, n as u8 + 1))
     }
 
+    fn is_v6(&self) -> bool {
+        self.family != Family::V4
+    }
+
+    /// fd7e:0:0:A:0:0:`group`:`host`, in this cluster's own /64.
+    pub fn v6_address(&self, group: u16, host: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd7e, 0, 0, u16::from(self.block), 0, 0, group, host)
+    }
+
+    /// Adds `addr` to `lo` (removed when the cluster is dropped).
+    pub fn add_v6_address(&self, addr: Ipv6Addr) {
+        let added = Command::new("ip")
+            .args([
+                "-6",
+                "addr",
+                "add",
+                &format!("{addr}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ])
+            .status()
+            .expect("run ip");
+        assert!(added.success(), "ip -6 addr add {addr}/128 dev lo");
+        self.added_v6.lock().expect("added addresses").push(addr);
+    }
+
     pub fn api(&self, n: usize) -> String {
-        // fixed-port-ok: the cluster runs on its own 127.A.0.0/16 block and
-        // exercises lbd's default ports there (API :9900, Raft :9901).
-        format!("{}:9900", self.ip(n))
+        // fixed-port-ok: the cluster runs on its own 127.A.0.0/16 block (or
+        // fd7e:0:0:A::/64) and exercises lbd's default ports there (API
+        // :9900, Raft :9901).
+        SocketAddr::new(self.ip(n), 9900).to_string()
     }
 
     pub fn data_dir(&self, n: usize) -> PathBuf {
@@ -89,6 +146,15 @@ impl Cluster {
         SocketAddr::new(base.parse().expect("VIP range base"), 53)
     }
 
+    /// The v6 VIP range of an IPv6 cluster; `none` (v4 VIPs only) for an
+    /// IPv4 one.
+    pub fn vip_range_v6(&self) -> String {
+        match self.family {
+            Family::V4 => "none".to_owned(),
+            Family::V6 | Family::DualStack => format!("fd7f:0:0:{:x}::/112", self.block),
+        }
+    }
+
     pub fn spawn(&self, n: usize, join: Option<(&str, &str)>) -> Child {
         self.command(n, join).spawn().expect("spawn lbd")
     }
@@ -117,6 +183,8 @@ impl Cluster {
                     .into_iter()
                     .flatten(),
             )
+            .arg("--vip-range-v6")
+            .arg(self.vip_range_v6())
             .arg("--shutdown-grace")
             .arg("1s")
             .stdout(Stdio::piped())
@@ -124,6 +192,13 @@ impl Cluster {
                 std::fs::File::create(self.dir.path().join(format!("node{n}.log")))
                     .expect("log file"),
             );
+        if self.family == Family::DualStack {
+            command
+                .arg("--ingress-addr")
+                .arg(self.ip(n).to_string())
+                .arg("--ingress-addr")
+                .arg(self.ingress_v4(n).to_string());
+        }
         if let Some((host, token)) = join {
             command.arg("--join").arg(host).arg("--token").arg(token);
         }
@@ -139,7 +214,12 @@ impl Cluster {
     /// Bootstraps node 0 and joins nodes 1 and 2 as managers, every node
     /// started with `extra_args`.
     pub fn form_with(extra_args: &[&str]) -> Self {
-        let mut cluster = Self::bootstrap(extra_args, None);
+        Self::form_in(Family::V4, extra_args)
+    }
+
+    /// [`Cluster::form_with`] on node addresses of `family`.
+    pub fn form_in(family: Family, extra_args: &[&str]) -> Self {
+        let mut cluster = Self::bootstrap_in(family, extra_args, None);
         for n in 1..3 {
             let host = cluster.api(0);
             let token = cluster.manager_token.clone();
@@ -153,8 +233,16 @@ impl Cluster {
     /// Bootstraps node 0 alone, started with `extra_args` and, if given,
     /// a descriptor limit of `nofile`.
     pub fn bootstrap(extra_args: &[&str], nofile: Option<u64>) -> Self {
+        Self::bootstrap_in(Family::V4, extra_args, nofile)
+    }
+
+    /// [`Cluster::bootstrap`] on node addresses of `family` (for IPv6, the
+    /// first three node addresses are added to `lo` first).
+    pub fn bootstrap_in(family: Family, extra_args: &[&str], nofile: Option<u64>) -> Self {
         let mut cluster = Cluster {
             block: address_block(),
+            family,
+            added_v6: std::sync::Mutex::new(Vec::new()),
             dir: tempfile::tempdir().expect("temp dir"),
             nodes: Vec::new(),
             control_token: String::new(),
@@ -162,6 +250,11 @@ impl Cluster {
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
             nofile,
         };
+        if cluster.is_v6() {
+            for n in 0..3 {
+                cluster.add_v6_address(cluster.v6_address(0, n + 1));
+            }
+        }
         let mut first = cluster.spawn(0, None);
         let stdout = first.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
@@ -355,6 +448,23 @@ impl Drop for Cluster {
             self.kill(n);
         }
         self.kill_process_tasks();
+        let ip = |args: &[&str]| {
+            let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
+        };
+        for addr in self
+            .added_v6
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+        {
+            ip(&["-6", "addr", "del", &format!("{addr}/128"), "dev", "lo"]);
+        }
+        if self.is_v6() {
+            let range = self.vip_range_v6();
+            ip(&[
+                "-6", "route", "del", "local", &range, "dev", "lo", "table", "local",
+            ]);
+        }
     }
 }
 

@@ -420,6 +420,7 @@ mod tests {
                 protocol: Protocol::Udp,
                 listen: vec![listen],
                 vip: None,
+                vip_v6: None,
                 endpoints: vec![Endpoint {
                     addr: backend,
                     weight: 1,
