@@ -188,8 +188,8 @@ fn a_worker_token_or_certificate_cannot_change_the_cluster() {
             other => panic!("a worker's append got {other:?}"),
         }
         assert!(matches!(
-            call(Request::Heartbeat).await,
-            Ok(Response::Heartbeat)
+            call(Request::Heartbeat(None)).await,
+            Ok(Response::Heartbeat(_))
         ));
     });
     assert_eq!(service_names(&cluster), before, "the registry changed");
@@ -214,7 +214,7 @@ fn clients_without_the_cluster_ca_reach_nothing() {
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let frame = serde_json::to_vec(&Request::Heartbeat).expect("json");
+    let frame = serde_json::to_vec(&Request::Heartbeat(None)).expect("json");
     let length = u32::try_from(frame.len()).expect("small");
     let _ = plain.write_all(&length.to_be_bytes());
     let _ = plain.write_all(&frame);
@@ -462,7 +462,7 @@ fn short_lived_certificates_renew_and_a_removed_node_is_refused() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let answer = runtime.block_on(async {
         let mut peer = Peer::new(leader_id, raft_addr(&cluster, leader), worker);
-        peer.call(&Request::Heartbeat, Duration::from_secs(10))
+        peer.call(&Request::Heartbeat(None), Duration::from_secs(10))
             .await
     });
     match answer {
