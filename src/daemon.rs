@@ -295,6 +295,7 @@ impl Daemon {
                 heartbeat_interval: options.heartbeat_interval,
                 state_dir: settings.data_dir.join("tasks"),
             },
+            daemon.proxy.table(),
             daemon.stop_control.clone(),
         ));
         let tokens = match started {
