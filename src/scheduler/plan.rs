@@ -134,7 +134,7 @@ pub fn plan_scope(
     // One pass over the tasks: every node's load (placement weighs all
     // services) and the tasks of the services in scope.
     let mut total: HashMap<NodeId, usize> = HashMap::new();
-    let mut of_service: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
+    let mut of_service: BTreeMap<&str, Vec<&TaskRecord>> = BTreeMap::new();
     for task in state.tasks.values() {
         if task.is_live() {
             if let Some(node) = task.node {
