@@ -530,7 +530,8 @@ fn an_open_connection_holds_a_drain_until_it_closes_or_times_out() {
                 Some(("shutdown".to_owned(), "running".to_owned())),
                 "the task was stopped under an open connection"
             );
-            drop(long_lived);
+            // The client closes: the proxy's connection to the task ends.
+            let _ = long_lived.shutdown(std::net::Shutdown::Both);
         }
         wait_for(
             "the task stopped",
@@ -538,10 +539,8 @@ fn an_open_connection_holds_a_drain_until_it_closes_or_times_out() {
             || (task_state(&cluster, service, &id)?.1 == "shutdown").then_some(()),
             || cluster.lbctl(0, &["service", "ps", service]).1,
         );
-        if service == "timed" {
-            // Stopped at the timeout, with the connection still open on
-            // the client's side until the task went.
-            drop(long_lived);
-        }
+        // "timed" was stopped at its timeout with the connection still
+        // open on the client's side.
+        drop(long_lived);
     }
 }
