@@ -147,6 +147,7 @@ def rolling_update(lbd, lbctl):
             sys.exit(out.stderr)
         cluster.wait(lambda: len(cluster.serving(0, "web")) == 3, 60, "3 tasks")
         for version, order in enumerate(("stop-first", "start-first"), start=1):
+            before = {t["id"] for t in cluster.json(0, "service", "ps", "web") or []}
             started = time.monotonic()
             out = cluster.lbctl(0, "service", "update", "--detach", "web", "--env", f"VERSION={version}",
                                 "--update-order", order)
@@ -158,7 +159,6 @@ def rolling_update(lbd, lbctl):
                 fresh = [t for t in cluster.serving(0, "web") if t["id"] not in before]
                 old_running = [t for t in tasks if t["id"] in before and t["state"] == "running"]
                 return len(fresh) == 3 and not old_running
-            before = {t["id"] for t in cluster.json(0, "service", "ps", "web") or []}
             cluster.wait(done, 300, f"the {order} update")
             times[order] = time.monotonic() - started
     finally:
