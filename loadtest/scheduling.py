@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Scheduling latency of an lbmesh cluster: how long from `service scale
 web=N` until N tasks serve, and from a node's death (kill -9) until its tasks
-serve elsewhere.
+serve elsewhere. With `--update`: how long a rolling update of 3 replicas
+takes with the default drain timeout, stop-first and start-first, until
+every task of the new version serves and no old one runs (`--baseline
+LBD` measures another build in the same run).
 
 Starts three lbd processes on 127.B.0.1/.2/.3 (the process runtime: each task
 is busybox httpd; `--docker` uses the test image lbmesh-test:v1 instead),
@@ -129,6 +132,50 @@ def summary(values):
     return f"{med * 1000:.0f} ms (min {min(values) * 1000:.0f}, max {max(values) * 1000:.0f})"
 
 
+def rolling_update(lbd, lbctl):
+    """Seconds of a stop-first, then a start-first update of 3 replicas
+    (drain timeout and everything else the defaults), on a new cluster."""
+    workdir = tempfile.mkdtemp(prefix="lbmesh-update-")
+    cluster = Cluster(lbd, lbctl, workdir)
+    times = {}
+    try:
+        cluster.form()
+        port = free_port(cluster)
+        out = cluster.lbctl(0, "service", "create", "web", "--command", SERVER, "--replicas", "3",
+                            "-p", f"{port}:80")
+        if out.returncode != 0:
+            sys.exit(out.stderr)
+        cluster.wait(lambda: len(cluster.serving(0, "web")) == 3, 60, "3 tasks")
+        for version, order in enumerate(("stop-first", "start-first"), start=1):
+            before = {t["id"] for t in cluster.json(0, "service", "ps", "web") or []}
+            started = time.monotonic()
+            out = cluster.lbctl(0, "service", "update", "--detach", "web", "--env", f"VERSION={version}",
+                                "--update-order", order)
+            if out.returncode != 0:
+                sys.exit(out.stderr)
+
+            def done():
+                tasks = cluster.json(0, "service", "ps", "web") or []
+                fresh = [t for t in cluster.serving(0, "web") if t["id"] not in before]
+                old_running = [t for t in tasks if t["id"] in before and t["state"] == "running"]
+                return len(fresh) == 3 and not old_running
+            cluster.wait(done, 300, f"the {order} update")
+            times[order] = time.monotonic() - started
+    finally:
+        cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+    return times
+
+
+def updates(args):
+    builds = [("lbd", args.lbd)] + ([("baseline", args.baseline)] if args.baseline else [])
+    print("| build | stop-first update of 3 replicas | start-first update of 3 replicas |")
+    print("|---|---|---|")
+    for name, lbd in builds:
+        times = rolling_update(lbd, args.lbctl)
+        print(f"| {name} | {times['stop-first']:.1f} s | {times['start-first']:.1f} s |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lbd", default="target/release/lbd")
@@ -136,10 +183,15 @@ def main():
     parser.add_argument("--replicas", type=int, default=6, help="N of `service scale web=N`")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--docker", action="store_true", help="run containers of lbmesh-test:v1 instead of processes")
+    parser.add_argument("--update", action="store_true", help="time rolling updates of 3 replicas instead")
+    parser.add_argument("--baseline", help="with --update: another lbd build, measured in the same run")
     args = parser.parse_args()
-    for tool in (args.lbd, args.lbctl):
+    for tool in (args.lbd, args.lbctl, *([args.baseline] if args.baseline else [])):
         if not shutil.which(tool) and not os.path.exists(tool):
             sys.exit(f"{tool} not found; build with cargo build --release")
+    if args.update:
+        updates(args)
+        return
 
     scale_times, heal_times = [], []
     for round_no in range(args.rounds):

@@ -369,6 +369,7 @@ impl Daemon {
                     for_containers: !vip_route::is_loopback(vip_range),
                 },
             },
+            daemon.proxy.table(),
             daemon.stop_control.clone(),
         ));
         let tokens = match started {

@@ -373,3 +373,174 @@ fn a_down_nodes_task_serves_until_its_replacement_does() {
     );
     assert_no_failures("the node of the only task marked down", &results);
 }
+
+/// The state of task `id` of `service` as node 0 sees it.
+fn task_state(cluster: &Cluster, service: &str, id: &str) -> Option<(String, String)> {
+    tasks(cluster, 0, service)
+        .into_iter()
+        .find(|t| t["id"] == id)
+        .map(|t| {
+            let field = |name: &str| t[name].as_str().unwrap_or_default().to_owned();
+            (field("desired"), field("state"))
+        })
+}
+
+/// A drain ends when the last connection does: with a drain timeout of
+/// ten minutes, a rolling update (stop-first, then start-first) and a
+/// scale-down whose departing tasks hold no connection finish within the
+/// test's bounds, which they could not if the agent waited the timeout
+/// (the old behaviour, which this test fails on: each batch waited ten
+/// minutes). No request of a steady client loop fails meanwhile.
+#[test]
+fn drains_without_connections_end_long_before_the_timeout() {
+    let cluster = Cluster::form_with(FAST_HEARTBEATS);
+    let port = free_port_on_all(&cluster);
+    let publish = format!("{port}:80");
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "web",
+            "--command",
+            SERVER,
+            "--replicas",
+            "3",
+            "-p",
+            &publish,
+            "--drain-timeout",
+            "10m",
+            "--retry-on-empty",
+            "true",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let before = wait_serving(&cluster, "web", 3, Duration::from_secs(30));
+    let client = ClientLoop::start(cluster.mesh_addrs(port));
+    for (order, version) in [("stop-first", "1"), ("start-first", "2")] {
+        let env = format!("VERSION={version}");
+        let (code, out, err) = cluster.lbctl(
+            0,
+            &[
+                "service",
+                "update",
+                "web",
+                "--env",
+                &env,
+                "--update-order",
+                order,
+            ],
+        );
+        assert_eq!(code, 0, "{order}: {out}{err}");
+        let now = wait_serving(&cluster, "web", 3, Duration::from_secs(60));
+        assert!(
+            now.iter()
+                .all(|t| before.iter().all(|b| b["id"] != t["id"])),
+            "{order}: every task was replaced: {now:?}"
+        );
+        // Every replaced task was stopped (not left draining).
+        wait_for(
+            &format!("{order}: no task left draining"),
+            Duration::from_secs(30),
+            || {
+                tasks(&cluster, 0, "web")
+                    .iter()
+                    .all(|t| t["desired"] == "running" || t["state"] != "running")
+                    .then_some(())
+            },
+            || cluster.lbctl(0, &["service", "ps", "web"]).1,
+        );
+    }
+    let (code, _, err) = cluster.lbctl(0, &["service", "scale", "web=1"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for(
+        "the scaled-down tasks stopped",
+        Duration::from_secs(30),
+        || {
+            let all = tasks(&cluster, 0, "web");
+            let running = all.iter().filter(|t| t["state"] == "running").count();
+            (running == 1).then_some(())
+        },
+        || cluster.lbctl(0, &["service", "ps", "web"]).1,
+    );
+    assert_no_failures("rolling updates that drain early", &client.finish());
+}
+
+/// A departing task with a long-lived connection open through one node
+/// keeps draining while it is open, however many heartbeats pass, and
+/// stops once it closes; with a short drain timeout, it stops at the
+/// timeout even though the connection is still open.
+#[test]
+fn an_open_connection_holds_a_drain_until_it_closes_or_times_out() {
+    let cluster = Cluster::form_with(FAST_HEARTBEATS);
+    for (service, timeout) in [("held", "10m"), ("timed", "3s")] {
+        let port = free_port_on_all(&cluster);
+        let publish = format!("{port}:80");
+        let (code, _, err) = cluster.lbctl(
+            0,
+            &[
+                "service",
+                "create",
+                service,
+                "--command",
+                SERVER,
+                "--replicas",
+                "1",
+                "-p",
+                &publish,
+                "--drain-timeout",
+                timeout,
+            ],
+        );
+        assert_eq!(code, 0, "{err}");
+        let task = wait_serving(&cluster, service, 1, Duration::from_secs(30));
+        let id = task[0]["id"].as_str().unwrap_or_default().to_owned();
+        // An idle connection through node 1 (busybox httpd waits 60 s for
+        // a request): the proxy holds it to the task.
+        let long_lived = std::net::TcpStream::connect(cluster.mesh_addrs(port)[1])
+            .expect("connect through the mesh");
+        wait_for(
+            "node 1 holds the connection to the task",
+            Duration::from_secs(10),
+            || {
+                let (_, metrics) = test_support::http_get_blocking(&cluster.api(1), "/metrics");
+                let open = test_support::metric(
+                    &metrics,
+                    "lbmesh_backend_active_connections",
+                    &[("service", service)],
+                );
+                (open == Some(1.0)).then_some(())
+            },
+            || cluster.log(1),
+        );
+        let (code, _, err) = cluster.lbctl(0, &["service", "scale", &format!("{service}=0")]);
+        assert_eq!(code, 0, "{err}");
+        wait_for(
+            "the task departs",
+            Duration::from_secs(10),
+            || (task_state(&cluster, service, &id)?.0 == "shutdown").then_some(()),
+            || cluster.lbctl(0, &["service", "ps", service]).1,
+        );
+        if service == "held" {
+            // Ten heartbeats later it still drains: node 1 reports one
+            // connection open.
+            std::thread::sleep(Duration::from_secs(3));
+            assert_eq!(
+                task_state(&cluster, service, &id),
+                Some(("shutdown".to_owned(), "running".to_owned())),
+                "the task was stopped under an open connection"
+            );
+            // The client closes: the proxy's connection to the task ends.
+            let _ = long_lived.shutdown(std::net::Shutdown::Both);
+        }
+        wait_for(
+            "the task stopped",
+            Duration::from_secs(30),
+            || (task_state(&cluster, service, &id)?.1 == "shutdown").then_some(()),
+            || cluster.lbctl(0, &["service", "ps", service]).1,
+        );
+        // "timed" was stopped at its timeout with the connection still
+        // open on the client's side.
+        drop(long_lived);
+    }
+}

@@ -204,7 +204,10 @@ fn a_worker_token_or_certificate_cannot_change_the_cluster() {
         Ok(Response::Refused(reason)) => assert!(reason.contains("worker"), "{reason}"),
         other => panic!("a worker's append got {other:?}"),
     }
-    assert!(matches!(call(Request::Heartbeat), Ok(Response::Heartbeat)));
+    assert!(matches!(
+        call(Request::Heartbeat(None)),
+        Ok(Response::Heartbeat(_))
+    ));
     assert_eq!(service_names(&cluster), before, "the registry changed");
     assert!(!Path::new("/tmp/lbmesh-pwned").exists());
     // The leader kept its term: the worker's vote counted for nothing.
@@ -227,7 +230,7 @@ fn clients_without_the_cluster_ca_reach_nothing() {
     plain
         .set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
-    let frame = serde_json::to_vec(&Request::Heartbeat).expect("json");
+    let frame = serde_json::to_vec(&Request::Heartbeat(None)).expect("json");
     let length = u32::try_from(frame.len()).expect("small");
     let _ = plain.write_all(&length.to_be_bytes());
     let _ = plain.write_all(&frame);
@@ -429,7 +432,7 @@ fn short_lived_certificates_renew_and_a_removed_node_is_refused() {
     let (code, _, err) = cluster.lbctl(0, &["node", "rm", "--force", &worker_name]);
     assert_eq!(code, 0, "{err}");
     let leader = cluster.leader_index().expect("a leader");
-    let answer = raft_call(&cluster, leader, &worker, &Request::Heartbeat);
+    let answer = raft_call(&cluster, leader, &worker, &Request::Heartbeat(None));
     match answer {
         Ok(Response::Refused(reason)) => assert!(reason.contains("removed"), "{reason}"),
         other => panic!("a removed node's heartbeat got {other:?}"),

@@ -241,6 +241,11 @@ pub struct RoutingTable {
     /// (without routes), so re-adding one before they close keeps counting
     /// them against its cap. Normally empty.
     retired: HashMap<Arc<str>, Arc<ServiceState>>,
+    /// TCP backends that left their service while connections to them were
+    /// open, with the service's name: [`RoutingTable::connections_left`]
+    /// reads their counts while a departing task drains. A build drops the
+    /// ones whose connections have all closed. Normally empty.
+    departed: Vec<(Arc<str>, Arc<Backend>)>,
 }
 
 impl RoutingTable {
@@ -263,6 +268,7 @@ impl RoutingTable {
             table.retired.remove(&name);
             changes.gone_services.push(name);
         }
+        table.departed.retain(|(_, backend)| backend.active() > 0);
         for update in updates {
             match update {
                 Update::Reset(services) => {
@@ -415,7 +421,14 @@ impl RoutingTable {
             udp: udp.clone(),
         });
         if let Some(old) = &old {
-            for (addr, (_, labels)) in &old.backends {
+            for (addr, (backend, labels)) in &old.backends {
+                let kept = entry
+                    .backends
+                    .get(addr)
+                    .is_some_and(|(now, _)| Arc::ptr_eq(now, backend));
+                if !kept {
+                    self.depart(name, *addr, backend);
+                }
                 if entry
                     .backends
                     .get(addr)
@@ -492,7 +505,8 @@ impl RoutingTable {
         for addr in entry.addrs() {
             self.remove_route(addr, name, changes);
         }
-        for (addr, (_, labels)) in &entry.backends {
+        for (addr, (backend, labels)) in &entry.backends {
+            self.depart(&entry.state.name, *addr, backend);
             changes
                 .gone_backends
                 .push((Arc::clone(&entry.state.name), *addr, labels.clone()));
@@ -502,6 +516,15 @@ impl RoutingTable {
                 .insert(Arc::clone(&entry.state.name), Arc::clone(&entry.state));
         } else {
             changes.gone_services.push(Arc::clone(&entry.state.name));
+        }
+    }
+
+    /// Keeps a TCP backend that left `service` while it still has open
+    /// connections, so a drain can count them.
+    fn depart(&mut self, service: &Arc<str>, addr: ProtoAddr, backend: &Arc<Backend>) {
+        if addr.protocol == Protocol::Tcp && backend.active() > 0 {
+            self.departed
+                .push((Arc::clone(service), Arc::clone(backend)));
         }
     }
 
@@ -571,6 +594,30 @@ impl RoutingTable {
     /// How many services are routed.
     pub fn service_count(&self) -> usize {
         self.service_count
+    }
+
+    /// The TCP connections still open to `addr` as a backend of `service`
+    /// once no port of the service sends to it (a departing task's
+    /// endpoint): `None` while one still does, since a new connection may
+    /// then still come. Read off the hot path (a task's drain), from the
+    /// counts the connections keep anyway: one map look-up per protocol and
+    /// a scan of the departed backends, normally none.
+    pub fn connections_left(&self, service: &str, addr: SocketAddr) -> Option<u32> {
+        let routed = self.services.get(service).is_some_and(|entry| {
+            [Protocol::Tcp, Protocol::Udp]
+                .into_iter()
+                .any(|protocol| entry.backends.contains_key(&ProtoAddr { protocol, addr }))
+        });
+        if routed {
+            return None;
+        }
+        Some(
+            self.departed
+                .iter()
+                .filter(|(name, backend)| &**name == service && backend.addr == addr)
+                .map(|(_, backend)| backend.active())
+                .sum(),
+        )
     }
 
     /// Every backend with its service's name.
@@ -893,5 +940,52 @@ mod tests {
                 .expect("routed")
                 .service
         ));
+    }
+
+    /// A backend that leaves its service (its task departs) is counted
+    /// while its connections stay open: unknown while any port still
+    /// routes to it, then the open count, zero once they close, and the
+    /// next build forgets it. The same holds when the whole service goes.
+    #[test]
+    fn a_departed_backend_counts_its_open_connections_until_they_close() {
+        let metrics = Metrics::new(&prometheus::Registry::new()).expect("metrics");
+        let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap(); // fixed-port-ok: a map key, nothing bound
+        let leaving: SocketAddr = "10.0.0.2:80".parse().unwrap(); // fixed-port-ok: a map key
+        let both = vec![service(listen, 100, &["10.0.0.1:80", "10.0.0.2:80"])];
+        let first = build(&RoutingTable::default(), &[Update::Add(both)], &metrics);
+        assert_eq!(first.connections_left("web", leaving), None, "still routed");
+        let backend = first
+            .route(&ProtoAddr::tcp(listen))
+            .expect("routed")
+            .backends
+            .backends()
+            .iter()
+            .find(|b| b.addr == leaving)
+            .map(Arc::clone)
+            .expect("the leaving backend");
+        let open = [backend.track_connection(), backend.track_connection()];
+        let one = vec![service(listen, 100, &["10.0.0.1:80"])];
+        let second = build(&first, &[Update::Add(one)], &metrics);
+        assert_eq!(second.connections_left("web", leaving), Some(2));
+        let [a, b] = open;
+        drop(a);
+        assert_eq!(second.connections_left("web", leaving), Some(1));
+        drop(b);
+        assert_eq!(second.connections_left("web", leaving), Some(0));
+        let third = build(&second, &[], &metrics);
+        assert!(third.departed.is_empty(), "a closed backend is forgotten");
+        assert_eq!(third.connections_left("web", leaving), Some(0));
+
+        // The whole service goes while a connection is open.
+        let kept = third
+            .route(&ProtoAddr::tcp(listen))
+            .expect("routed")
+            .backends
+            .backends()[0]
+            .track_connection();
+        let gone = build(&third, &[Update::Remove(vec!["web".to_owned()])], &metrics);
+        assert_eq!(gone.connections_left("web", kept.backend().addr), Some(1));
+        drop(kept);
+        assert_eq!(gone.connections_left("web", leaving), Some(0));
     }
 }

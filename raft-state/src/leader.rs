@@ -162,14 +162,14 @@ mod tests {
         let call = calls.call(
             &mut leaders,
             same,
-            &Request::Heartbeat,
+            &Request::Heartbeat(None),
             Duration::from_secs(30),
         );
         let answer = tokio::time::timeout(Duration::from_secs(2), call)
             .await
             .expect(what)
             .expect("answered");
-        assert!(matches!(answer, Response::Heartbeat));
+        assert!(matches!(answer, Response::Heartbeat(_)));
     }
 
     /// A call stuck on the leader (its read index never answered) does not
@@ -214,7 +214,7 @@ mod tests {
             tokio::spawn(async move {
                 let timeout = Duration::from_secs(30);
                 calls
-                    .call(&mut leaders, same, &Request::Heartbeat, timeout)
+                    .call(&mut leaders, same, &Request::Heartbeat(None), timeout)
                     .await
             })
         };
@@ -233,7 +233,7 @@ mod tests {
             .call(
                 &mut leaders.clone(),
                 same,
-                &Request::Heartbeat,
+                &Request::Heartbeat(None),
                 Duration::from_secs(1),
             )
             .await;

@@ -28,6 +28,8 @@
 //!   validating; its child `state/tasks.rs` applies the task commands. It
 //!   re-exports the records, so `raft_state::state::Command` and the like
 //!   still name them.
+//! - [`drains`]: drain reports (connections each node holds to departing
+//!   tasks, sent with its heartbeats) and which tasks have drained.
 //! - [`types`]: the openraft type configuration.
 //! - [`store`]: the redb-backed log store and state machine (openraft's
 //!   storage-v2 traits), snapshots included.
@@ -52,6 +54,7 @@
 pub mod authority;
 pub mod cluster;
 pub mod command;
+pub mod drains;
 mod election;
 pub mod heartbeats;
 pub mod leader;

@@ -71,6 +71,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tracing::{debug, warn};
 
 use crate::command::Proposal;
+use crate::drains::{DrainReport, Drained};
 use crate::outcome::Outcome;
 use crate::types::{NodeId, TypeConfig};
 
@@ -120,7 +121,11 @@ pub enum Request {
     ReadIndex,
     /// "I am alive", sent to every voter every heartbeat interval. The
     /// sender is the node its certificate names; it is not in the log.
-    Heartbeat,
+    /// With a report (only while the sender has departing tasks in view)
+    /// it also says how many connections it holds to each
+    /// (`crate::drains`). Without one it is `{"rpc":"heartbeat"}`, the
+    /// frame older nodes send, and reads as `None`.
+    Heartbeat(#[serde(default)] Option<DrainReport>),
 }
 
 /// Why a forwarded proposal or read failed on the remote node.
@@ -149,7 +154,9 @@ pub enum Response {
     ),
     Propose(Result<Outcome, RemoteFailure>),
     ReadIndex(Result<u64, RemoteFailure>),
-    Heartbeat,
+    /// The sender's drained tasks, in answer to a heartbeat with a report
+    /// only (an older node's plain heartbeat gets the plain answer).
+    Heartbeat(#[serde(default)] Option<Drained>),
     /// The request frame was malformed; the server closes the connection.
     Malformed(String),
     /// The caller may not send this request (a worker's append or vote, or
@@ -222,8 +229,10 @@ pub trait RpcHandler: Clone + Send + Sync + 'static {
     /// leads.
     fn read_index(&self) -> impl Future<Output = Result<u64, RemoteFailure>> + Send;
 
-    /// `from` (the node its certificate names) says it is alive.
-    fn heartbeat(&self, from: NodeId);
+    /// `from` (the node its certificate names) says it is alive, and, with
+    /// a report, what it holds open to departing tasks; the answer names
+    /// those of its tasks that have drained.
+    fn heartbeat(&self, from: NodeId, report: Option<DrainReport>) -> Option<Drained>;
 }
 
 /// Serves Raft RPCs with `handler` on `listener` until `shutdown` resolves;
@@ -370,10 +379,7 @@ async fn serve_connection<S: AsyncRead + AsyncWrite + Unpin>(
                 Response::Propose(handler.propose(caller, *proposal).await)
             }
             Request::ReadIndex => Response::ReadIndex(handler.read_index().await),
-            Request::Heartbeat => {
-                handler.heartbeat(caller.id);
-                Response::Heartbeat
-            }
+            Request::Heartbeat(report) => Response::Heartbeat(handler.heartbeat(caller.id, report)),
         };
         send(&mut stream, &response).await?;
     }
@@ -714,8 +720,17 @@ pub(crate) mod tests {
         async fn read_index(&self) -> Result<u64, RemoteFailure> {
             std::future::pending().await
         }
-        fn heartbeat(&self, _: NodeId) {
+        /// Answers a report with every task it lists closed.
+        fn heartbeat(&self, _: NodeId, report: Option<DrainReport>) -> Option<Drained> {
             self.heartbeats.fetch_add(1, Ordering::SeqCst);
+            report.map(|report| Drained {
+                tasks: report
+                    .open
+                    .into_iter()
+                    .filter(|(_, open)| *open == 0)
+                    .map(|(id, _)| id)
+                    .collect(),
+            })
         }
     }
 
@@ -745,7 +760,7 @@ pub(crate) mod tests {
         let handler = Stuck::default();
         let (addr, server) = server(1, handler.clone()).await;
         let mut raw = TcpStream::connect(&addr).await.expect("connect");
-        let frame = serde_json::to_vec(&Request::Heartbeat).expect("json");
+        let frame = serde_json::to_vec(&Request::Heartbeat(None)).expect("json");
         let length = u32::try_from(frame.len()).expect("small");
         raw.write_all(&length.to_be_bytes()).await.expect("header");
         raw.write_all(&frame).await.expect("body");
@@ -776,7 +791,7 @@ pub(crate) mod tests {
             credentials_from(&other, 2, CertRole::Manager),
         );
         let answer = stranger
-            .call(&Request::Heartbeat, Duration::from_secs(5))
+            .call(&Request::Heartbeat(None), Duration::from_secs(5))
             .await;
         assert!(
             matches!(answer, Err(CallError::Unreachable(_))),
@@ -787,7 +802,7 @@ pub(crate) mod tests {
         // certificate names another node.
         let mut misdirected = Peer::new(3, addr.clone(), credentials(2));
         let answer = misdirected
-            .call(&Request::Heartbeat, Duration::from_secs(5))
+            .call(&Request::Heartbeat(None), Duration::from_secs(5))
             .await;
         assert!(
             matches!(answer, Err(CallError::Unreachable(_))),
@@ -795,9 +810,9 @@ pub(crate) mod tests {
         );
         let mut member = Peer::new(1, addr, credentials(2));
         let answer = member
-            .call(&Request::Heartbeat, Duration::from_secs(5))
+            .call(&Request::Heartbeat(None), Duration::from_secs(5))
             .await;
-        assert!(matches!(answer, Ok(Response::Heartbeat)), "{answer:?}");
+        assert!(matches!(answer, Ok(Response::Heartbeat(_))), "{answer:?}");
         assert_eq!(handler.heartbeats.load(Ordering::SeqCst), 1);
         server.abort();
     }
@@ -834,8 +849,10 @@ pub(crate) mod tests {
             }
         }
         let mut peer = Peer::new(1, addr.clone(), worker);
-        let answer = peer.call(&Request::Heartbeat, Duration::from_secs(5)).await;
-        assert!(matches!(answer, Ok(Response::Heartbeat)), "{answer:?}");
+        let answer = peer
+            .call(&Request::Heartbeat(None), Duration::from_secs(5))
+            .await;
+        assert!(matches!(answer, Ok(Response::Heartbeat(_))), "{answer:?}");
         assert_eq!(handler.served.load(Ordering::SeqCst), 0);
 
         let mut manager = Peer::new(1, addr.clone(), credentials(3));
@@ -843,7 +860,7 @@ pub(crate) mod tests {
         assert!(matches!(answer, Err(CallError::Timeout)), "{answer:?}");
         let mut removed = Peer::new(1, addr, credentials(9));
         let answer = removed
-            .call(&Request::Heartbeat, Duration::from_secs(5))
+            .call(&Request::Heartbeat(None), Duration::from_secs(5))
             .await;
         assert!(
             matches!(&answer, Ok(Response::Refused(reason)) if reason.contains("removed")),
@@ -938,10 +955,10 @@ pub(crate) mod tests {
         let mut peer = Peer::new(1, addr.clone(), credentials(2));
         for _ in 0..3 {
             let answer = peer
-                .call(&Request::Heartbeat, Duration::from_secs(5))
+                .call(&Request::Heartbeat(None), Duration::from_secs(5))
                 .await
                 .expect("heartbeat");
-            assert!(matches!(answer, Response::Heartbeat));
+            assert!(matches!(answer, Response::Heartbeat(_)));
         }
         assert_eq!(handler.heartbeats.load(Ordering::SeqCst), 3);
         let (last, _held) = closed_at_once(&addr).await;
@@ -975,6 +992,46 @@ pub(crate) mod tests {
                 assert!(error.to_string().contains("one log entry"), "{error}")
             }
             other => panic!("expected a network error, got {other:?}"),
+        }
+    }
+
+    /// The heartbeat frames of the version before drain reports, as it
+    /// declared them.
+    #[derive(Debug, Serialize, Deserialize)]
+    #[serde(tag = "rpc", content = "body", rename_all = "snake_case")]
+    enum OlderHeartbeat {
+        Heartbeat,
+    }
+
+    /// Mixed versions during an upgrade: each side reads the other's plain
+    /// heartbeat and its answer; only a report is new to an older voter,
+    /// which answers `Malformed` (and the sender falls back).
+    #[test]
+    fn plain_heartbeats_read_the_same_in_both_versions() {
+        let older = serde_json::to_vec(&OlderHeartbeat::Heartbeat).expect("json");
+        assert_eq!(older, br#"{"rpc":"heartbeat"}"#);
+        let request: Request = serde_json::from_slice(&older).expect("an older heartbeat");
+        assert!(matches!(request, Request::Heartbeat(None)), "{request:?}");
+        let response: Response = serde_json::from_slice(&older).expect("an older answer");
+        assert!(
+            matches!(response, Response::Heartbeat(None)),
+            "{response:?}"
+        );
+        for plain in [
+            serde_json::to_vec(&Request::Heartbeat(None)).expect("json"),
+            serde_json::to_vec(&Response::Heartbeat(None)).expect("json"),
+        ] {
+            let read: Result<OlderHeartbeat, _> = serde_json::from_slice(&plain);
+            assert!(read.is_ok(), "an older node cannot read {plain:?}");
+        }
+        let report = DrainReport {
+            open: [("t1".to_owned(), 0)].into(),
+        };
+        let with = serde_json::to_vec(&Request::Heartbeat(Some(report.clone()))).expect("json");
+        assert!(serde_json::from_slice::<OlderHeartbeat>(&with).is_err());
+        match serde_json::from_slice::<Request>(&with) {
+            Ok(Request::Heartbeat(Some(read))) => assert_eq!(read, report),
+            other => panic!("expected the report back, got {other:?}"),
         }
     }
 }

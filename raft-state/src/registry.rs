@@ -53,6 +53,7 @@ use lbmesh_tls::{CertRole, NodeIdentity};
 
 use crate::authority;
 use crate::command::{Command, Proposal, RequestId};
+use crate::drains::{DrainReport, DrainReports, Drained};
 use crate::election::{self, LeaderContact};
 use crate::heartbeats::{Delivered, HeartbeatCalls};
 use crate::leader::{self, LeaderCallError, LeaderCalls};
@@ -184,6 +185,8 @@ pub struct RegistryNode {
     /// Heartbeats received (every voter hears every node; the leader judges
     /// from them).
     liveness: Liveness,
+    /// The drain report each node sent with its last heartbeat.
+    drains: DrainReports,
     /// The longest election timeout: how recently a quorum must have
     /// acknowledged a leader for it to judge the others.
     election_timeout: Duration,
@@ -222,6 +225,7 @@ impl RegistryNode {
         .map_err(|e| RegistryError::Raft(e.to_string()))?;
         let stop = Arc::new(Notify::new());
         let liveness = Liveness::default();
+        let drains = DrainReports::default();
         let contact = LeaderContact::new();
         let election_guard = tokio::spawn(election::guard(
             raft.clone(),
@@ -237,6 +241,7 @@ impl RegistryNode {
                 applied: applied.clone(),
                 id: options.id,
                 liveness: liveness.clone(),
+                drains: drains.clone(),
                 contact,
             };
             tokio::spawn(network::serve(
@@ -255,6 +260,7 @@ impl RegistryNode {
             heartbeats: HeartbeatCalls::new(options.id, options.credentials.clone()),
             credentials: options.credentials,
             liveness,
+            drains,
             election_timeout: options.timing.election_max,
             request_ids: RequestIds::new(options.id),
             stop,
@@ -388,9 +394,9 @@ impl RegistryNode {
         timeout: Duration,
     ) -> Result<(), RegistryError> {
         let mut peer = Peer::new(id, raft_addr.to_owned(), self.credentials.clone());
-        let answer = peer.call(&Request::Heartbeat, timeout).await;
+        let answer = peer.call(&Request::Heartbeat(None), timeout).await;
         match answer.map_err(|e| RegistryError::Forward(e.into()))? {
-            Response::Heartbeat => Ok(()),
+            Response::Heartbeat(_) => Ok(()),
             other => Err(RegistryError::Raft(format!(
                 "unexpected probe answer {other:?}"
             ))),
@@ -464,20 +470,33 @@ impl RegistryNode {
 
     /// Tells every voter this node is alive (not through the log), each
     /// waiting at most `timeout` for its answer, all at once: whichever voter
-    /// leads next knows when it last heard this node. This node's own record
-    /// is kept directly.
-    pub async fn heartbeat(&self, timeout: Duration) -> Delivered {
+    /// leads next knows when it last heard this node. With it goes
+    /// `report`, the connections this node holds to departing tasks; the
+    /// answer names this node's tasks that have drained, as the leader
+    /// judges (`crate::drains`). This node's own records are kept directly,
+    /// and judged here when it leads.
+    pub async fn heartbeat(&self, timeout: Duration, report: DrainReport) -> Delivered {
         self.liveness.heard(self.id);
-        let voters: Vec<(NodeId, String)> = {
+        self.drains.record(self.id, report.clone());
+        let (voters, leader): (Vec<(NodeId, String)>, Option<NodeId>) = {
             let metrics = self.raft.metrics();
             let metrics = metrics.borrow();
             let membership = metrics.membership_config.membership();
-            membership
+            let voters = membership
                 .voter_ids()
                 .filter_map(|id| Some((id, membership.get_node(&id)?.addr.clone())))
-                .collect()
+                .collect();
+            (voters, metrics.current_leader)
         };
-        self.heartbeats.send(&voters, timeout).await
+        let mut delivered = self
+            .heartbeats
+            .send(&voters, leader, &report, timeout)
+            .await;
+        if leader == Some(self.id) && !report.is_empty() {
+            let state = &self.applied.borrow().state;
+            delivered.drained = self.drains.drained(state, self.id).tasks;
+        }
+        delivered
     }
 
     /// When each node last sent a heartbeat to this node (every voter
@@ -699,6 +718,7 @@ struct Served {
     /// This node, named in a `NotLeader` answer.
     id: NodeId,
     liveness: Liveness,
+    drains: DrainReports,
     /// Stamped by every request only a leader sends, for the election guard.
     contact: LeaderContact,
 }
@@ -741,8 +761,11 @@ impl RpcHandler for Served {
         read_index_locally(&self.raft, self.id).await
     }
 
-    fn heartbeat(&self, from: NodeId) {
+    fn heartbeat(&self, from: NodeId, report: Option<DrainReport>) -> Option<Drained> {
         self.liveness.heard(from);
+        let answer = report.is_some();
+        self.drains.record(from, report.unwrap_or_default());
+        answer.then(|| self.drains.drained(&self.applied.borrow().state, from))
     }
 }
 

@@ -10,8 +10,10 @@
 //!           ─> reconcile():
 //!              assigned here, desired running, not here ─> report starting, start (spawned)
 //!                 ─> report running (endpoint, runtime id), start health checks
-//!              desired shutdown, here ─> (already out of every routing table) wait the
-//!                 service's drain timeout ─> stop (SIGTERM, grace, SIGKILL) ─> report shutdown
+//!              desired shutdown, here ─> (already out of every routing table) drain: wait
+//!                 until the leader answers a heartbeat that every ready node holds no
+//!                 connection to it, or the service's drain timeout, whichever is first
+//!                 ─> stop (SIGTERM, grace, SIGKILL) ─> report shutdown
 //!              here but no longer assigned here ─> stop at once
 //!           exit noticed (event, or the sweep) ─> report failed / completed, remove remains
 //!           health turns unhealthy ─> report failed, stop (the scheduler replaces it)
@@ -19,9 +21,16 @@
 //!           what it holds that no task here accounts for is removed (retried every tick
 //!           while it stays listed); a runtime that cannot be listed (engine down) is
 //!           skipped, and reconciled in full once it answers again
-//! always:   heartbeat to the leader every `heartbeat_interval` and at once to a new
-//!           leader (not through the log; each with a deadline of one interval)
+//! always:   heartbeat to every voter every `heartbeat_interval` and at once to a new
+//!           leader (not through the log; each with a deadline of one interval), with
+//!           this node's open connections to departing tasks (`drain`); the leader's
+//!           answer names this node's tasks that have drained ─> their drains end
 //! ```
+//!
+//! A drain ends early only on the leader's word (`raft_state::drains` says
+//! why it is decided there): a ready node that has not reported the task
+//! since it departed, an older lbd among them, holds the drain to its
+//! timeout, and a long-lived connection gets the whole timeout.
 //!
 //! A task is started once. A failed start is reported `failed`, and the
 //! scheduler's replacement comes after the service's restart delay, so a
@@ -36,6 +45,7 @@
 //! docker, a command alone as a local process.
 
 pub mod docker;
+mod drain;
 pub mod health;
 pub mod process;
 pub mod runtime;
@@ -49,7 +59,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use lb_config::{HealthCheckKind, Service};
+use lbmesh_proxy::routing::RoutingTable;
 use raft_state::registry::RegistryNode;
 use raft_state::state::{Command, NodeId, Outcome, RegistryState};
 use raft_state::task::{DesiredState, TaskEndpoint, TaskHealth, TaskRecord, TaskReport, TaskState};
@@ -58,6 +70,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use self::drain::DrainCounts;
 use self::health::HealthChange;
 use self::runtime::{
     OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeKind, RuntimeTask, TaskDns, TaskLaunch,
@@ -146,6 +159,9 @@ struct Local {
     own: Option<OwnHealth>,
     checker: Option<JoinHandle<()>>,
     stopping: bool,
+    /// Cancelled to end the task's drain early: every ready node holds no
+    /// connection to it. Set while it drains.
+    drain_cut: Option<CancellationToken>,
 }
 
 impl Local {
@@ -203,6 +219,9 @@ struct Agent {
     early_exits: HashMap<String, Option<i64>>,
     /// What was last reported per task, so only changes are sent.
     reported: HashMap<String, (TaskState, TaskHealth)>,
+    /// Tasks here the leader said have drained (perhaps before this agent
+    /// began their drain): a drain of one ends at once.
+    drained: HashSet<String>,
     events: UnboundedSender<Event>,
     health: UnboundedSender<HealthChange>,
     reports: UnboundedSender<TaskReport>,
@@ -211,8 +230,14 @@ struct Agent {
 
 /// Runs the agent until `stop` is cancelled. Tasks keep running when lbd
 /// stops (as containers do when dockerd's client goes); the next start adopts
-/// them.
-pub async fn run(registry: Arc<RegistryNode>, settings: AgentSettings, stop: CancellationToken) {
+/// them. `table` is this node's routing table, whose connection counts the
+/// heartbeats report while tasks drain.
+pub async fn run(
+    registry: Arc<RegistryNode>,
+    settings: AgentSettings,
+    table: Arc<ArcSwap<RoutingTable>>,
+    stop: CancellationToken,
+) {
     let (events, events_rx) = mpsc::unbounded_channel();
     // The state dir is this node's own, so its records are this cluster's.
     let process: Arc<dyn Runtime> =
@@ -229,7 +254,7 @@ pub async fn run(registry: Arc<RegistryNode>, settings: AgentSettings, stop: Can
         events,
         events_rx,
     };
-    run_with(registry, settings, runtimes, stop).await;
+    run_with(registry, settings, runtimes, DrainCounts::new(table), stop).await;
 }
 
 /// The runtimes an agent drives and the channel their events arrive on.
@@ -248,11 +273,15 @@ async fn run_with(
     registry: Arc<RegistryNode>,
     settings: AgentSettings,
     runtimes: Runtimes,
+    drain_counts: DrainCounts,
     stop: CancellationToken,
 ) {
+    let (drained, mut drained_rx) = mpsc::unbounded_channel();
     tokio::spawn(heartbeats(
         Arc::clone(&registry),
         settings.heartbeat_interval,
+        drain_counts,
+        drained,
         stop.clone(),
     ));
     // Adoption decisions need the registry as the leader has it, not a copy
@@ -302,6 +331,7 @@ async fn run_with(
         unreachable: HashSet::new(),
         early_exits: HashMap::new(),
         reported: HashMap::new(),
+        drained: HashSet::new(),
         events,
         health,
         reports,
@@ -318,6 +348,7 @@ async fn run_with(
             Some(event) = runtime_rx.recv() => agent.on_runtime_event(event),
             Some(event) = events_rx.recv() => agent.on_event(event),
             Some(change) = health_rx.recv() => agent.on_health(change),
+            Some(tasks) = drained_rx.recv() => agent.on_drained(tasks),
             _ = tick.tick() => agent.check_runtimes().await,
         }
         let state = registry.local().state;
@@ -330,7 +361,15 @@ async fn run_with(
 /// with a deadline of one interval (the leader's grace is longer, `lbd`
 /// checks), so a dead voter never holds up another or the next round, and
 /// a voter elected leader already knows when it last heard this node.
-async fn heartbeats(registry: Arc<RegistryNode>, interval: Duration, stop: CancellationToken) {
+/// Each heartbeat carries this node's drain report; the tasks the leader
+/// answers drained go to the agent's loop on `drained`.
+async fn heartbeats(
+    registry: Arc<RegistryNode>,
+    interval: Duration,
+    mut drain_counts: DrainCounts,
+    drained: UnboundedSender<Vec<String>>,
+    stop: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut raft = registry.raft_metrics();
@@ -350,7 +389,11 @@ async fn heartbeats(registry: Arc<RegistryNode>, interval: Duration, stop: Cance
                 leader = now;
             }
         }
-        let delivered = registry.heartbeat(interval).await;
+        let report = drain_counts.report(&registry.local());
+        let delivered = registry.heartbeat(interval, report).await;
+        if !delivered.drained.is_empty() && drained.send(delivered.drained).is_err() {
+            return;
+        }
         if delivered.answered < delivered.tried {
             debug!(
                 answered = delivered.answered,
@@ -564,6 +607,7 @@ impl Agent {
                 own: found.own_health,
                 checker,
                 stopping: false,
+                drain_cut: None,
             },
         );
         self.report(task, TaskState::Running, "");
@@ -629,6 +673,7 @@ impl Agent {
         // Forget what was reported and tried of tasks that are gone.
         self.reported.retain(|id, _| mine.contains_key(id.as_str()));
         self.tried.retain(|id| mine.contains_key(id.as_str()));
+        self.drained.retain(|id| mine.contains_key(id.as_str()));
     }
 
     async fn begin_start(&mut self, state: &RegistryState, task: &TaskRecord) {
@@ -683,8 +728,14 @@ impl Agent {
         });
     }
 
-    /// Drains (waits `drain`), then stops the task with `grace`.
+    /// Drains (waits `drain`, or until the leader says no connection is
+    /// left: [`Agent::on_drained`]), then stops the task with `grace`.
     fn begin_stop(&mut self, task_id: &str, drain: Duration, grace: Duration) {
+        let drain = if self.drained.contains(task_id) {
+            Duration::ZERO
+        } else {
+            drain
+        };
         let Some(local) = self.local.get_mut(task_id) else {
             return;
         };
@@ -692,6 +743,8 @@ impl Agent {
         if let Some(checker) = local.checker.take() {
             checker.abort();
         }
+        let cut = CancellationToken::new();
+        local.drain_cut = Some(cut.clone());
         let (kind, runtime_id) = (local.kind, local.runtime_id.clone());
         let Ok(runtime) = self.runtime(kind) else {
             return;
@@ -705,10 +758,23 @@ impl Agent {
                 // lbd stopping: leave the task to the next start's adoption.
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(drain) => {}
+                () = cut.cancelled() => {}
             }
             let result = runtime.stop(&runtime_id, grace).await;
             let _ = events.send(Event::Stopped { task_id, result });
         });
+    }
+
+    /// The leader says every ready node holds no connection to `tasks`:
+    /// their drains end now, or at once when they begin.
+    fn on_drained(&mut self, tasks: Vec<String>) {
+        for id in tasks {
+            if let Some(cut) = self.local.get_mut(&id).and_then(|l| l.drain_cut.take()) {
+                info!(task = %id, "drained: no node holds a connection to it; stopping");
+                cut.cancel();
+            }
+            self.drained.insert(id);
+        }
     }
 
     fn task(&self, id: &str) -> Option<TaskRecord> {

@@ -222,6 +222,8 @@ impl Node {
                 events,
                 events_rx,
             },
+            // No proxy here: a table that routes nothing.
+            DrainCounts::new(Arc::new(ArcSwap::from_pointee(RoutingTable::default()))),
             stop.clone(),
         ));
         let spec = ServiceSpec {

@@ -7,7 +7,12 @@
 //! not leader ──> nothing (a deposed leader's proposals fail: it never forwards)
 //! leader:
 //!   heartbeats (in memory) ─> nodes silent for `heartbeat_grace` marked down, back ones ready
-//!   registry state ─> plan():
+//!   registry state ─> which services to plan (`dirty`):
+//!     every one: the first round of a leadership, a node changed, or
+//!                [`FULL_ROUND_INTERVAL`] since the last full round (the safety net)
+//!     else: those whose record or tasks changed since the state last planned, and
+//!           those the last round left unsettled (waiting on a delay); none: no plan
+//!   ─> plan_scope():
 //!     per service: tasks on down nodes orphaned, on drained/unsuitable nodes shut down
 //!                  failed tasks retired; their slots refilled per restart policy (delay, attempts)
 //!                  pending tasks placed when a node fits
@@ -33,12 +38,14 @@
 //!
 //! - this file: the loop (`run`), one round, what a leader remembers;
 //! - `liveness`: heartbeats → node status changes;
+//! - `dirty`: which services changed between two states;
 //! - `plan`: one round's task operations per service;
 //! - `placement`: which node a new task goes to, whether a task may stay;
 //! - `update`: the rolling-update step of a service's plan;
 //! - `clock`: registry time (milliseconds since the epoch).
 
 mod clock;
+mod dirty;
 mod liveness;
 mod placement;
 mod plan;
@@ -46,25 +53,30 @@ mod plan;
 mod tests;
 mod update;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::IntGaugeVec;
 use raft_state::registry::RegistryNode;
-use raft_state::state::{Command, NodeStatus};
+use raft_state::state::{Command, NodeStatus, RegistryState};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use clock::now_millis;
+pub use dirty::{changed, Changed};
 use liveness::{judge, Hold, Observation};
-pub use plan::{new_task_id, plan, Plan};
+pub use plan::{new_task_id, plan, plan_scope, Plan, Scope};
 use raft_state::task::Millis;
 
 /// How often the leader re-plans even without registry changes (restart
 /// delays, update delays and node liveness are time based).
 pub const ROUND_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a round plans every service even though only some changed:
+/// the safety net under the change detection, rare enough that its cost
+/// (a pass over every service) does not set the scheduler's.
+pub const FULL_ROUND_INTERVAL: Duration = Duration::from_secs(10);
 /// Scheduler settings.
 #[derive(Debug, Clone)]
 pub struct SchedulerSettings {
@@ -142,6 +154,74 @@ struct Memory {
     /// The hold of the last round, so a hold is logged when it starts and
     /// when it ends, not every round.
     held: Option<Hold>,
+    /// The state the last applied round planned: the next plans what
+    /// changed since.
+    planned: Option<Arc<RegistryState>>,
+    /// Services the last round left waiting on time.
+    unsettled: BTreeSet<String>,
+    /// When the last full round was planned.
+    last_full: Option<Instant>,
+}
+
+impl Memory {
+    /// The services the round planning `state` at `now` covers: `None` for
+    /// every one (the first round, a node changed, or the safety net due).
+    fn dirty(&self, state: &RegistryState, now: Instant) -> Option<BTreeSet<String>> {
+        let due = self
+            .last_full
+            .is_none_or(|at| now.duration_since(at) >= FULL_ROUND_INTERVAL);
+        let last = self.planned.as_ref().filter(|_| !due)?;
+        match changed(last, state) {
+            Changed::Everything => None,
+            Changed::Services(mut names) => {
+                names.extend(self.unsettled.iter().cloned());
+                Some(names)
+            }
+        }
+    }
+
+    /// Plans the round over `state` at `at` (`now` in registry time): the
+    /// services that changed, or all of them; `None` when none changed.
+    /// [`Memory::applied`] takes the mark once the plan is committed.
+    fn next_round(
+        &mut self,
+        state: &Arc<RegistryState>,
+        now: Millis,
+        at: Instant,
+        new_id: &mut impl FnMut() -> String,
+    ) -> Option<(Plan, RoundMark)> {
+        let dirty = self.dirty(state, at);
+        if dirty.as_ref().is_some_and(BTreeSet::is_empty) {
+            return None;
+        }
+        let scope = dirty.as_ref().map_or(Scope::All, Scope::Only);
+        let mut plan = plan_scope(state, now, scope, &mut self.last_batch, new_id);
+        let mark = RoundMark {
+            state: Arc::clone(state),
+            unsettled: std::mem::take(&mut plan.unsettled),
+            full_at: dirty.is_none().then_some(at),
+        };
+        Some((plan, mark))
+    }
+
+    /// The round of `mark` was committed: the next plans what changed
+    /// since its state. (After a failed round the next compares against
+    /// the older state, so it plans those services again.)
+    fn applied(&mut self, mark: RoundMark) {
+        self.planned = Some(mark.state);
+        self.unsettled = mark.unsettled;
+        if let Some(at) = mark.full_at {
+            self.last_full = Some(at);
+        }
+    }
+}
+
+/// What a planned round leaves for the next, once it is committed.
+struct RoundMark {
+    state: Arc<RegistryState>,
+    unsettled: BTreeSet<String>,
+    /// Set when the round planned every service.
+    full_at: Option<Instant>,
 }
 
 /// Logs a hold when it begins or ends and sets its gauge.
@@ -222,9 +302,16 @@ async fn round(
     }
     let state = registry.local().state;
     let now = now_millis();
-    let plan = plan(&state, now, &mut memory.last_batch, &mut new_task_id);
+    let Some((plan, mark)) = memory.next_round(&state, now, Instant::now(), &mut new_task_id)
+    else {
+        return Ok(());
+    };
     if !plan.ops.is_empty() {
-        debug!(ops = plan.ops.len(), "scheduling round");
+        debug!(
+            ops = plan.ops.len(),
+            planned = plan.planned,
+            "scheduling round"
+        );
         let outcome = registry
             .propose_as_leader(Command::Schedule {
                 ops: plan.ops,
@@ -243,5 +330,6 @@ async fn round(
             .await
             .map_err(|e| e.to_string())?;
     }
+    memory.applied(mark);
     Ok(())
 }

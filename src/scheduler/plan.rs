@@ -2,6 +2,15 @@
 //! time: per service, orphaned, failed and surplus tasks out, missing ones
 //! in, placed by [`placement`](super::placement); rolling updates are
 //! stepped by [`update`](super::update).
+//!
+//! A round plans every service ([`Scope::All`]) or only some
+//! ([`Scope::Only`]: the ones whose record or tasks changed, from
+//! [`dirty`](super::dirty)). Its cost is one pass over the tasks (each
+//! node's load, and the tasks of the services in scope) plus the planning
+//! of the services in scope. A service planned without a change may still
+//! owe work that comes with time (a restart delay, an update's delay or
+//! monitor window): the plan names it [`Plan::unsettled`], to be planned
+//! again next round.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -29,6 +38,29 @@ pub struct Plan {
     pub ops: Vec<TaskOp>,
     /// Services whose update failed with failure action rollback.
     pub rollbacks: Vec<String>,
+    /// Planned services that wait on time, not on a change: an update in
+    /// progress, a slot whose refill waits for its restart delay.
+    pub unsettled: BTreeSet<String>,
+    /// Services planned (the size of the round's work).
+    pub planned: usize,
+}
+
+/// The services a round plans.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    All,
+    /// These names: services to plan, or removed services whose tasks
+    /// are left.
+    Only(&'a BTreeSet<String>),
+}
+
+impl Scope<'_> {
+    fn covers(&self, service: &str) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Only(names) => names.contains(service),
+        }
+    }
 }
 
 /// Which slot a task fills: its slot number (replicated) or its node
@@ -87,14 +119,37 @@ pub fn plan(
     last_batch: &mut HashMap<String, Millis>,
     new_id: &mut impl FnMut() -> String,
 ) -> Plan {
+    plan_scope(state, now, Scope::All, last_batch, new_id)
+}
+
+/// Plans one round over the services `scope` names.
+pub fn plan_scope(
+    state: &RegistryState,
+    now: Millis,
+    scope: Scope<'_>,
+    last_batch: &mut HashMap<String, Millis>,
+    new_id: &mut impl FnMut() -> String,
+) -> Plan {
     let mut plan = Plan::default();
+    // One pass over the tasks: every node's load (placement weighs all
+    // services) and the tasks of the services in scope.
     let mut total: HashMap<NodeId, usize> = HashMap::new();
-    for task in state.tasks.values().filter(|t| t.is_live()) {
-        if let Some(node) = task.node {
-            *total.entry(node).or_default() += 1;
+    let mut of_service: BTreeMap<&str, Vec<&TaskRecord>> = BTreeMap::new();
+    for task in state.tasks.values() {
+        if task.is_live() {
+            if let Some(node) = task.node {
+                *total.entry(node).or_default() += 1;
+            }
+        }
+        if scope.covers(&task.service) {
+            of_service.entry(&task.service).or_default().push(task);
         }
     }
-    for record in state.services.values() {
+    let records: Vec<&ServiceRecord> = match scope {
+        Scope::All => state.services.values().collect(),
+        Scope::Only(names) => names.iter().filter_map(|n| state.services.get(n)).collect(),
+    };
+    for record in records {
         // The checked form made when the spec was stored: a round never
         // validates a spec again.
         let spec = match record.checked() {
@@ -107,6 +162,10 @@ pub fn plan(
                 continue;
             }
         };
+        plan.planned += 1;
+        let tasks = of_service
+            .remove(record.spec.name.as_str())
+            .unwrap_or_default();
         let mut service_plan = ServicePlan {
             state,
             record,
@@ -118,14 +177,19 @@ pub fn plan(
                 total: total.clone(),
                 service: HashMap::new(),
             },
+            unsettled: false,
         };
-        if let Some(rollback) = service_plan.run(last_batch, new_id) {
+        if let Some(rollback) = service_plan.run(tasks, last_batch, new_id) {
             plan.rollbacks.push(rollback);
+        }
+        if service_plan.unsettled {
+            plan.unsettled.insert(record.spec.name.clone());
         }
         total = service_plan.load.total;
     }
-    // Tasks of removed services: orphan those on lost nodes, drop the dead.
-    for task in state.tasks.values() {
+    // Tasks of removed services (in scope, still grouped): orphan those on
+    // lost nodes, drop the dead.
+    for task in of_service.values().flatten() {
         if state.services.contains_key(&task.service) {
             continue;
         }
@@ -154,6 +218,8 @@ pub(super) struct ServicePlan<'a> {
     pub(super) now: Millis,
     pub(super) ops: &'a mut Vec<TaskOp>,
     pub(super) load: Load,
+    /// Set when the service waits on time rather than on a change.
+    pub(super) unsettled: bool,
 }
 
 impl ServicePlan<'_> {
@@ -204,12 +270,11 @@ impl ServicePlan<'_> {
     /// Plans this service; returns its name when it must roll back.
     fn run(
         &mut self,
+        tasks: Vec<&TaskRecord>,
         last_batch: &mut HashMap<String, Millis>,
         new_id: &mut impl FnMut() -> String,
     ) -> Option<String> {
         let mode = self.spec.mode;
-        let (state, record) = (self.state, self.record);
-        let tasks: Vec<&TaskRecord> = state.tasks_of(&record.spec.name).collect();
         for task in tasks.iter().filter(|t| t.is_live()) {
             if let Some(node) = task.node {
                 *self.load.service.entry(node).or_default() += 1;
@@ -323,12 +388,16 @@ impl ServicePlan<'_> {
                 .iter()
                 .filter(|t| !t.is_live() && slot_key(mode, t) == *key)
                 .max_by_key(|t| t.updated_at);
-            if let Refill::Now { attempt } = refill(self.spec, last_dead.copied(), self.now) {
-                let (slot, node) = match mode {
-                    ServiceMode::Replicated => (u32::try_from(*key).unwrap_or(u32::MAX), None),
-                    ServiceMode::Global => (0, Some(*key)),
-                };
-                self.create(new_id, slot, node, attempt);
+            match refill(self.spec, last_dead.copied(), self.now) {
+                Refill::Now { attempt } => {
+                    let (slot, node) = match mode {
+                        ServiceMode::Replicated => (u32::try_from(*key).unwrap_or(u32::MAX), None),
+                        ServiceMode::Global => (0, Some(*key)),
+                    };
+                    self.create(new_id, slot, node, attempt);
+                }
+                Refill::Later => self.unsettled = true,
+                Refill::Never => {}
             }
         }
 

@@ -541,3 +541,170 @@ fn a_round_reuses_the_checked_form_instead_of_validating_again() {
         .count();
     assert_eq!(created, 3, "{:?}", plan.ops);
 }
+
+/// `count` services of `replicas` tasks each besides web, settled.
+fn sim_with_services(count: usize, replicas: i64) -> Sim {
+    let mut sim = Sim::new(web(replicas));
+    for i in 0..count {
+        let mut spec = web(replicas);
+        spec.name = format!("svc{i}");
+        spec.ports[0].published = 9000 + i as i64;
+        let outcome = sim.state.apply(&Command::CreateService {
+            spec,
+            id: String::new(),
+        });
+        assert!(
+            matches!(outcome, raft_state::state::Outcome::Service { .. }),
+            "{outcome:?}"
+        );
+    }
+    sim.settle();
+    sim
+}
+
+impl Sim {
+    /// One round as the leader runs it, with `memory` across rounds, at
+    /// `at`; the agents then act. `None` when nothing needed planning.
+    fn leader_round(&mut self, memory: &mut Memory, at: Instant) -> Option<Plan> {
+        self.now += 1_000;
+        let mut next = self.next_id;
+        let state = Arc::new(self.state.clone());
+        let (plan, mark) = memory.next_round(&state, self.now, at, &mut || {
+            next += 1;
+            format!("t{next}")
+        })?;
+        self.next_id = next;
+        let outcome = self.state.apply(&Command::Schedule {
+            ops: plan.ops.clone(),
+            at: self.now,
+        });
+        assert!(
+            !matches!(outcome, raft_state::state::Outcome::Rejected { .. }),
+            "{outcome:?}"
+        );
+        memory.applied(mark);
+        self.agents();
+        Some(plan)
+    }
+}
+
+/// After the first (full) round, a change to one service plans that
+/// service alone, and a round with no change plans nothing.
+#[test]
+fn a_change_to_one_service_plans_that_service_only() {
+    let mut sim = sim_with_services(20, 2);
+    let mut memory = Memory::default();
+    let start = Instant::now();
+    let first = sim.leader_round(&mut memory, start).expect("a first round");
+    assert_eq!(first.planned, 21, "the first round plans every service");
+    assert!(first.ops.is_empty(), "settled: {:?}", first.ops);
+    assert!(
+        sim.leader_round(&mut memory, start).is_none(),
+        "nothing changed: nothing planned"
+    );
+
+    let mut spec = sim.state.services["svc7"].spec.clone();
+    spec.replicas = Some(3);
+    sim.state.apply(&Command::UpdateService { spec });
+    let scaled = sim.leader_round(&mut memory, start).expect("a change");
+    assert_eq!(scaled.planned, 1, "only svc7 is planned");
+    let created: Vec<&str> = scaled
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            raft_state::task::TaskOp::Create { task } => Some(task.service.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(created, ["svc7"]);
+    // The new task's report (its agent ran it) touches svc7 again.
+    let reported = sim.leader_round(&mut memory, start).expect("the report");
+    assert_eq!((reported.planned, reported.ops.len()), (1, 0));
+    assert!(sim.leader_round(&mut memory, start).is_none());
+    assert_eq!(
+        sim.state.tasks_of("svc7").filter(|t| t.is_live()).count(),
+        3
+    );
+
+    // A node change can move any service's tasks: every one is planned.
+    sim.state.apply(&Command::SetNodeStatus {
+        id: 2,
+        status: NodeStatus::Down,
+    });
+    let moved = sim.leader_round(&mut memory, start).expect("a node change");
+    assert_eq!(moved.planned, 21);
+}
+
+/// A change the comparison misses (here: the planned mark already holds
+/// it, as if a round had seen a state it did not plan) is repaired by the
+/// periodic full round, and not before it is due.
+#[test]
+fn the_periodic_full_round_repairs_a_missed_change() {
+    let mut sim = sim_with_services(5, 2);
+    let mut memory = Memory::default();
+    let start = Instant::now();
+    sim.leader_round(&mut memory, start).expect("a first round");
+    // A task of svc3 vanishes without any round noticing it.
+    let lost = sim
+        .state
+        .tasks_of("svc3")
+        .find(|t| t.is_live())
+        .map(|t| t.id.clone())
+        .expect("a live task of svc3");
+    sim.state.tasks.remove(&lost);
+    memory.planned = Some(Arc::new(sim.state.clone()));
+    let soon = start + FULL_ROUND_INTERVAL / 2;
+    assert!(
+        sim.leader_round(&mut memory, soon).is_none(),
+        "the missed change is invisible to the comparison"
+    );
+    let due = start + FULL_ROUND_INTERVAL;
+    let repair = sim.leader_round(&mut memory, due).expect("the full round");
+    assert_eq!(repair.planned, 6);
+    assert!(
+        repair.ops.iter().any(|op| matches!(
+            op,
+            raft_state::task::TaskOp::Create { task } if task.service == "svc3"
+        )),
+        "{:?}",
+        repair.ops
+    );
+    assert_eq!(
+        sim.state.tasks_of("svc3").filter(|t| t.is_live()).count(),
+        2
+    );
+}
+
+/// A rolling update waits on time (its delay) as well as on changes: the
+/// service stays planned every round until the update completes.
+#[test]
+fn an_update_in_progress_is_planned_every_round_until_it_completes() {
+    let mut sim = sim_with_services(3, 2);
+    let mut memory = Memory::default();
+    let start = Instant::now();
+    sim.leader_round(&mut memory, start).expect("a first round");
+    sim.update(|s| {
+        s.image = Some("img:v2".to_owned());
+        s.update.delay = Some(Duration::from_secs(5));
+        s.update.parallelism = Some(1);
+    });
+    let mut rounds = 0;
+    while rounds < 50 {
+        rounds += 1;
+        match sim.leader_round(&mut memory, start) {
+            Some(plan) => assert!(plan.planned <= 1, "only web: {plan:?}"),
+            None => break,
+        }
+    }
+    let status = sim.state.services["web"].update.clone().expect("an update");
+    assert_eq!(
+        status.state,
+        UpdateState::Completed,
+        "after {rounds} rounds"
+    );
+    assert!(sim
+        .state
+        .tasks_of("web")
+        .filter(|t| t.is_live())
+        .all(|t| t.spec_version == sim.state.services["web"].task_version));
+}

@@ -68,6 +68,9 @@ impl ServicePlan<'_> {
             // Nothing rolling out (or paused): only finish bookkeeping.
             return None;
         }
+        // Rolling out: the next batch waits on time (delay, monitor) as
+        // well as on changes.
+        self.unsettled = true;
         if outdated.is_empty() {
             let pending_new = slots
                 .values()
