@@ -630,7 +630,7 @@ impl Agent {
             env: spec.env.clone(),
             user: spec.user.clone(),
             host_ip: self.settings.advertise_addr,
-            target_ports: service.ports.iter().map(|p| p.target).collect(),
+            target_ports: runtime::target_ports(&service.ports),
             stop_grace: spec.stop_grace,
         };
         self.report(task, TaskState::Starting, "");
