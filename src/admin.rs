@@ -47,7 +47,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, UPGRADE};
 use hyper::server::conn::http1;
@@ -64,7 +63,7 @@ use tracing::{debug, warn};
 use lbmesh_proxy::limit::ClientCounts;
 use lbmesh_proxy::routing::RoutingTable;
 
-use crate::api::Transport;
+use crate::api::{full, ApiBody, Transport};
 use crate::metrics::DaemonMetrics;
 use crate::pki::Pki;
 
@@ -371,12 +370,12 @@ pub async fn run_local(
 }
 
 /// `426 Upgrade Required`: `/v1` over plain HTTP.
-fn upgrade_required() -> Response<Full<Bytes>> {
+fn upgrade_required() -> Response<ApiBody> {
     let body = serde_json::json!({"error": {
         "field": "transport",
         "reason": "the /v1 API is served over TLS only; lbctl pins the cluster CA from the control token (or --ca)",
     }});
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    let mut response = Response::new(full(body.to_string()));
     *response.status_mut() = StatusCode::UPGRADE_REQUIRED;
     let headers = response.headers_mut();
     headers.insert(UPGRADE, HeaderValue::from_static("TLS/1.3, HTTP/1.1"));
@@ -389,7 +388,7 @@ async fn respond(
     state: &AdminState,
     transport: Option<&Transport>,
     request: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<ApiBody> {
     let path = request.uri().path();
     if path.starts_with("/v1/") {
         if let Some((registry, pki)) = &state.cluster {
@@ -420,7 +419,7 @@ async fn respond(
     match path {
         "/metrics" => {
             refresh_backend_up(state);
-            let mut response = Response::new(Full::new(Bytes::from(state.metrics.render())));
+            let mut response = Response::new(full(state.metrics.render()));
             response.headers_mut().insert(
                 CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
@@ -467,6 +466,9 @@ fn refresh_backend_up(state: &AdminState) {
         state
             .metrics
             .set_nodes(ready, applied.state.nodes.len() - ready);
+        state
+            .metrics
+            .set_log_streams(crate::api::open_log_streams());
         state.metrics.set_tasks(
             applied
                 .state
@@ -480,8 +482,8 @@ fn refresh_backend_up(state: &AdminState) {
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: &'static str) -> Response<ApiBody> {
+    let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
     response.headers_mut().insert(
         CONTENT_TYPE,

@@ -10,6 +10,7 @@
 //! | `lbmesh_build_info` | gauge | version, commit | 1, labelled with the version and commit lbd was built from |
 //! | `lbmesh_raft_leader_changes_total` | counter | | cluster mode: times the leader this node knows changed to another node (or to none) |
 //! | `lbmesh_nodes` | gauge | status | cluster mode: node records by status (`ready`, `down`), read when scraped |
+//! | `lbmesh_api_log_streams` | gauge | | cluster mode: followed task logs (`service logs -f`) this node serves now, its own tasks' and those it relays, read when scraped |
 //! | `lbmesh_tasks` | gauge | service, state | cluster mode: task records by service and state (`pending` ... `orphaned`), read when scraped |
 //! | `process_*` | | | CPU seconds, resident and virtual memory, open and maximum descriptors, threads and `process_start_time_seconds` (the `prometheus` crate's process collector) |
 //! | `lbmesh_nodes_silent_held` | gauge | reason | cluster mode, on the leader: silent nodes left ready because the leader heard no quorum (`no_quorum`) or more than half went silent at once (`mass_silence`) |
@@ -17,7 +18,9 @@
 use std::sync::Arc;
 
 use lbmesh_proxy::metrics::Metrics as ProxyMetrics;
-use prometheus::{Encoder, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 /// Every metric family of one lbd.
 pub struct DaemonMetrics {
@@ -34,6 +37,7 @@ pub struct DaemonMetrics {
     pub leader_changes: IntCounter,
     tasks: IntGaugeVec,
     nodes: IntGaugeVec,
+    log_streams: IntGauge,
 }
 
 impl DaemonMetrics {
@@ -109,6 +113,11 @@ impl DaemonMetrics {
             &["status"],
         )?;
         registry.register(Box::new(nodes.clone()))?;
+        let log_streams = IntGauge::new(
+            "lbmesh_api_log_streams",
+            "Followed task logs this node serves now (its own tasks' and relayed ones).",
+        )?;
+        registry.register(Box::new(log_streams.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -128,6 +137,7 @@ impl DaemonMetrics {
             leader_changes,
             tasks,
             nodes,
+            log_streams,
         })
     }
 
@@ -175,6 +185,12 @@ impl DaemonMetrics {
                 .with_label_values(&[status])
                 .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
+    }
+
+    /// Records the followed logs open now, read when `/metrics` is scraped.
+    pub fn set_log_streams(&self, open: usize) {
+        self.log_streams
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     pub fn api_request(&self, route: &str, method: &str, status: u16) {

@@ -544,3 +544,145 @@ fn an_open_connection_holds_a_drain_until_it_closes_or_times_out() {
         drop(long_lived);
     }
 }
+
+/// Prints `tick N` every 200 ms beside the page server.
+const TICKER: &str = "(i=0; while :; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done) & d=$(mktemp -d) && exec busybox httpd -f -p $HOST:$PORT -h $d";
+
+/// Reads `stream` until each of `prefixes` has shown `count` lines, each
+/// `PREFIX | tick N` with N growing; returns the lines.
+fn ticks(stream: &LbctlStream, prefixes: &[String], count: usize) -> Vec<String> {
+    let mut seen: Vec<Vec<u64>> = vec![Vec::new(); prefixes.len()];
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while seen.iter().any(|s| s.len() < count) && std::time::Instant::now() < deadline {
+        let Some(line) = stream.next_line(Duration::from_secs(5)) else {
+            break;
+        };
+        let (prefix, text) = line.split_once(" | ").expect("a prefixed line");
+        let index = prefixes
+            .iter()
+            .position(|p| p == prefix)
+            .unwrap_or_else(|| panic!("{line:?} is none of {prefixes:?}"));
+        let n: u64 = text
+            .strip_prefix("tick ")
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?}"));
+        assert!(
+            seen[index].last().is_none_or(|last| n == last + 1),
+            "{line:?} after {:?}",
+            seen[index]
+        );
+        seen[index].push(n);
+        lines.push(line);
+    }
+    assert!(seen.iter().all(|s| s.len() >= count), "{lines:?}");
+    lines
+}
+
+/// `service logs -f`: each task's output as it grows, through a node that
+/// runs none of them (each stream relayed over mutual TLS), lines prefixed
+/// by task; Ctrl-C and a killed client both end the streams on both nodes
+/// (`lbmesh_api_log_streams` back to 0) and leave the tasks running; a
+/// removed service ends the follow by itself.
+#[test]
+fn service_logs_follow_streams_until_the_client_or_the_tasks_go() {
+    let cluster = Cluster::form_with(FAST_HEARTBEATS);
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "ticker",
+            "--command",
+            TICKER,
+            "--replicas",
+            "2",
+            "--replicas-max-per-node",
+            "1",
+            "-p",
+            &port,
+            "--stop-grace-period",
+            "1s",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let running = serving(&tasks(&cluster, 0, "ticker"));
+    assert_eq!(running.len(), 2, "{running:?}");
+    // Each task's node, by its endpoint (the node's advertise address).
+    let on: Vec<usize> = running
+        .iter()
+        .map(|t| {
+            let ip = t["endpoint"]["ip"].as_str().unwrap_or_default();
+            (0..3)
+                .find(|&n| cluster.ip(n).to_string() == ip)
+                .unwrap_or_else(|| panic!("no node at {ip}"))
+        })
+        .collect();
+    let asked = (0..3)
+        .find(|n| !on.contains(n))
+        .expect("a node without a task");
+    let prefixes: Vec<String> = running
+        .iter()
+        .map(|t| {
+            format!(
+                "ticker.{}.{}@{}",
+                t["slot"],
+                t["id"].as_str().unwrap_or_default(),
+                t["node_name"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    let ids: BTreeSet<String> = running
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect();
+    let streams_are = |want: f64| {
+        wait_for(
+            &format!("{want} log streams on the asked node and 1/{want} on each task's"),
+            Duration::from_secs(10),
+            || {
+                let asked_count = cluster.log_streams(asked)?;
+                let per_task = want.min(1.0);
+                (asked_count == want
+                    && on.iter().all(|&n| cluster.log_streams(n) == Some(per_task)))
+                .then_some(())
+            },
+            || {
+                format!(
+                    "{:?}",
+                    (0..3).map(|n| cluster.log_streams(n)).collect::<Vec<_>>()
+                )
+            },
+        )
+    };
+
+    // Ctrl-C: lbctl exits 0, every stream ends on both sides.
+    let mut follow =
+        cluster.lbctl_stream(asked, &["service", "logs", "-f", "--tail", "1", "ticker"]);
+    ticks(&follow, &prefixes, 3);
+    streams_are(2.0);
+    follow.interrupt();
+    assert_eq!(follow.exit_code(Duration::from_secs(10)), Some(0));
+    streams_are(0.0);
+    // A client that dies (no goodbye) ends them too.
+    let follow = cluster.lbctl_stream(asked, &["service", "logs", "--follow", "ticker"]);
+    ticks(&follow, &prefixes, 2);
+    streams_are(2.0);
+    drop(follow);
+    streams_are(0.0);
+    // The tasks were never touched.
+    let now: BTreeSet<String> = serving(&tasks(&cluster, 0, "ticker"))
+        .iter()
+        .filter_map(|t| t["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(now, ids);
+
+    // The tasks stop: their streams end, and the follow ends once the
+    // service is gone.
+    let mut follow = cluster.lbctl_stream(asked, &["service", "logs", "-f", "ticker"]);
+    ticks(&follow, &prefixes, 1);
+    assert_eq!(cluster.lbctl(0, &["service", "rm", "ticker"]).0, 0);
+    assert_eq!(follow.exit_code(Duration::from_secs(20)), Some(0));
+    streams_are(0.0);
+}

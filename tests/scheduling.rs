@@ -7,12 +7,14 @@
 //! is skipped with a note. The process-runtime and bad-input tests need no
 //! engine.
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
 use test_support::cluster::*;
-use test_support::images::{ensure_test_images, require_docker};
+use test_support::images::{
+    ensure_test_images, ensure_udp_echo_image, require_docker, UDP_ECHO_IMAGE,
+};
 use test_support::mesh::*;
 use test_support::{get, wait_for};
 
@@ -533,4 +535,105 @@ fn bad_input_shows_in_service_ps_and_changes_nothing() {
             "node {n}"
         );
     }
+}
+
+/// A Docker task with a udp port serves UDP through every node (the engine
+/// publishes its target as udp), and `service logs -f` follows its
+/// container's output as it grows, relayed by another node, until the
+/// container stops.
+#[test]
+fn docker_udp_tasks_serve_through_the_mesh_and_their_logs_follow() {
+    if !require_docker() {
+        return;
+    }
+    ensure_udp_echo_image().expect("udp echo image");
+    let cluster = Cluster::form_with(FAST_HEARTBEATS);
+    let _cleanup = ContainerCleanup(cluster_id(&cluster));
+    let ips: Vec<IpAddr> = (0..3).map(|n| cluster.ip(n)).collect();
+    let port = test_support::udp::free_udp_port_on(&ips);
+    let publish = format!("{port}:5353/udp");
+    let ticker = "(i=0; while :; do i=$((i+1)); echo \"tick $i\"; sleep 0.2; done) & \
+                  exec /bin/udp_load echo 0.0.0.0:5353 1";
+    let (code, out, err) = cluster.lbctl(
+        0,
+        &[
+            "service",
+            "create",
+            "echo",
+            "--image",
+            UDP_ECHO_IMAGE,
+            "--command",
+            ticker,
+            "-p",
+            &publish,
+            "--stop-grace-period",
+            "1s",
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    let task = serving(&tasks(&cluster, 0, "echo"))
+        .pop()
+        .expect("a serving echo task");
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp client");
+    client
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("read timeout");
+    for (n, node) in cluster.mesh_addrs(port).into_iter().enumerate() {
+        let payload = format!("through node {n}");
+        wait_for(
+            &format!("an echo through {node}"),
+            Duration::from_secs(10),
+            || {
+                client.send_to(payload.as_bytes(), node).ok()?;
+                let mut buffer = [0u8; 64];
+                let (len, from) = client.recv_from(&mut buffer).ok()?;
+                (from == node && &buffer[..len] == payload.as_bytes()).then_some(())
+            },
+            || describe(&cluster, "echo"),
+        );
+    }
+
+    // Its logs, followed through a node that does not run it.
+    let ip = task["endpoint"]["ip"].as_str().unwrap_or_default();
+    let runs_it = (0..3)
+        .find(|&n| cluster.ip(n).to_string() == ip)
+        .expect("the task's node");
+    let asked = (runs_it + 1) % 3;
+    let prefix = format!(
+        "echo.1.{}@{}",
+        task["id"].as_str().unwrap_or_default(),
+        task["node_name"].as_str().unwrap_or("-")
+    );
+    let mut follow = cluster.lbctl_stream(asked, &["service", "logs", "-f", "--tail", "1", "echo"]);
+    let mut ticks = Vec::new();
+    while ticks.len() < 3 {
+        let line = follow
+            .next_line(Duration::from_secs(5))
+            .unwrap_or_else(|| panic!("no more lines after {ticks:?}"));
+        let n: u64 = line
+            .strip_prefix(&format!("{prefix} | tick "))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line:?} is not {prefix} | tick N"));
+        ticks.push(n);
+    }
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "{ticks:?}");
+    assert_eq!(cluster.log_streams(asked), Some(1.0));
+    assert_eq!(cluster.log_streams(runs_it), Some(1.0));
+    // The container stops: the engine ends its stream, the follow ends.
+    assert_eq!(cluster.lbctl(0, &["service", "rm", "echo"]).0, 0);
+    assert_eq!(follow.exit_code(Duration::from_secs(20)), Some(0));
+    wait_for(
+        "no log streams left",
+        Duration::from_secs(10),
+        || {
+            (cluster.log_streams(asked) == Some(0.0) && cluster.log_streams(runs_it) == Some(0.0))
+                .then_some(())
+        },
+        || {
+            format!(
+                "{:?}",
+                (0..3).map(|n| cluster.log_streams(n)).collect::<Vec<_>>()
+            )
+        },
+    );
 }

@@ -4,9 +4,11 @@
 //! service changed (only that one rolls; the other's tasks keep their
 //! ids), drop a service with and without `--prune`, refuse bad files (a
 //! YAML syntax error, an unknown top-level key, a port out of range, a
-//! udp port, a name that is not a DNS label) and a clash with a service
-//! outside the stack with the registry unchanged,
-//! list with `stack ls|services|ps`, and `stack rm`.
+//! protocol other than tcp and udp, a name that is not a DNS label) and a
+//! clash with a service outside the stack with the registry unchanged,
+//! list with `stack ls|services|ps`, and `stack rm`. Deploy follows what
+//! it wrote to convergence: a task that fails fails the deploy naming it,
+//! `--timeout` bounds the wait, `-d` returns at once; a udp port deploys.
 //!
 //! With a Docker engine, the example file (`examples/docker-compose.yml`)
 //! on three nodes: both services serve on every node, its container
@@ -94,9 +96,17 @@ fn a_stack_deploys_redeploys_prunes_and_is_removed() {
     let path = write(&file, &compose(web, Some((api, "api-v1"))));
     let (code, out, err) = deploy(&cluster, &["-c", &path, "app"]);
     assert_eq!(code, 0, "{err}");
-    assert_eq!(
-        out,
-        "app-api: create\napp-web: create\napplied: 2 created, 0 updated, 0 unchanged, 0 removed\n"
+    // The plan, the summary, then each written service followed until it
+    // runs.
+    assert!(
+        out.starts_with(
+            "app-api: create\napp-web: create\napplied: 2 created, 0 updated, 0 unchanged, 0 removed\n\
+             app-api\noverall progress: 0 out of 1 tasks\n"
+        ) && out.contains("\noverall progress: 2 out of 2 tasks\n")
+            && out.ends_with(
+                "verify: Service app-api converged\nverify: Service app-web converged\n"
+            ),
+        "{out}"
     );
     assert_eq!(err, "Ignoring unsupported options: build\n");
     wait_serving(&cluster, "app-web", 2, WAIT);
@@ -140,7 +150,9 @@ fn a_stack_deploys_redeploys_prunes_and_is_removed() {
         "{out}"
     );
     assert!(
-        out.ends_with("applied: 0 created, 1 updated, 1 unchanged, 0 removed\n"),
+        out.contains("applied: 0 created, 1 updated, 1 unchanged, 0 removed\n")
+            && out.ends_with("verify: Service app-api converged\n")
+            && !out.contains("app-web converged"),
         "{out}"
     );
     wait_for(
@@ -174,9 +186,8 @@ fn a_stack_deploys_redeploys_prunes_and_is_removed() {
             "services.web.ports[0]: port 70000 is out of range 1-65535".to_owned(),
         ),
         (
-            "services:\n  web:\n    command: x\n    ports: [\"5353:53/udp\"]\n".to_owned(),
-            "services.web.ports[0]: udp ports cannot be honoured yet: lbmesh forwards TCP only"
-                .to_owned(),
+            "services:\n  web:\n    command: x\n    ports: [\"5353:53/sctp\"]\n".to_owned(),
+            "services.web.ports[0]: protocol \"sctp\" is not tcp or udp".to_owned(),
         ),
         (
             format!("services:\n  Web_1:\n{port}"),
@@ -215,7 +226,7 @@ fn a_stack_deploys_redeploys_prunes_and_is_removed() {
         err,
         format!(
             "Ignoring unsupported options: build\n\
-             Error: {clash}: services.db.ports: published port {lone} is already published by service lone\n"
+             Error: {clash}: services.db.ports: published port {lone}/tcp is already published by service lone\n"
         )
     );
     assert_eq!(
@@ -266,6 +277,77 @@ fn a_stack_deploys_redeploys_prunes_and_is_removed() {
     assert_eq!(
         (code, err.as_str()),
         (1, "Error: nothing found in stack: app\n")
+    );
+}
+
+/// `stack deploy` follows the services it writes: a task of the new spec
+/// that fails ends it with exit 1 naming the task, a service that cannot
+/// converge ends it at `--timeout` naming the slot, `-d` returns once the
+/// writes are stored; a service with a udp port deploys and converges.
+#[test]
+fn stack_deploy_follows_its_services_to_convergence() {
+    let cluster = Cluster::bootstrap(&[], None);
+    let dir = tempfile::tempdir().expect("dir");
+    let (web, dns) = (free_port_on_all(&cluster), free_port_on_all(&cluster));
+    let good = write(
+        &dir.path().join("good.yml"),
+        &format!(
+            "services:\n  web:\n    command: \"{}\"\n    ports: [\"{web}:80\"]\n  \
+             dns:\n    command: \"exec sleep 600\"\n    ports: [\"{dns}:53/udp\"]\n",
+            server("ok")
+        ),
+    );
+    let (code, out, err) = deploy(&cluster, &["-c", &good, "ok"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.ends_with("verify: Service ok-dns converged\nverify: Service ok-web converged\n"),
+        "{out}"
+    );
+    let spec = cluster
+        .json(0, &["service", "inspect", "ok-dns"])
+        .expect("inspect")["spec"]["ports"][0]
+        .clone();
+    assert_eq!(spec["protocol"], "udp", "{spec}");
+
+    // A task that exits: the deploy fails naming it.
+    let failing = write(
+        &dir.path().join("failing.yml"),
+        &format!(
+            "services:\n  bad:\n    command: \"exit 3\"\n    ports: [\"{}:80\"]\n",
+            free_port_on_all(&cluster)
+        ),
+    );
+    let (code, out, err) = deploy(&cluster, &["-c", &failing, "broken"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.starts_with("broken-bad: create\n"), "{out}");
+    assert!(
+        err.starts_with("Error: broken-bad: task broken-bad.1 (") && err.contains("failed"),
+        "{err}"
+    );
+
+    // A service no node can take: --timeout ends the wait naming the slot;
+    // -d returns at once with the plan only.
+    let picky = write(
+        &dir.path().join("picky.yml"),
+        &format!(
+            "services:\n  p:\n    command: x\n    ports: [\"{}:80\"]\n    deploy:\n      \
+             placement:\n        constraints: [\"node.labels.gpu==yes\"]\n",
+            free_port_on_all(&cluster)
+        ),
+    );
+    let (code, out, err) = deploy(&cluster, &["-c", &picky, "-d", "picky"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "picky-p: create\napplied: 1 created, 0 updated, 0 unchanged, 0 removed\n"
+    );
+    let (code, out, err) = cluster.lbctl(0, &["stack", "rm", "picky"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = deploy(&cluster, &["-c", &picky, "--timeout", "2s", "picky"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.starts_with("Error: picky-p: not converged within 2s") && err.contains("gpu==yes"),
+        "{err}"
     );
 }
 

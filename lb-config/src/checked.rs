@@ -226,6 +226,8 @@ pub struct TaskSpec {
     pub max_per_node: u32,
     pub restart: RestartPolicy,
     pub update: UpdatePolicy,
+    /// How a rollback rolls: the spec's `rollback`, or `update` without one.
+    pub rollback: UpdatePolicy,
     pub stop_grace: Duration,
 }
 

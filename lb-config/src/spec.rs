@@ -161,6 +161,13 @@ pub struct ServiceSpec {
     pub restart: RestartSpec,
     #[serde(default)]
     pub update: UpdateSpec,
+    /// How a rollback replaces the tasks (`service rollback`, or an
+    /// update whose failure action is `rollback`): docker's
+    /// `--rollback-*`, compose's `deploy.rollback_config`. Absent: as the
+    /// update does (`update`). Its failure action is `pause` or
+    /// `continue`: a rollback cannot roll back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<UpdateSpec>,
     /// Time between SIGTERM and SIGKILL when a task stops.
     #[serde(default, with = "humantime_serde")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::checked::{
-    Config, ContainerHealthcheck, Endpoint, HealthCheck, HealthCheckKind, Node, PortMapping,
-    Protocol, RestartPolicy, Service, ServiceMode, TaskSpec, UpdatePolicy,
+    Config, ContainerHealthcheck, Endpoint, FailureAction, HealthCheck, HealthCheckKind, Node,
+    PortMapping, Protocol, RestartPolicy, Service, ServiceMode, TaskSpec, UpdatePolicy,
 };
 use crate::constraints::Constraint;
 use crate::defaults::{
@@ -35,7 +35,9 @@ use crate::defaults::{
     DEFAULT_UPDATE_PARALLELISM, MAX_ENDPOINTS, MAX_PORTS, MAX_REPLICAS, MAX_WEIGHT,
 };
 use crate::error::{ConfigError, FieldError};
-use crate::spec::{ConfigFile, EndpointSpec, HealthSpec, NodeConfig, PortSpec, ServiceSpec};
+use crate::spec::{
+    ConfigFile, EndpointSpec, HealthSpec, NodeConfig, PortSpec, ServiceSpec, UpdateSpec,
+};
 
 impl ConfigFile {
     /// Reads, parses and validates a file; errors name the file.
@@ -318,17 +320,6 @@ impl ServiceSpec {
             endpoints.push(endpoint);
         }
 
-        if self.image.is_some() {
-            if let Some(i) = ports.iter().position(|p| p.protocol == Protocol::Udp) {
-                // The Docker runtime publishes TCP ports only so far; a
-                // process task (a command without an image) or a static
-                // endpoint serves UDP.
-                return Err(FieldError::new(
-                    format!("ports[{i}].protocol"),
-                    "udp ports are not supported for image tasks yet; use a command task or static endpoints",
-                ));
-            }
-        }
         let mut health = self.health.validate().map_err(|e| e.within("health"))?;
         if let Some(port) = health.port {
             if !ports.iter().any(|p| p.target == port) {
@@ -520,23 +511,20 @@ impl ServiceSpec {
         };
         check_duration(restart.delay, Duration::ZERO, Duration::from_secs(3600))
             .map_err(|r| FieldError::new("restart.delay", r))?;
-        let update = UpdatePolicy {
-            parallelism: check_int(
-                self.update.parallelism,
-                DEFAULT_UPDATE_PARALLELISM,
-                0,
-                MAX_REPLICAS,
-            )
-            .map_err(|r| FieldError::new("update.parallelism", r))?,
-            delay: self.update.delay.unwrap_or(Duration::ZERO),
-            order: self.update.order.unwrap_or_default(),
-            failure_action: self.update.failure_action.unwrap_or_default(),
-            monitor: self.update.monitor.unwrap_or(DEFAULT_UPDATE_MONITOR),
+        let update = update_policy(&self.update, "update")?;
+        let rollback = match &self.rollback {
+            None => update,
+            Some(spec) => {
+                let rollback = update_policy(spec, "rollback")?;
+                if rollback.failure_action == FailureAction::Rollback {
+                    return Err(FieldError::new(
+                        "rollback.failure_action",
+                        "a rollback cannot roll back: give pause or continue",
+                    ));
+                }
+                rollback
+            }
         };
-        check_duration(update.delay, Duration::ZERO, Duration::from_secs(3600))
-            .map_err(|r| FieldError::new("update.delay", r))?;
-        check_duration(update.monitor, Duration::ZERO, Duration::from_secs(3600))
-            .map_err(|r| FieldError::new("update.monitor", r))?;
         let stop_grace = self.stop_grace_period.unwrap_or(DEFAULT_STOP_GRACE);
         check_duration(stop_grace, Duration::ZERO, Duration::from_secs(3600))
             .map_err(|r| FieldError::new("stop_grace_period", r))?;
@@ -554,9 +542,33 @@ impl ServiceSpec {
             max_per_node,
             restart,
             update,
+            rollback,
             stop_grace,
         }))
     }
+}
+
+/// An `update` (or `rollback`, named by `field`) table as the policy it
+/// sets, with the defaults for what it leaves out.
+fn update_policy(spec: &UpdateSpec, field: &str) -> Result<UpdatePolicy, FieldError> {
+    let policy = UpdatePolicy {
+        parallelism: check_int(
+            spec.parallelism,
+            DEFAULT_UPDATE_PARALLELISM,
+            0,
+            MAX_REPLICAS,
+        )
+        .map_err(|r| FieldError::new(format!("{field}.parallelism"), r))?,
+        delay: spec.delay.unwrap_or(Duration::ZERO),
+        order: spec.order.unwrap_or_default(),
+        failure_action: spec.failure_action.unwrap_or_default(),
+        monitor: spec.monitor.unwrap_or(DEFAULT_UPDATE_MONITOR),
+    };
+    check_duration(policy.delay, Duration::ZERO, Duration::from_secs(3600))
+        .map_err(|r| FieldError::new(format!("{field}.delay"), r))?;
+    check_duration(policy.monitor, Duration::ZERO, Duration::from_secs(3600))
+        .map_err(|r| FieldError::new(format!("{field}.monitor"), r))?;
+    Ok(policy)
 }
 
 /// Reserved for the labels lbmesh puts on its containers.
@@ -1033,10 +1045,6 @@ mod tests {
                 "service[0].max_udp_sessions",
             ),
             (
-                "[[service]]\nname = \"web\"\nimage = \"dns:1\"\nports = [{ published = 53 }, { published = 53, protocol = \"udp\" }]",
-                "service[0].ports[1].protocol",
-            ),
-            (
                 "[[service]]\nname = \"web\"\nports = [{ published = 80 }]\nendpoints = [{ address = \"10.0.0.1\", weight = 0 }]",
                 "service[0].endpoints[0].weight",
             ),
@@ -1075,6 +1083,34 @@ mod tests {
             assert_eq!(err.field, field, "{text}: {err}");
             assert!(!err.reason.is_empty());
         }
+    }
+
+    /// The Docker runtime publishes udp target ports too, so an image task
+    /// may serve udp (it was refused while it published tcp only).
+    #[test]
+    fn image_tasks_take_udp_ports() {
+        let spec = ServiceSpec {
+            name: "dns".to_owned(),
+            image: Some("dns:1".to_owned()),
+            ports: vec![
+                PortSpec {
+                    published: 53,
+                    target: None,
+                    protocol: Some("udp".to_owned()),
+                },
+                PortSpec {
+                    published: 53,
+                    target: None,
+                    protocol: None,
+                },
+            ],
+            ..ServiceSpec::default()
+        };
+        let checked = spec.validate().expect("udp and tcp ports of an image task");
+        assert_eq!(
+            checked.ports.iter().map(|p| p.protocol).collect::<Vec<_>>(),
+            [Protocol::Udp, Protocol::Tcp]
+        );
     }
 
     #[test]
@@ -1200,6 +1236,14 @@ mod tests {
                 "image = \"x\"\n[service.update]\nparallelism = -1",
                 "service[0].update.parallelism",
             ),
+            (
+                "image = \"x\"\n[service.rollback]\nfailure_action = \"rollback\"",
+                "service[0].rollback.failure_action",
+            ),
+            (
+                "image = \"x\"\n[service.rollback]\nmonitor = \"2h\"",
+                "service[0].rollback.monitor",
+            ),
         ];
         for (extra, field) in cases {
             let err = invalid(&format!("{base}{extra}"));
@@ -1215,6 +1259,8 @@ mod tests {
         assert_eq!(tasks.user.as_deref(), Some("www-data:1000"));
         assert_eq!(tasks.update.order, UpdateOrder::StartFirst);
         assert_eq!(tasks.update.failure_action, FailureAction::Rollback);
+        // Without a rollback table a rollback rolls as the update does.
+        assert_eq!(tasks.rollback, tasks.update);
         assert_eq!(tasks.restart.delay, DEFAULT_RESTART_DELAY);
     }
 

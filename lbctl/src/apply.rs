@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::Path;
 
 use lb_config::{ConfigFile, NodeConfig, ServiceSpec};
-use lbmesh_api::Client;
+use lbmesh_api::{Client, Service, Task};
 use serde_json::Value;
 
 use crate::error::CtlError;
@@ -73,7 +73,19 @@ pub async fn run(
         .into_iter()
         .map(|status| (status.service.spec.name.clone(), status.service.spec))
         .collect();
-    execute(client, &parsed.services, &existing, prune, dry_run).await
+    Ok(execute(client, &parsed.services, &existing, prune, dry_run)
+        .await?
+        .summary)
+}
+
+/// What [`execute`] did.
+pub struct Executed {
+    /// The line to print last: what was created, updated and removed.
+    pub summary: String,
+    /// Each created or updated service as the write answered, with its
+    /// tasks read just before the write (none for a create), for
+    /// following the write ([`crate::follow::Target::new`]).
+    pub written: Vec<(Service, Vec<Task>)>,
 }
 
 /// Plans `wanted` against `existing` (the services it may update or, with
@@ -85,7 +97,7 @@ pub async fn execute(
     existing: &BTreeMap<String, ServiceSpec>,
     prune: bool,
     dry_run: bool,
-) -> Result<String, CtlError> {
+) -> Result<Executed, CtlError> {
     let steps = plan(wanted, existing, prune)?;
     let mut stdout = std::io::stdout();
     // Shown before the first write; a write error still leaves it visible.
@@ -95,18 +107,23 @@ pub async fn execute(
             path: "stdout".into(),
             source,
         })?;
+    let mut written = Vec::new();
     if dry_run {
-        return Ok("dry run: nothing changed\n".to_owned());
+        return Ok(Executed {
+            summary: "dry run: nothing changed\n".to_owned(),
+            written,
+        });
     }
     let mut counts = [0usize; 4];
     for step in &steps {
         match step {
             Step::Create(spec) => {
-                client.create_service(spec).await?;
+                written.push((client.create_service(spec).await?, Vec::new()));
                 counts[0] += 1;
             }
             Step::Update(spec, _) => {
-                client.update_service(spec).await?;
+                let before = client.service_tasks(&spec.name).await?;
+                written.push((client.update_service(spec).await?, before));
                 counts[1] += 1;
             }
             Step::Unchanged(_) => counts[2] += 1,
@@ -117,9 +134,12 @@ pub async fn execute(
         }
     }
     let [created, updated, unchanged, removed] = counts;
-    Ok(format!(
-        "applied: {created} created, {updated} updated, {unchanged} unchanged, {removed} removed\n"
-    ))
+    Ok(Executed {
+        summary: format!(
+            "applied: {created} created, {updated} updated, {unchanged} unchanged, {removed} removed\n"
+        ),
+        written,
+    })
 }
 
 /// A file `apply` cannot read that a compose user meant for `stack

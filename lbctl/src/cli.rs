@@ -273,6 +273,10 @@ pub enum ServiceCommand {
         /// Only the last N lines of each task.
         #[arg(short = 'n', long, value_name = "N")]
         tail: Option<usize>,
+        /// Keep printing what the tasks write, as they write it, until
+        /// they stop or Ctrl-C.
+        #[arg(short = 'f', long)]
+        follow: bool,
     },
     /// Set replica counts: `lbctl service scale web=5 api=2`.
     Scale {
@@ -320,7 +324,7 @@ pub enum ServiceCommand {
 }
 
 /// How a service write waits for its tasks (`create`, `update`, `scale`,
-/// `rollback`).
+/// `rollback`, `stack deploy`).
 #[derive(Debug, Args, Clone, Copy)]
 pub struct FollowArgs {
     /// Return once the write is stored, without following the tasks to
@@ -349,6 +353,8 @@ pub enum StackCommand {
         /// Also remove the stack's services the files no longer name.
         #[arg(long)]
         prune: bool,
+        #[command(flatten)]
+        follow: FollowArgs,
         /// The stack's name (its services are NAME-<service>).
         name: String,
     },

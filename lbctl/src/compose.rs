@@ -22,16 +22,16 @@
 //! | `labels` (map or list) | `container_labels` |
 //! | `healthcheck` (`test`, `interval`, `timeout`, `retries`, `start_period`, `disable`) | `healthcheck`, Docker's HEALTHCHECK of the container (a string `test` is `CMD-SHELL`) |
 //! | `environment` (map or list), `env_file` | `env` (the files first; a key without a value is taken from lbctl's environment, or left out) |
-//! | `ports` (`8080:80`, `8080:80/tcp`, ranges, long form) | `ports` |
+//! | `ports` (`8080:80`, `8080:80/tcp`, `53:53/udp`, ranges, long form with `protocol`) | `ports` |
 //! | `ports` with a target only (`"6379"`, long form without `published`), `expose` | `ports` without `published`: on the service's VIP only, on every node, published nowhere |
 //! | `deploy.mode`, `replicas`, `placement.constraints`, `placement.max_replicas_per_node` | `mode`, `replicas`, `constraints`, `max_replicas_per_node` |
-//! | `deploy.update_config`, `deploy.restart_policy` | `update`, `restart` |
+//! | `deploy.update_config`, `deploy.rollback_config`, `deploy.restart_policy` | `update`, `rollback` (how a rollback rolls; a `failure_action: rollback` there is refused), `restart` |
 //! | `deploy.labels` | `labels`, with [`STACK_LABEL`] |
 //! | `x-lbmesh` | lbmesh's own settings: `algorithm`, `proxy_protocol`, `retries`, `retry_on_empty`, `health`, timeouts, `max_connections` |
 //!
 //! Keys lbmesh does not act on are listed on stderr as Swarm does
 //! (`Ignoring unsupported options: build, volumes`); a key that cannot be
-//! honoured without changing the file's meaning (a `udp` or `mode: host`
+//! honoured without changing the file's meaning (a `mode: host`
 //! port, a host IP, a job) is an error naming
 //! the file, the service and the key. Every error is found before the
 //! first write, so a bad file changes nothing.
@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use lb_config::{
     Algorithm, ConfigFile, ContainerHealthcheck, FailureAction, HealthSpec, PortSpec,
-    ProxyProtocol, RestartCondition, ServiceMode, ServiceSpec, UpdateOrder,
+    ProxyProtocol, RestartCondition, ServiceMode, ServiceSpec, UpdateOrder, UpdateSpec,
 };
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -135,7 +135,7 @@ const SERVICE_IGNORED: &[&str] = &[
     "working_dir",
 ];
 /// `deploy` keys it does not act on.
-const DEPLOY_IGNORED: &[&str] = &["resources", "rollback_config", "endpoint_mode"];
+const DEPLOY_IGNORED: &[&str] = &["resources", "endpoint_mode"];
 
 /// The file's services as lbmesh specs, and what it ignored.
 #[derive(Debug)]
@@ -407,6 +407,7 @@ struct Deploy {
     #[serde(default)]
     placement: Placement,
     update_config: Option<UpdateConfig>,
+    rollback_config: Option<UpdateConfig>,
     restart_policy: Option<RestartPolicy>,
     #[serde(default)]
     labels: Option<Value>,
@@ -641,16 +642,10 @@ fn deploy(deploy: &Deploy, spec: &mut ServiceSpec) -> Result<(), KeyError> {
         .collect();
     spec.max_replicas_per_node = deploy.placement.max_replicas_per_node.map(|n| n.0);
     if let Some(update) = &deploy.update_config {
-        spec.update.parallelism = update.parallelism.map(|n| n.0);
-        spec.update.order = update.order;
-        spec.update.failure_action = update.failure_action;
-        if let Some(delay) = &update.delay {
-            spec.update.delay = Some(duration(delay).map_err(|r| (key("update_config.delay"), r))?);
-        }
-        if let Some(monitor) = &update.monitor {
-            spec.update.monitor =
-                Some(duration(monitor).map_err(|r| (key("update_config.monitor"), r))?);
-        }
+        spec.update = update_spec(update, "update_config")?;
+    }
+    if let Some(rollback) = &deploy.rollback_config {
+        spec.rollback = Some(update_spec(rollback, "rollback_config")?);
     }
     if let Some(restart) = &deploy.restart_policy {
         spec.restart.condition = restart.condition;
@@ -667,6 +662,21 @@ fn deploy(deploy: &Deploy, spec: &mut ServiceSpec) -> Result<(), KeyError> {
             .collect();
     }
     Ok(())
+}
+
+/// An `update_config` or `rollback_config` (named `field`) as lbmesh's
+/// update settings.
+fn update_spec(config: &UpdateConfig, field: &str) -> Result<UpdateSpec, KeyError> {
+    let key = |k: &str| format!("deploy.{field}.{k}");
+    let delay = config.delay.as_ref().map(|d| duration(d)).transpose();
+    let monitor = config.monitor.as_ref().map(|m| duration(m)).transpose();
+    Ok(UpdateSpec {
+        parallelism: config.parallelism.map(|n| n.0),
+        order: config.order,
+        failure_action: config.failure_action,
+        delay: delay.map_err(|r| (key("delay"), r))?,
+        monitor: monitor.map_err(|r| (key("monitor"), r))?,
+    })
 }
 
 /// Swarm's `node.hostname` is lbmesh's `node.name`; the rest is spelt alike.
@@ -906,9 +916,9 @@ fn ports(value: &Value) -> Result<Vec<PortSpec>, String> {
         }
         Value::String(text) => short_ports(text),
         Value::Mapping(map) => long_port(map).map(|p| vec![p]),
-        _ => {
-            Err("must be \"PUBLISHED:TARGET[/tcp]\" or a mapping with target and published".into())
-        }
+        _ => Err(
+            "must be \"PUBLISHED:TARGET[/tcp|udp]\" or a mapping with target and published".into(),
+        ),
     }
 }
 
@@ -932,11 +942,12 @@ fn exposed(value: &Value) -> Result<Vec<i64>, String> {
     port_range(ports)
 }
 
-fn protocol(text: &str) -> Result<(), String> {
+/// A port's protocol as the spec spells it: tcp is the default, left out.
+fn protocol(text: &str) -> Result<Option<String>, String> {
     match text {
-        "tcp" => Ok(()),
-        "udp" => Err("udp ports cannot be honoured yet: lbmesh forwards TCP only".into()),
-        other => Err(format!("protocol {other:?} is not tcp")),
+        "tcp" => Ok(None),
+        "udp" => Ok(Some("udp".to_owned())),
+        other => Err(format!("protocol {other:?} is not tcp or udp")),
     }
 }
 
@@ -970,7 +981,7 @@ fn short_ports(text: &str) -> Result<Vec<PortSpec>, String> {
         Some((addrs, proto)) => (addrs, proto),
         None => (text, "tcp"),
     };
-    protocol(proto)?;
+    let protocol = protocol(proto)?;
     let parts: Vec<&str> = addrs.split(':').collect();
     let (published, target) = match parts.as_slice() {
         [target] => return Ok(port_range(target)?.into_iter().map(vip_only).collect()),
@@ -998,7 +1009,7 @@ fn short_ports(text: &str) -> Result<Vec<PortSpec>, String> {
         .map(|(published, target)| PortSpec {
             published,
             target: (target != published).then_some(target),
-            protocol: None,
+            protocol: protocol.clone(),
         })
         .collect())
 }
@@ -1034,9 +1045,10 @@ fn long_port(map: &Mapping) -> Result<PortSpec, String> {
             other => return Err(format!("mode {other:?} is not ingress or host")),
         }
     }
-    if let Some(proto) = text("protocol") {
-        protocol(&proto)?;
-    }
+    let protocol = match text("protocol") {
+        Some(proto) => protocol(&proto)?,
+        None => None,
+    };
     let target = port_number(&text("target").ok_or("target: a port needs its target")?)
         .map_err(|r| format!("target: {r}"))?;
     let published = match text("published") {
@@ -1046,7 +1058,7 @@ fn long_port(map: &Mapping) -> Result<PortSpec, String> {
     Ok(PortSpec {
         published,
         target: (target != published).then_some(target),
-        protocol: None,
+        protocol,
     })
 }
 
@@ -1111,6 +1123,10 @@ services:
         delay: 1m30s
         order: start-first
         failure_action: rollback
+      rollback_config:
+        parallelism: 2
+        monitor: 5s
+        failure_action: continue
       <<: *common
       labels:
         team: web
@@ -1190,6 +1206,10 @@ networks:
         assert_eq!(web.update.delay, Some(Duration::from_secs(90)));
         assert_eq!(web.update.order, Some(UpdateOrder::StartFirst));
         assert_eq!(web.update.failure_action, Some(FailureAction::Rollback));
+        let rollback = web.rollback.as_ref().expect("rollback_config maps");
+        assert_eq!(rollback.parallelism, Some(2));
+        assert_eq!(rollback.monitor, Some(Duration::from_secs(5)));
+        assert_eq!(rollback.failure_action, Some(FailureAction::Continue));
         assert_eq!(web.restart.condition, Some(RestartCondition::OnFailure));
         assert_eq!(
             web.labels,
@@ -1293,6 +1313,31 @@ networks:
         assert!(ports("80:80/sctp").unwrap_err().contains("sctp"));
     }
 
+    /// udp ports are published as udp, short and long, and the same number
+    /// may be both.
+    #[test]
+    fn udp_ports_map_to_udp() {
+        let udp = |published, target| PortSpec {
+            published,
+            target,
+            protocol: Some("udp".to_owned()),
+        };
+        assert_eq!(short_ports("53:53/udp").unwrap(), [udp(53, None)]);
+        assert_eq!(
+            short_ports("5000-5001:6000-6001/udp").unwrap(),
+            [udp(5000, Some(6000)), udp(5001, Some(6001))]
+        );
+        let long: Value =
+            serde_norway::from_str("{target: 5353, published: 53, protocol: udp}").unwrap();
+        assert_eq!(ports(&long).unwrap(), [udp(53, Some(5353))]);
+        let spec =
+            one("services:\n  dns:\n    command: x\n    ports: [\"53:53/udp\", \"53:53\"]\n")
+                .expect("a tcp and a udp port of one number");
+        let protocols: Vec<Option<&str>> =
+            spec.ports.iter().map(|p| p.protocol.as_deref()).collect();
+        assert_eq!(protocols, [Some("udp"), None]);
+    }
+
     /// Each bad file fails naming the file, the service and the key.
     #[test]
     fn bad_files_name_file_service_and_key() {
@@ -1310,8 +1355,8 @@ networks:
                 "c.yml: services.web.ports[0]: port 70000 is out of range 1-65535",
             ),
             (
-                "services:\n  web:\n    image: a\n    ports: [\"53:53/udp\"]\n",
-                "c.yml: services.web.ports[0]: udp ports cannot be honoured yet",
+                "services:\n  web:\n    image: a\n    ports: [\"53:53/sctp\"]\n",
+                "c.yml: services.web.ports[0]: protocol \"sctp\" is not tcp or udp",
             ),
             (
                 "services:\n  web:\n    image: a\n    ports: [{target: 80, published: 80, mode: host}]\n",
@@ -1356,6 +1401,10 @@ networks:
             (
                 "services:\n  web:\n    image: a\n    ports: [\"80:80\"]\n    deploy:\n      update_config:\n        order: sideways\n",
                 "c.yml: services.web.deploy.update_config.order: unknown variant `sideways`",
+            ),
+            (
+                "services:\n  web:\n    image: a\n    ports: [\"80:80\"]\n    deploy:\n      rollback_config:\n        failure_action: rollback\n",
+                "c.yml: services.web: as lbmesh service app-web: rollback.failure_action: a rollback cannot roll back",
             ),
             (
                 "services:\n  web:\n    image: a\n    ports: [\"80:80\"]\n    x-lbmesh:\n      algorithm: fastest\n",

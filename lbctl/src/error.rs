@@ -39,6 +39,9 @@ pub enum CtlError {
     /// A followed write whose tasks failed or did not converge in time.
     #[error("{service}: {reason}")]
     NotConverged { service: String, reason: String },
+    /// A followed task log that could not be opened or broke off.
+    #[error("logs of {task}: {source}")]
+    Logs { task: String, source: ApiError },
     #[error("output: {0}")]
     Json(#[from] serde_json::Error),
 }

@@ -16,6 +16,7 @@
 //! - [`filter`]: docker's `--filter KEY=VALUE`; [`tasks`]: the task
 //!   listing `service ps` and `node ps` share; [`follow`]: a service
 //!   write followed to convergence with its progress.
+//! - [`logs`]: `service logs`, read once or followed as the tasks write.
 //! - [`shell`]: completion scripts and man pages, from the clap types.
 //! - [`table`]: the one table builder; [`output`] picks table or JSON.
 //! - [`error`]: what a failed command reports.
@@ -40,6 +41,7 @@ mod error;
 mod filter;
 mod follow;
 mod interpolate;
+mod logs;
 mod node;
 mod output;
 mod parse;

@@ -87,27 +87,11 @@ pub async fn run(
             }
             Ok(out)
         }
-        ServiceCommand::Logs { names, tail } => {
-            let mut out = String::new();
-            for name in names {
-                for task in client.service_tasks(name).await? {
-                    if task.desired != DesiredState::Running || task.runtime_id.is_none() {
-                        continue;
-                    }
-                    let logs = client.task_logs(&task.id, *tail).await?;
-                    let prefix = format!(
-                        "{}.{}@{}",
-                        tasks::task_name(&task),
-                        task.id,
-                        task.node_name.as_deref().unwrap_or("-")
-                    );
-                    for line in logs.logs.lines() {
-                        out.push_str(&format!("{prefix} | {line}\n"));
-                    }
-                }
-            }
-            Ok(out)
-        }
+        ServiceCommand::Logs {
+            names,
+            tail,
+            follow,
+        } => crate::logs::run(client, names, *tail, *follow).await,
         ServiceCommand::Scale { targets, follow } => {
             let mut before = Vec::new();
             for (name, _) in targets {
@@ -184,7 +168,7 @@ async fn tasks_before(
 /// `head` (what the write prints), then, unless `--detach`, the progress
 /// of each written service until it converges ([`crate::follow`]). In a
 /// table, `head` prints before the progress; as JSON, after the wait.
-async fn followed(
+pub async fn followed(
     client: &Client,
     written: &[(Service, Vec<lbmesh_api::Task>)],
     follow: FollowArgs,

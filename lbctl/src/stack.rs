@@ -14,7 +14,11 @@
 //! whose spec changed (each rolls per its update config); an unchanged one
 //! is not touched and its tasks keep running. `--prune` also removes the
 //! stack's services the files no longer name; services outside the stack
-//! are never touched.
+//! are never touched. Deploy then follows every service it created or
+//! updated to convergence, as `service create|update` do
+//! ([`crate::follow`]): it exits 1 naming the first task of the new specs
+//! that fails, or after `--timeout`; `-d` returns once the writes are
+//! stored.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,7 +32,7 @@ use crate::cli::{Format, StackCommand};
 use crate::compose::{self, STACK_LABEL};
 use crate::error::CtlError;
 use crate::output::render;
-use crate::service::service_table;
+use crate::service::{followed, service_table};
 use crate::table::table;
 use crate::tasks;
 
@@ -38,7 +42,17 @@ pub async fn run(
     format: Format,
 ) -> Result<String, CtlError> {
     match command {
-        StackCommand::Deploy { files, prune, name } => deploy(client, files, name, *prune).await,
+        StackCommand::Deploy {
+            files,
+            prune,
+            follow,
+            name,
+        } => {
+            let executed = deploy(client, files, name, *prune).await?;
+            // The plan is printed; the summary goes before the progress,
+            // which follows every service the deploy created or updated.
+            followed(client, &executed.written, *follow, format, executed.summary).await
+        }
         StackCommand::Ls => {
             let mut stacks: BTreeMap<String, usize> = BTreeMap::new();
             for status in client.services().await? {
@@ -120,7 +134,7 @@ async fn deploy(
     files: &[PathBuf],
     name: &str,
     prune: bool,
-) -> Result<String, CtlError> {
+) -> Result<apply::Executed, CtlError> {
     let env = |key: &str| std::env::var(key).ok();
     let stack = compose::load(files, name, &env)?;
     for notice in &stack.notices {
@@ -167,15 +181,23 @@ async fn deploy(
             ));
         }
         for port in service.spec.ports.iter().filter(|p| p.is_published()) {
-            let holder = staying
-                .iter()
-                .find(|s| s.ports.iter().any(|p| p.published == port.published));
+            // A port is owned per protocol: 53/tcp and 53/udp do not clash.
+            fn protocol(port: &lb_config::PortSpec) -> &str {
+                port.protocol.as_deref().unwrap_or("tcp")
+            }
+            let holder = staying.iter().find(|s| {
+                s.ports
+                    .iter()
+                    .any(|p| p.published == port.published && protocol(p) == protocol(port))
+            });
             if let Some(holder) = holder {
                 return Err(at(
                     ".ports",
                     format!(
-                        "published port {} is already published by service {}",
-                        port.published, holder.name
+                        "published port {}/{} is already published by service {}",
+                        port.published,
+                        protocol(port),
+                        holder.name
                     ),
                 ));
             }

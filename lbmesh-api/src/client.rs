@@ -10,6 +10,9 @@
 //!   else ─> the server's ErrorBody as ApiError::Status <────┘
 //! ```
 //!
+//! `streamed` (a followed log) reads the head under the timeout and hands
+//! the body over as it arrives; dropping it closes the connection.
+//!
 //! One request per connection: lbctl sends a few requests per command and
 //! the daemon forwards a write now and then, so a pool would buy nothing.
 
@@ -19,6 +22,7 @@ use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::body::Incoming;
 use hyper::header::{AUTHORIZATION, CONNECTION, CONTENT_TYPE, HOST};
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::TokioIo;
@@ -247,6 +251,85 @@ impl Client {
         body: Bytes,
         idempotency_key: Option<&str>,
     ) -> Result<(StatusCode, Bytes), ApiError> {
+        let request = self.request(method, path_and_query, body, idempotency_key)?;
+        let exchange = async {
+            let stream = self.connect().await?;
+            self.exchange(stream, request).await
+        };
+        tokio::time::timeout(TIMEOUT, exchange)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout()))
+    }
+
+    /// `GET path_and_query` whose answer's body is read as it arrives,
+    /// without a deadline (a followed log): connecting and the answer's
+    /// head are under the usual timeout, the body is the caller's to read
+    /// for as long as it lasts. Dropping the [`Streamed`] closes the
+    /// connection.
+    pub async fn streamed(&self, path_and_query: &str) -> Result<Streamed, ApiError> {
+        let request = self.request(Method::GET, path_and_query, Bytes::new(), None)?;
+        let head = async {
+            let stream = self.connect().await?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|source| self.exchange_error(source))?;
+            let connection = AbortOnDrop(tokio::spawn(async move {
+                let _ = connection.await;
+            }));
+            let response = sender
+                .send_request(request)
+                .await
+                .map_err(|source| self.exchange_error(source))?;
+            Ok(Streamed {
+                status: response.status(),
+                body: response.into_body(),
+                _connection: connection,
+            })
+        };
+        tokio::time::timeout(TIMEOUT, head)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout()))
+    }
+
+    /// `GET /v1/tasks/{id}/logs?follow=true[&tail=N]`: the task's output
+    /// as it grows, until the task stops.
+    pub async fn follow_task_logs(
+        &self,
+        id: &str,
+        tail: Option<usize>,
+    ) -> Result<Streamed, ApiError> {
+        let mut path = v1_path(&["tasks", id, "logs"]);
+        path.push_str("?follow=true");
+        if let Some(tail) = tail {
+            path.push_str(&format!("&tail={tail}"));
+        }
+        let mut streamed = self.streamed(&path).await?;
+        if streamed.status.is_success() {
+            return Ok(streamed);
+        }
+        // An error answer is one small JSON body.
+        let mut answer = Vec::new();
+        let read = async {
+            while let Some(chunk) = streamed.next_chunk().await {
+                answer.extend_from_slice(&chunk?);
+            }
+            Ok::<(), ApiError>(())
+        };
+        tokio::time::timeout(TIMEOUT, read)
+            .await
+            .unwrap_or_else(|_| Err(self.timeout()))?;
+        Err(status_error(streamed.status, &answer))
+    }
+
+    /// A request to this node, with its headers.
+    fn request(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Bytes,
+        idempotency_key: Option<&str>,
+    ) -> Result<Request<Full<Bytes>>, ApiError> {
         let mut request = Request::builder()
             .method(method)
             .uri(path_and_query)
@@ -259,54 +342,46 @@ impl Client {
         if let Some(key) = idempotency_key {
             request = request.header(IDEMPOTENCY_KEY, key);
         }
-        let request = request
+        request
             .body(Full::new(body))
             .map_err(|source| ApiError::Request {
                 path: path_and_query.to_owned(),
                 source,
-            })?;
-        let exchange = async {
-            let connect_error = |source| ApiError::Connect {
-                host: self.authority.clone(),
-                source,
-            };
-            if let Some(socket) = &self.socket {
-                let stream = UnixStream::connect(socket).await.map_err(connect_error)?;
-                return self.exchange(stream, request).await;
-            }
-            let stream = TcpStream::connect(&self.authority)
-                .await
-                .map_err(connect_error)?;
-            match &self.tls {
-                None => self.exchange(stream, request).await,
-                Some(config) => {
-                    let name = ServerName::try_from(lbmesh_tls::API_SERVER_NAME)
-                        .map_err(|e| connect_error(std::io::Error::other(e)))?;
-                    let stream = TlsConnector::from(config.clone())
-                        .connect(name, stream)
-                        .await
-                        .map_err(|source| ApiError::Tls {
-                            host: self.authority.clone(),
-                            source,
-                        })?;
-                    self.exchange(stream, request).await
-                }
-            }
-        };
-        tokio::time::timeout(TIMEOUT, exchange)
-            .await
-            .unwrap_or_else(|_| {
-                Err(ApiError::Timeout {
-                    host: self.authority.clone(),
-                    after: TIMEOUT,
-                })
             })
     }
 
+    /// A connection to the node: its local socket, TCP, or TLS over TCP.
+    async fn connect(&self) -> Result<Box<dyn Connection>, ApiError> {
+        let connect_error = |source| ApiError::Connect {
+            host: self.authority.clone(),
+            source,
+        };
+        if let Some(socket) = &self.socket {
+            let stream = UnixStream::connect(socket).await.map_err(connect_error)?;
+            return Ok(Box::new(stream));
+        }
+        let stream = TcpStream::connect(&self.authority)
+            .await
+            .map_err(connect_error)?;
+        let Some(config) = &self.tls else {
+            return Ok(Box::new(stream));
+        };
+        let name = ServerName::try_from(lbmesh_tls::API_SERVER_NAME)
+            .map_err(|e| connect_error(std::io::Error::other(e)))?;
+        let stream = TlsConnector::from(config.clone())
+            .connect(name, stream)
+            .await
+            .map_err(|source| ApiError::Tls {
+                host: self.authority.clone(),
+                source,
+            })?;
+        Ok(Box::new(stream))
+    }
+
     /// One request and its whole answer over an open connection.
-    async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    async fn exchange(
         &self,
-        stream: S,
+        stream: Box<dyn Connection>,
         request: Request<Full<Bytes>>,
     ) -> Result<(StatusCode, Bytes), ApiError> {
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -323,6 +398,13 @@ impl Client {
         // error, if any, is the answer's too.
         let (answer, _connection) = tokio::join!(answer, connection);
         answer.map_err(|source| self.exchange_error(source))
+    }
+
+    fn timeout(&self) -> ApiError {
+        ApiError::Timeout {
+            host: self.authority.clone(),
+            after: TIMEOUT,
+        }
     }
 
     /// A request whose 2xx answer is a `T`.
@@ -348,6 +430,45 @@ impl Client {
             host: self.authority.clone(),
             source,
         }
+    }
+}
+
+/// What the client talks over: a Unix socket, TCP or TLS.
+trait Connection: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Connection for T {}
+
+/// An answer whose body is read as it arrives ([`Client::streamed`]).
+/// Dropping it closes the connection, so the server sees the client go.
+pub struct Streamed {
+    pub status: StatusCode,
+    body: Incoming,
+    /// The task that does the connection's I/O.
+    _connection: AbortOnDrop,
+}
+
+impl Streamed {
+    /// The body's next bytes; `None` once the server ended it.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes, ApiError>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => return Some(Ok(data)),
+                    // Trailers carry nothing lbmesh sends.
+                    Err(_) => continue,
+                },
+                Err(source) => return Some(Err(ApiError::Stream { source })),
+            }
+        }
+    }
+}
+
+/// A spawned task that ends when its handle is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

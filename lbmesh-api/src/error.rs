@@ -54,6 +54,9 @@ pub enum ApiError {
     /// The connection broke or the answer was not HTTP/1.1.
     #[error("talking to {host}: {source}")]
     Exchange { host: String, source: hyper::Error },
+    /// A streamed answer ([`crate::client::Streamed`]) broke off.
+    #[error("the answer broke off: {source}")]
+    Stream { source: hyper::Error },
     #[error("request body: {0}")]
     Encode(serde_json::Error),
     /// The request could not be built (a path that is not a URI).

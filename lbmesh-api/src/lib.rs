@@ -40,6 +40,7 @@
 //! | POST | `/v1/services/{name}/rollback` | | the [`Service`] on its previous spec |
 //! | DELETE | `/v1/services/{name}` | | [`Removed`] `{"removed": name}` |
 //! | GET | `/v1/tasks/{id}/logs[?tail=N]` | | [`TaskLogs`]: the task's output, read by the node that runs it (another node passes the request there) |
+//! | GET | `/v1/tasks/{id}/logs?follow=true[&tail=N]` | | the output as it grows, `text/plain`, chunked, until the task stops or the client goes (passed on the same way, as a stream) |
 //!
 //! Path segments in braces are percent-encoded (`a b` is `a%20b`, `a/b` is
 //! `a%2Fb`); the server splits on `/` and then decodes each segment. `/v1`
@@ -72,7 +73,7 @@ pub use answers::{
     Node, NodeId, NodeStatus, RaftRole, Removed, RenewAnswer, Role, Service, ServiceStatus, Task,
     TaskEndpoint, TaskHealth, TaskLogs, TaskState, Timestamp, UpdateState, UpdateStatus,
 };
-pub use client::Client;
+pub use client::{Client, Streamed};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use requests::{
     check_idempotency_key, CertificateRequest, JoinRequest, NodeUpdate, RenewRequest, Scale,

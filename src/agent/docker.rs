@@ -8,7 +8,8 @@
 //! start: create (the spec's container labels, then lbmesh's cluster/node/service/task; env;
 //!        the node's DNS responder as resolver, the stack's domain first in the search list;
 //!        args or `/bin/sh -c COMMAND`; entrypoint; healthcheck; target ports published on the
-//!        advertise address with ephemeral host ports, no restart policy) ─> start
+//!        advertise address with ephemeral host ports, as tcp, udp or both (one host port
+//!        picked free for both), no restart policy) ─> start
 //!        ─> inspect: host ports, the image's own HEALTHCHECK state
 //!        missing image: one bounded pull, else ImageNotFound
 //! stop:  stop (SIGTERM, grace, SIGKILL) ─> remove; "no such container" is success
@@ -16,7 +17,8 @@
 //! events: the engine's event stream (die, health_status) for those labels ─> RuntimeEvent,
 //!        reconnected with backoff if it breaks
 //! ```
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use bollard::errors::Error as DockerError;
@@ -37,8 +39,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::runtime::{
-    OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeTask, TaskLaunch, LABEL_CLUSTER,
-    LABEL_NODE, LABEL_SERVICE, LABEL_TASK,
+    OwnHealth, Runtime, RuntimeError, RuntimeEvent, RuntimeTask, TargetPort, TaskLaunch,
+    LABEL_CLUSTER, LABEL_NODE, LABEL_SERVICE, LABEL_TASK,
 };
 
 /// Longest wait for a pull of a missing image (there may be no registry).
@@ -155,24 +157,8 @@ impl DockerRuntime {
             (LABEL_SERVICE.to_owned(), launch.service.clone()),
             (LABEL_TASK.to_owned(), launch.task_id.clone()),
         ]);
-        let exposed: Vec<String> = launch
-            .target_ports
-            .iter()
-            .map(|p| format!("{p}/tcp"))
-            .collect();
-        let bindings: HashMap<String, Option<Vec<PortBinding>>> = exposed
-            .iter()
-            .map(|port| {
-                (
-                    port.clone(),
-                    Some(vec![PortBinding {
-                        host_ip: Some(launch.host_ip.to_string()),
-                        // Empty: the engine picks a free ephemeral port.
-                        host_port: Some(String::new()),
-                    }]),
-                )
-            })
-            .collect();
+        let bindings = port_bindings(launch.host_ip, &launch.target_ports)?;
+        let exposed: Vec<String> = bindings.keys().cloned().collect();
         let body = ContainerCreateBody {
             image: Some(image.clone()),
             cmd: command_words(&launch.args, launch.command.as_deref()),
@@ -190,7 +176,12 @@ impl DockerRuntime {
             labels: Some(labels),
             exposed_ports: Some(exposed),
             host_config: Some(HostConfig {
-                port_bindings: Some(bindings),
+                port_bindings: Some(
+                    bindings
+                        .into_iter()
+                        .map(|(port, binding)| (port, Some(vec![binding])))
+                        .collect(),
+                ),
                 dns: launch.dns.as_ref().map(|dns| vec![dns.server.to_string()]),
                 dns_search: launch.dns.as_ref().map(|dns| dns.search.clone()),
                 ..HostConfig::default()
@@ -357,11 +348,15 @@ fn from_inspect(
         .target_ports
         .iter()
         .filter_map(|target| {
-            let bindings = published?.get(&format!("{target}/tcp"))?.as_ref()?;
+            // Both protocols of a target share its host port.
+            let protocol = if target.tcp { "tcp" } else { "udp" };
+            let bindings = published?
+                .get(&format!("{}/{protocol}", target.port))?
+                .as_ref()?;
             let host = bindings
                 .iter()
                 .find_map(|b| b.host_port.as_ref()?.parse::<u16>().ok())?;
-            Some((*target, host))
+            Some((target.port, host))
         })
         .collect();
     RuntimeTask {
@@ -372,6 +367,57 @@ fn from_inspect(
         running,
         own_health,
     }
+}
+
+/// Each target port's bindings on the advertise address, keyed as the
+/// engine names them (`80/tcp`, `53/udp`). The engine picks a free host port
+/// for a port of one protocol; a target published for both gets one port
+/// free for both, picked here, since the mesh knows one host port per
+/// target.
+fn port_bindings(
+    host_ip: IpAddr,
+    targets: &[TargetPort],
+) -> Result<BTreeMap<String, PortBinding>, RuntimeError> {
+    let mut bindings = BTreeMap::new();
+    for target in targets {
+        let host_port = if target.tcp && target.udp {
+            free_port_for_both(host_ip)?.to_string()
+        } else {
+            // Empty: the engine picks a free ephemeral port.
+            String::new()
+        };
+        for (protocol, published) in [("tcp", target.tcp), ("udp", target.udp)] {
+            if published {
+                bindings.insert(
+                    format!("{}/{protocol}", target.port),
+                    PortBinding {
+                        host_ip: Some(host_ip.to_string()),
+                        host_port: Some(host_port.clone()),
+                    },
+                );
+            }
+        }
+    }
+    Ok(bindings)
+}
+
+/// How many ports [`free_port_for_both`] tries: an ephemeral TCP port is
+/// nearly always free for UDP too.
+const BOTH_PROTOCOL_TRIES: usize = 16;
+
+/// A port free for TCP and UDP on `ip` a moment ago.
+fn free_port_for_both(ip: IpAddr) -> Result<u16, RuntimeError> {
+    for _ in 0..BOTH_PROTOCOL_TRIES {
+        let tcp = std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .and_then(|listener| listener.local_addr())
+            .map_err(|e| RuntimeError::Failed(format!("no free port on {ip}: {e}")))?;
+        if std::net::UdpSocket::bind(tcp).is_ok() {
+            return Ok(tcp.port());
+        }
+    }
+    Err(RuntimeError::Failed(format!(
+        "no port free for both tcp and udp on {ip} in {BOTH_PROTOCOL_TRIES} tries"
+    )))
 }
 
 /// Follows the engine's events for this node's containers until `stop`.
@@ -492,5 +538,42 @@ mod tests {
         assert_eq!(config.timeout, Some(500_000_000));
         assert_eq!(config.retries, Some(4));
         assert_eq!(config.start_period, None);
+    }
+
+    /// A target of one protocol lets the engine pick its host port; one of
+    /// both gets one port, free for both, for its tcp and udp bindings.
+    #[test]
+    fn udp_targets_are_published_as_udp_and_both_share_a_port() {
+        let ip: IpAddr = "127.0.0.1".parse().expect("an address");
+        let target = |port, tcp, udp| TargetPort { port, tcp, udp };
+        let bindings = port_bindings(
+            ip,
+            &[
+                target(80, true, false),
+                target(53, false, true),
+                target(5353, true, true),
+            ],
+        )
+        .expect("bindings");
+        let host = |key: &str| {
+            bindings
+                .get(key)
+                .and_then(|b| b.host_port.clone())
+                .unwrap_or_else(|| panic!("no {key} in {bindings:?}"))
+        };
+        assert_eq!(
+            bindings.keys().collect::<Vec<_>>(),
+            ["53/udp", "5353/tcp", "5353/udp", "80/tcp"]
+        );
+        assert_eq!(
+            (host("80/tcp"), host("53/udp")),
+            (String::new(), String::new())
+        );
+        let shared = host("5353/tcp");
+        assert!(shared.parse::<u16>().is_ok_and(|p| p > 0), "{shared:?}");
+        assert_eq!(host("5353/udp"), shared);
+        assert!(bindings
+            .values()
+            .all(|b| b.host_ip.as_deref() == Some("127.0.0.1")));
     }
 }

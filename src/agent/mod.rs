@@ -710,7 +710,7 @@ impl Agent {
             env: spec.env.clone(),
             user: spec.user.clone(),
             host_ip: self.settings.advertise_addr,
-            target_ports: service.ports.iter().map(|p| p.target).collect(),
+            target_ports: runtime::target_ports(&service.ports),
             dns: state
                 .services
                 .get(&task.service)

@@ -138,7 +138,7 @@ impl ProcessRuntime {
         };
         let mut ports = Vec::with_capacity(launch.target_ports.len());
         for target in &launch.target_ports {
-            ports.push((*target, free_port(launch.host_ip)?));
+            ports.push((target.port, free_port(launch.host_ip)?));
         }
         let ids = launch
             .user

@@ -75,8 +75,10 @@ pub struct TaskLaunch {
     pub user: Option<String>,
     /// The node's advertise address: published ports bind here.
     pub host_ip: IpAddr,
-    /// The service's target ports; each gets an ephemeral host port.
-    pub target_ports: Vec<u16>,
+    /// The service's target ports, each once with the protocols it is
+    /// published with; each gets one ephemeral host port (for both
+    /// protocols when it has both).
+    pub target_ports: Vec<TargetPort>,
     /// How long `stop` waits between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
     /// The node's DNS responder, when the task reaches it.
@@ -90,6 +92,39 @@ pub struct TaskDns {
     pub server: IpAddr,
     /// Search domains, the stack's first.
     pub search: Vec<String>,
+}
+
+/// A target port of a task and the protocols the service publishes it
+/// with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TargetPort {
+    pub port: u16,
+    pub tcp: bool,
+    pub udp: bool,
+}
+
+/// The distinct target ports of `ports`, in their first order, each with
+/// every protocol a port names for it (53/tcp and 53/udp: one target).
+pub fn target_ports(ports: &[lb_config::PortMapping]) -> Vec<TargetPort> {
+    let mut targets: Vec<TargetPort> = Vec::with_capacity(ports.len());
+    for mapping in ports {
+        let index = match targets.iter().position(|t| t.port == mapping.target) {
+            Some(index) => index,
+            None => {
+                targets.push(TargetPort {
+                    port: mapping.target,
+                    tcp: false,
+                    udp: false,
+                });
+                targets.len() - 1
+            }
+        };
+        match mapping.protocol {
+            lb_config::Protocol::Tcp => targets[index].tcp = true,
+            lb_config::Protocol::Udp => targets[index].udp = true,
+        }
+    }
+    targets
 }
 
 /// A running task as its runtime reports it.

@@ -37,7 +37,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -55,7 +55,9 @@ mod logs;
 mod respond;
 mod routes;
 
+pub use logs::open_log_streams;
 use respond::{error, ApiResponse};
+pub use respond::{full, ApiBody};
 
 /// Largest request body accepted: room for the largest spec
 /// ([`routes::MAX_SPEC_BYTES`]) however it is laid out.
@@ -288,7 +290,7 @@ async fn forward_to_leader(
         .await
         .ok_or_else(|| format!("node {leader} stopped leading before it answered"))?
         .map_err(|e| e.to_string())?;
-    let mut response = Response::new(Full::new(body));
+    let mut response = Response::new(respond::full(body));
     *response.status_mut() = status;
     response
         .headers_mut()

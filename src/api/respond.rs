@@ -2,17 +2,30 @@
 //! body into a type with an error that names the field.
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
 use hyper::header::{HeaderValue, CONTENT_TYPE};
 use hyper::{Response, StatusCode};
 use lbmesh_api::ErrorBody;
 use serde::Serialize;
 
-pub type ApiResponse = Response<Full<Bytes>>;
+/// An answer's body: whole (every route), or streamed as it is made (a
+/// followed log), whose error breaks the chunked answer off so the client
+/// sees it end early rather than cleanly.
+pub type ApiBody = UnsyncBoxBody<Bytes, std::io::Error>;
+
+pub type ApiResponse = Response<ApiBody>;
+
+/// A whole body.
+pub fn full(bytes: impl Into<Bytes>) -> ApiBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
 
 pub fn json_response(status: StatusCode, value: &impl Serialize) -> ApiResponse {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let mut response = Response::new(full(body));
     *response.status_mut() = status;
     response
         .headers_mut()

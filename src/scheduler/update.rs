@@ -1,6 +1,7 @@
 //! Rolling updates: outdated slots replaced `parallelism` at a time,
 //! `delay` apart, stop-first or start-first; a new task failing within
-//! `monitor` triggers the failure action.
+//! `monitor` triggers the failure action. A rollback (the update state's
+//! `Rollback*`) rolls the same way with the spec's `rollback` policy.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -43,7 +44,6 @@ impl ServicePlan<'_> {
         new_id: &mut impl FnMut() -> String,
     ) -> Option<String> {
         let version = self.record.task_version;
-        let policy = self.spec.update;
         let status = self.record.update.clone().unwrap_or(UpdateStatus {
             state: UpdateState::Completed,
             task_version: version,
@@ -51,6 +51,13 @@ impl ServicePlan<'_> {
             completed_at: None,
             message: String::new(),
         });
+        // A rollback rolls per the spec's rollback settings (the update's
+        // when it has none).
+        let policy = if status.state.is_rollback() {
+            self.spec.rollback
+        } else {
+            self.spec.update
+        };
         let current = |t: &TaskRecord| t.spec_version == version;
         // start-first: once a slot's new task serves, its old one leaves.
         for slot_tasks in slots.values() {

@@ -309,6 +309,37 @@ impl Cluster {
         )
     }
 
+    /// `lbctl args` against node `n`, left running, its stdout lines read
+    /// as they come (`service logs -f`).
+    pub fn lbctl_stream(&self, n: usize, args: &[&str]) -> LbctlStream {
+        let mut child = Command::new(bins::bin("lbctl"))
+            .arg("--host")
+            .arg(self.api(n))
+            .env("LBCTL_TOKEN", &self.control_token)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run lbctl");
+        let stdout = child.stdout.take().expect("lbctl stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if sender.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        LbctlStream { child, lines }
+    }
+
+    /// Node `n`'s `lbmesh_api_log_streams`: the followed logs it serves.
+    pub fn log_streams(&self, n: usize) -> Option<f64> {
+        let (_, metrics) = crate::http::http_get_blocking(&self.api(n), "/metrics");
+        crate::lbd::metric(&metrics, "lbmesh_api_log_streams", &[])
+    }
+
     pub fn json(&self, n: usize, args: &[&str]) -> Option<Value> {
         let mut all = vec!["--format", "json"];
         all.extend_from_slice(args);
@@ -497,4 +528,44 @@ pub fn service_names(value: &Value) -> Vec<String> {
         .unwrap_or_default();
     names.sort();
     names
+}
+
+/// A running `lbctl` ([`Cluster::lbctl_stream`]); killed when dropped.
+pub struct LbctlStream {
+    pub child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl LbctlStream {
+    /// The next stdout line, waiting at most `wait`; `None` at its end or
+    /// after the wait.
+    pub fn next_line(&self, wait: Duration) -> Option<String> {
+        self.lines.recv_timeout(wait).ok()
+    }
+
+    /// Sends SIGINT, as Ctrl-C does.
+    pub fn interrupt(&self) {
+        let _ = Command::new("kill")
+            .args(["-s", "INT", &self.child.id().to_string()])
+            .status();
+    }
+
+    /// The exit code once lbctl exits within `wait`.
+    pub fn exit_code(&mut self, wait: Duration) -> Option<i32> {
+        let started = Instant::now();
+        while started.elapsed() < wait {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for LbctlStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

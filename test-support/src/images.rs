@@ -4,7 +4,11 @@
 //!
 //! - `lbmesh-test:v1` / `:v2`: `httpd` on port 80, page `v1 <hostname>` /
 //!   `v2 <hostname>` (the hostname is the container's short id);
-//! - `lbmesh-test:crash`: exits with status 1 at once.
+//! - `lbmesh-test:crash`: exits with status 1 at once;
+//! - `lbmesh-test:udp-echo` ([`ensure_udp_echo_image`]): the same busybox
+//!   and `/bin/udp_load` (`loadtest/udp_load.rs`, linked statically), whose
+//!   `echo ADDR THREADS` answers every datagram with itself (busybox's nc
+//!   has no UDP).
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -81,6 +85,15 @@ pub fn ensure_test_images() -> Result<(), String> {
     if missing.is_empty() {
         return Ok(());
     }
+    let rootfs = busybox_rootfs()?;
+    for (tag, cmd) in missing {
+        import(rootfs.path(), tag, cmd)?;
+    }
+    Ok(())
+}
+
+/// A root filesystem of Debian's static busybox and a few applets.
+fn busybox_rootfs() -> Result<tempfile::TempDir, String> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).exists())
@@ -95,8 +108,37 @@ pub fn ensure_test_images() -> Result<(), String> {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))
             .map_err(|e| format!("symlink {applet}: {e}"))?;
     }
-    for (tag, cmd) in missing {
-        import(root, tag, cmd)?;
+    Ok(rootfs)
+}
+
+/// The UDP echo image's tag.
+pub const UDP_ECHO_IMAGE: &str = "lbmesh-test:udp-echo";
+
+/// Builds [`UDP_ECHO_IMAGE`] if it does not exist: `udp_load` compiled
+/// with this toolchain's `rustc`, statically linked, into the busybox root.
+pub fn ensure_udp_echo_image() -> Result<(), String> {
+    if image_exists(UDP_ECHO_IMAGE) {
+        return Ok(());
     }
-    Ok(())
+    let rootfs = busybox_rootfs()?;
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../loadtest/udp_load.rs");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let out = Command::new(rustc)
+        .args(["-O", "-C", "target-feature=+crt-static", "-o"])
+        .arg(rootfs.path().join("bin/udp_load"))
+        .arg(&source)
+        .output()
+        .map_err(|e| format!("rustc: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "rustc {}: {}",
+            source.display(),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    import(
+        rootfs.path(),
+        UDP_ECHO_IMAGE,
+        r#"["/bin/udp_load","echo","0.0.0.0:5353","1"]"#,
+    )
 }
