@@ -52,6 +52,7 @@ fn settled() -> RegistryState {
             ..ClusterInfo::default()
         },
         vip_range: DEFAULT_VIP_RANGE,
+        vip_range_v6: None,
     });
     for id in 1..=NODES {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, id as u8));

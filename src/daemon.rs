@@ -74,8 +74,8 @@ use crate::metrics::DaemonMetrics;
 use crate::pki::{self, Pki};
 use crate::routes::{file_routes, RegistryRoutes};
 use crate::scheduler::{self, SchedulerSettings};
-use crate::vip_route::{self, RouteKeeper};
 use crate::vip6_route::LocalRange;
+use crate::vip_route::{self, RouteKeeper};
 
 /// The Unix socket in the data dir where root on the node reaches the API
 /// without a token (lbctl's default when `--host` is not given).

@@ -54,5 +54,5 @@ pub mod pki;
 pub mod routes;
 pub mod scheduler;
 pub mod tokens;
-pub mod vip_route;
 pub mod vip6_route;
+pub mod vip_route;

@@ -177,6 +177,7 @@ pub(crate) mod tests {
         assert!(reply.authoritative() && reply.recursion_desired());
         assert_eq!(addresses(&reply), ["198.18.0.2"]);
         assert_eq!(reply.answers()[0].ttl(), TTL_SECS);
+        // A service without a v6 VIP: no AAAA, and no error either.
         let reply = answer(decide(&query("app-redis.", RecordType::AAAA), &names));
         assert_eq!(reply.response_code(), ResponseCode::NoError);
         assert!(reply.answers().is_empty());

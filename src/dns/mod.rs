@@ -91,7 +91,7 @@ pub fn listen_addr(range_base: IpAddr) -> SocketAddr {
 
 /// Binds UDP and TCP on `addr`, both with `SO_REUSEPORT`.
 pub fn bind(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
-    let udp = bind_udp_copies(addr, 1)?
+    let udp = bind_udp_copies(addr, false, 1)?
         .pop()
         .ok_or_else(|| io::Error::other("no UDP socket"))?;
     let tcp = bind_listener(

@@ -44,7 +44,9 @@ impl Names {
         let domain = normalize(domain);
         let mut by_name = HashMap::with_capacity(state.services.len() * 3);
         for (name, record) in &state.services {
-            let addrs = vec![IpAddr::V4(record.vip)];
+            let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(record.vip))
+                .chain(record.vip_v6.map(IpAddr::V6))
+                .collect();
             let name = normalize(name);
             if let Some(stack) = record.spec.labels.get(STACK_LABEL) {
                 let stack = normalize(stack);
@@ -108,6 +110,24 @@ pub(crate) mod tests {
         let vip = Ipv4Addr::from(vip);
         serde_json::from_value(serde_json::json!({"spec": spec, "version": 1, "vip": vip}))
             .expect("record")
+    }
+
+    #[test]
+    fn a_service_with_a_v6_vip_has_both_addresses() {
+        let mut state = RegistryState::default();
+        let mut web = record([198, 18, 0, 3], Some("app"));
+        web.vip_v6 = Some("fd77::3".parse().expect("v6"));
+        state.services.insert("app-web".to_owned(), web);
+        let names = Names::of(&state, "lbmesh.internal");
+        let both = [
+            IpAddr::from([198, 18, 0, 3]),
+            "fd77::3".parse::<IpAddr>().expect("v6"),
+        ];
+        assert_eq!(
+            names.lookup("web.app.lbmesh.internal"),
+            Lookup::Service(&both)
+        );
+        assert_eq!(names.lookup("app-web"), Lookup::Service(&both));
     }
 
     #[test]
