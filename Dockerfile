@@ -8,8 +8,9 @@
 # With a registry the defaults work as they are: `docker build .`
 #
 # Run with host networking and the Docker socket, so published ports bind
-# on the host and the Docker runtime starts tasks beside lbd:
-#   docker run -d --name lbd --network host \
+# on the host and the Docker runtime starts tasks beside lbd, and with
+# NET_ADMIN, so lbd can make the VIP ranges local (`ip route add local`):
+#   docker run -d --name lbd --network host --cap-add NET_ADMIN \
 #     -v /var/run/docker.sock:/var/run/docker.sock -v lbmesh-data:/var/lib/lbmesh \
 #     lbmesh --advertise-addr 192.0.2.10
 # (see deploy/compose.yaml for one node with compose).

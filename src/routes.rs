@@ -456,7 +456,7 @@ mod tests {
     /// Each spec is validated once per version, when the registry stores
     /// it: routing a change takes that checked form and never validates the
     /// stored spec again. Shown with a stored spec corrupted behind the
-    /// state machine's back (port 0, which validation refuses): it is
+    /// state machine's back (port 70000, which validation refuses): it is
     /// still routed, from the form checked when it was stored.
     #[test]
     fn registry_routes_reuse_the_checked_form_of_each_version() {
@@ -484,7 +484,7 @@ mod tests {
         });
         assert!(matches!(outcome, Outcome::Service { .. }), "{outcome:?}");
         let record = state.services.get_mut("web").expect("stored");
-        record.spec.ports[0].published = 0;
+        record.spec.ports[0].published = 70_000;
         assert!(
             record.spec.validate().is_err(),
             "the corrupt spec would fail"

@@ -25,7 +25,7 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use test_support::cluster::*;
 use test_support::images::{ensure_test_images, require_docker};
-use test_support::mesh::wait_serving;
+use test_support::mesh::{serving, tasks, wait_serving};
 use test_support::wait::wait_for;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -163,11 +163,14 @@ fn names_follow_the_registry_and_others_go_upstream() {
         ),
     )
     .expect("write");
+    // Detached: `redis` never listens (only its name and VIP matter
+    // here), so following it would end in its failed health check.
     let (code, _, err) = cluster.lbctl(
         0,
         &[
             "stack",
             "deploy",
+            "-d",
             "-c",
             file.to_str().expect("utf-8"),
             "app",
@@ -248,24 +251,26 @@ fn exec_in(container: &str, script: &str) -> (i32, String) {
 /// The id of a running container of `service` on one of `cluster`'s
 /// nodes (other tests may run a stack `app` on the same engine).
 fn container_of(cluster: &Cluster, service: &str) -> Option<String> {
-    (0..3).find_map(|n| {
-        let node = format!("node-{}", cluster.ip(n).to_string().replace('.', "-"));
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "-q",
-                "--filter",
-                &format!("label=io.lbmesh.service={service}"),
-                "--filter",
-                &format!("label=io.lbmesh.node={node}"),
-            ])
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .map(str::to_owned)
-    })
+    // By task id (random per task): node names repeat across test runs,
+    // and containers of an earlier run may still be on the engine.
+    serving(&tasks(cluster, 0, service))
+        .iter()
+        .find_map(|task| {
+            let id = task["id"].as_str()?;
+            let out = Command::new("docker")
+                .args([
+                    "ps",
+                    "-q",
+                    "--filter",
+                    &format!("label=io.lbmesh.task={id}"),
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .next()
+                .map(str::to_owned)
+        })
 }
 
 /// Whether `ip route show table local` lists `range` as local.

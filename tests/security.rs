@@ -122,6 +122,9 @@ fn a_process_task_gets_a_clean_environment_its_user_and_private_files() {
             "PORT_80",
             "LBMESH_TASK_ID",
             "LBMESH_SERVICE",
+            // The node's DNS responder and the task's search list.
+            "LBMESH_DNS",
+            "LBMESH_DNS_SEARCH",
             "APP_MODE",
             // /bin/sh sets it to the directory it runs in.
             "PWD",

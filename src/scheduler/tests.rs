@@ -517,13 +517,13 @@ fn a_new_term_restarts_the_grace_even_when_no_round_saw_this_node_follow() {
 
 /// A round takes each service's checked form from the registry, made once
 /// when the spec was stored, and never validates the stored spec again:
-/// with the stored spec corrupted behind the state machine's back (port 0,
+/// with the stored spec corrupted behind the state machine's back (port 70000,
 /// which validation refuses) the round still places every replica.
 #[test]
 fn a_round_reuses_the_checked_form_instead_of_validating_again() {
     let mut sim = Sim::new(web(3));
     let record = sim.state.services.get_mut("web").expect("stored");
-    record.spec.ports[0].published = 0;
+    record.spec.ports[0].published = 70_000;
     assert!(
         record.spec.validate().is_err(),
         "the corrupt spec would fail"
