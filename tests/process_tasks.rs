@@ -13,6 +13,26 @@ use test_support::{get, wait_for};
 /// Serves a page naming the task on $HOST:$PORT.
 const SERVER: &str = "d=$(mktemp -d) && echo \"$LBMESH_TASK_ID\" > $d/index.html && exec busybox httpd -f -p $HOST:$PORT -h $d";
 
+/// Creates `name`: `replicas` tasks of [`SERVER`] published on
+/// `port`:80, with `extra` flags; fails the test with lbctl's error.
+fn create_server(cluster: &Cluster, name: &str, replicas: &str, port: u16, extra: &[&str]) {
+    let publish = format!("{port}:80");
+    let mut args = vec![
+        "service",
+        "create",
+        name,
+        "--command",
+        SERVER,
+        "--replicas",
+        replicas,
+        "-p",
+        &publish,
+    ];
+    args.extend_from_slice(extra);
+    let (code, _, err) = cluster.lbctl(0, &args);
+    assert_eq!(code, 0, "creating {name}: {err}");
+}
+
 #[test]
 fn process_tasks_create_scale_and_heal() {
     let cluster = Cluster::form_with(FAST_HEARTBEATS);
@@ -306,22 +326,7 @@ fn global_service_runs_on_every_node_including_new_ones() {
 fn a_down_nodes_task_serves_until_its_replacement_does() {
     let mut cluster = Cluster::form_with(FAST_HEARTBEATS);
     let port = free_port_on_all(&cluster);
-    let publish = format!("{port}:80");
-    let (code, _, err) = cluster.lbctl(
-        0,
-        &[
-            "service",
-            "create",
-            "solo",
-            "--command",
-            SERVER,
-            "--replicas",
-            "1",
-            "-p",
-            &publish,
-        ],
-    );
-    assert_eq!(code, 0, "{err}");
+    create_server(&cluster, "solo", "1", port, &[]);
     let first = wait_serving(&cluster, "solo", 1, Duration::from_secs(30));
     let first_id = first[0]["id"].as_str().unwrap_or_default().to_owned();
     let node_name = first[0]["node_name"]
@@ -395,26 +400,13 @@ fn task_state(cluster: &Cluster, service: &str, id: &str) -> Option<(String, Str
 fn drains_without_connections_end_long_before_the_timeout() {
     let cluster = Cluster::form_with(FAST_HEARTBEATS);
     let port = free_port_on_all(&cluster);
-    let publish = format!("{port}:80");
-    let (code, _, err) = cluster.lbctl(
-        0,
-        &[
-            "service",
-            "create",
-            "web",
-            "--command",
-            SERVER,
-            "--replicas",
-            "3",
-            "-p",
-            &publish,
-            "--drain-timeout",
-            "10m",
-            "--retry-on-empty",
-            "true",
-        ],
+    create_server(
+        &cluster,
+        "web",
+        "3",
+        port,
+        &["--drain-timeout", "10m", "--retry-on-empty", "true"],
     );
-    assert_eq!(code, 0, "{err}");
     let before = wait_serving(&cluster, "web", 3, Duration::from_secs(30));
     let client = ClientLoop::start(cluster.mesh_addrs(port));
     for (order, version) in [("stop-first", "1"), ("start-first", "2")] {
@@ -475,24 +467,7 @@ fn an_open_connection_holds_a_drain_until_it_closes_or_times_out() {
     let cluster = Cluster::form_with(FAST_HEARTBEATS);
     for (service, timeout) in [("held", "10m"), ("timed", "3s")] {
         let port = free_port_on_all(&cluster);
-        let publish = format!("{port}:80");
-        let (code, _, err) = cluster.lbctl(
-            0,
-            &[
-                "service",
-                "create",
-                service,
-                "--command",
-                SERVER,
-                "--replicas",
-                "1",
-                "-p",
-                &publish,
-                "--drain-timeout",
-                timeout,
-            ],
-        );
-        assert_eq!(code, 0, "{err}");
+        create_server(&cluster, service, "1", port, &["--drain-timeout", timeout]);
         let task = wait_serving(&cluster, service, 1, Duration::from_secs(30));
         let id = task[0]["id"].as_str().unwrap_or_default().to_owned();
         // An idle connection through node 1 (busybox httpd waits 60 s for
