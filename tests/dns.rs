@@ -273,48 +273,14 @@ fn container_of(cluster: &Cluster, service: &str) -> Option<String> {
         })
 }
 
-/// Whether `ip route show table local` lists `range` as local.
-fn range_is_local(range: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["route", "show", "table", "local"])
-        .output()
-        .expect("ip route");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .any(|line| line.starts_with(&format!("local {range} dev lo")))
-}
-
-/// Removes the range's route should the test fail before lbd did.
-struct RouteGuard(String);
-
-impl Drop for RouteGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["route", "del", "local", &self.0, "dev", "lo"])
-            .stderr(std::process::Stdio::null())
-            .status();
-    }
-}
-
 #[test]
 fn containers_of_a_stack_reach_each_other_by_name_and_vip() {
     if !require_docker() {
         return;
     }
     ensure_test_images().expect("test images");
-    let block = address_block();
-    let range = format!("198.18.{block}.0/24");
-    let mut args = vec!["--vip-range", range.as_str()];
-    args.extend_from_slice(FAST_HEARTBEATS);
-    let _route = RouteGuard(range.clone());
-    let mut cluster = Cluster::form_with(&args);
-    // Nothing may go to a 198.18 address before it is local here.
-    wait_for(
-        "the VIP range to be local",
-        WAIT,
-        || range_is_local(&range).then_some(()),
-        || cluster.log(0),
-    );
+    let mut cluster = Cluster::form_for_containers(FAST_HEARTBEATS);
+    let range = cluster.vip_range();
 
     let dir = tempfile::tempdir().expect("dir");
     let file = dir.path().join("docker-compose.yml");

@@ -11,7 +11,8 @@
 //! `--timeout` bounds the wait, `-d` returns at once; a udp port deploys.
 //!
 //! With a Docker engine, the example file (`examples/docker-compose.yml`)
-//! on three nodes: both services serve on every node, its container
+//! on three nodes whose VIPs containers reach: both services serve on
+//! every node, the front reaching `api` by its compose name, its container
 //! labels, exec-form command and Docker healthcheck reach the containers,
 //! a redeploy of the same file restarts nothing, one with a new image for
 //! the front rolls only the front with no failed request under a client
@@ -401,7 +402,9 @@ fn the_example_stack_runs_in_docker_on_every_node() {
         return;
     }
     ensure_test_images().expect("test images");
-    let cluster = Cluster::form_with(FAST_HEARTBEATS);
+    // The front's page asks `api` by name: the containers need the
+    // nodes' DNS, so VIPs they can reach.
+    let cluster = Cluster::form_for_containers(FAST_HEARTBEATS);
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/docker-compose.yml");
     let (web, api) = (free_port_on_all(&cluster), free_port_on_all(&cluster));
     let (web_port, api_port) = (web.to_string(), api.to_string());
@@ -433,7 +436,14 @@ fn the_example_stack_runs_in_docker_on_every_node() {
         let api_page = get(SocketAddr::new(cluster.ip(n), api)).expect("api answers");
         assert!(api_page.starts_with("v2 "), "node {n}: {api_page}");
         let page = get(SocketAddr::new(cluster.ip(n), web)).expect("web answers");
-        assert!(page.starts_with("front "), "node {n}: {page}");
+        let mut lines = page.lines();
+        assert!(
+            lines
+                .next()
+                .is_some_and(|front| front.starts_with("front "))
+                && lines.next().is_some_and(|back| back.starts_with("v2 ")),
+            "node {n}: the front did not reach api by name: {page}"
+        );
     }
 
     // The file's container settings reached the containers.

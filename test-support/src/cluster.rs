@@ -8,6 +8,10 @@
 //! removes them, and the VIP range's `local` route that lbd adds, when the
 //! cluster is dropped. An IPv4 cluster has no v6 VIP range
 //! (`--vip-range-v6 none`), so it leaves no route behind.
+//!
+//! A dropped cluster also removes the Docker containers its agents
+//! started, and the route of a VIP range outside loopback
+//! ([`Cluster::form_for_containers`]).
 use std::io::{BufRead, BufReader};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -215,6 +219,24 @@ impl Cluster {
     /// started with `extra_args`.
     pub fn form_with(extra_args: &[&str]) -> Self {
         Self::form_in(Family::V4, extra_args)
+    }
+
+    /// [`Cluster::form_with`] with a VIP range containers can reach
+    /// (198.18.B.0/24, outside loopback, made local by lbd's route) and so
+    /// the nodes' DNS responder in the containers lbd starts; returns once
+    /// the range is local. The route goes when the cluster does.
+    pub fn form_for_containers(extra_args: &[&str]) -> Self {
+        let range = format!("198.18.{}.0/24", address_block());
+        let mut args = vec!["--vip-range", range.as_str()];
+        args.extend_from_slice(extra_args);
+        let cluster = Self::form_with(&args);
+        crate::wait::wait_for(
+            "the VIP range to be local",
+            WAIT,
+            || range_is_local(&range).then_some(()),
+            || cluster.log(0),
+        );
+        cluster
     }
 
     /// [`Cluster::form_with`] on node addresses of `family`.
@@ -473,12 +495,45 @@ impl Cluster {
     }
 }
 
+impl Cluster {
+    /// Removes the Docker containers the nodes' agents started (a killed
+    /// `lbd` leaves them behind), found by their `io.lbmesh.node` label.
+    fn remove_containers(&self) {
+        let Ok(out) = Command::new("docker")
+            .args(["ps", "-a", "--filter", "label=io.lbmesh.node"])
+            .args(["--format", "{{.ID}} {{.Label \"io.lbmesh.node\"}}"])
+            .stderr(Stdio::null())
+            .output()
+        else {
+            return;
+        };
+        let names: Vec<String> = (0..self.nodes.len())
+            .map(|n| format!("node-{}", self.ip(n).to_string().replace(['.', ':'], "-")))
+            .collect();
+        let ours: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| line.split_once(' '))
+            .filter(|(_, node)| names.iter().any(|name| name == node))
+            .map(|(id, _)| id.to_owned())
+            .collect();
+        if !ours.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ours)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for n in 0..self.nodes.len() {
             self.kill(n);
         }
         self.kill_process_tasks();
+        self.remove_containers();
         let ip = |args: &[&str]| {
             let _ = Command::new("ip").args(args).stderr(Stdio::null()).status();
         };
@@ -490,6 +545,12 @@ impl Drop for Cluster {
         {
             ip(&["-6", "addr", "del", &format!("{addr}/128"), "dev", "lo"]);
         }
+        let range = self.vip_range();
+        if !range.starts_with("127.") {
+            ip(&[
+                "route", "del", "local", &range, "dev", "lo", "table", "local",
+            ]);
+        }
         if self.is_v6() {
             let range = self.vip_range_v6();
             ip(&[
@@ -497,6 +558,17 @@ impl Drop for Cluster {
             ]);
         }
     }
+}
+
+/// Whether `ip route show table local` lists `range` as local on `lo`.
+pub fn range_is_local(range: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["route", "show", "table", "local"])
+        .output()
+        .expect("ip route");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|line| line.starts_with(&format!("local {range} dev lo")))
 }
 
 pub fn free_port_on_all(cluster: &Cluster) -> u16 {
