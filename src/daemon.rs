@@ -74,8 +74,7 @@ use crate::metrics::DaemonMetrics;
 use crate::pki::{self, Pki};
 use crate::routes::{file_routes, RegistryRoutes};
 use crate::scheduler::{self, SchedulerSettings};
-use crate::vip6_route::LocalRange;
-use crate::vip_route::{self, RouteKeeper};
+use crate::vip_route::RouteKeeper;
 
 /// The Unix socket in the data dir where root on the node reaches the API
 /// without a token (lbctl's default when `--host` is not given).
@@ -158,8 +157,6 @@ enum Source {
         changes: watch::Receiver<Applied>,
         /// The state last routed, to route only what changes after it.
         routes: RegistryRoutes,
-        /// The IPv6 VIP range made local on `lo`, once the state names one.
-        local_v6: LocalRange,
     },
 }
 
@@ -178,11 +175,11 @@ pub struct Daemon {
     listener_failures: watch::Sender<Vec<ListenerFailure>>,
     /// Routing changes since the last INFO summary (each one is DEBUG).
     routing_changes: RoutingChanges,
-    /// Stops the VIP range's route keeper, once connections have drained
-    /// (removing the route cuts what still uses a VIP).
+    /// Stops the VIP ranges' route keeper, once connections have drained
+    /// (removing a route cuts what still uses a VIP).
     stop_route: CancellationToken,
-    /// The route keeper (cluster mode with a range outside loopback),
-    /// awaited at shutdown so the route is gone when lbd exits.
+    /// The VIP ranges' route keeper (cluster mode), awaited at shutdown
+    /// so the routes it added are gone when lbd exits.
     route_kept: Option<JoinHandle<()>>,
     /// The data plane; the last field, so dropped last, which closes
     /// whatever connection outlived the shutdown grace.
@@ -218,6 +215,39 @@ pub struct DnsOptions {
 
 /// Where names that are not the cluster's go: `options`' upstreams, or
 /// resolv.conf's nameservers but `own`.
+/// Runs the DNS responder on its address in the cluster's VIP range,
+/// once the state names the range (at once but on a joining node, whose
+/// state replicates after it starts).
+async fn serve_dns(
+    mut changes: watch::Receiver<Applied>,
+    names: Arc<ArcSwap<Names>>,
+    options: DnsOptions,
+    stop: CancellationToken,
+) {
+    let range = loop {
+        if let Some(range) = {
+            let applied = changes.borrow_and_update();
+            applied
+                .state
+                .cluster
+                .is_some()
+                .then_some(applied.state.vip_range)
+        } {
+            break range;
+        }
+        tokio::select! {
+            changed = changes.changed() => if changed.is_err() { return },
+            () = stop.cancelled() => return,
+        }
+    };
+    let addr = dns::listen_addr(range.base.into());
+    let responder = Arc::new(Responder {
+        names,
+        upstreams: dns_upstreams(&options, addr.ip()),
+    });
+    dns::run(addr, responder, stop).await;
+}
+
 fn dns_upstreams(options: &DnsOptions, own: std::net::IpAddr) -> Vec<SocketAddr> {
     if let Some(upstreams) = &options.upstreams {
         return upstreams.clone();
@@ -271,12 +301,9 @@ impl Daemon {
         let (registry, pki, started) = cluster::start(&settings, join).await?;
         let registry = Arc::new(registry);
         let changes = registry.watch();
-        // The VIP range is local before the first VIP is bound.
-        let vip_range = changes.borrow().state.vip_range;
-        let route_keeper = RouteKeeper::start(vip_range).await;
+        // The VIP ranges are local before the first VIP is bound.
+        let route_keeper = RouteKeeper::start(&changes.borrow().state).await;
         let (routes, services) = RegistryRoutes::start(&changes.borrow(), &settings.ingress_addrs);
-        let mut local_v6 = LocalRange::default();
-        local_v6.ensure(changes.borrow().state.vip_range_v6);
         let node = Node {
             name: settings.name.clone(),
             api_addr: settings.api_addr,
@@ -288,7 +315,6 @@ impl Daemon {
                 node: Arc::clone(&registry),
                 changes,
                 routes,
-                local_v6,
             },
             node,
             &services,
@@ -312,7 +338,6 @@ impl Daemon {
                 warn!(socket = %socket.display(), %error, "no local socket; lbctl needs --host and --token")
             }
         }
-        let dns_addr = dns::listen_addr(vip_range.base.into());
         let names = Arc::new(ArcSwap::from_pointee(Names::default()));
         tokio::spawn(dns::keep_names(
             Arc::clone(&names),
@@ -320,17 +345,15 @@ impl Daemon {
             options.dns.domain.clone(),
             daemon.stop_control.clone(),
         ));
-        tokio::spawn(dns::run(
-            dns_addr,
-            Arc::new(Responder {
-                names,
-                upstreams: dns_upstreams(&options.dns, dns_addr.ip()),
-            }),
+        tokio::spawn(serve_dns(
+            registry.watch(),
+            names,
+            options.dns.clone(),
             daemon.stop_control.clone(),
         ));
         daemon.route_kept = route_keeper.map(|keeper| {
             let stop = daemon.stop_route.clone();
-            tokio::spawn(keeper.run(stop))
+            tokio::spawn(keeper.run(registry.watch(), stop))
         });
         tokio::spawn(pki::keep_renewed(
             Arc::clone(&registry),
@@ -364,9 +387,7 @@ impl Daemon {
                 heartbeat_interval: options.heartbeat_interval,
                 state_dir: settings.data_dir.join("tasks"),
                 dns: TaskDnsSettings {
-                    server: dns_addr.ip(),
                     domain: options.dns.domain.clone(),
-                    for_containers: !vip_route::is_loopback(vip_range),
                 },
             },
             daemon.proxy.table(),
@@ -552,16 +573,12 @@ impl Daemon {
     async fn registry_changed(source: &mut Source) -> Option<Vec<Update>> {
         match source {
             Source::Registry {
-                changes,
-                routes,
-                local_v6,
-                ..
+                changes, routes, ..
             } => {
                 if changes.changed().await.is_err() {
                     std::future::pending::<()>().await;
                 }
                 let applied = changes.borrow_and_update();
-                local_v6.ensure(applied.state.vip_range_v6);
                 Some(routes.changes(&applied))
             }
             Source::File { .. } => std::future::pending().await,

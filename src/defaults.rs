@@ -16,7 +16,7 @@ pub const VIP_RANGE: &str = "198.18.0.0/16";
 
 /// The IPv6 VIP range of a new cluster (`none` for IPv4 VIPs only): a /112
 /// of the unique local block, made local on `lo` by each node
-/// (`crate::vip6_route`), as 127.0.0.0/8 is by itself.
+/// (`crate::vip_route`), as 127.0.0.0/8 is by itself.
 pub const VIP_RANGE_V6: &str = "fd77::/112";
 
 /// Where a node keeps its identity and registry, under the working

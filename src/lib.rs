@@ -30,10 +30,10 @@
 //!   [`agent`] runs and reports this node's tasks through its runtimes;
 //!   [`listener_report`] writes the listen addresses this node cannot bind
 //!   (which it retries) to the registry.
-//! - [`vip_route`] makes the IPv4 VIP range local on the node (one AnyIP
-//!   route), so containers reach VIPs, and [`vip6_route`] the IPv6 VIP
-//!   range; [`dns`] answers service names with their VIPs for containers
-//!   and host processes.
+//! - [`vip_route`] makes the registry's VIP ranges (v4 and v6) local on
+//!   the node (one AnyIP route each), so containers reach VIPs; [`dns`]
+//!   answers service names with their VIPs for containers and host
+//!   processes.
 //! - [`logging`] sets up `lbd`'s log lines: the default filter, colour,
 //!   text or JSON.
 #![deny(unsafe_code)]
@@ -54,5 +54,4 @@ pub mod pki;
 pub mod routes;
 pub mod scheduler;
 pub mod tokens;
-pub mod vip6_route;
 pub mod vip_route;

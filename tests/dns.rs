@@ -10,9 +10,11 @@
 //!
 //! With a Docker engine, a three-node cluster whose VIP range is outside
 //! loopback (198.18.A.0/24, made local on the machine by lbd's route): a
-//! stack of `web` and `redis` (busybox httpd, `redis` with no published
-//! port) where `web`'s container reaches `redis` by its short name and by
-//! its VIP, and gets NXDOMAIN once `redis` is removed.
+//! stack of `web` (global: a container on every node, each given the
+//! cluster's resolver, the joiners' too) and `redis` (busybox httpd,
+//! `redis` with no published port) where `web`'s container reaches
+//! `redis` by its short name and by its VIP, and gets NXDOMAIN once
+//! `redis` is removed.
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
@@ -248,14 +250,15 @@ fn exec_in(container: &str, script: &str) -> (i32, String) {
     )
 }
 
-/// The id of a running container of `service` on one of `cluster`'s
-/// nodes (other tests may run a stack `app` on the same engine).
-fn container_of(cluster: &Cluster, service: &str) -> Option<String> {
+/// The ids of the running containers of `service`'s serving tasks on
+/// `cluster`'s nodes (other tests may run a stack `app` on the same
+/// engine).
+fn containers_of(cluster: &Cluster, service: &str) -> Vec<String> {
     // By task id (random per task): node names repeat across test runs,
     // and containers of an earlier run may still be on the engine.
     serving(&tasks(cluster, 0, service))
         .iter()
-        .find_map(|task| {
+        .filter_map(|task| {
             let id = task["id"].as_str()?;
             let out = Command::new("docker")
                 .args([
@@ -271,6 +274,7 @@ fn container_of(cluster: &Cluster, service: &str) -> Option<String> {
                 .next()
                 .map(str::to_owned)
         })
+        .collect()
 }
 
 #[test]
@@ -288,7 +292,8 @@ fn containers_of_a_stack_reach_each_other_by_name_and_vip() {
     std::fs::write(
         &file,
         format!(
-            "services:\n  web:\n    image: lbmesh-test:v1\n    ports: [\"{web}:80\"]\n  \
+            "services:\n  web:\n    image: lbmesh-test:v1\n    ports: [\"{web}:80\"]\n    \
+             deploy: {{mode: global}}\n  \
              redis:\n    image: lbmesh-test:v2\n    expose: [\"80\"]\n"
         ),
     )
@@ -304,23 +309,28 @@ fn containers_of_a_stack_reach_each_other_by_name_and_vip() {
         ],
     );
     assert_eq!(code, 0, "{err}");
-    wait_serving(&cluster, "app-web", 1, WAIT);
+    wait_serving(&cluster, "app-web", 3, WAIT);
     wait_serving(&cluster, "app-redis", 1, WAIT);
     let redis_vip = vip(&cluster, "app-redis");
-    let container = wait_for(
-        "a container of app-web",
+    let web_containers = wait_for(
+        "a container of app-web on every node",
         WAIT,
-        || container_of(&cluster, "app-web"),
+        || Some(containers_of(&cluster, "app-web")).filter(|all| all.len() == 3),
         String::new,
     );
 
-    let (_, resolv) = exec_in(&container, "cat /etc/resolv.conf");
+    // Every node gives its containers the cluster's resolver, joiners
+    // too (they start before the registry's range reaches them).
     let dns = cluster.dns_addr().ip().to_string();
-    assert!(resolv.contains(&format!("nameserver {dns}")), "{resolv}");
-    assert!(
-        resolv.contains("search app.lbmesh.internal lbmesh.internal"),
-        "{resolv}"
-    );
+    for container in &web_containers {
+        let (_, resolv) = exec_in(container, "cat /etc/resolv.conf");
+        assert!(resolv.contains(&format!("nameserver {dns}")), "{resolv}");
+        assert!(
+            resolv.contains("search app.lbmesh.internal lbmesh.internal"),
+            "{resolv}"
+        );
+    }
+    let container = &web_containers[0];
     // By its short name, then by its VIP.
     for target in ["redis", redis_vip.as_str()] {
         let page = wait_for(
@@ -328,10 +338,10 @@ fn containers_of_a_stack_reach_each_other_by_name_and_vip() {
             WAIT,
             || {
                 let (status, out) =
-                    exec_in(&container, &format!("busybox wget -qO- http://{target}/"));
+                    exec_in(container, &format!("busybox wget -qO- http://{target}/"));
                 (status == 0).then_some(out)
             },
-            || exec_in(&container, &format!("busybox nslookup {target} {dns} 2>&1")).1,
+            || exec_in(container, &format!("busybox nslookup {target} {dns} 2>&1")).1,
         );
         assert!(page.starts_with("v2 "), "{target}: {page}");
     }
@@ -343,12 +353,12 @@ fn containers_of_a_stack_reach_each_other_by_name_and_vip() {
         Duration::from_secs(10),
         || {
             let (_, out) = exec_in(
-                &container,
+                container,
                 &format!("busybox nslookup redis.app.lbmesh.internal {dns} 2>&1"),
             );
             out.contains("NXDOMAIN").then_some(())
         },
-        || exec_in(&container, &format!("busybox nslookup redis {dns} 2>&1")).1,
+        || exec_in(container, &format!("busybox nslookup redis {dns} 2>&1")).1,
     );
     let (code, _, err) = cluster.lbctl(0, &["stack", "rm", "app"]);
     assert_eq!(code, 0, "{err}");

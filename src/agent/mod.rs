@@ -63,7 +63,7 @@ use arc_swap::ArcSwap;
 use lb_config::{HealthCheckKind, Service};
 use lbmesh_proxy::routing::RoutingTable;
 use raft_state::registry::RegistryNode;
-use raft_state::state::{Command, NodeId, Outcome, RegistryState};
+use raft_state::state::{Command, NodeId, Outcome, RegistryState, VipRange};
 use raft_state::task::{DesiredState, TaskEndpoint, TaskHealth, TaskRecord, TaskReport, TaskState};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
@@ -100,22 +100,24 @@ pub struct AgentSettings {
 /// What tasks are told of the node's DNS responder.
 #[derive(Debug, Clone)]
 pub struct TaskDnsSettings {
-    /// The responder's address.
-    pub server: std::net::IpAddr,
     /// The cluster domain (`lbmesh.internal`).
     pub domain: String,
-    /// Whether containers reach `server` (not when the VIP range is on
-    /// the loopback network): only then is it their resolver.
-    pub for_containers: bool,
 }
 
 impl TaskDnsSettings {
-    /// The resolver and search domains of a task of `service`, if its
-    /// runtime `kind` reaches the responder: the stack's domain first
+    /// The resolver (the responder's address in the cluster's VIP range
+    /// `vip_range`) and search domains of a task of `service`, if its
+    /// runtime `kind` reaches the responder (a container does not when
+    /// the range is on the loopback network): the stack's domain first
     /// (`app.lbmesh.internal`, so `redis` is the stack's), then the
     /// cluster's.
-    fn for_task(&self, kind: RuntimeKind, labels: &BTreeMap<String, String>) -> Option<TaskDns> {
-        if kind == RuntimeKind::Docker && !self.for_containers {
+    fn for_task(
+        &self,
+        kind: RuntimeKind,
+        labels: &BTreeMap<String, String>,
+        vip_range: VipRange,
+    ) -> Option<TaskDns> {
+        if kind == RuntimeKind::Docker && crate::vip_route::is_loopback(vip_range) {
             return None;
         }
         let mut search = Vec::with_capacity(2);
@@ -124,7 +126,7 @@ impl TaskDnsSettings {
         }
         search.push(self.domain.clone());
         Some(TaskDns {
-            server: self.server,
+            server: crate::dns::listen_addr(vip_range.base.into()).ip(),
             search,
         })
     }
@@ -711,10 +713,10 @@ impl Agent {
             user: spec.user.clone(),
             host_ip: self.settings.advertise_addr,
             target_ports: runtime::target_ports(&service.ports),
-            dns: state
-                .services
-                .get(&task.service)
-                .and_then(|record| self.settings.dns.for_task(kind, &record.spec.labels)),
+            dns: state.services.get(&task.service).and_then(|record| {
+                let dns = &self.settings.dns;
+                dns.for_task(kind, &record.spec.labels, state.vip_range)
+            }),
             stop_grace: spec.stop_grace,
         };
         self.report(task, TaskState::Starting, "");

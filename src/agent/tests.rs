@@ -211,9 +211,7 @@ impl Node {
                 heartbeat_interval: Duration::from_millis(500),
                 state_dir: dir.path().join("tasks"),
                 dns: crate::agent::TaskDnsSettings {
-                    server: ip,
                     domain: "lbmesh.internal".to_owned(),
-                    for_containers: true,
                 },
             },
             Runtimes {
@@ -371,23 +369,25 @@ async fn an_engine_restart_leaves_no_dead_container_and_the_task_runs_again() {
 #[test]
 fn tasks_get_the_responder_with_their_stack_first_in_the_search_list() {
     let dns = TaskDnsSettings {
-        server: "198.18.0.0".parse().expect("ip"),
         domain: "lbmesh.internal".to_owned(),
-        for_containers: true,
     };
+    let range = raft_state::state::VipRange::parse("198.18.0.0/16").expect("range");
     let stack = BTreeMap::from([(lb_config::STACK_LABEL.to_owned(), "app".to_owned())]);
-    let task = dns.for_task(RuntimeKind::Docker, &stack).expect("dns");
-    assert_eq!(task.server, dns.server);
+    let task = dns
+        .for_task(RuntimeKind::Docker, &stack, range)
+        .expect("dns");
+    assert_eq!(task.server.to_string(), "198.18.0.0");
     assert_eq!(task.search, ["app.lbmesh.internal", "lbmesh.internal"]);
     let alone = dns
-        .for_task(RuntimeKind::Process, &BTreeMap::new())
+        .for_task(RuntimeKind::Process, &BTreeMap::new(), range)
         .expect("dns");
     assert_eq!(alone.search, ["lbmesh.internal"]);
     // A loopback VIP range: containers could not reach the responder.
-    let loopback = TaskDnsSettings {
-        for_containers: false,
-        ..dns
-    };
-    assert_eq!(loopback.for_task(RuntimeKind::Docker, &stack), None);
-    assert!(loopback.for_task(RuntimeKind::Process, &stack).is_some());
+    let loopback = raft_state::state::VipRange::parse("127.77.0.0/16").expect("range");
+    assert_eq!(dns.for_task(RuntimeKind::Docker, &stack, loopback), None);
+    let process = dns.for_task(RuntimeKind::Process, &stack, loopback);
+    assert_eq!(
+        process.map(|task| task.server.to_string()).as_deref(),
+        Some("127.77.0.0")
+    );
 }
