@@ -10,13 +10,17 @@
 //!   IPv6; any other type, or a family it has none of: no answers,
 //!   NOERROR), authoritative;
 //! - another name under the cluster domain: NXDOMAIN, authoritative;
+//! - both negative answers (NXDOMAIN, and NOERROR without answers) carry
+//!   the cluster domain's SOA in the authority section, so resolvers
+//!   cache them for [`TTL_SECS`] only (RFC 2308) instead of a default of
+//!   their own;
 //! - anything else, or a class other than IN: forwarded as it came.
 
 use std::net::IpAddr;
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA};
-use hickory_proto::rr::{DNSClass, RData, Record, RecordType};
+use hickory_proto::rr::rdata::{A, AAAA, SOA};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use super::names::{Lookup, Names};
 
@@ -81,7 +85,29 @@ pub fn decide(query: &[u8], names: &Names) -> Decision {
             }
         }
     }
+    if reply.answers().is_empty() {
+        if let Some(soa) = start_of_authority(names.domain()) {
+            reply.add_name_server(soa);
+        }
+    }
     encode(&reply)
+}
+
+/// The cluster domain's SOA record, whose TTL and minimum bound how long
+/// a resolver caches a negative answer; `None` if the domain is no DNS
+/// name (the flag's check refuses such a domain).
+fn start_of_authority(domain: &str) -> Option<Record> {
+    let zone = Name::from_ascii(format!("{domain}.")).ok()?;
+    let soa = SOA::new(
+        Name::from_ascii(format!("ns.{domain}.")).ok()?,
+        Name::from_ascii(format!("hostmaster.{domain}.")).ok()?,
+        1,
+        3600,
+        600,
+        86400,
+        TTL_SECS,
+    );
+    Some(Record::from_rdata(zone, TTL_SECS, RData::SOA(soa)))
 }
 
 /// A packet that is no DNS message: FORMERR if it has a query's header.
@@ -177,10 +203,25 @@ pub(crate) mod tests {
         assert!(reply.authoritative() && reply.recursion_desired());
         assert_eq!(addresses(&reply), ["198.18.0.2"]);
         assert_eq!(reply.answers()[0].ttl(), TTL_SECS);
+        assert!(reply.name_servers().is_empty(), "no SOA beside an answer");
         // A service without a v6 VIP: no AAAA, and no error either.
         let reply = answer(decide(&query("app-redis.", RecordType::AAAA), &names));
         assert_eq!(reply.response_code(), ResponseCode::NoError);
         assert!(reply.answers().is_empty());
+        assert_negative_ttl(&reply);
+    }
+
+    /// A negative answer carries the domain's SOA with a short TTL.
+    fn assert_negative_ttl(reply: &Message) {
+        let [soa] = reply.name_servers() else {
+            panic!("one SOA expected: {:?}", reply.name_servers());
+        };
+        assert_eq!(soa.name().to_ascii(), "lbmesh.internal.");
+        let RData::SOA(data) = soa.data() else {
+            panic!("not an SOA: {soa:?}");
+        };
+        assert_eq!((soa.ttl(), data.minimum()), (TTL_SECS, TTL_SECS));
+        assert_eq!(data.mname().to_ascii(), "ns.lbmesh.internal.");
     }
 
     #[test]
@@ -189,6 +230,7 @@ pub(crate) mod tests {
         let reply = answer(decide(&query("db.lbmesh.internal.", RecordType::A), &names));
         assert_eq!(reply.response_code(), ResponseCode::NXDomain);
         assert!(reply.answers().is_empty());
+        assert_negative_ttl(&reply);
         assert_eq!(
             decide(&query("example.com.", RecordType::A), &names),
             Decision::Forward

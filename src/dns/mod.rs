@@ -41,6 +41,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use lbmesh_proxy::listeners::{bind_listener, bind_udp_copies, ListenOptions};
+use raft_state::state::RegistryState;
 use raft_state::store::Applied;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -141,16 +142,24 @@ pub async fn run(addr: SocketAddr, responder: Arc<Responder>, stop: Cancellation
     serve(udp, tcp, responder, stop.cancelled_owned()).await;
 }
 
-/// Rebuilds `names` from each applied registry state until `stop`.
+/// Rebuilds `names` from each applied registry state that changes them
+/// (see [`names::same_names`]) until `stop`.
 pub async fn keep_names(
     names: Arc<ArcSwap<Names>>,
     mut changes: watch::Receiver<Applied>,
     domain: String,
     stop: CancellationToken,
 ) {
+    let mut named: Option<Arc<RegistryState>> = None;
     loop {
         let state = Arc::clone(&changes.borrow_and_update().state);
-        names.store(Arc::new(Names::of(&state, &domain)));
+        if !named
+            .as_ref()
+            .is_some_and(|old| names::same_names(old, &state))
+        {
+            names.store(Arc::new(Names::of(&state, &domain)));
+            named = Some(state);
+        }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             () = stop.cancelled() => return,

@@ -87,6 +87,24 @@ impl Names {
     }
 }
 
+/// Whether `old` and `new` give the same names: the same services with
+/// the same VIPs and stacks. Most registry changes (task reports, node
+/// heartbeats' effects, scaling) leave them alone, and this comparison
+/// allocates nothing where [`Names::of`] builds every name again.
+pub fn same_names(old: &RegistryState, new: &RegistryState) -> bool {
+    old.services.len() == new.services.len()
+        && old
+            .services
+            .iter()
+            .zip(&new.services)
+            .all(|((old_name, old), (new_name, new))| {
+                old_name == new_name
+                    && old.vip == new.vip
+                    && old.vip_v6 == new.vip_v6
+                    && old.spec.labels.get(STACK_LABEL) == new.spec.labels.get(STACK_LABEL)
+            })
+}
+
 /// Lower case, without the final dot.
 fn normalize(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
@@ -128,6 +146,42 @@ pub(crate) mod tests {
             Lookup::Service(&both)
         );
         assert_eq!(names.lookup("app-web"), Lookup::Service(&both));
+    }
+
+    #[test]
+    fn only_names_vips_and_stacks_make_new_names() {
+        let mut old = RegistryState::default();
+        old.services
+            .insert("app-redis".to_owned(), record([198, 18, 0, 2], Some("app")));
+        let mut new = old.clone();
+        new.services
+            .get_mut("app-redis")
+            .expect("redis")
+            .spec
+            .replicas = Some(5);
+        assert!(same_names(&old, &new), "a scale changes no name");
+        let changes: [fn(&mut RegistryState); 4] = [
+            |state| {
+                state.services.get_mut("app-redis").expect("redis").vip = [198, 18, 0, 9].into()
+            },
+            |state| {
+                let redis = state.services.get_mut("app-redis").expect("redis");
+                redis.vip_v6 = Some("fd77::2".parse().expect("v6"));
+            },
+            |state| {
+                let redis = state.services.get_mut("app-redis").expect("redis");
+                redis.spec.labels.clear();
+            },
+            |state| {
+                let redis = state.services.remove("app-redis").expect("redis");
+                state.services.insert("app-cache".to_owned(), redis);
+            },
+        ];
+        for (n, change) in changes.iter().enumerate() {
+            let mut changed = old.clone();
+            change(&mut changed);
+            assert!(!same_names(&old, &changed), "change {n}");
+        }
     }
 
     #[test]
