@@ -12,7 +12,8 @@
 //!
 //! With a Docker engine, the example file (`examples/docker-compose.yml`)
 //! on three nodes whose VIPs containers reach: both services serve on
-//! every node, the front reaching `api` by its compose name, its container
+//! every node, the front's container on every node reaches `api` by its
+//! compose name (and so does the front's page), its container
 //! labels, exec-form command and Docker healthcheck reach the containers,
 //! a redeploy of the same file restarts nothing, one with a new image for
 //! the front rolls only the front with no failed request under a client
@@ -381,21 +382,6 @@ fn inspect(id: &str, format: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-/// Removes the containers a failed test leaves.
-struct Cleanup(Vec<String>);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        if !self.0.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&self.0)
-                .output();
-        }
-    }
-}
-
 #[test]
 fn the_example_stack_runs_in_docker_on_every_node() {
     if !require_docker() {
@@ -424,12 +410,10 @@ fn the_example_stack_runs_in_docker_on_every_node() {
         ),
         "{out}"
     );
-    let mut cleanup = Cleanup(Vec::new());
-    wait_serving(&cluster, "demo-web", 2, Duration::from_secs(60));
+    wait_serving(&cluster, "demo-web", 3, Duration::from_secs(60));
     wait_serving(&cluster, "demo-api", 1, Duration::from_secs(60));
     let started = containers(&cluster);
-    cleanup.0 = started.iter().map(|(id, _)| id.clone()).collect();
-    assert_eq!(started.len(), 3, "{started:?}");
+    assert_eq!(started.len(), 4, "{started:?}");
 
     // Both published ports answer on every node.
     for n in 0..3 {
@@ -446,9 +430,18 @@ fn the_example_stack_runs_in_docker_on_every_node() {
         );
     }
 
-    // The file's container settings reached the containers.
+    // The file's container settings reached the containers, and the front
+    // on every node reaches the back by its compose name.
+    let mut front_nodes = Vec::new();
     for (id, service) in &started {
         if service == "demo-web" {
+            front_nodes.push(inspect(id, "{{index .Config.Labels \"io.lbmesh.node\"}}"));
+            let out = Command::new("docker")
+                .args(["exec", id, "busybox", "wget", "-qO-", "http://api/"])
+                .output()
+                .expect("docker exec");
+            let page = String::from_utf8_lossy(&out.stdout);
+            assert!(page.starts_with("v2 "), "{id}: api by name: {page:?}");
             assert_eq!(
                 inspect(id, "{{index .Config.Labels \"com.example.role\"}}"),
                 "front"
@@ -465,6 +458,13 @@ fn the_example_stack_runs_in_docker_on_every_node() {
             assert_eq!(inspect(id, "{{.State.Health.Status}}"), "healthy");
         }
     }
+    front_nodes.sort();
+    front_nodes.dedup();
+    assert_eq!(
+        front_nodes.len(),
+        3,
+        "a front on every node: {front_nodes:?}"
+    );
 
     // The same file again restarts nothing.
     let starts = |list: &[(String, String)]| -> Vec<String> {
@@ -515,7 +515,7 @@ fn the_example_stack_runs_in_docker_on_every_node() {
     // Old tasks drain for 2 s (x-lbmesh drain_timeout) after they leave the tables.
     std::thread::sleep(Duration::from_secs(3));
     assert_no_failures("web's rolling update", &client.finish());
-    wait_serving(&cluster, "demo-web", 2, Duration::from_secs(30));
+    wait_serving(&cluster, "demo-web", 3, Duration::from_secs(30));
     // The old containers go once drained and stopped.
     let web_images = || -> Vec<String> {
         containers(&cluster)
@@ -527,13 +527,12 @@ fn the_example_stack_runs_in_docker_on_every_node() {
     wait_for(
         "web's old containers to be removed",
         Duration::from_secs(30),
-        || (web_images() == ["lbmesh-test:v2", "lbmesh-test:v2"]).then_some(()),
+        || (web_images() == ["lbmesh-test:v2"; 3]).then_some(()),
         || format!("{:?}", web_images()),
     );
     let now = containers(&cluster);
     assert!(now.contains(&api_container[0]), "api was replaced: {now:?}");
     assert_eq!(starts(&api_container), api_started, "api restarted");
-    cleanup.0 = now.iter().map(|(id, _)| id.clone()).collect();
 
     // stack rm removes the services and their containers.
     let (code, out, err) = cluster.lbctl(0, &["stack", "rm", "demo"]);
@@ -548,5 +547,4 @@ fn the_example_stack_runs_in_docker_on_every_node() {
         || containers(&cluster).is_empty().then_some(()),
         || format!("{:?}", containers(&cluster)),
     );
-    cleanup.0.clear();
 }

@@ -1492,7 +1492,7 @@ networks:
             "{}",
             words[2]
         );
-        assert_eq!(web.spec.replicas, Some(2));
+        assert_eq!(web.spec.replicas, Some(3));
         assert_eq!(web.spec.algorithm, Algorithm::LeastConn);
     }
 
