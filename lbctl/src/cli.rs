@@ -486,6 +486,23 @@ pub struct SpecArgs {
     /// How long a new task is watched for failure before the next batch.
     #[arg(long = "update-monitor", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub update_monitor: Option<Duration>,
+    /// Tasks a rollback replaces at a time (0: all; absent rollback
+    /// flags: a rollback rolls as the update does).
+    #[arg(long = "rollback-parallelism", value_name = "N")]
+    pub rollback_parallelism: Option<i64>,
+    /// Wait between batches of a rollback.
+    #[arg(long = "rollback-delay", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub rollback_delay: Option<Duration>,
+    /// Stop the old task before starting the new one, or the reverse, in
+    /// a rollback.
+    #[arg(long = "rollback-order", value_enum)]
+    pub rollback_order: Option<lb_config::UpdateOrder>,
+    /// What a rollback does when a task fails (pause or continue).
+    #[arg(long = "rollback-failure-action", value_enum)]
+    pub rollback_failure_action: Option<lb_config::FailureAction>,
+    /// How long a rolled-back task is watched for failure.
+    #[arg(long = "rollback-monitor", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub rollback_monitor: Option<Duration>,
     /// SIGTERM to SIGKILL when a task stops.
     #[arg(long = "stop-grace-period", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub stop_grace_period: Option<Duration>,

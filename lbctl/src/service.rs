@@ -9,7 +9,7 @@
 //! `create`, `update`, `scale` and `rollback` then follow the tasks to
 //! convergence ([`crate::follow`]) unless `--detach`.
 
-use lb_config::{ServiceMode, ServiceSpec};
+use lb_config::{ServiceMode, ServiceSpec, UpdateSpec};
 use std::io::{IsTerminal, Write};
 
 use lbmesh_api::{Client, DesiredState, ListenerError, Service, ServiceStatus};
@@ -312,6 +312,29 @@ fn apply_flags(args: &SpecArgs, spec: &mut ServiceSpec, replace_lists: bool) {
     if let Some(monitor) = args.update_monitor {
         spec.update.monitor = Some(monitor);
     }
+    let rollback_set = args.rollback_parallelism.is_some()
+        || args.rollback_delay.is_some()
+        || args.rollback_order.is_some()
+        || args.rollback_failure_action.is_some()
+        || args.rollback_monitor.is_some();
+    if rollback_set {
+        let rollback = spec.rollback.get_or_insert_with(UpdateSpec::default);
+        if let Some(parallelism) = args.rollback_parallelism {
+            rollback.parallelism = Some(parallelism);
+        }
+        if let Some(delay) = args.rollback_delay {
+            rollback.delay = Some(delay);
+        }
+        if let Some(order) = args.rollback_order {
+            rollback.order = Some(order);
+        }
+        if let Some(action) = args.rollback_failure_action {
+            rollback.failure_action = Some(action);
+        }
+        if let Some(monitor) = args.rollback_monitor {
+            rollback.monitor = Some(monitor);
+        }
+    }
     if let Some(grace) = args.stop_grace_period {
         spec.stop_grace_period = Some(grace);
     }
@@ -464,6 +487,52 @@ mod tests {
         assert_eq!(spec.udp_idle_timeout, Some(Duration::from_secs(30)));
         assert_eq!(spec.max_udp_sessions, Some(500));
         assert_eq!(spec.ports[0].protocol.as_deref(), Some("udp"));
+    }
+
+    /// Rollback flags fill the spec's `rollback` table, and an update
+    /// that sets one keeps the others it had.
+    #[test]
+    fn rollback_flags_set_the_rollback_policy() {
+        let parse = |args: &[&str]| -> SpecArgs {
+            let cli = Cli::try_parse_from(["lbctl", "service", "update", "web"].iter().chain(args))
+                .expect("flags parse");
+            let Noun::Service(command) = cli.command else {
+                panic!("not a service command");
+            };
+            let ServiceCommand::Update { spec, .. } = *command else {
+                panic!("not a service update");
+            };
+            spec
+        };
+        let mut spec = ServiceSpec::default();
+        apply_flags(&parse(&["--update-parallelism", "1"]), &mut spec, false);
+        assert_eq!(spec.rollback, None, "no rollback flag: as the update");
+        let flags = parse(&[
+            "--rollback-parallelism",
+            "0",
+            "--rollback-order",
+            "start-first",
+            "--rollback-failure-action",
+            "continue",
+            "--rollback-monitor",
+            "2s",
+            "--rollback-delay",
+            "1s",
+        ]);
+        apply_flags(&flags, &mut spec, false);
+        let expected = UpdateSpec {
+            parallelism: Some(0),
+            delay: Some(Duration::from_secs(1)),
+            order: Some(lb_config::UpdateOrder::StartFirst),
+            failure_action: Some(lb_config::FailureAction::Continue),
+            monitor: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(spec.rollback.as_ref(), Some(&expected));
+        apply_flags(&parse(&["--rollback-parallelism", "2"]), &mut spec, false);
+        let rollback = spec.rollback.expect("rollback");
+        assert_eq!(rollback.parallelism, Some(2));
+        assert_eq!(rollback.order, expected.order, "kept");
+        assert_eq!(spec.update.parallelism, Some(1), "the update's untouched");
     }
 
     #[test]

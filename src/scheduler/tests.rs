@@ -393,6 +393,60 @@ fn a_failing_update_rolls_back_by_itself() {
     assert_eq!(sim.live().len(), 2);
 }
 
+/// Tasks created by the last round and not yet started by an agent.
+fn assigned(sim: &Sim) -> usize {
+    sim.live()
+        .iter()
+        .filter(|t| t.state == TaskState::Assigned)
+        .count()
+}
+
+#[test]
+fn a_rollback_rolls_per_its_own_policy() {
+    let mut spec = web(4);
+    spec.update.parallelism = Some(1);
+    spec.update.order = Some(lb_config::UpdateOrder::StartFirst);
+    spec.rollback = Some(lb_config::UpdateSpec {
+        parallelism: Some(0),
+        order: Some(lb_config::UpdateOrder::StartFirst),
+        ..lb_config::UpdateSpec::default()
+    });
+    let mut sim = Sim::new(spec);
+    sim.settle();
+    let old_version = sim.state.services["web"].task_version;
+    sim.update(|s| s.image = Some("img:v2".to_owned()));
+    sim.now += 1_000;
+    sim.round();
+    assert_eq!(assigned(&sim), 1, "the update replaces one task at a time");
+    sim.agents();
+    sim.settle();
+    assert_eq!(
+        sim.state.services["web"].update.as_ref().map(|u| u.state),
+        Some(UpdateState::Completed)
+    );
+
+    sim.state.apply(&Command::RollbackService {
+        name: "web".to_owned(),
+    });
+    sim.now += 1_000;
+    sim.round();
+    assert_eq!(
+        assigned(&sim),
+        4,
+        "the rollback replaces every task at once"
+    );
+    sim.agents();
+    sim.settle();
+    let record = &sim.state.services["web"];
+    assert_eq!(record.spec.image.as_deref(), Some("img:v1"));
+    assert_eq!(
+        record.update.as_ref().map(|u| u.state),
+        Some(UpdateState::RollbackCompleted)
+    );
+    assert!(sim.live().iter().all(|t| t.spec_version == old_version));
+    assert_eq!(sim.live().len(), 4);
+}
+
 /// Node 1 leads; `heard` holds what it heard from the others.
 fn judge_at(
     sim: &Sim,
