@@ -295,6 +295,38 @@ async fn restart_from_disk_and_snapshot_catch_up() {
     n2.shutdown().await;
 }
 
+/// The state is persisted only by snapshots: a node restarted before its
+/// first one comes back at the state it had, applied again from its log
+/// before it serves (not once it leads again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_before_any_snapshot_applies_the_log_again() {
+    let harness = Harness::new();
+    let (n1, p1) = harness.start(1, 0, credentials(1), Timing::default()).await;
+    n1.bootstrap().await.expect("bootstrap");
+    eventually("node 1 leads", || n1.is_leader()).await;
+    for i in 0..20i64 {
+        created(
+            n1.propose(Command::CreateService {
+                spec: spec(&format!("svc-{i}"), 2_000 + i),
+                id: String::new(),
+            })
+            .await
+            .expect("propose"),
+        );
+    }
+    let expected = n1.local();
+    assert!(n1.metrics().snapshot.is_none(), "no snapshot yet");
+    n1.shutdown().await;
+    let (n1, _) = harness
+        .start(1, p1, credentials(1), Timing::default())
+        .await;
+    let restarted = n1.local();
+    assert_eq!(restarted.index, expected.index);
+    assert_eq!(restarted.state, expected.state);
+    assert_eq!(restarted.state.services.len(), 20);
+    n1.shutdown().await;
+}
+
 /// A follower that lost the answer to a forwarded create (the leader died
 /// after committing it) sends it again with the same request id: the
 /// resend, through another follower and after the leader is gone, gets the
