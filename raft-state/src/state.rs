@@ -23,7 +23,7 @@
 
 mod tasks;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_config::{check_dns_label, ServiceSpec};
@@ -462,28 +462,29 @@ impl RegistryState {
         self.change_service(&previous, true, true)
     }
 
-    /// A published port already owned by another service: one pass over
-    /// the other services' ports (the first owner by name, as before), then
-    /// one look-up per port of `spec`.
+    /// A published port already owned by another service (the first owner
+    /// by name). A scan of the other services per published port of
+    /// `spec`: integer comparisons only, where a map of every owner (as
+    /// before) hashed and allocated per service on every create and update.
     fn port_clash(&self, spec: &ServiceSpec) -> Option<Outcome> {
         // A port is owned per protocol: one service's 53/udp and another's
         // 53/tcp do not clash. Every spec stored before UDP ports names tcp
         // (or nothing), so entries written before apply as they did.
         let udp = |port: &lb_config::PortSpec| port.protocol.as_deref() == Some("udp");
-        let mut owners: HashMap<(i64, bool), &str> = HashMap::new();
-        for (name, other) in &self.services {
-            if *name == spec.name {
-                continue;
-            }
-            for port in other.spec.ports.iter().filter(|p| p.is_published()) {
-                owners.entry((port.published, udp(port))).or_insert(name);
-            }
-        }
         for (i, port) in spec.ports.iter().enumerate() {
             if !port.is_published() {
                 continue;
             }
-            if let Some(name) = owners.get(&(port.published, udp(port))) {
+            let key = (port.published, udp(port));
+            let owner = self.services.iter().find(|(name, other)| {
+                **name != spec.name
+                    && other
+                        .spec
+                        .ports
+                        .iter()
+                        .any(|p| p.is_published() && (p.published, udp(p)) == key)
+            });
+            if let Some((name, _)) = owner {
                 return Some(reject(
                     RejectKind::Conflict,
                     format!("ports[{i}].published"),
@@ -885,10 +886,20 @@ mod tests {
                 assert_eq!(rejection.kind, RejectKind::Conflict);
                 assert_eq!(rejection.field, "ports[0].published");
                 assert!(rejection.reason.contains("53/udp"), "{}", rejection.reason);
+                assert!(
+                    rejection.reason.ends_with("service \"dns\""),
+                    "{}",
+                    rejection.reason
+                );
             }
             other => panic!("{other:?}"),
         }
         assert_eq!(state, before);
+        // A service keeps its own port through an update.
+        let mut web = spec("web", 53);
+        web.ports[0].target = Some(8053);
+        let outcome = state.apply(&Command::UpdateService { spec: web });
+        assert!(!matches!(outcome, Outcome::Rejected { .. }), "{outcome:?}");
     }
 
     #[test]
