@@ -53,6 +53,7 @@ fn settled() -> RegistryState {
         },
         vip_range: DEFAULT_VIP_RANGE,
         vip_range_v6: None,
+        dns_domain: None,
     });
     for id in 1..=NODES {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, id as u8));

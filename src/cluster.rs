@@ -138,6 +138,9 @@ pub struct NodeSettings {
     /// Where IPv6 VIPs come from (none: a cluster of IPv4 VIPs only); used
     /// only when this node bootstraps a cluster.
     pub vip_range_v6: Option<VipRangeV6>,
+    /// The cluster's DNS domain; used only when this node bootstraps a
+    /// cluster.
+    pub dns_domain: String,
     /// Raft entries between two snapshots (the log behind one is purged).
     pub snapshot_every: u64,
     /// How long node certificates are valid; used only when this node
@@ -280,6 +283,7 @@ async fn bootstrap(
         cluster: info.clone(),
         vip_range: settings.vip_range,
         vip_range_v6: settings.vip_range_v6,
+        dns_domain: Some(settings.dns_domain.clone()),
     })
     .await?;
     register_self(&node, settings, Some(Role::Manager)).await?;
@@ -743,6 +747,7 @@ mod tests {
             data_dir: PathBuf::from("unused"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
             vip_range_v6: None,
+            dns_domain: raft_state::state::DEFAULT_DNS_DOMAIN.to_owned(),
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
             cert_lifetime: pki::DEFAULT_CERT_LIFETIME,
         };
@@ -770,6 +775,7 @@ mod tests {
             data_dir: PathBuf::from("unused"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
             vip_range_v6: None,
+            dns_domain: raft_state::state::DEFAULT_DNS_DOMAIN.to_owned(),
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
             cert_lifetime: pki::DEFAULT_CERT_LIFETIME,
         };

@@ -65,7 +65,6 @@ use tracing::{debug, error, info, warn};
 
 use crate::access_log::AccessLogOutput;
 use crate::admin::{self, AdminLimits, AdminState};
-use crate::agent::TaskDnsSettings;
 use crate::agent::{self, AgentSettings};
 use crate::cluster::{self, ClusterError, NodeSettings, Started};
 use crate::dns::{self, names::Names, Responder};
@@ -204,11 +203,10 @@ pub struct ClusterOptions {
     pub dns: DnsOptions,
 }
 
-/// Settings of the node's DNS responder.
+/// Settings of the node's DNS responder; the cluster domain it answers
+/// under is the registry's.
 #[derive(Debug, Clone)]
 pub struct DnsOptions {
-    /// The cluster domain (`lbmesh.internal`).
-    pub domain: String,
     /// Where other names go; `None`: the nameservers of `/etc/resolv.conf`.
     pub upstreams: Option<Vec<SocketAddr>>,
 }
@@ -224,21 +222,8 @@ async fn serve_dns(
     options: DnsOptions,
     stop: CancellationToken,
 ) {
-    let range = loop {
-        if let Some(range) = {
-            let applied = changes.borrow_and_update();
-            applied
-                .state
-                .cluster
-                .is_some()
-                .then_some(applied.state.vip_range)
-        } {
-            break range;
-        }
-        tokio::select! {
-            changed = changes.changed() => if changed.is_err() { return },
-            () = stop.cancelled() => return,
-        }
+    let Some(range) = initialised_vip_range(&mut changes, &stop).await else {
+        return;
     };
     let addr = dns::listen_addr(range.base.into());
     let responder = Arc::new(Responder {
@@ -246,6 +231,24 @@ async fn serve_dns(
         upstreams: dns_upstreams(&options, addr.ip()),
     });
     dns::run(addr, responder, stop).await;
+}
+
+/// The cluster's VIP range once the applied state is initialised, or
+/// `None` if the node stops first.
+async fn initialised_vip_range(
+    changes: &mut watch::Receiver<Applied>,
+    stop: &CancellationToken,
+) -> Option<raft_state::state::VipRange> {
+    loop {
+        let state = Arc::clone(&changes.borrow_and_update().state);
+        if state.cluster.is_some() {
+            return Some(state.vip_range);
+        }
+        tokio::select! {
+            changed = changes.changed() => changed.ok()?,
+            () = stop.cancelled() => return None,
+        }
+    }
 }
 
 fn dns_upstreams(options: &DnsOptions, own: std::net::IpAddr) -> Vec<SocketAddr> {
@@ -342,7 +345,6 @@ impl Daemon {
         tokio::spawn(dns::keep_names(
             Arc::clone(&names),
             registry.watch(),
-            options.dns.domain.clone(),
             daemon.stop_control.clone(),
         ));
         tokio::spawn(serve_dns(
@@ -386,9 +388,6 @@ impl Daemon {
                 advertise_addr: settings.advertise_addr,
                 heartbeat_interval: options.heartbeat_interval,
                 state_dir: settings.data_dir.join("tasks"),
-                dns: TaskDnsSettings {
-                    domain: options.dns.domain.clone(),
-                },
             },
             daemon.proxy.table(),
             daemon.stop_control.clone(),

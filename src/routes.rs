@@ -540,6 +540,7 @@ mod tests {
                 },
                 vip_range: raft_state::state::DEFAULT_VIP_RANGE,
                 vip_range_v6: Some(raft_state::state::DEFAULT_VIP_RANGE_V6),
+                dns_domain: None,
             });
             for id in 1..=3 {
                 let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 0, id as u8));

@@ -6,7 +6,9 @@
 //! (UDP and TCP), a stack's service answers its short name under the
 //! stack's search domain, other names are forwarded to the upstream,
 //! garbage gets FORMERR (and a burst of random packets leaves it
-//! answering), and a removed service is NXDOMAIN.
+//! answering), and a removed service is NXDOMAIN. A three-node cluster
+//! answers under the domain it was bootstrapped with on every node, the
+//! joiners' too, whatever their own `--dns-domain`.
 //!
 //! With a Docker engine, a three-node cluster whose VIP range is outside
 //! loopback (198.18.A.0/24, made local on the machine by lbd's route): a
@@ -233,6 +235,71 @@ fn names_follow_the_registry_and_others_go_upstream() {
             (answer.response_code() == ResponseCode::NXDomain).then_some(())
         },
         String::new,
+    );
+    running.store(false, Ordering::Relaxed);
+}
+
+/// Whether `name` resolves to `expected` from each of `sockets` fresh
+/// client sockets: every node binds the responder's address with
+/// `SO_REUSEPORT`, and the kernel spreads clients over them by address
+/// and port, so a few dozen reach each node of a cluster.
+fn resolves_from_every_socket(
+    server: SocketAddr,
+    name: &str,
+    expected: &str,
+    sockets: u16,
+) -> bool {
+    (0..sockets).all(|id| {
+        ask_udp(server, &query(name, id)).is_some_and(|answer| addresses(&answer) == [expected])
+    })
+}
+
+#[test]
+fn every_node_answers_under_the_domain_the_cluster_was_bootstrapped_with() {
+    let (upstream, running) = fake_upstream();
+    let upstream_arg = upstream.to_string();
+    let mut cluster = Cluster::bootstrap(
+        &["--dns-upstream", &upstream_arg, "--dns-domain", "corp.test"],
+        None,
+    );
+    // The joiners name another domain: the cluster's holds.
+    cluster.extra_args = [
+        "--dns-upstream",
+        &upstream_arg,
+        "--dns-domain",
+        "other.test",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    for n in 1..3 {
+        let host = cluster.api(0);
+        let token = cluster.manager_token.clone();
+        let child = cluster.spawn(n, Some((&host, &token)));
+        cluster.nodes.push(Some(child));
+        cluster.wait_for_nodes(n + 1);
+    }
+    let dns = cluster.dns_addr();
+    let port = free_port_on_all(&cluster).to_string();
+    let (code, _, err) = cluster.lbctl(0, &["service", "create", "db", "-p", &port]);
+    assert_eq!(code, 0, "{err}");
+    let db = vip(&cluster, "db");
+    wait_for(
+        "every node to answer db.corp.test",
+        WAIT,
+        || resolves_from_every_socket(dns, "db.corp.test.", &db, 30).then_some(()),
+        || format!("{:?}", ask_udp(dns, &query("db.corp.test.", 9))),
+    );
+    // The joiners' own flag named a domain that is not the cluster's:
+    // its names go upstream like any other.
+    let answer = ask_udp(dns, &query("db.other.test.", 10)).expect("an answer");
+    assert_eq!(addresses(&answer), [UPSTREAM_ANSWER.to_string()]);
+
+    // Without the bootstrapping node, the joiners alone answer.
+    cluster.kill(0);
+    assert!(
+        resolves_from_every_socket(dns, "db.corp.test.", &db, 30),
+        "a joiner answers db.corp.test otherwise: {:?}",
+        ask_udp(dns, &query("db.corp.test.", 11))
     );
     running.store(false, Ordering::Relaxed);
 }

@@ -67,4 +67,4 @@ pub use spec::{
     ConfigFile, EndpointSpec, HealthSpec, NodeConfig, PortSpec, RestartSpec, ServiceSpec,
     UpdateSpec, STACK_LABEL,
 };
-pub use validate::check_dns_label;
+pub use validate::{check_dns_domain, check_dns_label};

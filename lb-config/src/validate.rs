@@ -827,6 +827,18 @@ pub fn check_dns_label(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A DNS domain: dot-separated DNS labels, without the final dot, at
+/// most 253 characters (the cluster domain, `lbmesh.internal`).
+pub fn check_dns_domain(domain: &str) -> Result<(), String> {
+    if domain.is_empty() {
+        return Err("the domain is empty".to_owned());
+    }
+    if domain.len() > 253 {
+        return Err(format!("{domain:?} is longer than 253 characters"));
+    }
+    domain.split('.').try_for_each(check_dns_label)
+}
+
 fn check_port(value: i64) -> Result<u16, String> {
     match u16::try_from(value) {
         Ok(port) if port != 0 => Ok(port),
@@ -1425,6 +1437,24 @@ mod tests {
         assert!(check_dns_label("web-1").is_ok());
         for bad in ["", "-web", "web-", "we_b", "Web", &"a".repeat(64)] {
             assert!(check_dns_label(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn dns_domains() {
+        assert!(check_dns_domain("lbmesh.internal").is_ok());
+        assert!(check_dns_domain("corp").is_ok());
+        let long = ["a".repeat(63).as_str(); 4].join(".");
+        for bad in [
+            "",
+            ".",
+            "corp..test",
+            "corp.",
+            "Corp.test",
+            "c_p.test",
+            &long,
+        ] {
+            assert!(check_dns_domain(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -36,6 +36,10 @@ pub struct ClusterInfo {
     pub control_token: TokenSeed,
 }
 
+/// The DNS domain of a cluster bootstrapped without one (and of those
+/// made before the registry kept it): `SERVICE.lbmesh.internal`.
+pub const DEFAULT_DNS_DOMAIN: &str = "lbmesh.internal";
+
 /// What the registry keeps of one token: a random seed and the SHA-256 of
 /// the secret derived from it (both hex).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

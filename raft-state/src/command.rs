@@ -30,6 +30,10 @@ pub enum Command {
         /// v6 VIPs, whose clusters stay IPv4 only.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vip_range_v6: Option<VipRangeV6>,
+        /// The cluster's DNS domain; absent in entries of lbd versions
+        /// that kept it per node, whose clusters use the default.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        dns_domain: Option<String>,
     },
     /// Adds a node, or updates the addresses of one that rejoins.
     RegisterNode {

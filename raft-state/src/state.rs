@@ -36,7 +36,7 @@ use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus
 // The records have files of their own; these keep the paths callers use
 // (`raft_state::state::Command`, ...).
 pub use crate::cluster::{
-    ClusterInfo, TokenKind, TokenSeed, VipRange, VipRangeV6, DEFAULT_VIP_RANGE,
+    ClusterInfo, TokenKind, TokenSeed, VipRange, VipRangeV6, DEFAULT_DNS_DOMAIN, DEFAULT_VIP_RANGE,
     DEFAULT_VIP_RANGE_V6,
 };
 pub use crate::command::{Command, Proposal, RequestId};
@@ -55,6 +55,10 @@ pub struct RegistryState {
     /// bootstrapped before v6 VIPs, whose services have v4 VIPs only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip_range_v6: Option<VipRangeV6>,
+    /// The cluster's DNS domain; `None` in a cluster bootstrapped before
+    /// the registry kept it (see [`RegistryState::dns_domain`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
     /// Every task by id, live ones and a short history of dead ones.
     #[serde(default)]
     pub tasks: BTreeMap<String, TaskRecord>,
@@ -80,6 +84,7 @@ impl Default for RegistryState {
             services: BTreeMap::new(),
             vip_range: DEFAULT_VIP_RANGE,
             vip_range_v6: None,
+            dns_domain: None,
             tasks: BTreeMap::new(),
             listener_failures: BTreeMap::new(),
             requests: RecentRequests::default(),
@@ -160,6 +165,7 @@ impl RegistryState {
                 cluster,
                 vip_range,
                 vip_range_v6,
+                dns_domain,
             } => {
                 if self.cluster.is_some() {
                     return reject(
@@ -168,9 +174,13 @@ impl RegistryState {
                         "the cluster is already initialised",
                     );
                 }
+                if let Some(Err(reason)) = dns_domain.as_deref().map(lb_config::check_dns_domain) {
+                    return reject(RejectKind::Invalid, "dns_domain", reason);
+                }
                 self.cluster = Some(cluster.clone());
                 self.vip_range = *vip_range;
                 self.vip_range_v6 = *vip_range_v6;
+                self.dns_domain.clone_from(dns_domain);
                 Outcome::Nothing
             }
             Command::RegisterNode { node } => self.register_node(node),
@@ -239,6 +249,13 @@ impl RegistryState {
                 ),
             },
         }
+    }
+
+    /// The cluster's DNS domain: the one it was bootstrapped with, or
+    /// [`DEFAULT_DNS_DOMAIN`] for a cluster made before the registry kept
+    /// it.
+    pub fn dns_domain(&self) -> &str {
+        self.dns_domain.as_deref().unwrap_or(DEFAULT_DNS_DOMAIN)
     }
 
     /// Finds a node by name or by id written in decimal.
@@ -611,6 +628,7 @@ mod tests {
             cluster: info.clone(),
             vip_range: crate::cluster::DEFAULT_VIP_RANGE,
             vip_range_v6: None,
+            dns_domain: None,
         });
         assert_eq!(
             state.apply(&rotate(TokenKind::Worker, "w2")),
@@ -733,6 +751,7 @@ mod tests {
             cluster: ClusterInfo::default(),
             vip_range: DEFAULT_VIP_RANGE,
             vip_range_v6,
+            dns_domain: None,
         };
         let create = |name: &str, port| Command::CreateService {
             spec: spec(name, port),
@@ -787,6 +806,33 @@ mod tests {
         let json = serde_json::to_value(&old_cluster).expect("state");
         assert!(json.get("vip_range_v6").is_none(), "old states read alike");
         assert!(json["services"]["a"].get("vip_v6").is_none());
+    }
+
+    #[test]
+    fn the_dns_domain_is_the_clusters_and_old_clusters_keep_the_default() {
+        let init = |dns_domain: Option<&str>| Command::InitCluster {
+            cluster: ClusterInfo::default(),
+            vip_range: DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
+            dns_domain: dns_domain.map(str::to_owned),
+        };
+        let mut state = RegistryState::default();
+        assert_eq!(state.apply(&init(Some("corp.test"))), Outcome::Nothing);
+        assert_eq!(state.dns_domain(), "corp.test");
+
+        // A domain that is no DNS name is refused and initialises nothing.
+        let mut bad = RegistryState::default();
+        let rejection = rejected(bad.apply(&init(Some("Corp_test"))));
+        assert_eq!(rejection.field, "dns_domain");
+        assert_eq!(bad, RegistryState::default());
+
+        // A cluster bootstrapped before the registry kept the domain (no
+        // field in its entry or its state) answers under the default.
+        let mut old = RegistryState::default();
+        old.apply(&init(None));
+        assert_eq!(old.dns_domain(), DEFAULT_DNS_DOMAIN);
+        let json = serde_json::to_value(&old).expect("state");
+        assert!(json.get("dns_domain").is_none(), "old states read alike");
     }
 
     #[test]

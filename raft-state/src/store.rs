@@ -769,6 +769,7 @@ mod tests {
                 },
                 vip_range: crate::cluster::DEFAULT_VIP_RANGE,
                 vip_range_v6: None,
+                dns_domain: None,
             })
         };
         let cluster_id = |state: &RegistryState| state.cluster.as_ref().map(|c| c.id.clone());

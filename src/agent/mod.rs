@@ -63,7 +63,7 @@ use arc_swap::ArcSwap;
 use lb_config::{HealthCheckKind, Service};
 use lbmesh_proxy::routing::RoutingTable;
 use raft_state::registry::RegistryNode;
-use raft_state::state::{Command, NodeId, Outcome, RegistryState, VipRange};
+use raft_state::state::{Command, NodeId, Outcome, RegistryState};
 use raft_state::task::{DesiredState, TaskEndpoint, TaskHealth, TaskRecord, TaskReport, TaskState};
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
@@ -93,43 +93,32 @@ pub struct AgentSettings {
     pub heartbeat_interval: Duration,
     /// Where the process runtime keeps its logs and task records.
     pub state_dir: PathBuf,
-    /// The node's DNS responder, which tasks are given.
-    pub dns: TaskDnsSettings,
 }
 
-/// What tasks are told of the node's DNS responder.
-#[derive(Debug, Clone)]
-pub struct TaskDnsSettings {
-    /// The cluster domain (`lbmesh.internal`).
-    pub domain: String,
-}
-
-impl TaskDnsSettings {
-    /// The resolver (the responder's address in the cluster's VIP range
-    /// `vip_range`) and search domains of a task of `service`, if its
-    /// runtime `kind` reaches the responder (a container does not when
-    /// the range is on the loopback network): the stack's domain first
-    /// (`app.lbmesh.internal`, so `redis` is the stack's), then the
-    /// cluster's.
-    fn for_task(
-        &self,
-        kind: RuntimeKind,
-        labels: &BTreeMap<String, String>,
-        vip_range: VipRange,
-    ) -> Option<TaskDns> {
-        if kind == RuntimeKind::Docker && crate::vip_route::is_loopback(vip_range) {
-            return None;
-        }
-        let mut search = Vec::with_capacity(2);
-        if let Some(stack) = labels.get(lb_config::STACK_LABEL) {
-            search.push(format!("{stack}.{}", self.domain));
-        }
-        search.push(self.domain.clone());
-        Some(TaskDns {
-            server: crate::dns::listen_addr(vip_range.base.into()).ip(),
-            search,
-        })
+/// The resolver (the node's DNS responder, at its address in the
+/// cluster's VIP range) and search domains of a task of a service with
+/// `labels`, if its runtime `kind` reaches the responder (a container does
+/// not when the range is on the loopback network): the stack's domain
+/// first (`app.lbmesh.internal`, so `redis` is the stack's), then the
+/// cluster's.
+fn task_dns(
+    kind: RuntimeKind,
+    labels: &BTreeMap<String, String>,
+    state: &RegistryState,
+) -> Option<TaskDns> {
+    if kind == RuntimeKind::Docker && crate::vip_route::is_loopback(state.vip_range) {
+        return None;
     }
+    let domain = state.dns_domain();
+    let mut search = Vec::with_capacity(2);
+    if let Some(stack) = labels.get(lb_config::STACK_LABEL) {
+        search.push(format!("{stack}.{domain}"));
+    }
+    search.push(domain.to_owned());
+    Some(TaskDns {
+        server: crate::dns::listen_addr(state.vip_range.base.into()).ip(),
+        search,
+    })
 }
 
 /// Messages to the agent's loop.
@@ -713,10 +702,10 @@ impl Agent {
             user: spec.user.clone(),
             host_ip: self.settings.advertise_addr,
             target_ports: runtime::target_ports(&service.ports),
-            dns: state.services.get(&task.service).and_then(|record| {
-                let dns = &self.settings.dns;
-                dns.for_task(kind, &record.spec.labels, state.vip_range)
-            }),
+            dns: state
+                .services
+                .get(&task.service)
+                .and_then(|record| task_dns(kind, &record.spec.labels, state)),
             stop_grace: spec.stop_grace,
         };
         self.report(task, TaskState::Starting, "");

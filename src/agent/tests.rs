@@ -170,6 +170,7 @@ impl Node {
             data_dir: dir.path().join("data"),
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
             vip_range_v6: None,
+            dns_domain: raft_state::state::DEFAULT_DNS_DOMAIN.to_owned(),
             snapshot_every: raft_state::registry::SNAPSHOT_EVERY,
             cert_lifetime: crate::pki::DEFAULT_CERT_LIFETIME,
         };
@@ -210,9 +211,6 @@ impl Node {
                 advertise_addr: ip,
                 heartbeat_interval: Duration::from_millis(500),
                 state_dir: dir.path().join("tasks"),
-                dns: crate::agent::TaskDnsSettings {
-                    domain: "lbmesh.internal".to_owned(),
-                },
             },
             Runtimes {
                 process,
@@ -368,24 +366,26 @@ async fn an_engine_restart_leaves_no_dead_container_and_the_task_runs_again() {
 
 #[test]
 fn tasks_get_the_responder_with_their_stack_first_in_the_search_list() {
-    let dns = TaskDnsSettings {
-        domain: "lbmesh.internal".to_owned(),
+    let state = |range: &str, dns_domain: Option<&str>| RegistryState {
+        vip_range: raft_state::state::VipRange::parse(range).expect("range"),
+        dns_domain: dns_domain.map(str::to_owned),
+        ..RegistryState::default()
     };
-    let range = raft_state::state::VipRange::parse("198.18.0.0/16").expect("range");
+    let routed = state("198.18.0.0/16", None);
     let stack = BTreeMap::from([(lb_config::STACK_LABEL.to_owned(), "app".to_owned())]);
-    let task = dns
-        .for_task(RuntimeKind::Docker, &stack, range)
-        .expect("dns");
+    let task = task_dns(RuntimeKind::Docker, &stack, &routed).expect("dns");
     assert_eq!(task.server.to_string(), "198.18.0.0");
     assert_eq!(task.search, ["app.lbmesh.internal", "lbmesh.internal"]);
-    let alone = dns
-        .for_task(RuntimeKind::Process, &BTreeMap::new(), range)
-        .expect("dns");
+    let alone = task_dns(RuntimeKind::Process, &BTreeMap::new(), &routed).expect("dns");
     assert_eq!(alone.search, ["lbmesh.internal"]);
+    // The cluster's own domain, as the registry keeps it.
+    let corp = state("198.18.0.0/16", Some("corp.test"));
+    let task = task_dns(RuntimeKind::Docker, &stack, &corp).expect("dns");
+    assert_eq!(task.search, ["app.corp.test", "corp.test"]);
     // A loopback VIP range: containers could not reach the responder.
-    let loopback = raft_state::state::VipRange::parse("127.77.0.0/16").expect("range");
-    assert_eq!(dns.for_task(RuntimeKind::Docker, &stack, loopback), None);
-    let process = dns.for_task(RuntimeKind::Process, &stack, loopback);
+    let loopback = state("127.77.0.0/16", None);
+    assert_eq!(task_dns(RuntimeKind::Docker, &stack, &loopback), None);
+    let process = task_dns(RuntimeKind::Process, &stack, &loopback);
     assert_eq!(
         process.map(|task| task.server.to_string()).as_deref(),
         Some("127.77.0.0")

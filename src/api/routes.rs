@@ -955,6 +955,7 @@ mod tests {
             cluster: cluster().1.clone(),
             vip_range: DEFAULT_VIP_RANGE,
             vip_range_v6: None,
+            dns_domain: None,
         };
         node.propose(init).await.expect("init");
         (node, pki)

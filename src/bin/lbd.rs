@@ -90,9 +90,10 @@ struct Args {
     #[arg(long, value_name = "CIDR", default_value = defaults::VIP_RANGE, value_parser = raft_state::state::VipRange::parse)]
     vip_range: raft_state::state::VipRange,
 
-    /// The cluster domain the node's DNS responder answers under:
-    /// `SERVICE.DOMAIN`, and `NAME.STACK.DOMAIN` for a stack's services.
-    #[arg(long, value_name = "DOMAIN", default_value = lbmesh::dns::DEFAULT_DOMAIN, value_parser = parse_dns_domain)]
+    /// DNS domain of a new cluster (ignored when joining or restarting):
+    /// every node's responder answers `SERVICE.DOMAIN`, and
+    /// `NAME.STACK.DOMAIN` for a stack's services.
+    #[arg(long, value_name = "DOMAIN", default_value = raft_state::state::DEFAULT_DNS_DOMAIN, value_parser = parse_dns_domain)]
     dns_domain: String,
 
     /// Where the DNS responder sends names that are not the cluster's
@@ -351,6 +352,7 @@ fn cluster_options(
             .unwrap_or_else(|| PathBuf::from(defaults::DATA_DIR).join(advertise.to_string())),
         vip_range: args.vip_range,
         vip_range_v6: args.vip_range_v6,
+        dns_domain: args.dns_domain.clone(),
         snapshot_every: args.snapshot_every,
         cert_lifetime: args.cert_expiry,
     };
@@ -367,7 +369,6 @@ fn cluster_options(
         proxy_threads,
         access_log: args.access_log.clone(),
         dns: lbmesh::daemon::DnsOptions {
-            domain: args.dns_domain.clone(),
             upstreams: (!args.dns_upstream.is_empty()).then(|| args.dns_upstream.clone()),
         },
     })
@@ -376,12 +377,7 @@ fn cluster_options(
 /// A DNS domain: dot-separated DNS labels, without the final dot.
 fn parse_dns_domain(text: &str) -> Result<String, String> {
     let domain = text.trim_end_matches('.').to_ascii_lowercase();
-    if domain.is_empty() {
-        return Err("the domain is empty".to_owned());
-    }
-    for label in domain.split('.') {
-        lb_config::check_dns_label(label)?;
-    }
+    lb_config::check_dns_domain(&domain)?;
     Ok(domain)
 }
 

@@ -53,9 +53,6 @@ use answer::Decision;
 use names::Names;
 use upstream::Transport;
 
-/// The cluster domain of a node that names none.
-pub const DEFAULT_DOMAIN: &str = "lbmesh.internal";
-
 /// The port the responder listens on: resolvers know no other.
 pub const PORT: u16 = 53; // fixed-port-ok: DNS
 
@@ -147,7 +144,6 @@ pub async fn run(addr: SocketAddr, responder: Arc<Responder>, stop: Cancellation
 pub async fn keep_names(
     names: Arc<ArcSwap<Names>>,
     mut changes: watch::Receiver<Applied>,
-    domain: String,
     stop: CancellationToken,
 ) {
     let mut named: Option<Arc<RegistryState>> = None;
@@ -157,7 +153,7 @@ pub async fn keep_names(
             .as_ref()
             .is_some_and(|old| names::same_names(old, &state))
         {
-            names.store(Arc::new(Names::of(&state, &domain)));
+            names.store(Arc::new(Names::of(&state, state.dns_domain())));
             named = Some(state);
         }
         tokio::select! {

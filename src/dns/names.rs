@@ -87,12 +87,13 @@ impl Names {
     }
 }
 
-/// Whether `old` and `new` give the same names: the same services with
-/// the same VIPs and stacks. Most registry changes (task reports, node
+/// Whether `old` and `new` give the same names: the same domain, and the
+/// same services with the same VIPs and stacks. Most registry changes (task reports, node
 /// heartbeats' effects, scaling) leave them alone, and this comparison
 /// allocates nothing where [`Names::of`] builds every name again.
 pub fn same_names(old: &RegistryState, new: &RegistryState) -> bool {
-    old.services.len() == new.services.len()
+    old.dns_domain() == new.dns_domain()
+        && old.services.len() == new.services.len()
         && old
             .services
             .iter()
@@ -149,7 +150,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn only_names_vips_and_stacks_make_new_names() {
+    fn only_names_vips_stacks_and_the_domain_make_new_names() {
         let mut old = RegistryState::default();
         old.services
             .insert("app-redis".to_owned(), record([198, 18, 0, 2], Some("app")));
@@ -160,7 +161,9 @@ pub(crate) mod tests {
             .spec
             .replicas = Some(5);
         assert!(same_names(&old, &new), "a scale changes no name");
-        let changes: [fn(&mut RegistryState); 4] = [
+        let changes: [fn(&mut RegistryState); 5] = [
+            // A joiner's first applied InitCluster may bring no service.
+            |state| state.dns_domain = Some("corp.test".to_owned()),
             |state| {
                 state.services.get_mut("app-redis").expect("redis").vip = [198, 18, 0, 9].into()
             },

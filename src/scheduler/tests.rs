@@ -63,6 +63,7 @@ impl Sim {
             },
             vip_range: raft_state::state::DEFAULT_VIP_RANGE,
             vip_range_v6: None,
+            dns_domain: None,
         });
         for id in 1..=3 {
             state.apply(&Command::RegisterNode {
