@@ -13,14 +13,21 @@ For each N (default 100, 1,000, 10,000) and algorithm, on a fresh node:
   (endpoint change -> routed);
 - lbd CPU per change: lbd's user + system time over the change phase,
   divided by its number of changes;
-- RSS per service: (RSS with N services - RSS before the first) / N.
+- RSS per service: (RSS with N services - RSS before the first) / N;
+- service ls: the median of 5 `GET /v1/services` (what `lbctl service
+  ls` reads);
+- join: a second node (127.B.0.2) joins the full node, timed until the
+  last service's port answers on it, and the snapshot it installed (its
+  log's bytes; "-" when the leader sent the log instead).
 
 Runs `--lbd` and, for a comparison in the same run, `--baseline` (another
 build's lbd). The node runs on a random 127.B.0.1 with its VIP range in
 127.B.0.0/16 (its published ports 20000 + i, the API on :9900) with one
 proxy thread, so each service costs two descriptors (its port and its
 VIP): N is bounded by the descriptor hard limit (`ulimit -Hn`; lbd raises
-its soft limit to it) at about half of it. The backends are six threads in
+its soft limit to it) at about half of it, so the script first raises its
+own hard limit (inherited by lbd) to what the largest size needs, which
+takes root (CAP_SYS_RESOURCE); without it, a size over the limit fails. The backends are six threads in
 this process. Every wait is bounded.
 
     flock -o /tmp/lbmesh-cargo.lock python3 loadtest/scale.py \\
@@ -31,6 +38,7 @@ import http.client
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import ssl
@@ -117,11 +125,14 @@ class Node:
         self.log = open(f"{workdir}/lbd.log", "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
         self.token = None
+        self.manager_token = None
         deadline = time.time() + 30
         while time.time() < deadline and self.token is None:
             line = self.proc.stdout.readline()
             if not line:
                 break
+            if line.startswith("Add a manager:"):
+                self.manager_token = line.split()[-1]
             if line.startswith("lbctl control token"):
                 self.token = line.split()[-1]
         if not self.token:
@@ -160,6 +171,46 @@ class Node:
         self.log.close()
 
 
+def join_time(lbd, node, workdir, n):
+    """Starts a second node (127.B.0.2) that joins `node` once it holds `n`
+    services: the seconds until the last service's port answers on it (so
+    its routes hold the whole state), and the bytes of the snapshot it
+    installed (None when the leader sent the log instead)."""
+    ip = f"127.{node.block}.0.2"
+    log_path = f"{workdir}/joiner.log"
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            [lbd, "--advertise-addr", ip, "--threads", "1", "--data-dir", f"{workdir}/joiner",
+             "--join", node.ip, "--token", node.manager_token, "--shutdown-grace", "1s"],
+            stdout=subprocess.DEVNULL, stderr=log)
+        try:
+            took = wait_answer(ip, FIRST_PORT + n - 1, set("abcdef"), limit=120.0)
+            joined_s = None if took is None else time.perf_counter() - start
+        finally:
+            proc.kill()
+            proc.wait()
+    snapshot = None
+    with open(log_path) as log:
+        for line in log:
+            if "installed a snapshot" in line and "bytes=" in line:
+                snapshot = int(line.split("bytes=")[1].split()[0])
+    return joined_s, snapshot
+
+
+def list_ms(node, rounds=5):
+    """The median time of `GET /v1/services` (what `lbctl service ls`
+    reads), over `rounds` calls."""
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        status, _ = node.call("GET", "/v1/services")
+        if status != 200:
+            sys.exit(f"list services: {status}")
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
 def spec(i, endpoints, algorithm):
     return {
         "name": f"s{i}",
@@ -174,7 +225,7 @@ def pct(values, p):
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
 
 
-def run_one(lbd, n, algorithm, sample):
+def run_one(lbd, n, algorithm, sample, join):
     workdir = tempfile.mkdtemp(prefix="lbmesh-scale-")
     node = Node(lbd, workdir)
     try:
@@ -208,6 +259,8 @@ def run_one(lbd, n, algorithm, sample):
                 sys.exit(f"s{i}'s new endpoints were not routed within 10 s")
             change_ms.append(took * 1000)
         cpu_per_change_ms = (cpu_seconds(node.proc.pid) - cpu_start) / len(changed) * 1000
+        ls_ms = list_ms(node)
+        joined_s, snapshot_bytes = join_time(lbd, node, workdir, n) if join else (None, None)
         backends.stop = True
         return {
             "n": n, "algorithm": algorithm, "fill_s": round(fill_s, 1),
@@ -215,10 +268,25 @@ def run_one(lbd, n, algorithm, sample):
             "change_p50_ms": round(pct(change_ms, 50), 2), "change_p99_ms": round(pct(change_ms, 99), 2),
             "cpu_per_change_ms": round(cpu_per_change_ms, 2),
             "rss_per_service_kib": round(rss_per_service / 1024, 1),
+            "ls_ms": round(ls_ms, 1),
+            "join_s": "-" if joined_s is None else round(joined_s, 2),
+            "snapshot_kib": "-" if snapshot_bytes is None else round(snapshot_bytes / 1024),
         }
     finally:
         node.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def raise_descriptor_limit(needed):
+    """Raises this process's descriptor limits (lbd inherits them) to
+    `needed` if they are lower; says so on stderr when it may not."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard >= needed:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), needed))
+    except (ValueError, OSError) as error:
+        print(f"cannot raise the descriptor limit to {needed} (hard {hard}): {error}", file=sys.stderr)
 
 
 def main():
@@ -228,18 +296,23 @@ def main():
     parser.add_argument("--sizes", default="100,1000,5000")
     parser.add_argument("--algorithms", default="round-robin,maglev")
     parser.add_argument("--sample", type=int, default=100, help="creates and changes timed per run")
+    parser.add_argument("--no-join", action="store_true", help="skip the joining node's timing")
     args = parser.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    raise_descriptor_limit(2 * max(sizes) + 4096)
     builds = [("lbd", args.lbd)] + ([("baseline", args.baseline)] if args.baseline else [])
     print("| build | algorithm | services | fill s | create→routed p50 / p99 ms "
-          "| change→routed p50 / p99 ms | lbd CPU per change ms | RSS per service KiB |")
-    print("|---|---|---|---|---|---|---|---|")
-    for n in [int(x) for x in args.sizes.split(",")]:
+          "| change→routed p50 / p99 ms | lbd CPU per change ms | RSS per service KiB "
+          "| service ls ms | join s | snapshot KiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in sizes:
         for algorithm in args.algorithms.split(","):
             for label, lbd in builds:
-                r = run_one(lbd, n, algorithm, min(args.sample, n))
+                r = run_one(lbd, n, algorithm, min(args.sample, n), not args.no_join)
                 print(f"| {label} | {algorithm} | {n:,} | {r['fill_s']} | {r['create_p50_ms']} / {r['create_p99_ms']} "
                       f"| {r['change_p50_ms']} / {r['change_p99_ms']} | {r['cpu_per_change_ms']} "
-                      f"| {r['rss_per_service_kib']} |", flush=True)
+                      f"| {r['rss_per_service_kib']} | {r['ls_ms']} | {r['join_s']} | {r['snapshot_kib']} |",
+                      flush=True)
 
 
 if __name__ == "__main__":

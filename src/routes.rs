@@ -29,9 +29,11 @@
 //! record (checked spec or VIP) changed, whose tasks changed or that have a
 //! task on a node whose status changed are built again and sent as
 //! [`Update::Add`]; the services gone are [`Update::Remove`]d. Finding them
-//! is one pass of cheap comparisons over the two states' sorted maps (the
-//! checked specs by pointer); building routes, and everything the proxy
-//! does with them, is for the touched services only.
+//! is a diff of the two states' persistent maps, which skips the subtrees
+//! the states share (all but the changed entries' paths), then cheap
+//! comparisons of the changed records (the checked specs by pointer);
+//! building routes, and everything the proxy does with them, is for the
+//! touched services only.
 //!
 //! ```text
 //! Applied (last routed) ─┐
@@ -45,6 +47,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use imbl::ordmap::DiffItem;
 use lb_config::{Service, ServiceMode};
 use lbmesh_proxy::discovery::{
     Endpoint, EndpointLabels, PortRoutes, RouteSettings, ServiceRoutes, Update,
@@ -264,26 +267,30 @@ fn same_record(old: &ServiceRecord, new: &ServiceRecord) -> bool {
 }
 
 /// The services of `new` whose routes may differ from `old`'s, and the
-/// names of `old`'s services that `new` lacks. One merge over each pair of
-/// sorted maps.
+/// names of `old`'s services that `new` lacks. The maps are persistent
+/// and each applied state shares all but the changed entries' paths with
+/// the one before, so the diffs skip what is shared: the cost follows
+/// the change, not the cluster.
 fn touched_services<'a>(
     old: &RegistryState,
     new: &'a RegistryState,
 ) -> (BTreeSet<&'a str>, Vec<String>) {
     let mut touched: BTreeSet<&str> = BTreeSet::new();
     let mut gone = Vec::new();
-    for (name, record) in &new.services {
-        if !old
-            .services
-            .get(name)
-            .is_some_and(|was| same_record(was, record))
-        {
-            touched.insert(name);
-        }
-    }
-    for name in old.services.keys() {
-        if !new.services.contains_key(name) {
-            gone.push(name.clone());
+    for item in old.services.diff(&new.services) {
+        match item {
+            DiffItem::Add(name, _) => {
+                touched.insert(name);
+            }
+            DiffItem::Update {
+                old: (_, was),
+                new: (name, record),
+            } => {
+                if !same_record(was, record) {
+                    touched.insert(name);
+                }
+            }
+            DiffItem::Remove(name, _) => gone.push(name.clone()),
         }
     }
     let mut note = |service: &str| {
@@ -291,14 +298,10 @@ fn touched_services<'a>(
             touched.insert(name);
         }
     };
-    for (id, task) in &new.tasks {
-        if old.tasks.get(id) != Some(task) {
-            note(&task.service);
-        }
-    }
-    for (id, task) in &old.tasks {
-        if !new.tasks.contains_key(id) {
-            note(&task.service);
+    for item in old.tasks.diff(&new.tasks) {
+        match item {
+            DiffItem::Add(_, task) | DiffItem::Remove(_, task) => note(&task.service),
+            DiffItem::Update { new: (_, task), .. } => note(&task.service),
         }
     }
     // Make before break reads node status: a node that changed status or

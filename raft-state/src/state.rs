@@ -26,6 +26,7 @@ mod tasks;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use imbl::OrdMap;
 use lb_config::{check_dns_label, ServiceSpec};
 use serde::{Deserialize, Serialize};
 
@@ -49,7 +50,7 @@ pub use crate::service::{CheckedSpec, ServiceRecord};
 pub struct RegistryState {
     pub cluster: Option<ClusterInfo>,
     pub nodes: BTreeMap<NodeId, NodeRecord>,
-    pub services: BTreeMap<String, ServiceRecord>,
+    pub services: OrdMap<String, ServiceRecord>,
     pub vip_range: VipRange,
     /// Where services' IPv6 VIPs come from; `None` in a cluster
     /// bootstrapped before v6 VIPs, whose services have v4 VIPs only.
@@ -61,7 +62,7 @@ pub struct RegistryState {
     pub dns_domain: Option<String>,
     /// Every task by id, live ones and a short history of dead ones.
     #[serde(default)]
-    pub tasks: BTreeMap<String, TaskRecord>,
+    pub tasks: OrdMap<String, TaskRecord>,
     /// What each node last reported it cannot bind; a node with none has
     /// no entry.
     #[serde(default)]
@@ -81,11 +82,11 @@ impl Default for RegistryState {
         Self {
             cluster: None,
             nodes: BTreeMap::new(),
-            services: BTreeMap::new(),
+            services: OrdMap::new(),
             vip_range: DEFAULT_VIP_RANGE,
             vip_range_v6: None,
             dns_domain: None,
-            tasks: BTreeMap::new(),
+            tasks: OrdMap::new(),
             listener_failures: BTreeMap::new(),
             requests: RecentRequests::default(),
             removed_nodes: BTreeSet::new(),
@@ -205,13 +206,16 @@ impl RegistryState {
                     self.listener_failures.remove(id);
                     self.removed_nodes.insert(*id);
                     // Its tasks' fate is unknown; the scheduler replaces them.
-                    for task in self.tasks.values_mut().filter(|t| t.node == Some(*id)) {
-                        task.desired = DesiredState::Shutdown;
-                        if !task.state.is_terminal() {
-                            task.state = TaskState::Orphaned;
-                            task.message = "its node was removed".to_owned();
-                        }
-                    }
+                    self.change_tasks(
+                        |t| t.node == Some(*id),
+                        |task| {
+                            task.desired = DesiredState::Shutdown;
+                            if !task.state.is_terminal() {
+                                task.state = TaskState::Orphaned;
+                                task.message = "its node was removed".to_owned();
+                            }
+                        },
+                    );
                     Outcome::Removed
                 }
                 None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
@@ -236,10 +240,13 @@ impl RegistryState {
             Command::RemoveService { name } => match self.services.remove(name) {
                 Some(_) => {
                     // Out of every routing table now; agents drain and stop.
-                    for task in self.tasks.values_mut().filter(|t| t.service == *name) {
-                        task.desired = DesiredState::Shutdown;
-                        task.message = "service removed".to_owned();
-                    }
+                    self.change_tasks(
+                        |t| t.service == *name,
+                        |task| {
+                            task.desired = DesiredState::Shutdown;
+                            task.message = "service removed".to_owned();
+                        },
+                    );
                     Outcome::Removed
                 }
                 None => reject(
@@ -256,6 +263,27 @@ impl RegistryState {
     /// it.
     pub fn dns_domain(&self) -> &str {
         self.dns_domain.as_deref().unwrap_or(DEFAULT_DNS_DOMAIN)
+    }
+
+    /// Applies `change` to every task `pick` selects. The task map is
+    /// persistent (a clone shares it): ids first, then each changed task
+    /// is copied on write.
+    fn change_tasks(
+        &mut self,
+        pick: impl Fn(&TaskRecord) -> bool,
+        change: impl Fn(&mut TaskRecord),
+    ) {
+        let ids: Vec<String> = self
+            .tasks
+            .iter()
+            .filter(|(_, task)| pick(task))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(task) = self.tasks.get_mut(&id) {
+                change(task);
+            }
+        }
     }
 
     /// Finds a node by name or by id written in decimal.

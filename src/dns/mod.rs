@@ -4,7 +4,8 @@
 //! # Layout and flow
 //!
 //! ```text
-//! registry change ─> keep_names: Names::of(state, domain) ─> ArcSwap<Names> (one store)
+//! registry change ─> keep_names: names.updated(last, state) (the changed services only)
+//!                     ─> ArcSwap<Names> (one store)
 //! UDP datagram ─> answer::decide(bytes, names.load())
 //!                   ├ Answer ─> send_to the client (on the receive loop: no allocation
 //!                   │           beyond the answer, no await but the send)
@@ -139,8 +140,8 @@ pub async fn run(addr: SocketAddr, responder: Arc<Responder>, stop: Cancellation
     serve(udp, tcp, responder, stop.cancelled_owned()).await;
 }
 
-/// Rebuilds `names` from each applied registry state that changes them
-/// (see [`names::same_names`]) until `stop`.
+/// Updates `names` with each applied registry state that changes them
+/// (see [`names::same_names`], [`Names::updated`]) until `stop`.
 pub async fn keep_names(
     names: Arc<ArcSwap<Names>>,
     mut changes: watch::Receiver<Applied>,
@@ -149,11 +150,13 @@ pub async fn keep_names(
     let mut named: Option<Arc<RegistryState>> = None;
     loop {
         let state = Arc::clone(&changes.borrow_and_update().state);
-        if !named
-            .as_ref()
-            .is_some_and(|old| names::same_names(old, &state))
-        {
-            names.store(Arc::new(Names::of(&state, state.dns_domain())));
+        let next = match &named {
+            Some(old) if names::same_names(old, &state) => None,
+            Some(old) => Some(names.load().updated(old, &state)),
+            None => Some(Names::of(&state, state.dns_domain())),
+        };
+        if let Some(next) = next {
+            names.store(Arc::new(next));
             named = Some(state);
         }
         tokio::select! {

@@ -10,14 +10,15 @@
 //!
 //! Any other name under `D` does not exist (NXDOMAIN); a name outside `D`
 //! that is not a service's is someone else's (forwarded upstream).
-//! [`Names`] is immutable: a registry change builds a new one and the
-//! responder swaps it in whole.
+//! [`Names`] is immutable: a registry change makes a new one from the last
+//! (`Names::updated`, which names again only the services that changed)
+//! and the responder swaps it in whole.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 
+use imbl::ordmap::DiffItem;
 use lb_config::STACK_LABEL;
-use raft_state::state::RegistryState;
+use raft_state::state::{RegistryState, ServiceRecord};
 
 /// What a name is to this responder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,37 +32,67 @@ pub enum Lookup<'a> {
 }
 
 /// Every name the cluster answers for, lower case without the final dot.
-#[derive(Debug, Default)]
+/// The map is persistent: a new `Names` shares all but what changed.
+#[derive(Debug, Default, PartialEq)]
 pub struct Names {
     /// The cluster domain (`lbmesh.internal`), lower case.
     domain: String,
-    by_name: HashMap<String, Vec<IpAddr>>,
+    by_name: imbl::HashMap<String, Vec<IpAddr>>,
 }
 
 impl Names {
     /// The names of `state`'s services under `domain`.
     pub fn of(state: &RegistryState, domain: &str) -> Self {
-        let domain = normalize(domain);
-        let mut by_name = HashMap::with_capacity(state.services.len() * 3);
+        let mut names = Self {
+            domain: normalize(domain),
+            by_name: imbl::HashMap::new(),
+        };
         for (name, record) in &state.services {
-            let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(record.vip))
-                .chain(record.vip_v6.map(IpAddr::V6))
-                .collect();
-            let name = normalize(name);
-            if let Some(stack) = record.spec.labels.get(STACK_LABEL) {
-                let stack = normalize(stack);
-                if let Some(short) = name
-                    .strip_prefix(stack.as_str())
-                    .and_then(|rest| rest.strip_prefix('-'))
-                    .filter(|short| !short.is_empty())
-                {
-                    by_name.insert(format!("{short}.{stack}.{domain}"), addrs.clone());
+            names.add(name, record);
+        }
+        names
+    }
+
+    /// The names of `new`, from these names of `old`: only the services
+    /// the two states do not share are named again, so a change costs
+    /// what it touched, not the cluster's size.
+    pub fn updated(&self, old: &RegistryState, new: &RegistryState) -> Self {
+        if old.dns_domain() != new.dns_domain() {
+            return Self::of(new, new.dns_domain());
+        }
+        let mut names = Self {
+            domain: self.domain.clone(),
+            by_name: self.by_name.clone(),
+        };
+        for item in old.services.diff(&new.services) {
+            match item {
+                DiffItem::Add(name, record) => names.add(name, record),
+                DiffItem::Remove(name, record) => names.remove(name, record),
+                DiffItem::Update {
+                    old: (name, was),
+                    new: (_, is),
+                } => {
+                    names.remove(name, was);
+                    names.add(name, is);
                 }
             }
-            by_name.insert(format!("{name}.{domain}"), addrs.clone());
-            by_name.insert(name, addrs);
         }
-        Self { domain, by_name }
+        names
+    }
+
+    fn add(&mut self, name: &str, record: &ServiceRecord) {
+        let addrs: Vec<IpAddr> = std::iter::once(IpAddr::V4(record.vip))
+            .chain(record.vip_v6.map(IpAddr::V6))
+            .collect();
+        for each in names_of(name, record, &self.domain) {
+            self.by_name.insert(each, addrs.clone());
+        }
+    }
+
+    fn remove(&mut self, name: &str, record: &ServiceRecord) {
+        for each in names_of(name, record, &self.domain) {
+            self.by_name.remove(&each);
+        }
     }
 
     /// The cluster domain, lower case.
@@ -88,22 +119,44 @@ impl Names {
 }
 
 /// Whether `old` and `new` give the same names: the same domain, and the
-/// same services with the same VIPs and stacks. Most registry changes (task reports, node
-/// heartbeats' effects, scaling) leave them alone, and this comparison
-/// allocates nothing where [`Names::of`] builds every name again.
+/// same services with the same VIPs and stacks. Most registry changes
+/// (task reports, node heartbeats' effects, scaling) leave them alone, and
+/// this comparison walks only the services the two states do not share
+/// (see `raft_state::state`), where [`Names::of`] builds every name again.
 pub fn same_names(old: &RegistryState, new: &RegistryState) -> bool {
     old.dns_domain() == new.dns_domain()
-        && old.services.len() == new.services.len()
-        && old
-            .services
-            .iter()
-            .zip(&new.services)
-            .all(|((old_name, old), (new_name, new))| {
-                old_name == new_name
-                    && old.vip == new.vip
+        && old.services.diff(&new.services).all(|item| match item {
+            DiffItem::Add(..) | DiffItem::Remove(..) => false,
+            DiffItem::Update {
+                old: (_, old),
+                new: (_, new),
+            } => {
+                old.vip == new.vip
                     && old.vip_v6 == new.vip_v6
                     && old.spec.labels.get(STACK_LABEL) == new.spec.labels.get(STACK_LABEL)
-            })
+            }
+        })
+}
+
+/// The names of service `name` under `domain`: `S`, `S.D` and, for a
+/// stack's service `K-N`, `N.K.D`. Service names are unique DNS labels,
+/// so no two services share one.
+fn names_of(name: &str, record: &ServiceRecord, domain: &str) -> Vec<String> {
+    let name = normalize(name);
+    let mut names = Vec::with_capacity(3);
+    if let Some(stack) = record.spec.labels.get(STACK_LABEL) {
+        let stack = normalize(stack);
+        if let Some(short) = name
+            .strip_prefix(stack.as_str())
+            .and_then(|rest| rest.strip_prefix('-'))
+            .filter(|short| !short.is_empty())
+        {
+            names.push(format!("{short}.{stack}.{domain}"));
+        }
+    }
+    names.push(format!("{name}.{domain}"));
+    names.push(name);
+    names
 }
 
 /// Lower case, without the final dot.
@@ -185,6 +238,44 @@ pub(crate) mod tests {
             change(&mut changed);
             assert!(!same_names(&old, &changed), "change {n}");
         }
+    }
+
+    #[test]
+    fn updated_names_are_the_names_of_the_new_state() {
+        let mut old = RegistryState::default();
+        for n in 0..200u8 {
+            let stack = (n % 3 == 0).then_some("app");
+            let name = format!("{}s{n}", if stack.is_some() { "app-" } else { "" });
+            old.services.insert(name, record([198, 18, 0, n], stack));
+        }
+        let names = Names::of(&old, old.dns_domain());
+        // Each applied state is a changed clone of the last, as the
+        // registry's are: the diff sees only what changed.
+        let mut new = old.clone();
+        new.services.remove("app-s0");
+        new.services.remove("s1");
+        new.services
+            .insert("app-new".to_owned(), record([198, 18, 1, 1], Some("app")));
+        new.services.get_mut("s2").expect("s2").vip = [198, 18, 1, 2].into();
+        new.services
+            .get_mut("app-s3")
+            .expect("s3")
+            .spec
+            .labels
+            .clear();
+        let updated = names.updated(&old, &new);
+        assert_eq!(updated, Names::of(&new, new.dns_domain()));
+        assert_eq!(updated.lookup("s0.app.lbmesh.internal"), Lookup::NoSuchName);
+        assert_eq!(updated.lookup("s3.app.lbmesh.internal"), Lookup::NoSuchName);
+        let new_vip = [IpAddr::from([198, 18, 1, 1])];
+        assert_eq!(updated.lookup("new.app"), Lookup::Elsewhere);
+        assert_eq!(updated.lookup("app-new"), Lookup::Service(&new_vip));
+        // Another domain names everything again.
+        let mut renamed = new.clone();
+        renamed.dns_domain = Some("corp.test".to_owned());
+        let again = updated.updated(&new, &renamed);
+        assert_eq!(again, Names::of(&renamed, "corp.test"));
+        assert_eq!(again.domain(), "corp.test");
     }
 
     #[test]

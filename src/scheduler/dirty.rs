@@ -10,18 +10,21 @@
 //!          │      ─> Changed::Everything (a full round)
 //!          └─ else ─> Changed::Services(names): records that differ (checked spec by
 //!                     pointer, versions, update status), and the service of every task
-//!                     added, removed or changed (one merge of the two sorted task maps)
+//!                     added, removed or changed (diffs of the persistent maps)
 //! ```
 //!
-//! The comparison costs one pass over the services and tasks, each a
-//! pointer or field compare; the plan then costs only what changed. The
+//! The registry's service and task maps are persistent: an applied state
+//! shares all but its changed entries' paths with the one before, and the
+//! diffs skip what the two share, so the comparison costs what changed
+//! (a round after many changes compares more); the plan then costs only
+//! what changed too. The
 //! periodic full round (`FULL_ROUND_INTERVAL` in the scheduler) stays as
 //! a safety net should a change slip past this comparison.
 
-use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use imbl::ordmap::DiffItem;
 use raft_state::state::{RegistryState, ServiceRecord};
 
 /// What changed between two states, for the scheduler.
@@ -39,52 +42,33 @@ pub fn changed(last: &RegistryState, now: &RegistryState) -> Changed {
         return Changed::Everything;
     }
     let mut names = BTreeSet::new();
-    for (name, record) in &now.services {
-        if !last
-            .services
-            .get(name)
-            .is_some_and(|was| plans_alike(was, record))
-        {
-            names.insert(name.clone());
+    for item in last.services.diff(&now.services) {
+        match item {
+            DiffItem::Add(name, _) | DiffItem::Remove(name, _) => {
+                names.insert(name.clone());
+            }
+            DiffItem::Update {
+                old: (_, was),
+                new: (name, is),
+            } => {
+                if !plans_alike(was, is) {
+                    names.insert(name.clone());
+                }
+            }
         }
     }
-    for name in last.services.keys() {
-        if !now.services.contains_key(name) {
-            names.insert(name.clone());
-        }
-    }
-    // Both maps are sorted by id: one merge finds every difference.
-    let mut old = last.tasks.iter().peekable();
-    let mut new = now.tasks.iter().peekable();
-    loop {
-        match (old.peek(), new.peek()) {
-            (None, None) => break,
-            (Some((_, was)), None) => {
+    for item in last.tasks.diff(&now.tasks) {
+        match item {
+            DiffItem::Add(_, task) | DiffItem::Remove(_, task) => {
+                names.insert(task.service.clone());
+            }
+            DiffItem::Update {
+                old: (_, was),
+                new: (_, is),
+            } => {
                 names.insert(was.service.clone());
-                old.next();
-            }
-            (None, Some((_, is))) => {
                 names.insert(is.service.clone());
-                new.next();
             }
-            (Some((old_id, was)), Some((new_id, is))) => match old_id.cmp(new_id) {
-                Ordering::Less => {
-                    names.insert(was.service.clone());
-                    old.next();
-                }
-                Ordering::Greater => {
-                    names.insert(is.service.clone());
-                    new.next();
-                }
-                Ordering::Equal => {
-                    if was != is {
-                        names.insert(is.service.clone());
-                        names.insert(was.service.clone());
-                    }
-                    old.next();
-                    new.next();
-                }
-            },
         }
     }
     Changed::Services(names)
