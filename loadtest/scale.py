@@ -27,7 +27,8 @@ proxy thread, so each service costs two descriptors (its port and its
 VIP): N is bounded by the descriptor hard limit (`ulimit -Hn`; lbd raises
 its soft limit to it) at about half of it, so the script first raises its
 own hard limit (inherited by lbd) to what the largest size needs, which
-takes root (CAP_SYS_RESOURCE); without it, a size over the limit fails. The backends are six threads in
+takes CAP_SYS_RESOURCE; without it, it stops at once naming the largest
+size the limit allows. The backends are six threads in
 this process. Every wait is bounded.
 
     flock -o /tmp/lbmesh-cargo.lock python3 loadtest/scale.py \\
@@ -52,6 +53,9 @@ import time
 FIRST_PORT = 20000  # fixed-port-ok: on the run's own random 127.B.0.1
 API_PORT = 9900  # fixed-port-ok: lbd's default, on the run's own 127.B.0.1
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Descriptors an lbd holds besides two per service: the API, Raft, the
+# registry file, the backends' connections.
+DESCRIPTOR_MARGIN = 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -279,14 +283,16 @@ def run_one(lbd, n, algorithm, sample, join):
 
 def raise_descriptor_limit(needed):
     """Raises this process's descriptor limits (lbd inherits them) to
-    `needed` if they are lower; says so on stderr when it may not."""
+    `needed` if they are lower; exits naming the limit when it may not."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard >= needed:
         return
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, needed), needed))
     except (ValueError, OSError) as error:
-        print(f"cannot raise the descriptor limit to {needed} (hard {hard}): {error}", file=sys.stderr)
+        largest = (hard - DESCRIPTOR_MARGIN) // 2
+        sys.exit(f"the largest size needs {needed} descriptors and the hard limit is {hard}, "
+                 f"which this process may not raise ({error}): run as root, or with sizes up to {largest:,}")
 
 
 def main():
@@ -299,7 +305,7 @@ def main():
     parser.add_argument("--no-join", action="store_true", help="skip the joining node's timing")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
-    raise_descriptor_limit(2 * max(sizes) + 4096)
+    raise_descriptor_limit(2 * max(sizes) + DESCRIPTOR_MARGIN)
     builds = [("lbd", args.lbd)] + ([("baseline", args.baseline)] if args.baseline else [])
     print("| build | algorithm | services | fill s | create→routed p50 / p99 ms "
           "| change→routed p50 / p99 ms | lbd CPU per change ms | RSS per service KiB "
