@@ -23,8 +23,8 @@ For each N (default 100, 1,000, 10,000) and algorithm, on a fresh node:
 Runs `--lbd` and, for a comparison in the same run, `--baseline` (another
 build's lbd). The node runs on a random 127.B.0.1 with its VIP range in
 127.B.0.0/16 (its published ports 20000 + i, the API on :9900) with one
-proxy thread, so each service costs two descriptors (its port and its
-VIP): N is bounded by the descriptor hard limit (`ulimit -Hn`; lbd raises
+proxy thread and IPv4 VIPs only, so each service costs two descriptors
+(its port and its VIP; a v6 VIP would be a third): N is bounded by the descriptor hard limit (`ulimit -Hn`; lbd raises
 its soft limit to it) at about half of it, so the script first raises its
 own hard limit (inherited by lbd) to what the largest size needs, which
 takes CAP_SYS_RESOURCE; without it, it stops at once naming the largest
@@ -125,6 +125,8 @@ class Node:
         # and each service has two (its published port and its VIP).
         args = [lbd, "--advertise-addr", self.ip, "--threads", "1",
                 "--data-dir", f"{workdir}/data", "--vip-range", f"127.{self.block}.128.0/17",
+                # IPv4 VIPs only: a v6 VIP would be a third listener per service.
+                "--vip-range-v6", "none",
                 "--shutdown-grace", "1s"]
         self.log = open(f"{workdir}/lbd.log", "w")
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=self.log, text=True)
