@@ -87,7 +87,7 @@ pub struct Backend {
     /// Set by an ejection, cleared by the next successful connect: the
     /// ejection and the recovery are logged once each.
     failing: AtomicBool,
-    pub metrics: BackendMetrics,
+    pub metrics: Arc<BackendMetrics>,
 }
 
 impl std::fmt::Debug for Backend {
@@ -101,7 +101,7 @@ impl std::fmt::Debug for Backend {
 }
 
 impl Backend {
-    pub fn new(addr: SocketAddr, metrics: BackendMetrics) -> Self {
+    pub fn new(addr: SocketAddr, metrics: Arc<BackendMetrics>) -> Self {
         Self {
             addr,
             active: AtomicU32::new(0),

@@ -479,7 +479,7 @@ async fn idle(progress: &AtomicU64, timeout: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::IntCounter;
+    use crate::series::Counter;
     use std::io::Write;
     use std::net::{Shutdown, TcpListener, TcpStream};
 
@@ -530,7 +530,7 @@ mod tests {
         wait_read_closed(&src).await;
         let before = segments_received(&dst_peer);
 
-        let counter = IntCounter::new("bytes", "bytes").expect("counter");
+        let counter = Counter::default();
         let total = AtomicU64::new(0);
         let tally = Tally {
             metric: &counter,
@@ -600,7 +600,7 @@ mod tests {
         drop(src_peer); // a reset, not a FIN
         wait_read_closed(&src).await;
 
-        let counter = IntCounter::new("bytes", "bytes").expect("counter");
+        let counter = Counter::default();
         let total = AtomicU64::new(0);
         let tally = Tally {
             metric: &counter,

@@ -62,6 +62,7 @@ pub mod metrics;
 mod proxy;
 pub mod proxy_protocol;
 pub mod routing;
+pub mod series;
 #[cfg(target_os = "linux")]
 mod splice;
 mod tally;

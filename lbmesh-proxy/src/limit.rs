@@ -9,7 +9,7 @@
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 use tokio::sync::Notify;
@@ -87,10 +87,12 @@ impl ConnectionLimit {
 /// Open connections per client address of one service, for the opt-in
 /// per-client cap. Only a service that sets the cap touches it (a sharded
 /// map: one short shard lock per accepted and per closed connection);
-/// without it the accept path stays lock-free.
+/// without it the accept path stays lock-free. The map (a kilobyte or two
+/// of padded shards) is made at the first connection that counts, so a
+/// service without the cap holds none.
 #[derive(Default)]
 pub struct ClientCounts {
-    open: DashMap<IpAddr, u32>,
+    open: OnceLock<DashMap<IpAddr, u32>>,
 }
 
 /// One client's place in its service; dropping it frees the place.
@@ -102,7 +104,7 @@ pub struct ClientPlace {
 impl ClientCounts {
     /// A place for a connection from `ip` if it holds fewer than `max`.
     pub fn try_take(self: &Arc<Self>, ip: IpAddr, max: u32) -> Option<ClientPlace> {
-        let mut open = self.open.entry(ip).or_insert(0);
+        let mut open = self.open.get_or_init(DashMap::new).entry(ip).or_insert(0);
         if *open >= max {
             return None;
         }
@@ -115,7 +117,10 @@ impl ClientCounts {
 
     /// How many connections `ip` holds now.
     pub fn open(&self, ip: IpAddr) -> u32 {
-        self.open.get(&ip).map_or(0, |open| *open)
+        self.open
+            .get()
+            .and_then(|counts| counts.get(&ip).map(|open| *open))
+            .unwrap_or(0)
     }
 }
 
@@ -123,10 +128,12 @@ impl Drop for ClientPlace {
     fn drop(&mut self) {
         // Remove the entry with its last connection, so the map holds only
         // clients with connections open.
-        self.counts.open.remove_if_mut(&self.ip, |_, open| {
-            *open = open.saturating_sub(1);
-            *open == 0
-        });
+        if let Some(counts) = self.counts.open.get() {
+            counts.remove_if_mut(&self.ip, |_, open| {
+                *open = open.saturating_sub(1);
+                *open == 0
+            });
+        }
     }
 }
 
@@ -137,6 +144,10 @@ mod tests {
     #[test]
     fn a_client_holds_at_most_max_places_and_frees_them_on_drop() {
         let counts = Arc::new(ClientCounts::default());
+        assert!(
+            counts.open.get().is_none(),
+            "no map before a connection counts"
+        );
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let other: IpAddr = "10.0.0.2".parse().unwrap();
         let first = counts.try_take(ip, 2).expect("first");
@@ -154,6 +165,9 @@ mod tests {
         drop(second);
         assert_eq!(counts.open(ip), 1);
         drop(_third);
-        assert!(counts.open.is_empty(), "no entry outlives its connections");
+        assert!(
+            counts.open.get().is_some_and(DashMap::is_empty),
+            "no entry outlives its connections"
+        );
     }
 }

@@ -1,12 +1,14 @@
 //! The data plane's Prometheus metrics, all prefixed `lbmesh_`.
 //!
-//! [`Metrics`] registers its families on the registry it is given (the
-//! daemon's, which adds its own control-plane families and serves
-//! `/metrics`). The routing
-//! table resolves per-backend and per-service handles ([`BackendMetrics`],
-//! [`ServiceMetrics`]) when it builds a snapshot, so the per-connection path
-//! only touches atomics and never looks labels up. Label sets of backends and
-//! services that leave the configuration are removed on the next build.
+//! [`Metrics`] registers one collector for its families on the registry
+//! it is given (the daemon's, which adds its own control-plane families
+//! and serves `/metrics`). The routing table resolves per-backend and
+//! per-service series ([`BackendMetrics`], [`ServiceMetrics`]: plain
+//! atomics, see [`crate::series`]) when it builds a snapshot, so the
+//! per-connection path only touches atomics and never looks labels up;
+//! the families are rendered from the series when Prometheus scrapes.
+//! Series of backends and services that leave the configuration are
+//! removed on the next build.
 //! A backend's `task` and `node` labels name a task endpoint (`web.2`,
 //! `node-a`) and are empty for a static endpoint.
 //!
@@ -36,13 +38,13 @@
 //! UDP ports add the families of [`crate::udp::metrics`] and give their
 //! backends the per-backend series above under `backend="ADDR/udp"`.
 
-use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry,
-};
+use std::sync::Arc;
+
+use prometheus::Registry;
 
 use crate::discovery::EndpointLabels;
 use crate::error::{ClientFailure, ConnectFailure, End, Side};
+use crate::series::{Counter, Export, Gauge, Histogram, MapsCollector, Reading, SeriesMap};
 use crate::udp::metrics::{UdpBackendMetrics, UdpFamilies, UdpServiceMetrics};
 
 /// Connect durations on loopback are tens of microseconds; across a LAN,
@@ -58,70 +60,57 @@ const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
 ];
 
-/// The data plane's metric families.
+/// The labels of a backend's series.
+const BACKEND_LABELS: &[&str] = &["service", "backend", "task", "node"];
+
+/// The data plane's series, by label values.
 pub struct Metrics {
-    retries: IntCounterVec,
-    max_connections: IntGaugeVec,
-    max_reached: IntCounterVec,
-    duration: HistogramVec,
-    closed: IntCounterVec,
-    connections: IntCounterVec,
-    backend_active: IntGaugeVec,
-    service_active: IntGaugeVec,
-    bytes_in: IntCounterVec,
-    bytes_out: IntCounterVec,
-    connect_errors: IntCounterVec,
-    connect_duration: HistogramVec,
-    backend_up: IntGaugeVec,
-    ejections: IntCounterVec,
-    unanswered: IntCounterVec,
-    failed: IntCounterVec,
-    refused: IntCounterVec,
-    forward_errors: IntCounterVec,
-    listener_up: IntGaugeVec,
+    backends: Arc<SeriesMap<BackendMetrics>>,
+    services: Arc<SeriesMap<ServiceMetrics>>,
+    listeners: Arc<SeriesMap<Gauge>>,
     udp: UdpFamilies,
 }
 
-/// Handles for one (service, backend) pair.
-#[derive(Clone)]
+/// The series of one (service, backend) pair.
 pub struct BackendMetrics {
-    pub connections: IntCounter,
-    pub active: IntGauge,
-    pub bytes_in: IntCounter,
-    pub bytes_out: IntCounter,
-    pub refused: IntCounter,
-    pub timed_out: IntCounter,
-    pub local_errors: IntCounter,
-    pub other_errors: IntCounter,
+    pub connections: Counter,
+    pub active: Gauge,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub refused: Counter,
+    pub timed_out: Counter,
+    pub local_errors: Counter,
+    pub other_errors: Counter,
     pub connect_duration: Histogram,
-    pub up: IntGauge,
-    pub ejections: IntCounter,
-    pub unanswered: IntCounter,
+    pub up: Gauge,
+    pub ejections: Counter,
+    pub unanswered: Counter,
     /// A UDP backend's datagram counts; `None` for TCP.
-    pub udp: Option<UdpBackendMetrics>,
+    pub udp: Option<Arc<UdpBackendMetrics>>,
 }
 
 impl BackendMetrics {
-    /// Handles registered nowhere, for benchmarks and unit tests.
-    pub fn detached() -> Self {
-        let counter = || IntCounter::new("detached", "detached").expect("static metric name");
-        let gauge = || IntGauge::new("detached", "detached").expect("static metric name");
+    fn new(udp: Option<Arc<UdpBackendMetrics>>) -> Self {
         Self {
-            connections: counter(),
-            active: gauge(),
-            bytes_in: counter(),
-            bytes_out: counter(),
-            refused: counter(),
-            timed_out: counter(),
-            local_errors: counter(),
-            other_errors: counter(),
-            connect_duration: Histogram::with_opts(HistogramOpts::new("detached", "detached"))
-                .expect("static metric name"),
-            up: gauge(),
-            ejections: counter(),
-            unanswered: counter(),
-            udp: None,
+            connections: Counter::default(),
+            active: Gauge::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            refused: Counter::default(),
+            timed_out: Counter::default(),
+            local_errors: Counter::default(),
+            other_errors: Counter::default(),
+            connect_duration: Histogram::new(CONNECT_BUCKETS),
+            up: Gauge::default(),
+            ejections: Counter::default(),
+            unanswered: Counter::default(),
+            udp,
         }
+    }
+
+    /// Series exported nowhere, for benchmarks and unit tests.
+    pub fn detached() -> Arc<Self> {
+        Arc::new(Self::new(None))
     }
 
     pub fn connect_failed(&self, why: ConnectFailure) {
@@ -132,30 +121,104 @@ impl BackendMetrics {
             ConnectFailure::Other => self.other_errors.inc(),
         }
     }
+
+    fn exports() -> Vec<Export<Self>> {
+        vec![
+            Export::new(
+                "lbmesh_connections_total",
+                "Connections forwarded to a backend.",
+                Reading::Counter(|b| &b.connections),
+            ),
+            Export::new(
+                "lbmesh_backend_active_connections",
+                "Connections to a backend open now.",
+                Reading::Gauge(|b| &b.active),
+            ),
+            Export::new(
+                "lbmesh_bytes_in_total",
+                "Bytes from clients to a backend.",
+                Reading::Counter(|b| &b.bytes_in),
+            ),
+            Export::new(
+                "lbmesh_bytes_out_total",
+                "Bytes from a backend to clients.",
+                Reading::Counter(|b| &b.bytes_out),
+            ),
+            Export::new(
+                "lbmesh_connect_errors_total",
+                "Failed backend connects by reason.",
+                Reading::CountersBy(
+                    "reason",
+                    vec![
+                        ("refused", |b| &b.refused),
+                        ("timeout", |b| &b.timed_out),
+                        ("local", |b| &b.local_errors),
+                        ("other", |b| &b.other_errors),
+                    ],
+                ),
+            ),
+            Export::new(
+                "lbmesh_connect_duration_seconds",
+                "Time to establish a backend connection.",
+                Reading::Histogram(|b| &b.connect_duration),
+            ),
+            Export::new(
+                "lbmesh_backend_up",
+                "1 when the backend is eligible for new connections, 0 while ejected.",
+                Reading::Gauge(|b| &b.up),
+            ),
+            Export::new(
+                "lbmesh_backend_ejections_total",
+                "Passive ejections after failed connects.",
+                Reading::Counter(|b| &b.ejections),
+            ),
+            Export::new(
+                "lbmesh_unanswered_total",
+                "Connections the backend closed before answering or left unanswered for \
+                       the reply timeout; the client's bytes went to another backend.",
+                Reading::Counter(|b| &b.unanswered),
+            ),
+        ]
+    }
 }
 
-/// Handles for one service.
-#[derive(Clone)]
+/// The series of one service.
 pub struct ServiceMetrics {
-    pub active: IntGauge,
-    pub no_backend: IntCounter,
-    pub all_attempts_failed: IntCounter,
-    pub client_errors: IntCounter,
-    pub backend_errors: IntCounter,
+    pub active: Gauge,
+    pub no_backend: Counter,
+    pub all_attempts_failed: Counter,
+    pub client_errors: Counter,
+    pub backend_errors: Counter,
     /// Closed at once: the client address was at its per-client cap.
-    pub refused_per_client: IntCounter,
+    pub refused_per_client: Counter,
     /// Further backends tried after the first.
-    pub retries: IntCounter,
+    pub retries: Counter,
     /// The configured cap, set when the table is committed.
-    pub max_connections: IntGauge,
+    pub max_connections: Gauge,
     /// A pending connection found the cap reached.
-    pub max_reached: IntCounter,
+    pub max_reached: Counter,
     pub duration: Histogram,
     /// By [`End`], in the order of [`End::ALL`].
-    pub closed: [IntCounter; End::ALL.len()],
+    pub closed: [Counter; End::ALL.len()],
 }
 
 impl ServiceMetrics {
+    fn new() -> Self {
+        Self {
+            active: Gauge::default(),
+            no_backend: Counter::default(),
+            all_attempts_failed: Counter::default(),
+            client_errors: Counter::default(),
+            backend_errors: Counter::default(),
+            refused_per_client: Counter::default(),
+            retries: Counter::default(),
+            max_connections: Gauge::default(),
+            max_reached: Counter::default(),
+            duration: Histogram::new(DURATION_BUCKETS),
+            closed: Default::default(),
+        }
+    }
+
     pub fn client_failed(&self, why: ClientFailure) {
         match why {
             ClientFailure::NoBackend => self.no_backend.inc(),
@@ -177,277 +240,142 @@ impl ServiceMetrics {
             Side::Backend => self.backend_errors.inc(),
         }
     }
+
+    fn exports() -> Vec<Export<Self>> {
+        vec![
+            Export::new(
+                "lbmesh_retries_total",
+                "Further backends tried for a client connection after the first.",
+                Reading::Counter(|s| &s.retries),
+            ),
+            Export::new(
+                "lbmesh_service_max_connections",
+                "The service's configured max_connections.",
+                Reading::Gauge(|s| &s.max_connections),
+            ),
+            Export::new(
+                "lbmesh_max_connections_reached_total",
+                "Times an accept loop found a client connection pending with the service \
+                       at max_connections (it waits in the listen backlog).",
+                Reading::Counter(|s| &s.max_reached),
+            ),
+            Export::new(
+                "lbmesh_connection_duration_seconds",
+                "Client connections from accept to close.",
+                Reading::Histogram(|s| &s.duration),
+            ),
+            Export::new(
+                "lbmesh_connections_closed_total",
+                "Client connections by how they ended: finished, idle_timeout, \
+                       client_error, backend_error, no_backend.",
+                Reading::CounterArray("end", End::ALL.map(End::as_str).to_vec(), |s| &s.closed),
+            ),
+            Export::new(
+                "lbmesh_service_active_connections",
+                "Client connections of a service open now.",
+                Reading::Gauge(|s| &s.active),
+            ),
+            Export::new(
+                "lbmesh_connections_failed_total",
+                "Client connections closed without reaching a backend.",
+                Reading::CountersBy(
+                    "reason",
+                    vec![
+                        ("no_backend", |s| &s.no_backend),
+                        ("all_attempts_failed", |s| &s.all_attempts_failed),
+                    ],
+                ),
+            ),
+            Export::new(
+                "lbmesh_connections_refused_total",
+                "Client connections closed at once, by reason: per_client.",
+                Reading::CountersBy("reason", vec![("per_client", |s| &s.refused_per_client)]),
+            ),
+            Export::new(
+                "lbmesh_forward_errors_total",
+                "Forwarded connections that ended in an error, by the side at fault.",
+                Reading::CountersBy(
+                    "side",
+                    vec![
+                        (Side::Client.as_str(), |s| &s.client_errors),
+                        (Side::Backend.as_str(), |s| &s.backend_errors),
+                    ],
+                ),
+            ),
+        ]
+    }
 }
 
 impl Metrics {
-    /// Creates the families and registers them on `registry`.
+    /// Creates the families and registers their collector on `registry`.
     pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let sb = &["service", "backend", "task", "node"];
         let metrics = Self {
-            retries: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_retries_total",
-                    "Further backends tried for a client connection after the first.",
-                ),
-                &["service"],
-            )?,
-            max_connections: IntGaugeVec::new(
-                Opts::new(
-                    "lbmesh_service_max_connections",
-                    "The service's configured max_connections.",
-                ),
-                &["service"],
-            )?,
-            max_reached: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_max_connections_reached_total",
-                    "Times an accept loop found a client connection pending with the service \
-                     at max_connections (it waits in the listen backlog).",
-                ),
-                &["service"],
-            )?,
-            duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "lbmesh_connection_duration_seconds",
-                    "Client connections from accept to close.",
-                )
-                .buckets(DURATION_BUCKETS.to_vec()),
-                &["service"],
-            )?,
-            closed: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_connections_closed_total",
-                    "Client connections by how they ended: finished, idle_timeout, \
-                     client_error, backend_error, no_backend.",
-                ),
-                &["service", "end"],
-            )?,
-            connections: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_connections_total",
-                    "Connections forwarded to a backend.",
-                ),
-                sb,
-            )
-            ?,
-            backend_active: IntGaugeVec::new(
-                Opts::new(
-                    "lbmesh_backend_active_connections",
-                    "Connections to a backend open now.",
-                ),
-                sb,
-            )
-            ?,
-            service_active: IntGaugeVec::new(
-                Opts::new(
-                    "lbmesh_service_active_connections",
-                    "Client connections of a service open now.",
-                ),
-                &["service"],
-            )
-            ?,
-            bytes_in: IntCounterVec::new(
-                Opts::new("lbmesh_bytes_in_total", "Bytes from clients to a backend."),
-                sb,
-            )
-            ?,
-            bytes_out: IntCounterVec::new(
-                Opts::new("lbmesh_bytes_out_total", "Bytes from a backend to clients."),
-                sb,
-            )
-            ?,
-            connect_errors: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_connect_errors_total",
-                    "Failed backend connects by reason.",
-                ),
-                &["service", "backend", "task", "node", "reason"],
-            )
-            ?,
-            connect_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "lbmesh_connect_duration_seconds",
-                    "Time to establish a backend connection.",
-                )
-                .buckets(CONNECT_BUCKETS.to_vec()),
-                sb,
-            )
-            ?,
-            backend_up: IntGaugeVec::new(
-                Opts::new(
-                    "lbmesh_backend_up",
-                    "1 when the backend is eligible for new connections, 0 while ejected.",
-                ),
-                sb,
-            )
-            ?,
-            ejections: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_backend_ejections_total",
-                    "Passive ejections after failed connects.",
-                ),
-                sb,
-            )
-            ?,
-            unanswered: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_unanswered_total",
-                    "Connections the backend closed before answering or left unanswered for the reply timeout; the client's bytes went to another backend.",
-                ),
-                sb,
-            )
-            ?,
-            failed: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_connections_failed_total",
-                    "Client connections closed without reaching a backend.",
-                ),
-                &["service", "reason"],
-            )
-            ?,
-            refused: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_connections_refused_total",
-                    "Client connections closed at once, by reason: per_client.",
-                ),
-                &["service", "reason"],
-            )?,
-            forward_errors: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_forward_errors_total",
-                    "Forwarded connections that ended in an error, by the side at fault.",
-                ),
-                &["service", "side"],
-            )
-            ?,
-            listener_up: IntGaugeVec::new(
-                Opts::new(
+            backends: Arc::new(SeriesMap::new(BACKEND_LABELS, BackendMetrics::exports())),
+            services: Arc::new(SeriesMap::new(&["service"], ServiceMetrics::exports())),
+            listeners: Arc::new(SeriesMap::new(
+                &["service", "address"],
+                vec![Export::new(
                     "lbmesh_listener_up",
                     "1 while a service's listen address is bound, 0 while it fails to bind.",
-                ),
-                &["service", "address"],
-            )?,
-            udp: UdpFamilies::new(registry)?,
+                    Reading::Gauge(|up| up),
+                )],
+            )),
+            udp: UdpFamilies::new(),
         };
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
-            Box::new(metrics.retries.clone()),
-            Box::new(metrics.max_connections.clone()),
-            Box::new(metrics.max_reached.clone()),
-            Box::new(metrics.duration.clone()),
-            Box::new(metrics.closed.clone()),
-            Box::new(metrics.refused.clone()),
-            Box::new(metrics.connections.clone()),
-            Box::new(metrics.backend_active.clone()),
-            Box::new(metrics.service_active.clone()),
-            Box::new(metrics.bytes_in.clone()),
-            Box::new(metrics.bytes_out.clone()),
-            Box::new(metrics.connect_errors.clone()),
-            Box::new(metrics.connect_duration.clone()),
-            Box::new(metrics.backend_up.clone()),
-            Box::new(metrics.ejections.clone()),
-            Box::new(metrics.unanswered.clone()),
-            Box::new(metrics.failed.clone()),
-            Box::new(metrics.forward_errors.clone()),
-            Box::new(metrics.listener_up.clone()),
+        let mut maps: Vec<Arc<dyn crate::series::Render>> = vec![
+            Arc::clone(&metrics.backends) as _,
+            Arc::clone(&metrics.services) as _,
+            Arc::clone(&metrics.listeners) as _,
         ];
-        for collector in collectors {
-            registry.register(collector)?;
-        }
+        maps.extend(metrics.udp.maps());
+        registry.register(Box::new(MapsCollector::new(maps)))?;
         Ok(metrics)
     }
 
-    /// The handles of one backend; `labels` are empty for a static
-    /// endpoint.
-    pub fn backend(&self, service: &str, backend: &str, labels: &EndpointLabels) -> BackendMetrics {
-        let (task, node) = (&*labels.task, &*labels.node);
-        let labels = [service, backend, task, node];
-        let error = |reason| {
-            self.connect_errors
-                .with_label_values(&[service, backend, task, node, reason])
-        };
-        let up = self.backend_up.with_label_values(&labels);
-        up.set(1);
-        BackendMetrics {
-            connections: self.connections.with_label_values(&labels),
-            active: self.backend_active.with_label_values(&labels),
-            bytes_in: self.bytes_in.with_label_values(&labels),
-            bytes_out: self.bytes_out.with_label_values(&labels),
-            refused: error("refused"),
-            timed_out: error("timeout"),
-            local_errors: error("local"),
-            other_errors: error("other"),
-            connect_duration: self.connect_duration.with_label_values(&labels),
-            up,
-            ejections: self.ejections.with_label_values(&labels),
-            unanswered: self.unanswered.with_label_values(&labels),
-            udp: None,
-        }
+    /// The series of one backend; `labels` are empty for a static
+    /// endpoint. It counts as up from here until an ejection says not.
+    pub fn backend(
+        &self,
+        service: &str,
+        backend: &str,
+        labels: &EndpointLabels,
+    ) -> Arc<BackendMetrics> {
+        let values = [service, backend, &*labels.task, &*labels.node];
+        let series = self.backends.series(&values, || BackendMetrics::new(None));
+        series.up.set(1);
+        series
     }
 
-    /// A UDP backend's handles: [`Metrics::backend`]'s and its datagram
+    /// A UDP backend's series: [`Metrics::backend`]'s and its datagram
     /// counts (`backend` is its `ADDR/udp` label).
     pub fn udp_backend(
         &self,
         service: &str,
         backend: &str,
         labels: &EndpointLabels,
-    ) -> BackendMetrics {
-        BackendMetrics {
-            udp: Some(self.udp.backend(service, backend)),
-            ..self.backend(service, backend, labels)
-        }
+    ) -> Arc<BackendMetrics> {
+        let values = [service, backend, &*labels.task, &*labels.node];
+        let series = self.backends.series(&values, || {
+            BackendMetrics::new(Some(self.udp.backend(service, backend)))
+        });
+        series.up.set(1);
+        series
     }
 
-    /// The UDP handles of a service with UDP ports.
-    pub fn udp_service(&self, service: &str) -> UdpServiceMetrics {
+    /// The UDP series of a service with UDP ports.
+    pub fn udp_service(&self, service: &str) -> Arc<UdpServiceMetrics> {
         self.udp.service(service)
     }
 
-    /// Drops the label sets of a backend that left the configuration.
+    /// Drops the series of a backend that left the configuration.
     pub fn remove_backend(&self, service: &str, backend: &str, labels: &EndpointLabels) {
-        let (task, node) = (&*labels.task, &*labels.node);
-        let labels = [service, backend, task, node];
-        for family in [
-            &self.connections,
-            &self.bytes_in,
-            &self.bytes_out,
-            &self.ejections,
-            &self.unanswered,
-        ] {
-            let _ = family.remove_label_values(&labels);
-        }
-        for family in [&self.backend_active, &self.backend_up] {
-            let _ = family.remove_label_values(&labels);
-        }
-        let _ = self.connect_duration.remove_label_values(&labels);
+        self.backends
+            .remove(&[service, backend, &*labels.task, &*labels.node]);
         self.udp.remove_backend(service, backend);
-        for reason in ["refused", "timeout", "local", "other"] {
-            let _ = self
-                .connect_errors
-                .remove_label_values(&[service, backend, task, node, reason]);
-        }
     }
 
-    pub fn service(&self, service: &str) -> ServiceMetrics {
-        ServiceMetrics {
-            active: self.service_active.with_label_values(&[service]),
-            no_backend: self.failed.with_label_values(&[service, "no_backend"]),
-            all_attempts_failed: self
-                .failed
-                .with_label_values(&[service, "all_attempts_failed"]),
-            client_errors: self
-                .forward_errors
-                .with_label_values(&[service, Side::Client.as_str()]),
-            backend_errors: self
-                .forward_errors
-                .with_label_values(&[service, Side::Backend.as_str()]),
-            refused_per_client: self.refused.with_label_values(&[service, "per_client"]),
-            retries: self.retries.with_label_values(&[service]),
-            max_connections: self.max_connections.with_label_values(&[service]),
-            max_reached: self.max_reached.with_label_values(&[service]),
-            duration: self.duration.with_label_values(&[service]),
-            closed: End::ALL.map(|end| self.closed.with_label_values(&[service, end.as_str()])),
-        }
+    pub fn service(&self, service: &str) -> Arc<ServiceMetrics> {
+        self.services.series(&[service], ServiceMetrics::new)
     }
 
     /// Drops the UDP series of a service that has no UDP port any more.
@@ -457,35 +385,18 @@ impl Metrics {
 
     pub fn remove_service(&self, service: &str) {
         self.udp.remove_service(service);
-        let _ = self.service_active.remove_label_values(&[service]);
-        for reason in ["no_backend", "all_attempts_failed"] {
-            let _ = self.failed.remove_label_values(&[service, reason]);
-        }
-        let _ = self.refused.remove_label_values(&[service, "per_client"]);
-        for family in [&self.retries, &self.max_reached] {
-            let _ = family.remove_label_values(&[service]);
-        }
-        let _ = self.max_connections.remove_label_values(&[service]);
-        let _ = self.duration.remove_label_values(&[service]);
-        for end in End::ALL {
-            let _ = self.closed.remove_label_values(&[service, end.as_str()]);
-        }
-        for side in [Side::Client, Side::Backend] {
-            let _ = self
-                .forward_errors
-                .remove_label_values(&[service, side.as_str()]);
-        }
+        self.services.remove(&[service]);
     }
 
     /// The gauge of one listen address of `service` (control path only: the
     /// proxy sets it when the address binds or fails to).
-    pub fn listener_up(&self, service: &str, address: &str) -> IntGauge {
-        self.listener_up.with_label_values(&[service, address])
+    pub fn listener_up(&self, service: &str, address: &str) -> Arc<Gauge> {
+        self.listeners.series(&[service, address], Gauge::default)
     }
 
     /// Drops the gauge of a listen address that left the table (or moved
     /// to another service).
     pub fn remove_listener(&self, service: &str, address: &str) {
-        let _ = self.listener_up.remove_label_values(&[service, address]);
+        self.listeners.remove(&[service, address]);
     }
 }

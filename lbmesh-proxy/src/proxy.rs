@@ -50,8 +50,8 @@ use std::sync::Arc;
 use lb_config::Protocol;
 use std::time::Duration;
 
+use crate::series::Gauge;
 use arc_swap::ArcSwap;
-use prometheus::IntGauge;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -96,7 +96,7 @@ struct Listener {
     /// The service it serves now: the metric's label.
     service: Arc<str>,
     /// Its `lbmesh_listener_up` series.
-    up: IntGauge,
+    up: Arc<Gauge>,
     state: ListenerState,
 }
 

@@ -68,7 +68,7 @@ pub struct ServiceState {
     /// Open connections per client address, for the opt-in per-client cap
     /// (the cap itself is in the route's settings).
     pub clients: Arc<ClientCounts>,
-    pub metrics: ServiceMetrics,
+    pub metrics: Arc<ServiceMetrics>,
 }
 
 impl ServiceState {

@@ -3,14 +3,14 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus::IntCounter;
+use crate::series::Counter;
 
 /// Where one direction's bytes are counted: the backend's metric, and the
 /// connection's own total (what its access log line reports). Both are
 /// atomics the connection already holds: nothing is looked up.
 #[derive(Clone, Copy)]
 pub struct Tally<'a> {
-    pub metric: &'a IntCounter,
+    pub metric: &'a Counter,
     pub total: &'a AtomicU64,
 }
 

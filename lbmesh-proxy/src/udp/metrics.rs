@@ -18,10 +18,12 @@
 //! | `lbmesh_udp_sessions_expired_total` | counter | service | sessions ended by `udp_idle_timeout` |
 //! | `lbmesh_udp_dropped_total` | counter | service, reason | datagrams dropped: `over_cap` (a new flow with the service at `max_udp_sessions`), `no_backend`, `error` (a send that failed or found the socket buffer full) |
 //!
-//! Handles are resolved when the routing table is built; the relay only
+//! Series are resolved when the routing table is built; the relay only
 //! touches atomics.
 
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use std::sync::Arc;
+
+use crate::series::{Counter, Export, Gauge, Reading, Render, SeriesMap};
 
 /// Why a datagram was dropped: the `reason` label of
 /// `lbmesh_udp_dropped_total`.
@@ -52,113 +54,105 @@ impl DropReason {
     }
 }
 
-/// The UDP families.
+/// The UDP series, by label values.
 pub struct UdpFamilies {
-    datagrams_in: IntCounterVec,
-    datagrams_out: IntCounterVec,
-    sessions: IntGaugeVec,
-    expired: IntCounterVec,
-    dropped: IntCounterVec,
+    backends: Arc<SeriesMap<UdpBackendMetrics>>,
+    services: Arc<SeriesMap<UdpServiceMetrics>>,
 }
 
-/// Handles of one UDP (service, backend) pair.
-#[derive(Clone)]
+/// The datagram counts of one UDP (service, backend) pair.
+#[derive(Default)]
 pub struct UdpBackendMetrics {
-    pub datagrams_in: IntCounter,
-    pub datagrams_out: IntCounter,
+    pub datagrams_in: Counter,
+    pub datagrams_out: Counter,
 }
 
-/// Handles of one service with UDP ports.
-#[derive(Clone)]
+/// The series of one service with UDP ports.
+#[derive(Default)]
 pub struct UdpServiceMetrics {
-    pub sessions: IntGauge,
-    pub expired: IntCounter,
+    pub sessions: Gauge,
+    pub expired: Counter,
     /// By [`DropReason`], in the order of [`DropReason::ALL`].
-    pub dropped: [IntCounter; DropReason::ALL.len()],
+    pub dropped: [Counter; DropReason::ALL.len()],
 }
 
 impl UdpServiceMetrics {
-    pub fn drop(&self, reason: DropReason) {
+    pub fn count_drop(&self, reason: DropReason) {
         self.dropped[reason as usize].inc();
     }
 }
 
+impl Default for UdpFamilies {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl UdpFamilies {
-    /// Creates the families and registers them on `registry`.
-    pub fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
-        let sb = &["service", "backend"];
-        let families = Self {
-            datagrams_in: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_udp_datagrams_in_total",
-                    "UDP datagrams from clients sent to a backend.",
+    /// The families; [`crate::metrics::Metrics`] registers them with its
+    /// own ([`UdpFamilies::maps`]).
+    pub fn new() -> Self {
+        let backends = vec![
+            Export::new(
+                "lbmesh_udp_datagrams_in_total",
+                "UDP datagrams from clients sent to a backend.",
+                Reading::Counter(|b: &UdpBackendMetrics| &b.datagrams_in),
+            ),
+            Export::new(
+                "lbmesh_udp_datagrams_out_total",
+                "UDP datagrams from a backend sent back to clients.",
+                Reading::Counter(|b: &UdpBackendMetrics| &b.datagrams_out),
+            ),
+        ];
+        let services = vec![
+            Export::new(
+                "lbmesh_udp_sessions",
+                "Open UDP sessions of a service.",
+                Reading::Gauge(|s: &UdpServiceMetrics| &s.sessions),
+            ),
+            Export::new(
+                "lbmesh_udp_sessions_expired_total",
+                "UDP sessions ended by the service's udp_idle_timeout.",
+                Reading::Counter(|s: &UdpServiceMetrics| &s.expired),
+            ),
+            Export::new(
+                "lbmesh_udp_dropped_total",
+                "UDP datagrams dropped, by reason: over_cap, no_backend, error.",
+                Reading::CounterArray(
+                    "reason",
+                    DropReason::ALL.map(DropReason::as_str).to_vec(),
+                    |s: &UdpServiceMetrics| &s.dropped,
                 ),
-                sb,
-            )?,
-            datagrams_out: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_udp_datagrams_out_total",
-                    "UDP datagrams from a backend sent back to clients.",
-                ),
-                sb,
-            )?,
-            sessions: IntGaugeVec::new(
-                Opts::new("lbmesh_udp_sessions", "Open UDP sessions of a service."),
-                &["service"],
-            )?,
-            expired: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_udp_sessions_expired_total",
-                    "UDP sessions ended by the service's udp_idle_timeout.",
-                ),
-                &["service"],
-            )?,
-            dropped: IntCounterVec::new(
-                Opts::new(
-                    "lbmesh_udp_dropped_total",
-                    "UDP datagrams dropped, by reason: over_cap, no_backend, error.",
-                ),
-                &["service", "reason"],
-            )?,
-        };
-        registry.register(Box::new(families.datagrams_in.clone()))?;
-        registry.register(Box::new(families.datagrams_out.clone()))?;
-        registry.register(Box::new(families.sessions.clone()))?;
-        registry.register(Box::new(families.expired.clone()))?;
-        registry.register(Box::new(families.dropped.clone()))?;
-        Ok(families)
+            ),
+        ];
+        Self {
+            backends: Arc::new(SeriesMap::new(&["service", "backend"], backends)),
+            services: Arc::new(SeriesMap::new(&["service"], services)),
+        }
     }
 
-    pub fn backend(&self, service: &str, backend: &str) -> UdpBackendMetrics {
-        let labels = [service, backend];
-        UdpBackendMetrics {
-            datagrams_in: self.datagrams_in.with_label_values(&labels),
-            datagrams_out: self.datagrams_out.with_label_values(&labels),
-        }
+    /// The maps to render at a scrape.
+    pub fn maps(&self) -> [Arc<dyn Render>; 2] {
+        [
+            Arc::clone(&self.backends) as _,
+            Arc::clone(&self.services) as _,
+        ]
+    }
+
+    pub fn backend(&self, service: &str, backend: &str) -> Arc<UdpBackendMetrics> {
+        self.backends
+            .series(&[service, backend], UdpBackendMetrics::default)
     }
 
     pub fn remove_backend(&self, service: &str, backend: &str) {
-        let labels = [service, backend];
-        let _ = self.datagrams_in.remove_label_values(&labels);
-        let _ = self.datagrams_out.remove_label_values(&labels);
+        self.backends.remove(&[service, backend]);
     }
 
-    pub fn service(&self, service: &str) -> UdpServiceMetrics {
-        UdpServiceMetrics {
-            sessions: self.sessions.with_label_values(&[service]),
-            expired: self.expired.with_label_values(&[service]),
-            dropped: DropReason::ALL
-                .map(|reason| self.dropped.with_label_values(&[service, reason.as_str()])),
-        }
+    pub fn service(&self, service: &str) -> Arc<UdpServiceMetrics> {
+        self.services.series(&[service], UdpServiceMetrics::default)
     }
 
     pub fn remove_service(&self, service: &str) {
-        let _ = self.sessions.remove_label_values(&[service]);
-        let _ = self.expired.remove_label_values(&[service]);
-        for reason in DropReason::ALL {
-            let _ = self
-                .dropped
-                .remove_label_values(&[service, reason.as_str()]);
-        }
+        self.services.remove(&[service]);
     }
 }

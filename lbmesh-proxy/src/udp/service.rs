@@ -14,11 +14,11 @@ use crate::udp::metrics::UdpServiceMetrics;
 /// `ServiceState`).
 pub struct UdpService {
     open: AtomicU32,
-    pub metrics: UdpServiceMetrics,
+    pub metrics: Arc<UdpServiceMetrics>,
 }
 
 impl UdpService {
-    pub fn new(metrics: UdpServiceMetrics) -> Self {
+    pub fn new(metrics: Arc<UdpServiceMetrics>) -> Self {
         Self {
             open: AtomicU32::new(0),
             metrics,

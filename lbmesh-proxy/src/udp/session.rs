@@ -84,7 +84,7 @@ impl Clock {
 struct Session {
     socket: UdpSocket,
     backend: Arc<Backend>,
-    udp: UdpBackendMetrics,
+    udp: Arc<UdpBackendMetrics>,
     service: Arc<UdpService>,
     /// [`Clock`] milliseconds of the last datagram either way.
     last_seen: AtomicU64,
@@ -191,7 +191,7 @@ impl Sessions {
                     }
                     Err(error) => {
                         debug!(service = %route.service.name, %client, %error, "udp send to backend failed");
-                        udp.metrics.drop(DropReason::Error);
+                        udp.metrics.count_drop(DropReason::Error);
                         return;
                     }
                 }
@@ -204,7 +204,7 @@ impl Sessions {
         };
         if let Err(error) = send(&entry.session, data, now) {
             debug!(service = %route.service.name, %client, %error, "udp send to backend failed");
-            udp.metrics.drop(DropReason::Error);
+            udp.metrics.count_drop(DropReason::Error);
         }
         self.table.insert(client, entry);
     }
@@ -213,7 +213,7 @@ impl Sessions {
     /// and its relay; `None` (counted) when one of them is not to be had.
     fn open(&self, client: SocketAddr, route: &Route, udp: &Arc<UdpService>) -> Option<Entry> {
         let Some(place) = udp.try_open(route.settings.max_udp_sessions) else {
-            udp.metrics.drop(DropReason::OverCap);
+            udp.metrics.count_drop(DropReason::OverCap);
             return None;
         };
         let ctx = PickContext {
@@ -221,7 +221,7 @@ impl Sessions {
             lane: self.lane,
         };
         let Some(backend) = route.backends.pick(ctx) else {
-            udp.metrics.drop(DropReason::NoBackend);
+            udp.metrics.count_drop(DropReason::NoBackend);
             return None;
         };
         let socket = match connected_socket(backend) {
@@ -229,7 +229,7 @@ impl Sessions {
             Err(error) => {
                 debug!(service = %route.service.name, backend = %backend.addr, %error, "cannot open a udp session socket");
                 backend.metrics.connect_failed(ConnectFailure::of(&error));
-                udp.metrics.drop(DropReason::Error);
+                udp.metrics.count_drop(DropReason::Error);
                 return None;
             }
         };
@@ -367,7 +367,7 @@ async fn relay_replies(
                 }
                 Ok((_, Err(error))) => {
                     debug!(%service, client = ?client.as_socket(), %error, "udp reply to client failed");
-                    session.service.metrics.drop(DropReason::Error);
+                    session.service.metrics.count_drop(DropReason::Error);
                 }
                 Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
                     drained = true;
