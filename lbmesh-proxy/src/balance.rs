@@ -53,10 +53,10 @@ pub const MAGLEV_MAX_TABLE_SIZE: usize = 65_537;
 /// a set of up to 16 backends never changes its table's size.
 pub const MAGLEV_MIN_TABLE_SIZE: usize = 1_601;
 
-/// Number of independent cursors per round-robin or weighted picker. Listen
+/// Most independent cursors per round-robin or weighted picker. Listen
 /// addresses take lanes in turn; more addresses than lanes share cursors,
 /// which stays correct (the cursor is atomic) and only adds contention.
-pub const LANES: usize = 16;
+pub const MAX_LANES: usize = 16;
 
 /// Most backends a Maglev table spreads over (its slots hold u16 indices);
 /// backends past this many get no slots.
@@ -198,8 +198,27 @@ pub struct PickContext {
 #[repr(align(128))]
 struct PaddedCursor(AtomicUsize);
 
+/// Cursors per picker: one per core, rounded up to a power of two (so a
+/// lane is a mask, not a division), at most [`MAX_LANES`]. More lanes than
+/// threads that can run at once only cost memory: 128 bytes each, in
+/// every round-robin and weighted backend set.
+fn lane_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(MAX_LANES, |cores| cores.get().next_power_of_two())
+            .min(MAX_LANES)
+    })
+}
+
 fn lanes() -> Box<[PaddedCursor]> {
-    (0..LANES).map(|_| PaddedCursor::default()).collect()
+    (0..lane_count()).map(|_| PaddedCursor::default()).collect()
+}
+
+/// The cursor of `lane` (the cursor count is a power of two).
+#[inline]
+fn cursor_of(cursors: &[PaddedCursor], lane: usize) -> &AtomicUsize {
+    &cursors[lane & (cursors.len() - 1)].0
 }
 
 /// The algorithm-specific part of a [`BackendSet`], computed once per set.
@@ -288,7 +307,7 @@ impl BackendSet {
         }
         let index = match &self.picker {
             Picker::RoundRobin { cursors } => {
-                let cursor = &cursors[ctx.lane % LANES].0;
+                let cursor = cursor_of(cursors, ctx.lane);
                 // On a skip the cursor moves on, so an ejected backend's turns
                 // are spread over the others instead of all going to its
                 // neighbour.
@@ -296,7 +315,7 @@ impl BackendSet {
             }
             Picker::Random => self.redraw(|| fastrand::usize(..n)),
             Picker::Weighted { period, cursors } => {
-                let at = cursors[ctx.lane % LANES].0.fetch_add(1, Ordering::Relaxed) % period.len();
+                let at = cursor_of(cursors, ctx.lane).fetch_add(1, Ordering::Relaxed) % period.len();
                 self.weighted_from(period, at)
             }
             Picker::LeastConn => self.power_of_two_choices(),

@@ -37,7 +37,9 @@ pub struct ServiceRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip_v6: Option<Ipv6Addr>,
     /// The spec before the last update, for `service rollback`.
-    pub previous: Option<ServiceSpec>,
+    /// Boxed: most records never roll back, and an inline spec would
+    /// double every entry of the persistent map's leaves.
+    pub previous: Option<Box<ServiceSpec>>,
     /// Version of the task template (image, command, env, target ports):
     /// tasks of an older one are replaced by a rolling update. It changes
     /// only when the template does, so scaling replaces nothing.

@@ -457,7 +457,7 @@ impl RegistryState {
         let previous = std::mem::replace(&mut record.spec, spec.clone());
         record.validated = checked;
         let template_changed = !previous.same_task_template(spec);
-        record.previous = Some(previous);
+        record.previous = Some(Box::new(previous));
         record.version += 1;
         let previous_task_version = record.task_version;
         if template_changed {
@@ -496,7 +496,7 @@ impl RegistryState {
                 format!("no service named {name:?}"),
             );
         };
-        let Some(previous) = record.previous.clone() else {
+        let Some(previous) = record.previous.as_deref().cloned() else {
             return reject(
                 RejectKind::Conflict,
                 "name",

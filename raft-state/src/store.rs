@@ -148,9 +148,10 @@ pub struct Applied {
 
 /// redb's page cache. Its default (1 GiB) let the cache grow with every
 /// page the log and the snapshots ever wrote, which showed as memory per
-/// service; this holds the working set of a 10,000-service registry (a
-/// snapshot of about 4 MiB and the few hundred log entries kept).
-const PAGE_CACHE_BYTES: usize = 32 << 20;
+/// service (4 KB a service at 1,000); this holds the working set of a
+/// 10,000-service registry (a snapshot of about 4 MiB and the few hundred
+/// log entries kept), and the kernel's page cache is behind it.
+const PAGE_CACHE_BYTES: usize = 8 << 20;
 
 /// The open redb file, shared by every part of the store.
 pub struct OpenDatabase {

@@ -94,7 +94,7 @@ pub fn service(record: &ServiceRecord) -> api::Service {
         version: record.version,
         vip: record.vip,
         vip_v6: record.vip_v6,
-        previous: record.previous.clone(),
+        previous: record.previous.as_deref().cloned(),
         task_version: record.task_version,
         previous_task_version: record.previous_task_version,
         update: record.update.as_ref().map(update_status),
@@ -223,7 +223,7 @@ mod tests {
             version: 4,
             vip: "127.77.0.9".parse().expect("ip"),
             vip_v6: None,
-            previous: Some(spec),
+            previous: Some(Box::new(spec)),
             task_version: 3,
             previous_task_version: 2,
             update: Some(UpdateStatus {
