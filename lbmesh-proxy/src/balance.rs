@@ -315,7 +315,8 @@ impl BackendSet {
             }
             Picker::Random => self.redraw(|| fastrand::usize(..n)),
             Picker::Weighted { period, cursors } => {
-                let at = cursor_of(cursors, ctx.lane).fetch_add(1, Ordering::Relaxed) % period.len();
+                let at =
+                    cursor_of(cursors, ctx.lane).fetch_add(1, Ordering::Relaxed) % period.len();
                 self.weighted_from(period, at)
             }
             Picker::LeastConn => self.power_of_two_choices(),
