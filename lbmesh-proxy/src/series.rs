@@ -12,7 +12,7 @@
 //! ```text
 //! routing table build ─> SeriesMap::series(labels, make) ─> Arc<S> held by the route
 //! connection path     ─> Arc<S>.counter.inc()            (an atomic; nothing looked up)
-//! scrape ─> DataPlaneCollector::collect ─> each map's exports ─> MetricFamily
+//! scrape ─> MapsCollector::collect ─> each map's exports ─> MetricFamily
 //! ```
 //!
 //! The map's lock is taken on the control path (a build, a removal) and
