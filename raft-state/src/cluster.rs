@@ -124,11 +124,14 @@ impl VipRange {
         Ok(Self { base, prefix_len })
     }
 
-    /// Usable addresses: the range without its first and last address.
-    pub(crate) fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
+    /// The usable addresses (the range without its first and last
+    /// address) from `first` on: all of them when `first` is below the
+    /// range, none when above.
+    pub(crate) fn hosts_from(&self, first: Ipv4Addr) -> impl Iterator<Item = Ipv4Addr> {
         let base = u32::from(self.base);
         let size = 1u32 << (32 - self.prefix_len);
-        (1..size - 1).map(move |offset| Ipv4Addr::from(base + offset))
+        let start = u32::from(first).saturating_sub(base).max(1);
+        (start..size - 1).map(move |offset| Ipv4Addr::from(base + offset))
     }
 }
 
@@ -202,12 +205,14 @@ impl VipRangeV6 {
         Ok(Self { base, prefix_len })
     }
 
-    /// Usable addresses: the range without its first (the subnet-router
-    /// anycast address) and last address, as in the v4 range.
-    pub(crate) fn hosts(&self) -> impl Iterator<Item = Ipv6Addr> {
+    /// Usable addresses from `first` on, as [`VipRange::hosts_from`]: the
+    /// range without its first (the subnet-router anycast address) and
+    /// last address.
+    pub(crate) fn hosts_from(&self, first: Ipv6Addr) -> impl Iterator<Item = Ipv6Addr> {
         let base = u128::from(self.base);
         let size = 1u128 << (128 - self.prefix_len);
-        (1..size - 1).map(move |offset| Ipv6Addr::from(base + offset))
+        let start = u128::from(first).saturating_sub(base).max(1);
+        (start..size - 1).map(move |offset| Ipv6Addr::from(base + offset))
     }
 }
 
@@ -228,7 +233,15 @@ mod tests {
         assert!(VipRange::parse("127.77.0.0/31").is_err());
         assert!(VipRange::parse("nope").is_err());
         let small = VipRange::parse("10.0.0.0/30").unwrap();
-        assert_eq!(small.hosts().count(), 2);
+        assert_eq!(small.hosts_from(small.base).count(), 2);
+        let from = |first: [u8; 4]| small.hosts_from(first.into()).collect::<Vec<_>>();
+        assert_eq!(from([10, 0, 0, 2]), [Ipv4Addr::new(10, 0, 0, 2)]);
+        assert_eq!(from([9, 0, 0, 0]).len(), 2, "below the range: all of it");
+        assert!(
+            from([10, 0, 0, 3]).is_empty(),
+            "the last address is no host"
+        );
+        assert!(from([11, 0, 0, 0]).is_empty(), "above the range: none");
     }
 
     #[test]
@@ -246,7 +259,7 @@ mod tests {
             assert!(VipRangeV6::parse(bad).is_err(), "{bad}");
         }
         let small = VipRangeV6::parse("fd00::/126").unwrap();
-        let hosts: Vec<Ipv6Addr> = small.hosts().collect();
+        let hosts: Vec<Ipv6Addr> = small.hosts_from(small.base).collect();
         assert_eq!(
             hosts,
             [

@@ -21,10 +21,10 @@
 //! - each service holds one VIP from the range, and no two services share one;
 //! - node ids and node names are unique.
 
+mod taken;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, Ipv6Addr};
 
 use imbl::OrdMap;
 use lb_config::{check_dns_label, ServiceSpec};
@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use crate::outcome::reject;
 use crate::requests::{Answer, RecentRequests};
 use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus};
+use taken::{port_key, TakenCell};
 
 // The records have files of their own; these keep the paths callers use
 // (`raft_state::state::Command`, ...).
@@ -75,6 +76,10 @@ pub struct RegistryState {
     /// from then on, whatever their expiry (the deny list).
     #[serde(default)]
     pub removed_nodes: BTreeSet<NodeId>,
+    /// The VIPs and published ports in use, derived from `services` (see
+    /// [`taken`]); `services` changes only through `apply`, which keeps it.
+    #[serde(skip)]
+    taken: TakenCell,
 }
 
 impl Default for RegistryState {
@@ -90,6 +95,7 @@ impl Default for RegistryState {
             listener_failures: BTreeMap::new(),
             requests: RecentRequests::default(),
             removed_nodes: BTreeSet::new(),
+            taken: TakenCell::default(),
         }
     }
 }
@@ -181,6 +187,7 @@ impl RegistryState {
                 self.cluster = Some(cluster.clone());
                 self.vip_range = *vip_range;
                 self.vip_range_v6 = *vip_range_v6;
+                self.taken.reset();
                 self.dns_domain.clone_from(dns_domain);
                 Outcome::Nothing
             }
@@ -238,7 +245,10 @@ impl RegistryState {
                 }
             },
             Command::RemoveService { name } => match self.services.remove(name) {
-                Some(_) => {
+                Some(record) => {
+                    if let Some(taken) = self.taken.built() {
+                        taken.remove(&record);
+                    }
                     // Out of every routing table now; agents drain and stop.
                     self.change_tasks(
                         |t| t.service == *name,
@@ -396,7 +406,9 @@ impl RegistryState {
         if let Some(outcome) = self.port_clash(spec) {
             return outcome;
         }
-        let Some(vip) = self.free_vip() else {
+        let vip_range = self.vip_range;
+        let taken = self.taken.get(&self.services);
+        let Some(vip) = taken.lowest_free_vip(vip_range) else {
             return reject(
                 RejectKind::Conflict,
                 "vip",
@@ -404,7 +416,7 @@ impl RegistryState {
             );
         };
         let vip_v6 = match self.vip_range_v6 {
-            Some(range) => match self.free_vip_v6(range) {
+            Some(range) => match taken.lowest_free_vip_v6(range) {
                 Some(vip) => Some(vip),
                 None => {
                     return reject(
@@ -428,6 +440,7 @@ impl RegistryState {
             update: None,
             validated: checked,
         };
+        taken.add(&record);
         self.services.insert(spec.name.clone(), record.clone());
         Outcome::Service {
             service: Box::new(record),
@@ -455,6 +468,9 @@ impl RegistryState {
             return reject(RejectKind::NotFound, "name", "vanished");
         };
         let previous = std::mem::replace(&mut record.spec, spec.clone());
+        if let Some(taken) = self.taken.built() {
+            taken.respec(&previous, spec);
+        }
         record.validated = checked;
         let template_changed = !previous.same_task_template(spec);
         record.previous = Some(Box::new(previous));
@@ -507,38 +523,25 @@ impl RegistryState {
         self.change_service(&previous, true, true)
     }
 
-    /// A published port already owned by another service (the first owner
-    /// by name). A scan of the other services per published port of
-    /// `spec`: integer comparisons only, where a map of every owner (as
-    /// before) hashed and allocated per service on every create and update.
-    fn port_clash(&self, spec: &ServiceSpec) -> Option<Outcome> {
-        // A port is owned per protocol: one service's 53/udp and another's
-        // 53/tcp do not clash. Every spec stored before UDP ports names tcp
-        // (or nothing), so entries written before apply as they did.
-        let udp = |port: &lb_config::PortSpec| port.protocol.as_deref() == Some("udp");
+    /// A published port already owned by another service: a look-up per
+    /// published port of `spec` in the index of owners.
+    fn port_clash(&mut self, spec: &ServiceSpec) -> Option<Outcome> {
+        let taken = self.taken.get(&self.services);
         for (i, port) in spec.ports.iter().enumerate() {
-            if !port.is_published() {
-                continue;
-            }
-            let key = (port.published, udp(port));
-            let owner = self.services.iter().find(|(name, other)| {
-                **name != spec.name
-                    && other
-                        .spec
-                        .ports
-                        .iter()
-                        .any(|p| p.is_published() && (p.published, udp(p)) == key)
-            });
-            if let Some((name, _)) = owner {
-                return Some(reject(
-                    RejectKind::Conflict,
-                    format!("ports[{i}].published"),
-                    format!(
-                        "port {}{} is already published by service {name:?}",
-                        port.published,
-                        if udp(port) { "/udp" } else { "" }
-                    ),
-                ));
+            let Some(key) = port_key(port) else { continue };
+            match taken.owner(key) {
+                Some(owner) if owner != spec.name => {
+                    return Some(reject(
+                        RejectKind::Conflict,
+                        format!("ports[{i}].published"),
+                        format!(
+                            "port {}{} is already published by service {owner:?}",
+                            port.published,
+                            if key.1 { "/udp" } else { "" }
+                        ),
+                    ))
+                }
+                _ => {}
             }
         }
         None
@@ -554,16 +557,6 @@ impl RegistryState {
                 tracing::warn!(service = %record.spec.name, %error, "stored spec fails validation");
             }
         }
-    }
-
-    fn free_vip(&self) -> Option<Ipv4Addr> {
-        let taken: BTreeSet<Ipv4Addr> = self.services.values().map(|s| s.vip).collect();
-        self.vip_range.hosts().find(|ip| !taken.contains(ip))
-    }
-
-    fn free_vip_v6(&self, range: VipRangeV6) -> Option<Ipv6Addr> {
-        let taken: BTreeSet<Ipv6Addr> = self.services.values().filter_map(|s| s.vip_v6).collect();
-        range.hosts().find(|ip| !taken.contains(ip))
     }
 }
 
@@ -604,6 +597,7 @@ mod tests {
     use super::*;
     use crate::requests::REMEMBERED_REQUESTS;
     use lb_config::{EndpointSpec, PortSpec};
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     fn spec(name: &str, port: i64) -> ServiceSpec {
         ServiceSpec {
@@ -770,6 +764,91 @@ mod tests {
         };
         assert_eq!(service.spec.ports[0].published, 80);
         assert_eq!(service.version, 3);
+    }
+
+    /// The VIP and port index (`state/taken.rs`) gives the answers a scan
+    /// of every service gives, whether kept since the first command or
+    /// built afresh from a state read back (as after a restart or a
+    /// snapshot): the lowest free host, and a port free once its owner
+    /// moves off it or is removed.
+    #[test]
+    fn vips_and_ports_follow_the_services_however_the_index_was_built() {
+        use crate::cluster::{VipRange, VipRangeV6};
+        let mut kept = RegistryState::default();
+        kept.apply(&Command::InitCluster {
+            cluster: ClusterInfo::default(),
+            vip_range: VipRange::parse("10.9.0.0/28").unwrap(),
+            vip_range_v6: Some(VipRangeV6::parse("fd09::/124").unwrap()),
+            dns_domain: None,
+        });
+        let mut read_back = kept.clone();
+        let (mut created, mut clashed, mut freed) = (0, 0, 0);
+        let mut seed = 7u32;
+        let mut next = |below: u32| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) % below
+        };
+        for step in 0..400 {
+            let name = format!("s{}", next(20));
+            let port = 8000 + i64::from(next(12));
+            let command = match next(3) {
+                0 => Command::CreateService {
+                    spec: spec(&name, port),
+                    id: String::new(),
+                },
+                1 => Command::UpdateService {
+                    spec: spec(&name, port),
+                },
+                _ => Command::RemoveService { name: name.clone() },
+            };
+            let scanned: BTreeSet<Ipv4Addr> = kept.services.values().map(|s| s.vip).collect();
+            let lowest_free = (1..15u8)
+                .map(|h| Ipv4Addr::new(10, 9, 0, h))
+                .find(|ip| !scanned.contains(ip));
+            let owner = kept
+                .services
+                .values()
+                .find(|s| s.spec.name != name && s.spec.ports[0].published == port)
+                .map(|s| s.spec.name.clone());
+            let exists = kept.services.contains_key(&name);
+            let outcome = kept.apply(&command);
+            read_back = serde_json::from_value(serde_json::to_value(&read_back).unwrap()).unwrap();
+            assert_eq!(
+                read_back.apply(&command),
+                outcome,
+                "step {step}: {command:?}"
+            );
+            let is_create = matches!(command, Command::CreateService { .. });
+            let checks_ports =
+                matches!(command, Command::UpdateService { .. }) && exists || is_create && !exists;
+            match (&owner, &outcome) {
+                (Some(owner), _) if checks_ports => {
+                    let rejection = rejected(outcome.clone());
+                    assert_eq!(rejection.kind, RejectKind::Conflict, "step {step}");
+                    assert!(
+                        rejection.reason.contains(&format!("{owner:?}")),
+                        "step {step}: {rejection:?}"
+                    );
+                    clashed += 1;
+                }
+                (None, Outcome::Service { service }) if is_create => {
+                    assert_eq!(Some(service.vip), lowest_free, "step {step}");
+                    created += 1;
+                }
+                (_, Outcome::Removed) => freed += 1,
+                _ => {}
+            }
+        }
+        // The sequence reuses freed VIPs and ports and meets clashes.
+        assert!(
+            created > 30 && clashed > 30 && freed > 30,
+            "{created} {clashed} {freed}"
+        );
+        assert_eq!(kept, read_back);
+        let vips: BTreeSet<Ipv4Addr> = kept.services.values().map(|s| s.vip).collect();
+        assert_eq!(vips.len(), kept.services.len(), "no VIP is shared");
+        let v6: BTreeSet<Ipv6Addr> = kept.services.values().filter_map(|s| s.vip_v6).collect();
+        assert_eq!(v6.len(), kept.services.len(), "no v6 VIP is shared");
     }
 
     #[test]

@@ -366,10 +366,11 @@ async fn an_engine_restart_leaves_no_dead_container_and_the_task_runs_again() {
 
 #[test]
 fn tasks_get_the_responder_with_their_stack_first_in_the_search_list() {
-    let state = |range: &str, dns_domain: Option<&str>| RegistryState {
-        vip_range: raft_state::state::VipRange::parse(range).expect("range"),
-        dns_domain: dns_domain.map(str::to_owned),
-        ..RegistryState::default()
+    let state = |range: &str, dns_domain: Option<&str>| {
+        let mut state = RegistryState::default();
+        state.vip_range = raft_state::state::VipRange::parse(range).expect("range");
+        state.dns_domain = dns_domain.map(str::to_owned);
+        state
     };
     let routed = state("198.18.0.0/16", None);
     let stack = BTreeMap::from([(lb_config::STACK_LABEL.to_owned(), "app".to_owned())]);
