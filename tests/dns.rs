@@ -271,13 +271,7 @@ fn every_node_answers_under_the_domain_the_cluster_was_bootstrapped_with() {
     ]
     .map(str::to_owned)
     .to_vec();
-    for n in 1..3 {
-        let host = cluster.api(0);
-        let token = cluster.manager_token.clone();
-        let child = cluster.spawn(n, Some((&host, &token)));
-        cluster.nodes.push(Some(child));
-        cluster.wait_for_nodes(n + 1);
-    }
+    cluster.join_managers(3);
     let dns = cluster.dns_addr();
     let port = free_port_on_all(&cluster).to_string();
     let (code, _, err) = cluster.lbctl(0, &["service", "create", "db", "-p", &port]);

@@ -242,14 +242,21 @@ impl Cluster {
     /// [`Cluster::form_with`] on node addresses of `family`.
     pub fn form_in(family: Family, extra_args: &[&str]) -> Self {
         let mut cluster = Self::bootstrap_in(family, extra_args, None);
-        for n in 1..3 {
-            let host = cluster.api(0);
-            let token = cluster.manager_token.clone();
-            let child = cluster.spawn(n, Some((&host, &token)));
-            cluster.nodes.push(Some(child));
-            cluster.wait_for_nodes(n + 1);
-        }
+        cluster.join_managers(3);
         cluster
+    }
+
+    /// Joins nodes 1, 2, ... through node 0 as managers, started with the
+    /// cluster's `extra_args` as they are now, one at a time (each waits
+    /// until the cluster lists it) until there are `total` nodes.
+    pub fn join_managers(&mut self, total: usize) {
+        for n in self.nodes.len()..total {
+            let host = self.api(0);
+            let token = self.manager_token.clone();
+            let child = self.spawn(n, Some((&host, &token)));
+            self.nodes.push(Some(child));
+            self.wait_for_nodes(n + 1);
+        }
     }
 
     /// Bootstraps node 0 alone, started with `extra_args` and, if given,
