@@ -41,8 +41,11 @@
 //!   (it only loads the table).
 //! - Only the owner of the `Proxy` (`&mut self`) touches the listeners; the
 //!   accept loops never see them.
+//! - `failing` holds exactly the addresses whose listener is failing, so
+//!   what runs after every change (the failures handed to the registry,
+//!   the next retry) looks at those only, never at every listener.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -113,6 +116,8 @@ pub struct Proxy {
     table: Arc<ArcSwap<RoutingTable>>,
     /// Every listen address of the stored table.
     listeners: HashMap<ProtoAddr, Listener>,
+    /// The addresses of `listeners` that are failing.
+    failing: BTreeSet<ProtoAddr>,
     /// Parent of every listener's token.
     stop_accepting: CancellationToken,
     connections: TaskTracker,
@@ -142,6 +147,7 @@ impl Proxy {
             metrics,
             table: Arc::new(ArcSwap::from_pointee(RoutingTable::default())),
             listeners: HashMap::new(),
+            failing: BTreeSet::new(),
             stop_accepting: CancellationToken::new(),
             connections: TaskTracker::new(),
             access_log: None,
@@ -216,13 +222,19 @@ impl Proxy {
     /// When the next failing address is due for a try; `None` while every
     /// address is bound.
     pub fn next_retry(&self) -> Option<Instant> {
-        self.listeners
-            .values()
-            .filter_map(|listener| match listener.state {
+        self.failing_listeners()
+            .filter_map(|(_, listener)| match listener.state {
                 ListenerState::Failing { retry_at, .. } => Some(retry_at),
                 ListenerState::Bound(_) => None,
             })
             .min()
+    }
+
+    /// The failing addresses with their listeners.
+    fn failing_listeners(&self) -> impl Iterator<Item = (&ProtoAddr, &Listener)> {
+        self.failing
+            .iter()
+            .filter_map(|addr| self.listeners.get_key_value(addr))
     }
 
     /// Tries again every failing address that is due. Returns whether the
@@ -234,8 +246,7 @@ impl Proxy {
     /// [`Proxy::retry_failed`] as of `now`.
     fn retry_due(&mut self, now: Instant) -> bool {
         let due: Vec<(ProtoAddr, Arc<str>)> = self
-            .listeners
-            .iter()
+            .failing_listeners()
             .filter(|(_, listener)| {
                 matches!(listener.state, ListenerState::Failing { retry_at, .. } if retry_at <= now)
             })
@@ -258,8 +269,7 @@ impl Proxy {
     /// Every listen address that is not bound now, in address order.
     pub fn failures(&self) -> Vec<ListenerFailure> {
         let mut failures: Vec<ListenerFailure> = self
-            .listeners
-            .iter()
+            .failing_listeners()
             .filter_map(|(addr, listener)| match &listener.state {
                 ListenerState::Failing { error, .. } => Some(ListenerFailure {
                     service: listener.service.to_string(),
@@ -282,10 +292,7 @@ impl Proxy {
 
     /// How many listen addresses are bound.
     pub fn listener_count(&self) -> usize {
-        self.listeners
-            .values()
-            .filter(|listener| matches!(listener.state, ListenerState::Bound(_)))
-            .count()
+        self.listeners.len() - self.failing.len()
     }
 
     /// Stops every accept loop: listeners close, new connects are refused,
@@ -379,6 +386,7 @@ impl Proxy {
                 }
                 metrics.remove_listener(&listener.service, &address);
                 self.listeners.remove(addr);
+                self.failing.remove(addr);
                 continue;
             };
             if route.service.name != listener.service {
@@ -424,6 +432,7 @@ impl Proxy {
         );
         let up = self.metrics.listener_up(&service, &addr.to_string());
         up.set(0);
+        self.failing.insert(addr);
         self.listeners.insert(
             addr,
             Listener {
@@ -469,6 +478,7 @@ impl Proxy {
         }
         let up = self.metrics.listener_up(&service, &addr.to_string());
         up.set(1);
+        self.failing.remove(&addr);
         self.listeners.insert(
             addr,
             Listener {
@@ -609,9 +619,11 @@ mod tests {
         assert_eq!(up(&registry, "blocked", taken_addr), None);
         assert_eq!(up(&registry, "other", taken_addr), Some(0));
         assert_eq!(proxy.failures()[0].service, "other");
+        assert_eq!(proxy.listener_count(), 0, "a failing address is not bound");
         proxy.apply_per_listener(&[Update::Reset(vec![])]);
         assert!(proxy.failures().is_empty());
         assert_eq!(proxy.next_retry(), None);
+        assert_eq!(proxy.listener_count(), 0);
         assert_eq!(up(&registry, "other", taken_addr), None);
     }
 }
