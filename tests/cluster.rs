@@ -298,6 +298,35 @@ fn a_node_restarted_without_a_quorum_serves_its_api_at_once() {
     assert_eq!(code, 0, "a write through node 0: {err}");
 }
 
+/// Nodes that join at the same moment all join. The leader passed each
+/// join's membership changes to Raft as they came, and openraft refuses a
+/// change while another is in flight ("the cluster is already undergoing
+/// a configuration change"): one joiner of two started together exited
+/// with that error (seen in `loadtest/scale.py --nodes 3`).
+#[test]
+fn nodes_joining_at_the_same_moment_all_join() {
+    const JOINERS: usize = 4;
+    let mut cluster = Cluster::bootstrap(&[], None);
+    let host = cluster.api(0);
+    let token = cluster.manager_token.clone();
+    let joiners: Vec<_> = (1..=JOINERS)
+        .map(|n| cluster.spawn(n, Some((&host, &token))))
+        .collect();
+    cluster.nodes.extend(joiners.into_iter().map(Some));
+    cluster.wait_for_nodes(JOINERS + 1);
+    for n in 1..=JOINERS {
+        assert!(
+            cluster.nodes[n].as_mut().is_some_and(|child| child
+                .try_wait()
+                .ok()
+                .flatten()
+                .is_none()),
+            "joiner {n} exited; its log:\n{}",
+            cluster.log(n)
+        );
+    }
+}
+
 /// A follower stopped while 25 versions of a 950 KB spec are written
 /// catches up within 10 s of its restart. The leader used to send the
 /// whole gap (about 25 MB) as one append-entries frame, over the

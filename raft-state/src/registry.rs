@@ -45,7 +45,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, ChangeMembers, Config, ServerState, SnapshotPolicy};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Mutex, Notify};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -192,6 +192,11 @@ pub struct RegistryNode {
     election_timeout: Duration,
     /// Makes this node's request ids: unique per node and start, counted.
     request_ids: RequestIds,
+    /// Held over each membership change on this node: openraft refuses a
+    /// change while another is in flight ("undergoing a configuration
+    /// change"), so two nodes joining at once had one of them refused.
+    /// Here the second waits for the first.
+    membership_changes: Mutex<()>,
     stop: Arc<Notify>,
     server: JoinHandle<()>,
     /// Turns elections off while this voter cannot reach a quorum.
@@ -263,6 +268,7 @@ impl RegistryNode {
             drains,
             election_timeout: options.timing.election_max,
             request_ids: RequestIds::new(options.id),
+            membership_changes: Mutex::new(()),
             stop,
             server,
             election_guard,
@@ -298,6 +304,7 @@ impl RegistryNode {
         raft_addr: &str,
         voter: bool,
     ) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.membership_changes.lock().await;
         self.raft
             .add_learner(id, BasicNode::new(raft_addr), true)
             .await
@@ -312,6 +319,7 @@ impl RegistryNode {
 
     /// Makes learners voters (they must have caught up).
     pub async fn promote(&self, ids: &[NodeId]) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.membership_changes.lock().await;
         self.change_membership(ChangeMembers::AddVoterIds(ids.iter().copied().collect()))
             .await?;
         info!(?ids, "promoted to voter");
@@ -321,6 +329,7 @@ impl RegistryNode {
     /// Makes voters learners: they keep a full copy of the log but no
     /// longer vote.
     pub async fn demote(&self, ids: &[NodeId]) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.membership_changes.lock().await;
         self.change_membership_retaining(
             ChangeMembers::RemoveVoters(ids.iter().copied().collect()),
             true,
@@ -333,6 +342,7 @@ impl RegistryNode {
     /// Removes a node from Raft: a voter is demoted and dropped, a learner
     /// dropped.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.membership_changes.lock().await;
         let membership = self.metrics().membership_config.membership().clone();
         if membership.voter_ids().any(|v| v == id) {
             self.change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])))
@@ -376,6 +386,7 @@ impl RegistryNode {
         id: NodeId,
         raft_addr: &str,
     ) -> Result<(), RegistryError> {
+        let _one_at_a_time = self.membership_changes.lock().await;
         self.raft
             .add_learner(id, BasicNode::new(raft_addr), false)
             .await
