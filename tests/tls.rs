@@ -354,7 +354,13 @@ fn a_workers_files_and_memory_hold_no_token() {
                 .any(|(_, bytes)| contains(bytes, b"probe"))
                 .then_some(())
         },
-        || cluster.log(3),
+        || {
+            format!(
+                "worker's log:\n{}\nleader's log:\n{}",
+                cluster.log(3),
+                cluster.log(0)
+            )
+        },
     );
     for (path, bytes) in files_under(&cluster.data_dir(3)) {
         for needle in &needles {
