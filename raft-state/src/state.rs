@@ -790,7 +790,7 @@ mod tests {
         };
         for step in 0..400 {
             let name = format!("s{}", next(20));
-            let port = 8000 + i64::from(next(12));
+            let port = 8000 + i64::from(next(12)); // fixed-port-ok: records, nothing bound
             let command = match next(3) {
                 0 => Command::CreateService {
                     spec: spec(&name, port),
