@@ -4,7 +4,7 @@
 //! # Layout and flow
 //!
 //! ```text
-//! registry change ─> keep_names: names.updated(last, state) (the changed services only)
+//! registry change ─> keep_names: NamesKeeper::next (diffed with the state before it)
 //!                     ─> ArcSwap<Names> (one store)
 //! UDP datagram ─> answer::decide(bytes, names.load())
 //!                   ├ Answer ─> send_to the client (on the receive loop: no allocation
@@ -42,7 +42,6 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use lbmesh_proxy::listeners::{bind_listener, bind_udp_copies, ListenOptions};
-use raft_state::state::RegistryState;
 use raft_state::store::Applied;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -51,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use answer::Decision;
-use names::Names;
+use names::{Names, NamesKeeper};
 use upstream::Transport;
 
 /// The port the responder listens on: resolvers know no other.
@@ -141,23 +140,17 @@ pub async fn run(addr: SocketAddr, responder: Arc<Responder>, stop: Cancellation
 }
 
 /// Updates `names` with each applied registry state that changes them
-/// (see [`names::same_names`], [`Names::updated`]) until `stop`.
+/// (see [`NamesKeeper`]) until `stop`.
 pub async fn keep_names(
     names: Arc<ArcSwap<Names>>,
     mut changes: watch::Receiver<Applied>,
     stop: CancellationToken,
 ) {
-    let mut named: Option<Arc<RegistryState>> = None;
+    let mut keeper = NamesKeeper::default();
     loop {
         let state = Arc::clone(&changes.borrow_and_update().state);
-        let next = match &named {
-            Some(old) if names::same_names(old, &state) => None,
-            Some(old) => Some(names.load().updated(old, &state)),
-            None => Some(Names::of(&state, state.dns_domain())),
-        };
-        if let Some(next) = next {
+        if let Some(next) = keeper.next(&names.load(), &state) {
             names.store(Arc::new(next));
-            named = Some(state);
         }
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },

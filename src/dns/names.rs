@@ -15,6 +15,7 @@
 //! and the responder swaps it in whole.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use imbl::ordmap::DiffItem;
 use lb_config::STACK_LABEL;
@@ -118,12 +119,38 @@ impl Names {
     }
 }
 
+/// Keeps [`Names`] in step with the registry's applied states.
+///
+/// Each state is compared with the one before it, whether or not that one
+/// changed a name: states next to each other share all but the changed
+/// services' paths, so the comparison walks those only. (Compared with the
+/// state last *named*, every service changed since, endpoints and scales
+/// included, is walked again at every change, up to the whole registry.)
+#[derive(Default)]
+pub struct NamesKeeper {
+    seen: Option<Arc<RegistryState>>,
+}
+
+impl NamesKeeper {
+    /// The names of `state`, made from `current` (the names of the state
+    /// seen last), or `None` when they are the same.
+    pub fn next(&mut self, current: &Names, state: &Arc<RegistryState>) -> Option<Names> {
+        let next = match &self.seen {
+            Some(old) if same_names(old, state) => None,
+            Some(old) => Some(current.updated(old, state)),
+            None => Some(Names::of(state, state.dns_domain())),
+        };
+        self.seen = Some(Arc::clone(state));
+        next
+    }
+}
+
 /// Whether `old` and `new` give the same names: the same domain, and the
 /// same services with the same VIPs and stacks. Most registry changes
 /// (task reports, node heartbeats' effects, scaling) leave them alone, and
 /// this comparison walks only the services the two states do not share
 /// (see `raft_state::state`), where [`Names::of`] builds every name again.
-pub fn same_names(old: &RegistryState, new: &RegistryState) -> bool {
+fn same_names(old: &RegistryState, new: &RegistryState) -> bool {
     old.dns_domain() == new.dns_domain()
         && old.services.diff(&new.services).all(|item| match item {
             DiffItem::Add(..) | DiffItem::Remove(..) => false,
@@ -276,6 +303,43 @@ pub(crate) mod tests {
         let again = updated.updated(&new, &renamed);
         assert_eq!(again, Names::of(&renamed, "corp.test"));
         assert_eq!(again.domain(), "corp.test");
+    }
+
+    #[test]
+    fn the_keeper_compares_each_state_with_the_one_before() {
+        let mut first = RegistryState::default();
+        for n in 0..100u8 {
+            first
+                .services
+                .insert(format!("s{n}"), record([198, 18, 0, n], None));
+        }
+        let first = Arc::new(first);
+        let mut keeper = NamesKeeper::default();
+        let mut names = keeper.next(&Names::default(), &first).expect("first names");
+        let mut last = Arc::clone(&first);
+        // Scales change no name; a VIP change in between does.
+        for step in 0..40u8 {
+            let mut state = (*last).clone();
+            let service = state.services.get_mut("s7").expect("s7");
+            if step % 10 == 9 {
+                service.vip = [198, 18, 1, step].into();
+            } else {
+                service.spec.replicas = Some(i64::from(step));
+            }
+            let state = Arc::new(state);
+            let next = keeper.next(&names, &state);
+            assert_eq!(next.is_some(), step % 10 == 9, "step {step}");
+            if let Some(next) = next {
+                names = next;
+            }
+            assert_eq!(names, Names::of(&state, state.dns_domain()), "step {step}");
+            let seen = keeper.seen.as_ref().expect("a state seen");
+            assert!(
+                Arc::ptr_eq(seen, &state),
+                "step {step} compared with an older state"
+            );
+            last = state;
+        }
     }
 
     #[test]
