@@ -87,7 +87,7 @@ fn settled() -> RegistryState {
         at: NOW,
     });
     let placed: Vec<(String, u64)> = state
-        .tasks
+        .tasks()
         .values()
         .filter(|t| t.desired == DesiredState::Running)
         .filter_map(|t| Some((t.id.clone(), t.node?)))
@@ -181,7 +181,7 @@ fn summary(last: &RegistryState, now: &RegistryState) {
 
 fn main() {
     let last = settled();
-    let live = last.tasks.values().filter(|t| t.is_live()).count();
+    let live = last.tasks().values().filter(|t| t.is_live()).count();
     assert_eq!(live, SERVICES * REPLICAS as usize, "every task placed");
     let ops = plan(&last, NOW, &mut HashMap::new(), &mut String::new).ops;
     assert!(

@@ -472,7 +472,7 @@ fn refresh_backend_up(state: &AdminState) {
         state.metrics.set_tasks(
             applied
                 .state
-                .tasks
+                .tasks()
                 .values()
                 .map(|task| (task.service.as_str(), task.state.as_str())),
         );

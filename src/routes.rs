@@ -43,7 +43,7 @@
 //!
 //! [`ServiceRecord::checked`]: raft_state::state::ServiceRecord::checked
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -144,11 +144,10 @@ pub fn file_routes(services: &[Service], ingress_addr: IpAddr) -> Vec<ServiceRou
 /// address.
 pub fn registry_routes(applied: &Applied, ingress_addrs: &[IpAddr]) -> Vec<ServiceRoutes> {
     let state = &applied.state;
-    let tasks = tasks_by_service(state, |_| true);
     state
         .services
         .values()
-        .filter_map(|record| record_routes(state, record, &tasks, ingress_addrs))
+        .filter_map(|record| record_routes(state, record, ingress_addrs))
         .collect()
 }
 
@@ -157,15 +156,12 @@ pub fn registry_routes(applied: &Applied, ingress_addrs: &[IpAddr]) -> Vec<Servi
 fn record_routes(
     state: &RegistryState,
     record: &ServiceRecord,
-    tasks: &HashMap<&str, Vec<&TaskRecord>>,
     ingress_addrs: &[IpAddr],
 ) -> Option<ServiceRoutes> {
     match record.checked() {
         Ok(service) => {
-            let tasks = tasks
-                .get(service.name.as_str())
-                .map_or(&[][..], Vec::as_slice);
-            let routed = routed_tasks(state, service, tasks);
+            let tasks: Vec<&TaskRecord> = state.tasks_of(&service.name).collect();
+            let routed = routed_tasks(state, service, &tasks);
             Some(service_routes(
                 service,
                 ingress_addrs,
@@ -181,20 +177,6 @@ fn record_routes(
             None
         }
     }
-}
-
-/// The tasks of each service that `wanted` accepts, in one pass.
-fn tasks_by_service(
-    state: &RegistryState,
-    wanted: impl Fn(&str) -> bool,
-) -> HashMap<&str, Vec<&TaskRecord>> {
-    let mut by_service: HashMap<&str, Vec<&TaskRecord>> = HashMap::new();
-    for task in state.tasks.values() {
-        if wanted(&task.service) {
-            by_service.entry(&task.service).or_default().push(task);
-        }
-    }
-    by_service
 }
 
 /// Cluster mode, incrementally: the registry state last routed, and what
@@ -224,11 +206,10 @@ impl RegistryRoutes {
         let (touched, gone) = touched_services(old, new);
         let mut updates = Vec::new();
         if !touched.is_empty() {
-            let tasks = tasks_by_service(new, |name| touched.contains(name));
             let added: Vec<ServiceRoutes> = touched
                 .iter()
                 .filter_map(|name| new.services.get(*name))
-                .filter_map(|record| record_routes(new, record, &tasks, &self.ingress_addrs))
+                .filter_map(|record| record_routes(new, record, &self.ingress_addrs))
                 .collect();
             // A touched service whose spec no longer validates is skipped
             // by the full build too: it leaves the table.
@@ -298,7 +279,7 @@ fn touched_services<'a>(
             touched.insert(name);
         }
     };
-    for item in old.tasks.diff(&new.tasks) {
+    for item in old.tasks().diff(new.tasks()) {
         match item {
             DiffItem::Add(_, task) | DiffItem::Remove(_, task) => note(&task.service),
             DiffItem::Update { new: (_, task), .. } => note(&task.service),
@@ -313,11 +294,9 @@ fn touched_services<'a>(
         .chain(new.nodes.keys())
         .filter(|id| status(old, **id) != status(new, **id))
         .collect();
-    if !moved.is_empty() {
-        for task in new.tasks.values() {
-            if task.node.is_some_and(|node| moved.contains(&&node)) {
-                note(&task.service);
-            }
+    for node in moved {
+        for task in new.tasks_on(*node) {
+            note(&task.service);
         }
     }
     (touched, gone)
@@ -577,29 +556,26 @@ mod tests {
             });
             for (node, desired, task_state) in tasks {
                 let id = format!("t{node}");
-                state.tasks.insert(
-                    id.clone(),
-                    TaskRecord {
-                        id,
-                        service: "web".to_owned(),
-                        slot: 1,
-                        spec_version: 1,
-                        node: Some(*node),
-                        desired: *desired,
-                        state: *task_state,
-                        health: TaskHealth::Healthy,
-                        endpoint: Some(TaskEndpoint {
-                            ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, *node as u8)),
-                            ports: vec![(80, 30000 + *node as u16)],
-                        }),
-                        runtime_id: None,
-                        message: String::new(),
-                        attempt: 1,
-                        created_at: 1,
-                        updated_at: 1,
-                        started_at: (*task_state != TaskState::Starting).then_some(1),
-                    },
-                );
+                state.insert_task(TaskRecord {
+                    id,
+                    service: "web".to_owned(),
+                    slot: 1,
+                    spec_version: 1,
+                    node: Some(*node),
+                    desired: *desired,
+                    state: *task_state,
+                    health: TaskHealth::Healthy,
+                    endpoint: Some(TaskEndpoint {
+                        ip: IpAddr::V4(Ipv4Addr::new(127, 0, 0, *node as u8)),
+                        ports: vec![(80, 30000 + *node as u16)],
+                    }),
+                    runtime_id: None,
+                    message: String::new(),
+                    attempt: 1,
+                    created_at: 1,
+                    updated_at: 1,
+                    started_at: (*task_state != TaskState::Starting).then_some(1),
+                });
             }
             state
         }
@@ -711,20 +687,20 @@ mod tests {
                 (
                     "web's task turns unhealthy",
                     |s| {
-                        if let Some(task) = s.tasks.get_mut("t2") {
+                        s.change_task("t2", |task| {
                             task.health = TaskHealth::Unhealthy;
-                        }
+                        });
                     },
                     &["web"],
                 ),
                 (
                     "web's task is orphaned and its node goes down",
                     |s| {
-                        if let Some(task) = s.tasks.get_mut("t2") {
+                        s.change_task("t2", |task| {
                             task.health = TaskHealth::Healthy;
                             task.desired = DesiredState::Shutdown;
                             task.state = TaskState::Orphaned;
-                        }
+                        });
                         set_status(s, 2, NodeStatus::Down);
                     },
                     &["web"],
@@ -806,12 +782,12 @@ mod tests {
             let mut state = cluster(2, &[(1, ORPHAN.0, ORPHAN.1), (2, ORPHAN.0, ORPHAN.1)]);
             set_status(&mut state, 1, NodeStatus::Down);
             set_status(&mut state, 2, NodeStatus::Down);
-            if let Some(task) = state.tasks.get_mut("t1") {
+            state.change_task("t1", |task| {
                 task.health = TaskHealth::Unhealthy;
-            }
-            if let Some(task) = state.tasks.get_mut("t2") {
+            });
+            state.change_task("t2", |task| {
                 task.started_at = None;
-            }
+            });
             assert_eq!(routed_ports(state), Vec::<u16>::new());
         }
     }

@@ -50,7 +50,7 @@ pub fn worker_may_propose(
     match command {
         Command::ReportTask { report } => {
             own("a task report", report.node)?;
-            match state.tasks.get(&report.id).and_then(|t| t.node) {
+            match state.tasks().get(&report.id).and_then(|t| t.node) {
                 Some(node) if node != worker => own("a report of the task", node),
                 _ => Ok(()),
             }

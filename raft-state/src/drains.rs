@@ -131,7 +131,7 @@ pub fn drained(
         .keys()
         .filter(|id| {
             state
-                .tasks
+                .tasks()
                 .get(id.as_str())
                 .is_some_and(|task| task.node == Some(node) && departing(task))
         })
@@ -208,7 +208,7 @@ mod tests {
             task("old", 1, DesiredState::Shutdown),
             task("new", 1, DesiredState::Running),
         ] {
-            state.tasks.insert(task.id.clone(), task);
+            state.insert_task(task);
         }
         state
     }

@@ -22,6 +22,7 @@
 //! - node ids and node names are unique.
 
 mod taken;
+mod task_index;
 mod tasks;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,6 +35,7 @@ use crate::outcome::reject;
 use crate::requests::{Answer, RecentRequests};
 use crate::task::{DesiredState, TaskRecord, TaskState, UpdateState, UpdateStatus};
 use taken::{port_key, TakenCell};
+use task_index::{Placement, TaskIndexCell};
 
 // The records have files of their own; these keep the paths callers use
 // (`raft_state::state::Command`, ...).
@@ -61,9 +63,11 @@ pub struct RegistryState {
     /// the registry kept it (see [`RegistryState::dns_domain`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_domain: Option<String>,
-    /// Every task by id, live ones and a short history of dead ones.
+    /// Every task by id, live ones and a short history of dead ones
+    /// (read with [`RegistryState::tasks`]; changed only through the
+    /// task helpers, which keep `task_index`).
     #[serde(default)]
-    pub tasks: OrdMap<String, TaskRecord>,
+    tasks: OrdMap<String, TaskRecord>,
     /// What each node last reported it cannot bind; a node with none has
     /// no entry.
     #[serde(default)]
@@ -80,6 +84,10 @@ pub struct RegistryState {
     /// [`taken`]); `services` changes only through `apply`, which keeps it.
     #[serde(skip)]
     taken: TakenCell,
+    /// The tasks of each service and node, derived from `tasks` (see
+    /// [`task_index`]).
+    #[serde(skip)]
+    task_index: TaskIndexCell,
 }
 
 impl Default for RegistryState {
@@ -96,6 +104,7 @@ impl Default for RegistryState {
             requests: RecentRequests::default(),
             removed_nodes: BTreeSet::new(),
             taken: TakenCell::default(),
+            task_index: TaskIndexCell::default(),
         }
     }
 }
@@ -167,6 +176,7 @@ impl RegistryState {
     }
 
     fn apply_with(&mut self, command: &Command, udp: bool) -> Outcome {
+        self.index_tasks();
         match command {
             Command::InitCluster {
                 cluster,
@@ -213,16 +223,14 @@ impl RegistryState {
                     self.listener_failures.remove(id);
                     self.removed_nodes.insert(*id);
                     // Its tasks' fate is unknown; the scheduler replaces them.
-                    self.change_tasks(
-                        |t| t.node == Some(*id),
-                        |task| {
-                            task.desired = DesiredState::Shutdown;
-                            if !task.state.is_terminal() {
-                                task.state = TaskState::Orphaned;
-                                task.message = "its node was removed".to_owned();
-                            }
-                        },
-                    );
+                    let on_node = self.tasks_on(*id).map(|t| t.id.clone()).collect();
+                    self.change_tasks(on_node, |task| {
+                        task.desired = DesiredState::Shutdown;
+                        if !task.state.is_terminal() {
+                            task.state = TaskState::Orphaned;
+                            task.message = "its node was removed".to_owned();
+                        }
+                    });
                     Outcome::Removed
                 }
                 None => reject(RejectKind::NotFound, "id", format!("no node with id {id}")),
@@ -250,13 +258,11 @@ impl RegistryState {
                         taken.remove(&record);
                     }
                     // Out of every routing table now; agents drain and stop.
-                    self.change_tasks(
-                        |t| t.service == *name,
-                        |task| {
-                            task.desired = DesiredState::Shutdown;
-                            task.message = "service removed".to_owned();
-                        },
-                    );
+                    let of_service = self.tasks_of(name).map(|t| t.id.clone()).collect();
+                    self.change_tasks(of_service, |task| {
+                        task.desired = DesiredState::Shutdown;
+                        task.message = "service removed".to_owned();
+                    });
                     Outcome::Removed
                 }
                 None => reject(
@@ -275,25 +281,64 @@ impl RegistryState {
         self.dns_domain.as_deref().unwrap_or(DEFAULT_DNS_DOMAIN)
     }
 
-    /// Applies `change` to every task `pick` selects. The task map is
-    /// persistent (a clone shares it): ids first, then each changed task
-    /// is copied on write.
-    fn change_tasks(
-        &mut self,
-        pick: impl Fn(&TaskRecord) -> bool,
-        change: impl Fn(&mut TaskRecord),
-    ) {
-        let ids: Vec<String> = self
-            .tasks
-            .iter()
-            .filter(|(_, task)| pick(task))
-            .map(|(id, _)| id.clone())
-            .collect();
+    /// Applies `change` to each task of `ids`.
+    fn change_tasks(&mut self, ids: Vec<String>, change: impl Fn(&mut TaskRecord)) {
         for id in ids {
-            if let Some(task) = self.tasks.get_mut(&id) {
-                change(task);
-            }
+            self.change_task(&id, &change);
         }
+    }
+
+    /// Every task by id.
+    pub fn tasks(&self) -> &OrdMap<String, TaskRecord> {
+        &self.tasks
+    }
+
+    /// Puts `task` in the state (replacing the task of its id), keeping
+    /// the index, without a command's checks. `apply` changes tasks
+    /// through this, [`RegistryState::remove_task`] and
+    /// [`RegistryState::change_task`]; outside it they are for states made
+    /// outside the log (tests, benchmarks).
+    pub fn insert_task(&mut self, task: TaskRecord) {
+        if let Some(index) = self.task_index.built() {
+            if let Some(old) = self.tasks.get(&task.id) {
+                index.remove(old);
+            }
+            index.add(&task);
+        }
+        self.tasks.insert(task.id.clone(), task);
+    }
+
+    /// Removes task `id`, keeping the index.
+    pub fn remove_task(&mut self, id: &str) -> Option<TaskRecord> {
+        let task = self.tasks.remove(id)?;
+        if let Some(index) = self.task_index.built() {
+            index.remove(&task);
+        }
+        Some(task)
+    }
+
+    /// Applies `change` to task `id`, keeping the index; `None` when there
+    /// is no such task. (A task's id and service never change.) The task
+    /// map is persistent: the task is copied on write.
+    pub fn change_task<R>(
+        &mut self,
+        id: &str,
+        change: impl FnOnce(&mut TaskRecord) -> R,
+    ) -> Option<R> {
+        let task = self.tasks.get_mut(id)?;
+        let before = Placement::of(task);
+        let result = change(task);
+        let after = Placement::of(task);
+        if let Some(index) = self.task_index.built() {
+            index.moved(id, before, after);
+        }
+        Some(result)
+    }
+
+    /// Builds the task index if this state has none, so the states the
+    /// registry publishes after an apply carry one (see [`task_index`]).
+    fn index_tasks(&self) {
+        self.task_index.get(&self.tasks);
     }
 
     /// Finds a node by name or by id written in decimal.
@@ -304,9 +349,29 @@ impl RegistryState {
             .or_else(|| name_or_id.parse().ok().and_then(|id| self.nodes.get(&id)))
     }
 
-    /// Tasks of one service, by slot then creation time.
-    pub fn tasks_of<'a>(&'a self, service: &'a str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
-        self.tasks.values().filter(move |t| t.service == service)
+    /// Tasks of one service, by id.
+    pub fn tasks_of<'a>(&'a self, service: &str) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        self.tasks_in(self.task_index.get(&self.tasks).of_service(service))
+    }
+
+    /// Tasks placed on node `node` (any state), by id.
+    pub fn tasks_on(&self, node: NodeId) -> impl Iterator<Item = &TaskRecord> + '_ {
+        self.tasks_in(self.task_index.get(&self.tasks).on_node(node))
+    }
+
+    /// How many live tasks (desired running, not terminal) each node runs;
+    /// a node with none is absent.
+    pub fn live_tasks_per_node(&self) -> &OrdMap<NodeId, usize> {
+        self.task_index.get(&self.tasks).live_on()
+    }
+
+    fn tasks_in<'a>(
+        &'a self,
+        ids: Option<&'a imbl::OrdSet<String>>,
+    ) -> impl Iterator<Item = &'a TaskRecord> + 'a {
+        ids.into_iter()
+            .flatten()
+            .filter_map(|id| self.tasks.get(id))
     }
 
     fn register_node(&mut self, node: &NodeRecord) -> Outcome {
@@ -849,6 +914,149 @@ mod tests {
         assert_eq!(vips.len(), kept.services.len(), "no VIP is shared");
         let v6: BTreeSet<Ipv6Addr> = kept.services.values().filter_map(|s| s.vip_v6).collect();
         assert_eq!(v6.len(), kept.services.len(), "no v6 VIP is shared");
+    }
+
+    /// The task index answers as a scan of every task does, whether it was
+    /// kept through every command or built afresh from a state read back
+    /// (a restart, a snapshot), and in the same order.
+    #[test]
+    fn tasks_by_service_and_node_follow_the_tasks_however_the_index_was_built() {
+        use crate::task::{NewTask, TaskHealth, TaskOp, TaskReport};
+        let node_record = |id: NodeId| NodeRecord {
+            id,
+            name: format!("n{id}"),
+            raft_addr: format!("127.0.0.{id}:1").parse().unwrap(),
+            api_addr: format!("127.0.0.{id}:2").parse().unwrap(),
+            ingress_addr: format!("127.0.0.{id}").parse().unwrap(),
+            role: Role::Worker,
+            availability: Availability::Active,
+            status: NodeStatus::Ready,
+            labels: BTreeMap::new(),
+        };
+        let mut kept = RegistryState::default();
+        kept.apply(&Command::InitCluster {
+            cluster: ClusterInfo::default(),
+            vip_range: crate::cluster::DEFAULT_VIP_RANGE,
+            vip_range_v6: None,
+            dns_domain: None,
+        });
+        for (n, name) in ["a", "b", "c"].iter().enumerate() {
+            kept.apply(&Command::CreateService {
+                spec: spec(name, 8000 + n as i64), // fixed-port-ok: records, nothing bound
+                id: String::new(),
+            });
+        }
+        let mut read_back = kept.clone();
+        let mut seed = 11u32;
+        let mut next = |below: u32| {
+            seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            (seed >> 16) % below
+        };
+        let mut applied = 0;
+        for step in 0..600u32 {
+            let id = format!("t{}", next(40));
+            let node = NodeId::from(next(4) + 1);
+            let service = ["a", "b", "c", "gone"][next(4) as usize].to_owned();
+            let op = |op| Command::Schedule {
+                ops: vec![op],
+                at: u64::from(step),
+            };
+            let command = match next(9) {
+                0 | 1 => op(TaskOp::Create {
+                    task: NewTask {
+                        id,
+                        service,
+                        slot: 1,
+                        spec_version: 1,
+                        node: (next(3) > 0).then_some(node),
+                        attempt: 0,
+                        message: String::new(),
+                    },
+                }),
+                2 => op(TaskOp::Assign { id, node }),
+                3 => op(TaskOp::Shutdown {
+                    id,
+                    reason: "test".to_owned(),
+                }),
+                4 => op(TaskOp::Orphan { id }),
+                5 => op(TaskOp::Remove { id }),
+                6 => Command::ReportTask {
+                    report: Box::new(TaskReport {
+                        id,
+                        node,
+                        state: [TaskState::Running, TaskState::Failed][next(2) as usize],
+                        health: TaskHealth::None,
+                        endpoint: None,
+                        runtime_id: None,
+                        message: String::new(),
+                        at: u64::from(step),
+                    }),
+                },
+                7 => Command::RegisterNode {
+                    node: node_record(node),
+                },
+                _ => match next(3) {
+                    0 => Command::RemoveNode { id: node },
+                    1 => Command::RemoveService { name: service },
+                    _ => Command::CreateService {
+                        spec: spec(&service, 8100 + i64::from(next(50))), // fixed-port-ok: records
+                        id: String::new(),
+                    },
+                },
+            };
+            let outcome = kept.apply(&command);
+            if !matches!(outcome, Outcome::Rejected { .. }) {
+                applied += 1;
+            }
+            read_back = serde_json::from_value(serde_json::to_value(&read_back).unwrap()).unwrap();
+            assert_eq!(
+                read_back.apply(&command),
+                outcome,
+                "step {step}: {command:?}"
+            );
+            for state in [&kept, &read_back] {
+                for service in ["a", "b", "c", "gone"] {
+                    let indexed: Vec<&str> =
+                        state.tasks_of(service).map(|t| t.id.as_str()).collect();
+                    let scanned: Vec<&str> = state
+                        .tasks()
+                        .values()
+                        .filter(|t| t.service == service)
+                        .map(|t| t.id.as_str())
+                        .collect();
+                    assert_eq!(indexed, scanned, "step {step}: tasks of {service}");
+                }
+                let mut live: BTreeMap<NodeId, usize> = BTreeMap::new();
+                for node in 1..=4 {
+                    let indexed: Vec<&str> = state.tasks_on(node).map(|t| t.id.as_str()).collect();
+                    let on_node: Vec<&TaskRecord> = state
+                        .tasks()
+                        .values()
+                        .filter(|t| t.node == Some(node))
+                        .collect();
+                    let scanned: Vec<&str> = on_node.iter().map(|t| t.id.as_str()).collect();
+                    assert_eq!(indexed, scanned, "step {step}: tasks on {node}");
+                    let count = on_node.iter().filter(|t| t.is_live()).count();
+                    if count > 0 {
+                        live.insert(node, count);
+                    }
+                }
+                let indexed: BTreeMap<NodeId, usize> = state
+                    .live_tasks_per_node()
+                    .iter()
+                    .map(|(node, count)| (*node, *count))
+                    .collect();
+                assert_eq!(indexed, live, "step {step}: live tasks per node");
+            }
+        }
+        // The sequence reaches tasks in every state on several nodes.
+        assert!(applied > 200, "{applied} commands applied");
+        assert!(
+            kept.tasks().len() > 10,
+            "{} tasks at the end",
+            kept.tasks().len()
+        );
+        assert_eq!(kept, read_back);
     }
 
     #[test]

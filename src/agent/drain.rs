@@ -57,7 +57,7 @@ impl DrainCounts {
             self.index = Some(applied.index);
             self.departing = applied
                 .state
-                .tasks
+                .tasks()
                 .values()
                 .filter(|task| departing(task))
                 .map(|task| Departing {

@@ -483,9 +483,7 @@ impl Agent {
 
     fn mine<'a>(&self, state: &'a RegistryState) -> HashMap<&'a str, &'a TaskRecord> {
         state
-            .tasks
-            .values()
-            .filter(|t| t.node == Some(self.settings.node_id))
+            .tasks_on(self.settings.node_id)
             .map(|t| (t.id.as_str(), t))
             .collect()
     }
@@ -769,7 +767,7 @@ impl Agent {
     }
 
     fn task(&self, id: &str) -> Option<TaskRecord> {
-        self.registry.local().state.tasks.get(id).cloned()
+        self.registry.local().state.tasks().get(id).cloned()
     }
 
     fn on_event(&mut self, event: Event) {

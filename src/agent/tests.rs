@@ -258,7 +258,7 @@ impl Node {
         self.registry
             .local()
             .state
-            .tasks
+            .tasks()
             .values()
             .find(|t| t.is_live() && t.state == TaskState::Running)
             .cloned()
@@ -352,7 +352,7 @@ async fn an_engine_restart_leaves_no_dead_container_and_the_task_runs_again() {
         })
         .await,
         "no task runs again after the engine came back: {:?}",
-        node.registry.local().state.tasks
+        node.registry.local().state.tasks()
     );
     let stale = node.engine.with(|e| {
         e.containers

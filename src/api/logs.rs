@@ -96,7 +96,7 @@ pub async fn task_logs(
         Err((field, reason)) => return error(StatusCode::BAD_REQUEST, field, reason),
     };
     let state = context.registry.local().state;
-    let Some(task) = state.tasks.get(id) else {
+    let Some(task) = state.tasks().get(id) else {
         return error(StatusCode::NOT_FOUND, "task", format!("no task {id:?}"));
     };
     let Some(node) = task.node else {
@@ -340,7 +340,7 @@ impl FileFollow {
         self.registry
             .local()
             .state
-            .tasks
+            .tasks()
             .get(&self.task)
             .is_none_or(|task| task.state.is_terminal())
     }

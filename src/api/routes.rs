@@ -745,11 +745,7 @@ async fn tasks(registry: &Arc<RegistryNode>, filter: TaskFilter<'_>) -> ApiRespo
             let Some(node) = state.find_node(name) else {
                 return no_node(name);
             };
-            state
-                .tasks
-                .values()
-                .filter(|t| t.node == Some(node.id))
-                .collect()
+            state.tasks_on(node.id).collect()
         }
     };
     let mut named: Vec<(&TaskRecord, Option<String>)> = selected

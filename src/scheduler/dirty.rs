@@ -57,7 +57,7 @@ pub fn changed(last: &RegistryState, now: &RegistryState) -> Changed {
             }
         }
     }
-    for item in last.tasks.diff(&now.tasks) {
+    for item in last.tasks().diff(now.tasks()) {
         match item {
             DiffItem::Add(_, task) | DiffItem::Remove(_, task) => {
                 names.insert(task.service.clone());

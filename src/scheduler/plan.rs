@@ -54,15 +54,6 @@ pub enum Scope<'a> {
     Only(&'a BTreeSet<String>),
 }
 
-impl Scope<'_> {
-    fn covers(&self, service: &str) -> bool {
-        match self {
-            Scope::All => true,
-            Scope::Only(names) => names.contains(service),
-        }
-    }
-}
-
 /// Which slot a task fills: its slot number (replicated) or its node
 /// (global).
 pub(super) type SlotKey = u64;
@@ -131,18 +122,28 @@ pub fn plan_scope(
     new_id: &mut impl FnMut() -> String,
 ) -> Plan {
     let mut plan = Plan::default();
-    // One pass over the tasks: every node's load (placement weighs all
-    // services) and the tasks of the services in scope.
-    let mut total: HashMap<NodeId, usize> = HashMap::new();
+    // Every node's load (placement weighs all services) and the tasks of
+    // the services in scope, from the registry's task index: a round over
+    // a few services reads only their tasks.
+    let mut total: HashMap<NodeId, usize> = state
+        .live_tasks_per_node()
+        .iter()
+        .map(|(node, live)| (*node, *live))
+        .collect();
     let mut of_service: BTreeMap<&str, Vec<&TaskRecord>> = BTreeMap::new();
-    for task in state.tasks.values() {
-        if task.is_live() {
-            if let Some(node) = task.node {
-                *total.entry(node).or_default() += 1;
+    match scope {
+        Scope::All => {
+            for task in state.tasks().values() {
+                of_service.entry(&task.service).or_default().push(task);
             }
         }
-        if scope.covers(&task.service) {
-            of_service.entry(&task.service).or_default().push(task);
+        Scope::Only(names) => {
+            for name in names {
+                let tasks: Vec<&TaskRecord> = state.tasks_of(name).collect();
+                if !tasks.is_empty() {
+                    of_service.insert(name, tasks);
+                }
+            }
         }
     }
     let records: Vec<&ServiceRecord> = match scope {

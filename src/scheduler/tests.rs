@@ -109,7 +109,7 @@ impl Sim {
     /// Every agent does what it is told at once: assigned tasks run
     /// healthy, shut-down tasks stop.
     fn agents(&mut self) {
-        let tasks: Vec<TaskRecord> = self.state.tasks.values().cloned().collect();
+        let tasks: Vec<TaskRecord> = self.state.tasks().values().cloned().collect();
         for task in tasks {
             let Some(node) = task.node else { continue };
             let state = match (task.desired, task.state) {
@@ -153,11 +153,15 @@ impl Sim {
                 return;
             }
         }
-        panic!("the plan never settled: {:#?}", self.state.tasks);
+        panic!("the plan never settled: {:#?}", self.state.tasks());
     }
 
     fn live(&self) -> Vec<&TaskRecord> {
-        self.state.tasks.values().filter(|t| t.is_live()).collect()
+        self.state
+            .tasks()
+            .values()
+            .filter(|t| t.is_live())
+            .collect()
     }
 
     fn per_node(&self) -> BTreeMap<NodeId, usize> {
@@ -195,7 +199,7 @@ fn replicas_spread_and_scale_down_takes_from_the_most_crowded() {
     // The removed tasks were shut down, not forgotten mid-flight.
     assert!(sim
         .state
-        .tasks
+        .tasks()
         .values()
         .any(|t| t.desired == DesiredState::Shutdown && t.message == "scaled down"));
 }
@@ -213,7 +217,7 @@ fn a_down_node_loses_its_tasks_to_the_others() {
     assert_eq!(sim.per_node().get(&2), None);
     assert!(sim
         .state
-        .tasks
+        .tasks()
         .values()
         .any(|t| t.node == Some(2) && t.state == TaskState::Orphaned));
 }
@@ -339,7 +343,7 @@ fn start_first_update_keeps_every_slot_serving() {
     for _ in 0..50 {
         sim.now += 1_000;
         sim.round();
-        let serving = sim.state.tasks.values().filter(|t| t.serves()).count();
+        let serving = sim.state.tasks().values().filter(|t| t.serves()).count();
         assert!(serving >= 3, "only {serving} serving during the update");
         sim.agents();
         if sim.live().iter().all(|t| t.spec_version == new_version) {
@@ -706,7 +710,7 @@ fn the_periodic_full_round_repairs_a_missed_change() {
         .find(|t| t.is_live())
         .map(|t| t.id.clone())
         .expect("a live task of svc3");
-    sim.state.tasks.remove(&lost);
+    sim.state.remove_task(&lost);
     memory.planned = Some(Arc::new(sim.state.clone()));
     let soon = start + FULL_ROUND_INTERVAL / 2;
     assert!(

@@ -98,7 +98,7 @@ impl RegistryState {
                     updated_at: at,
                     started_at: None,
                 };
-                self.tasks.insert(record.id.clone(), record);
+                self.insert_task(record);
             }
             TaskOp::Assign { id, node } => {
                 if !self.nodes.contains_key(node) {
@@ -108,40 +108,46 @@ impl RegistryState {
                         format!("no node with id {node}"),
                     ));
                 }
-                let task = self.tasks.get_mut(id).ok_or_else(|| not_found(id))?;
-                if task.state != TaskState::Pending {
+                let state = self.tasks.get(id).ok_or_else(|| not_found(id))?.state;
+                if state != TaskState::Pending {
                     return Err((
                         RejectKind::Conflict,
                         "id".to_owned(),
-                        format!("task {id:?} is {}, not pending", task.state),
+                        format!("task {id:?} is {state}, not pending"),
                     ));
                 }
-                task.node = Some(*node);
-                task.state = TaskState::Assigned;
-                task.message.clear();
-                task.updated_at = at;
+                self.change_task(id, |task| {
+                    task.node = Some(*node);
+                    task.state = TaskState::Assigned;
+                    task.message.clear();
+                    task.updated_at = at;
+                });
             }
             TaskOp::Shutdown { id, reason } => {
-                let task = self.tasks.get_mut(id).ok_or_else(|| not_found(id))?;
-                task.desired = DesiredState::Shutdown;
-                if task.state == TaskState::Pending {
-                    // Never placed: nothing to stop.
-                    task.state = TaskState::Shutdown;
-                }
-                task.message = reason.clone();
-                task.updated_at = at;
+                self.change_task(id, |task| {
+                    task.desired = DesiredState::Shutdown;
+                    if task.state == TaskState::Pending {
+                        // Never placed: nothing to stop.
+                        task.state = TaskState::Shutdown;
+                    }
+                    task.message = reason.clone();
+                    task.updated_at = at;
+                })
+                .ok_or_else(|| not_found(id))?;
             }
             TaskOp::Orphan { id } => {
-                let task = self.tasks.get_mut(id).ok_or_else(|| not_found(id))?;
-                task.desired = DesiredState::Shutdown;
-                if !task.state.is_terminal() {
-                    task.state = TaskState::Orphaned;
-                    task.message = "its node is down".to_owned();
-                }
-                task.updated_at = at;
+                self.change_task(id, |task| {
+                    task.desired = DesiredState::Shutdown;
+                    if !task.state.is_terminal() {
+                        task.state = TaskState::Orphaned;
+                        task.message = "its node is down".to_owned();
+                    }
+                    task.updated_at = at;
+                })
+                .ok_or_else(|| not_found(id))?;
             }
             TaskOp::Remove { id } => {
-                self.tasks.remove(id).ok_or_else(|| not_found(id))?;
+                self.remove_task(id).ok_or_else(|| not_found(id))?;
             }
             TaskOp::SetUpdate { service, status } => {
                 let record = self.services.get_mut(service).ok_or_else(|| {
@@ -159,7 +165,7 @@ impl RegistryState {
 
     /// Applies an agent's report.
     pub(super) fn report(&mut self, report: &TaskReport) -> Outcome {
-        let Some(task) = self.tasks.get_mut(&report.id) else {
+        let Some(task) = self.tasks.get(&report.id) else {
             return reject(
                 RejectKind::NotFound,
                 "id",
@@ -193,17 +199,27 @@ impl RegistryState {
                 format!("an agent does not report {}", report.state),
             );
         }
-        if report.state == TaskState::Running && task.started_at.is_none() {
-            task.started_at = Some(report.at);
-        }
-        task.state = report.state;
-        task.health = report.health;
-        task.endpoint = report.endpoint.clone();
-        task.runtime_id = report.runtime_id.clone();
-        task.message = report.message.clone();
-        task.updated_at = report.at;
-        Outcome::Task {
-            task: Box::new(task.clone()),
+        let reported = self.change_task(&report.id, |task| {
+            if report.state == TaskState::Running && task.started_at.is_none() {
+                task.started_at = Some(report.at);
+            }
+            task.state = report.state;
+            task.health = report.health;
+            task.endpoint = report.endpoint.clone();
+            task.runtime_id = report.runtime_id.clone();
+            task.message = report.message.clone();
+            task.updated_at = report.at;
+            task.clone()
+        });
+        match reported {
+            Some(task) => Outcome::Task {
+                task: Box::new(task),
+            },
+            None => reject(
+                RejectKind::NotFound,
+                "id",
+                format!("no task {:?}", report.id),
+            ),
         }
     }
 }
