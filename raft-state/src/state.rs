@@ -6,7 +6,11 @@
 //!
 //! [`RegistryState`] is a plain value: nodes, services, tasks, the VIP
 //! range and the listen addresses each node reports it cannot bind.
-//! [`RegistryState::apply`] is the only way it changes. It is deterministic
+//! [`RegistryState::apply`] is the only way the registry changes it (the
+//! public task helpers it uses, which keep the task index, are for states
+//! built outside the log: tests and benchmarks). Beside the maps it keeps
+//! two derived indexes, never stored: the VIPs and ports in use (`taken`)
+//! and the tasks of each service and node (`task_index`). It is deterministic
 //! (every node applies the same commands in the same order and reaches the
 //! same state) and it validates every command: a command that
 //! would break an invariant is answered with [`Outcome::Rejected`] naming the
