@@ -929,8 +929,8 @@ mod tests {
         let node_record = |id: NodeId| NodeRecord {
             id,
             name: format!("n{id}"),
-            raft_addr: format!("127.0.0.{id}:1").parse().unwrap(),
-            api_addr: format!("127.0.0.{id}:2").parse().unwrap(),
+            raft_addr: format!("127.0.0.{id}:1").parse().unwrap(), // fixed-port-ok: a record
+            api_addr: format!("127.0.0.{id}:2").parse().unwrap(),  // fixed-port-ok: a record
             ingress_addr: format!("127.0.0.{id}").parse().unwrap(),
             role: Role::Worker,
             availability: Availability::Active,
